@@ -1,0 +1,1 @@
+"""Sub-pixel registration of DSLR images onto the phone's raw sensor grid."""

@@ -1,0 +1,1 @@
+"""Learning a phone ISP from aligned raw / DSLR pairs."""
