@@ -1,0 +1,665 @@
+"""Raw and image decoding: the one home of file reading for every stage.
+
+Phone raws (DNG, NEF, CR2, ARW, RAF, ... anything LibRaw decodes) are read
+with rawpy and kept as the visible Bayer mosaic plus the facts needed to
+interpret it: the CFA phase, per-channel black levels, the white level,
+the camera white balance, the colour matrix and the EXIF facts later stages
+use.  DSLR targets may also be plain images (JPEG, PNG, 8- or 16-bit TIFF).
+
+Conventions (see ARCHITECTURE.md):
+
+* Coordinates: x = column, y = row, pixel centres at integer coordinates.
+  A raw's full-resolution grid is rawpy's ``raw_image_visible``.
+* Packing: a Bayer mosaic (H, W) becomes (H/2, W/2, 4) planes in
+  R, G1, G2, B order whatever the sensor's CFA phase.  G1 is the green on
+  the red rows, G2 the green on the blue rows.  Packed pixel (j, i) holds
+  the 2x2 cell whose top-left raw pixel is (2j, 2i).
+* Normalisation: (value - black) / (white - black), per channel, not clipped.
+
+Every failure to read a file raises :class:`ImageReadError`, which names the
+file and one of the reasons in :data:`REASONS`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+#: Every reason an :class:`ImageReadError` can carry.
+REASONS = ("missing", "not_an_image", "corrupt", "truncated", "no_image_data", "unsupported")
+
+#: File name extensions read as camera raws (through LibRaw).
+RAW_EXTENSIONS = frozenset(
+    ".dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .raf .rw2 .rwl .orf .pef .srw .kdc .dcr "
+    ".3fr .fff .iiq .x3f .erf .mef .mos .mrw .raw .dcs .k25 .bay .cap .eip .rdc .ptx".split()
+)
+#: File name extensions read as plain images.
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .tif .tiff".split())
+
+CFA_PATTERNS = ("RGGB", "GRBG", "GBRG", "BGGR")
+
+#: A raw file smaller than this many bytes per declared pixel cannot hold its
+#: image (lossless raws take 1 to 2 bytes a pixel, lossy DNG some 0.2).
+MIN_BYTES_PER_PIXEL = 0.02
+
+# Rec. 709 / sRGB luminance weights for linear RGB.
+LUMA_WEIGHTS = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+
+
+class ImageReadError(Exception):
+    """A file could not be read as a raw or an image.
+
+    Attributes:
+        path: the file.
+        reason: one of :data:`REASONS`.
+        message: a sentence for a person.
+    """
+
+    def __init__(self, path: PathLike, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        self.path = Path(path)
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+
+@dataclass(frozen=True)
+class ExifInfo:
+    """The EXIF facts the later stages use; None where the file has none.
+
+    ``capture_time`` is naive local camera time, with microseconds from
+    SubSecTimeOriginal where the file has them.  ``orientation`` is the EXIF
+    code 1..8 (1 = as stored); pixels are always returned as stored.
+    """
+
+    make: str | None = None
+    model: str | None = None
+    focal_length_mm: float | None = None
+    focal_length_35mm: float | None = None
+    exposure_time_s: float | None = None
+    iso: float | None = None
+    capture_time: _dt.datetime | None = None
+    orientation: int = 1
+
+    def to_dict(self) -> dict:
+        """JSON-friendly dict (capture time as ISO 8601)."""
+        out = dict(self.__dict__)
+        out["capture_time"] = self.capture_time.isoformat() if self.capture_time else None
+        return out
+
+
+@dataclass
+class RawImage:
+    """A Bayer raw as stored on the sensor.
+
+    Attributes:
+        path: the file it came from (None when built in memory).
+        mosaic: (H, W) uint16 visible Bayer mosaic (rawpy ``raw_image_visible``,
+            cropped to even H and W).
+        cfa: 'RGGB' | 'GRBG' | 'GBRG' | 'BGGR', the colours at (row, col)
+            (0,0), (0,1), (1,0), (1,1).
+        black_levels: (4,) float32 black level in R, G1, G2, B order, in raw units.
+        white_level: saturation level in raw units.
+        camera_wb: (3,) float32 as-shot white-balance multipliers R, G, B (G = 1).
+        color_matrix: (3, 3) float32 white-balanced camera RGB -> linear sRGB
+            (identity when the file has none).
+        exif: the EXIF facts.
+    """
+
+    mosaic: np.ndarray
+    cfa: str
+    black_levels: np.ndarray
+    white_level: float
+    camera_wb: np.ndarray = field(default_factory=lambda: np.ones(3, np.float32))
+    color_matrix: np.ndarray = field(default_factory=lambda: np.eye(3, dtype=np.float32))
+    exif: ExifInfo = field(default_factory=ExifInfo)
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the full-resolution raw grid."""
+        return self.mosaic.shape  # type: ignore[return-value]
+
+    def packed(self) -> np.ndarray:
+        """(H/2, W/2, 4) float32 planes R, G1, G2, B, black-subtracted and divided
+        by (white - black); not clipped."""
+        return normalize(pack(self.mosaic, self.cfa), self.black_levels, self.white_level)
+
+
+@dataclass
+class RgbImage:
+    """A plain image (JPEG, PNG, TIFF) as stored.
+
+    Attributes:
+        rgb: (H, W, 3) float32 in [0, 1], display-referred (sRGB-encoded), RGB order.
+        bit_depth: bits per sample in the file (8 or 16; 32 for float TIFF).
+        exif: the EXIF facts.
+        path: the file it came from.
+    """
+
+    rgb: np.ndarray
+    bit_depth: int
+    exif: ExifInfo = field(default_factory=ExifInfo)
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W)."""
+        return self.rgb.shape[:2]  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- CFA
+
+
+def _check_cfa(cfa: str) -> str:
+    cfa = cfa.upper()
+    if cfa not in CFA_PATTERNS:
+        raise ValueError(f"CFA pattern must be one of {CFA_PATTERNS}, got {cfa!r}")
+    return cfa
+
+
+def cfa_positions(cfa: str) -> list[tuple[int, int]]:
+    """(row, col) inside the 2x2 cell of R, G1, G2, B for a CFA pattern.
+
+    G1 is the green sharing a row with red, G2 the green sharing a row with blue.
+    """
+    cfa = _check_cfa(cfa)
+    cells = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    red = cells[cfa.index("R")]
+    blue = cells[cfa.index("B")]
+    greens = [c for c, colour in zip(cells, cfa) if colour == "G"]
+    g1 = next(c for c in greens if c[0] == red[0])
+    g2 = next(c for c in greens if c[0] == blue[0])
+    return [red, g1, g2, blue]
+
+
+def pack(mosaic: np.ndarray, cfa: str) -> np.ndarray:
+    """Pack a Bayer mosaic into half-resolution planes.
+
+    Args:
+        mosaic: (H, W) Bayer mosaic, H and W even, any dtype.
+        cfa: the pattern of the 2x2 cell at the mosaic's top-left.
+
+    Returns:
+        (H/2, W/2, 4) array of the mosaic's dtype, planes R, G1, G2, B.
+    """
+    if mosaic.ndim != 2 or mosaic.shape[0] % 2 or mosaic.shape[1] % 2:
+        raise ValueError(f"mosaic must be 2-D with even sides, got shape {mosaic.shape}")
+    return np.stack([mosaic[r::2, c::2] for r, c in cfa_positions(cfa)], axis=-1)
+
+
+def unpack(planes: np.ndarray, cfa: str) -> np.ndarray:
+    """Exact inverse of :func:`pack`: (H/2, W/2, 4) R, G1, G2, B -> (H, W) mosaic."""
+    if planes.ndim != 3 or planes.shape[2] != 4:
+        raise ValueError(f"planes must have shape (h, w, 4), got {planes.shape}")
+    h, w = planes.shape[:2]
+    mosaic = np.empty((2 * h, 2 * w), dtype=planes.dtype)
+    for k, (r, c) in enumerate(cfa_positions(cfa)):
+        mosaic[r::2, c::2] = planes[..., k]
+    return mosaic
+
+
+def normalize(planes: np.ndarray, black_levels: np.ndarray, white_level: float) -> np.ndarray:
+    """(planes - black) / (white - black) per channel, as float32, not clipped.
+
+    Args:
+        planes: (h, w, 4) raw units, R, G1, G2, B.
+        black_levels: (4,) black level per plane, raw units.
+        white_level: saturation level, raw units.
+    """
+    black = np.asarray(black_levels, dtype=np.float32).reshape(1, 1, 4)
+    scale = 1.0 / (np.float32(white_level) - black)
+    return (planes.astype(np.float32) - black) * scale
+
+
+# ----------------------------------------------------------------- colour maths
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """Inverse sRGB transfer curve (IEC 61966-2-1) on float values in [0, 1]."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.where(x <= 0.04045, x / 12.92, ((np.maximum(x, 0.04045) + 0.055) / 1.055) ** 2.4).astype(
+        np.float32
+    )
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """sRGB transfer curve (IEC 61966-2-1); input clipped to [0, 1]."""
+    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
+
+
+_GREEN_KERNEL = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32) / 4.0
+_RB_KERNEL = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 4.0
+
+
+def demosaic(planes: np.ndarray, cfa: str) -> np.ndarray:
+    """Fast bilinear demosaic onto the full raw grid.
+
+    Args:
+        planes: (h, w, 4) float planes R, G1, G2, B (normalised or not).
+        cfa: the CFA pattern of the mosaic they were packed from.
+
+    Returns:
+        (2h, 2w, 3) float32 camera RGB on the full-resolution raw grid: each
+        output pixel is centred on the raw pixel of the same index; measured
+        samples are kept exactly, missing ones interpolated (normalised
+        convolution, so borders are interpolated from the samples present).
+    """
+    planes = planes.astype(np.float32, copy=False)
+    h, w = planes.shape[:2]
+    pos = cfa_positions(cfa)
+    out = np.empty((2 * h, 2 * w, 3), np.float32)
+    for channel, plane_ids, kernel in ((0, [0], _RB_KERNEL), (1, [1, 2], _GREEN_KERNEL), (2, [3], _RB_KERNEL)):
+        sparse = np.zeros((2 * h, 2 * w), np.float32)
+        mask = np.zeros((2 * h, 2 * w), np.float32)
+        for k in plane_ids:
+            r, c = pos[k]
+            sparse[r::2, c::2] = planes[..., k]
+            mask[r::2, c::2] = 1.0
+        num = cv2.filter2D(sparse, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+        den = cv2.filter2D(mask, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+        full = num / den
+        full[mask > 0] = sparse[mask > 0]
+        out[..., channel] = full
+    return out
+
+
+def _camera_to_srgb(rgb: np.ndarray, raw: RawImage, white_balance: bool, color_matrix: bool) -> np.ndarray:
+    if white_balance:
+        rgb = rgb * raw.camera_wb.astype(np.float32).reshape(1, 1, 3)
+    if color_matrix:
+        rgb = rgb @ raw.color_matrix.astype(np.float32).T
+    return rgb.astype(np.float32, copy=False)
+
+
+def raw_to_linear_rgb(
+    raw: RawImage, white_balance: bool = True, color_matrix: bool = True, resolution: str = "full"
+) -> np.ndarray:
+    """Linear RGB of a raw (sRGB primaries when the colour matrix is applied).
+
+    Args:
+        raw: the raw.
+        white_balance: multiply by the as-shot camera white balance.
+        color_matrix: apply the camera -> sRGB matrix.
+        resolution: 'full' (bilinear demosaic, (H, W, 3) on the raw grid) or
+            'half' ((H/2, W/2, 3): R, mean of the greens, B of each 2x2 cell,
+            whose centre is full-res (2j + 0.5, 2i + 0.5)).
+
+    Returns:
+        float32 linear RGB, 1.0 = white level, not clipped.
+    """
+    planes = raw.packed()
+    if resolution == "full":
+        rgb = demosaic(planes, raw.cfa)
+    elif resolution == "half":
+        rgb = np.stack([planes[..., 0], 0.5 * (planes[..., 1] + planes[..., 2]), planes[..., 3]], axis=-1)
+    else:
+        raise ValueError(f"resolution must be 'full' or 'half', got {resolution!r}")
+    return _camera_to_srgb(rgb, raw, white_balance, color_matrix)
+
+
+def srgb_preview(raw: RawImage, max_side: int | None = None, auto_exposure: bool = True) -> np.ndarray:
+    """An sRGB 8-bit preview of a raw: white-balanced, colour-corrected, gamma-encoded.
+
+    Args:
+        raw: the raw.
+        max_side: the longest side of the preview in pixels (None: full resolution).
+        auto_exposure: scale so the 99th luminance percentile sits at 0.9 (gain 1 to 16).
+
+    Returns:
+        (h, w, 3) uint8 RGB.
+    """
+    full = max_side is None or max_side > max(raw.shape) // 2
+    rgb = raw_to_linear_rgb(raw, resolution="full" if full else "half")
+    if max_side is not None and max(rgb.shape[:2]) > max_side:
+        scale = max_side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    if auto_exposure:
+        p99 = float(np.percentile(rgb @ LUMA_WEIGHTS, 99))
+        rgb = rgb * float(np.clip(0.9 / max(p99, 1e-6), 1.0, 16.0))
+    return np.round(linear_to_srgb(rgb) * 255.0).astype(np.uint8)
+
+
+def luminance(image: RawImage | RgbImage | np.ndarray, resolution: str = "full") -> np.ndarray:
+    """Linear luminance for alignment.
+
+    Args:
+        image: a :class:`RawImage` (white-balanced, colour-corrected, on the raw
+            sensor grid), an :class:`RgbImage` or an (H, W, 3) array in [0, 1]
+            sRGB-encoded (linearised through the inverse sRGB curve), or an
+            (H, W) array taken as linear luminance already.
+        resolution: for raws, 'full' ((H, W) on the raw grid) or 'half'
+            ((H/2, W/2), the mean of each 2x2 CFA cell, centred at full-res
+            (x, y) = (2j + 0.5, 2i + 0.5)).  Ignored for RGB images.
+
+    Returns:
+        float32 linear luminance, 1.0 = white.
+    """
+    if isinstance(image, RawImage):
+        return np.ascontiguousarray(raw_to_linear_rgb(image, resolution=resolution) @ LUMA_WEIGHTS)
+    if isinstance(image, RgbImage):
+        image = image.rgb
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image.astype(np.float32)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.ascontiguousarray(srgb_to_linear(image) @ LUMA_WEIGHTS)
+    raise ValueError(f"luminance needs a raw, an RGB image or an (H, W[, 3]) array, got shape {image.shape}")
+
+
+# -------------------------------------------------------------------- EXIF
+
+
+def _ratio(value) -> float | None:
+    try:
+        v = value.values[0] if hasattr(value, "values") else value
+        if isinstance(v, (list, tuple)):
+            v = v[0]
+        if hasattr(v, "num") and hasattr(v, "den"):
+            return None if v.den == 0 else float(Fraction(v.num, v.den))
+        return float(v)
+    except (TypeError, ValueError, IndexError, ZeroDivisionError):
+        return None
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    s = str(value.printable if hasattr(value, "printable") else value).strip().strip("\x00").strip()
+    return s or None
+
+
+def read_exif(path: PathLike) -> ExifInfo:
+    """Read the EXIF facts of a raw or image file (exifread; an empty
+    :class:`ExifInfo` when the file has no readable EXIF)."""
+    try:
+        import exifread
+
+        with open(path, "rb") as fh:
+            tags = exifread.process_file(fh, details=False)
+    except Exception:  # exifread raises many kinds on odd files; EXIF is optional
+        return ExifInfo()
+
+    def get(name: str):
+        return tags.get(f"EXIF {name}", tags.get(f"Image {name}"))
+
+    capture_time = None
+    stamp = _text(get("DateTimeOriginal")) or _text(get("DateTime"))
+    if stamp:
+        try:
+            capture_time = _dt.datetime.strptime(stamp[:19], "%Y:%m:%d %H:%M:%S")
+            sub = _text(get("SubSecTimeOriginal")) or ""
+            digits = "".join(ch for ch in sub if ch.isdigit())
+            if digits:
+                capture_time = capture_time.replace(microsecond=int((digits + "000000")[:6]))
+        except ValueError:
+            capture_time = None
+    orientation = get("Orientation")
+    try:
+        orientation_code = int(orientation.values[0]) if orientation is not None else 1
+    except (TypeError, ValueError, IndexError, AttributeError):
+        orientation_code = 1
+    return ExifInfo(
+        make=_text(get("Make")),
+        model=_text(get("Model")) or _text(tags.get("Image Tag 0xC614")),  # DNG UniqueCameraModel
+        focal_length_mm=_ratio(get("FocalLength")) if get("FocalLength") is not None else None,
+        focal_length_35mm=_ratio(get("FocalLengthIn35mmFilm")) if get("FocalLengthIn35mmFilm") is not None else None,
+        exposure_time_s=_ratio(get("ExposureTime")) if get("ExposureTime") is not None else None,
+        iso=_ratio(get("ISOSpeedRatings")) if get("ISOSpeedRatings") is not None else None,
+        capture_time=capture_time,
+        orientation=orientation_code if 1 <= orientation_code <= 8 else 1,
+    )
+
+
+def _merge_rawpy_facts(exif: ExifInfo, other) -> ExifInfo:
+    """Fill what exifread missed from LibRaw's own parse (rawpy ``other``)."""
+    values = dict(exif.__dict__)
+    if values["focal_length_mm"] is None and other.focal_length > 0:
+        values["focal_length_mm"] = float(other.focal_length)
+    if values["exposure_time_s"] is None and other.shutter_speed > 0:
+        values["exposure_time_s"] = float(other.shutter_speed)
+    if values["iso"] is None and other.iso_speed > 0:
+        values["iso"] = float(other.iso_speed)
+    if values["capture_time"] is None and other.timestamp.year > 1970:
+        values["capture_time"] = other.timestamp
+    return ExifInfo(**values)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _check_file(path: PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, "missing", "no such file")
+    if not p.is_file():
+        raise ImageReadError(p, "not_an_image", "not a regular file")
+    if p.stat().st_size == 0:
+        raise ImageReadError(p, "truncated", "the file is empty (0 bytes)")
+    return p
+
+
+def _looks_like_raw_container(p: Path) -> bool:
+    with open(p, "rb") as fh:
+        head = fh.read(16)
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"IIRO", b"IIU\x00") or head.startswith(b"FUJIFILM") or (
+        head[4:8] == b"ftyp"
+    )
+
+
+def _cfa_from_rawpy(pattern: np.ndarray, desc: str) -> str | None:
+    if pattern is None or pattern.shape != (2, 2):
+        return None
+    letters = "".join(desc[int(i)] if int(i) < len(desc) else "?" for i in pattern.ravel())
+    return letters if letters in CFA_PATTERNS else None
+
+
+def _check_image_data(p: Path, mosaic: np.ndarray, black: np.ndarray, white: float) -> None:
+    """Refuse a mosaic that holds no real image: all constant, mostly empty
+    blocks (header-only or truncated files that LibRaw still 'decodes'), or
+    garbage above the white level."""
+    if mosaic.size == 0:
+        raise ImageReadError(p, "no_image_data", "the raw holds no pixels")
+    size = p.stat().st_size
+    if size < MIN_BYTES_PER_PIXEL * mosaic.size:
+        raise ImageReadError(
+            p,
+            "no_image_data",
+            f"the file is {size / 1024:.0f} KiB, far too small for the {mosaic.shape[1]}x{mosaic.shape[0]} "
+            "image it declares: it holds no image data (header only)",
+        )
+    lo, hi = int(mosaic.min()), int(mosaic.max())
+    if lo == hi:
+        raise ImageReadError(p, "no_image_data", f"every pixel has the same value ({lo}): no image data")
+    block = 32
+    h, w = (mosaic.shape[0] // block) * block, (mosaic.shape[1] // block) * block
+    if h and w:
+        tiles = mosaic[:h, :w].reshape(h // block, block, w // block, block)
+        tmin, tmax = tiles.min(axis=(1, 3)), tiles.max(axis=(1, 3))
+        dead = (tmin == tmax) & (tmax < white)
+        fraction = float(dead.mean())
+        if fraction > 0.9:
+            raise ImageReadError(
+                p, "no_image_data", f"{fraction:.0%} of the image is flat and empty: the file holds no image data"
+            )
+        if fraction > 0.1:
+            raise ImageReadError(
+                p,
+                "truncated",
+                f"{fraction:.0%} of the image is flat and empty: the file is truncated or its image data is damaged",
+            )
+    above = float((mosaic > white).mean())
+    if above > 0.01:
+        raise ImageReadError(p, "corrupt", f"{above:.0%} of the pixels exceed the white level {white:g}: garbage data")
+
+
+def read_raw(path: PathLike, check_data: bool = True) -> RawImage:
+    """Read a Bayer raw through LibRaw.
+
+    Args:
+        path: a raw file (DNG, NEF, CR2, ARW, RAF, RW2, ...).
+        check_data: refuse mosaics that hold no real image (see ``ImageReadError``
+            reasons 'no_image_data' and 'truncated').
+
+    Returns:
+        the :class:`RawImage`.
+
+    Raises:
+        ImageReadError: missing file, not a raw, truncated or corrupt data, no
+            image data, or a raw that is not a 2x2 Bayer mosaic ('unsupported':
+            X-Trans, Foveon, linear or film-scanner raws).
+    """
+    import rawpy
+
+    p = _check_file(path)
+    try:
+        handle = rawpy.imread(str(p))
+    except rawpy.LibRawFileUnsupportedError:
+        if _looks_like_raw_container(p):
+            raise ImageReadError(
+                p, "corrupt", "LibRaw cannot decode this raw container (damaged, stripped, or an unsupported variant)"
+            ) from None
+        raise ImageReadError(p, "not_an_image", "not a raw file LibRaw can open") from None
+    except rawpy.LibRawIOError:
+        raise ImageReadError(p, "truncated", "unexpected end of file: the raw is truncated") from None
+    except rawpy.LibRawTooBigError:
+        raise ImageReadError(p, "corrupt", "the raw declares an impossible image size") from None
+    except rawpy.LibRawError as err:
+        raise ImageReadError(p, "corrupt", f"LibRaw could not decode it ({type(err).__name__}: {err})") from None
+
+    with handle as r:
+        try:
+            raw_type = r.raw_type
+            desc = r.color_desc.decode("ascii", "replace")
+            pattern = r.raw_pattern
+            if raw_type != rawpy.RawType.Flat:
+                raise ImageReadError(p, "unsupported", f"not a Bayer mosaic (LibRaw raw type {raw_type.name})")
+            cfa = _cfa_from_rawpy(pattern, desc)
+            if cfa is None:
+                shape = "none" if pattern is None else "x".join(map(str, pattern.shape))
+                raise ImageReadError(
+                    p, "unsupported", f"not a 2x2 RGB Bayer sensor (colours {desc!r}, CFA repeat {shape})"
+                )
+            mosaic = np.array(r.raw_image_visible, dtype=np.uint16, copy=True)
+            per_colour = np.asarray(r.black_level_per_channel, dtype=np.float32)
+            white = float(r.white_level)
+            wb = np.asarray(r.camera_whitebalance[:3], dtype=np.float32)
+            if not np.all(wb > 0):
+                wb = np.asarray(r.daylight_whitebalance[:3], dtype=np.float32)
+            wb = wb / wb[1] if np.all(wb > 0) else np.ones(3, np.float32)
+            matrix = np.asarray(r.color_matrix, dtype=np.float32)[:, :3]
+            if not np.any(matrix) or not np.all(np.isfinite(matrix)):
+                matrix = np.eye(3, dtype=np.float32)
+            other = r.other
+        except rawpy.LibRawIOError:
+            raise ImageReadError(p, "truncated", "unexpected end of file while unpacking the raw data") from None
+        except rawpy.LibRawError as err:
+            raise ImageReadError(p, "corrupt", f"LibRaw could not unpack the data ({type(err).__name__})") from None
+
+    # raw_pattern indexes colours; the first cell of the visible area defines the phase.
+    cell_colours = [int(pattern[r_][c_]) for r_, c_ in cfa_positions(cfa)]
+    black = per_colour[cell_colours] if per_colour.size >= 4 else np.full(4, per_colour.mean(), np.float32)
+    mosaic = mosaic[: mosaic.shape[0] // 2 * 2, : mosaic.shape[1] // 2 * 2]
+    if check_data:
+        _check_image_data(p, mosaic, black, white)
+    exif = _merge_rawpy_facts(read_exif(p), other)
+    return RawImage(
+        mosaic=mosaic,
+        cfa=cfa,
+        black_levels=black.astype(np.float32),
+        white_level=white,
+        camera_wb=wb.astype(np.float32),
+        color_matrix=matrix,
+        exif=exif,
+        path=p,
+    )
+
+
+def _jpeg_is_complete(p: Path) -> bool:
+    with open(p, "rb") as fh:
+        fh.seek(max(0, p.stat().st_size - 65536))
+        return b"\xff\xd9" in fh.read()
+
+
+def read_rgb(path: PathLike) -> RgbImage:
+    """Read a plain image (JPEG, PNG, 8/16-bit or float TIFF) as stored.
+
+    Pixels are returned as stored (EXIF orientation is reported, not applied),
+    so DSLR coordinates are the file's own pixel grid.
+
+    Returns:
+        :class:`RgbImage` with rgb (H, W, 3) float32 in [0, 1] (grey images are
+        replicated to 3 channels; alpha is dropped).
+
+    Raises:
+        ImageReadError: missing, not an image, truncated, or corrupt.
+    """
+    p = _check_file(path)
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    is_tiff = head[:4] in (b"II*\x00", b"MM\x00*")
+    is_jpeg = head[:3] == b"\xff\xd8\xff"
+    is_png = head == b"\x89PNG\r\n\x1a\n"
+    if not (is_tiff or is_jpeg or is_png):
+        raise ImageReadError(p, "not_an_image", "not a JPEG, PNG or TIFF image")
+    if is_tiff:
+        import tifffile
+
+        try:
+            data = tifffile.imread(str(p))
+        except Exception as err:  # tifffile raises ValueError, struct.error, EOFError...
+            raise ImageReadError(p, "corrupt", f"the TIFF could not be decoded ({type(err).__name__}: {err})") from None
+    else:
+        if is_jpeg and not _jpeg_is_complete(p):
+            raise ImageReadError(p, "truncated", "the JPEG has no end-of-image marker: the file is truncated")
+        data = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if data is None:
+            raise ImageReadError(p, "corrupt", "the image data could not be decoded")
+        if data.ndim == 3:
+            data = data[..., :3][..., ::-1] if data.shape[2] >= 3 else data
+    data = np.asarray(data)
+    if data.ndim == 3 and data.shape[2] == 4:
+        data = data[..., :3]
+    if data.ndim == 2:
+        data = np.repeat(data[..., None], 3, axis=2)
+    if data.ndim != 3 or data.shape[2] != 3:
+        raise ImageReadError(p, "unsupported", f"unsupported image layout {data.shape}")
+    if data.dtype == np.uint8:
+        rgb, depth = data.astype(np.float32) / 255.0, 8
+    elif data.dtype == np.uint16:
+        rgb, depth = data.astype(np.float32) / 65535.0, 16
+    elif np.issubdtype(data.dtype, np.floating):
+        rgb, depth = np.clip(data.astype(np.float32), 0.0, 1.0), 32
+    else:
+        raise ImageReadError(p, "unsupported", f"unsupported sample type {data.dtype}")
+    return RgbImage(rgb=np.ascontiguousarray(rgb), bit_depth=depth, exif=read_exif(p), path=p)
+
+
+def read_any(path: PathLike) -> RawImage | RgbImage:
+    """Read a raw or a plain image, chosen by the file name's extension (raws
+    through LibRaw, JPEG/PNG/TIFF as images); unknown extensions are tried as
+    an image first, then as a raw."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext in RAW_EXTENSIONS:
+        return read_raw(p)
+    if ext in IMAGE_EXTENSIONS:
+        return read_rgb(p)
+    try:
+        return read_rgb(p)
+    except ImageReadError as err:
+        if err.reason != "not_an_image":
+            raise
+    return read_raw(p)
