@@ -451,12 +451,42 @@ def _check_file(path: PathLike) -> Path:
     return p
 
 
-def _looks_like_raw_container(p: Path) -> bool:
+def _head(p: Path, n: int = 64) -> bytes:
     with open(p, "rb") as fh:
-        head = fh.read(16)
-    return head[:4] in (b"II*\x00", b"MM\x00*", b"IIRO", b"IIU\x00") or head.startswith(b"FUJIFILM") or (
-        head[4:8] == b"ftyp"
-    )
+        return fh.read(n)
+
+
+def _looks_like_raw_container(head: bytes) -> bool:
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00") or head.startswith(
+        (b"FUJIFILM", b"FOVb", b"\x00MRM", b"II\x1a\x00\x00\x00HEAPCCDR")
+    ) or head[4:8] == b"ftyp"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    return bool(head) and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+
+
+def _unsupported_layout(p: Path, head: bytes) -> str | None:
+    """Why a raw LibRaw refused is not a 2x2 Bayer mosaic, when the header says so."""
+    if head.startswith(b"FOVb"):
+        return "a Foveon X3F raw (three stacked colour layers), not a Bayer mosaic"
+    if head[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(p) as tif:
+            for page in tif.pages:
+                tags = page.tags
+                photometric = tags.get(262)
+                if photometric is not None and int(photometric.value) == 34892:
+                    return "a linear (already demosaiced) DNG, not a Bayer mosaic"
+                dim = tags.get(33421)
+                if dim is not None and tuple(dim.value) != (2, 2):
+                    return f"a {dim.value[0]}x{dim.value[1]} colour filter array, not a 2x2 Bayer mosaic"
+    except Exception:  # a damaged header: the caller reports it as corrupt
+        return None
+    return None
 
 
 def _cfa_from_rawpy(pattern: np.ndarray, desc: str) -> str | None:
@@ -524,19 +554,25 @@ def read_raw(path: PathLike, check_data: bool = True) -> RawImage:
     import rawpy
 
     p = _check_file(path)
+    head = _head(p)
     try:
         handle = rawpy.imread(str(p))
     except rawpy.LibRawFileUnsupportedError:
-        if _looks_like_raw_container(p):
+        layout = _unsupported_layout(p, head)
+        if layout:
+            raise ImageReadError(p, "unsupported", layout) from None
+        if _looks_like_raw_container(head):
             raise ImageReadError(
                 p, "corrupt", "LibRaw cannot decode this raw container (damaged, stripped, or an unsupported variant)"
             ) from None
         raise ImageReadError(p, "not_an_image", "not a raw file LibRaw can open") from None
-    except rawpy.LibRawIOError:
-        raise ImageReadError(p, "truncated", "unexpected end of file: the raw is truncated") from None
-    except rawpy.LibRawTooBigError:
-        raise ImageReadError(p, "corrupt", "the raw declares an impossible image size") from None
     except rawpy.LibRawError as err:
+        if _looks_like_text(head):
+            raise ImageReadError(p, "not_an_image", "a text file, not a raw") from None
+        if isinstance(err, rawpy.LibRawIOError):
+            raise ImageReadError(p, "truncated", "unexpected end of file: the raw is truncated") from None
+        if isinstance(err, rawpy.LibRawTooBigError):
+            raise ImageReadError(p, "corrupt", "the raw declares an impossible image size") from None
         raise ImageReadError(p, "corrupt", f"LibRaw could not decode it ({type(err).__name__}: {err})") from None
 
     with handle as r:
