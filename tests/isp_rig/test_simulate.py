@@ -1,0 +1,177 @@
+"""The rig simulator: faithful files, self-consistent ground truth, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import cv2
+import numpy as np
+import pytest
+import rawpy
+from click.testing import CliRunner
+
+from alignment import rawio
+from isp_rig import simulate as sim
+from isp_rig.cli import main
+
+SMALL = sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320))
+
+
+@pytest.fixture(scope="module")
+def small_pairs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    plain = sim.simulate_pairs(out / "plain", 2, seed=3, options=SMALL, progress=False)
+    distorted = sim.simulate_pairs(
+        out / "dist", 2, seed=4, options=sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320), distortion=True),
+        progress=False,
+    )
+    return plain + distorted
+
+
+def test_phone_dng_opens_in_rawpy_with_exactly_the_written_mosaic(tmp_path):
+    pair = sim.simulate_pair(7, options=SMALL)
+    folder = sim.write_pair(pair, tmp_path)
+    with rawpy.imread(str(folder / "phone.dng")) as r:
+        assert np.array_equal(r.raw_image_visible, pair.phone.mosaic)
+    back = rawio.read_raw(folder / "phone.dng")
+    assert back.cfa == pair.phone.cfa
+    np.testing.assert_allclose(back.black_levels, pair.phone.black_levels)
+    assert back.white_level == pair.phone.white_level
+    np.testing.assert_allclose(back.camera_wb, pair.phone.camera_wb, rtol=1e-3)
+    np.testing.assert_allclose(back.color_matrix, pair.phone.color_matrix, atol=2e-3)
+
+
+def test_pair_folder_has_the_three_files_and_truth_fields(small_pairs):
+    for folder in small_pairs:
+        assert sorted(p.name for p in folder.iterdir()) == ["dslr.jpg", "phone.dng", "truth.json"]
+        truth = sim.load_truth(folder)
+        assert truth.phone_to_dslr.shape == (3, 3)
+        assert truth.grid.shape[1] == 4 and len(truth.grid) > 1000
+
+
+def _dslr_on_phone_grid(folder, shift=(0.0, 0.0)):
+    truth = sim.load_truth(folder)
+    dslr = rawio.luminance(rawio.read_rgb(folder / "dslr.jpg"))
+    w, h = truth.phone_size
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    xy = np.stack([xs.ravel() + shift[0], ys.ravel() + shift[1]], axis=1)
+    mapped = truth.map_points(xy).astype(np.float32)
+    warped = cv2.remap(dslr, mapped[:, 0].reshape(h, w), mapped[:, 1].reshape(h, w), cv2.INTER_CUBIC)
+    return warped
+
+
+def _correlation(a, b, margin=8):
+    a = a[margin:-margin, margin:-margin].ravel()
+    b = b[margin:-margin, margin:-margin].ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_dslr_warped_by_the_truth_matches_the_phone_raw_and_shifts_make_it_worse(small_pairs):
+    for folder in small_pairs:
+        phone = rawio.luminance(rawio.read_raw(folder / "phone.dng"))
+        phone = cv2.GaussianBlur(phone, (0, 0), 1.0)
+        at_truth = _correlation(phone, cv2.GaussianBlur(_dslr_on_phone_grid(folder), (0, 0), 1.0))
+        assert at_truth > 0.9, folder
+        for shift in ((0.5, 0.0), (0.0, 0.5), (-0.5, 0.0), (0.0, -0.5)):
+            shifted = cv2.GaussianBlur(_dslr_on_phone_grid(folder, shift), (0, 0), 1.0)
+            assert _correlation(phone, shifted) < at_truth, (folder, shift)
+
+
+def test_grid_agrees_with_homography_and_distortion_to_a_hundredth_of_a_pixel(small_pairs):
+    for folder in small_pairs:
+        truth = sim.load_truth(folder)
+        phone, dslr = truth.grid[:, :2], truth.grid[:, 2:]
+        # Independent direction: DSLR -> undistorted phone by the inverse homography, then the forward lens model.
+        undistorted = sim.apply_homography(np.linalg.inv(truth.phone_to_dslr), dslr)
+        back = truth.distortion.distort(undistorted) if truth.distortion else undistorted
+        assert np.abs(back - phone).max() < 0.01
+
+
+def test_distortion_variant_bends_the_grid_away_from_any_homography(small_pairs):
+    distorted = [f for f in small_pairs if sim.load_truth(f).distortion is not None]
+    assert distorted
+    for folder in distorted:
+        grid = sim.load_truth(folder).grid
+        best, _ = cv2.findHomography(grid[:, :2], grid[:, 2:], 0)
+        residual = np.linalg.norm(sim.apply_homography(best, grid[:, :2]) - grid[:, 2:], axis=1)
+        assert residual.max() > 0.5
+
+
+def test_phone_field_lies_inside_the_dslr_image(small_pairs):
+    for folder in small_pairs:
+        truth = sim.load_truth(folder)
+        dw, dh = truth.dslr_size
+        xy = truth.grid[:, 2:]
+        assert xy.min() >= 0 and (xy[:, 0] <= dw - 1).all() and (xy[:, 1] <= dh - 1).all()
+        assert dw * dh > truth.phone_size[0] * truth.phone_size[1]
+
+
+def test_exif_facts_match_a_phone_and_a_nikon_z6_and_give_the_scale(small_pairs):
+    for folder in small_pairs:
+        phone = rawio.read_raw(folder / "phone.dng").exif
+        dslr = rawio.read_rgb(folder / "dslr.jpg").exif
+        assert phone.focal_length_mm and phone.focal_length_35mm == 26
+        assert (dslr.make, dslr.model) == ("NIKON CORPORATION", "NIKON Z 6")
+        truth = sim.load_truth(folder)
+        scale = math.sqrt(abs(np.linalg.det(truth.phone_to_dslr[:2, :2])))
+        expected = phone.focal_length_35mm * scale * math.hypot(*truth.phone_size) / math.hypot(*truth.dslr_size)
+        assert dslr.focal_length_mm == pytest.approx(expected, rel=1e-3)
+        assert abs((dslr.capture_time - phone.capture_time).total_seconds()) < 0.05
+
+
+def test_all_four_cfa_phases_and_both_bit_depths_occur():
+    tiny = sim.SimOptions(phone_size=(64, 48), dslr_size=(96, 64))
+    phases = {sim.simulate_pair(seed, options=tiny).phone.cfa for seed in range(24)}
+    assert phases == set(rawio.CFA_PATTERNS)
+    assert sim.simulate_pair(1, options=tiny, phone=sim.PhoneModel(bits=12)).phone.white_level == 4095
+    assert sim.simulate_pair(1, options=tiny).phone.white_level == 1023
+
+
+def _digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_the_same_bytes_and_another_seed_does_not(tmp_path):
+    tiny = sim.SimOptions(phone_size=(128, 96), dslr_size=(192, 128))
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        sim.simulate_pairs(tmp_path / name, 2, seed=seed, options=tiny, progress=False)
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+    assert _digests(tmp_path / "a") != _digests(tmp_path / "c")
+
+
+def test_tiff_dslr_target_is_sixteen_bit(tmp_path):
+    opts = sim.SimOptions(phone_size=(128, 96), dslr_size=(192, 128), dslr_format="tif")
+    folder = sim.simulate_pairs(tmp_path, 1, seed=2, options=opts, progress=False)[0]
+    image = rawio.read_rgb(folder / "dslr.tif")
+    assert image.bit_depth == 16 and image.shape == (128, 192)
+    assert image.exif.model == "NIKON Z 6"
+
+
+@pytest.mark.parametrize("name", ["Blackmagic.dng", "RAW_KODAK_DC50.KDC"])
+def test_real_raw_source_makes_a_consistent_pair(shared_data, tmp_path, name):
+    folders = sim.simulate_pairs(tmp_path, 1, seed=1, source=shared_data / "raw" / name, options=SMALL,
+                                 progress=False)
+    phone = cv2.GaussianBlur(rawio.luminance(rawio.read_raw(folders[0] / "phone.dng")), (0, 0), 1.0)
+    assert _correlation(phone, cv2.GaussianBlur(_dslr_on_phone_grid(folders[0]), (0, 0), 1.0)) > 0.9
+
+
+def test_cli_writes_the_pairs(tmp_path):
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path), "--pairs", "2", "--seed", "1",
+                                       "--phone-size", "128x96", "--dslr-size", "192x128", "--distortion"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair_0000", "pair_0001"]
+    assert sim.load_truth(tmp_path / "pair_0001").distortion is not None
+
+
+@pytest.mark.parametrize("content", [None, b"not an image at all"])
+def test_cli_unreadable_source_exits_nonzero_with_one_line_naming_it(tmp_path, content):
+    source = tmp_path / "scene.jpg"
+    if content is not None:
+        source.write_bytes(content)
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "out"), "--source", str(source)])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(source) in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
