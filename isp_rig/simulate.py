@@ -1,0 +1,642 @@
+"""The rig simulator: a digital twin of a phone + DSLR rig with exact ground truth.
+
+A pair is made from one *scene*: a linear-light RGB image (sRGB primaries)
+at ``supersample`` times the DSLR resolution, built from a real raw, a real
+photo or procedurally.  Both cameras sample that scene:
+
+* the **DSLR** image is the scene averaged over ``supersample`` x
+  ``supersample`` blocks (DSLR pixel x covers scene pixels
+  [k x, k x + k - 1], so scene x_s = k x_d + (k - 1) / 2), then its own
+  colour response, exposure, tone curve, a little noise, and JPEG (q92,
+  4:2:2) or 16-bit TIFF with the Nikon Z6's EXIF facts;
+* the **phone** raw pixel d (x = column, y = row, on the full raw grid)
+  sees the scene at ``scene(H(undistort(d)))``, where H is the ground-truth
+  phone -> DSLR homography and ``undistort`` removes the phone lens's radial
+  distortion (identity when there is none).  The scene is low-pass filtered
+  to the phone's pixel pitch first and sampled with cubic splines at exact
+  float coordinates.  Then the phone's physics: its own colour response and
+  white balance, vignetting, a Bayer mosaic of any of the four CFA phases,
+  Poisson-Gaussian noise, black level, 10- or 12-bit quantisation; written
+  as a DNG that rawpy opens, whose ``raw_image_visible`` is exactly the
+  mosaic written, with the focal-length EXIF a phone writes.
+
+Ground truth per pair (``truth.json``): ``phone_to_dslr`` (3x3, undistorted
+phone pixel -> DSLR pixel), ``distortion`` (null or its parameters) and
+``grid``, rows of (x_phone, y_phone, x_dslr, y_dslr) with the phone point
+on the observed raw grid.  Everything is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from alignment import rawio
+
+# sRGB (D65) <-> CIE XYZ
+SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
+XYZ_TO_SRGB = np.linalg.inv(SRGB_TO_XYZ)
+
+TRUTH_FORMAT = 1
+
+
+# ------------------------------------------------------------------ geometry
+
+
+@dataclass
+class Distortion:
+    """Radial lens distortion of the phone camera, in phone raw pixels.
+
+    An undistorted phone point u is observed at raw pixel d:
+    ``n = (u - c) / f``; ``d = c + f * n * (1 + k1 |n|^2 + k2 |n|^4)``.
+    """
+
+    k1: float
+    k2: float
+    cx: float
+    cy: float
+    f: float
+
+    def distort(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) undistorted phone px -> (N, 2) observed (distorted) phone px."""
+        xy = np.asarray(xy, dtype=np.float64)
+        n = (xy - [self.cx, self.cy]) / self.f
+        r2 = np.sum(n * n, axis=-1, keepdims=True)
+        return [self.cx, self.cy] + self.f * n * (1.0 + self.k1 * r2 + self.k2 * r2 * r2)
+
+    def undistort(self, xy: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+        """(N, 2) observed phone px -> (N, 2) undistorted phone px (Newton's method on the radius)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        nd = (xy - [self.cx, self.cy]) / self.f
+        rd = np.sqrt(np.sum(nd * nd, axis=-1))
+        ru = rd.copy()
+        for _ in range(50):
+            r2 = ru * ru
+            g = ru * (1 + self.k1 * r2 + self.k2 * r2 * r2) - rd
+            dg = 1 + 3 * self.k1 * r2 + 5 * self.k2 * r2 * r2
+            step = g / dg
+            ru = ru - step
+            if np.max(np.abs(step)) * self.f < tol:
+                break
+        scale = np.divide(ru, rd, out=np.ones_like(rd), where=rd > 0)
+        return [self.cx, self.cy] + nd * scale[..., None] * self.f
+
+    def to_dict(self) -> dict:
+        return {"model": "radial", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Distortion | None":
+        if d is None:
+            return None
+        return cls(**{k: float(d[k]) for k in ("k1", "k2", "cx", "cy", "f")})
+
+
+def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(N, 2) points through a 3x3 homography -> (N, 2)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    p = xy @ h[:, :2].T + h[:, 2]
+    return p[:, :2] / p[:, 2:3]
+
+
+@dataclass
+class Truth:
+    """Ground truth of one simulated pair (see the module docstring)."""
+
+    phone_to_dslr: np.ndarray
+    distortion: Distortion | None
+    phone_size: tuple[int, int]
+    dslr_size: tuple[int, int]
+    grid: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    facts: dict = field(default_factory=dict)
+
+    def map_points(self, xy_phone: np.ndarray) -> np.ndarray:
+        """(N, 2) observed phone raw pixels -> (N, 2) DSLR pixels, exactly."""
+        xy = np.asarray(xy_phone, dtype=np.float64).reshape(-1, 2)
+        if self.distortion is not None:
+            xy = self.distortion.undistort(xy)
+        return apply_homography(self.phone_to_dslr, xy)
+
+    def make_grid(self, step: int) -> np.ndarray:
+        """(N, 4) rows x_phone, y_phone, x_dslr, y_dslr on a regular phone grid."""
+        w, h = self.phone_size
+        xs = np.arange(0, w, step, dtype=np.float64)
+        ys = np.arange(0, h, step, dtype=np.float64)
+        xy = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+        return np.hstack([xy, self.map_points(xy)])
+
+    def to_json(self) -> dict:
+        return {
+            "format": TRUTH_FORMAT,
+            "coordinates": "x = column, y = row, pixel centres at integers; phone = raw sensor grid "
+            "(raw_image_visible), dslr = the DSLR image as stored",
+            "phone_to_dslr": self.phone_to_dslr.tolist(),
+            "phone_to_dslr_maps": "undistorted phone pixels to DSLR pixels",
+            "distortion": None if self.distortion is None else self.distortion.to_dict(),
+            "phone_size": list(self.phone_size),
+            "dslr_size": list(self.dslr_size),
+            "grid_columns": ["x_phone", "y_phone", "x_dslr", "y_dslr"],
+            "grid": np.round(self.grid, 6).tolist(),
+            **self.facts,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Truth":
+        known = {"format", "coordinates", "phone_to_dslr", "phone_to_dslr_maps", "distortion", "phone_size",
+                 "dslr_size", "grid_columns", "grid"}
+        return cls(
+            phone_to_dslr=np.asarray(d["phone_to_dslr"], dtype=np.float64),
+            distortion=Distortion.from_dict(d.get("distortion")),
+            phone_size=tuple(d["phone_size"]),
+            dslr_size=tuple(d["dslr_size"]),
+            grid=np.asarray(d.get("grid", []), dtype=np.float64).reshape(-1, 4),
+            facts={k: v for k, v in d.items() if k not in known},
+        )
+
+
+def load_truth(pair_dir: str | Path) -> Truth:
+    """Read ``truth.json`` of a simulated pair folder."""
+    with open(Path(pair_dir) / "truth.json") as fh:
+        return Truth.from_json(json.load(fh))
+
+
+# -------------------------------------------------------------------- scenes
+
+
+class SourceError(Exception):
+    """A scene source could not be used; the message names the file and the reason."""
+
+
+def _value_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    small = rng.random((cells, max(2, round(cells * w / h)))).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def procedural_scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A textured synthetic scene: (h, w, 3) float32 linear RGB in [0, 1].
+
+    Smooth colour gradients, anti-aliased shapes, lines and text at many
+    scales, and multi-octave texture, so every region has structure.
+    """
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        img[..., c] = 0.15 + 0.5 * _value_noise(rng, h, w, 3)
+    canvas = (linear_to_display(img) * 255).astype(np.uint8)
+    scale = max(h, w) / 1000.0
+    for _ in range(int(220 * min(4.0, scale**0.5 + 0.5))):
+        colour = tuple(int(v) for v in rng.integers(10, 250, 3))
+        kind = rng.integers(0, 5)
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        size = int(np.exp(rng.uniform(np.log(4 * scale), np.log(120 * scale))))
+        if kind == 0:
+            cv2.circle(canvas, (x, y), size, colour, -1, cv2.LINE_AA)
+        elif kind == 1:
+            cv2.rectangle(canvas, (x, y), (x + size, y + int(size * rng.uniform(0.3, 2))), colour, -1, cv2.LINE_AA)
+        elif kind == 2:
+            pts = (np.array([x, y]) + rng.normal(0, size, (int(rng.integers(3, 7)), 2))).astype(np.int32)
+            cv2.fillPoly(canvas, [pts], colour, cv2.LINE_AA)
+        elif kind == 3:
+            x2, y2 = x + int(rng.normal(0, 3 * size)), y + int(rng.normal(0, 3 * size))
+            cv2.line(canvas, (x, y), (x2, y2), colour, max(1, int(size / 10)), cv2.LINE_AA)
+        else:
+            text = "".join(rng.choice(list("ABCDEFGHKMNPRSTWXZ0123456789"), int(rng.integers(3, 9))))
+            cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, size / 30.0, colour,
+                        max(1, int(size / 20)), cv2.LINE_AA)
+    img = display_to_linear(canvas.astype(np.float32) / 255.0)
+    texture = sum(_value_noise(rng, h, w, cells) * amp for cells, amp in ((40, 0.5), (160, 0.3), (600, 0.2)))
+    img *= (0.75 + 0.5 * texture)[..., None]
+    return np.clip(img, 0.0, 1.0)
+
+
+def linear_to_display(x: np.ndarray) -> np.ndarray:
+    return rawio.linear_to_srgb(x)
+
+
+def display_to_linear(x: np.ndarray) -> np.ndarray:
+    return rawio.srgb_to_linear(x)
+
+
+def load_source(path: Path) -> np.ndarray:
+    """A real raw or photo as a linear RGB scene, (h, w, 3) float32 in [0, 1].
+
+    Raises:
+        SourceError: naming the file and the reason it cannot be read.
+    """
+    try:
+        image = rawio.read_any(path)
+    except rawio.ImageReadError as err:
+        raise SourceError(str(err)) from None
+    if isinstance(image, rawio.RawImage):
+        rgb = rawio.raw_to_linear_rgb(image, resolution="half")
+        rgb = rgb / max(float(np.percentile(rgb, 99.5)), 1e-6)
+    else:
+        rgb = rawio.srgb_to_linear(image.rgb)
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+def list_sources(source: str | Path | None) -> list[Path]:
+    """The files a ``--source`` names: one file, or every raw/image in a folder (sorted)."""
+    if source is None:
+        return []
+    p = Path(source)
+    if p.is_dir():
+        exts = rawio.RAW_EXTENSIONS | rawio.IMAGE_EXTENSIONS
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+        if not files:
+            raise SourceError(f"{p}: the folder holds no raw or image files")
+        return files
+    if not p.exists():
+        raise SourceError(f"{p}: no such file")
+    return [p]
+
+
+def scene_from_source(rng: np.random.Generator, source: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A random crop of a source image with aspect w:h, resized to (h, w, 3)."""
+    sh, sw = source.shape[:2]
+    aspect = w / h
+    frac = rng.uniform(0.7, 1.0)
+    ch = min(sh, sw / aspect) * frac
+    cw = ch * aspect
+    y0 = rng.uniform(0, sh - ch)
+    x0 = rng.uniform(0, sw - cw)
+    # Affine crop + resize in one resampling: dst (x, y) <- src (x0 + x * sx, y0 + y * sy).
+    sx, sy = cw / w, ch / h
+    m = np.array([[sx, 0, x0 + 0.5 * sx - 0.5], [0, sy, y0 + 0.5 * sy - 0.5]], np.float64)
+    if sx > 1:  # downscaling: low-pass first
+        source = cv2.GaussianBlur(source, (0, 0), 0.5 * sx)
+    out = cv2.warpAffine(source, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REFLECT)
+    return np.clip(out, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------- cameras
+
+
+@dataclass
+class PhoneModel:
+    """The simulated phone camera."""
+
+    make: str = "isp-rig"
+    model: str = "SimPhone 12"
+    focal_length_mm: float = 4.25
+    focal_length_35mm: float = 26.0
+    bits: int = 10
+    full_well_e: float = 3500.0
+    read_noise_dn: float = 1.5
+    vignetting: float = 0.3
+
+
+@dataclass
+class SimOptions:
+    """Sizes and switches of the simulator.  Sizes are (width, height) in pixels."""
+
+    phone_size: tuple[int, int] = (1024, 768)
+    dslr_size: tuple[int, int] = (1536, 1024)
+    supersample: int = 2
+    distortion: bool = False
+    dslr_format: str = "jpg"  # "jpg" (q92) or "tif" (16-bit)
+    jpeg_quality: int = 92
+    coverage: tuple[float, float] = (0.72, 0.88)  # phone field width / DSLR width
+    max_rotation_deg: float = 2.0
+    max_perspective: float = 0.03  # relative keystone across the frame
+    distortion_k1: tuple[float, float] = (-0.08, 0.05)
+    grid_points: int = 4000
+
+
+@dataclass
+class SimPair:
+    """One simulated pair, in memory."""
+
+    pair_id: str
+    phone: rawio.RawImage
+    dslr_rgb: np.ndarray  # (H, W, 3) float32 display-referred in [0, 1], before encoding
+    truth: Truth
+    options: SimOptions
+    phone_model: PhoneModel
+    phone_time: _dt.datetime
+    dslr_time: _dt.datetime
+    dslr_focal_length_mm: float
+
+
+def _random_homography(rng: np.random.Generator, opt: SimOptions) -> np.ndarray:
+    pw, ph = opt.phone_size
+    dw, dh = opt.dslr_size
+    s = rng.uniform(*opt.coverage) * dw / pw
+    theta = math.radians(rng.uniform(-opt.max_rotation_deg, opt.max_rotation_deg))
+    persp = rng.uniform(-opt.max_perspective, opt.max_perspective, 2) / np.array([pw, ph]) * 2
+    centre = np.array([(pw - 1) / 2, (ph - 1) / 2])
+    t_phone = np.array([[1, 0, -centre[0]], [0, 1, -centre[1]], [0, 0, 1]], np.float64)
+    p = np.array([[1, 0, 0], [0, 1, 0], [persp[0], persp[1], 1]], np.float64)
+    rs = np.array([[s * math.cos(theta), -s * math.sin(theta), 0], [s * math.sin(theta), s * math.cos(theta), 0],
+                   [0, 0, 1]])
+    # Translation: the phone field lands anywhere that keeps it inside the DSLR frame.
+    h0 = rs @ p @ t_phone
+    corners = np.array([[0, 0], [pw - 1, 0], [pw - 1, ph - 1], [0, ph - 1]], np.float64)
+    mapped = apply_homography(h0, corners)
+    lo = -mapped.min(axis=0) + 8
+    hi = np.array([dw - 1, dh - 1]) - mapped.max(axis=0) - 8
+    t = np.where(hi > lo, rng.uniform(np.minimum(lo, hi), np.maximum(lo, hi)), (lo + hi) / 2)
+    hom = np.array([[1, 0, t[0]], [0, 1, t[1]], [0, 0, 1]]) @ h0
+    return hom / hom[2, 2]
+
+
+def _random_colour_response(rng: np.random.Generator, strength: float) -> np.ndarray:
+    """3x3 camera-from-sRGB matrix with rows summing to one (white stays white)."""
+    m = np.eye(3) + rng.normal(0, strength, (3, 3))
+    m = np.abs(m)
+    return m / m.sum(axis=1, keepdims=True)
+
+
+def _filmic(x: np.ndarray, contrast: float) -> np.ndarray:
+    """A DSLR-like S tone curve on linear values, then the sRGB curve."""
+    x = np.clip(x, 0, None)
+    mapped = x * (1 + x / 4.0) / (1 + x)  # extended Reinhard shoulder: 2 maps to 1
+    s = linear_to_display(np.clip(mapped, 0, 1))
+    return np.clip(s + contrast * s * (1 - s) * (2 * s - 1), 0, 1)
+
+
+def _render_phone_rgb(scene: np.ndarray, truth: Truth, k: int) -> np.ndarray:
+    """Phone-grid linear RGB: each raw pixel samples the scene at its ground-truth point."""
+    pw, ph = truth.phone_size
+    ys, xs = np.mgrid[0:ph, 0:pw].astype(np.float64)
+    xy_d = truth.map_points(np.stack([xs.ravel(), ys.ravel()], axis=1))
+    xs_s = k * xy_d[:, 0] + (k - 1) / 2.0
+    ys_s = k * xy_d[:, 1] + (k - 1) / 2.0
+    # Local phone pixel pitch in scene pixels sets the anti-aliasing blur.
+    pitch = k * math.sqrt(abs(np.linalg.det(truth.phone_to_dslr[:2, :2])))
+    sigma = 0.45 * pitch
+    out = np.empty((ph, pw, 3), np.float32)
+    for c in range(3):
+        blurred = cv2.GaussianBlur(scene[..., c], (0, 0), sigma)
+        coeffs = ndimage.spline_filter(blurred, order=3, output=np.float32)
+        out[..., c] = ndimage.map_coordinates(
+            coeffs, [ys_s, xs_s], order=3, prefilter=False, mode="mirror"
+        ).reshape(ph, pw)
+    return np.clip(out, 0, None)
+
+
+def _mosaic(rgb: np.ndarray, cfa: str) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    planes = np.empty((h // 2, w // 2, 4), rgb.dtype)
+    for k, ((r, c), ch) in enumerate(zip(rawio.cfa_positions(cfa), (0, 1, 1, 2))):
+        planes[..., k] = rgb[r::2, c::2, ch]
+    return rawio.unpack(planes, cfa)
+
+
+def simulate_pair(
+    seed: int,
+    source: np.ndarray | None = None,
+    options: SimOptions | None = None,
+    phone: PhoneModel | None = None,
+    pair_id: str | None = None,
+) -> SimPair:
+    """Simulate one phone-raw / DSLR pair in memory.
+
+    Args:
+        seed: everything random comes from this.
+        source: a linear RGB source image (see :func:`load_source`), or None
+            for a procedural scene.
+        options: sizes and switches (:class:`SimOptions`).
+        phone: the phone camera (:class:`PhoneModel`).
+        pair_id: the pair's name (default ``pair_<seed>``).
+
+    Returns:
+        :class:`SimPair` with the phone raw (mosaic uint16 on the raw grid),
+        the DSLR image (display-referred float RGB) and the ground truth.
+    """
+    opt = options or SimOptions()
+    cam = phone or PhoneModel()
+    rng = np.random.default_rng(seed)
+    k = int(opt.supersample)
+    dw, dh = opt.dslr_size
+    pw, ph = opt.phone_size
+    if pw % 2 or ph % 2:
+        raise ValueError("the phone raw size must be even")
+
+    scene = scene_from_source(rng, source, dh * k, dw * k) if source is not None else procedural_scene(
+        rng, dh * k, dw * k
+    )
+
+    # Geometry and ground truth.
+    hom = _random_homography(rng, opt)
+    distortion = None
+    if opt.distortion:
+        distortion = Distortion(
+            k1=float(rng.uniform(*opt.distortion_k1)),
+            k2=float(rng.uniform(-0.01, 0.01)),
+            cx=(pw - 1) / 2 + float(rng.normal(0, pw * 0.01)),
+            cy=(ph - 1) / 2 + float(rng.normal(0, ph * 0.01)),
+            f=float(max(pw, ph) * 0.8),
+        )
+    truth = Truth(phone_to_dslr=hom, distortion=distortion, phone_size=(pw, ph), dslr_size=(dw, dh))
+    step = max(4, int(round(math.sqrt(pw * ph / opt.grid_points))))
+    truth.grid = truth.make_grid(step)
+
+    # DSLR: area sampling of the scene, its colour response and tone curve.
+    dslr_lin = cv2.resize(scene, (dw, dh), interpolation=cv2.INTER_AREA) if k > 1 else scene.copy()
+    dslr_lin = dslr_lin @ _random_colour_response(rng, 0.02).T
+    exposure = rng.uniform(0.9, 1.3) / max(float(np.percentile(dslr_lin, 99.5)), 1e-6)
+    dslr_rgb = _filmic(dslr_lin * exposure, contrast=rng.uniform(0.1, 0.3))
+    dslr_rgb = np.clip(dslr_rgb + rng.normal(0, 0.002, dslr_rgb.shape).astype(np.float32), 0, 1).astype(np.float32)
+
+    # Phone: sampling through the ground truth, then the sensor.
+    rgb = _render_phone_rgb(scene, truth, k)
+    cam_rgb = _random_colour_response(rng, 0.12)  # camera (white-balanced) from sRGB
+    wb = np.array([rng.uniform(1.6, 2.4), 1.0, rng.uniform(1.3, 2.0)])  # as-shot multipliers
+    camera = (rgb @ cam_rgb.T) / wb
+    yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
+    cx, cy = (pw - 1) / 2, (ph - 1) / 2
+    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (cx**2 + cy**2)
+    camera *= (1 - cam.vignetting * r2)[..., None]
+    camera *= rng.uniform(0.7, 0.9) / max(float(np.percentile(camera, 99.5)), 1e-6)
+    cfa = str(rng.choice(rawio.CFA_PATTERNS))
+    signal = _mosaic(camera.astype(np.float64), cfa)
+    bits = cam.bits if cam.bits in (10, 12) else 10
+    white = 2**bits - 1
+    black = 64 if bits == 10 else 256
+    span = white - black
+    electrons = rng.poisson(np.clip(signal, 0, None) * cam.full_well_e) / cam.full_well_e
+    dn = black + electrons * span + rng.normal(0, cam.read_noise_dn, signal.shape)
+    mosaic = np.clip(np.round(dn), 0, white).astype(np.uint16)
+
+    colour_matrix = np.linalg.inv(cam_rgb).astype(np.float32)  # white-balanced camera -> sRGB
+    base_time = _dt.datetime(2026, 1, 1, 9, 0, 0) + _dt.timedelta(seconds=int(rng.integers(0, 300 * 86400)))
+    phone_time = base_time + _dt.timedelta(microseconds=int(rng.integers(0, 999_000)))
+    dslr_time = phone_time + _dt.timedelta(microseconds=int(rng.normal(0, 4000)))
+    phone_diag = math.hypot(pw, ph) * math.sqrt(abs(np.linalg.det(hom[:2, :2])))
+    dslr_focal = cam.focal_length_35mm * phone_diag / math.hypot(dw, dh)
+    exif = rawio.ExifInfo(
+        make=cam.make, model=cam.model, focal_length_mm=cam.focal_length_mm,
+        focal_length_35mm=cam.focal_length_35mm, exposure_time_s=1 / 120, iso=100.0,
+        capture_time=phone_time, orientation=1,
+    )
+    raw = rawio.RawImage(
+        mosaic=mosaic, cfa=cfa, black_levels=np.full(4, black, np.float32), white_level=float(white),
+        camera_wb=wb.astype(np.float32), color_matrix=colour_matrix, exif=exif,
+    )
+    truth.facts = {
+        "seed": int(seed),
+        "cfa": cfa,
+        "phone_bits": bits,
+        "black_level": black,
+        "white_level": white,
+        "supersample": k,
+        "dslr_focal_length_mm": round(dslr_focal, 3),
+        "phone_focal_length_35mm": cam.focal_length_35mm,
+    }
+    return SimPair(
+        pair_id=pair_id or f"pair_{seed}", phone=raw, dslr_rgb=dslr_rgb, truth=truth, options=opt,
+        phone_model=cam, phone_time=phone_time, dslr_time=dslr_time, dslr_focal_length_mm=dslr_focal,
+    )
+
+
+# -------------------------------------------------------------------- writing
+
+
+def _rational(value: float, den: int = 10000) -> tuple[int, int]:
+    return int(round(value * den)), den
+
+
+def _exif_time(t: _dt.datetime) -> tuple[str, str]:
+    return t.strftime("%Y:%m:%d %H:%M:%S"), f"{t.microsecond // 1000:03d}"
+
+
+def write_dng(path: Path, raw: rawio.RawImage) -> None:
+    """Write a Bayer :class:`RawImage` as an uncompressed DNG that LibRaw reads
+    back bit-exactly (``raw_image_visible`` == ``raw.mosaic``)."""
+    import tifffile
+
+    cfa_codes = tuple({"R": 0, "G": 1, "B": 2}[c] for c in raw.cfa)
+    cam_xyz = np.linalg.inv(raw.color_matrix.astype(np.float64)) @ XYZ_TO_SRGB  # XYZ -> white-balanced camera
+    neutral = 1.0 / raw.camera_wb.astype(np.float64)
+    stamp, subsec = _exif_time(raw.exif.capture_time or _dt.datetime(2026, 1, 1))
+    tags = [
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, cfa_codes, True),  # CFAPattern
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (50708, "s", 0, f"{raw.exif.make} {raw.exif.model}", True),  # UniqueCameraModel
+        (50713, "H", 2, (2, 2), True),  # BlackLevelRepeatDim
+        (50714, "H", 4, tuple(int(round(b)) for b in unpack_black(raw)), True),  # BlackLevel
+        (50717, "H", 1, (int(raw.white_level),), True),  # WhiteLevel
+        (50721, "2i", 9, [v for c in cam_xyz.ravel() for v in _rational(c)], True),  # ColorMatrix1
+        (50778, "H", 1, (21,), True),  # CalibrationIlluminant1 = D65
+        (50728, "2I", 3, [v for c in neutral for v in _rational(c)], True),  # AsShotNeutral
+        (271, "s", 0, raw.exif.make or "", True),
+        (272, "s", 0, raw.exif.model or "", True),
+        (274, "H", 1, (1,), True),  # Orientation
+        (33434, "2I", 1, _rational(raw.exif.exposure_time_s or 0.01, 100000), True),  # ExposureTime
+        (34855, "H", 1, (int(raw.exif.iso or 100),), True),  # ISOSpeedRatings
+        (36867, "s", 0, stamp, True),  # DateTimeOriginal
+        (37521, "s", 0, subsec, True),  # SubSecTimeOriginal
+        (37386, "2I", 1, _rational(raw.exif.focal_length_mm or 4.0, 1000), True),  # FocalLength
+        (41989, "H", 1, (int(round(raw.exif.focal_length_35mm or 26)),), True),  # FocalLengthIn35mmFilm
+    ]
+    tifffile.imwrite(path, raw.mosaic, photometric=32803, compression=None, extratags=tags,
+                     metadata=None, subfiletype=0)
+
+
+def unpack_black(raw: rawio.RawImage) -> list[float]:
+    """Black levels in the DNG's 2x2 repeat order (row-major cell), from R, G1, G2, B order."""
+    cell = [0.0] * 4
+    for level, (r, c) in zip(raw.black_levels, rawio.cfa_positions(raw.cfa)):
+        cell[2 * r + c] = float(level)
+    return cell
+
+
+NIKON_Z6 = {"make": "NIKON CORPORATION", "model": "NIKON Z 6", "lens": "NIKKOR Z 24-70mm f/4 S"}
+
+
+def write_dslr(path: Path, rgb: np.ndarray, fmt: str, quality: int, focal_mm: float, when: _dt.datetime) -> None:
+    """Write the DSLR image as JPEG (4:2:2) or 16-bit TIFF with the Nikon Z6's EXIF facts."""
+    stamp, subsec = _exif_time(when)
+    focal = max(focal_mm, 1.0)
+    if fmt == "jpg":
+        from PIL import Image, TiffImagePlugin
+
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110], exif[0x0112] = NIKON_Z6["make"], NIKON_Z6["model"], 1
+        ifd = exif.get_ifd(0x8769)
+        ifd[0x920A] = TiffImagePlugin.IFDRational(*_rational(focal, 1000))
+        ifd[0xA405] = int(round(focal))  # full frame: 35 mm equivalent = focal length
+        ifd[0x829A] = TiffImagePlugin.IFDRational(1, 125)
+        ifd[0x8827] = 100
+        ifd[0x9003] = stamp
+        ifd[0x9291] = subsec
+        ifd[0xA434] = NIKON_Z6["lens"]
+        img = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
+        img.save(path, format="JPEG", quality=quality, subsampling=1, exif=exif)
+    elif fmt == "tif":
+        import tifffile
+
+        tags = [
+            (271, "s", 0, NIKON_Z6["make"], True),
+            (272, "s", 0, NIKON_Z6["model"], True),
+            (37386, "2I", 1, _rational(focal, 1000), True),
+            (41989, "H", 1, (int(round(focal)),), True),
+            (33434, "2I", 1, (1, 125), True),
+            (34855, "H", 1, (100,), True),
+            (36867, "s", 0, stamp, True),
+            (37521, "s", 0, subsec, True),
+        ]
+        tifffile.imwrite(path, np.round(rgb * 65535).astype(np.uint16), photometric="rgb",
+                         extratags=tags, metadata=None)
+    else:
+        raise ValueError(f"DSLR format must be 'jpg' or 'tif', got {fmt!r}")
+
+
+def write_pair(pair: SimPair, out_dir: str | Path) -> Path:
+    """Write a pair as ``out_dir/<pair-id>/phone.dng``, ``dslr.jpg`` (or ``.tif``)
+    and ``truth.json``; returns the pair folder.  Files are written to temporary
+    names and renamed, so a killed run leaves no half-written pair file."""
+    folder = Path(out_dir) / pair.pair_id
+    folder.mkdir(parents=True, exist_ok=True)
+    fmt = pair.options.dslr_format
+    for name, writer in (
+        ("phone.dng", lambda p: write_dng(p, pair.phone)),
+        (f"dslr.{fmt}", lambda p: write_dslr(p, pair.dslr_rgb, fmt, pair.options.jpeg_quality,
+                                             pair.dslr_focal_length_mm, pair.dslr_time)),
+        ("truth.json", lambda p: p.write_text(json.dumps(pair.truth.to_json(), indent=1))),
+    ):
+        tmp = folder / f".{name}.partial"
+        writer(tmp)
+        tmp.replace(folder / name)
+    return folder
+
+
+def simulate_pairs(
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    source: str | Path | None = None,
+    options: SimOptions | None = None,
+    phone: PhoneModel | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Simulate ``n`` pairs into ``out_dir`` (``pair_0000`` ...).
+
+    Pair i is drawn from seed ``(seed, i)``; with a source folder, pair i uses
+    its i-th file (cycling).  Raises :class:`SourceError` for an unreadable source
+    before anything is written.
+    """
+    from tqdm import tqdm
+
+    sources = list_sources(source)
+    loaded = {p: load_source(p) for p in sources}  # fail early, before writing
+    folders = []
+    for i in tqdm(range(n), desc="simulate", unit="pair", disable=not progress):
+        pair_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        src = loaded[sources[i % len(sources)]] if sources else None
+        pair = simulate_pair(pair_seed, src, options, phone, pair_id=f"pair_{i:04d}")
+        if sources:
+            pair.truth.facts["source"] = sources[i % len(sources)].name
+        folders.append(write_pair(pair, out_dir))
+    return folders
