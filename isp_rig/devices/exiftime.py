@@ -10,6 +10,8 @@ from pathlib import Path
 import exifread
 
 _TAGS = (("EXIF DateTimeOriginal", "EXIF SubSecTimeOriginal", "EXIF OffsetTimeOriginal"),
+         # DNG writers may put the EXIF date tags straight into IFD0
+         ("Image DateTimeOriginal", "Image SubSecTimeOriginal", "Image OffsetTimeOriginal"),
          ("Image DateTime", "EXIF SubSecTime", "EXIF OffsetTime"))
 
 
