@@ -1,0 +1,494 @@
+"""Training and evaluation data: the dataset folder (packed phone raw -> DSLR target)
+and folders of matching RGB images (a phone's own JPEG -> DSLR).
+
+Dataset folder read here (written by ``isp-rig dataset build``; see docs/learning.md)::
+
+    DATASET/
+      dataset.json              {"format_version": 1, "phone_profile": "...", "split": {...}, ...}
+      pairs.jsonl               one record per source pair (see :class:`PairRecord`)
+      pairs/<id>/raw.npy        float32 (H/2, W/2, 4): packed R, G1, G2, B, (v - black)/(white - black)
+      pairs/<id>/target.png     RGB 8- or 16-bit, (H, W): the DSLR image warped onto the phone raw grid
+      pairs/<id>/mask.png       8-bit gray (H, W): 255 where the target is valid, 0 elsewhere
+      pairs/<id>/phone.png|jpg  optional: the phone's own JPEG on the same (H, W) grid (built-in ISP row)
+
+Geometry: target pixel (row y, col x) shows the scene point of raw pixel (y, x)
+(pixel centres at integers); packed position (i, j) is the 2x2 CFA cell with
+its top-left raw pixel at (2i, 2j), always in R, G1, G2, B order (G1 = the
+green in the red row).
+
+Sampling is a pure function of (seed, sample index) so a resumed or
+distributed run draws exactly the crops an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+FORMAT_VERSION = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(Exception):
+    """A dataset file or record that cannot be used; ``str(err)`` names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+def read_image(path: Path | str) -> np.ndarray:
+    """An 8- or 16-bit image file as float32 RGB ``(H, W, 3)`` in [0, 1] (sRGB-encoded as stored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "missing")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(path, "not a readable image")
+    if img.dtype == np.uint8:
+        scale = 255.0
+    elif img.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise DataError(path, f"unsupported sample type {img.dtype} (expected 8 or 16 bit)")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[..., :3]
+    return np.ascontiguousarray(img[..., ::-1], dtype=np.float32) / np.float32(scale)
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """A mask PNG as bool ``(H, W)``: True where the stored value is above half range."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "missing")
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise DataError(path, "not a readable image")
+    if m.ndim == 3:
+        m = m[..., 0]
+    half = 32767 if m.dtype == np.uint16 else 127
+    return m > half
+
+
+def read_packed(path: Path | str) -> np.ndarray:
+    """A packed raw ``.npy`` as float32 ``(H/2, W/2, 4)`` (memory-mapped, not copied)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "missing")
+    try:
+        a = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise DataError(path, f"not a .npy array ({err})") from None
+    if a.ndim != 3 or a.shape[2] != 4:
+        raise DataError(path, f"packed raw must be (H/2, W/2, 4), got {a.shape}")
+    if a.dtype != np.float32:
+        raise DataError(path, f"packed raw must be float32, got {a.dtype}")
+    return a
+
+
+def write_image(path: Path | str, rgb: np.ndarray, bits: int = 8) -> None:
+    """Write float RGB ``(H, W, 3)`` in [0, 1] as an 8- or 16-bit PNG, atomically (temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    peak, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    out = np.round(np.clip(rgb, 0, 1) * peak).astype(dtype)[..., ::-1]
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    if not cv2.imwrite(str(tmp), out):
+        raise DataError(path, "could not write image")
+    tmp.replace(path)
+
+
+def write_pair(root: Path | str, pair_id: str, raw: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
+               split: str = "train", phone_jpeg: np.ndarray | None = None, target_bits: int = 16,
+               **extra) -> dict:
+    """Reference writer of one dataset-folder pair (the layout :class:`DatasetFolder` reads).
+
+    Writes ``pairs/<id>/raw.npy``, ``target.png``, ``mask.png`` (and ``phone.png``),
+    appends the record to ``pairs.jsonl`` and creates ``dataset.json`` if absent.
+    ``raw`` (h, w, 4) float32; ``target`` (2h, 2w, 3) in [0, 1]; ``mask`` (2h, 2w) bool.
+    Returns the record.
+    """
+    root = Path(root)
+    h, w = raw.shape[:2]
+    if target.shape[:2] != (2 * h, 2 * w):
+        raise ValueError(f"target {target.shape[:2]} must be twice the packed raw {raw.shape[:2]}")
+    d = root / "pairs" / pair_id
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "raw.npy", np.asarray(raw, dtype=np.float32))
+    write_image(d / "target.png", target, target_bits)
+    m = np.ones((2 * h, 2 * w), bool) if mask is None else mask.astype(bool)
+    cv2.imwrite(str(d / "mask.png"), m.astype(np.uint8) * 255)
+    files = {"raw": f"pairs/{pair_id}/raw.npy", "target": f"pairs/{pair_id}/target.png",
+             "mask": f"pairs/{pair_id}/mask.png"}
+    if phone_jpeg is not None:
+        write_image(d / "phone.png", phone_jpeg, 8)
+        files["phone_jpeg"] = f"pairs/{pair_id}/phone.png"
+    record = {"id": pair_id, "split": split, "status": "ok", "files": files, **extra}
+    if not (root / "dataset.json").exists():
+        (root / "dataset.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "phone_profile": None,
+                                                       "split": {"rule": "by scene"}}, indent=2))
+    with open(root / "pairs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# the dataset folder
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One usable pair of a dataset folder (absolute paths)."""
+
+    id: str
+    split: str
+    raw: Path
+    target: Path
+    mask: Path | None
+    phone_jpeg: Path | None = None
+    phone_model: str | None = None
+    scene: str | None = None
+
+
+class DatasetFolder:
+    """Reads ``dataset.json`` and ``pairs.jsonl`` of a dataset folder.
+
+    A record is used when its ``status`` is ``"ok"`` (or absent). File paths are
+    relative to the folder and sit under ``files`` (keys ``raw``, ``target``,
+    ``mask``, optional ``phone_jpeg``) or at the record's top level.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        meta_path, pairs_path = self.root / "dataset.json", self.root / "pairs.jsonl"
+        if not pairs_path.is_file():
+            raise DataError(pairs_path, "missing: not a dataset folder")
+        self.meta: dict = {}
+        if meta_path.is_file():
+            try:
+                self.meta = json.loads(meta_path.read_text())
+            except json.JSONDecodeError as err:
+                raise DataError(meta_path, f"invalid JSON ({err})") from None
+            version = self.meta.get("format_version", FORMAT_VERSION)
+            if int(version) > FORMAT_VERSION:
+                raise DataError(meta_path, f"format_version {version} is newer than this reader ({FORMAT_VERSION})")
+        self.records: list[PairRecord] = []
+        self.skipped: list[tuple[str, str]] = []
+        for n, line in enumerate(pairs_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(pairs_path, f"line {n}: invalid JSON ({err})") from None
+            status = rec.get("status", "ok")
+            if status != "ok":
+                self.skipped.append((str(rec.get("id", n)), str(status)))
+                continue
+            files = rec.get("files", rec)
+            if "raw" not in files or "target" not in files:
+                raise DataError(pairs_path, f"line {n}: record lacks the 'raw' or 'target' file")
+            path = lambda key: (self.root / files[key]) if files.get(key) else None  # noqa: E731
+            self.records.append(PairRecord(
+                id=str(rec.get("id", n)), split=str(rec.get("split", "train")), raw=path("raw"),
+                target=path("target"), mask=path("mask"), phone_jpeg=path("phone_jpeg"),
+                phone_model=rec.get("phone_model") or self.meta.get("phone_profile"), scene=rec.get("scene")))
+
+    def split(self, name: str | Sequence[str]) -> list[PairRecord]:
+        """Records of one split (or several)."""
+        names = {name} if isinstance(name, str) else set(name)
+        return [r for r in self.records if r.split in names]
+
+
+class PairSource(Protocol):
+    """What the crop and tile datasets draw from: ``len`` pairs, each loadable as arrays."""
+
+    scale: int
+
+    def __len__(self) -> int: ...
+
+    def load(self, i: int) -> dict: ...
+
+
+class PackedPairs:
+    """Pairs of a dataset folder split: ``load(i)`` gives ``input`` (h, w, 4) float32 packed raw,
+    ``target`` (2h, 2w, 3), ``mask`` (2h, 2w) bool, ``id``, and ``jpeg`` (2h, 2w, 3) where present."""
+
+    scale = 2
+    bayer = True
+
+    def __init__(self, root: Path | str, split: str | Sequence[str]) -> None:
+        self.folder = DatasetFolder(root)
+        self.records = self.folder.split(split)
+        if not self.records:
+            raise DataError(self.folder.root / "pairs.jsonl", f"no usable pairs in split {split!r}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, i: int, with_jpeg: bool = False) -> dict:
+        r = self.records[i]
+        raw = read_packed(r.raw)
+        target = read_image(r.target)
+        h, w = raw.shape[:2]
+        if target.shape[:2] != (2 * h, 2 * w):
+            raise DataError(r.target, f"target is {target.shape[1]}x{target.shape[0]}, expected {2 * w}x{2 * h} "
+                                      f"(twice the packed raw {r.raw.name})")
+        mask = read_mask(r.mask) if r.mask is not None else np.ones((2 * h, 2 * w), bool)
+        if mask.shape != (2 * h, 2 * w):
+            raise DataError(r.mask, f"mask is {mask.shape[1]}x{mask.shape[0]}, expected {2 * w}x{2 * h}")
+        out = {"input": raw, "target": target, "mask": mask, "id": r.id}
+        if with_jpeg and r.phone_jpeg is not None:
+            jpeg = read_image(r.phone_jpeg)
+            if jpeg.shape[:2] != (2 * h, 2 * w):
+                raise DataError(r.phone_jpeg, f"phone JPEG is {jpeg.shape[1]}x{jpeg.shape[0]}, expected {2 * w}x{2 * h}")
+            out["jpeg"] = jpeg
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# folders of matching RGB files (e.g. phone JPEG -> DSLR JPEG)
+
+def _index(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def list_rgb_pairs(input_dir: Path | str, target_dir: Path | str, exclude: Iterable[str] = (),
+                   drop_identical: bool = True) -> list[str]:
+    """Names (file stems) present in both folders, numerically sorted where names are numbers.
+
+    ``exclude`` names are dropped, and with ``drop_identical`` so is every pair whose
+    two files are byte-identical (e.g. saturated white patches: scoring them says nothing).
+    """
+    a, b = _index(Path(input_dir)), _index(Path(target_dir))
+    skip = {str(e) for e in exclude}
+    names = [n for n in a if n in b and n not in skip]
+    if drop_identical:
+        names = [n for n in names if _digest(a[n]) != _digest(b[n])]
+    return sorted(names, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+
+
+def split_names(names: Sequence[str], test_every: int = 5) -> tuple[list[str], list[str]]:
+    """Deterministic split: every ``test_every``-th name (by position) is test, the rest train."""
+    test = [n for k, n in enumerate(names) if k % test_every == 0]
+    train = [n for k, n in enumerate(names) if k % test_every != 0]
+    return train, test
+
+
+class RgbFolderPairs:
+    """Pairs of same-named RGB files: ``load(i)`` gives ``input`` (H, W, 3), ``target`` (H, W, 3),
+    ``mask`` (H, W) all True, and ``jpeg`` = the input itself (the built-in ISP output)."""
+
+    scale = 1
+    bayer = False
+
+    def __init__(self, input_dir: Path | str, target_dir: Path | str, names: Sequence[str]) -> None:
+        self.input_dir, self.target_dir = Path(input_dir), Path(target_dir)
+        a, b = _index(self.input_dir), _index(self.target_dir)
+        missing = [n for n in names if n not in a or n not in b]
+        if missing:
+            raise DataError(self.input_dir, f"no matching pair for {missing[:5]}")
+        self.names = list(names)
+        self._paths = [(a[n], b[n]) for n in self.names]
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, i: int, with_jpeg: bool = False) -> dict:
+        if i not in self._cache:
+            pa, pb = self._paths[i]
+            x, y = read_image(pa), read_image(pb)
+            if x.shape != y.shape:
+                raise DataError(pb, f"size {y.shape[1]}x{y.shape[0]} differs from {pa} ({x.shape[1]}x{x.shape[0]})")
+            self._cache[i] = {"input": x, "target": y, "mask": np.ones(x.shape[:2], bool), "id": self.names[i]}
+        out = dict(self._cache[i])
+        if with_jpeg:
+            out["jpeg"] = out["input"]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation
+
+def _pack_rggb(mosaic: np.ndarray) -> np.ndarray:
+    return np.stack([mosaic[0::2, 0::2], mosaic[0::2, 1::2], mosaic[1::2, 0::2], mosaic[1::2, 1::2]], -1)
+
+
+def _unpack_rggb(planes: np.ndarray) -> np.ndarray:
+    h, w = planes.shape[:2]
+    m = np.empty((2 * h, 2 * w), planes.dtype)
+    m[0::2, 0::2], m[0::2, 1::2], m[1::2, 0::2], m[1::2, 1::2] = (planes[..., k] for k in range(4))
+    return m
+
+
+def _dihedral(a: np.ndarray, flip_v: bool, flip_h: bool, transpose: bool) -> np.ndarray:
+    if flip_v:
+        a = a[::-1]
+    if flip_h:
+        a = a[:, ::-1]
+    if transpose:
+        a = a.swapaxes(0, 1)
+    return a
+
+
+def bayer_augment(raw: np.ndarray, target: np.ndarray, mask: np.ndarray, flip_v: bool, flip_h: bool,
+                  transpose: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flip / transpose a packed raw crop with its target and mask, keeping the Bayer phase right.
+
+    ``raw`` (h+1, w+1, 4) packed R, G1, G2, B; ``target`` (2h+2, 2w+2, 3); ``mask`` (2h+2, 2w+2).
+    The mosaic is unpacked, transformed with the target on the full-resolution grid,
+    then shifted by at most one raw pixel so that an R pixel is again at (0, 0)
+    (Liu et al. 2019, Bayer-preserving augmentation), and packed again. Returns
+    raw (h, w, 4), target (2h, 2w, 3), mask (2h, 2w): every output raw pixel keeps
+    its own target pixel, and each plane holds only its own colour.
+    """
+    hh, ww = raw.shape[0] - 1, raw.shape[1] - 1
+    mosaic = _unpack_rggb(raw)
+    colour = _unpack_rggb(np.broadcast_to(np.array([0, 1, 1, 2], np.int8), raw.shape))
+    ops = (flip_v, flip_h, transpose)
+    mosaic, colour = _dihedral(mosaic, *ops), _dihedral(colour, *ops)
+    target, mask = _dihedral(target, *ops), _dihedral(mask, *ops)
+    if transpose:
+        hh, ww = ww, hh
+    dy, dx = next((y, x) for y in (0, 1) for x in (0, 1) if colour[y, x] == 0)
+    sl = (slice(dy, dy + 2 * hh), slice(dx, dx + 2 * ww))
+    return (np.ascontiguousarray(_pack_rggb(mosaic[sl])), np.ascontiguousarray(target[sl]),
+            np.ascontiguousarray(mask[sl]))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch datasets
+
+def _to_tensors(x: np.ndarray, y: np.ndarray, m: np.ndarray) -> dict:
+    return {"input": torch.from_numpy(np.ascontiguousarray(x, np.float32)).permute(2, 0, 1),
+            "target": torch.from_numpy(np.ascontiguousarray(y, np.float32)).permute(2, 0, 1),
+            "mask": torch.from_numpy(np.ascontiguousarray(m, np.float32))[None]}
+
+
+@dataclass
+class RandomCrops(Dataset):
+    """Random training crops, a pure function of ``(seed, index)``.
+
+    Item ``k`` picks a pair, a crop of ``crop`` input positions (packed positions
+    for raw: crops are whole 2x2 CFA cells; target crops are ``scale * crop``),
+    preferring crops with at least ``min_valid`` of the mask valid, and with
+    ``augment`` one of the 8 flips / 90-degree turns (Bayer-preserving for raw).
+    Returns ``{"input": (C, crop, crop), "target": (3, s*crop, s*crop), "mask": (1, s*crop, s*crop)}``.
+    """
+
+    source: PairSource
+    crop: int = 64
+    seed: int = 0
+    augment: bool = True
+    min_valid: float = 0.5
+    length: int = 10**9
+    _tries: int = field(default=8, repr=False)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(k)])
+        s, c = self.source.scale, self.crop
+        bayer = getattr(self.source, "bayer", False)
+        extra = 1 if (bayer and self.augment) else 0
+        item = self.source.load(int(rng.integers(len(self.source))))
+        x, y, m = item["input"], item["target"], item["mask"]
+        h, w = x.shape[:2]
+        if h < c + extra or w < c + extra:
+            raise DataError(str(item["id"]), f"image of {w}x{h} input positions is smaller than crop {c} + {extra}")
+        best = None
+        for _ in range(self._tries):
+            i, j = int(rng.integers(h - c - extra + 1)), int(rng.integers(w - c - extra + 1))
+            frac = float(m[s * i: s * (i + c), s * j: s * (j + c)].mean())
+            if best is None or frac > best[0]:
+                best = (frac, i, j)
+            if frac >= self.min_valid:
+                break
+        _, i, j = best
+        ce = c + extra
+        xc = np.asarray(x[i: i + ce, j: j + ce], np.float32)
+        yc, mc = y[s * i: s * (i + ce), s * j: s * (j + ce)], m[s * i: s * (i + ce), s * j: s * (j + ce)]
+        if self.augment:
+            fv, fh, tr = (bool(b) for b in rng.integers(2, size=3))
+            if bayer:
+                xc, yc, mc = bayer_augment(xc, yc, mc, fv, fh, tr)
+            else:
+                xc, yc, mc = _dihedral(xc, fv, fh, tr), _dihedral(yc, fv, fh, tr), _dihedral(mc, fv, fh, tr)
+        return _to_tensors(xc, yc, mc)
+
+
+class EvalTiles(Dataset):
+    """Fixed evaluation tiles: each pair cut into a deterministic grid of ``tile`` input positions.
+
+    ``tile=None`` gives whole images. Tiles at the right/bottom edge are shifted
+    inside the image (they may overlap their neighbour). Item: ``input``, ``target``,
+    ``mask`` tensors as in :class:`RandomCrops`, ``jpeg`` (3, H, W) or an empty
+    tensor when the pair has no phone JPEG, ``id`` (pair id) and ``tile`` (i, j, size).
+    """
+
+    def __init__(self, source: PairSource, tile: int | None = None) -> None:
+        self.source, self.tile = source, tile
+        self.index: list[tuple[int, int, int, int, int]] = []
+        for p in range(len(source)):
+            shape = source.load(p)["input"].shape
+            h, w = shape[:2]
+            th, tw = (h, w) if tile is None else (min(tile, h), min(tile, w))
+            rows = sorted({min(i, h - th) for i in range(0, h, th)})
+            cols = sorted({min(j, w - tw) for j in range(0, w, tw)})
+            self.index += [(p, i, j, th, tw) for i in rows for j in cols]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> dict:
+        p, i, j, th, tw = self.index[k]
+        s = self.source.scale
+        item = self.source.load(p, with_jpeg=True)
+        ys, xs = slice(s * i, s * (i + th)), slice(s * j, s * (j + tw))
+        out = _to_tensors(item["input"][i: i + th, j: j + tw], item["target"][ys, xs], item["mask"][ys, xs])
+        jpeg = item.get("jpeg")
+        out["jpeg"] = (torch.from_numpy(np.ascontiguousarray(jpeg[ys, xs])).permute(2, 0, 1)
+                       if jpeg is not None else torch.zeros(0))
+        out["id"] = str(item["id"])
+        out["tile"] = (i, j, th)
+        return out
+
+
+def open_source(data: dict, split: str) -> PairSource:
+    """The pair source a data config describes.
+
+    ``{"kind": "dataset", "root": DIR}`` -> :class:`PackedPairs` of split ``split``
+    (``"train"`` or ``"test"``; ``"val"`` falls back to test when the folder has no val split);
+    ``{"kind": "rgb_folders", "input_dir": A, "target_dir": B, "exclude": [...], "test_every": 5}``
+    -> :class:`RgbFolderPairs` over the deterministic split of :func:`split_names`.
+    """
+    kind = data.get("kind", "dataset")
+    if kind == "dataset":
+        folder = DatasetFolder(data["root"])
+        if split == "val" and not folder.split("val"):
+            split = "test"
+        return PackedPairs(data["root"], split)
+    if kind == "rgb_folders":
+        names = list_rgb_pairs(data["input_dir"], data["target_dir"], data.get("exclude", ()),
+                               data.get("drop_identical", True))
+        train, test = split_names(names, int(data.get("test_every", 5)))
+        return RgbFolderPairs(data["input_dir"], data["target_dir"], train if split == "train" else test)
+    raise ValueError(f"unknown data kind {kind!r} (expected 'dataset' or 'rgb_folders')")

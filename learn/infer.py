@@ -1,0 +1,136 @@
+"""Full-resolution rendering, tiled with overlap, and model export.
+
+:func:`render` cuts the input into tiles whose origins are multiples of the
+model's ``size_multiple`` and widens each by an overlap of at least the model's
+``receptive_radius`` (rounded up to the multiple), runs the model on the
+widened tile and keeps only the tile's own pixels. Every kept pixel therefore
+sees exactly the input a whole-image pass would give it, so the tiled result
+equals the full render (to float rounding) and no seam can appear, while
+memory stays bounded by one widened tile. Per-image statistics of models with
+a global path (ckisp's colour path) are accumulated over all tiles first;
+they are means, so the accumulation is exact.
+
+Export: :func:`export_torchscript` and :func:`export_onnx` write models whose
+output equals the PyTorch model's (checked by :func:`check_export`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def _overlap(model: torch.nn.Module, overlap: int | None) -> tuple[int, int]:
+    m = int(getattr(model, "size_multiple", 1))
+    r = int(getattr(model, "receptive_radius", 64)) if overlap is None else int(overlap)
+    return m, int(math.ceil(r / m) * m)
+
+
+def _starts(n: int, tile: int) -> list[int]:
+    return list(range(0, n, tile))
+
+
+@torch.inference_mode()
+def image_statistics_tiled(model: torch.nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor | None:
+    """Whole-image statistics ``(N, S)`` of ``model.statistics`` accumulated over disjoint tiles, or None."""
+    if getattr(model, "colour", None) is None or not hasattr(model, "statistics"):
+        return None
+    h, w = x.shape[-2:]
+    acc = None
+    for i in _starts(h, tile):
+        for j in _starts(w, tile):
+            part = x[..., i: i + tile, j: j + tile]
+            s = model.statistics(part).double() * (part.shape[-2] * part.shape[-1])
+            acc = s if acc is None else acc + s
+    return (acc / (h * w)).float()
+
+
+@torch.inference_mode()
+def render_tensor(model: torch.nn.Module, x: torch.Tensor, tile: int = 512, overlap: int | None = None,
+                  progress: bool = False) -> torch.Tensor:
+    """Tiled rendering of ``x`` (N, C, H, W) -> (N, 3, s*H, s*W), s = the model's upscale.
+
+    ``tile`` is rounded up to the model's ``size_multiple``; ``overlap`` defaults
+    to the model's ``receptive_radius`` (rounded up to the multiple).
+    """
+    model.eval()
+    m, ov = _overlap(model, overlap)
+    tile = int(math.ceil(tile / m) * m)
+    s = int(getattr(model, "upscale", 1))
+    n, _, h, w = x.shape
+    stats = image_statistics_tiled(model, x, tile)
+    out = torch.empty((n, 3, s * h, s * w), dtype=torch.float32)
+    cells = [(i, j) for i in _starts(h, tile) for j in _starts(w, tile)]
+    for i, j in tqdm(cells, desc="render", unit="tile", disable=not progress):
+        i1, j1 = min(h, i + tile), min(w, j + tile)
+        a0, b0 = max(0, i - ov), max(0, j - ov)
+        a1, b1 = min(h, i1 + ov), min(w, j1 + ov)
+        part = x[..., a0:a1, b0:b1]
+        y = model(part, stats=stats) if stats is not None else model(part)
+        out[..., s * i: s * i1, s * j: s * j1] = y[..., s * (i - a0): s * (i1 - a0), s * (j - b0): s * (j1 - b0)].float()
+    return out
+
+
+def render(model: torch.nn.Module, image: np.ndarray, tile: int = 512, overlap: int | None = None,
+           threads: int | None = None, progress: bool = False) -> np.ndarray:
+    """Render one image: packed raw ``(H/2, W/2, 4)`` (or RGB ``(H, W, 3)``) -> sRGB ``(H, W, 3)`` float32 in [0, 1]."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    y = render_tensor(model, x, tile, overlap, progress)
+    return y[0].permute(1, 2, 0).numpy()
+
+
+class _Exportable(torch.nn.Module):
+    """A model wrapper with a single tensor argument (what exporters want)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def export_torchscript(model: torch.nn.Module, path: Path | str) -> Path:
+    """Script ``model`` (any input size) and save it to ``path``; load with ``torch.jit.load``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted = torch.jit.script(_Exportable(model.eval()))
+    scripted.save(str(path))
+    return path
+
+
+def export_onnx(model: torch.nn.Module, path: Path | str, in_channels: int = 4, example_size: int = 64,
+                opset: int = 17) -> Path:
+    """Export ``model`` to ONNX with dynamic batch, height and width (input ``input`` (N, C, H, W), output ``rgb``)."""
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.rand(1, in_channels, example_size, example_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Exportable(model.eval()), (x,), str(path), dynamo=False, input_names=["input"],
+                          output_names=["rgb"], opset_version=opset,
+                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "rgb": {0: "n", 2: "H", 3: "W"}})
+    return path
+
+
+def check_export(model: torch.nn.Module, path: Path | str, x: torch.Tensor) -> float:
+    """Largest absolute difference between ``model(x)`` and the exported model at ``path`` (.pt or .onnx)."""
+    path = Path(path)
+    with torch.inference_mode():
+        ref = model.eval()(x).numpy()
+        if path.suffix == ".onnx":
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = sess.run(None, {"input": x.numpy()})[0]
+        else:
+            got = torch.jit.load(str(path))(x).numpy()
+    return float(np.abs(got - ref).max())

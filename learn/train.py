@@ -1,0 +1,346 @@
+"""Training: one config file per experiment, seeds, checkpoints and exact resume,
+AMP on a GPU, and DDP under ``torchrun`` through the same code path.
+
+Run folder ``RUN/``::
+
+    config.json              the resolved config (written once; a resume reuses it)
+    checkpoints/last.pt      model, optimiser, AMP scaler, step, elapsed seconds, config (atomic writes)
+    metrics.csv              step, loss, lr, elapsed_s, val_psnr, val_ssim (rows past the checkpoint are
+                             dropped on resume, so the file always matches the weights)
+    curve.png                training loss and validation PSNR
+
+Exact resume: training crops are a pure function of (seed, sample index)
+(:class:`learn.data.RandomCrops`), the learning rate a pure function of the
+step, and the optimiser state is checkpointed, so a run killed and resumed
+reaches the same weights as an uninterrupted one. SIGTERM / Ctrl-C save a
+checkpoint at the current step before exiting.
+
+DDP: under ``torchrun --nproc_per_node=K`` each rank takes its share of every
+global batch (``batch_size`` is global and must divide by K) with the gloo
+backend on CPU and nccl on GPU; rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import signal
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import learn.models as models
+from learn.curves import plot_curves
+from learn.data import EvalTiles, RandomCrops, open_source
+from learn.losses import build_loss
+from learn.metrics import psnr, ssim
+
+DEFAULTS: dict[str, Any] = {
+    "model": {"name": "ckisp", "kwargs": {}},
+    "data": {"kind": "dataset", "root": None, "crop": 64, "batch_size": 16, "workers": 0, "min_valid": 0.5,
+             "augment": True, "eval_tile": 256},
+    "optim": {"lr": 1e-3, "steps": 3000, "weight_decay": 0.0, "schedule": "cosine", "warmup": 0, "min_lr": 0.0,
+              "grad_clip": 0.0},
+    "loss": {"l1": 1.0},
+    "train": {"seed": 0, "ckpt_every": 500, "eval_every": 500, "log_every": 25, "amp": True, "threads": None},
+}
+METRIC_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_psnr", "val_ssim"]
+
+
+class ConfigError(Exception):
+    """A config file or value that cannot be used; names the file or key."""
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep merge: nested dicts are merged, other values in ``update`` replace those in ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_config(path: Path | str | None = None, overrides: dict | None = None) -> dict:
+    """DEFAULTS, then the TOML or JSON file at ``path``, then ``overrides`` (deep-merged)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path}: cannot parse ({err})") from None
+        unknown = set(data) - set(DEFAULTS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+        cfg = merge(cfg, data)
+    return merge(cfg, overrides or {})
+
+
+def learning_rate(optim: dict, step: int) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine down to ``min_lr``."""
+    lr, total, warm = float(optim["lr"]), int(optim["steps"]), int(optim.get("warmup", 0))
+    if warm and step < warm:
+        return lr * (step + 1) / warm
+    if optim.get("schedule", "cosine") == "constant":
+        return lr
+    t = (step - warm) / max(1, total - warm)
+    lo = float(optim.get("min_lr", 0.0))
+    return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def build_model(config: dict) -> torch.nn.Module:
+    """The model a config names (``model.name`` with ``model.kwargs``)."""
+    return models.create(config["model"]["name"], **config["model"].get("kwargs", {}))
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """A checkpoint written by :func:`train` (a dict with ``model``, ``config``, ``step``, ...)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model(run_or_ckpt: Path | str) -> tuple[torch.nn.Module, dict]:
+    """The trained model (eval mode, CPU) and its config from a run folder or checkpoint file."""
+    ck = load_checkpoint(run_or_ckpt)
+    model = build_model(ck["config"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck["config"]
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, tiles: EvalTiles, device: torch.device, batch: int = 8) -> tuple[float, float]:
+    """Mean PSNR (dB) and SSIM of ``model`` over fixed evaluation tiles (masked)."""
+    was = model.training
+    model.eval()
+    ps, ss = [], []
+    loader = DataLoader(tiles, batch_size=batch, shuffle=False,
+                        collate_fn=lambda items: {k: torch.stack([it[k] for it in items])
+                                                  for k in ("input", "target", "mask")})
+    for b in loader:
+        x, y, m = (b[k].to(device) for k in ("input", "target", "mask"))
+        p = model(x)
+        ps.append(psnr(p, y, m).cpu())
+        ss.append(ssim(p, y, m).cpu())
+    model.train(was)
+    return float(torch.cat(ps).mean()), float(torch.cat(ss).mean())
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+class _Stop:
+    """Turns SIGTERM / SIGINT into a flag checked after each step (the step in flight completes)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict = {}
+
+    def __enter__(self) -> "_Stop":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(config: dict, out: Path | str, init_from: Path | str | None = None, progress: bool = True,
+          stop_at: int | None = None) -> dict:
+    """Train (or resume) the run in folder ``out`` and return a summary dict.
+
+    Args:
+        config: a config from :func:`load_config`. When ``out`` already holds a
+            checkpoint, the run resumes from it with the stored config (only
+            ``optim.steps`` may be raised to train longer).
+        init_from: a checkpoint whose model weights start a new run (fine-tuning
+            for a new phone); ignored when resuming.
+        stop_at: stop (with a checkpoint) after this global step, as an interruption would.
+
+    Returns ``{"step", "elapsed_s", "loss", "val_psnr", "val_ssim", "params", "stopped"}``.
+    """
+    out = Path(out)
+    world, rank, local_rank = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    last = out / "checkpoints" / "last.pt"
+    resume = load_checkpoint(last) if last.is_file() else None
+    if resume is not None:
+        steps = int(config["optim"]["steps"])
+        config = resume["config"]
+        config["optim"]["steps"] = max(steps, int(config["optim"]["steps"]))
+    tc, dc, oc = config["train"], config["data"], config["optim"]
+    if tc.get("threads"):
+        torch.set_num_threads(int(tc["threads"]))
+    seed = int(tc["seed"])
+    total_batch = int(dc["batch_size"])
+    if total_batch % world:
+        raise ConfigError(f"data.batch_size {total_batch} does not divide by the {world} processes")
+    per_rank = total_batch // world
+
+    torch.manual_seed(seed)
+    model = build_model(config).to(device)
+    if resume is None and init_from is not None:
+        model.load_state_dict(load_checkpoint(init_from)["model"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"]))
+    use_amp = bool(tc.get("amp", True)) and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    start, elapsed = 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        start, elapsed = int(resume["step"]), float(resume["elapsed_s"])
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) \
+        if world > 1 else model
+    loss_fn = build_loss(config["loss"])
+
+    train_src = open_source(dc, "train")
+    crops = RandomCrops(train_src, crop=int(dc["crop"]), seed=seed, augment=bool(dc.get("augment", True)),
+                        min_valid=float(dc.get("min_valid", 0.5)))
+    total = int(oc["steps"])
+    end = min(total, stop_at) if stop_at is not None else total
+    batches = [[s * total_batch + rank * per_rank + k for k in range(per_rank)] for s in range(start, end)]
+    loader = DataLoader(crops, batch_sampler=batches, num_workers=int(dc.get("workers", 0)),
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    val_tiles = EvalTiles(open_source(dc, "val"), dc.get("eval_tile")) if rank == 0 else None
+
+    metrics_path = out / "metrics.csv"
+    rows: list[dict] = []
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        rows = _read_metrics(metrics_path, start)
+
+    def save(step: int) -> None:
+        if rank == 0:
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scaler": scaler.state_dict() if scaler.is_enabled() else None, "step": step,
+                          "elapsed_s": elapsed, "config": config,
+                          "params": models.count_parameters(model)}, last)
+            _write_metrics(metrics_path, rows)
+            plot_curves(metrics_path, out / "curve.png")
+        if world > 1:
+            dist.barrier()
+
+    step, loss_value, stopped = start, float("nan"), False
+    val_psnr = val_ssim = None
+    bar = tqdm(total=end, initial=start, disable=not progress or rank != 0, desc=f"train {config['model']['name']}",
+               unit="step", dynamic_ncols=True)
+    net.train()
+    with _Stop() as stop:
+        t_last = time.perf_counter()
+        for batch in loader:
+            x, y, m = (batch[k].to(device, non_blocking=True) for k in ("input", "target", "mask"))
+            lr = learning_rate(oc, step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                pred = net(x)
+            loss = loss_fn(pred.float(), y, m)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if float(oc.get("grad_clip", 0)) > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(oc["grad_clip"]))
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            now = time.perf_counter()
+            elapsed += now - t_last
+            t_last = now
+            loss_value = float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if rank == 0:
+                row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.2f}",
+                       "val_psnr": "", "val_ssim": ""}
+                evaluate_now = step % int(tc["eval_every"]) == 0 or step == total
+                if evaluate_now:
+                    val_psnr, val_ssim = validate(model, val_tiles, device)
+                    row["val_psnr"], row["val_ssim"] = f"{val_psnr:.4f}", f"{val_ssim:.4f}"
+                    bar.write(f"step {step}: loss {loss_value:.4f}, val PSNR {val_psnr:.2f} dB, SSIM {val_ssim:.4f}")
+                if evaluate_now or step % int(tc["log_every"]) == 0:
+                    rows.append(row)
+                t_last = time.perf_counter()  # validation time is not training time
+            flag = torch.tensor([1.0 if stop.requested else 0.0])
+            if world > 1:
+                dist.all_reduce(flag)
+            if flag.item() > 0:
+                stopped = True
+            if stopped or step % int(tc["ckpt_every"]) == 0 or step == end:
+                save(step)
+            if stopped:
+                bar.write(f"interrupted: checkpoint saved at step {step}; run the same command again to resume")
+                break
+    bar.close()
+    if step == start and rank == 0 and not last.is_file():
+        save(step)
+    return {"step": step, "elapsed_s": elapsed, "loss": loss_value, "val_psnr": val_psnr, "val_ssim": val_ssim,
+            "params": models.count_parameters(model), "stopped": stopped or step < total}
+
+
+def main_torchrun() -> None:  # pragma: no cover - entry for `torchrun -m learn.train CONFIG OUT`
+    """``python -m learn.train CONFIG OUT [STEPS]``: the same training under torchrun."""
+    import sys
+
+    cfg = load_config(sys.argv[1])
+    if len(sys.argv) > 3:
+        cfg["optim"]["steps"] = int(sys.argv[3])
+    train(cfg, sys.argv[2])
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_torchrun()
