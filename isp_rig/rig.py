@@ -25,7 +25,9 @@ import datetime as _dt
 import statistics
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from isp_rig.devices.base import CapturedFile, Device, DeviceError, DeviceInfo, FireRecord
@@ -261,3 +263,54 @@ def estimate_latency(samples: Sequence[float]) -> dict[str, float]:
     median = statistics.median(samples)
     mad = statistics.median(abs(s - median) for s in samples)
     return {"median_s": median, "mad_s": mad, "n": len(samples)}
+
+
+# -- rig files ----------------------------------------------------------------
+RIG_KEYS = {"name", "mode", "collect_timeout_s", "max_skew_s", "schedule_lead_s"}
+
+
+@dataclass
+class RigSpec:
+    """A rig file, resolved: rig options and each device's entry merged over its profile."""
+
+    name: str
+    options: dict[str, Any]
+    devices: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain form stored in ``session.toml`` (the rig as configured)."""
+        return {"name": self.name, **self.options, "device": self.devices}
+
+    def build(self) -> Rig:
+        """Devices and a :class:`Rig` for this spec (not yet connected)."""
+        from isp_rig.devices import build_device
+
+        devices = [build_device(d) for d in self.devices]
+        return Rig(devices, settings={d["name"]: d["settings"] for d in self.devices},
+                   latency_s={d["name"]: d["latency_s"] for d in self.devices}, **self.options)
+
+
+def load_rig(path: str | Path) -> RigSpec:
+    """Read a rig TOML file: ``[rig]`` options and ``[[device]]`` entries.
+
+    Raises RigError naming the file for unreadable TOML, unknown ``[rig]``
+    keys or no devices; device entries raise DeviceConfigurationError.
+    """
+    from isp_rig.devices import resolve_entry
+
+    file = Path(path)
+    try:
+        doc = tomllib.loads(file.read_text("utf-8"))
+    except FileNotFoundError:
+        raise RigError(f"{file}: rig file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise RigError(f"{file}: not valid TOML: {err}") from err
+    rig = dict(doc.get("rig", {}))
+    unknown = sorted(set(rig) - RIG_KEYS)
+    if unknown:
+        raise RigError(f"{file}: unknown [rig] key(s) {unknown}; valid: {sorted(RIG_KEYS)}")
+    entries = doc.get("device", [])
+    if not entries:
+        raise RigError(f"{file}: no [[device]] entries")
+    name = str(rig.pop("name", file.stem))
+    return RigSpec(name=name, options=rig, devices=[resolve_entry(e) for e in entries])

@@ -1,0 +1,76 @@
+"""Capture devices: one module per adapter, one interface (:mod:`isp_rig.devices.base`).
+
+:func:`build_device` turns a rig file's ``[[device]]`` entry (merged over its
+profile) into a device. Adapters: ``gphoto`` (DSLR over libgphoto2) and
+``folder`` (a phone whose files appear in a folder). ``adb`` and
+``companion`` are planned and refused with that reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from isp_rig.devices.base import Device, DeviceError
+from isp_rig.profiles import load_profile
+
+ADAPTERS = ("gphoto", "folder")
+PLANNED = ("adb", "companion")
+_COMMON = {"name", "profile", "adapter", "settings", "latency_s"}
+_GPHOTO = {"model", "port", "capture_target", "image_format", "settings_map", "busy_retries",
+           "busy_backoff_s", "event_timeout_s", "poll_ms", "settle_s"}
+_FOLDER = {"folder", "model", "raw_extensions", "companion_extensions", "tolerance_s", "clock_offset_s",
+           "stable_s", "poll_s", "recursive", "trigger", "trigger_timeout_s"}
+
+
+class DeviceConfigurationError(DeviceError):
+    """A rig file's device entry that cannot become a device (names the device and the reason)."""
+
+
+def resolve_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry merged over its profile's adapter section: every option spelled out.
+
+    Returns a dict with ``name``, ``adapter``, ``profile``, ``settings``,
+    ``latency_s`` and the adapter's options. Raises DeviceConfigurationError
+    for a missing name, an unknown adapter or an unknown option.
+    """
+    name = entry.get("name")
+    if not name or not isinstance(name, str):
+        raise DeviceConfigurationError(str(name), "every [[device]] needs a name")
+    profile = load_profile(entry["profile"]) if entry.get("profile") else {}
+    head = profile.get("profile", {})
+    adapter = entry.get("adapter") or head.get("adapter")
+    if adapter in PLANNED:
+        raise DeviceConfigurationError(name, f"adapter {adapter!r} is not built yet; use adapter = 'folder' "
+                                             "with a trigger command (docs/capture.md)")
+    if adapter not in ADAPTERS:
+        raise DeviceConfigurationError(name, f"unknown adapter {adapter!r}; available: {', '.join(ADAPTERS)}")
+    allowed = _COMMON | (_GPHOTO if adapter == "gphoto" else _FOLDER)
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise DeviceConfigurationError(name, f"unknown option(s) {unknown} for adapter {adapter!r}; "
+                                             f"valid: {sorted(allowed)}")
+    options = dict(profile.get(adapter, {}))
+    if adapter == "folder":
+        options.setdefault("model", head.get("model", "unknown phone"))
+    options.update({k: v for k, v in entry.items() if k not in _COMMON})
+    latency = entry.get("latency_s", profile.get("latency", {}).get("trigger_s", 0.0))
+    return {"name": name, "adapter": adapter, "profile": entry.get("profile"),
+            "settings": dict(entry.get("settings", {})), "latency_s": float(latency), "options": options}
+
+
+def build_device(resolved: Mapping[str, Any]) -> Device:
+    """A device from :func:`resolve_entry`'s result."""
+    name, adapter, options = resolved["name"], resolved["adapter"], dict(resolved["options"])
+    if adapter == "gphoto":
+        from isp_rig.devices.gphoto import GPhotoCamera
+
+        return GPhotoCamera(name, **options)
+    from isp_rig.devices.folder import WatchedFolder
+
+    if "folder" not in options:
+        raise DeviceConfigurationError(name, "a folder device needs `folder = \"/path/the/phone/writes/to\"`")
+    folder = options.pop("folder")
+    for key in ("raw_extensions", "companion_extensions"):
+        if key in options:
+            options[key] = tuple(options[key])
+    return WatchedFolder(name, folder, **options)

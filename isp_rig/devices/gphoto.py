@@ -67,6 +67,8 @@ def open_camera(model: str | None = None, port: str | None = None):
     cameras = autodetect()
     matches = [(m, p) for m, p in cameras
                if (model is None or model.lower() in m.lower()) and (port is None or p == port)]
+    exact = [(m, p) for m, p in matches if model is not None and m.lower() == model.lower()]
+    matches = exact or matches  # 'Nikon Z6' must not also pick a 'Nikon Z6_2'
     wanted = " ".join(f"{k}={v!r}" for k, v in (("model", model), ("port", port)) if v) or "any camera"
     if not matches:
         raise DeviceNotFound(model or port or "camera",
