@@ -1,0 +1,468 @@
+"""Batch alignment: many phone-raw / DSLR pairs into one dataset folder.
+
+Pairs come from a capture session, a folder of pair folders (the simulator's
+output), a CSV, or two folders matched by file name or capture time.  Each
+pair runs as one task on any :class:`concurrent.futures.Executor`: a local
+process pool by default (OpenCV pinned to one thread per worker, the worker
+count bounded by free memory as well as cores), or a Dask cluster's executor.
+
+The batch is resumable: pairs with a final record (kept or rejected) in
+``pairs.jsonl`` are skipped; each pair's files are written atomically by its
+task and its record is appended by the driver only after the files are in
+place; a pair that fails (unreadable file, error) gets a 'failed' record with
+the reason and the batch goes on (failed pairs are tried again on resume).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import datetime as _dt
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from alignment import rawio
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from alignment.dataset import DatasetMeta, DatasetWriter, warp_to_phone_grid, write_pair_files
+
+PHONE_RAW_EXTENSIONS = rawio.RAW_EXTENSIONS - {".nef", ".nrw", ".cr2", ".cr3", ".arw"}
+
+
+class BatchSourceError(Exception):
+    """The pairs to align could not be listed; the message names the path and the reason."""
+
+
+@dataclass
+class PairJob:
+    """One pair to align.  Paths are absolute; ``truth`` is a simulator truth.json."""
+
+    pair_id: str
+    phone: Path
+    dslr: Path
+    scene: str
+    phone_jpeg: Path | None = None
+    truth: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+# ----------------------------------------------------------------- sources
+
+
+def _first(folder: Path, stem: str, extensions: Iterable[str]) -> Path | None:
+    for ext in extensions:
+        for cand in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def pairs_from_pair_folders(root: Path | str) -> list[PairJob]:
+    """Every sub-folder holding ``phone.<raw>`` and ``dslr.<jpg|tif|raw>`` (the simulator's
+    layout; ``truth.json`` and ``phone.jpg`` are used when present).  Scene = folder name."""
+    root = Path(root)
+    jobs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        phone = _first(folder, "phone", sorted(PHONE_RAW_EXTENSIONS))
+        dslr = _first(folder, "dslr", [".jpg", ".jpeg", ".tif", ".tiff", ".png", ".nef", ".dng"])
+        if phone is None or dslr is None:
+            continue
+        truth = folder / "truth.json"
+        jobs.append(PairJob(folder.name, phone.resolve(), dslr.resolve(), folder.name,
+                            _first(folder, "phone", [".jpg", ".jpeg"]), truth.resolve() if truth.is_file() else None))
+    if not jobs:
+        raise BatchSourceError(f"{root}: no pair folders (sub-folders with phone.<raw> and dslr.<image>)")
+    return jobs
+
+
+def pairs_from_csv(path: Path | str) -> list[PairJob]:
+    """A CSV with columns ``phone`` and ``dslr`` (required) and ``id``, ``scene``,
+    ``phone_jpeg``, ``truth`` (optional); relative paths are relative to the CSV's folder."""
+    path = Path(path)
+    base = path.parent
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as err:
+        raise BatchSourceError(f"{path}: {err.strerror}") from None
+    if not rows or not {"phone", "dslr"} <= set(rows[0]):
+        raise BatchSourceError(f"{path}: needs a header with the columns 'phone' and 'dslr'")
+
+    def resolve(value: str | None) -> Path | None:
+        return (base / value).resolve() if value else None
+
+    jobs = []
+    for n, row in enumerate(rows, 1):
+        pid = row.get("id") or Path(row["phone"]).stem
+        jobs.append(PairJob(pid, resolve(row["phone"]), resolve(row["dslr"]), row.get("scene") or pid,
+                            resolve(row.get("phone_jpeg")), resolve(row.get("truth"))))
+    _check_unique(jobs, path)
+    return jobs
+
+
+def _capture_time(path: Path) -> _dt.datetime | None:
+    return rawio.read_exif(path).capture_time
+
+
+def pairs_from_two_folders(phone_dir: Path | str, dslr_dir: Path | str, match: str = "name",
+                           tolerance_s: float = 1.0) -> list[PairJob]:
+    """Pair phone raws in one folder with DSLR images in another.
+
+    match='name': same file stem; match='time': nearest EXIF capture time within
+    ``tolerance_s`` (each DSLR image used once).  Scene = the phone file's stem.
+    """
+    phone_dir, dslr_dir = Path(phone_dir), Path(dslr_dir)
+    for d in (phone_dir, dslr_dir):
+        if not d.is_dir():
+            raise BatchSourceError(f"{d}: no such folder")
+    phones = sorted(p for p in phone_dir.iterdir() if p.suffix.lower() in PHONE_RAW_EXTENSIONS)
+    dslrs = sorted(p for p in dslr_dir.iterdir()
+                   if p.suffix.lower() in rawio.IMAGE_EXTENSIONS | rawio.RAW_EXTENSIONS)
+    jobs = []
+    if match == "name":
+        by_stem = {p.stem: p for p in dslrs}
+        for ph in phones:
+            if ph.stem in by_stem:
+                jobs.append(PairJob(ph.stem, ph.resolve(), by_stem[ph.stem].resolve(), ph.stem))
+    elif match == "time":
+        dslr_times = [(t, p) for p in dslrs if (t := _capture_time(p)) is not None]
+        used: set[Path] = set()
+        for ph in phones:
+            t = _capture_time(ph)
+            if t is None:
+                continue
+            best = min(((abs((dt - t).total_seconds()), p) for dt, p in dslr_times if p not in used), default=None)
+            if best and best[0] <= tolerance_s:
+                used.add(best[1])
+                jobs.append(PairJob(ph.stem, ph.resolve(), best[1].resolve(), ph.stem))
+    else:
+        raise ValueError(f"match must be 'name' or 'time', got {match!r}")
+    if not jobs:
+        raise BatchSourceError(f"{phone_dir} / {dslr_dir}: no phone raw matched a DSLR image by {match}")
+    return jobs
+
+
+def _device_kinds(session_dir: Path) -> dict[str, str]:
+    """device name -> 'phone' | 'dslr' from session.toml (``devices.<name>.kind`` or its profile's kind)."""
+    path = session_dir / "session.toml"
+    try:
+        with open(path, "rb") as fh:
+            config = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise BatchSourceError(f"{path}: cannot read the session's rig ({err})") from None
+    rig = config.get("rig", config)
+    devices = rig.get("devices", {})
+    kinds = {}
+    items = devices.items() if isinstance(devices, dict) else ((d.get("name"), d) for d in devices)
+    for name, dev in items:
+        kind = dev.get("kind") or dev.get("profile", {}).get("kind") if isinstance(dev.get("profile"), dict) \
+            else dev.get("kind")
+        if kind is None and isinstance(dev.get("profile"), str):
+            kind = "dslr" if any(k in dev["profile"].lower() for k in ("nikon", "dslr", "canon", "sony")) else "phone"
+        if name and kind:
+            kinds[str(name)] = str(kind)
+    return kinds
+
+
+def pairs_from_session(session_dir: Path | str) -> list[PairJob]:
+    """Every shot with status 'ok' of a capture session: the phone's raw (and its JPEG)
+    against the DSLR's JPEG (or its raw when it shot no JPEG).  Pair id =
+    ``<shot-id>-<phone device>``; scene = the shot's scene name.  Reads the
+    session folder format directly (manifest.jsonl, session.toml)."""
+    session_dir = Path(session_dir)
+    manifest = session_dir / "manifest.jsonl"
+    if not manifest.is_file():
+        raise BatchSourceError(f"{session_dir}: not a capture session (no manifest.jsonl)")
+    kinds = _device_kinds(session_dir)
+    jobs = []
+    for line in manifest.read_text().splitlines():
+        try:
+            shot = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line: that shot was never completed
+        if shot.get("status") != "ok":
+            continue
+        by_device: dict[str, list[Path]] = {}
+        for f in shot.get("files", []):
+            by_device.setdefault(f["device"], []).append(session_dir / f["path"])
+        dslr_files = [p for d, ps in by_device.items() if kinds.get(d) == "dslr" for p in ps]
+        dslr = next((p for p in dslr_files if p.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff")), None) or next(
+            (p for p in dslr_files if p.suffix.lower() in rawio.RAW_EXTENSIONS), None)
+        if dslr is None:
+            continue
+        for device, files in by_device.items():
+            if kinds.get(device) != "phone":
+                continue
+            raw = next((p for p in files if p.suffix.lower() in PHONE_RAW_EXTENSIONS), None)
+            jpeg = next((p for p in files if p.suffix.lower() in (".jpg", ".jpeg")), None)
+            if raw is not None:
+                jobs.append(PairJob(f"{shot['shot_id']}-{device}", raw.resolve(), dslr.resolve(),
+                                    str(shot.get("scene") or shot["shot_id"]), jpeg.resolve() if jpeg else None))
+    if not jobs:
+        raise BatchSourceError(f"{session_dir}: no completed shot holds both a phone raw and a DSLR image")
+    return jobs
+
+
+def _check_unique(jobs: Sequence[PairJob], where: Path) -> None:
+    seen = Counter(j.pair_id for j in jobs)
+    dup = [k for k, n in seen.items() if n > 1]
+    if dup:
+        raise BatchSourceError(f"{where}: pair ids must be unique; repeated: {', '.join(dup[:5])}")
+
+
+def find_pairs(source: Path | str) -> list[PairJob]:
+    """Pairs of a session folder (has manifest.jsonl), a CSV file, or a folder of pair folders."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return pairs_from_csv(source)
+    if (source / "manifest.jsonl").is_file():
+        return pairs_from_session(source)
+    if source.is_dir():
+        return pairs_from_pair_folders(source)
+    raise BatchSourceError(f"{source}: not a session folder, a folder of pairs, or a CSV")
+
+
+# ----------------------------------------------------------------- one pair
+
+
+def truth_error(truth_path: Path, alignment, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Error of an alignment against a simulator truth.json over its correspondence grid.
+
+    Returns median, p95 and max of |alignment(x_phone) - x_dslr| in DSLR px,
+    over the grid points inside the valid target (all points when ``valid`` is None).
+    """
+    data = json.loads(Path(truth_path).read_text())
+    grid = np.asarray(data["grid"], dtype=np.float64).reshape(-1, 4)
+    if valid is not None:
+        xi = np.clip(np.round(grid[:, 0]).astype(int), 0, valid.shape[1] - 1)
+        yi = np.clip(np.round(grid[:, 1]).astype(int), 0, valid.shape[0] - 1)
+        grid = grid[valid[yi, xi]]
+    if len(grid) == 0:
+        return {"median": float("nan"), "p95": float("nan"), "max": float("nan"), "points": 0}
+    err = np.linalg.norm(alignment.map_points(grid[:, :2]) - grid[:, 2:], axis=1)
+    return {"median": float(np.median(err)), "p95": float(np.percentile(err, 95)), "max": float(err.max()),
+            "points": int(len(err))}
+
+
+def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Align one pair and write its dataset files; returns its record (never raises)."""
+    from alignment.pipeline import align_images
+
+    started = time.perf_counter()
+    record: dict[str, Any] = {"id": job.pair_id, "scene": job.scene, "split": split,
+                              "phone": str(job.phone), "dslr": str(job.dslr)}
+    try:
+        raw = rawio.read_raw(job.phone)
+        dslr = rawio.read_any(job.dslr)
+        alignment = align_images(raw, dslr, **options)
+        record["alignment"] = alignment.to_dict()
+        record["quality"] = alignment.quality.to_dict()
+        if not alignment.ok:
+            record.update(status="rejected", reason=alignment.quality.reason, message=alignment.quality.message)
+        else:
+            dslr_rgb = dslr.rgb if isinstance(dslr, rawio.RgbImage) else rawio.linear_to_srgb(
+                rawio.raw_to_linear_rgb(dslr))
+            target, valid = warp_to_phone_grid(dslr_rgb, alignment.map_points, raw.shape)
+            phone_rgb = None
+            if job.phone_jpeg is not None:
+                jpeg = rawio.read_rgb(job.phone_jpeg)
+                if jpeg.shape == raw.shape:
+                    phone_rgb = jpeg.rgb
+                else:
+                    record["phone_jpeg_note"] = f"size {jpeg.shape} differs from the raw grid {raw.shape}: not stored"
+            if job.truth is not None:
+                record["truth_error_px"] = truth_error(job.truth, alignment, valid)
+            record["files"] = write_pair_files(Path(out_dir), job.pair_id, raw.packed(), target, valid, phone_rgb)
+            record["valid_fraction"] = float(valid.mean())
+            record["status"] = "ok"
+    except rawio.ImageReadError as err:
+        record.update(status="failed", reason=f"unreadable_{err.reason}", message=str(err))
+    except MemoryError:
+        record.update(status="failed", reason="out_of_memory", message="the pair did not fit in memory")
+    except OSError as err:
+        record.update(status="failed", reason="write_error", message=f"{err.filename or out_dir}: {err.strerror}")
+    except Exception as err:  # one bad pair never stops the batch: record the error and go on
+        record.update(status="failed", reason="error", message=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=5))
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+# ----------------------------------------------------------------- executors
+
+
+def _init_worker() -> None:
+    """Process-pool initializer: one OpenCV / BLAS thread per worker."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+def available_memory_bytes() -> int:
+    """Memory available to new processes (Linux MemAvailable; physical pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def estimate_pair_memory(job: PairJob) -> int:
+    """Peak bytes one pair needs, from its image sizes (headers only)."""
+    import rawpy
+    from PIL import Image
+
+    try:
+        with rawpy.imread(str(job.phone)) as r:
+            phone_px = r.sizes.raw_width * r.sizes.raw_height
+    except Exception:
+        phone_px = 12_000_000
+    try:
+        with Image.open(job.dslr) as im:
+            dslr_px = im.size[0] * im.size[1]
+    except Exception:
+        dslr_px = 24_000_000
+    return int(phone_px * 90 + dslr_px * 60 + 300e6)
+
+
+def default_workers(jobs: Sequence[PairJob], requested: int | None = None) -> int:
+    """Workers for a local pool: the requested count (or the cores), no more than
+    free memory holds at the estimated peak of one pair, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = requested or cores
+    per_pair = estimate_pair_memory(jobs[0]) if jobs else 1
+    by_memory = max(1, int(available_memory_bytes() * 0.8 // per_pair))
+    return max(1, min(wanted, by_memory, max(1, len(jobs))))
+
+
+# ----------------------------------------------------------------- the batch
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did.  Residuals are the alignment's own tile residual medians
+    (phone px); truth errors (DSLR px) exist for simulator pairs only."""
+
+    total: int = 0
+    skipped: int = 0
+    kept: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    residual_px: dict[str, float] = field(default_factory=dict)
+    truth_error_px: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if v.size == 0:
+        return {}
+    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "max": float(v.max()),
+            "n": int(v.size)}
+
+
+def summarize(records: Iterable[dict[str, Any]], skipped: int = 0, seconds: float = 0.0) -> BatchSummary:
+    """A :class:`BatchSummary` of the latest record of each pair."""
+    recs = list(records)
+    s = BatchSummary(total=len(recs), skipped=skipped, seconds=round(seconds, 2))
+    s.kept = sum(r.get("status") == "ok" for r in recs)
+    s.rejected = dict(Counter(r.get("reason") for r in recs if r.get("status") == "rejected"))
+    s.failed = dict(Counter(r.get("reason") for r in recs if r.get("status") == "failed"))
+    s.residual_px = _percentiles([(r.get("quality") or {}).get("residual_median_px") for r in recs
+                                  if r.get("status") == "ok"])
+    s.truth_error_px = _percentiles([r["truth_error_px"]["median"] for r in recs
+                                     if r.get("status") == "ok" and "truth_error_px" in r])
+    return s
+
+
+def run_batch(
+    jobs: Sequence[PairJob],
+    out_dir: Path | str,
+    *,
+    executor: cf.Executor | None = None,
+    workers: int | None = None,
+    options: dict[str, Any] | None = None,
+    meta: DatasetMeta | None = None,
+    progress: bool = True,
+) -> BatchSummary:
+    """Align every pair not already finished in ``out_dir`` and write the dataset.
+
+    Args:
+        jobs: the pairs (see the ``pairs_from_*`` functions).
+        out_dir: the dataset folder (created, or resumed).
+        executor: any ``concurrent.futures.Executor`` (e.g. a Dask client's
+            ``get_executor()``); default: a local process pool of
+            :func:`default_workers` workers, closed at the end.
+        options: keyword options for :func:`alignment.align_images`.
+        meta: the dataset's description and split rule.
+        progress: show a tqdm bar.
+
+    Returns:
+        the :class:`BatchSummary` over every pair of ``jobs`` (finished earlier or now).
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    writer = DatasetWriter(out_dir, meta or DatasetMeta())
+    todo = [j for j in jobs if not writer.done(j.pair_id)]
+    skipped = len(jobs) - len(todo)
+    own_pool = executor is None and len(todo) > 0
+    if own_pool:
+        # forkserver, not fork: LibRaw's OpenMP runtime can deadlock in a forked child.
+        executor = cf.ProcessPoolExecutor(max_workers=default_workers(todo, workers), initializer=_init_worker,
+                                          mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        futures = {executor.submit(process_pair, j, str(writer.root), writer.split_of(j.scene), options or {}): j
+                   for j in todo}
+        with tqdm(total=len(todo), desc="align", unit="pair", disable=not progress) as bar:
+            for fut in cf.as_completed(futures):
+                job = futures[fut]
+                try:
+                    record = fut.result()
+                except Exception as err:  # the worker itself died (killed, out of memory)
+                    record = {"id": job.pair_id, "scene": job.scene, "split": writer.split_of(job.scene),
+                              "phone": str(job.phone), "dslr": str(job.dslr), "status": "failed",
+                              "reason": "worker_died", "message": f"{type(err).__name__}: {err}"}
+                writer.append(record)
+                bar.set_postfix_str(f"{record['id']}: {record['status']}")
+                bar.update()
+    finally:
+        if own_pool:
+            executor.shutdown(wait=True, cancel_futures=True)
+    ids = {j.pair_id for j in jobs}
+    summary = summarize([r for k, r in writer.records.items() if k in ids], skipped,
+                        time.perf_counter() - started)
+    (writer.root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
+    return summary
+
+
+def dask_executor(address: str) -> cf.Executor:
+    """The ``concurrent.futures`` executor of a Dask cluster (needs the ``dask`` extra).
+    Workers must see the same file paths (a shared file system)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError("Dask is not installed: pip install 'isp-rig[dask]'") from None
+    return Client(address).get_executor()

@@ -1,0 +1,283 @@
+"""The paired dataset folder: the alignment stage's output and the learning stage's input.
+
+Layout (format version 1; ``learn.data`` reads exactly this)::
+
+    DATASET/dataset.json            format_version, phone_profile, split rule and seed, provenance
+    DATASET/pairs.jsonl             one record per source pair, appended (later lines win)
+    DATASET/pairs/<id>/raw.npy      float32 (H/2, W/2, 4) packed phone raw R, G1, G2, B,
+                                    (v - black) / (white - black), not clipped
+    DATASET/pairs/<id>/target.png   16-bit RGB (H, W): the DSLR image warped onto the phone's
+                                    full-resolution raw grid, sRGB-encoded as the DSLR stored it
+    DATASET/pairs/<id>/mask.png     8-bit (H, W): 255 where the target is valid
+    DATASET/pairs/<id>/phone.png    optional: the phone's own JPEG on the same grid (built-in ISP row)
+
+Target pixel (row y, col x) shows the scene point of phone raw pixel (x, y)
+(pixel centres at integers), so packed position (j, i) matches target pixels
+(2j..2j+1, 2i..2i+1).
+
+A record (one JSON line): ``id``, ``scene``, ``split`` ('train' | 'test'),
+``status`` ('ok' kept, 'rejected' by the alignment verdict, 'failed' an error),
+``reason`` and ``message`` when not ok, ``phone`` and ``dslr`` (source paths),
+``alignment`` (Alignment JSON), ``quality``, ``files`` (paths relative to the
+dataset folder) and, for simulator pairs, ``truth_error_px`` (error of the
+alignment against the ground truth over the valid target).
+
+Splits are by scene: a scene's split is a pure function of (seed, scene name),
+so no scene is ever in both train and test and adding pairs never moves one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+FORMAT_VERSION = 1
+DATASET_JSON = "dataset.json"
+PAIRS_JSONL = "pairs.jsonl"
+PAIRS_DIR = "pairs"
+FINAL_STATUSES = ("ok", "rejected")
+
+
+class DatasetError(Exception):
+    """A dataset folder problem; the message names the path and the reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def scene_split(scene: str, seed: int, test_fraction: float) -> str:
+    """'test' or 'train' for a scene: a hash of (seed, scene) against ``test_fraction``."""
+    digest = hashlib.sha256(f"{seed}:{scene}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < test_fraction else "train"
+
+
+def warp_to_phone_grid(
+    dslr_rgb: np.ndarray,
+    map_points: Callable[[np.ndarray], np.ndarray],
+    phone_shape: tuple[int, int],
+    rows_per_chunk: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample the DSLR image onto the phone's full-resolution raw grid.
+
+    Args:
+        dslr_rgb: (Hd, Wd, 3) float32 DSLR image (any encoding; resampled as is).
+        map_points: (N, 2) phone px (x, y) -> (N, 2) DSLR px, e.g. ``Alignment.map_points``.
+        phone_shape: (H, W) of the phone raw grid.
+        rows_per_chunk: phone rows mapped at a time (bounds memory).
+
+    Returns:
+        target (H, W, 3) float32 and valid (H, W) bool (mapped point inside the
+        DSLR image with a one-pixel margin for the interpolation support).
+
+    Anti-aliasing: where a phone pixel covers s > 1 DSLR pixels (s from the
+    mapping's local Jacobian), the DSLR image is low-passed with a Gaussian of
+    sigma = 0.5 * sqrt(s^2 - 1) before bicubic sampling, so the target has the
+    phone pixel's footprint rather than the DSLR's aliasing.
+    """
+    h, w = phone_shape
+    hd, wd = dslr_rgb.shape[:2]
+    centre = np.array([[(w - 1) / 2, (h - 1) / 2]])
+    probe = map_points(np.vstack([centre, centre + [1, 0], centre + [0, 1]]))
+    jac = np.stack([probe[1] - probe[0], probe[2] - probe[0]], axis=1)
+    scale = float(np.sqrt(abs(np.linalg.det(jac))))
+    source = dslr_rgb.astype(np.float32, copy=False)
+    if scale > 1.0:
+        sigma = 0.5 * np.sqrt(scale * scale - 1.0)
+        source = cv2.GaussianBlur(source, (0, 0), sigma)
+    target = np.empty((h, w, 3), np.float32)
+    valid = np.empty((h, w), bool)
+    xs = np.arange(w, dtype=np.float64)
+    for y0 in range(0, h, rows_per_chunk):
+        y1 = min(h, y0 + rows_per_chunk)
+        gx, gy = np.meshgrid(xs, np.arange(y0, y1, dtype=np.float64))
+        mapped = map_points(np.stack([gx.ravel(), gy.ravel()], axis=1))
+        mx = mapped[:, 0].reshape(y1 - y0, w).astype(np.float32)
+        my = mapped[:, 1].reshape(y1 - y0, w).astype(np.float32)
+        target[y0:y1] = cv2.remap(source, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        valid[y0:y1] = (mx >= 1) & (mx <= wd - 2) & (my >= 1) & (my <= hd - 2)
+    np.clip(target, 0.0, 1.0, out=target)
+    return target, valid
+
+
+def _write_png16(path: Path, rgb: np.ndarray) -> None:
+    data = np.round(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)[..., ::-1]
+    if not cv2.imwrite(str(path), data):
+        raise OSError(f"could not write {path}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_pair_files(
+    root: Path,
+    pair_id: str,
+    packed_raw: np.ndarray,
+    target: np.ndarray,
+    valid: np.ndarray,
+    phone_rgb: np.ndarray | None = None,
+) -> dict[str, str]:
+    """Write one kept pair's files atomically: into a temporary folder, then
+    renamed to ``pairs/<id>`` (an earlier partial folder of the same id is replaced).
+
+    Args:
+        packed_raw: (H/2, W/2, 4) float32 normalised planes R, G1, G2, B.
+        target: (H, W, 3) float in [0, 1].
+        valid: (H, W) bool.
+        phone_rgb: optional (H, W, 3) phone JPEG in [0, 1].
+
+    Returns:
+        the ``files`` dict of the record (paths relative to ``root``).
+    """
+    h, w = target.shape[:2]
+    if packed_raw.shape != (h // 2, w // 2, 4) or valid.shape != (h, w):
+        raise ValueError(f"shapes disagree: raw {packed_raw.shape}, target {target.shape}, mask {valid.shape}")
+    pairs = root / PAIRS_DIR
+    pairs.mkdir(parents=True, exist_ok=True)
+    tmp = pairs / f".tmp-{pair_id}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    np.save(tmp / "raw.npy", packed_raw.astype(np.float32, copy=False))
+    _write_png16(tmp / "target.png", target)
+    cv2.imwrite(str(tmp / "mask.png"), valid.astype(np.uint8) * 255)
+    files = {"raw": f"{PAIRS_DIR}/{pair_id}/raw.npy", "target": f"{PAIRS_DIR}/{pair_id}/target.png",
+             "mask": f"{PAIRS_DIR}/{pair_id}/mask.png"}
+    if phone_rgb is not None:
+        cv2.imwrite(str(tmp / "phone.png"), np.round(np.clip(phone_rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
+        files["phone_jpeg"] = f"{PAIRS_DIR}/{pair_id}/phone.png"
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    final = pairs / pair_id
+    if final.exists():  # a folder left by a run killed before its record was written
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(pairs)
+    return files
+
+
+@dataclass
+class DatasetMeta:
+    """What ``dataset.json`` holds."""
+
+    phone_profile: str | None = None
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    provenance: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "phone_profile": self.phone_profile,
+            "split": {"rule": "by scene: sha256(seed:scene) < test_fraction -> test",
+                      "seed": self.split_seed, "test_fraction": self.test_fraction},
+            "layout": "pairs/<id>/raw.npy (float32 H/2xW/2x4 R,G1,G2,B), target.png (16-bit RGB HxW on the "
+                      "phone raw grid), mask.png, optional phone.png",
+            "provenance": self.provenance or {},
+        }
+
+
+class DatasetWriter:
+    """An open dataset folder: ``dataset.json`` plus an append-only ``pairs.jsonl``.
+
+    Opening an existing folder checks that its split rule matches (a different
+    seed or fraction would move scenes between splits) and reads the records
+    already there, so a batch can skip finished pairs.
+    """
+
+    def __init__(self, root: Path | str, meta: DatasetMeta) -> None:
+        self.root = Path(root)
+        self.meta = meta
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta_path = self.root / DATASET_JSON
+        if meta_path.exists():
+            try:
+                existing = json.loads(meta_path.read_text())
+            except json.JSONDecodeError as err:
+                raise DatasetError(meta_path, f"invalid JSON ({err})") from None
+            split = existing.get("split", {})
+            if (split.get("seed"), split.get("test_fraction")) != (meta.split_seed, meta.test_fraction):
+                raise DatasetError(
+                    meta_path,
+                    f"this dataset splits with seed {split.get('seed')} and test fraction "
+                    f"{split.get('test_fraction')}; resuming with seed {meta.split_seed} and "
+                    f"{meta.test_fraction} would move scenes between splits",
+                )
+            if int(existing.get("format_version", 0)) != FORMAT_VERSION:
+                raise DatasetError(meta_path, f"format_version {existing.get('format_version')} is not {FORMAT_VERSION}")
+        else:
+            tmp = meta_path.with_suffix(".json.partial")
+            tmp.write_text(json.dumps(meta.to_dict(), indent=1))
+            tmp.replace(meta_path)
+        _repair_torn_tail(self.root / PAIRS_JSONL)
+        self.records: dict[str, dict[str, Any]] = {}
+        for record in read_records(self.root):
+            self.records[record["id"]] = record
+
+    def done(self, pair_id: str) -> bool:
+        """True when the pair already has a final record (kept or rejected)."""
+        rec = self.records.get(pair_id)
+        return rec is not None and rec.get("status") in FINAL_STATUSES
+
+    def split_of(self, scene: str) -> str:
+        return scene_split(scene, self.meta.split_seed, self.meta.test_fraction)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record and flush it to disk (one write, then fsync)."""
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with open(self.root / PAIRS_JSONL, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records[record["id"]] = record
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a last line torn by a kill (no newline), so appends start on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_records(root: Path | str) -> list[dict[str, Any]]:
+    """All records of ``pairs.jsonl`` in order (a torn last line from a kill is ignored)."""
+    path = Path(root) / PAIRS_JSONL
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):  # the last line, torn by a kill: the pair is simply redone
+                continue
+            raise DatasetError(path, f"line {n} is not valid JSON") from None
+    return out
+
+
+def latest_records(root: Path | str) -> dict[str, dict[str, Any]]:
+    """The last record of each pair id."""
+    return {r["id"]: r for r in read_records(root)}
