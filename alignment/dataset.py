@@ -10,6 +10,8 @@ Layout (format version 1; ``learn.data`` reads exactly this)::
                                     full-resolution raw grid, sRGB-encoded as the DSLR stored it
     DATASET/pairs/<id>/mask.png     8-bit (H, W): 255 where the target is valid
     DATASET/pairs/<id>/phone.png    optional: the phone's own JPEG on the same grid (built-in ISP row)
+    DATASET/pairs/<id>/input.png    instead of raw.npy for RGB-input pairs (``isp-rig dataset import``
+                                    of a phone's JPEGs): 16-bit RGB (H, W), same grid as the target
 
 Target pixel (row y, col x) shows the scene point of phone raw pixel (x, y)
 (pixel centres at integers), so packed position (j, i) matches target pixels
@@ -126,37 +128,50 @@ def _fsync_dir(path: Path) -> None:
 def write_pair_files(
     root: Path,
     pair_id: str,
-    packed_raw: np.ndarray,
+    packed_raw: np.ndarray | None,
     target: np.ndarray,
     valid: np.ndarray,
     phone_rgb: np.ndarray | None = None,
+    input_rgb: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Write one kept pair's files atomically: into a temporary folder, then
     renamed to ``pairs/<id>`` (an earlier partial folder of the same id is replaced).
 
     Args:
-        packed_raw: (H/2, W/2, 4) float32 normalised planes R, G1, G2, B.
+        packed_raw: (H/2, W/2, 4) float32 normalised planes R, G1, G2, B (None
+            for an RGB-input pair).
         target: (H, W, 3) float in [0, 1].
         valid: (H, W) bool.
-        phone_rgb: optional (H, W, 3) phone JPEG in [0, 1].
+        phone_rgb: optional (H, W, 3) phone JPEG in [0, 1] (the built-in ISP row).
+        input_rgb: (H, W, 3) in [0, 1]: the model input of an RGB-input pair
+            (a phone's own JPEG), written as ``input.png`` instead of ``raw.npy``.
 
     Returns:
         the ``files`` dict of the record (paths relative to ``root``).
     """
     h, w = target.shape[:2]
-    if packed_raw.shape != (h // 2, w // 2, 4) or valid.shape != (h, w):
-        raise ValueError(f"shapes disagree: raw {packed_raw.shape}, target {target.shape}, mask {valid.shape}")
+    if (packed_raw is None) == (input_rgb is None):
+        raise ValueError("give exactly one of packed_raw and input_rgb")
+    if packed_raw is not None and packed_raw.shape != (h // 2, w // 2, 4):
+        raise ValueError(f"shapes disagree: raw {packed_raw.shape}, target {target.shape}")
+    if valid.shape != (h, w) or (input_rgb is not None and input_rgb.shape != target.shape):
+        raise ValueError(f"shapes disagree: target {target.shape}, mask {valid.shape}")
     pairs = root / PAIRS_DIR
     pairs.mkdir(parents=True, exist_ok=True)
     tmp = pairs / f".tmp-{pair_id}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    np.save(tmp / "raw.npy", packed_raw.astype(np.float32, copy=False))
+    files = {}
+    if packed_raw is not None:
+        np.save(tmp / "raw.npy", packed_raw.astype(np.float32, copy=False))
+        files["raw"] = f"{PAIRS_DIR}/{pair_id}/raw.npy"
+    else:
+        _write_png16(tmp / "input.png", input_rgb)
+        files["input"] = f"{PAIRS_DIR}/{pair_id}/input.png"
     _write_png16(tmp / "target.png", target)
     cv2.imwrite(str(tmp / "mask.png"), valid.astype(np.uint8) * 255)
-    files = {"raw": f"{PAIRS_DIR}/{pair_id}/raw.npy", "target": f"{PAIRS_DIR}/{pair_id}/target.png",
-             "mask": f"{PAIRS_DIR}/{pair_id}/mask.png"}
+    files.update(target=f"{PAIRS_DIR}/{pair_id}/target.png", mask=f"{PAIRS_DIR}/{pair_id}/mask.png")
     if phone_rgb is not None:
         cv2.imwrite(str(tmp / "phone.png"), np.round(np.clip(phone_rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
         files["phone_jpeg"] = f"{PAIRS_DIR}/{pair_id}/phone.png"

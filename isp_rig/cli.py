@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "calibrate-latency": "isp_rig.capture_cli:calibrate_latency",
     "phone": "isp_rig.capture_cli:phone",
     "align": "alignment.cli:align",
-    "dataset": "alignment.cli:dataset",
+    "dataset": "alignment.batch_cli:dataset",
     "train": "learn.cli:train",
     "eval": "learn.cli:evaluate",
     "render": "learn.cli:render",

@@ -1,0 +1,168 @@
+"""Pictures and tables for the person checking a dataset after a batch.
+
+``write_batch_report(dataset)`` writes into ``DATASET/report/``:
+
+- ``residuals.png``: histogram of the per-pair alignment residual (the median
+  tile residual left after alignment, phone px), and of the error against
+  ground truth where the pairs came from the simulator;
+- ``pairs/<id>.png`` per kept pair: a checkerboard of the phone raw's quick
+  render and the aligned DSLR target (edges that run on across the squares mean
+  a good alignment), beside the absolute luminance difference;
+- ``report.md``: the summary, the table of rejected and failed pairs with their
+  reasons, and links to the pictures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alignment import rawio
+from alignment.dataset import latest_records
+
+BAR_COLOUR = (180, 110, 40)  # BGR
+TRUTH_COLOUR = (60, 160, 60)
+
+
+def histogram_png(path: Path, series: dict[str, list[float]], xlabel: str, bins: int = 30,
+                  size: tuple[int, int] = (720, 360)) -> None:
+    """Draw histograms of one or more named series on a shared axis as a PNG."""
+    w, h = size
+    left, right, top, bottom = 60, 20, 40, 50
+    img = np.full((h, w, 3), 255, np.uint8)
+    values = [v for vs in series.values() for v in vs if np.isfinite(v)]
+    if not values:
+        cv2.putText(img, "no values", (w // 3, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.imwrite(str(path), img)
+        return
+    hi = max(values) * 1.05 if max(values) > 0 else 1.0
+    edges = np.linspace(0.0, hi, bins + 1)
+    counts = {name: np.histogram(np.asarray(vs, float), edges)[0] for name, vs in series.items()}
+    peak = max(int(c.max()) for c in counts.values()) or 1
+    plot_w, plot_h = w - left - right, h - top - bottom
+    colours = [BAR_COLOUR, TRUTH_COLOUR, (40, 40, 200)]
+    n = len(counts)
+    for k, (name, c) in enumerate(counts.items()):
+        for i, count in enumerate(c):
+            x0 = left + int(plot_w * i / bins) + int(k * plot_w / bins / n)
+            x1 = x0 + max(1, int(plot_w / bins / n) - 1)
+            y0 = top + plot_h - int(plot_h * count / peak)
+            cv2.rectangle(img, (x0, y0), (x1, top + plot_h), colours[k % 3], -1)
+        cv2.putText(img, f"{name} (n={len(series[name])})", (left + 10 + 330 * k, top - 12),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1, cv2.LINE_AA)
+    cv2.line(img, (left, top + plot_h), (left + plot_w, top + plot_h), (0, 0, 0), 1)
+    cv2.line(img, (left, top), (left, top + plot_h), (0, 0, 0), 1)
+    for t in np.linspace(0, hi, 6):
+        x = left + int(plot_w * t / hi)
+        cv2.line(img, (x, top + plot_h), (x, top + plot_h + 4), (0, 0, 0), 1)
+        cv2.putText(img, f"{t:.3g}", (x - 15, top + plot_h + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    cv2.putText(img, str(peak), (8, top + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, xlabel, (left + plot_w // 3, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), img)
+
+
+def _phone_render(planes: np.ndarray) -> np.ndarray:
+    """A quick sRGB look at packed planes (no white balance): (2h, 2w, 3) in [0, 1]."""
+    rgb = np.stack([planes[..., 0], 0.5 * (planes[..., 1] + planes[..., 2]), planes[..., 3]], -1)
+    rgb = rgb / max(float(np.percentile(rgb, 99)), 1e-6)
+    rgb = cv2.resize(np.clip(rgb, 0, 1), (planes.shape[1] * 2, planes.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
+    return rawio.linear_to_srgb(rgb)
+
+
+def pair_picture(dataset: Path, record: dict, out: Path, max_side: int = 640, squares: int = 8) -> None:
+    """Checkerboard of phone render / aligned target, beside |luminance difference| (gain 4)."""
+    files = record["files"]
+    target = cv2.imread(str(dataset / files["target"]), cv2.IMREAD_UNCHANGED)[..., ::-1].astype(np.float32)
+    target /= float(np.iinfo(np.uint16).max if target.max() > 255 else 255)
+    if "raw" in files:
+        phone = _phone_render(np.load(dataset / files["raw"]))
+    else:
+        phone = cv2.imread(str(dataset / files["input"]), cv2.IMREAD_UNCHANGED)[..., ::-1].astype(np.float32)
+        phone /= float(np.iinfo(np.uint16).max if phone.max() > 255 else 255)
+    mask = cv2.imread(str(dataset / files["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+    scale = max_side / max(target.shape[:2])
+    size = (max(1, int(target.shape[1] * scale)), max(1, int(target.shape[0] * scale)))
+    t = cv2.resize(target, size, interpolation=cv2.INTER_AREA)
+    p = cv2.resize(phone, size, interpolation=cv2.INTER_AREA)
+    m = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    # Match the phone render's colours to the target (least squares per channel) so the board reads.
+    for c in range(3):
+        a, b = p[..., c][m], t[..., c][m]
+        if a.size > 10 and a.std() > 1e-6:
+            gain, offset = np.polyfit(a, b, 1)
+            p[..., c] = gain * p[..., c] + offset
+    p = np.clip(p, 0, 1)
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    cell = max(1, size[0] // squares)
+    board = np.where((((yy // cell) + (xx // cell)) % 2 == 0)[..., None], p, t)
+    diff = np.abs((p - t) @ rawio.LUMA_WEIGHTS)
+    diff = np.clip(diff * 4, 0, 1)
+    diff_rgb = np.repeat(diff[..., None], 3, axis=2)
+    diff_rgb[~m] = (0.3, 0.0, 0.0)
+    gap = np.ones((size[1], 8, 3), np.float32)
+    picture = np.concatenate([board, gap, diff_rgb], axis=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), np.round(picture[..., ::-1] * 255).astype(np.uint8))
+
+
+def write_batch_report(dataset: Path | str, pictures: int = 24) -> Path:
+    """Write ``report/`` of a dataset folder; returns the path of ``report.md``.
+
+    Args:
+        dataset: the dataset folder.
+        pictures: at most this many per-pair pictures (the kept pairs with the
+            largest residuals first, since those are the ones to look at).
+    """
+    dataset = Path(dataset)
+    report = dataset / "report"
+    report.mkdir(exist_ok=True)
+    records = list(latest_records(dataset).values())
+    kept = [r for r in records if r.get("status") == "ok"]
+    residuals = [(r.get("quality") or {}).get("residual_median_px") for r in kept]
+    series = {"alignment residual (phone px)": [float(v) for v in residuals if v is not None]}
+    truth = [r["truth_error_px"]["median"] for r in kept if "truth_error_px" in r]
+    if truth:
+        series["error vs ground truth (DSLR px)"] = [float(v) for v in truth]
+    histogram_png(report / "residuals.png", series, "pixels")
+    kept.sort(key=lambda r: -((r.get("quality") or {}).get("residual_median_px") or 0.0))
+    for r in kept[:pictures]:
+        if "target" in r.get("files", {}):
+            pair_picture(dataset, r, report / "pairs" / f"{r['id']}.png")
+    summary = json.loads((dataset / "summary.json").read_text()) if (dataset / "summary.json").exists() else {}
+    lines = ["# Alignment report", "", f"Dataset: `{dataset}`", "",
+             f"- pairs: {len(records)}; kept: {len(kept)}; rejected: "
+             f"{sum(r.get('status') == 'rejected' for r in records)}; failed: "
+             f"{sum(r.get('status') == 'failed' for r in records)}"]
+    if summary.get("residual_px"):
+        s = summary["residual_px"]
+        lines.append(f"- residual after alignment (phone px): median {s['p50']:.3f}, p90 {s['p90']:.3f}, "
+                     f"max {s['max']:.3f}")
+    if summary.get("truth_error_px"):
+        s = summary["truth_error_px"]
+        lines.append(f"- error against ground truth (DSLR px, per-pair medians): median {s['p50']:.3f}, "
+                     f"p90 {s['p90']:.3f}, max {s['max']:.3f}")
+    lines += ["", "![residual histogram](residuals.png)", "", "## Rejected and failed pairs", ""]
+    bad = [r for r in records if r.get("status") != "ok"]
+    if bad:
+        lines += ["| pair | scene | status | reason | detail |", "| --- | --- | --- | --- | --- |"]
+        for r in bad:
+            detail = str(r.get("message", "")).replace("|", "/").replace("\n", " ")[:160]
+            lines.append(f"| {r['id']} | {r.get('scene', '')} | {r.get('status')} | {r.get('reason')} | {detail} |")
+    else:
+        lines.append("None.")
+    lines += ["", "## Kept pairs, largest residual first", "",
+              "Left: a checkerboard of the phone raw (quick render) and the aligned DSLR target; edges that run on "
+              "across the squares mean a good alignment. Right: |luminance difference| x 4; dark red is outside "
+              "the valid mask.", ""]
+    for r in kept[:pictures]:
+        res = (r.get("quality") or {}).get("residual_median_px")
+        extra = f", error vs truth {r['truth_error_px']['median']:.3f} px" if "truth_error_px" in r else ""
+        lines.append(f"### {r['id']} (residual {res if res is None else f'{res:.3f}'} px{extra})")
+        lines += ["", f"![{r['id']}](pairs/{r['id']}.png)", ""]
+    path = report / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

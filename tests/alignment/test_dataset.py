@@ -1,0 +1,130 @@
+"""The dataset folder: scene splits, warping onto the phone grid, atomic pair files,
+patch export and import, and that the learning stage reads what is written."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from alignment import rawio
+from alignment.dataset import (DatasetError, DatasetMeta, DatasetWriter, latest_records, read_records, scene_split,
+                               warp_to_phone_grid, write_pair_files)
+from alignment.exchange import export_patches, import_aligned
+from isp_rig import simulate as sim
+
+
+def test_scene_split_is_a_pure_function_of_seed_and_scene_with_the_asked_fraction():
+    scenes = [f"scene{i}" for i in range(2000)]
+    splits = [scene_split(s, 3, 0.2) for s in scenes]
+    assert splits == [scene_split(s, 3, 0.2) for s in scenes]
+    assert 0.17 < splits.count("test") / len(scenes) < 0.23
+    assert splits != [scene_split(s, 4, 0.2) for s in scenes]
+
+
+def test_warping_the_dslr_by_the_truth_reproduces_the_phone_view():
+    pair = sim.simulate_pair(11, options=sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320)))
+    target, valid = warp_to_phone_grid(pair.dslr_rgb, pair.truth.map_points, pair.phone.shape)
+    assert target.shape == (240, 320, 3) and valid.all()
+    phone = cv2.GaussianBlur(rawio.luminance(pair.phone), (0, 0), 1.0)
+    warped = cv2.GaussianBlur(rawio.luminance(target), (0, 0), 1.0)
+    assert np.corrcoef(phone[8:-8, 8:-8].ravel(), warped[8:-8, 8:-8].ravel())[0, 1] > 0.9
+
+
+def test_warp_marks_points_outside_the_dslr_image_invalid():
+    dslr = np.random.default_rng(0).random((100, 100, 3)).astype(np.float32)
+    target, valid = warp_to_phone_grid(dslr, lambda xy: xy + [60.0, 0.0], (40, 80))
+    assert valid[1:-1, :39].all() and not valid[:, 39:].any() and not valid[0].any()
+    np.testing.assert_allclose(target[5:-5, 5:30], dslr[5:35, 65:90], atol=1e-5)
+
+
+def _write_one(root, pid="p1", h=32, w=48):
+    rng = np.random.default_rng(0)
+    planes = rng.random((h // 2, w // 2, 4)).astype(np.float32)
+    target = rng.random((h, w, 3)).astype(np.float32)
+    valid = np.ones((h, w), bool)
+    valid[:, :4] = False
+    return planes, target, valid, write_pair_files(root, pid, planes, target, valid, phone_rgb=target)
+
+
+def test_pair_files_round_trip_and_leave_no_temporary_folder(tmp_path):
+    planes, target, valid, files = _write_one(tmp_path)
+    assert np.array_equal(np.load(tmp_path / files["raw"]), planes)
+    stored = cv2.imread(str(tmp_path / files["target"]), cv2.IMREAD_UNCHANGED)[..., ::-1] / 65535.0
+    np.testing.assert_allclose(stored, target, atol=1 / 65535)
+    assert np.array_equal(cv2.imread(str(tmp_path / files["mask"]), cv2.IMREAD_GRAYSCALE) > 127, valid)
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["p1"]
+
+
+def test_writer_resumes_repairs_a_torn_line_and_refuses_another_split_rule(tmp_path):
+    writer = DatasetWriter(tmp_path, DatasetMeta(split_seed=1))
+    writer.append({"id": "a", "status": "ok"})
+    writer.append({"id": "b", "status": "failed", "reason": "error"})
+    with open(tmp_path / "pairs.jsonl", "a") as fh:
+        fh.write('{"id": "c", "sta')  # a kill in the middle of a line
+    again = DatasetWriter(tmp_path, DatasetMeta(split_seed=1))
+    assert again.done("a") and not again.done("b") and not again.done("c")
+    again.append({"id": "c", "status": "rejected", "reason": "low_correlation"})
+    assert [r["id"] for r in read_records(tmp_path)] == ["a", "b", "c"]
+    with pytest.raises(DatasetError, match="move scenes between splits"):
+        DatasetWriter(tmp_path, DatasetMeta(split_seed=2))
+
+
+def test_learning_stage_reads_the_pairs_the_alignment_stage_writes(tmp_path):
+    learn_data = pytest.importorskip("learn.data")
+    planes, target, valid, files = _write_one(tmp_path)
+    writer = DatasetWriter(tmp_path, DatasetMeta(phone_profile="sim"))
+    writer.append({"id": "p1", "scene": "s1", "split": "train", "status": "ok", "files": files})
+    writer.append({"id": "p2", "scene": "s2", "split": "train", "status": "rejected", "reason": "low_correlation"})
+    folder = learn_data.DatasetFolder(tmp_path)
+    assert [r.id for r in folder.split("train")] == ["p1"]
+    assert np.array_equal(learn_data.read_packed(folder.records[0].raw), planes)
+
+
+def test_export_writes_only_fully_valid_patches_in_rggb_order(tmp_path):
+    planes, target, valid, files = _write_one(tmp_path / "ds", h=64, w=96)
+    writer = DatasetWriter(tmp_path / "ds", DatasetMeta())
+    writer.append({"id": "p1", "scene": "s", "split": "test", "status": "ok", "files": files})
+    n = export_patches(tmp_path / "ds", tmp_path / "patches", size=32)
+    assert n == 2 * 3 - 2  # the first column of patches touches the invalid strip
+    raw = cv2.imread(str(tmp_path / "patches/test/raw/p1_000_001.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (32, 32)
+    expected = np.round(np.clip(planes[0:16, 16:32], 0, 1) * 4095).astype(np.uint16)
+    assert np.array_equal(rawio.pack(raw, "RGGB"), expected)
+    rows = (tmp_path / "patches/patches.csv").read_text().splitlines()
+    assert rows[0] == "split,raw,rgb,pair_id,x,y" and len(rows) == n + 1
+
+
+def test_import_of_real_phone_jpegs_and_dslr_targets(shared_data, tmp_path):
+    src = shared_data / "phone_vs_dslr"
+    inputs, targets = tmp_path / "in", tmp_path / "tg"
+    inputs.mkdir(), targets.mkdir()
+    for name in ("0.jpg", "1.jpg", "2.jpg"):
+        (inputs / name).write_bytes((src / "iphone" / name).read_bytes())
+        (targets / name).write_bytes((src / "canon" / name).read_bytes())
+    assert import_aligned(inputs, targets, tmp_path / "ds", split="test") == 3
+    assert import_aligned(inputs, targets, tmp_path / "ds", split="test") == 0  # already there
+    records = latest_records(tmp_path / "ds")
+    assert {r["split"] for r in records.values()} == {"test"}
+    assert all(r["input_kind"] == "rgb" and "input" in r["files"] for r in records.values())
+    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert meta["input"] == ["rgb"]
+
+
+def test_import_of_packed_raw_planes_checks_the_target_size(shared_data, tmp_path):
+    inputs, targets = tmp_path / "in", tmp_path / "tg"
+    inputs.mkdir(), targets.mkdir()
+    planes = np.load(shared_data / "raw" / "phone_patch_x90_rggb_512.npy")[:64, :64]
+    np.save(inputs / "a.npy", planes)
+    cv2.imwrite(str(targets / "a.png"), np.zeros((128, 128, 3), np.uint8))
+    with pytest.raises(DatasetError, match="white level"):
+        import_aligned(inputs, targets, tmp_path / "ds")
+    assert import_aligned(inputs, targets, tmp_path / "ds", white_level=4095) == 1
+    stored = np.load(tmp_path / "ds" / latest_records(tmp_path / "ds")["a"]["files"]["raw"])
+    np.testing.assert_allclose(stored, planes / 4095.0, rtol=1e-6)
+    cv2.imwrite(str(targets / "b.png"), np.zeros((100, 128, 3), np.uint8))
+    np.save(inputs / "b.npy", planes)
+    with pytest.raises(DatasetError, match="does not fit"):
+        import_aligned(inputs, targets, tmp_path / "ds2", white_level=4095)
