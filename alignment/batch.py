@@ -157,25 +157,17 @@ def pairs_from_two_folders(phone_dir: Path | str, dslr_dir: Path | str, match: s
 
 
 def _device_kinds(session_dir: Path) -> dict[str, str]:
-    """device name -> 'phone' | 'dslr' from session.toml (``devices.<name>.kind`` or its profile's kind)."""
+    """device name -> 'phone' | 'dslr' from session.toml's ``[[rig.device]]`` tables:
+    their ``kind`` where given, else 'dslr' for the gphoto adapter and 'phone' for the others."""
     path = session_dir / "session.toml"
     try:
         with open(path, "rb") as fh:
             config = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise BatchSourceError(f"{path}: cannot read the session's rig ({err})") from None
-    rig = config.get("rig", config)
-    devices = rig.get("devices", {})
-    kinds = {}
-    items = devices.items() if isinstance(devices, dict) else ((d.get("name"), d) for d in devices)
-    for name, dev in items:
-        kind = dev.get("kind") or dev.get("profile", {}).get("kind") if isinstance(dev.get("profile"), dict) \
-            else dev.get("kind")
-        if kind is None and isinstance(dev.get("profile"), str):
-            kind = "dslr" if any(k in dev["profile"].lower() for k in ("nikon", "dslr", "canon", "sony")) else "phone"
-        if name and kind:
-            kinds[str(name)] = str(kind)
-    return kinds
+    devices = config.get("rig", {}).get("device", [])
+    return {str(d["name"]): str(d.get("kind") or ("dslr" if d.get("adapter") == "gphoto" else "phone"))
+            for d in devices if "name" in d}
 
 
 def pairs_from_session(session_dir: Path | str) -> list[PairJob]:
@@ -451,6 +443,7 @@ def run_batch(
     finally:
         if own_pool:
             executor.shutdown(wait=True, cancel_futures=True)
+        writer.close()
     ids = {j.pair_id for j in jobs}
     summary = summarize([r for k, r in writer.records.items() if k in ids], skipped,
                         time.perf_counter() - started)

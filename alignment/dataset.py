@@ -30,6 +30,7 @@ so no scene is ever in both train and test and adding pairs never moves one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -212,7 +213,9 @@ class DatasetWriter:
 
     Opening an existing folder checks that its split rule matches (a different
     seed or fraction would move scenes between splits) and reads the records
-    already there, so a batch can skip finished pairs.
+    already there, so a batch can skip finished pairs.  One writer at a time:
+    the folder is locked (``.lock``, flock) until :meth:`close`; temporary pair
+    folders left by a killed batch are removed on opening.
     """
 
     def __init__(self, root: Path | str, meta: DatasetMeta) -> None:
@@ -239,10 +242,29 @@ class DatasetWriter:
             tmp = meta_path.with_suffix(".json.partial")
             tmp.write_text(json.dumps(meta.to_dict(), indent=1))
             tmp.replace(meta_path)
+        self._lock = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise DatasetError(self.root, "another batch is writing this dataset folder now") from None
+        for stale in (self.root / PAIRS_DIR).glob(".tmp-*"):  # left by a killed batch
+            shutil.rmtree(stale, ignore_errors=True)
         _repair_torn_tail(self.root / PAIRS_JSONL)
         self.records: dict[str, dict[str, Any]] = {}
         for record in read_records(self.root):
             self.records[record["id"]] = record
+
+    def close(self) -> None:
+        """Release the folder's lock (also released when the process ends)."""
+        if not self._lock.closed:
+            self._lock.close()
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def done(self, pair_id: str) -> bool:
         """True when the pair already has a final record (kept or rejected)."""

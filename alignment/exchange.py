@@ -23,8 +23,7 @@ import cv2
 import numpy as np
 
 from alignment import rawio
-from alignment.dataset import (DatasetError, DatasetMeta, DatasetWriter, latest_records, scene_split,
-                               write_pair_files)
+from alignment.dataset import DatasetError, DatasetMeta, DatasetWriter, latest_records, write_pair_files
 
 PATCH_SCALE = 4095.0
 
@@ -106,6 +105,31 @@ def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, n
     return "rgb", image.rgb
 
 
+def _import_files(writer: DatasetWriter, names: list[Path], by_stem: dict[str, Path], split: str | None, cfa: str,
+                  white_level: float | None) -> int:
+    count = 0
+    for path in names:
+        pid = path.stem
+        if writer.done(pid):
+            continue
+        kind, data = _read_input(path, cfa, white_level)
+        target = rawio.read_rgb(by_stem[pid]).rgb
+        expected = (data.shape[0] * 2, data.shape[1] * 2) if kind == "raw" else data.shape[:2]
+        if target.shape[:2] != expected:
+            raise DatasetError(by_stem[pid], f"target size {target.shape[1]}x{target.shape[0]} does not fit the input "
+                                             f"{path.name} ({expected[1]}x{expected[0]} expected)")
+        valid = np.ones(target.shape[:2], bool)
+        if kind == "raw":
+            files = write_pair_files(writer.root, pid, data, target, valid)
+        else:
+            files = write_pair_files(writer.root, pid, None, target, valid, input_rgb=data)
+        writer.append({"id": pid, "scene": pid, "split": split or writer.split_of(pid),
+                       "status": "ok", "input_kind": kind, "source": {"input": str(path), "target": str(by_stem[pid])},
+                       "files": files})
+        count += 1
+    return count
+
+
 def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, split: str | None = None,
                    cfa: str = "RGGB", seed: int = 0, test_fraction: float = 0.2,
                    white_level: float | None = None) -> int:
@@ -131,29 +155,10 @@ def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, spl
     names = sorted(p for p in inputs.iterdir() if p.is_file() and p.stem in by_stem)
     if not names:
         raise DatasetError(inputs, f"no input file has a target of the same name in {targets}")
-    writer = DatasetWriter(out, DatasetMeta(split_seed=seed, test_fraction=test_fraction,
+    with DatasetWriter(out, DatasetMeta(split_seed=seed, test_fraction=test_fraction,
                                             provenance={"imported_from": {"inputs": str(inputs),
-                                                                          "targets": str(targets)}}))
-    count = 0
-    for path in names:
-        pid = path.stem
-        if writer.done(pid):
-            continue
-        kind, data = _read_input(path, cfa, white_level)
-        target = rawio.read_rgb(by_stem[pid]).rgb
-        expected = (data.shape[0] * 2, data.shape[1] * 2) if kind == "raw" else data.shape[:2]
-        if target.shape[:2] != expected:
-            raise DatasetError(by_stem[pid], f"target size {target.shape[1]}x{target.shape[0]} does not fit the input "
-                                             f"{path.name} ({expected[1]}x{expected[0]} expected)")
-        valid = np.ones(target.shape[:2], bool)
-        if kind == "raw":
-            files = write_pair_files(out, pid, data, target, valid)
-        else:
-            files = write_pair_files(out, pid, None, target, valid, input_rgb=data)
-        writer.append({"id": pid, "scene": pid, "split": split or scene_split(pid, seed, test_fraction),
-                       "status": "ok", "input_kind": kind, "source": {"input": str(path), "target": str(by_stem[pid])},
-                       "files": files})
-        count += 1
+                                                                          "targets": str(targets)}})) as writer:
+        count = _import_files(writer, names, by_stem, split, cfa, white_level)
     meta_path = out / "dataset.json"
     meta = json.loads(meta_path.read_text())
     meta["input"] = sorted({r.get("input_kind", "raw") for r in latest_records(out).values()})

@@ -58,16 +58,22 @@ def test_pair_files_round_trip_and_leave_no_temporary_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["p1"]
 
 
-def test_writer_resumes_repairs_a_torn_line_and_refuses_another_split_rule(tmp_path):
+def test_writer_locks_resumes_repairs_a_torn_line_and_refuses_another_split_rule(tmp_path):
     writer = DatasetWriter(tmp_path, DatasetMeta(split_seed=1))
     writer.append({"id": "a", "status": "ok"})
     writer.append({"id": "b", "status": "failed", "reason": "error"})
+    with pytest.raises(DatasetError, match="another batch"):
+        DatasetWriter(tmp_path, DatasetMeta(split_seed=1))
+    writer.close()
     with open(tmp_path / "pairs.jsonl", "a") as fh:
         fh.write('{"id": "c", "sta')  # a kill in the middle of a line
+    (tmp_path / "pairs" / ".tmp-c-123").mkdir(parents=True)  # a half-written pair folder
     again = DatasetWriter(tmp_path, DatasetMeta(split_seed=1))
     assert again.done("a") and not again.done("b") and not again.done("c")
     again.append({"id": "c", "status": "rejected", "reason": "low_correlation"})
     assert [r["id"] for r in read_records(tmp_path)] == ["a", "b", "c"]
+    assert not (tmp_path / "pairs" / ".tmp-c-123").exists()
+    again.close()
     with pytest.raises(DatasetError, match="move scenes between splits"):
         DatasetWriter(tmp_path, DatasetMeta(split_seed=2))
 
@@ -78,6 +84,7 @@ def test_learning_stage_reads_the_pairs_the_alignment_stage_writes(tmp_path):
     writer = DatasetWriter(tmp_path, DatasetMeta(phone_profile="sim"))
     writer.append({"id": "p1", "scene": "s1", "split": "train", "status": "ok", "files": files})
     writer.append({"id": "p2", "scene": "s2", "split": "train", "status": "rejected", "reason": "low_correlation"})
+    writer.close()
     folder = learn_data.DatasetFolder(tmp_path)
     assert [r.id for r in folder.split("train")] == ["p1"]
     assert np.array_equal(learn_data.read_packed(folder.records[0].raw), planes)
@@ -87,6 +94,7 @@ def test_export_writes_only_fully_valid_patches_in_rggb_order(tmp_path):
     planes, target, valid, files = _write_one(tmp_path / "ds", h=64, w=96)
     writer = DatasetWriter(tmp_path / "ds", DatasetMeta())
     writer.append({"id": "p1", "scene": "s", "split": "test", "status": "ok", "files": files})
+    writer.close()
     n = export_patches(tmp_path / "ds", tmp_path / "patches", size=32)
     assert n == 2 * 3 - 2  # the first column of patches touches the invalid strip
     raw = cv2.imread(str(tmp_path / "patches/test/raw/p1_000_001.png"), cv2.IMREAD_UNCHANGED)

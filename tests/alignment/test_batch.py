@@ -1,0 +1,158 @@
+"""Batch alignment into a dataset: every source kind, any executor, rejection and
+failure with a reason, resume without redoing work, survival of a kill."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from alignment import batch
+from alignment.batch_report import write_batch_report
+from alignment.dataset import latest_records, read_records
+from isp_rig import simulate as sim
+
+SMALL = sim.SimOptions(phone_size=(480, 360), dslr_size=(720, 480))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Three simulator pairs, one textureless pair and one with a truncated phone raw."""
+    root = tmp_path_factory.mktemp("pairs")
+    sim.simulate_pairs(root, 3, seed=21, options=SMALL, progress=False)
+    flat = sim.simulate_pair(5, options=SMALL, pair_id="pair_flat")
+    flat.phone.mosaic[:] = np.uint16(300) + np.random.default_rng(0).integers(0, 3, flat.phone.mosaic.shape,
+                                                                               dtype=np.uint16)
+    flat.dslr_rgb[:] = 0.5
+    sim.write_pair(flat, root)
+    broken = sim.write_pair(sim.simulate_pair(6, options=SMALL, pair_id="pair_broken"), root)
+    data = (broken / "phone.dng").read_bytes()
+    (broken / "phone.dng").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def _statuses(dataset):
+    return {k: (r["status"], r.get("reason")) for k, r in latest_records(dataset).items()}
+
+
+@pytest.fixture(scope="module")
+def built(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "dataset"
+    with cf.ThreadPoolExecutor(2) as pool:
+        summary = batch.run_batch(batch.find_pairs(source), out, executor=pool, progress=False)
+    return out, summary
+
+
+def test_batch_keeps_good_pairs_and_says_why_the_others_are_not(built):
+    out, summary = built
+    status = _statuses(out)
+    assert all(status[f"pair_{i:04d}"] == ("ok", None) for i in range(3))
+    assert status["pair_flat"][0] == "rejected" and status["pair_flat"][1] in (
+        "too_few_matches", "low_correlation", "overlap_too_small", "residual_too_large")
+    assert status["pair_broken"] == ("failed", "unreadable_truncated")
+    assert summary.kept == 3 and sum(summary.rejected.values()) == 1 and summary.failed == {"unreadable_truncated": 1}
+
+
+def test_kept_pairs_have_their_files_and_a_small_error_against_ground_truth(built):
+    out, _ = built
+    for rec in latest_records(out).values():
+        if rec["status"] != "ok":
+            assert "files" not in rec and rec["message"]
+            continue
+        assert {"raw", "target", "mask"} <= set(rec["files"])
+        assert all((out / path).is_file() for path in rec["files"].values())
+        assert np.load(out / rec["files"]["raw"]).shape == (180, 240, 4)
+        assert rec["truth_error_px"]["median"] < 0.5
+        assert rec["split"] in ("train", "test")
+
+
+def test_resume_skips_finished_pairs_and_retries_failed_ones(built, source):
+    out, _ = built
+    raw_file = out / latest_records(out)["pair_0000"]["files"]["raw"]
+    stamp = raw_file.stat().st_mtime_ns
+    lines_before = len(read_records(out))
+    summary = batch.run_batch(batch.find_pairs(source), out, executor=cf.ThreadPoolExecutor(1), progress=False)
+    assert summary.skipped == 4 and summary.kept == 3
+    assert raw_file.stat().st_mtime_ns == stamp
+    assert len(read_records(out)) == lines_before + 1  # only the failed pair ran again
+
+
+def test_report_has_the_histogram_the_pictures_and_the_rejected_reasons(built):
+    out, _ = built
+    report = write_batch_report(out)
+    text = report.read_text()
+    assert (out / "report" / "residuals.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "report" / "pairs").iterdir()) == [f"pair_{i:04d}.png" for i in range(3)]
+    assert "pair_broken" in text and "unreadable_truncated" in text and "pair_flat" in text
+
+
+def test_default_process_pool_aligns_pairs(source, tmp_path):
+    jobs = [j for j in batch.find_pairs(source) if j.pair_id in ("pair_0001", "pair_0002")]
+    summary = batch.run_batch(jobs, tmp_path / "ds", workers=2, progress=False)
+    assert summary.kept == 2
+
+
+def test_dask_cluster_runs_the_batch(source, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        executor = batch.dask_executor(c.scheduler_address)
+        jobs = [j for j in batch.find_pairs(source) if j.pair_id == "pair_0000"]
+        assert batch.run_batch(jobs, tmp_path / "ds", executor=executor, progress=False).kept == 1
+
+
+def test_workers_are_bounded_by_memory(source, monkeypatch):
+    jobs = batch.find_pairs(source)
+    per_pair = batch.estimate_pair_memory(jobs[0])
+    monkeypatch.setattr(batch, "available_memory_bytes", lambda: int(per_pair * 1.5))
+    assert batch.default_workers(jobs, requested=8) == 1
+
+
+def test_csv_and_two_folder_sources_list_the_same_pairs(source, tmp_path):
+    folders = batch.pairs_from_pair_folders(source)
+    with open(tmp_path / "pairs.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "phone", "dslr", "scene"])
+        for j in folders:
+            w.writerow([j.pair_id, os.path.relpath(j.phone, tmp_path), str(j.dslr), j.scene])
+    from_csv = batch.pairs_from_csv(tmp_path / "pairs.csv")
+    assert [(j.pair_id, j.phone, j.dslr) for j in from_csv] == [(j.pair_id, j.phone, j.dslr) for j in folders]
+    phones, dslrs = tmp_path / "phone", tmp_path / "dslr"
+    phones.mkdir(), dslrs.mkdir()
+    for j in folders[:3]:
+        (phones / f"{j.pair_id}.dng").symlink_to(j.phone)
+        (dslrs / f"{j.pair_id}.jpg").symlink_to(j.dslr)
+    by_name = batch.pairs_from_two_folders(phones, dslrs, match="name")
+    by_time = batch.pairs_from_two_folders(phones, dslrs, match="time", tolerance_s=0.05)
+    assert [j.pair_id for j in by_name] == [j.pair_id for j in by_time] == [j.pair_id for j in folders[:3]]
+
+
+def test_a_killed_batch_resumes_without_redoing_finished_pairs(source, tmp_path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "isp_rig.cli", "dataset", "build", str(source), "--out", str(out), "--workers", "1",
+           "--no-report"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(read_records(out)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = read_records(out)
+    assert 1 <= len(first) < 5, "the kill should land mid-batch"
+    done_before = {r["id"]: r for r in first if r["status"] in ("ok", "rejected")}
+    stamps = {k: (out / r["files"]["raw"]).stat().st_mtime_ns for k, r in done_before.items() if r["status"] == "ok"}
+    result = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["kept"] == 3 and summary["skipped"] == len(done_before)
+    final = [r for r in read_records(out) if r["status"] in ("ok", "rejected")]
+    assert sorted(r["id"] for r in final) == sorted({r["id"] for r in final})  # no pair finished twice
+    assert all((out / latest_records(out)[k]["files"]["raw"]).stat().st_mtime_ns == t for k, t in stamps.items())
+    assert not list((out / "pairs").glob(".tmp-*"))
