@@ -202,7 +202,21 @@ class Rig:
         if self.max_skew_s is not None and skew.get("trigger_s") is not None and skew["trigger_s"] > self.max_skew_s:
             reason = f"trigger skew {skew['trigger_s'] * 1e3:.1f} ms exceeds max_skew_s {self.max_skew_s * 1e3:.1f} ms"
         record = writer.commit(status="failed" if reason else "ok", reason=reason, fired=fired, skew=skew)
+        self._release(record, results)
         return record, results
+
+    def _release(self, record: ShotRecord, results: Mapping[str, DeviceShot]) -> None:
+        """Tell each device which of its files are stored (it may then free its own copy)."""
+        stored = {(f.device, f.source): f.sha256 for f in record.files}
+        for device in self.devices:
+            for captured in results[device.name].files:
+                sha = stored.get((device.name, captured.device_path))
+                if sha is None:
+                    continue
+                try:
+                    device.after_stored(captured, sha)
+                except DeviceError as err:
+                    results[device.name].error = results[device.name].error or f"after store: {err.reason}"
 
     def timing(self, results: Mapping[str, DeviceShot]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         """Per-device manifest timing and the skew summary of one shot (seconds)."""

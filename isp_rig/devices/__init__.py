@@ -1,9 +1,9 @@
 """Capture devices: one module per adapter, one interface (:mod:`isp_rig.devices.base`).
 
 :func:`build_device` turns a rig file's ``[[device]]`` entry (merged over its
-profile) into a device. Adapters: ``gphoto`` (DSLR over libgphoto2) and
-``folder`` (a phone whose files appear in a folder). ``adb`` and
-``companion`` are planned and refused with that reason.
+profile) into a device. Adapters: ``gphoto`` (DSLR over libgphoto2),
+``adb`` (an Android phone over ADB) and ``folder`` (a phone whose files
+appear in a folder). ``companion`` is planned and refused with that reason.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from typing import Any, Mapping
 from isp_rig.devices.base import Device, DeviceError
 from isp_rig.profiles import load_profile
 
-ADAPTERS = ("gphoto", "folder")
-PLANNED = ("adb", "companion")
+ADAPTERS = ("gphoto", "folder", "adb")
+PLANNED = ("companion",)
 _COMMON = {"name", "profile", "adapter", "settings", "latency_s"}
 _GPHOTO = {"model", "port", "capture_target", "image_format", "settings_map", "busy_retries",
            "busy_backoff_s", "event_timeout_s", "poll_ms", "settle_s"}
 _FOLDER = {"folder", "model", "raw_extensions", "companion_extensions", "tolerance_s", "clock_offset_s",
            "stable_s", "poll_s", "recursive", "trigger", "trigger_timeout_s"}
+_ADB = {"serial", "address", "adb_host", "adb_port", "camera_folder", "raw_extensions", "companion_extensions",
+        "trigger", "delete_after_copy", "stable_s", "poll_s", "clock_samples", "model"}
+_OPTIONS = {"gphoto": _GPHOTO, "folder": _FOLDER, "adb": _ADB}
 
 
 class DeviceConfigurationError(DeviceError):
@@ -44,13 +47,13 @@ def resolve_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
                                              "with a trigger command (docs/capture.md)")
     if adapter not in ADAPTERS:
         raise DeviceConfigurationError(name, f"unknown adapter {adapter!r}; available: {', '.join(ADAPTERS)}")
-    allowed = _COMMON | (_GPHOTO if adapter == "gphoto" else _FOLDER)
+    allowed = _COMMON | _OPTIONS[adapter]
     unknown = sorted(set(entry) - allowed)
     if unknown:
         raise DeviceConfigurationError(name, f"unknown option(s) {unknown} for adapter {adapter!r}; "
                                              f"valid: {sorted(allowed)}")
     options = dict(profile.get(adapter, {}))
-    if adapter == "folder":
+    if adapter in ("folder", "adb"):
         options.setdefault("model", head.get("model", "unknown phone"))
     options.update({k: v for k, v in entry.items() if k not in _COMMON})
     latency = entry.get("latency_s", profile.get("latency", {}).get("trigger_s", 0.0))
@@ -65,12 +68,16 @@ def build_device(resolved: Mapping[str, Any]) -> Device:
         from isp_rig.devices.gphoto import GPhotoCamera
 
         return GPhotoCamera(name, **options)
+    for key in ("raw_extensions", "companion_extensions"):
+        if key in options:
+            options[key] = tuple(options[key])
+    if adapter == "adb":
+        from isp_rig.devices.adb import AdbPhone
+
+        return AdbPhone(name, **options)
     from isp_rig.devices.folder import WatchedFolder
 
     if "folder" not in options:
         raise DeviceConfigurationError(name, "a folder device needs `folder = \"/path/the/phone/writes/to\"`")
     folder = options.pop("folder")
-    for key in ("raw_extensions", "companion_extensions"):
-        if key in options:
-            options[key] = tuple(options[key])
     return WatchedFolder(name, folder, **options)

@@ -194,6 +194,14 @@ class Device(abc.ABC):
     def close(self) -> None:
         """Release the device; safe to call twice."""
 
+    def after_stored(self, captured: CapturedFile, sha256: str) -> None:
+        """Called once the file is stored in the session and its shot committed.
+
+        ``sha256`` is the stored copy's hash. Adapters that may delete the
+        device's copy (when their profile says so) do it here, and only when
+        it matches what the device reported; the default keeps everything.
+        """
+
     def __enter__(self) -> "Device":
         self.connect()
         return self
