@@ -29,9 +29,9 @@ VIRTUAL = "virtual"
 
 def _virtual_spec(mode: str | None) -> RigSpec:
     return RigSpec(name=VIRTUAL, options={"mode": mode or "barrier", "collect_timeout_s": 5.0},
-                   devices=[{"name": "dslr", "adapter": "gphoto",
+                   devices=[{"name": "dslr", "kind": "dslr", "adapter": "gphoto",
                              "virtual": "libgphoto2 virtual camera (Nikon DSC D750), simulator scene"},
-                            {"name": "phone", "adapter": "folder",
+                            {"name": "phone", "kind": "phone", "adapter": "folder",
                              "virtual": "emulated phone writing the simulator's DNG"}])
 
 

@@ -15,7 +15,7 @@ from isp_rig.profiles import load_profile
 
 ADAPTERS = ("gphoto", "folder", "adb")
 PLANNED = ("companion",)
-_COMMON = {"name", "profile", "adapter", "settings", "latency_s"}
+_COMMON = {"name", "kind", "profile", "adapter", "settings", "latency_s"}
 _GPHOTO = {"model", "port", "capture_target", "image_format", "settings_map", "busy_retries",
            "busy_backoff_s", "event_timeout_s", "poll_ms", "settle_s"}
 _FOLDER = {"folder", "model", "raw_extensions", "companion_extensions", "tolerance_s", "clock_offset_s",
@@ -32,7 +32,8 @@ class DeviceConfigurationError(DeviceError):
 def resolve_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The entry merged over its profile's adapter section: every option spelled out.
 
-    Returns a dict with ``name``, ``adapter``, ``profile``, ``settings``,
+    Returns a dict with ``name``, ``kind`` ('dslr' | 'phone', from the profile;
+    downstream stages read it from session.toml), ``adapter``, ``profile``, ``settings``,
     ``latency_s`` and the adapter's options. Raises DeviceConfigurationError
     for a missing name, an unknown adapter or an unknown option.
     """
@@ -57,7 +58,8 @@ def resolve_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         options.setdefault("model", head.get("model", "unknown phone"))
     options.update({k: v for k, v in entry.items() if k not in _COMMON})
     latency = entry.get("latency_s", profile.get("latency", {}).get("trigger_s", 0.0))
-    return {"name": name, "adapter": adapter, "profile": entry.get("profile"),
+    kind = entry.get("kind") or head.get("kind") or ("dslr" if adapter == "gphoto" else "phone")
+    return {"name": name, "kind": kind, "adapter": adapter, "profile": entry.get("profile"),
             "settings": dict(entry.get("settings", {})), "latency_s": float(latency), "options": options}
 
 

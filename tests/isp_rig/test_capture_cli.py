@@ -157,3 +157,16 @@ def test_phone_add_writes_a_profile_from_a_real_dng(tmp_path):
     again = CliRunner().invoke(main, ["phone", "add", "simphone", "--from-shot", str(shot),
                                       "--out", str(tmp_path / "profiles")])
     assert again.exit_code == 1 and "refusing to overwrite" in again.output
+
+
+def test_virtual_session_is_read_by_the_alignment_stage(tmp_path, monkeypatch, vcamera_dir):
+    """The session folder contract: alignment's batch source finds every paired shot."""
+    from alignment.batch import pairs_from_session
+
+    monkeypatch.setenv("VCAMERADIR", str(vcamera_dir))
+    result = _run("capture", "--rig", "virtual", "--session", str(tmp_path / "s"), "--scene", "desk",
+                  "--shots", "2")
+    assert result.exit_code == 0, result.output
+    jobs = pairs_from_session(tmp_path / "s")
+    assert [j.pair_id for j in jobs] == ["00001-phone", "00002-phone"]
+    assert all(j.phone.suffix == ".DNG" and j.dslr.suffix == ".JPG" for j in jobs)
