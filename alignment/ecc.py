@@ -1,0 +1,578 @@
+"""Coarse-to-fine, unbiased ECC refinement of a homography.
+
+Two ways to refine a homography between a template (the phone luminance on its
+working grid) and an image (the DSLR luminance):
+
+``method="gn"`` (default)
+    Our own forward-additive Gauss-Newton on the enhanced-correlation model
+    ``T(x) ~ a(x) * I(W(x)) + b(x)`` with a smooth (polynomial) gain ``a`` and
+    offset ``b`` estimated jointly with the 8 homography parameters, Huber
+    weights against occlusions, and masks that keep every pixel whose value is
+    not measured data (borders, the extrapolated ring of any pre-filter,
+    saturated pixels) out of both the residual and the Jacobian.  The anti-alias
+    pre-filter of the image is matched to the local scale between the two
+    grids, so the template is never compared with a sharper or softer copy of
+    itself.
+
+``method="opencv"``
+    ``cv2.findTransformECC`` (MOTION_HOMOGRAPHY).  Its ``gaussFiltSize``
+    pre-filter smooths the template with reflected borders and then uses the
+    synthesised ring as data, which pulls the scale inward (opencv issue
+    29774).  ``gauss_filt_size=5`` reproduces the stock behaviour (biased);
+    with ``gauss_filt_size=1`` no pre-filter runs and we blur both images
+    ourselves on their full extent and erode the template mask instead.
+
+Coordinates: x = column, y = row, pixel centres at integers.  Homographies
+map template pixel coordinates to image pixel coordinates (3x3, ``H[2,2]=1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "Channel",
+    "gn_refine",
+    "refine_planes",
+    "EccResult",
+    "refine_homography",
+    "local_normalize",
+    "warp_to_template",
+    "pyramid_down_matrix",
+    "correlation",
+]
+
+#: maps a pixel of a 2x area-downsampled image to the pixel of the finer image:
+#: coarse pixel j covers fine pixels 2j and 2j+1, so its centre is 2j + 0.5.
+_DOWN2 = np.array([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]])
+
+
+def pyramid_down_matrix(levels: int) -> np.ndarray:
+    """(3,3) matrix from level-``levels`` coordinates to level-0 coordinates of a 2x area pyramid."""
+    m = np.eye(3)
+    for _ in range(levels):
+        m = m @ _DOWN2
+    return m
+
+
+@dataclass
+class EccResult:
+    """Result of :func:`refine_homography`.
+
+    homography: (3,3) template px -> image px.
+    correlation: zero-mean normalised correlation of template and warped image over
+        the final mask at the finest level (after the photometric model), in [-1, 1].
+    iterations: Gauss-Newton iterations per level, coarse first.
+    converged: whether the finest level converged below ``tol_px``.
+    valid_fraction: fraction of template pixels that took part at the finest level.
+    """
+
+    homography: np.ndarray
+    correlation: float
+    iterations: list[int] = field(default_factory=list)
+    converged: bool = False
+    valid_fraction: float = 0.0
+
+
+def _gauss(img: np.ndarray, sigma: float, border: int = cv2.BORDER_REFLECT) -> np.ndarray:
+    if sigma <= 0.05:
+        return img
+    return cv2.GaussianBlur(img, (0, 0), sigma, borderType=border)
+
+
+def local_normalize(
+    img: np.ndarray, sigma: float, mask: np.ndarray | None = None, eps: float = 1e-3
+) -> np.ndarray:
+    """Subtract the local mean and divide by the local standard deviation.
+
+    img: (H, W) float32 linear luminance.  sigma: Gaussian window in px of ``img``.
+    mask: (H, W) bool of measured pixels; the local moments are normalised
+    convolutions over the mask only.  eps: floor of the local std relative to
+    the global std (keeps flat regions from being amplified into noise).
+    Returns (H, W) float32, about zero mean and unit variance locally.
+    """
+    img = img.astype(np.float32)
+    if mask is None:
+        w = np.ones_like(img)
+    else:
+        w = mask.astype(np.float32)
+    # normalised convolution with zero outside the image: only measured data enter
+    zb = cv2.BORDER_CONSTANT
+    wsum = _gauss(w, sigma, zb) + 1e-6
+    mu = _gauss(img * w, sigma, zb) / wsum
+    d = img - mu
+    var = _gauss(d * d * w, sigma, zb) / wsum
+    floor = (eps * float(np.std(img[w > 0])) if np.any(w > 0) else eps) ** 2 + 1e-12
+    out = d / np.sqrt(var + floor)
+    if mask is not None:
+        out[~mask] = 0.0
+    return out.astype(np.float32)
+
+
+def _apply_h(h: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
+    return (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w, (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w, w
+
+
+def warp_to_template(
+    image: np.ndarray,
+    h: np.ndarray,
+    shape: tuple[int, int],
+    displacement: np.ndarray | None = None,
+    interpolation: int = cv2.INTER_CUBIC,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``image`` at ``H(x + displacement(x))`` for every template pixel x.
+
+    image: (h, w) float32.  h: (3,3) template -> image.  shape: template (rows, cols).
+    displacement: optional (rows, cols, 2) template-px displacement (dx, dy).
+    Returns (warped (rows, cols) float32, inside (rows, cols) bool: sample point at
+    least 2 px inside the image, so the cubic kernel reads only measured data).
+    """
+    rows, cols = shape
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    if displacement is not None:
+        xx = xx + displacement[..., 0]
+        yy = yy + displacement[..., 1]
+    mx, my, w = _apply_h(h, xx, yy)
+    ih, iw = image.shape
+    inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
+    warped = cv2.remap(
+        image, mx.astype(np.float32), my.astype(np.float32), interpolation, borderMode=cv2.BORDER_REPLICATE
+    )
+    return warped, inside
+
+
+def sample_points(image: np.ndarray, x: np.ndarray, y: np.ndarray, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Sample ``image`` (H, W[, C]) at N points (x, y) -> (N[, C]); border values replicate."""
+    n = x.size
+    width = 4096
+    rows = max(1, -(-n // width))
+    pad = rows * width - n
+    mx = np.concatenate([x.ravel().astype(np.float32), np.zeros(pad, np.float32)]).reshape(rows, width)
+    my = np.concatenate([y.ravel().astype(np.float32), np.zeros(pad, np.float32)]).reshape(rows, width)
+    out = cv2.remap(image, mx, my, interpolation, borderMode=cv2.BORDER_REPLICATE)
+    if image.ndim == 3:
+        return out.reshape(rows * width, image.shape[2])[:n]
+    return out.reshape(-1)[:n]
+
+
+def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Zero-mean normalised cross-correlation of two (H, W) arrays over ``mask``."""
+    if mask.sum() < 16:
+        return 0.0
+    x = a[mask].astype(np.float64)
+    y = b[mask].astype(np.float64)
+    x -= x.mean()
+    y -= y.mean()
+    den = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / den) if den > 0 else 0.0
+
+
+def _poly_basis(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
+    cols = [np.ones_like(u)]
+    if degree >= 1:
+        cols += [u, v]
+    if degree >= 2:
+        cols += [u * u, u * v, v * v]
+    return np.stack(cols, axis=1)
+
+
+@dataclass
+class Channel:
+    """One template channel for :func:`gn_refine`.
+
+    template: (rows, cols) float32, filtered like ``image``; mask: (rows, cols) bool;
+    image: (h, w) float32 the channel is compared with; image_mask: (h, w) bool or None;
+    to_frame: (3,3) template px -> the shared frame in which the homography is
+    expressed (e.g. a Bayer plane's half-res px -> full raw grid px).
+    """
+
+    template: np.ndarray
+    mask: np.ndarray
+    image: np.ndarray
+    image_mask: np.ndarray | None = None
+    to_frame: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+
+def gn_refine(
+    channels: list[Channel],
+    h: np.ndarray,
+    frame_shape: tuple[int, int],
+    max_iter: int = 60,
+    tol_px: float = 1e-4,
+    gain_degree: int = 1,
+    huber: float | None = 3.0,
+    max_pixels: int | None = 400_000,
+) -> tuple[np.ndarray, int, bool, float, float]:
+    """Gauss-Newton on a homography shared by several template channels.
+
+    Each channel k predicts its template as ``a_k(x) * I_k(H T_k x) + b_k(x)`` with
+    its own polynomial gain/offset (degree ``gain_degree``); H (frame px -> image px)
+    is shared.  frame_shape: (rows, cols) of the frame, for the normalisation of
+    the update.  Huber weights (``huber`` robust sigmas) per channel.
+    max_pixels: at most this many template pixels in all (a fixed random subset
+    of each channel's mask beyond that; None: all).
+    Returns (H, iterations, converged, correlation, valid fraction), the
+    correlation pooled over channels.
+    """
+    rng = np.random.default_rng(12345)
+    per_channel = None if max_pixels is None else max(64, max_pixels // max(len(channels), 1))
+    rows, cols = frame_shape
+    cx, cy = (cols - 1) / 2.0, (rows - 1) / 2.0
+    sc = max(cols, rows) / 2.0
+    nmat = np.array([[1 / sc, 0, -cx / sc], [0, 1 / sc, -cy / sc], [0, 0, 1]])
+    ninv = np.linalg.inv(nmat)
+    data = []
+    for ch in channels:
+        ys, xs = np.nonzero(ch.mask)
+        if len(xs) < 64:
+            continue
+        tvals = ch.template[ys, xs].astype(np.float64)
+        if per_channel is not None and len(xs) > per_channel:
+            sel = np.sort(rng.choice(len(xs), per_channel, replace=False))
+            ys, xs, tvals = ys[sel], xs[sel], tvals[sel]
+        tf = ch.to_frame
+        fx = tf[0, 0] * xs + tf[0, 1] * ys + tf[0, 2]
+        fy = tf[1, 0] * xs + tf[1, 1] * ys + tf[1, 2]
+        u = (fx - cx) / sc
+        v = (fy - cy) / sc
+        gx_img = cv2.Sobel(ch.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+        gy_img = cv2.Sobel(ch.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+        stack = np.ascontiguousarray(np.stack([ch.image, gx_img, gy_img], axis=-1))
+        data.append((u, v, tvals, _poly_basis(u, v, gain_degree), stack, ch.image_mask))
+    if not data:
+        raise ValueError("too few template pixels inside the mask")
+    npb = data[0][3].shape[1]
+    nch = len(data)
+    n_par = 8 + 2 * npb * nch
+    photo = [np.concatenate([[1.0], np.zeros(npb - 1), np.zeros(npb)]) for _ in range(nch)]
+    corners_u = np.array([-1.0, 1.0, 1.0, -1.0]) * (cx / sc)
+    corners_v = np.array([-1.0, -1.0, 1.0, 1.0]) * (cy / sc)
+    converged = False
+    it = 0
+    corr = 0.0
+    valid_frac = 0.0
+    for it in range(1, max_iter + 1):
+        g = h @ ninv
+        ata = np.zeros((n_par, n_par))
+        atb = np.zeros(n_par)
+        n_tot = n_in_tot = 0
+        sxy = sxx = syy = 0.0
+        for k, (u, v, tvals, pb, stack, imask) in enumerate(data):
+            ih, iw = stack.shape[:2]
+            mx, my, w = _apply_h(g, u, v)
+            inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
+            samp = sample_points(stack, mx, my, cv2.INTER_CUBIC).astype(np.float64)
+            if imask is not None:
+                inside &= sample_points(imask.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
+            n_in = int(inside.sum())
+            n_tot += len(u)
+            n_in_tot += n_in
+            if n_in < 64:
+                continue
+            iv, gxv, gyv = samp[inside, 0], samp[inside, 1], samp[inside, 2]
+            uu, vv, ww = u[inside], v[inside], w[inside]
+            X, Y = mx[inside], my[inside]
+            pbi = pb[inside]
+            gain, offset = photo[k][:npb], photo[k][npb:]
+            a = pbi @ gain
+            pred = a * iv + pbi @ offset
+            t_in = tvals[inside]
+            r = t_in - pred
+            j00 = (g[0, 0] - X * g[2, 0]) / ww
+            j01 = (g[0, 1] - X * g[2, 1]) / ww
+            j10 = (g[1, 0] - Y * g[2, 0]) / ww
+            j11 = (g[1, 1] - Y * g[2, 1]) / ww
+            ag_x = a * gxv
+            ag_y = a * gyv
+            hx = ag_x * j00 + ag_y * j10
+            hy = ag_x * j01 + ag_y * j11
+            s = hx * uu + hy * vv
+            jac = np.empty((n_in, 8 + 2 * npb))
+            jac[:, 0] = hx * uu
+            jac[:, 1] = hx * vv
+            jac[:, 2] = hx
+            jac[:, 3] = hy * uu
+            jac[:, 4] = hy * vv
+            jac[:, 5] = hy
+            jac[:, 6] = -s * uu
+            jac[:, 7] = -s * vv
+            jac[:, 8 : 8 + npb] = pbi * iv[:, None]
+            jac[:, 8 + npb :] = pbi
+            if huber is not None:
+                scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-12
+                kk = huber * scale
+                ar = np.abs(r)
+                wts = np.where(ar <= kk, 1.0, kk / np.maximum(ar, 1e-12))
+            else:
+                wts = np.ones_like(r)
+            o = 8 + 2 * npb * k
+            idx = np.r_[0:8, o : o + 2 * npb]
+            jw = jac * wts[:, None]
+            ata[np.ix_(idx, idx)] += jw.T @ jac
+            atb[idx] += jw.T @ r
+            tc = t_in - t_in.mean()
+            pc = pred - pred.mean()
+            sxy += float(tc @ pc)
+            sxx += float(tc @ tc)
+            syy += float(pc @ pc)
+        valid_frac = n_in_tot / max(n_tot, 1)
+        if n_in_tot < 64:
+            raise ValueError("the warped template leaves the image")
+        corr = sxy / np.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+        # tiny ridge for channels that dropped out entirely
+        ata[np.diag_indices_from(ata)] += 1e-12 * (np.trace(ata) / n_par + 1e-30)
+        try:
+            dp = np.linalg.solve(ata, atb)
+        except np.linalg.LinAlgError:
+            dp = np.linalg.lstsq(ata, atb, rcond=None)[0]
+        d = np.array([[dp[0], dp[1], dp[2]], [dp[3], dp[4], dp[5]], [dp[6], dp[7], 0.0]])
+        for k in range(nch):
+            o = 8 + 2 * npb * k
+            photo[k] = photo[k] + dp[o : o + 2 * npb]
+        h_new = h @ ninv @ (np.eye(3) + d) @ nmat
+        h_new /= h_new[2, 2]
+        x0, y0, _ = _apply_h(g, corners_u, corners_v)
+        x1, y1, _ = _apply_h(h_new @ ninv, corners_u, corners_v)
+        h = h_new
+        if float(np.max(np.hypot(x1 - x0, y1 - y0))) < tol_px:
+            converged = True
+            break
+    return h, it, converged, float(corr), valid_frac
+
+
+def _gn_level(
+    template: np.ndarray,
+    tmask: np.ndarray,
+    image: np.ndarray,
+    imask: np.ndarray | None,
+    h: np.ndarray,
+    max_iter: int,
+    tol_px: float,
+    gain_degree: int,
+    huber: float | None,
+) -> tuple[np.ndarray, int, bool, float, float]:
+    """Gauss-Newton at one pyramid level (one channel). See :func:`gn_refine`."""
+    return gn_refine([Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber)
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return mask
+    k = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    out = cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.astype(bool)
+
+
+def _border_mask(shape: tuple[int, int], radius: int, mask: np.ndarray | None) -> np.ndarray:
+    """Erode the mask (and the image border) by ``radius`` px: no pixel whose
+    filtered value used extrapolated or unmeasured data remains."""
+    m = np.ones(shape, bool) if mask is None else mask.astype(bool)
+    return _erode(m, max(int(radius), 1))
+
+
+def _area_down(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    h2, w2 = h // 2, w // 2
+    return cv2.resize(img[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+
+
+def _local_scale(h: np.ndarray, shape: tuple[int, int]) -> float:
+    """Geometric-mean linear scale (image px per template px) at the template centre."""
+    rows, cols = shape
+    x, y = (cols - 1) / 2.0, (rows - 1) / 2.0
+    w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
+    X = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w
+    Y = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w
+    j = np.array(
+        [[(h[0, 0] - X * h[2, 0]) / w, (h[0, 1] - X * h[2, 1]) / w], [(h[1, 0] - Y * h[2, 0]) / w, (h[1, 1] - Y * h[2, 1]) / w]]
+    )
+    return float(np.sqrt(abs(np.linalg.det(j))))
+
+
+def prepare_level_pair(
+    template: np.ndarray,
+    image: np.ndarray,
+    h: np.ndarray,
+    template_mask: np.ndarray | None,
+    image_mask: np.ndarray | None,
+    blur_sigma: float,
+    norm_sigma: float | None,
+    aperture: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Filter one template/image pair consistently, in the template's units.
+
+    The template gets a Gaussian of ``blur_sigma`` (template px); the image gets
+    the same blur expressed in its own px (times the local scale ``s``) plus the
+    box-footprint difference of the two pixel grids, variance
+    ``aperture**2 * (s**2 - 1) / 12`` (image px**2), when the image is the finer
+    grid.  Local normalisation windows are ``norm_sigma`` template px and
+    ``norm_sigma * s`` image px.  The template mask is eroded by the extent of the
+    filters so that no reflected-border value is used as data (opencv #29774).
+    Returns (template', template_mask', image', image_mask').
+    """
+    s = _local_scale(h, template.shape)
+    var_img = (blur_sigma * s) ** 2 + max(s * s - 1.0, 0.0) * aperture**2 / 12.0
+    sig_img = float(np.sqrt(var_img))
+    t = _gauss(template.astype(np.float32), blur_sigma)
+    im = _gauss(image.astype(np.float32), sig_img)
+    tm = template_mask
+    imk = image_mask
+    if norm_sigma:
+        t = local_normalize(t, norm_sigma, tm)
+        im = local_normalize(im, norm_sigma * s, imk)
+    radius = int(np.ceil(3 * blur_sigma)) + 1
+    tm2 = _border_mask(template.shape, radius, tm)
+    imk2 = None
+    if imk is not None:
+        imk2 = _erode(imk, int(np.ceil(3 * sig_img)) + 1)
+    return t, tm2, im, imk2
+
+
+def refine_homography(
+    template: np.ndarray,
+    image: np.ndarray,
+    h0: np.ndarray,
+    template_mask: np.ndarray | None = None,
+    image_mask: np.ndarray | None = None,
+    *,
+    method: str = "gn",
+    levels: int = 3,
+    blur_sigma: float = 0.7,
+    norm_sigma: float | None = 12.0,
+    max_iter: int = 60,
+    tol_px: float = 1e-4,
+    gain_degree: int = 1,
+    huber: float | None = 3.0,
+    gauss_filt_size: int = 1,
+    aperture: float = 1.0,
+) -> EccResult:
+    """Refine ``h0`` (template px -> image px) coarse to fine.
+
+    template: (H, W) float32 linear luminance on the template grid (phone).
+    image: (h, w) float32 linear luminance (DSLR).  Masks: bool, True = measured.
+    method: "gn" (our Gauss-Newton, unbiased) or "opencv" (cv2.findTransformECC).
+    levels: number of 2x coarser levels above the finest (fewer when images are small).
+    blur_sigma: common pre-blur in template px (matched in the image, see
+        :func:`prepare_level_pair`).  norm_sigma: local normalisation window in
+        template px at every level (None: off).  gain_degree: polynomial degree
+        (0..2) of the gain and offset of the photometric model ("gn" only).
+    huber: Huber threshold in robust standard deviations (None: least squares).
+    gauss_filt_size: OpenCV's own pre-filter size ("opencv" only); 1 disables it.
+    Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
+    """
+    h = np.asarray(h0, np.float64).copy()
+    h /= h[2, 2]
+    # pyramids
+    tpyr = [template.astype(np.float32)]
+    tmpyr = [template_mask if template_mask is None else template_mask.astype(bool)]
+    while len(tpyr) <= levels and min(tpyr[-1].shape) >= 96:
+        tpyr.append(_area_down(tpyr[-1]))
+        tmpyr.append(None if tmpyr[-1] is None else _area_down(tmpyr[-1].astype(np.float32)) > 0.999)
+    ipyr = [image.astype(np.float32)]
+    impyr = [image_mask if image_mask is None else image_mask.astype(bool)]
+    iters: list[int] = []
+    converged = False
+    corr = 0.0
+    valid = 0.0
+    for lvl in range(len(tpyr) - 1, -1, -1):
+        pt = pyramid_down_matrix(lvl)
+        # choose the image level so that the image is at most ~2x finer than the template
+        s = _local_scale(h @ pt, tpyr[lvl].shape)
+        m = max(0, int(np.floor(np.log2(max(s, 1e-6)))))
+        while len(ipyr) <= m and min(ipyr[-1].shape) >= 32:
+            ipyr.append(_area_down(ipyr[-1]))
+            impyr.append(None if impyr[-1] is None else _area_down(impyr[-1].astype(np.float32)) > 0.999)
+        m = min(m, len(ipyr) - 1)
+        pi = pyramid_down_matrix(m)
+        hl = np.linalg.inv(pi) @ h @ pt
+        hl /= hl[2, 2]
+        t, tm, im, imk = prepare_level_pair(
+            tpyr[lvl], ipyr[m], hl, tmpyr[lvl], impyr[m], blur_sigma, norm_sigma, aperture
+        )
+        if method == "gn":
+            hl, it, conv, corr, valid = _gn_level(
+                t, tm, im, imk, hl, max_iter, tol_px * (2.0 ** (-lvl)) if lvl == 0 else 1e-3, gain_degree, huber
+            )
+        elif method == "opencv":
+            hl, it, conv, corr, valid = _opencv_level(t, tm, im, imk, hl, max_iter, gauss_filt_size)
+        else:
+            raise ValueError(f"unknown ECC method {method!r} (use 'gn' or 'opencv')")
+        iters.append(it)
+        converged = conv
+        h = pi @ hl @ np.linalg.inv(pt)
+        h /= h[2, 2]
+    return EccResult(homography=h, correlation=float(corr), iterations=iters, converged=converged, valid_fraction=valid)
+
+
+def _opencv_level(
+    template: np.ndarray,
+    tmask: np.ndarray,
+    image: np.ndarray,
+    imask: np.ndarray | None,
+    h: np.ndarray,
+    max_iter: int,
+    gauss_filt_size: int,
+) -> tuple[np.ndarray, int, bool, float, float]:
+    """One level of cv2.findTransformECCWithMask (template and image masks)."""
+    warp = h.astype(np.float32)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, max_iter, 1e-8)
+    im_mask = np.full(image.shape, 255, np.uint8) if imask is None else imask.astype(np.uint8) * 255
+    try:
+        _, warp = cv2.findTransformECCWithMask(
+            template.astype(np.float32),
+            image.astype(np.float32),
+            tmask.astype(np.uint8) * 255,
+            im_mask,
+            warp,
+            cv2.MOTION_HOMOGRAPHY,
+            crit,
+            gauss_filt_size,
+        )
+    except cv2.error as err:  # depends on data
+        raise ValueError(f"OpenCV ECC did not converge: {err}") from err
+    hh = warp.astype(np.float64)
+    hh /= hh[2, 2]
+    warped, inside = warp_to_template(image, hh, template.shape)
+    m = tmask & inside
+    return hh, max_iter, True, correlation(template, warped, m), float(m.mean())
+
+
+def refine_planes(
+    targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    images: list[np.ndarray],
+    image_mask: np.ndarray | None,
+    h_image: np.ndarray,
+    frame_shape: tuple[int, int],
+    *,
+    blur_sigma: float = 0.7,
+    norm_sigma: float | None = None,
+    gain_degree: int = 2,
+    huber: float | None = 3.0,
+    max_iter: int = 60,
+    tol_px: float = 1e-4,
+    aperture: float = 1.0,
+    max_pixels: int | None = 400_000,
+) -> EccResult:
+    """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
+
+    targets: [(values (h, w), valid (h, w), (3,3) target px -> phone image px)];
+    images: per target, the DSLR image predicting it (see
+    :func:`alignment.prepare.fit_radiometric`); h_image: (3,3) phone image px ->
+    DSLR px; frame_shape: (rows, cols) of the phone image grid.  Each plane is
+    compared at its own sampling positions, so a colour edge seen by one plane
+    only does not move the estimate.  Returns an :class:`EccResult` with the
+    homography in phone image px.
+    """
+    channels = []
+    for (values, valid, t_k), img in zip(targets, images):
+        hk = h_image @ t_k
+        t, tm, im, imk = prepare_level_pair(values, img, hk, valid, image_mask, blur_sigma, norm_sigma, aperture)
+        channels.append(Channel(t, tm, im, imk, t_k))
+    h, it, conv, corr, valid_frac = gn_refine(
+        channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels
+    )
+    return EccResult(homography=h, correlation=corr, iterations=[it], converged=conv, valid_fraction=valid_frac)

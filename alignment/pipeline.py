@@ -1,0 +1,359 @@
+"""``align_pair`` / ``align_images``: register a DSLR image onto the phone raw grid.
+
+Stages: photometric preparation (:mod:`alignment.prepare`), an initial scale
+from EXIF focal lengths, SIFT + ratio test + USAC MAGSAC++
+(:mod:`alignment.features`), coarse-to-fine unbiased ECC (:mod:`alignment.ecc`),
+a radiometric fit of the DSLR response against the phone followed by a second
+fine ECC pass, tile-wise local refinement into a smooth field
+(:mod:`alignment.local`), and the verdict (:mod:`alignment.quality`).
+
+The result, :class:`Alignment`, maps phone pixels on the FULL raw sensor grid
+(rawpy ``raw_image_visible``; x = column, y = row, centres at integers) to DSLR
+pixels: ``map_points(xy) = H(xy + u(xy))`` with the homography H and the local
+field u.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alignment.ecc import refine_homography, refine_planes
+from alignment.features import match_homography, to_uint8
+from alignment.local import SmoothField, TileResiduals, model_correlation, refine_local
+from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
+from alignment.quality import Quality, Thresholds, verdict
+
+__all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
+
+FORMAT = "isp-rig/alignment/1"
+
+
+@dataclass
+class AlignOptions:
+    """Options of :func:`align_images` (all may be passed as keyword arguments).
+
+    Features: ``ratio`` (Lowe), ``magsac_threshold`` (px of the feature image),
+    ``max_features``, ``feature_max_side`` (px; images are downscaled for SIFT).
+    Coarse ECC (mean luminance, locally normalised): ``ecc_method`` ("gn" or
+    "opencv"), ``ecc_levels``, ``blur_sigma`` and ``norm_sigma`` (working px),
+    ``gain_degree``, ``gauss_filt_size`` (OpenCV's pre-filter, "opencv" only).
+    ``radiometric``: fit the DSLR response per phone target (Bayer plane).
+    ``fine``: "planes" (a final Gauss-Newton with one channel per Bayer plane at
+    its own sampling position, smooth polynomial gain of degree
+    ``fine_gain_degree``, pre-blur ``fine_blur_sigma``, at most ``max_pixels``)
+    or "none".  Local: ``local``, ``tile_px`` (phone px), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
+    EXIF.  Thresholds: see :class:`alignment.quality.Thresholds`.
+    """
+
+    ratio: float = 0.8
+    magsac_threshold: float = 2.0
+    max_features: int = 8000
+    feature_max_side: int = 2000
+    ecc_method: str = "gn"
+    ecc_levels: int = 3
+    blur_sigma: float = 0.7
+    norm_sigma: float | None = 12.0
+    gain_degree: int = 1
+    gauss_filt_size: int = 1
+    radiometric: bool = True
+    fine: str = "planes"
+    fine_blur_sigma: float = 0.5
+    fine_gain_degree: int = 2
+    max_pixels: int | None = 400_000
+    local: bool = True
+    tile_px: float = 48.0
+    local_degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6)
+    scale_guess: float | None = None
+    min_inliers: int = 20
+    min_inlier_ratio: float = 0.1
+    min_overlap: float = 0.2
+    min_correlation: float = 0.4
+    max_residual_px: float = 1.0
+    min_reliable_tiles: float = 0.2
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            self.min_inliers, self.min_inlier_ratio, self.min_overlap, self.min_correlation,
+            self.max_residual_px, self.min_reliable_tiles,
+        )
+
+    @classmethod
+    def from_kwargs(cls, **kw) -> "AlignOptions":
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(kw) - names)
+        if bad:
+            raise TypeError(f"unknown alignment option(s): {', '.join(bad)} (known: {', '.join(sorted(names))})")
+        return cls(**kw)
+
+
+def _apply(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    p = xy @ h[:, :2].T + h[:, 2]
+    return p[:, :2] / p[:, 2:3]
+
+
+@dataclass
+class Alignment:
+    """Phone -> DSLR registration of one pair.
+
+    homography: (3, 3) phone image px (full raw grid) -> DSLR px.
+    field: local displacement u (phone px) applied before the homography.
+    quality: :class:`alignment.quality.Quality` with the verdict.
+    phone_size / dslr_size: (W, H) in each image's px.
+    residuals: per-tile residuals under the final model (phone px), or None.
+    """
+
+    homography: np.ndarray
+    field: SmoothField
+    quality: Quality
+    phone_size: tuple[int, int]
+    dslr_size: tuple[int, int]
+    phone_path: str | None = None
+    dslr_path: str | None = None
+    residuals: TileResiduals | None = None
+    seconds: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.quality.ok)
+
+    def map_points(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) phone px (full raw grid) -> (N, 2) DSLR px, local field included."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        return _apply(self.homography, xy + self.field(xy))
+
+    def to_dict(self) -> dict:
+        d = {
+            "format": FORMAT,
+            "coordinates": "x = column, y = row, pixel centres at integers; phone = full raw sensor grid "
+            "(raw_image_visible); map(x) = H (x + u(x))",
+            "homography": np.asarray(self.homography, float).tolist(),
+            "field": self.field.to_dict(),
+            "quality": self.quality.to_dict(),
+            "ok": bool(self.quality.ok),
+            "reason": self.quality.reason,
+            "phone_size": list(self.phone_size),
+            "dslr_size": list(self.dslr_size),
+            "phone_path": self.phone_path,
+            "dslr_path": self.dslr_path,
+            "seconds": self.seconds,
+            "options": self.options,
+        }
+        if self.residuals is not None:
+            r = self.residuals
+            d["residuals"] = {
+                "grid_shape": list(r.grid_shape),
+                "centres": np.round(r.centres, 3).tolist(),
+                "shifts": np.round(r.shifts, 5).tolist(),
+                "sigma": [None if not np.isfinite(s) else round(float(s), 5) for s in r.sigma],
+                "correlation": np.round(r.correlation, 4).tolist(),
+                "reliable": r.reliable.astype(bool).tolist(),
+            }
+        return d
+
+    def to_json(self, indent: int | None = None) -> str:
+        """The alignment as a JSON string (see :meth:`from_json`)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str | bytes | dict) -> "Alignment":
+        """Inverse of :meth:`to_json` (accepts the string or the parsed dict)."""
+        d = text if isinstance(text, dict) else json.loads(text)
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not an alignment record (format {d.get('format')!r}, expected {FORMAT!r})")
+        res = None
+        if d.get("residuals"):
+            r = d["residuals"]
+            res = TileResiduals(
+                np.asarray(r["centres"], float).reshape(-1, 2),
+                np.asarray(r["shifts"], float).reshape(-1, 2),
+                np.array([np.inf if s is None else s for s in r["sigma"]], float),
+                np.asarray(r["correlation"], float),
+                np.asarray(r["reliable"], bool),
+                tuple(r["grid_shape"]),
+            )
+        return cls(
+            homography=np.asarray(d["homography"], float),
+            field=SmoothField.from_dict(d.get("field")),
+            quality=Quality.from_dict(d["quality"]),
+            phone_size=tuple(d["phone_size"]),
+            dslr_size=tuple(d["dslr_size"]),
+            phone_path=d.get("phone_path"),
+            dslr_path=d.get("dslr_path"),
+            residuals=res,
+            seconds=d.get("seconds", {}),
+            options=d.get("options", {}),
+        )
+
+
+def _resize_matrix(old: tuple[int, int], new: tuple[int, int]) -> np.ndarray:
+    """(3,3) px of a resized image (W, H)=new -> px of the original (W, H)=old (area resize)."""
+    fx = old[0] / new[0]
+    fy = old[1] / new[1]
+    return np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1.0]])
+
+
+def _feature_image(lum: np.ndarray, valid: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize by ``factor`` (<= 1) -> (uint8 image, mask, (3,3) feature px -> working px)."""
+    h, w = lum.shape
+    if factor < 0.95:
+        nw, nh = max(8, int(round(w * factor))), max(8, int(round(h * factor)))
+        small = cv2.resize(lum, (nw, nh), interpolation=cv2.INTER_AREA)
+        vm = cv2.resize(valid.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA) > 0.5
+        return to_uint8(small, vm), vm, _resize_matrix((w, h), (nw, nh))
+    return to_uint8(lum, valid), valid, np.eye(3)
+
+
+def _overlap_fraction(h_work: np.ndarray, shape: tuple[int, int], dslr_shape: tuple[int, int]) -> float:
+    rows, cols = shape
+    ys, xs = np.mgrid[0 : rows : max(1, rows // 40), 0 : cols : max(1, cols // 40)]
+    p = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+    w = p @ h_work[2, :2] + h_work[2, 2]
+    q = _apply(h_work, p)
+    dh, dw = dslr_shape
+    inside = (w > 0) & (q[:, 0] >= 0) & (q[:, 1] >= 0) & (q[:, 0] <= dw - 1) & (q[:, 1] <= dh - 1)
+    return float(inside.mean())
+
+
+def align_images(phone, dslr, **options) -> Alignment:
+    """Align a DSLR image onto a phone image.
+
+    phone: ``rawio.RawImage``, ``rawio.RgbImage``, a path, or an array: (h, w, 4)
+        packed raw planes (normalised, working grid half-res, phone coordinates
+        on the full raw grid), (H, W, 3) sRGB-encoded RGB, (H, W) uint8/uint16
+        sRGB-encoded grey, or (H, W) float linear luminance.
+    dslr: the same kinds (a JPEG/TIFF ``RgbImage`` or an sRGB array is the usual case).
+    options: see :class:`AlignOptions`.
+    Returns an :class:`Alignment`; a pair that cannot be aligned comes back with
+    ``quality.ok = False`` and the reason, never with a silently wrong answer.
+    """
+    opt = AlignOptions.from_kwargs(**options)
+    secs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    p = prepare_phone(phone)
+    d = prepare_dslr(dslr)
+    secs["prepare"] = time.perf_counter() - t0
+    q = Quality()
+    to_img = p.to_image
+    from_img = np.linalg.inv(to_img)
+    result = Alignment(
+        homography=np.full((3, 3), np.nan), field=SmoothField(), quality=q, phone_size=p.image_size,
+        dslr_size=d.image_size, phone_path=str(p.path) if p.path else None, dslr_path=str(d.path) if d.path else None,
+        seconds=secs, options={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items()},
+    )
+
+    def done(h_work: np.ndarray | None) -> Alignment:
+        if h_work is not None:
+            hh = h_work @ from_img
+            result.homography = hh / hh[2, 2]
+        verdict(q, opt.thresholds())
+        secs["total"] = time.perf_counter() - t0
+        return result
+
+    # --- features, at comparable scales
+    t1 = time.perf_counter()
+    s_guess = opt.scale_guess or focal_scale_guess(p, d)
+    work_px = float(to_img[0, 0])  # phone image px per working px
+    ph, pw = p.lum.shape
+    dh, dw = d.lum.shape
+    f_phone = min(1.0, opt.feature_max_side / max(ph, pw))
+    if s_guess:
+        # DSLR px per phone feature px -> downscale the DSLR to the phone feature scale
+        f_dslr = min(1.0, f_phone / (s_guess * work_px))
+    else:
+        f_dslr = min(1.0, opt.feature_max_side / max(dh, dw))
+    fa, ma, sa = _feature_image(p.lum, p.valid, f_phone)
+    fb, mb, sb = _feature_image(d.lum, d.valid, f_dslr)
+    fm = match_homography(fa, fb, ma, mb, ratio=opt.ratio, threshold_px=opt.magsac_threshold, max_features=opt.max_features)
+    q.keypoints_phone, q.keypoints_dslr = fm.keypoints_a, fm.keypoints_b
+    q.matches, q.inliers, q.inlier_ratio = fm.matches, fm.inliers, fm.inlier_ratio
+    secs["features"] = time.perf_counter() - t1
+    if fm.homography is None or fm.inliers < opt.min_inliers or fm.inlier_ratio < opt.min_inlier_ratio:
+        return done(None)
+    h_work = sb @ fm.homography @ np.linalg.inv(sa)
+    h_work /= h_work[2, 2]
+    q.overlap_fraction = _overlap_fraction(h_work, p.lum.shape, d.lum.shape)
+    if q.overlap_fraction < opt.min_overlap:
+        return done(h_work)
+
+    # --- ECC, coarse to fine, on the locally normalised mean luminance
+    t2 = time.perf_counter()
+    eccopt = dict(method=opt.ecc_method, blur_sigma=opt.blur_sigma, norm_sigma=opt.norm_sigma,
+                  gain_degree=opt.gain_degree, gauss_filt_size=opt.gauss_filt_size)
+    targets = p.plane_targets()
+    try:
+        r = refine_homography(p.lum, d.lum, h_work, p.valid, d.valid, levels=opt.ecc_levels, **eccopt)
+        h_work = r.homography
+        q.ecc_correlation = r.correlation
+        h_image = h_work @ from_img
+        images = [d.lum] * len(targets)
+        if opt.radiometric and d.encoded is not None:
+            fitted = fit_radiometric(targets, d, h_image)
+            if fitted is not None:
+                images = fitted
+        if opt.fine == "planes":
+            rf = refine_planes(
+                targets, images, d.valid, h_image, (p.image_size[1], p.image_size[0]),
+                blur_sigma=opt.fine_blur_sigma, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
+            )
+            h_image = rf.homography
+        elif opt.fine != "none":
+            raise ValueError(f"unknown fine stage {opt.fine!r} (use 'planes' or 'none')")
+    except (ValueError, np.linalg.LinAlgError) as err:
+        if "unknown" in str(err):
+            raise
+        q.ecc_correlation = 0.0
+        q.message = f"ECC failed: {err}"
+        return done(h_work)
+    h_work = h_image @ to_img
+    secs["ecc"] = time.perf_counter() - t2
+    q.overlap_fraction = _overlap_fraction(h_work, p.lum.shape, d.lum.shape)
+
+    # --- local refinement
+    t3 = time.perf_counter()
+    fld = SmoothField()
+    try:
+        degrees = tuple(opt.local_degrees) if opt.local else (-1,)
+        fld, _first, final = refine_local(
+            targets, images, d.valid, h_image, p.image_size, tile_px=opt.tile_px,
+            blur_sigma=opt.fine_blur_sigma, degrees=degrees, iterations=6 if opt.local else 1,
+        )
+    except (ValueError, np.linalg.LinAlgError) as err:
+        q.message = f"local refinement failed: {err}"
+        return done(h_work)
+    result.field = fld
+    result.residuals = final
+    q.field_degree = fld.degree
+    rel = final.reliable
+    q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
+    if rel.any():
+        mag = final.magnitude[rel]
+        q.residual_median_px = float(np.median(mag))
+        q.residual_p90_px = float(np.percentile(mag, 90))
+        q.residual_max_px = float(mag.max())
+    q.ecc_correlation = model_correlation(targets, images, d.valid, h_image, fld, opt.fine_blur_sigma, opt.norm_sigma)
+    secs["local"] = time.perf_counter() - t3
+    return done(h_work)
+
+
+def align_pair(phone_path: str | Path, dslr_path: str | Path, **options) -> Alignment:
+    """Read a phone file (raw or image) and a DSLR file and align them.
+
+    Raises ``alignment.rawio.ImageReadError`` (naming the file and the reason) for
+    a file that cannot be read; see :func:`align_images` for the result and options.
+    """
+    from alignment import rawio
+
+    phone = rawio.read_any(phone_path)
+    dslr = rawio.read_any(dslr_path)
+    a = align_images(phone, dslr, **options)
+    a.phone_path = str(phone_path)
+    a.dslr_path = str(dslr_path)
+    return a

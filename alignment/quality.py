@@ -1,0 +1,132 @@
+"""Quality of an alignment and the verdict: keep the pair, or reject it with a reason.
+
+Reasons (``Quality.reason``), checked in this order:
+
+- ``too_few_matches``: fewer than ``min_inliers`` feature matches agree on a
+  homography, or their inlier ratio is below ``min_inlier_ratio`` (textureless
+  or different scenes);
+- ``overlap_too_small``: the phone frame covers too little of the DSLR frame;
+- ``low_correlation``: after refinement the two images do not look alike
+  (correlation of the locally normalised luminances below ``min_correlation``);
+- ``residual_too_large``: tiles still disagree with the model by more than
+  ``max_residual_px`` (90th percentile, phone px): parallax, moving objects or
+  a wrong model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+__all__ = ["Quality", "Thresholds", "REASONS", "verdict"]
+
+REASONS = ("too_few_matches", "overlap_too_small", "low_correlation", "residual_too_large")
+
+
+@dataclass
+class Thresholds:
+    """Acceptance thresholds of :func:`verdict`."""
+
+    min_inliers: int = 20
+    min_inlier_ratio: float = 0.1
+    min_overlap: float = 0.2
+    min_correlation: float = 0.4
+    max_residual_px: float = 1.0
+    min_reliable_tiles: float = 0.2
+
+
+@dataclass
+class Quality:
+    """Numbers that say how far to trust an alignment.
+
+    keypoints_phone / keypoints_dslr: SIFT keypoints found; matches: tentative
+    matches after the ratio test; inliers / inlier_ratio: agreeing with the
+    homography; ecc_correlation: correlation of the locally normalised phone
+    luminance with the DSLR luminance warped by the final model, over the
+    overlap; overlap_fraction: fraction of the phone frame that lands inside the
+    DSLR frame; residual_*_px: magnitude of the tile-wise residual displacement
+    under the final model (phone px), over reliable tiles; reliable_tiles:
+    fraction of tiles with enough texture for a residual; field_degree: degree
+    of the local polynomial field (-1: none); ok / reason / message: the verdict.
+    """
+
+    keypoints_phone: int = 0
+    keypoints_dslr: int = 0
+    matches: int = 0
+    inliers: int = 0
+    inlier_ratio: float = 0.0
+    ecc_correlation: float = float("nan")
+    overlap_fraction: float = float("nan")
+    residual_median_px: float = float("nan")
+    residual_p90_px: float = float("nan")
+    residual_max_px: float = float("nan")
+    reliable_tiles: float = float("nan")
+    field_degree: int = -1
+    ok: bool = False
+    reason: str | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, float) and not np.isfinite(v):
+                d[k] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Quality":
+        names = {f.name: f for f in fields(cls)}
+        kw = {}
+        for k, v in d.items():
+            if k in names:
+                if v is None and names[k].type in ("float",):
+                    v = float("nan")
+                kw[k] = v
+        q = cls(**kw)
+        for f in fields(cls):
+            if f.type == "float" and getattr(q, f.name) is None:
+                setattr(q, f.name, float("nan"))
+        return q
+
+
+def verdict(q: Quality, t: Thresholds) -> Quality:
+    """Set ``q.ok``, ``q.reason`` and ``q.message`` from the numbers and thresholds."""
+    checks = [
+        (
+            q.inliers < t.min_inliers or q.inlier_ratio < t.min_inlier_ratio,
+            "too_few_matches",
+            f"{q.inliers} inlier matches of {q.matches} (ratio {q.inlier_ratio:.2f}); "
+            f"need >= {t.min_inliers} and ratio >= {t.min_inlier_ratio}",
+        ),
+        (
+            not (q.overlap_fraction >= t.min_overlap),
+            "overlap_too_small",
+            f"phone frame overlap {q.overlap_fraction:.2f} < {t.min_overlap}",
+        ),
+        (
+            not (q.ecc_correlation >= t.min_correlation),
+            "low_correlation",
+            f"correlation {q.ecc_correlation:.3f} < {t.min_correlation}",
+        ),
+        (
+            not (q.reliable_tiles >= t.min_reliable_tiles),
+            "low_correlation",
+            f"only {q.reliable_tiles:.0%} of tiles have a reliable residual (< {t.min_reliable_tiles:.0%})",
+        ),
+        (
+            not (q.residual_p90_px <= t.max_residual_px),
+            "residual_too_large",
+            f"90th-percentile tile residual {q.residual_p90_px:.3f} px > {t.max_residual_px} px",
+        ),
+    ]
+    for failed, reason, message in checks:
+        if failed:
+            q.ok, q.reason, q.message = False, reason, message
+            return q
+    q.ok, q.reason = True, None
+    q.message = (
+        f"ok: {q.inliers} inliers, correlation {q.ecc_correlation:.3f}, "
+        f"residual median {q.residual_median_px:.3f} px, p90 {q.residual_p90_px:.3f} px"
+    )
+    return q
