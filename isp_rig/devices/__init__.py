@@ -2,8 +2,9 @@
 
 :func:`build_device` turns a rig file's ``[[device]]`` entry (merged over its
 profile) into a device. Adapters: ``gphoto`` (DSLR over libgphoto2),
-``adb`` (an Android phone over ADB) and ``folder`` (a phone whose files
-appear in a folder). ``companion`` is planned and refused with that reason.
+``adb`` (an Android phone over ADB), ``companion`` (a phone app speaking the
+companion-bridge protocol) and ``folder`` (a phone whose files appear in a
+folder).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Any, Mapping
 from isp_rig.devices.base import Device, DeviceError
 from isp_rig.profiles import load_profile
 
-ADAPTERS = ("gphoto", "folder", "adb")
-PLANNED = ("companion",)
+ADAPTERS = ("gphoto", "folder", "adb", "companion")
 _COMMON = {"name", "kind", "profile", "adapter", "settings", "latency_s"}
 _GPHOTO = {"model", "port", "capture_target", "image_format", "settings_map", "busy_retries",
            "busy_backoff_s", "event_timeout_s", "poll_ms", "settle_s"}
@@ -22,7 +22,8 @@ _FOLDER = {"folder", "model", "raw_extensions", "companion_extensions", "toleran
            "stable_s", "poll_s", "recursive", "trigger", "trigger_timeout_s"}
 _ADB = {"serial", "address", "adb_host", "adb_port", "camera_folder", "raw_extensions", "companion_extensions",
         "trigger", "delete_after_copy", "stable_s", "poll_s", "clock_samples", "model"}
-_OPTIONS = {"gphoto": _GPHOTO, "folder": _FOLDER, "adb": _ADB}
+_COMPANION = {"url", "request_timeout_s", "poll_s", "clock_samples", "model"}
+_OPTIONS = {"gphoto": _GPHOTO, "folder": _FOLDER, "adb": _ADB, "companion": _COMPANION}
 
 
 class DeviceConfigurationError(DeviceError):
@@ -43,9 +44,6 @@ def resolve_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     profile = load_profile(entry["profile"]) if entry.get("profile") else {}
     head = profile.get("profile", {})
     adapter = entry.get("adapter") or head.get("adapter")
-    if adapter in PLANNED:
-        raise DeviceConfigurationError(name, f"adapter {adapter!r} is not built yet; use adapter = 'folder' "
-                                             "with a trigger command (docs/capture.md)")
     if adapter not in ADAPTERS:
         raise DeviceConfigurationError(name, f"unknown adapter {adapter!r}; available: {', '.join(ADAPTERS)}")
     allowed = _COMMON | _OPTIONS[adapter]
@@ -54,7 +52,7 @@ def resolve_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         raise DeviceConfigurationError(name, f"unknown option(s) {unknown} for adapter {adapter!r}; "
                                              f"valid: {sorted(allowed)}")
     options = dict(profile.get(adapter, {}))
-    if adapter in ("folder", "adb"):
+    if adapter in ("folder", "adb", "companion"):
         options.setdefault("model", head.get("model", "unknown phone"))
     options.update({k: v for k, v in entry.items() if k not in _COMMON})
     latency = entry.get("latency_s", profile.get("latency", {}).get("trigger_s", 0.0))
@@ -77,6 +75,12 @@ def build_device(resolved: Mapping[str, Any]) -> Device:
         from isp_rig.devices.adb import AdbPhone
 
         return AdbPhone(name, **options)
+    if adapter == "companion":
+        from isp_rig.devices.companion import CompanionPhone
+
+        if "url" not in options:
+            raise DeviceConfigurationError(name, "a companion device needs `url = \"http://phone:8765\"`")
+        return CompanionPhone(name, options.pop("url"), **options)
     from isp_rig.devices.folder import WatchedFolder
 
     if "folder" not in options:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from isp_rig.devices.base import (CaptureTimeout, CapturedFile, Device, DeviceConfigError, DeviceDisconnected,
+from isp_rig.devices.base import (CaptureTimeout, CapturedFile, ClockSample, Device, DeviceConfigError, DeviceDisconnected,
                                   DeviceError, DeviceInfo, DeviceNotFound, FireRecord, timed_call)
 from isp_rig.devices.exiftime import exif_capture_time
 
@@ -36,14 +36,6 @@ DEFAULT_TRIGGER = (("input", "keyevent", "27"),)  # KEYCODE_CAMERA to the open c
 class _Entry:
     size: int
     mtime: float
-
-
-@dataclass(frozen=True)
-class ClockSample:
-    """One phone clock reading: offset (phone - host) and the round trip, seconds."""
-
-    offset_s: float
-    round_trip_s: float
 
 
 class AdbPhone(Device):

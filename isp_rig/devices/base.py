@@ -81,6 +81,14 @@ class DeviceInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ClockSample:
+    """One reading of a device clock: offset (device - host) and the round trip, seconds."""
+
+    offset_s: float
+    round_trip_s: float
+
+
 @dataclass
 class FireRecord:
     """Host times of one trigger.

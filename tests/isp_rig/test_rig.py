@@ -6,7 +6,9 @@ import pytest
 
 from isp_rig.devices.folder import WatchedFolder
 from isp_rig.devices.virtual import virtual_devices
-from isp_rig.rig import Rig, RigError
+from isp_rig.devices import DeviceConfigurationError, build_device, resolve_entry
+from isp_rig.profiles import ProfileError
+from isp_rig.rig import Rig, RigError, load_rig
 from isp_rig.session import Session, check_session
 
 
@@ -83,3 +85,75 @@ def test_bad_rig_is_refused(tmp_path, names, mode, match):
     devices = [WatchedFolder(n, tmp_path) for n in names]
     with pytest.raises(RigError, match=match):
         Rig(devices, mode=mode)
+
+
+RIG_TOML = """
+[rig]
+name = "bench"
+mode = "scheduled"
+
+[[device]]
+name = "dslr"
+profile = "nikon_z6"
+port = "usb:001,004"
+[device.settings]
+shutter = "1/125"
+
+[[device]]
+name = "iphone"
+profile = "iphone_6s"
+folder = "/media/sync"
+latency_s = 0.12
+
+[[device]]
+name = "mi3"
+profile = "mi_3"
+address = "192.168.1.20:5555"
+"""
+
+
+def test_rig_file_merges_entries_over_profiles(tmp_path):
+    path = tmp_path / "rig.toml"
+    path.write_text(RIG_TOML)
+    spec = load_rig(path)
+    dslr, iphone, mi3 = spec.devices
+    assert spec.name == "bench" and spec.options == {"mode": "scheduled"}
+    assert (dslr["kind"], dslr["adapter"]) == ("dslr", "gphoto")
+    assert dslr["options"]["model"] == "Nikon Z6" and dslr["options"]["port"] == "usb:001,004"
+    assert dslr["options"]["settings_map"]["shutter"] == "shutterspeed"
+    assert dslr["settings"] == {"shutter": "1/125"}
+    assert (iphone["kind"], iphone["adapter"], iphone["latency_s"]) == ("phone", "folder", 0.12)
+    assert iphone["options"]["folder"] == "/media/sync" and iphone["options"]["model"] == "iPhone 6s"
+    assert mi3["adapter"] == "adb" and mi3["options"]["trigger"] == [["input", "keyevent", "27"]]
+    rig = spec.build()
+    assert [type(d).__name__ for d in rig.devices] == ["GPhotoCamera", "WatchedFolder", "AdbPhone"]
+    assert rig.latency_s == {"dslr": 0.0, "iphone": 0.12, "mi3": 0.0} and rig.mode == "scheduled"
+
+
+@pytest.mark.parametrize("entry, error, match", [
+    ('name = "x"\nprofile = "nikon_z6"\nshutter = "1/125"', DeviceConfigurationError, r"unknown option\(s\) \['shutter'\]"),
+    ('name = "x"\nadapter = "bluetooth"', DeviceConfigurationError, "unknown adapter 'bluetooth'"),
+    ('name = "x"\nprofile = "no_such_phone"', ProfileError, "no such profile"),
+    ('profile = "iphone_6s"', DeviceConfigurationError, "needs a name"),
+])
+def test_bad_rig_file_entries_name_the_problem(tmp_path, entry, error, match):
+    path = tmp_path / "rig.toml"
+    path.write_text(f"[[device]]\n{entry}\n")
+    with pytest.raises(error, match=match):
+        load_rig(path)
+
+
+@pytest.mark.parametrize("text, match", [("", "no \\[\\[device\\]\\]"), ("[rig]\nspeed = 1\n", "unknown \\[rig\\] key"),
+                                         ("[[device]\n", "not valid TOML")])
+def test_bad_rig_file_is_refused_with_the_file_named(tmp_path, text, match):
+    path = tmp_path / "rig.toml"
+    path.write_text(text)
+    with pytest.raises(RigError, match=match):
+        load_rig(path)
+
+
+@pytest.mark.parametrize("entry, match", [({"name": "p", "adapter": "folder"}, "needs `folder"),
+                                          ({"name": "p", "adapter": "companion"}, "needs `url")])
+def test_device_without_its_address_is_refused(entry, match):
+    with pytest.raises(DeviceConfigurationError, match=match):
+        build_device(resolve_entry(entry))
