@@ -284,8 +284,9 @@ class Session:
                 raise SessionError(toml_path, f"unreadable session.toml: {err}") from err
             stored_rig = stored.get("rig", {})
             if rig is not None and _normalise(rig) != _normalise(stored_rig):
-                raise SessionError(toml_path, "this session was captured with a different rig configuration; "
-                                              "use a new session folder (or the same rig file)")
+                changed = ", ".join(_differences(stored_rig, _normalise(rig))[:6])
+                raise SessionError(toml_path, "this session was captured with a different rig configuration "
+                                              f"(changed: {changed}); use a new session folder or the same rig")
             return cls(root, stored_rig, stored.get("session", {}).get("created", ""))
         if rig is None:
             raise SessionError(root, "not a session folder (no session.toml) and no rig given to create one")
@@ -458,6 +459,21 @@ class ShotWriter:
         self.session._append(record)
         self.committed = record
         return record
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two plain-data values differ (list items by index)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            out += _differences(a, b, f"{prefix}[{i}]")
+        return out
+    return [] if old == new else [prefix or "<root>"]
 
 
 def _normalise(value: Any) -> Any:

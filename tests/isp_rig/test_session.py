@@ -83,8 +83,11 @@ def test_resume_continues_numbering_and_refuses_other_rig(tmp_path):
     again = Session.open(tmp_path, RIG)
     assert _shot(again, {"dslr": ("a.jpg", b"3")}).shot_id == "00003"
     assert Session.open(tmp_path).rig == RIG
-    with pytest.raises(SessionError, match="different rig"):
+    with pytest.raises(SessionError, match=r"different rig configuration \(changed: device, name\)"):
         Session.open(tmp_path, {"name": "other"})
+    moved = {**RIG, "device": [RIG["device"][0], {**RIG["device"][1], "folder": "/tmp/y"}]}
+    with pytest.raises(SessionError, match=r"changed: device\[1\]\.folder\)"):
+        Session.open(tmp_path, moved)
 
 
 def test_non_session_folder_with_files_is_refused(tmp_path):
