@@ -1,7 +1,7 @@
 """Capture commands: ``isp-rig capture``, ``session check``, ``calibrate-latency``, ``phone add``.
 
-Exit codes: 0 success; 1 a shot failed / a check found problems; 2 bad
-usage or configuration (click's own usage errors also exit 2).
+Exit codes: 0 success; 1 a shot failed, a check found problems, or the rig
+could not start (the message names the device and the reason); 2 bad usage.
 """
 
 from __future__ import annotations

@@ -245,7 +245,10 @@ class GPhotoCamera(Device):
         with self._lock:
             camera = self._require()
             widgets = walk_widgets(self._call("get_config", camera.get_config))
-            value = lambda n: widgets[n].get_value() if n in widgets else None  # noqa: E731
+
+            def value(widget_name: str) -> Any:
+                return widgets[widget_name].get_value() if widget_name in widgets else None
+
             offset = None
             clock = value("datetime")
             if isinstance(clock, (int, float)) and clock > 0:

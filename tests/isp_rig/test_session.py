@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from isp_rig.session import (MANIFEST, SESSION_TOML, Session, SessionError, SessionWriteError,
-                             check_session, read_manifest, write_atomic)
+from isp_rig.session import (MANIFEST, SESSION_TOML, Session, SessionError, check_session, read_manifest,
+                             write_atomic)
 
 RIG = {"name": "test-rig", "device": [{"name": "dslr", "profile": "nikon_z6"},
                                       {"name": "phone", "profile": "iphone_6s", "folder": "/tmp/x"}]}
