@@ -377,9 +377,9 @@ def bayer_augment(raw: np.ndarray, target: np.ndarray, mask: np.ndarray, flip_v:
 # torch datasets
 
 def _to_tensors(x: np.ndarray, y: np.ndarray, m: np.ndarray) -> dict:
-    return {"input": torch.from_numpy(np.ascontiguousarray(x, np.float32)).permute(2, 0, 1),
-            "target": torch.from_numpy(np.ascontiguousarray(y, np.float32)).permute(2, 0, 1),
-            "mask": torch.from_numpy(np.ascontiguousarray(m, np.float32))[None]}
+    return {"input": torch.from_numpy(np.array(x, np.float32)).permute(2, 0, 1),
+            "target": torch.from_numpy(np.array(y, np.float32)).permute(2, 0, 1),
+            "mask": torch.from_numpy(np.array(m, np.float32))[None]}
 
 
 @dataclass
@@ -465,7 +465,7 @@ class EvalTiles(Dataset):
         ys, xs = slice(s * i, s * (i + th)), slice(s * j, s * (j + tw))
         out = _to_tensors(item["input"][i: i + th, j: j + tw], item["target"][ys, xs], item["mask"][ys, xs])
         jpeg = item.get("jpeg")
-        out["jpeg"] = (torch.from_numpy(np.ascontiguousarray(jpeg[ys, xs])).permute(2, 0, 1)
+        out["jpeg"] = (torch.from_numpy(np.array(jpeg[ys, xs], np.float32)).permute(2, 0, 1)
                        if jpeg is not None else torch.zeros(0))
         out["id"] = str(item["id"])
         out["tile"] = (i, j, th)

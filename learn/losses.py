@@ -81,8 +81,8 @@ def colour_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     p = F.pad(pred.float(), [size // 2] * 4, mode="replicate")
     t = F.pad(target.float(), [size // 2] * 4, mode="replicate")
     bp, bt = _blur(p, g), _blur(t, g)
-    cos = F.cosine_similarity(bp + 1e-4, bt + 1e-4, dim=1, eps=1e-6).clamp(-1 + 1e-6, 1 - 1e-6)
-    return _mean(torch.acos(cos).unsqueeze(1), mask)
+    cos = F.cosine_similarity(bp.double(), bt.double(), dim=1, eps=1e-8).clamp(-1 + 1e-12, 1 - 1e-12)
+    return _mean(torch.acos(cos).unsqueeze(1), mask).to(pred.dtype)
 
 
 def shift_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
