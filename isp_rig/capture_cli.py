@@ -125,7 +125,7 @@ def session() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def session_check(directory: Path, as_json: bool) -> None:
     """Verify every listed file against its sha256; exit 0 only when all are intact."""
-    report = check_session(directory)
+    report = check_session(directory, progress=True)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:

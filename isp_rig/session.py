@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
 
+from tqdm import tqdm
+
 from isp_rig.profiles import tomlw
 
 FORMAT_VERSION = 1
@@ -190,11 +192,7 @@ def write_atomic(final: Path, source: bytes | BinaryIO | Path) -> tuple[str, int
         if actual != expected or actual_size != size:
             raise SessionWriteError(final, f"read-back mismatch: wrote {size} bytes sha256 {expected}, "
                                            f"read {actual_size} bytes sha256 {actual}")
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            raise SessionError(final, "refusing to overwrite an existing file") from None
-        os.unlink(tmp)
+        _publish(tmp, final)
         _fsync_dir(final.parent)
         return expected, size
     except OSError as err:
@@ -203,6 +201,31 @@ def write_atomic(final: Path, source: bytes | BinaryIO | Path) -> tuple[str, int
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Give ``tmp`` its final name without replacing an existing file.
+
+    A hard link fails atomically when ``final`` exists. File systems without
+    hard links (FAT/exFAT cards, some network shares) answer EPERM/ENOTSUP;
+    there the temporary file is renamed after checking ``final`` is absent
+    (the shot folder belongs to this writer alone, so nothing races it).
+    """
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise SessionError(final, "refusing to overwrite an existing file") from None
+    except OSError as err:
+        if err.errno not in _NO_HARD_LINKS:
+            raise
+        if final.exists() or final.is_symlink():
+            raise SessionError(final, "refusing to overwrite an existing file") from None
+        os.rename(tmp, final)
+        return
+    os.unlink(tmp)
 
 
 def _remove_quietly(path: Path) -> None:
@@ -516,13 +539,14 @@ class CheckReport:
         return out
 
 
-def check_session(root: Path | str) -> CheckReport:
+def check_session(root: Path | str, progress: bool = False) -> CheckReport:
     """Verify every file listed in ``manifest.jsonl`` against its sha256 and size.
 
     Reports missing and corrupt listed files, files under ``shots/`` that no
     manifest line lists (``unlisted``, including leftovers of a killed shot),
     shot folders without a manifest line, and unreadable manifest lines.
-    Never modifies the folder.
+    Never modifies the folder. ``progress`` shows a tqdm bar (bytes hashed)
+    on a terminal.
     """
     root = Path(root)
     report = CheckReport(root=str(root))
@@ -532,25 +556,28 @@ def check_session(root: Path | str) -> CheckReport:
     contents = read_manifest(root / MANIFEST)
     report.bad_manifest_lines = [{"line": n, "reason": r} for n, r in contents.bad_lines]
     listed: set[str] = set()
-    for rec in contents.records:
-        report.shots += 1
-        report.shots_failed += rec.status != "ok"
-        for f in rec.files:
-            listed.add(f.path)
-            path = root / f.path
-            if not path.is_file():
-                report.missing.append(f.path)
-                continue
-            try:
-                sha, size = sha256_file(path)
-            except OSError as err:
-                report.corrupt.append({"path": f.path, "reason": f"unreadable: {err.strerror}"})
-                continue
-            if size != f.size or sha != f.sha256:
-                report.corrupt.append({"path": f.path, "expected_size": f.size, "size": size,
-                                       "expected_sha256": f.sha256, "sha256": sha})
-            else:
-                report.files_ok += 1
+    total = sum(f.size for rec in contents.records for f in rec.files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="check", disable=None if progress else True) as bar:
+        for rec in contents.records:
+            report.shots += 1
+            report.shots_failed += rec.status != "ok"
+            for f in rec.files:
+                listed.add(f.path)
+                bar.update(f.size)
+                path = root / f.path
+                if not path.is_file():
+                    report.missing.append(f.path)
+                    continue
+                try:
+                    sha, size = sha256_file(path)
+                except OSError as err:
+                    report.corrupt.append({"path": f.path, "reason": f"unreadable: {err.strerror}"})
+                    continue
+                if size != f.size or sha != f.sha256:
+                    report.corrupt.append({"path": f.path, "expected_size": f.size, "size": size,
+                                           "expected_sha256": f.sha256, "sha256": sha})
+                else:
+                    report.files_ok += 1
     shot_ids = {r.shot_id for r in contents.records}
     shots_dir = root / SHOTS
     if shots_dir.is_dir():

@@ -217,3 +217,20 @@ def test_write_atomic_streams_from_a_path(tmp_path):
     src.write_bytes(os.urandom(3 << 20))
     sha, size = write_atomic(tmp_path / "dst.bin", src)
     assert size == 3 << 20 and sha == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_file_system_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
+    """FAT/exFAT cards refuse hard links with EPERM; os.link is made to answer the same way."""
+    import errno as _errno
+
+    def no_links(src, dst):
+        raise PermissionError(_errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(os, "link", no_links)
+    session = Session.open(tmp_path / "s", RIG)
+    rec = _shot(session, {"dslr": ("DSC_0001.NEF", b"nef")})
+    assert rec.status == "ok" and (tmp_path / "s/shots/00001/dslr/DSC_0001.NEF").read_bytes() == b"nef"
+    with pytest.raises(SessionError, match="refusing to overwrite"):
+        write_atomic(tmp_path / "s/shots/00001/dslr/DSC_0001.NEF", b"other")
+    assert (tmp_path / "s/shots/00001/dslr/DSC_0001.NEF").read_bytes() == b"nef"
+    assert check_session(tmp_path / "s").ok and not list((tmp_path / "s").rglob(".partial-*"))
