@@ -193,9 +193,12 @@ class GPhotoCamera(Device):
             self.camera = self.camera_factory(self.model, self.port)
         except gp.GPhoto2Error as err:
             raise DeviceNotFound(self.name, f"cannot open camera: {err}") from err
-        self._apply_format_and_target()
-        if self.applied:
-            self._apply(self.applied)
+        try:
+            self._apply_format_and_target()
+            if self.applied:
+                self._apply(self.applied)
+        except gp.GPhoto2Error as err:
+            raise DeviceError(self.name, f"camera opened but refused its configuration: {err}") from err
 
     def close(self) -> None:
         """End the camera session; safe to call twice."""
@@ -242,9 +245,13 @@ class GPhotoCamera(Device):
     # -- description and settings -------------------------------------------
     def describe(self) -> DeviceInfo:
         """Model (libgphoto2's name and the camera's own), serial, clock offset (1 s resolution)."""
+        gp = gphoto2_module()
         with self._lock:
             camera = self._require()
-            widgets = walk_widgets(self._call("get_config", camera.get_config))
+            try:
+                widgets = walk_widgets(self._call("get_config", camera.get_config))
+            except gp.GPhoto2Error as err:
+                raise DeviceError(self.name, f"cannot read the camera's configuration: {err}") from err
 
             def value(widget_name: str) -> Any:
                 return widgets[widget_name].get_value() if widget_name in widgets else None
@@ -302,10 +309,14 @@ class GPhotoCamera(Device):
         Raises DeviceConfigError with the valid widget names, or the valid
         choices of a radio/menu widget, when a name or value is not offered.
         """
+        gp = gphoto2_module()
         with self._lock:
             self._require()
             resolved = {self.settings_map.get(k, k): v for k, v in settings.items()}
-            applied = self._apply(resolved)
+            try:
+                applied = self._apply(resolved)
+            except gp.GPhoto2Error as err:
+                raise DeviceError(self.name, f"configuring {sorted(resolved)} failed: {err}") from err
             self.applied.update(resolved)
             return applied
 
