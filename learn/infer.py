@@ -51,13 +51,17 @@ def image_statistics_tiled(model: torch.nn.Module, x: torch.Tensor, tile: int) -
 
 @torch.inference_mode()
 def render_tensor(model: torch.nn.Module, x: torch.Tensor, tile: int = 512, overlap: int | None = None,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, channels_last: bool = True) -> torch.Tensor:
     """Tiled rendering of ``x`` (N, C, H, W) -> (N, 3, s*H, s*W), s = the model's upscale.
 
     ``tile`` is rounded up to the model's ``size_multiple``; ``overlap`` defaults
-    to the model's ``receptive_radius`` (rounded up to the multiple).
+    to the model's ``receptive_radius`` (rounded up to the multiple). ``channels_last``
+    converts the model (in place) and each tile to NHWC memory order, which CPU
+    convolutions run several times faster; the values are the same.
     """
     model.eval()
+    if channels_last:  # oneDNN convolutions run several times faster on NHWC; values are unchanged
+        model = model.to(memory_format=torch.channels_last)
     m, ov = _overlap(model, overlap)
     tile = int(math.ceil(tile / m) * m)
     s = int(getattr(model, "upscale", 1))
@@ -70,6 +74,8 @@ def render_tensor(model: torch.nn.Module, x: torch.Tensor, tile: int = 512, over
         a0, b0 = max(0, i - ov), max(0, j - ov)
         a1, b1 = min(h, i1 + ov), min(w, j1 + ov)
         part = x[..., a0:a1, b0:b1]
+        if channels_last:
+            part = part.contiguous(memory_format=torch.channels_last)
         y = model(part, stats=stats) if stats is not None else model(part)
         out[..., s * i: s * i1, s * j: s * j1] = y[..., s * (i - a0): s * (i1 - a0), s * (j - b0): s * (j1 - b0)].float()
     return out

@@ -117,4 +117,8 @@ def image_statistics(x: torch.Tensor, pairs: torch.Tensor | None = None) -> torc
     Means are additive over disjoint tiles (weight each tile by its pixel count),
     so a tiled renderer can compute exactly the statistics of the whole image.
     """
-    return poly_terms(x, pairs)[:, 1:].mean(dim=(2, 3))
+    if pairs is None:
+        pairs = quad_index(x.shape[1]).to(x.device)
+    flat = x.flatten(2)  # (N, C, HW)
+    gram = torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[-1]  # (N, C, C) means of x_a * x_b
+    return torch.cat([flat.mean(-1), gram[:, pairs[0], pairs[1]]], 1)

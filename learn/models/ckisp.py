@@ -155,7 +155,7 @@ class CKISP(nn.Module):
         responses = self.basis(xp)  # (N, M*c_out, H, W)
         n, _, h, w = responses.shape
         responses = responses.view(n, self.n_basis, self.cout, h, w)
-        return (responses * a.unsqueeze(2)).sum(1)
+        return torch.einsum("nmohw,nmhw->nohw", responses, a)
 
     def forward(self, x: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, C, H, W) -> (N, 3, upscale*H, upscale*W)``; ``stats`` overrides the per-image statistics."""
