@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -49,10 +50,23 @@ class DataError(Exception):
 # files
 
 def read_image(path: Path | str) -> np.ndarray:
-    """An 8- or 16-bit image file as float32 RGB ``(H, W, 3)`` in [0, 1] (sRGB-encoded as stored)."""
+    """An 8- or 16-bit image file as float32 RGB ``(H, W, 3)`` in [0, 1] (sRGB-encoded as stored).
+
+    A ``.npy`` holding (H, W, 3) uint8, uint16 or float32 (already in [0, 1]) is read too
+    (memory-mapped: the fastest target format for large images).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "missing")
+    if path.suffix.lower() == ".npy":
+        a = np.load(path, mmap_mode="r")
+        if a.ndim != 3 or a.shape[2] != 3:
+            raise DataError(path, f"image array must be (H, W, 3), got {a.shape}")
+        if a.dtype == np.float32:
+            return a
+        if a.dtype in (np.uint8, np.uint16):
+            return a.astype(np.float32) / np.float32(255.0 if a.dtype == np.uint8 else 65535.0)
+        raise DataError(path, f"unsupported array type {a.dtype}")
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DataError(path, "not a readable image")
@@ -229,24 +243,43 @@ class PackedPairs:
     scale = 2
     bayer = True
 
-    def __init__(self, root: Path | str, split: str | Sequence[str]) -> None:
+    def __init__(self, root: Path | str, split: str | Sequence[str], cache_pairs: int = 4) -> None:
         self.folder = DatasetFolder(root)
         self.records = self.folder.split(split)
         if not self.records:
             raise DataError(self.folder.root / "pairs.jsonl", f"no usable pairs in split {split!r}")
+        self.cache_pairs = cache_pairs
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def input_shape(self, i: int) -> tuple[int, ...]:
+        """Shape of pair ``i``'s packed raw, without decoding the target."""
+        return read_packed(self.records[i].raw).shape
+
+    def _target(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decoded target and mask of pair ``i``, kept in a small LRU cache (PNG decoding dominates crop time)."""
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        r = self.records[i]
+        value = (read_image(r.target), read_mask(r.mask) if r.mask is not None else None)
+        if self.cache_pairs > 0:
+            self._cache[i] = value
+            while len(self._cache) > self.cache_pairs:
+                self._cache.popitem(last=False)
+        return value
+
     def load(self, i: int, with_jpeg: bool = False) -> dict:
         r = self.records[i]
         raw = read_packed(r.raw)
-        target = read_image(r.target)
+        target, mask = self._target(i)
         h, w = raw.shape[:2]
         if target.shape[:2] != (2 * h, 2 * w):
             raise DataError(r.target, f"target is {target.shape[1]}x{target.shape[0]}, expected {2 * w}x{2 * h} "
                                       f"(twice the packed raw {r.raw.name})")
-        mask = read_mask(r.mask) if r.mask is not None else np.ones((2 * h, 2 * w), bool)
+        mask = mask if mask is not None else np.ones((2 * h, 2 * w), bool)
         if mask.shape != (2 * h, 2 * w):
             raise DataError(r.mask, f"mask is {mask.shape[1]}x{mask.shape[0]}, expected {2 * w}x{2 * h}")
         out = {"input": raw, "target": target, "mask": mask, "id": r.id}
@@ -310,6 +343,10 @@ class RgbFolderPairs:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def input_shape(self, i: int) -> tuple[int, ...]:
+        """Shape of pair ``i``'s input image."""
+        return self.load(i)["input"].shape
 
     def load(self, i: int, with_jpeg: bool = False) -> dict:
         if i not in self._cache:
@@ -448,7 +485,7 @@ class EvalTiles(Dataset):
         self.source, self.tile = source, tile
         self.index: list[tuple[int, int, int, int, int]] = []
         for p in range(len(source)):
-            shape = source.load(p)["input"].shape
+            shape = source.input_shape(p) if hasattr(source, "input_shape") else source.load(p)["input"].shape
             h, w = shape[:2]
             th, tw = (h, w) if tile is None else (min(tile, h), min(tile, w))
             rows = sorted({min(i, h - th) for i in range(0, h, th)})
