@@ -47,6 +47,19 @@ def test_sixteen_bit_targets_keep_sixteen_bit_precision(tmp_path):
     assert np.abs(got - target).max() <= 0.5 / 65535 + 1e-7
 
 
+@pytest.mark.parametrize("dtype,peak", [(np.uint16, 65535), (np.uint8, 255), (np.float32, 1)])
+def test_npy_targets_are_read_like_pngs(tmp_path, dtype, peak):
+    raw = np.zeros((4, 4, 4), np.float32)
+    target = np.linspace(0, 1, 8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    write_pair(tmp_path, "a", raw, target)
+    stored = (target * peak).round().astype(dtype) if dtype != np.float32 else target
+    np.save(tmp_path / "pairs" / "a" / "target.npy", stored)
+    lines = (tmp_path / "pairs.jsonl").read_text().replace("target.png", "target.npy")
+    (tmp_path / "pairs.jsonl").write_text(lines)
+    got = PackedPairs(tmp_path, "train").load(0)["target"]
+    assert np.abs(got - target).max() <= 0.5 / peak + 1e-7 if peak > 1 else np.array_equal(got, target)
+
+
 def test_target_of_the_wrong_size_is_an_error_naming_the_file(tmp_path):
     write_pair(tmp_path, "a", np.zeros((4, 4, 4), np.float32), np.zeros((8, 8, 3), np.float32))
     write_image(tmp_path / "pairs" / "a" / "target.png", np.zeros((8, 10, 3), np.float32))

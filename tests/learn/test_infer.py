@@ -64,6 +64,7 @@ def test_torchscript_export_gives_the_same_output(name, tmp_path):
 
 @pytest.mark.parametrize("name", lm.available())
 def test_onnx_export_gives_the_same_output_at_another_size(name, tmp_path):
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     model = _perturbed(name) if name != "unet" else lm.create("unet", base=4).eval()
     path = export_onnx(model, tmp_path / "m.onnx", in_channels=4, example_size=32)
