@@ -164,24 +164,31 @@ def write_pair(root: Path | str, pair_id: str, raw: np.ndarray, target: np.ndarr
 
 @dataclass(frozen=True)
 class PairRecord:
-    """One usable pair of a dataset folder (absolute paths)."""
+    """One usable pair of a dataset folder (absolute paths).
+
+    ``raw`` is the packed raw input; RGB-input pairs (a phone's own JPEG as the
+    model input, ``isp-rig dataset import``) have ``input`` instead.
+    """
 
     id: str
     split: str
-    raw: Path
+    raw: Path | None
     target: Path
     mask: Path | None
     phone_jpeg: Path | None = None
     phone_model: str | None = None
     scene: str | None = None
+    input: Path | None = None
 
 
 class DatasetFolder:
     """Reads ``dataset.json`` and ``pairs.jsonl`` of a dataset folder.
 
-    A record is used when its ``status`` is ``"ok"`` (or absent). File paths are
-    relative to the folder and sit under ``files`` (keys ``raw``, ``target``,
-    ``mask``, optional ``phone_jpeg``) or at the record's top level.
+    ``pairs.jsonl`` is append-only: the last record of each ``id`` wins, and a
+    torn last line (a writer killed mid-line) is ignored. A record is used when
+    its ``status`` is ``"ok"`` (or absent). File paths are relative to the folder
+    and sit under ``files`` (keys ``raw`` or ``input``, ``target``, ``mask``,
+    optional ``phone_jpeg``) or at the record's top level.
     """
 
     def __init__(self, root: Path | str) -> None:
@@ -198,25 +205,31 @@ class DatasetFolder:
             version = self.meta.get("format_version", FORMAT_VERSION)
             if int(version) > FORMAT_VERSION:
                 raise DataError(meta_path, f"format_version {version} is newer than this reader ({FORMAT_VERSION})")
-        self.records: list[PairRecord] = []
-        self.skipped: list[tuple[str, str]] = []
-        for n, line in enumerate(pairs_path.read_text().splitlines(), 1):
+        latest: dict[str, tuple[int, dict]] = {}
+        lines = pairs_path.read_text().split("\n")
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
+                if n == len(lines):  # torn last line: that pair was never completed
+                    continue
                 raise DataError(pairs_path, f"line {n}: invalid JSON ({err})") from None
+            latest[str(rec.get("id", n))] = (n, rec)
+        self.records: list[PairRecord] = []
+        self.skipped: list[tuple[str, str]] = []
+        for pid, (n, rec) in latest.items():
             status = rec.get("status", "ok")
             if status != "ok":
-                self.skipped.append((str(rec.get("id", n)), str(status)))
+                self.skipped.append((pid, str(status)))
                 continue
             files = rec.get("files", rec)
-            if "raw" not in files or "target" not in files:
-                raise DataError(pairs_path, f"line {n}: record lacks the 'raw' or 'target' file")
+            if ("raw" not in files and "input" not in files) or "target" not in files:
+                raise DataError(pairs_path, f"line {n}: record {pid!r} lacks the 'raw' (or 'input') or 'target' file")
             path = lambda key: (self.root / files[key]) if files.get(key) else None  # noqa: E731
             self.records.append(PairRecord(
-                id=str(rec.get("id", n)), split=str(rec.get("split", "train")), raw=path("raw"),
+                id=pid, split=str(rec.get("split", "train")), raw=path("raw"), input=path("input"),
                 target=path("target"), mask=path("mask"), phone_jpeg=path("phone_jpeg"),
                 phone_model=rec.get("phone_model") or self.meta.get("phone_profile"), scene=rec.get("scene")))
 
@@ -238,25 +251,35 @@ class PairSource(Protocol):
 
 class PackedPairs:
     """Pairs of a dataset folder split: ``load(i)`` gives ``input`` (h, w, 4) float32 packed raw,
-    ``target`` (2h, 2w, 3), ``mask`` (2h, 2w) bool, ``id``, and ``jpeg`` (2h, 2w, 3) where present."""
+    ``target`` (2h, 2w, 3), ``mask`` (2h, 2w) bool, ``id``, and ``jpeg`` (2h, 2w, 3) where present.
 
-    scale = 2
-    bayer = True
+    A split of RGB-input pairs (records with ``input`` instead of ``raw``) gives
+    ``input`` (H, W, 3) and targets of the same size (``scale`` 1, no Bayer handling).
+    """
 
     def __init__(self, root: Path | str, split: str | Sequence[str], cache_pairs: int = 4) -> None:
         self.folder = DatasetFolder(root)
         self.records = self.folder.split(split)
         if not self.records:
             raise DataError(self.folder.root / "pairs.jsonl", f"no usable pairs in split {split!r}")
+        kinds = {r.raw is not None for r in self.records}
+        if len(kinds) > 1:
+            raise DataError(self.folder.root / "pairs.jsonl", f"split {split!r} mixes raw and RGB-input pairs")
+        self.bayer = kinds.pop()
+        self.scale = 2 if self.bayer else 1
         self.cache_pairs = cache_pairs
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _input(self, i: int) -> np.ndarray:
+        r = self.records[i]
+        return read_packed(r.raw) if self.bayer else read_image(r.input)
+
     def input_shape(self, i: int) -> tuple[int, ...]:
-        """Shape of pair ``i``'s packed raw, without decoding the target."""
-        return read_packed(self.records[i].raw).shape
+        """Shape of pair ``i``'s input (packed raw: without decoding any PNG)."""
+        return self._input(i).shape
 
     def _target(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Decoded target and mask of pair ``i``, kept in a small LRU cache (PNG decoding dominates crop time)."""
@@ -273,20 +296,20 @@ class PackedPairs:
 
     def load(self, i: int, with_jpeg: bool = False) -> dict:
         r = self.records[i]
-        raw = read_packed(r.raw)
+        raw = self._input(i)
         target, mask = self._target(i)
-        h, w = raw.shape[:2]
-        if target.shape[:2] != (2 * h, 2 * w):
-            raise DataError(r.target, f"target is {target.shape[1]}x{target.shape[0]}, expected {2 * w}x{2 * h} "
-                                      f"(twice the packed raw {r.raw.name})")
-        mask = mask if mask is not None else np.ones((2 * h, 2 * w), bool)
-        if mask.shape != (2 * h, 2 * w):
-            raise DataError(r.mask, f"mask is {mask.shape[1]}x{mask.shape[0]}, expected {2 * w}x{2 * h}")
+        th, tw = self.scale * raw.shape[0], self.scale * raw.shape[1]  # the target size
+        if target.shape[:2] != (th, tw):
+            raise DataError(r.target, f"target is {target.shape[1]}x{target.shape[0]}, expected {tw}x{th} "
+                                      f"(the input {(r.raw or r.input).name} times {self.scale})")
+        mask = mask if mask is not None else np.ones((th, tw), bool)
+        if mask.shape != (th, tw):
+            raise DataError(r.mask, f"mask is {mask.shape[1]}x{mask.shape[0]}, expected {tw}x{th}")
         out = {"input": raw, "target": target, "mask": mask, "id": r.id}
         if with_jpeg and r.phone_jpeg is not None:
             jpeg = read_image(r.phone_jpeg)
-            if jpeg.shape[:2] != (2 * h, 2 * w):
-                raise DataError(r.phone_jpeg, f"phone JPEG is {jpeg.shape[1]}x{jpeg.shape[0]}, expected {2 * w}x{2 * h}")
+            if jpeg.shape[:2] != (th, tw):
+                raise DataError(r.phone_jpeg, f"phone JPEG is {jpeg.shape[1]}x{jpeg.shape[0]}, expected {tw}x{th}")
             out["jpeg"] = jpeg
         return out
 

@@ -178,3 +178,28 @@ def test_phone_vs_dslr_saturated_identical_patches_are_excluded(shared_data):
     assert len(names) == 247 and not {"103", "177", "221"} & set(names)
     item = RgbFolderPairs(d / "iphone", d / "canon", names[:1]).load(0, with_jpeg=True)
     assert item["input"].shape == item["target"].shape == (100, 100, 3)
+
+
+def test_appended_records_last_one_wins_and_a_torn_last_line_is_ignored(tmp_path):
+    write_pair(tmp_path, "a", np.zeros((4, 4, 4), np.float32), np.zeros((8, 8, 3), np.float32))
+    with open(tmp_path / "pairs.jsonl", "a") as f:
+        f.write(json.dumps({"id": "a", "status": "rejected", "reason": "residual too large"}) + "\n")
+        f.write('{"id": "b", "split": "tra')  # a writer killed mid-line
+    folder = DatasetFolder(tmp_path)
+    assert folder.records == [] and folder.skipped == [("a", "rejected")]
+
+
+def test_rgb_input_pairs_of_a_dataset_folder_are_read_at_scale_one(tmp_path):
+    write_pair(tmp_path, "a", np.zeros((4, 5, 4), np.float32), np.full((8, 10, 3), 0.5, np.float32))
+    write_image(tmp_path / "pairs" / "a" / "input.png", np.full((8, 10, 3), 0.25, np.float32), 16)
+    rec = json.loads((tmp_path / "pairs.jsonl").read_text())
+    rec["files"].pop("raw")
+    rec["files"]["input"] = "pairs/a/input.png"
+    with open(tmp_path / "pairs.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    src = PackedPairs(tmp_path, "train")
+    item = src.load(0)
+    assert src.scale == 1 and not src.bayer
+    assert item["input"].shape == item["target"].shape == (8, 10, 3)
+    crop = RandomCrops(src, crop=4, seed=0)[0]
+    assert tuple(crop["input"].shape) == (3, 4, 4) and tuple(crop["target"].shape) == (3, 4, 4)
