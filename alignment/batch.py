@@ -451,11 +451,12 @@ def run_batch(
     return summary
 
 
-def dask_executor(address: str) -> cf.Executor:
-    """The ``concurrent.futures`` executor of a Dask cluster (needs the ``dask`` extra).
-    Workers must see the same file paths (a shared file system)."""
+def dask_client(address: str):
+    """A ``distributed.Client`` of the Dask cluster at ``address`` (needs the ``dask``
+    extra); use it as a context manager and pass ``client.get_executor()`` to
+    :func:`run_batch`.  Workers must see the same file paths (a shared file system)."""
     try:
         from distributed import Client
     except ImportError:
         raise RuntimeError("Dask is not installed: pip install 'isp-rig[dask]'") from None
-    return Client(address).get_executor()
+    return Client(address)

@@ -63,9 +63,12 @@ def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, schedu
     jobs = _jobs(source, pairs_csv, phone_dir, dslr_dir, match)
     meta = DatasetMeta(phone_profile=phone_profile, split_seed=split_seed, test_fraction=test_fraction,
                        provenance={"source": str(source or pairs_csv or f"{phone_dir} + {dslr_dir}")})
-    executor = batch.dask_executor(scheduler) if scheduler else None
     try:
-        summary = batch.run_batch(jobs, out_dir, executor=executor, workers=workers, meta=meta)
+        if scheduler:
+            with batch.dask_client(scheduler) as client:
+                summary = batch.run_batch(jobs, out_dir, executor=client.get_executor(), meta=meta)
+        else:
+            summary = batch.run_batch(jobs, out_dir, workers=workers, meta=meta)
     except DatasetError as err:
         raise click.ClickException(str(err)) from None
     if report:

@@ -103,9 +103,9 @@ def test_default_process_pool_aligns_pairs(source, tmp_path):
 def test_dask_cluster_runs_the_batch(source, tmp_path):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c:
-        executor = batch.dask_executor(c.scheduler_address)
-        jobs = [j for j in batch.find_pairs(source) if j.pair_id == "pair_0000"]
-        assert batch.run_batch(jobs, tmp_path / "ds", executor=executor, progress=False).kept == 1
+        with batch.dask_client(c.scheduler_address) as client:
+            jobs = [j for j in batch.find_pairs(source) if j.pair_id == "pair_0000"]
+            assert batch.run_batch(jobs, tmp_path / "ds", executor=client.get_executor(), progress=False).kept == 1
 
 
 def test_workers_are_bounded_by_memory(source, monkeypatch):
