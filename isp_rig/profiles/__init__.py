@@ -6,7 +6,10 @@ and the facts of its raw files. A rig file names devices and their profiles.
 
 from __future__ import annotations
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 from typing import Any
 
