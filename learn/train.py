@@ -29,7 +29,6 @@ import math
 import os
 import signal
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +76,15 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None) -
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            if path.suffix == ".toml":
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10
+                    raise ConfigError(f"{path}: TOML configs need Python 3.11 or later; use JSON") from None
+                data = tomllib.loads(path.read_text())
+            else:
+                data = json.loads(path.read_text())
+        except ValueError as err:  # TOMLDecodeError and JSONDecodeError are ValueErrors
             raise ConfigError(f"{path}: cannot parse ({err})") from None
         unknown = set(data) - set(DEFAULTS)
         if unknown:

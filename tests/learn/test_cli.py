@@ -80,3 +80,27 @@ def test_render_of_a_broken_raw_is_a_clear_error(trained_run, tmp_path):
 def test_train_with_an_unknown_model_is_a_usage_error(tiny_dataset, tmp_path):
     res = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--model", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "available" in res.output
+
+
+@pytest.mark.slow
+def test_train_eval_render_on_a_dataset_built_by_the_alignment_stage(tmp_path):
+    """The user's path: simulate -> isp-rig dataset build -> train -> eval -> render (about 2 minutes)."""
+    from isp_rig.simulate import simulate_pairs
+
+    simulate_pairs(tmp_path / "sim", 3, seed=1, progress=False)
+    runner = CliRunner()
+    res = runner.invoke(main, ["dataset", "build", str(tmp_path / "sim"), "--out", str(tmp_path / "ds"),
+                               "--workers", "1", "--no-report", "--phone-profile", "simphone"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["train", "--data", str(tmp_path / "ds"), "--model", "ckisp", "--out",
+                               str(tmp_path / "run"), "--steps", "4", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["eval", "--data", str(tmp_path / "ds"), "--run", str(tmp_path / "run"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["images"] >= 1 and out["psnr"] > 5 and out["lpips"] is None
+    assert "simphone" in (tmp_path / "run" / "eval" / "table.md").read_text()
+    dng = tmp_path / "sim" / "pair_0000" / "phone.dng"
+    res = runner.invoke(main, ["render", str(dng), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
+    assert res.exit_code == 0, res.output
+    assert cv2.imread(str(tmp_path / "o.png")).shape[2] == 3
