@@ -201,7 +201,7 @@ def gn_refine(
     channels: list[Channel],
     h: np.ndarray,
     frame_shape: tuple[int, int],
-    max_iter: int = 60,
+    max_iter: int = 30,
     tol_px: float = 1e-4,
     gain_degree: int = 1,
     huber: float | None = 3.0,
@@ -354,9 +354,12 @@ def _gn_level(
     tol_px: float,
     gain_degree: int,
     huber: float | None,
+    max_pixels: int | None = 150_000,
 ) -> tuple[np.ndarray, int, bool, float, float]:
     """Gauss-Newton at one pyramid level (one channel). See :func:`gn_refine`."""
-    return gn_refine([Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber)
+    return gn_refine(
+        [Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber, max_pixels
+    )
 
 
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -443,12 +446,13 @@ def refine_homography(
     levels: int = 3,
     blur_sigma: float = 0.7,
     norm_sigma: float | None = 12.0,
-    max_iter: int = 60,
+    max_iter: int = 30,
     tol_px: float = 1e-4,
     gain_degree: int = 1,
     huber: float | None = 3.0,
     gauss_filt_size: int = 1,
     aperture: float = 1.0,
+    min_level: int = 0,
 ) -> EccResult:
     """Refine ``h0`` (template px -> image px) coarse to fine.
 
@@ -462,6 +466,8 @@ def refine_homography(
         (0..2) of the gain and offset of the photometric model ("gn" only).
     huber: Huber threshold in robust standard deviations (None: least squares).
     gauss_filt_size: OpenCV's own pre-filter size ("opencv" only); 1 disables it.
+    min_level: the finest level to run (0 = full resolution; 1 when a finer
+    stage such as :func:`refine_planes` follows).
     Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
     h = np.asarray(h0, np.float64).copy()
@@ -478,7 +484,7 @@ def refine_homography(
     converged = False
     corr = 0.0
     valid = 0.0
-    for lvl in range(len(tpyr) - 1, -1, -1):
+    for lvl in range(len(tpyr) - 1, min(min_level, len(tpyr) - 1) - 1, -1):
         pt = pyramid_down_matrix(lvl)
         # choose the image level so that the image is at most ~2x finer than the template
         s = _local_scale(h @ pt, tpyr[lvl].shape)
@@ -495,7 +501,8 @@ def refine_homography(
         )
         if method == "gn":
             hl, it, conv, corr, valid = _gn_level(
-                t, tm, im, imk, hl, max_iter, tol_px * (2.0 ** (-lvl)) if lvl == 0 else 1e-3, gain_degree, huber
+                t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
+                None if lvl == 0 else 150_000,
             )
         elif method == "opencv":
             hl, it, conv, corr, valid = _opencv_level(t, tm, im, imk, hl, max_iter, gauss_filt_size)
@@ -552,7 +559,7 @@ def refine_planes(
     norm_sigma: float | None = None,
     gain_degree: int = 2,
     huber: float | None = 3.0,
-    max_iter: int = 60,
+    max_iter: int = 30,
     tol_px: float = 1e-4,
     aperture: float = 1.0,
     max_pixels: int | None = 400_000,

@@ -7,8 +7,8 @@ Lucas-Kanade that also fits a per-tile gain and offset
 (``T ~ a * W + b + a * grad(W) . d``, linear in (a, b, a*dx, a*dy)), where W is
 the DSLR image warped onto the phone grid through the current model; the tile
 estimates, weighted by their inverse variance, are fitted by a polynomial
-field whose degree is chosen by the Bayesian information criterion (degree 0
-"none" included, so a pure homography pair gets no field and no added noise);
+field whose degree is chosen by cross-validation on held-out tiles (degree -1,
+"none", included, so a pure homography pair gets no field and no added noise);
 warp, measure and fit repeat until the update is below ``tol_px``.
 
 Coordinates: the field is stored in phone IMAGE px (the full raw grid for a
@@ -38,51 +38,114 @@ class SmoothField:
     degree: total polynomial degree (-1 = no field, u = 0).
     centre: (cx, cy) and scale: coordinates are normalised as (x - c) / scale.
     coef: (n_terms, 2) coefficients of the monomials u^i v^j (see :func:`_monomials`).
+    bounds: (xmin, ymin, xmax, ymax) phone px where the field was measured; outside,
+        the field is evaluated at the nearest point of this box (it is never
+        extrapolated), or None for no clamping.
+    grid: optional (gy, gx, 2) residual displacement on a regular node grid (a
+        smoothing spline of what the polynomial leaves), node (i, j) at phone px
+        (grid_origin[0] + j * grid_step[0], grid_origin[1] + i * grid_step[1]);
+        interpolated with cubic B-splines, clamped at the grid's edge.
     """
 
     degree: int = -1
     centre: tuple[float, float] = (0.0, 0.0)
     scale: float = 1.0
     coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    bounds: tuple[float, float, float, float] | None = None
+    grid: np.ndarray | None = None
+    grid_origin: tuple[float, float] = (0.0, 0.0)
+    grid_step: tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def empty(self) -> bool:
+        """True when the field is identically zero."""
+        return (self.degree < 0 or self.coef.size == 0) and self.grid is None
+
+    def _grid_eval(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        from scipy import ndimage
+
+        gy, gx = self.grid.shape[:2]
+        j = np.clip((x - self.grid_origin[0]) / self.grid_step[0], 0, gx - 1)
+        i = np.clip((y - self.grid_origin[1]) / self.grid_step[1], 0, gy - 1)
+        out = np.empty(x.shape + (2,))
+        for c in range(2):
+            out[..., c] = ndimage.map_coordinates(self.grid[..., c], [i, j], order=3, mode="nearest")
+        return out
+
+    def _clamp(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.bounds is None:
+            return x, y
+        x0, y0, x1, y1 = self.bounds
+        return np.clip(x, x0, x1), np.clip(y, y0, y1)
 
     def basis(self, xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        u = (xy[:, 0] - self.centre[0]) / self.scale
-        v = (xy[:, 1] - self.centre[1]) / self.scale
+        x, y = self._clamp(xy[:, 0], xy[:, 1])
+        u = (x - self.centre[0]) / self.scale
+        v = (y - self.centre[1]) / self.scale
         return np.stack([u**i * v**j for i, j in _monomials(self.degree)], axis=1)
 
     def __call__(self, xy: np.ndarray) -> np.ndarray:
         """(N, 2) phone image px -> (N, 2) displacement in phone image px."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        if self.degree < 0 or self.coef.size == 0:
-            return np.zeros_like(xy)
-        return self.basis(xy) @ self.coef
+        out = np.zeros_like(xy)
+        if self.degree >= 0 and self.coef.size:
+            out += self.basis(xy) @ self.coef
+        if self.grid is not None:
+            out += self._grid_eval(xy[:, 0], xy[:, 1])
+        return out
 
     def dense(self, shape: tuple[int, int], to_image: np.ndarray) -> np.ndarray:
         """(rows, cols, 2) displacement in WORKING px for every pixel of a working grid
-        whose px map to image px through the scale-and-offset matrix ``to_image``."""
+        whose px map to image px through the scale-and-offset matrix ``to_image``.
+        Evaluated separably (powers of the row and column coordinates), exact."""
         rows, cols = shape
-        yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
-        pts = np.stack([xx.ravel() * to_image[0, 0] + to_image[0, 2], yy.ravel() * to_image[1, 1] + to_image[1, 2]], 1)
-        d = self(pts)
-        d[:, 0] /= to_image[0, 0]
-        d[:, 1] /= to_image[1, 1]
-        return d.reshape(rows, cols, 2)
+        sx, sy = to_image[0, 0], to_image[1, 1]
+        xs, ys = self._clamp(np.arange(cols) * sx + to_image[0, 2], np.arange(rows) * sy + to_image[1, 2])
+        u = (xs - self.centre[0]) / self.scale
+        v = (ys - self.centre[1]) / self.scale
+        out = np.zeros((rows, cols, 2))
+        if self.grid is not None:
+            xx, yy = np.meshgrid(np.arange(cols) * sx + to_image[0, 2], np.arange(rows) * sy + to_image[1, 2])
+            out += self._grid_eval(xx, yy)
+        terms = _monomials(self.degree) if self.degree >= 0 and self.coef.size else []
+        for j in range(self.degree + 1 if terms else 0):
+            vj = v**j
+            for c in range(2):
+                row_poly = np.zeros(cols)
+                for t, (pi, pj) in enumerate(terms):
+                    if pj == j:
+                        row_poly += self.coef[t, c] * u**pi
+                out[..., c] += vj[:, None] * row_poly[None, :]
+        out[..., 0] /= sx
+        out[..., 1] /= sy
+        return out
 
     def to_dict(self) -> dict:
         return {
-            "model": "polynomial",
+            "model": "polynomial+spline",
             "degree": int(self.degree),
             "centre": [float(c) for c in self.centre],
             "scale": float(self.scale),
             "coef": np.asarray(self.coef, float).tolist(),
+            "bounds": None if self.bounds is None else [float(b) for b in self.bounds],
+            "grid": None if self.grid is None else np.round(self.grid, 6).tolist(),
+            "grid_origin": [float(v) for v in self.grid_origin],
+            "grid_step": [float(v) for v in self.grid_step],
         }
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SmoothField":
         if not d:
             return cls()
-        return cls(int(d["degree"]), tuple(d["centre"]), float(d["scale"]), np.asarray(d["coef"], float).reshape(-1, 2))
+        b = d.get("bounds")
+        g = d.get("grid")
+        return cls(
+            int(d["degree"]), tuple(d["centre"]), float(d["scale"]), np.asarray(d["coef"], float).reshape(-1, 2),
+            None if b is None else tuple(float(x) for x in b),
+            None if g is None else np.asarray(g, float),
+            tuple(d.get("grid_origin", (0.0, 0.0))), tuple(d.get("grid_step", (1.0, 1.0))),
+        )
 
 
 @dataclass
@@ -93,7 +156,9 @@ class TileResiduals:
     the phone tile matches the DSLR at H(x + u(x) + d); sigma: (N,) standard error
     of the shift in px; correlation: (N,) tile correlation after the shift;
     reliable: (N,) bool, tiles with texture, a sane fit and not outliers;
-    grid_shape: (rows, cols) of the tile grid (N = rows * cols).
+    grid_shape: (rows, cols) of the tile grid (N = rows * cols);
+    textured: (N,) bool, tiles inside the overlap with enough texture for a
+    shift to be measured (reliable or not): the denominator of consistency.
     """
 
     centres: np.ndarray
@@ -102,6 +167,15 @@ class TileResiduals:
     correlation: np.ndarray
     reliable: np.ndarray
     grid_shape: tuple[int, int]
+    textured: np.ndarray | None = None
+
+    def consistent_fraction(self, max_shift_px: float) -> float:
+        """Fraction of textured tiles that are reliable with a residual <= ``max_shift_px``."""
+        tex = self.textured if self.textured is not None else self.reliable
+        if not tex.any():
+            return 0.0
+        good = self.reliable & (self.magnitude <= max_shift_px)
+        return float((good & tex).sum() / tex.sum())
 
     @property
     def magnitude(self) -> np.ndarray:
@@ -126,7 +200,13 @@ class TileChannel:
     to_image: np.ndarray
 
 
-def measure_tiles(channels: list[TileChannel], tile_px: float, min_fill: float = 0.6) -> TileResiduals:
+def measure_tiles(
+    channels: list[TileChannel],
+    tile_px: float,
+    min_fill: float = 0.6,
+    max_sigma_px: float = 0.15,
+    min_correlation: float = 0.5,
+) -> TileResiduals:
     """Residual displacement per tile, shared by all channels, with per-channel gain and offset.
 
     For each tile and channel k: ``T_k ~ a_k W_k + b_k + a_k grad(W_k) . D_k d``
@@ -134,6 +214,10 @@ def measure_tiles(channels: list[TileChannel], tile_px: float, min_fill: float =
     it to channel px.  a_k is first estimated alone (regression of T_k on W_k),
     then the system in (b_k, a_k, dx, dy) is linear and solved per tile.
     tile_px: tile side in phone image px (rounded to whole channel px).
+    A tile is reliable when at least ``min_fill`` of it is valid, its shift has a
+    standard error <= ``max_sigma_px`` (and <= 4x the median tile's), its
+    correlation after the fit is >= ``min_correlation`` and the shift is below a
+    quarter tile.
     Returns :class:`TileResiduals` in phone image px.
     """
     ch0 = channels[0]
@@ -220,8 +304,39 @@ def measure_tiles(channels: list[TileChannel], tile_px: float, min_fill: float =
     # tile centres in phone image px, through the first channel's px (the cell centre
     # of a Bayer plane tile is the same for all planes up to the plane offset)
     centres = np.stack([cxw * sx0 + 0.5 * (sx0 - 1), cyw * ch0.to_image[1, 1] + 0.5 * (ch0.to_image[1, 1] - 1)], 1)
-    reliable = ok & np.isfinite(sigma) & (np.hypot(shifts[:, 0], shifts[:, 1]) < tile * sx0 / 4)
-    return TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx))
+    finite = ok & np.isfinite(sigma)
+    sig_ref = float(np.median(sigma[finite])) if finite.any() else np.inf
+    textured = finite & (sigma <= min(max_sigma_px, 4.0 * sig_ref))
+    # a tile the model gets badly wrong has a poor fit, hence a large sigma: call
+    # it textured when its template has contrast, whatever the fit
+    contrast = sst.ravel() / np.maximum(n_all.ravel(), 1)
+    if finite.any():
+        textured |= ok & (contrast >= 0.25 * float(np.median(contrast[finite])))
+    reliable = (
+        finite
+        & (np.hypot(shifts[:, 0], shifts[:, 1]) < tile * sx0 / 4)
+        & (sigma <= min(max_sigma_px, 4.0 * sig_ref))
+        & (corr >= min_correlation)
+    )
+    return TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx), textured)
+
+
+def _noise_scale(
+    c: np.ndarray, v: np.ndarray, s: np.ndarray, centre: tuple[float, float], scale: float, degree: int, robust_k: float
+) -> float:
+    """Robust reduced chi-square of the richest polynomial fit (>= 1)."""
+    n = len(c)
+    deg = degree
+    while deg >= 0 and n < 3 * len(_monomials(deg)):
+        deg -= 1
+    if deg < 0:
+        return 1.0
+    b = SmoothField(deg, centre, scale).basis(c)
+    ww = 1.0 / s**2
+    coef = np.linalg.solve((b * ww[:, None]).T @ b + 1e-9 * np.eye(b.shape[1]), (b * ww[:, None]).T @ v)
+    z = np.hypot(*(v - b @ coef).T) / s
+    # median of a chi with 2 dof is sqrt(2 ln 2) = 1.1774
+    return float(max(1.0, (np.median(z) / 1.1774) ** 2))
 
 
 def fit_field(
@@ -233,52 +348,189 @@ def fit_field(
     scale: float,
     degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6),
     robust_k: float = 4.0,
+    grid_shape: tuple[int, int] | None = None,
+    lambdas: tuple[float, ...] = (100.0, 10.0, 1.0, 0.1),
 ) -> SmoothField:
-    """Fit a polynomial displacement field to tile values, choosing the degree by BIC.
+    """Fit a polynomial displacement field to tile values, choosing the degree by cross-validation.
 
     centres, values: (N, 2) phone image px; sigma: (N,) std errors (px); reliable: (N,) bool.
     Weighted least squares with Tukey reweighting (``robust_k`` standard errors);
-    among ``degrees`` (-1 = no field) the lowest BIC wins; a degree is only
-    tried when there are at least 3 reliable tiles per coefficient.
+    among ``degrees`` (-1 = no field) the degree with the lowest 4-fold
+    cross-validated robust error on held-out tiles wins; a degree is only tried
+    when there are at least 3 reliable training tiles per coefficient.
+    With ``grid_shape`` (the tiles form that regular grid, row-major), what the
+    polynomial leaves is then fitted by a smoothing spline on the tile grid
+    (thin-plate penalty, weight chosen among ``lambdas`` or none by the same
+    cross-validation): it holds parallax and anything not polynomial, and unlike
+    a high-degree polynomial it cannot swing between sparse tiles.
     """
     sel = reliable & np.isfinite(sigma) & (sigma > 0)
     if sel.sum() < 6:
         return SmoothField(-1, centre, scale)
     c, v, s = centres[sel], values[sel], sigma[sel]
+    # the box of measured tiles, half a tile spacing wider: the area the tiles cover
+    if len(c) > 1:
+        dmin = np.sort(np.hypot(*(c[:, None, :] - c[None, :, :]).reshape(-1, 2).T))
+        spacing = float(dmin[dmin > 0][0]) if np.any(dmin > 0) else 0.0
+    else:
+        spacing = 0.0
+    half = 0.5 * spacing
+    bounds = (
+        float(c[:, 0].min() - half), float(c[:, 1].min() - half),
+        float(c[:, 0].max() + half), float(c[:, 1].max() + half),
+    )
     # floor sigma so that a few super-confident tiles do not dominate
     s = np.maximum(s, np.median(s) * 0.5)
+    # the formal tile errors miss aliasing, compression and linearisation errors:
+    # rescale them by the scatter left around the richest admissible model
+    s = s * np.sqrt(_noise_scale(c, v, s, centre, scale, max(degrees), robust_k))
     n = len(c)
-    best: tuple[float, SmoothField] | None = None
+    folds = np.random.default_rng(0).permutation(n) % 4
+
+    def solve(deg: int, idx: np.ndarray) -> np.ndarray:
+        b = SmoothField(deg, centre, scale).basis(c[idx])
+        wts = np.ones(len(idx))
+        coef = np.zeros((b.shape[1], 2))
+        for _ in range(5):
+            ww = wts / s[idx] ** 2
+            lhs = (b * ww[:, None]).T @ b + 1e-9 * np.eye(b.shape[1])
+            coef = np.linalg.solve(lhs, (b * ww[:, None]).T @ v[idx])
+            z = np.hypot(*(v[idx] - b @ coef).T) / s[idx]
+            wts = np.where(z < robust_k, (1 - (z / robust_k) ** 2) ** 2, 0.0)
+        return coef
+
+    def loss(deg: int, coef: np.ndarray, idx: np.ndarray) -> float:
+        pred = SmoothField(deg, centre, scale, coef).basis(c[idx]) @ coef if deg >= 0 else 0.0
+        z2 = np.sum((v[idx] - pred) ** 2, axis=1) / s[idx] ** 2
+        return float(np.sum(np.minimum(z2, robust_k**2)))
+
+    # 4-fold cross-validation of the degree on held-out tiles: noise and oscillation
+    # between sparse tiles both show up as held-out error
+    best: tuple[float, int] | None = None
     for deg in degrees:
-        f = SmoothField(deg, centre, scale)
-        if deg < 0:
-            res = v
-            coef = np.zeros((0, 2))
-            wts = np.ones(n)
-            n_par = 0
-        else:
-            b = f.basis(c)
-            n_par = b.shape[1]
-            if n < 3 * n_par:
-                continue
-            wts = np.ones(n)
-            coef = np.zeros((n_par, 2))
-            for _ in range(5):
-                ww = wts / s**2
-                lhs = (b * ww[:, None]).T @ b + 1e-9 * np.eye(n_par)
-                coef = np.linalg.solve(lhs, (b * ww[:, None]).T @ v)
-                res = v - b @ coef
-                z = np.hypot(res[:, 0], res[:, 1]) / s
-                wts = np.where(z < robust_k, (1 - (z / robust_k) ** 2) ** 2, 0.0)
-            res = v - b @ coef
-        z2 = (res[:, 0] ** 2 + res[:, 1] ** 2) / s**2
-        # robust chi2: cap outliers so one bad tile does not choose the degree
-        chi2 = float(np.sum(np.minimum(z2, robust_k**2)))
-        bic = chi2 + 2 * n_par * np.log(n)
-        f.coef = coef
-        if best is None or bic < best[0]:
-            best = (bic, f)
-    return best[1] if best else SmoothField(-1, centre, scale)
+        n_par = len(_monomials(deg)) if deg >= 0 else 0
+        if deg >= 0 and 0.75 * n < 3 * n_par:
+            continue
+        if deg >= 0 and not _tame(SmoothField(deg, centre, scale, solve(deg, np.arange(n)), bounds), v):
+            continue
+        cv = 0.0
+        for f in range(4):
+            tr, te = np.nonzero(folds != f)[0], np.nonzero(folds == f)[0]
+            coef = solve(deg, tr) if deg >= 0 else np.zeros((0, 2))
+            cv += loss(deg, coef, te)
+        # a richer model must earn its place: 1 % of the loss per extra coefficient pair
+        cv *= 1.0 + 0.01 * n_par
+        if best is None or cv < best[0]:
+            best = (cv, deg)
+    if best is None or best[1] < 0:
+        out = SmoothField(-1, centre, scale, bounds=bounds)
+    else:
+        deg = best[1]
+        out = SmoothField(deg, centre, scale, solve(deg, np.arange(n)), bounds)
+    if grid_shape is not None and len(centres) == grid_shape[0] * grid_shape[1]:
+        s_all = np.full(len(centres), np.inf)
+        s_all[sel] = s
+        resid = values - out(centres)
+        grid = _fit_spline(centres, resid, s_all, sel, grid_shape, lambdas, robust_k)
+        if grid is not None:
+            out.grid, out.grid_origin, out.grid_step = grid
+    return out
+
+
+def _tame(f: SmoothField, values: np.ndarray, slack: float = 1.5, margin_px: float = 0.5) -> bool:
+    """True when the field stays within ``slack`` x the largest measured value (+ margin)
+    everywhere in its bounds: a polynomial swinging between sparse tiles fails."""
+    x0, y0, x1, y1 = f.bounds if f.bounds is not None else (-1.0, -1.0, 1.0, 1.0)
+    xs, ys = np.meshgrid(np.linspace(x0, x1, 33), np.linspace(y0, y1, 33))
+    u = f(np.stack([xs.ravel(), ys.ravel()], 1))
+    limit = slack * float(np.max(np.hypot(values[:, 0], values[:, 1]))) + margin_px
+    return float(np.max(np.hypot(u[:, 0], u[:, 1]))) <= limit
+
+
+def _second_differences(gy: int, gx: int):
+    from scipy import sparse
+
+    idx = np.arange(gy * gx).reshape(gy, gx)
+    rows, cols, vals = [], [], []
+    r = 0
+    for a, b, c in (
+        (idx[:, :-2], idx[:, 1:-1], idx[:, 2:]),
+        (idx[:-2, :], idx[1:-1, :], idx[2:, :]),
+    ):
+        for k in range(a.size):
+            rows += [r, r, r]
+            cols += [a.flat[k], b.flat[k], c.flat[k]]
+            vals += [1.0, -2.0, 1.0]
+            r += 1
+    # cross term, weight sqrt(2)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    w = np.sqrt(2.0)
+    for k in range(a.size):
+        rows += [r] * 4
+        cols += [a.flat[k], b.flat[k], c.flat[k], d.flat[k]]
+        vals += [w, -w, -w, w]
+        r += 1
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(r, gy * gx))
+
+
+def _fit_spline(
+    centres: np.ndarray,
+    values: np.ndarray,
+    sigma: np.ndarray,
+    sel: np.ndarray,
+    grid_shape: tuple[int, int],
+    lambdas: tuple[float, ...],
+    robust_k: float,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]] | None:
+    """Smoothing spline of tile values on the tile grid; None when 'no grid' cross-validates best."""
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    gy, gx = grid_shape
+    if gy < 3 or gx < 3 or sel.sum() < 12:
+        return None
+    d2 = _second_differences(gy, gx)
+    pen = (d2.T @ d2).tocsr()
+    w_all = np.where(sel, 1.0 / np.where(np.isfinite(sigma), sigma, 1.0) ** 2, 0.0)
+    w_med = float(np.median(w_all[sel]))
+    idx = np.nonzero(sel)[0]
+    folds = np.random.default_rng(1).permutation(len(idx)) % 4
+
+    def solve(lam: float, w: np.ndarray) -> np.ndarray:
+        wts = w.copy()
+        u = np.zeros_like(values)
+        for _ in range(3):
+            a = sparse.diags(wts) + lam * w_med * pen + sparse.identity(gy * gx) * 1e-9 * w_med
+            u = np.stack([spsolve(a.tocsc(), wts * values[:, c]) for c in range(2)], 1)
+            z = np.hypot(*(values - u).T) * np.sqrt(w)
+            wts = w * np.where(z < robust_k, (1 - (z / robust_k) ** 2) ** 2, 0.0)
+        return u
+
+    def loss(u: np.ndarray, te: np.ndarray) -> float:
+        z2 = np.sum((values[te] - u[te]) ** 2, axis=1) * w_all[te]
+        return float(np.sum(np.minimum(z2, robust_k**2)))
+
+    best_lam, best_loss = None, 0.0
+    for f in range(4):
+        best_loss += loss(np.zeros_like(values), idx[folds == f])
+    best_loss *= 1.02  # the spline must earn its place
+    for lam in lambdas:
+        cv = 0.0
+        for f in range(4):
+            w = w_all.copy()
+            w[idx[folds == f]] = 0.0
+            cv += loss(solve(lam, w), idx[folds == f])
+        if cv < best_loss:
+            best_lam, best_loss = lam, cv
+    if best_lam is None:
+        return None
+    u = solve(best_lam, w_all).reshape(gy, gx, 2)
+    origin = (float(centres[0, 0]), float(centres[0, 1]))
+    step = (
+        float(centres[1, 0] - centres[0, 0]) if gx > 1 else 1.0,
+        float(centres[gx, 1] - centres[0, 1]) if gy > 1 else 1.0,
+    )
+    return u, origin, step
 
 
 def _warp_channels(
@@ -290,7 +542,7 @@ def _warp_channels(
     out = []
     for (values, _valid, t_k), (t, tm, im, imk) in zip(targets, prepared):
         shape = values.shape
-        disp = fld.dense(shape, t_k) if fld.degree >= 0 else None
+        disp = None if fld.empty else fld.dense(shape, t_k)
         hk = h_image @ t_k
         warped, inside = warp_to_template(im, hk, shape, disp)
         if imk is not None:
@@ -314,13 +566,15 @@ def refine_local(
     tol_px: float = 1e-3,
     degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6),
     init: SmoothField | None = None,
+    spline: bool = True,
 ) -> tuple[SmoothField, TileResiduals, TileResiduals]:
     """Refine what the homography cannot hold.
 
     targets: [(values (h, w), valid, (3,3) px -> phone image px)] (Bayer planes or
     the luminance); images: the DSLR image predicting each target; h_image: (3,3)
     phone image px -> DSLR px; image_size: (W, H) of the phone image.
-    tile_px: tile side in phone image px.
+    tile_px: tile side in phone image px.  degrees: candidate polynomial degrees;
+    spline: also fit a smoothing spline to what the polynomial leaves.
     Returns (field in phone image px, tile residuals before any field, tile
     residuals after the final field).
     """
@@ -338,7 +592,10 @@ def refine_local(
             first = res
         # the new field must explain the old field plus the measured residual at tile centres
         target = fld(res.centres) + res.shifts
-        new = fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees)
+        new = fit_field(
+            res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
+            grid_shape=res.grid_shape if spline else None,
+        )
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres
         change = float(np.max(np.hypot(*(new(grid) - fld(grid)).T))) if len(grid) else 0.0
         fld = new

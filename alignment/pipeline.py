@@ -65,7 +65,7 @@ class AlignOptions:
     fine: str = "planes"
     fine_blur_sigma: float = 0.5
     fine_gain_degree: int = 2
-    max_pixels: int | None = 400_000
+    max_pixels: int | None = 250_000
     local: bool = True
     tile_px: float = 48.0
     local_degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6)
@@ -73,14 +73,15 @@ class AlignOptions:
     min_inliers: int = 20
     min_inlier_ratio: float = 0.1
     min_overlap: float = 0.2
-    min_correlation: float = 0.4
+    min_correlation: float = 0.6
     max_residual_px: float = 1.0
     min_reliable_tiles: float = 0.2
+    min_consistent: float = 0.8
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
             self.min_inliers, self.min_inlier_ratio, self.min_overlap, self.min_correlation,
-            self.max_residual_px, self.min_reliable_tiles,
+            self.max_residual_px, self.min_reliable_tiles, self.min_consistent,
         )
 
     @classmethod
@@ -155,6 +156,7 @@ class Alignment:
                 "sigma": [None if not np.isfinite(s) else round(float(s), 5) for s in r.sigma],
                 "correlation": np.round(r.correlation, 4).tolist(),
                 "reliable": r.reliable.astype(bool).tolist(),
+                "textured": None if r.textured is None else r.textured.astype(bool).tolist(),
             }
         return d
 
@@ -178,6 +180,7 @@ class Alignment:
                 np.asarray(r["correlation"], float),
                 np.asarray(r["reliable"], bool),
                 tuple(r["grid_shape"]),
+                None if r.get("textured") is None else np.asarray(r["textured"], bool),
             )
         return cls(
             homography=np.asarray(d["homography"], float),
@@ -289,7 +292,10 @@ def align_images(phone, dslr, **options) -> Alignment:
                   gain_degree=opt.gain_degree, gauss_filt_size=opt.gauss_filt_size)
     targets = p.plane_targets()
     try:
-        r = refine_homography(p.lum, d.lum, h_work, p.valid, d.valid, levels=opt.ecc_levels, **eccopt)
+        r = refine_homography(
+            p.lum, d.lum, h_work, p.valid, d.valid, levels=opt.ecc_levels,
+            min_level=1 if opt.fine == "planes" else 0, **eccopt
+        )
         h_work = r.homography
         q.ecc_correlation = r.correlation
         h_image = h_work @ from_img
@@ -333,6 +339,7 @@ def align_images(phone, dslr, **options) -> Alignment:
     q.field_degree = fld.degree
     rel = final.reliable
     q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
+    q.consistent_tiles = final.consistent_fraction(opt.max_residual_px)
     if rel.any():
         mag = final.magnitude[rel]
         q.residual_median_px = float(np.median(mag))

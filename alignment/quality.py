@@ -8,9 +8,10 @@ Reasons (``Quality.reason``), checked in this order:
 - ``overlap_too_small``: the phone frame covers too little of the DSLR frame;
 - ``low_correlation``: after refinement the two images do not look alike
   (correlation of the locally normalised luminances below ``min_correlation``);
-- ``residual_too_large``: tiles still disagree with the model by more than
-  ``max_residual_px`` (90th percentile, phone px): parallax, moving objects or
-  a wrong model.
+- ``residual_too_large``: tiles still disagree with the model: fewer than
+  ``min_consistent`` of the textured tiles agree within ``max_residual_px``
+  (phone px), or the 90th percentile of the reliable tiles' residual exceeds it:
+  parallax, a non-planar scene, moving objects or a wrong model.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class Thresholds:
     min_inliers: int = 20
     min_inlier_ratio: float = 0.1
     min_overlap: float = 0.2
-    min_correlation: float = 0.4
+    min_correlation: float = 0.6
     max_residual_px: float = 1.0
     min_reliable_tiles: float = 0.2
+    min_consistent: float = 0.8
 
 
 @dataclass
@@ -47,7 +49,9 @@ class Quality:
     overlap; overlap_fraction: fraction of the phone frame that lands inside the
     DSLR frame; residual_*_px: magnitude of the tile-wise residual displacement
     under the final model (phone px), over reliable tiles; reliable_tiles:
-    fraction of tiles with enough texture for a residual; field_degree: degree
+    fraction of tiles with enough texture for a residual; consistent_tiles:
+    fraction of textured tiles that agree with the final model within
+    ``max_residual_px``; field_degree: degree
     of the local polynomial field (-1: none); ok / reason / message: the verdict.
     """
 
@@ -62,6 +66,7 @@ class Quality:
     residual_p90_px: float = float("nan")
     residual_max_px: float = float("nan")
     reliable_tiles: float = float("nan")
+    consistent_tiles: float = float("nan")
     field_degree: int = -1
     ok: bool = False
     reason: str | None = None
@@ -113,6 +118,12 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             not (q.reliable_tiles >= t.min_reliable_tiles),
             "low_correlation",
             f"only {q.reliable_tiles:.0%} of tiles have a reliable residual (< {t.min_reliable_tiles:.0%})",
+        ),
+        (
+            not (q.consistent_tiles >= t.min_consistent),
+            "residual_too_large",
+            f"only {q.consistent_tiles:.0%} of textured tiles agree with the model within {t.max_residual_px} px "
+            f"(need {t.min_consistent:.0%}): parallax, a non-planar scene or a wrong model",
         ),
         (
             not (q.residual_p90_px <= t.max_residual_px),
