@@ -68,6 +68,8 @@ class EccResult:
     iterations: Gauss-Newton iterations per level, coarse first.
     converged: whether the finest level converged below ``tol_px``.
     valid_fraction: fraction of template pixels that took part at the finest level.
+    radial: (2,) radial distortion coefficients (q1, q2) of the frame (zeros when
+        not estimated), see :func:`gn_refine`.
     """
 
     homography: np.ndarray
@@ -75,6 +77,7 @@ class EccResult:
     iterations: list[int] = field(default_factory=list)
     converged: bool = False
     valid_fraction: float = 0.0
+    radial: np.ndarray = field(default_factory=lambda: np.zeros(2))
 
 
 def _gauss(img: np.ndarray, sigma: float, border: int = cv2.BORDER_REFLECT) -> np.ndarray:
@@ -206,8 +209,10 @@ def gn_refine(
     gain_degree: int = 1,
     huber: float | None = 3.0,
     max_pixels: int | None = 400_000,
-) -> tuple[np.ndarray, int, bool, float, float]:
-    """Gauss-Newton on a homography shared by several template channels.
+    radial: int = 0,
+    q0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, bool, float, float, np.ndarray]:
+    """Gauss-Newton on a homography (and radial distortion) shared by several template channels.
 
     Each channel k predicts its template as ``a_k(x) * I_k(H T_k x) + b_k(x)`` with
     its own polynomial gain/offset (degree ``gain_degree``); H (frame px -> image px)
@@ -215,10 +220,16 @@ def gn_refine(
     the update.  Huber weights (``huber`` robust sigmas) per channel.
     max_pixels: at most this many template pixels in all (a fixed random subset
     of each channel's mask beyond that; None: all).
-    Returns (H, iterations, converged, correlation, valid fraction), the
+    radial: number of radial distortion coefficients (0, 1 or 2) estimated with H:
+    the frame point z is first undistorted, ``n = (z - c) / s``,
+    ``n_u = n (1 + q1 |n|^2 + q2 |n|^4)`` with c the frame centre and s half its
+    longer side, so q is dimensionless and the same at every pyramid level;
+    q0: the starting coefficients.
+    Returns (H, iterations, converged, correlation, valid fraction, q), the
     correlation pooled over channels.
     """
     rng = np.random.default_rng(12345)
+    q = np.zeros(2) if q0 is None else np.asarray(q0, np.float64).copy()
     per_channel = None if max_pixels is None else max(64, max_pixels // max(len(channels), 1))
     rows, cols = frame_shape
     cx, cy = (cols - 1) / 2.0, (rows - 1) / 2.0
@@ -247,7 +258,8 @@ def gn_refine(
         raise ValueError("too few template pixels inside the mask")
     npb = data[0][3].shape[1]
     nch = len(data)
-    n_par = 8 + 2 * npb * nch
+    nr = int(radial)
+    n_par = 8 + nr + 2 * npb * nch
     photo = [np.concatenate([[1.0], np.zeros(npb - 1), np.zeros(npb)]) for _ in range(nch)]
     corners_u = np.array([-1.0, 1.0, 1.0, -1.0]) * (cx / sc)
     corners_v = np.array([-1.0, -1.0, 1.0, 1.0]) * (cy / sc)
@@ -261,8 +273,11 @@ def gn_refine(
         atb = np.zeros(n_par)
         n_tot = n_in_tot = 0
         sxy = sxx = syy = 0.0
-        for k, (u, v, tvals, pb, stack, imask) in enumerate(data):
+        for k, (u0, v0, tvals, pb, stack, imask) in enumerate(data):
             ih, iw = stack.shape[:2]
+            rho2 = u0 * u0 + v0 * v0
+            fac = 1.0 + q[0] * rho2 + q[1] * rho2 * rho2
+            u, v = u0 * fac, v0 * fac
             mx, my, w = _apply_h(g, u, v)
             inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
             samp = sample_points(stack, mx, my, cv2.INTER_CUBIC).astype(np.float64)
@@ -291,7 +306,7 @@ def gn_refine(
             hx = ag_x * j00 + ag_y * j10
             hy = ag_x * j01 + ag_y * j11
             s = hx * uu + hy * vv
-            jac = np.empty((n_in, 8 + 2 * npb))
+            jac = np.empty((n_in, 8 + nr + 2 * npb))
             jac[:, 0] = hx * uu
             jac[:, 1] = hx * vv
             jac[:, 2] = hx
@@ -300,8 +315,14 @@ def gn_refine(
             jac[:, 5] = hy
             jac[:, 6] = -s * uu
             jac[:, 7] = -s * vv
-            jac[:, 8 : 8 + npb] = pbi * iv[:, None]
-            jac[:, 8 + npb :] = pbi
+            if nr:
+                r2i = rho2[inside]
+                base = hx * u0[inside] + hy * v0[inside]
+                jac[:, 8] = base * r2i
+                if nr > 1:
+                    jac[:, 9] = base * r2i * r2i
+            jac[:, 8 + nr : 8 + nr + npb] = pbi * iv[:, None]
+            jac[:, 8 + nr + npb :] = pbi
             if huber is not None:
                 scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-12
                 kk = huber * scale
@@ -309,8 +330,8 @@ def gn_refine(
                 wts = np.where(ar <= kk, 1.0, kk / np.maximum(ar, 1e-12))
             else:
                 wts = np.ones_like(r)
-            o = 8 + 2 * npb * k
-            idx = np.r_[0:8, o : o + 2 * npb]
+            o = 8 + nr + 2 * npb * k
+            idx = np.r_[0 : 8 + nr, o : o + 2 * npb]
             jw = jac * wts[:, None]
             ata[np.ix_(idx, idx)] += jw.T @ jac
             atb[idx] += jw.T @ r
@@ -331,17 +352,23 @@ def gn_refine(
             dp = np.linalg.lstsq(ata, atb, rcond=None)[0]
         d = np.array([[dp[0], dp[1], dp[2]], [dp[3], dp[4], dp[5]], [dp[6], dp[7], 0.0]])
         for k in range(nch):
-            o = 8 + 2 * npb * k
+            o = 8 + nr + 2 * npb * k
             photo[k] = photo[k] + dp[o : o + 2 * npb]
+        q_new = q.copy()
+        q_new[:nr] += dp[8 : 8 + nr]
         h_new = h @ ninv @ (np.eye(3) + d) @ nmat
         h_new /= h_new[2, 2]
-        x0, y0, _ = _apply_h(g, corners_u, corners_v)
-        x1, y1, _ = _apply_h(h_new @ ninv, corners_u, corners_v)
+        c2 = corners_u**2 + corners_v**2
+        f0 = 1 + q[0] * c2 + q[1] * c2 * c2
+        f1 = 1 + q_new[0] * c2 + q_new[1] * c2 * c2
+        x0, y0, _ = _apply_h(g, corners_u * f0, corners_v * f0)
+        x1, y1, _ = _apply_h(h_new @ ninv, corners_u * f1, corners_v * f1)
         h = h_new
+        q = q_new
         if float(np.max(np.hypot(x1 - x0, y1 - y0))) < tol_px:
             converged = True
             break
-    return h, it, converged, float(corr), valid_frac
+    return h, it, converged, float(corr), valid_frac, q
 
 
 def _gn_level(
@@ -355,10 +382,13 @@ def _gn_level(
     gain_degree: int,
     huber: float | None,
     max_pixels: int | None = 150_000,
-) -> tuple[np.ndarray, int, bool, float, float]:
+    radial: int = 0,
+    q0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, bool, float, float, np.ndarray]:
     """Gauss-Newton at one pyramid level (one channel). See :func:`gn_refine`."""
     return gn_refine(
-        [Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber, max_pixels
+        [Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber, max_pixels,
+        radial, q0,
     )
 
 
@@ -453,6 +483,8 @@ def refine_homography(
     gauss_filt_size: int = 1,
     aperture: float = 1.0,
     min_level: int = 0,
+    radial: int = 0,
+    q0: np.ndarray | None = None,
 ) -> EccResult:
     """Refine ``h0`` (template px -> image px) coarse to fine.
 
@@ -468,10 +500,13 @@ def refine_homography(
     gauss_filt_size: OpenCV's own pre-filter size ("opencv" only); 1 disables it.
     min_level: the finest level to run (0 = full resolution; 1 when a finer
     stage such as :func:`refine_planes` follows).
+    radial / q0: radial distortion coefficients estimated with H (see
+    :func:`gn_refine`; the template grid is the frame).
     Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
     h = np.asarray(h0, np.float64).copy()
     h /= h[2, 2]
+    q = np.zeros(2) if q0 is None else np.asarray(q0, np.float64).copy()
     # pyramids
     tpyr = [template.astype(np.float32)]
     tmpyr = [template_mask if template_mask is None else template_mask.astype(bool)]
@@ -500,11 +535,13 @@ def refine_homography(
             tpyr[lvl], ipyr[m], hl, tmpyr[lvl], impyr[m], blur_sigma, norm_sigma, aperture
         )
         if method == "gn":
-            hl, it, conv, corr, valid = _gn_level(
+            hl, it, conv, corr, valid, q = _gn_level(
                 t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
-                None if lvl == 0 else 150_000,
+                None if lvl == 0 else 150_000, radial, q,
             )
         elif method == "opencv":
+            if radial:
+                raise ValueError("radial distortion needs method='gn'")
             hl, it, conv, corr, valid = _opencv_level(t, tm, im, imk, hl, max_iter, gauss_filt_size)
         else:
             raise ValueError(f"unknown ECC method {method!r} (use 'gn' or 'opencv')")
@@ -512,7 +549,9 @@ def refine_homography(
         converged = conv
         h = pi @ hl @ np.linalg.inv(pt)
         h /= h[2, 2]
-    return EccResult(homography=h, correlation=float(corr), iterations=iters, converged=converged, valid_fraction=valid)
+    return EccResult(
+        homography=h, correlation=float(corr), iterations=iters, converged=converged, valid_fraction=valid, radial=q
+    )
 
 
 def _opencv_level(
@@ -563,6 +602,8 @@ def refine_planes(
     tol_px: float = 1e-4,
     aperture: float = 1.0,
     max_pixels: int | None = 400_000,
+    radial: int = 0,
+    q0: np.ndarray | None = None,
 ) -> EccResult:
     """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
 
@@ -571,15 +612,19 @@ def refine_planes(
     :func:`alignment.prepare.fit_radiometric`); h_image: (3,3) phone image px ->
     DSLR px; frame_shape: (rows, cols) of the phone image grid.  Each plane is
     compared at its own sampling positions, so a colour edge seen by one plane
-    only does not move the estimate.  Returns an :class:`EccResult` with the
-    homography in phone image px.
+    only does not move the estimate.  radial / q0: radial distortion of the phone
+    image frame estimated with H (see :func:`gn_refine`).  Returns an
+    :class:`EccResult` with the homography in phone image px (applied to
+    undistorted points when ``radial``).
     """
     channels = []
     for (values, valid, t_k), img in zip(targets, images):
         hk = h_image @ t_k
         t, tm, im, imk = prepare_level_pair(values, img, hk, valid, image_mask, blur_sigma, norm_sigma, aperture)
         channels.append(Channel(t, tm, im, imk, t_k))
-    h, it, conv, corr, valid_frac = gn_refine(
-        channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels
+    h, it, conv, corr, valid_frac, q = gn_refine(
+        channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0
     )
-    return EccResult(homography=h, correlation=corr, iterations=[it], converged=conv, valid_fraction=valid_frac)
+    return EccResult(
+        homography=h, correlation=corr, iterations=[it], converged=conv, valid_fraction=valid_frac, radial=q
+    )

@@ -39,12 +39,14 @@ class SmoothField:
     centre: (cx, cy) and scale: coordinates are normalised as (x - c) / scale.
     coef: (n_terms, 2) coefficients of the monomials u^i v^j (see :func:`_monomials`).
     bounds: (xmin, ymin, xmax, ymax) phone px where the field was measured; outside,
-        the field is evaluated at the nearest point of this box (it is never
-        extrapolated), or None for no clamping.
+        the polynomial and spline parts are evaluated at the nearest point of this
+        box (never extrapolated), or None for no clamping.
     grid: optional (gy, gx, 2) residual displacement on a regular node grid (a
         smoothing spline of what the polynomial leaves), node (i, j) at phone px
         (grid_origin[0] + j * grid_step[0], grid_origin[1] + i * grid_step[1]);
         interpolated with cubic B-splines, clamped at the grid's edge.
+    radial: optional (cx, cy, s, q1, q2) radial lens distortion estimated with the
+        homography (see :meth:`radial_part`), valid over the whole frame.
     """
 
     degree: int = -1
@@ -55,11 +57,31 @@ class SmoothField:
     grid: np.ndarray | None = None
     grid_origin: tuple[float, float] = (0.0, 0.0)
     grid_step: tuple[float, float] = (1.0, 1.0)
+    radial: tuple[float, float, float, float, float] | None = None
 
     @property
     def empty(self) -> bool:
         """True when the field is identically zero."""
-        return (self.degree < 0 or self.coef.size == 0) and self.grid is None
+        return (self.degree < 0 or self.coef.size == 0) and self.grid is None and self.radial is None
+
+    def radial_part(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Radial lens-distortion displacement (never clamped): with ``radial`` =
+        (cx, cy, s, q1, q2), ``u = (x - c) (q1 rho^2 + q2 rho^4)``, ``rho = |x - c| / s``."""
+        out = np.zeros(np.shape(x) + (2,))
+        if self.radial is None:
+            return out
+        cx, cy, sc, q1, q2 = self.radial
+        dx, dy = x - cx, y - cy
+        r2 = (dx * dx + dy * dy) / (sc * sc)
+        f = q1 * r2 + q2 * r2 * r2
+        out[..., 0] = dx * f
+        out[..., 1] = dy * f
+        return out
+
+    def without_radial(self) -> "SmoothField":
+        """The same field minus its radial part."""
+        return SmoothField(self.degree, self.centre, self.scale, self.coef, self.bounds, self.grid, self.grid_origin,
+                           self.grid_step, None)
 
     def _grid_eval(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         from scipy import ndimage
@@ -88,7 +110,7 @@ class SmoothField:
     def __call__(self, xy: np.ndarray) -> np.ndarray:
         """(N, 2) phone image px -> (N, 2) displacement in phone image px."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        out = np.zeros_like(xy)
+        out = self.radial_part(xy[:, 0], xy[:, 1])
         if self.degree >= 0 and self.coef.size:
             out += self.basis(xy) @ self.coef
         if self.grid is not None:
@@ -105,9 +127,11 @@ class SmoothField:
         u = (xs - self.centre[0]) / self.scale
         v = (ys - self.centre[1]) / self.scale
         out = np.zeros((rows, cols, 2))
-        if self.grid is not None:
+        if self.grid is not None or self.radial is not None:
             xx, yy = np.meshgrid(np.arange(cols) * sx + to_image[0, 2], np.arange(rows) * sy + to_image[1, 2])
-            out += self._grid_eval(xx, yy)
+            if self.grid is not None:
+                out += self._grid_eval(xx, yy)
+            out += self.radial_part(xx, yy)
         terms = _monomials(self.degree) if self.degree >= 0 and self.coef.size else []
         for j in range(self.degree + 1 if terms else 0):
             vj = v**j
@@ -132,6 +156,7 @@ class SmoothField:
             "grid": None if self.grid is None else np.round(self.grid, 6).tolist(),
             "grid_origin": [float(v) for v in self.grid_origin],
             "grid_step": [float(v) for v in self.grid_step],
+            "radial": None if self.radial is None else [float(v) for v in self.radial],
         }
 
     @classmethod
@@ -145,6 +170,7 @@ class SmoothField:
             None if b is None else tuple(float(x) for x in b),
             None if g is None else np.asarray(g, float),
             tuple(d.get("grid_origin", (0.0, 0.0))), tuple(d.get("grid_step", (1.0, 1.0))),
+            None if d.get("radial") is None else tuple(float(v) for v in d["radial"]),
         )
 
 
@@ -590,12 +616,15 @@ def refine_local(
         res = measure_tiles(_warp_channels(targets, prepared, h_image, fld), tile_px)
         if first is None:
             first = res
-        # the new field must explain the old field plus the measured residual at tile centres
-        target = fld(res.centres) + res.shifts
+        # the new field must explain the old field plus the measured residual at tile
+        # centres; the radial part (a global lens model) stays, the rest is refitted
+        rad = fld.radial_part(res.centres[:, 0], res.centres[:, 1])
+        target = fld(res.centres) + res.shifts - rad
         new = fit_field(
             res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
             grid_shape=res.grid_shape if spline else None,
         )
+        new.radial = fld.radial
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres
         change = float(np.max(np.hypot(*(new(grid) - fld(grid)).T))) if len(grid) else 0.0
         fld = new

@@ -47,7 +47,13 @@ class AlignOptions:
     ``fine``: "planes" (a final Gauss-Newton with one channel per Bayer plane at
     its own sampling position, smooth polynomial gain of degree
     ``fine_gain_degree``, pre-blur ``fine_blur_sigma``, at most ``max_pixels``)
-    or "none".  Local: ``local``, ``tile_px`` (phone px), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
+    or "none".  ``radial``: radial lens-distortion coefficients (0..2) estimated
+    with the homography in both ECC stages (the phone lens); when the fine
+    stage's model moves the frame corner by less than ``radial_min_px`` (phone
+    px), the fine stage is run again without it (fewer parameters, less variance)
+    and the local field takes whatever is left.  Local: ``local``,
+    ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
+    clamped to 16..64), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
     EXIF.  Thresholds: see :class:`alignment.quality.Thresholds`.
     """
 
@@ -66,8 +72,11 @@ class AlignOptions:
     fine_blur_sigma: float = 0.5
     fine_gain_degree: int = 2
     max_pixels: int | None = 250_000
+    radial: int = 2
+    radial_min_px: float = 0.5
+    coarse_local: bool = False
     local: bool = True
-    tile_px: float = 48.0
+    tile_px: float | None = None
     local_degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6)
     scale_guess: float | None = None
     min_inliers: int = 20
@@ -294,10 +303,17 @@ def align_images(phone, dslr, **options) -> Alignment:
     try:
         r = refine_homography(
             p.lum, d.lum, h_work, p.valid, d.valid, levels=opt.ecc_levels,
-            min_level=1 if opt.fine == "planes" else 0, **eccopt
+            min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0, **eccopt
         )
-        h_work = r.homography
-        q.ecc_correlation = r.correlation
+        q_radial = r.radial
+        radial = opt.radial
+        rho = float(np.hypot(*p.image_size) / max(p.image_size))
+
+        def corner_px(qq: np.ndarray) -> float:
+            # displacement of the frame corner by the radial model (phone px)
+            return float(abs(qq[0] * rho**3 + qq[1] * rho**5) * max(p.image_size) / 2.0)
+
+        q.radial_corner_px = corner_px(q_radial)
         h_image = h_work @ from_img
         images = [d.lum] * len(targets)
         if opt.radiometric and d.encoded is not None:
@@ -308,8 +324,19 @@ def align_images(phone, dslr, **options) -> Alignment:
             rf = refine_planes(
                 targets, images, d.valid, h_image, (p.image_size[1], p.image_size[0]),
                 blur_sigma=opt.fine_blur_sigma, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
+                radial=radial, q0=q_radial,
             )
             h_image = rf.homography
+            q_radial = rf.radial
+            if radial and corner_px(q_radial) < opt.radial_min_px:
+                # no lens distortion worth modelling: two fewer parameters, less variance
+                rf = refine_planes(
+                    targets, images, d.valid, h_image, (p.image_size[1], p.image_size[0]),
+                    blur_sigma=opt.fine_blur_sigma, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
+                )
+                h_image = rf.homography
+                q_radial = np.zeros(2)
+            q.radial_corner_px = corner_px(q_radial)
         elif opt.fine != "none":
             raise ValueError(f"unknown fine stage {opt.fine!r} (use 'planes' or 'none')")
     except (ValueError, np.linalg.LinAlgError) as err:
@@ -327,9 +354,26 @@ def align_images(phone, dslr, **options) -> Alignment:
     fld = SmoothField()
     try:
         degrees = tuple(opt.local_degrees) if opt.local else (-1,)
+        w_img, h_img = p.image_size
+        init = None
+        if np.any(q_radial != 0):
+            init = SmoothField(
+                -1, ((w_img - 1) / 2.0, (h_img - 1) / 2.0), max(w_img, h_img) / 2.0,
+                radial=((w_img - 1) / 2.0, (h_img - 1) / 2.0, max(w_img, h_img) / 2.0, float(q_radial[0]),
+                        float(q_radial[1])),
+            )
+        tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 16.0, 64.0))
+        if opt.local and opt.coarse_local:
+            # coarse passes: blurred images and larger tiles catch displacements of
+            # several px (strong lens distortion) that the fine tiles cannot
+            for factor in (4.0, 2.0):
+                init, _, _ = refine_local(
+                    targets, images, d.valid, h_image, p.image_size, tile_px=factor * tile,
+                    blur_sigma=factor, degrees=degrees, iterations=4, spline=False, tol_px=0.05, init=init,
+                )
         fld, _first, final = refine_local(
-            targets, images, d.valid, h_image, p.image_size, tile_px=opt.tile_px,
-            blur_sigma=opt.fine_blur_sigma, degrees=degrees, iterations=6 if opt.local else 1,
+            targets, images, d.valid, h_image, p.image_size, tile_px=tile,
+            blur_sigma=opt.fine_blur_sigma, degrees=degrees, iterations=6 if opt.local else 1, init=init,
         )
     except (ValueError, np.linalg.LinAlgError) as err:
         q.message = f"local refinement failed: {err}"

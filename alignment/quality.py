@@ -52,7 +52,9 @@ class Quality:
     fraction of tiles with enough texture for a residual; consistent_tiles:
     fraction of textured tiles that agree with the final model within
     ``max_residual_px``; field_degree: degree
-    of the local polynomial field (-1: none); ok / reason / message: the verdict.
+    of the local polynomial field (-1: none); radial_corner_px: displacement of
+    the frame corner by the radial lens model kept (phone px, 0: none);
+    ok / reason / message: the verdict.
     """
 
     keypoints_phone: int = 0
@@ -68,6 +70,7 @@ class Quality:
     reliable_tiles: float = float("nan")
     consistent_tiles: float = float("nan")
     field_degree: int = -1
+    radial_corner_px: float = float("nan")
     ok: bool = False
     reason: str | None = None
     message: str = ""
