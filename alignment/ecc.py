@@ -40,6 +40,8 @@ __all__ = [
     "EccResult",
     "refine_homography",
     "local_normalize",
+    "spline_coefficients",
+    "sample_spline",
     "warp_to_template",
     "pyramid_down_matrix",
     "correlation",
@@ -142,10 +144,36 @@ def warp_to_template(
     mx, my, w = _apply_h(h, xx, yy)
     ih, iw = image.shape
     inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
-    warped = cv2.remap(
-        image, mx.astype(np.float32), my.astype(np.float32), interpolation, borderMode=cv2.BORDER_REPLICATE
-    )
+    if interpolation == cv2.INTER_CUBIC:
+        # exact cubic spline (OpenCV's INTER_CUBIC rounds positions to 1/32 px)
+        mxc = np.clip(mx, -1, iw)
+        myc = np.clip(my, -1, ih)
+        warped = sample_spline(spline_coefficients(image), mxc, myc).astype(np.float32)
+    else:
+        warped = cv2.remap(
+            image, mx.astype(np.float32), my.astype(np.float32), interpolation, borderMode=cv2.BORDER_REPLICATE
+        )
     return warped, inside
+
+
+def spline_coefficients(image: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients of a (H, W) image (mirror boundary), for :func:`sample_spline`.
+
+    OpenCV's INTER_CUBIC rounds sub-pixel positions to 1/32 px; an alignment
+    aiming at hundredths of a pixel samples through exact cubic splines instead.
+    """
+    from scipy import ndimage
+
+    return ndimage.spline_filter(np.asarray(image, np.float32), order=3, mode="mirror", output=np.float32)
+
+
+def sample_spline(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Evaluate cubic-spline coefficients (from :func:`spline_coefficients`) at points (x, y)."""
+    from scipy import ndimage
+
+    return ndimage.map_coordinates(coef, [np.ravel(y), np.ravel(x)], order=3, prefilter=False, mode="mirror").reshape(
+        np.shape(x)
+    )
 
 
 def sample_points(image: np.ndarray, x: np.ndarray, y: np.ndarray, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
@@ -252,8 +280,8 @@ def gn_refine(
         v = (fy - cy) / sc
         gx_img = cv2.Sobel(ch.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
         gy_img = cv2.Sobel(ch.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
-        stack = np.ascontiguousarray(np.stack([ch.image, gx_img, gy_img], axis=-1))
-        data.append((u, v, tvals, _poly_basis(u, v, gain_degree), stack, ch.image_mask))
+        splines = [spline_coefficients(a) for a in (ch.image, gx_img, gy_img)]
+        data.append((u, v, tvals, _poly_basis(u, v, gain_degree), splines, ch.image_mask))
     if not data:
         raise ValueError("too few template pixels inside the mask")
     npb = data[0][3].shape[1]
@@ -273,14 +301,13 @@ def gn_refine(
         atb = np.zeros(n_par)
         n_tot = n_in_tot = 0
         sxy = sxx = syy = 0.0
-        for k, (u0, v0, tvals, pb, stack, imask) in enumerate(data):
-            ih, iw = stack.shape[:2]
+        for k, (u0, v0, tvals, pb, splines, imask) in enumerate(data):
+            ih, iw = splines[0].shape[:2]
             rho2 = u0 * u0 + v0 * v0
             fac = 1.0 + q[0] * rho2 + q[1] * rho2 * rho2
             u, v = u0 * fac, v0 * fac
             mx, my, w = _apply_h(g, u, v)
             inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
-            samp = sample_points(stack, mx, my, cv2.INTER_CUBIC).astype(np.float64)
             if imask is not None:
                 inside &= sample_points(imask.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
             n_in = int(inside.sum())
@@ -288,7 +315,8 @@ def gn_refine(
             n_in_tot += n_in
             if n_in < 64:
                 continue
-            iv, gxv, gyv = samp[inside, 0], samp[inside, 1], samp[inside, 2]
+            mxi, myi = mx[inside], my[inside]
+            iv, gxv, gyv = (sample_spline(c, mxi, myi).astype(np.float64) for c in splines)
             uu, vv, ww = u[inside], v[inside], w[inside]
             X, Y = mx[inside], my[inside]
             pbi = pb[inside]

@@ -241,7 +241,7 @@ def measure_tiles(
     then the system in (b_k, a_k, dx, dy) is linear and solved per tile.
     tile_px: tile side in phone image px (rounded to whole channel px).
     A tile is reliable when at least ``min_fill`` of it is valid, its shift has a
-    standard error <= ``max_sigma_px`` (and <= 4x the median tile's), its
+    standard error <= ``max_sigma_px`` (and <= 4x the median tile's or 0.02 px), its
     correlation after the fit is >= ``min_correlation`` and the shift is below a
     quarter tile.
     Returns :class:`TileResiduals` in phone image px.
@@ -332,7 +332,7 @@ def measure_tiles(
     centres = np.stack([cxw * sx0 + 0.5 * (sx0 - 1), cyw * ch0.to_image[1, 1] + 0.5 * (ch0.to_image[1, 1] - 1)], 1)
     finite = ok & np.isfinite(sigma)
     sig_ref = float(np.median(sigma[finite])) if finite.any() else np.inf
-    textured = finite & (sigma <= min(max_sigma_px, 4.0 * sig_ref))
+    textured = finite & (sigma <= min(max_sigma_px, max(4.0 * sig_ref, 0.02)))
     # a tile the model gets badly wrong has a poor fit, hence a large sigma: call
     # it textured when its template has contrast, whatever the fit
     contrast = sst.ravel() / np.maximum(n_all.ravel(), 1)
@@ -341,7 +341,7 @@ def measure_tiles(
     reliable = (
         finite
         & (np.hypot(shifts[:, 0], shifts[:, 1]) < tile * sx0 / 4)
-        & (sigma <= min(max_sigma_px, 4.0 * sig_ref))
+        & (sigma <= min(max_sigma_px, max(4.0 * sig_ref, 0.02)))
         & (corr >= min_correlation)
     )
     return TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx), textured)

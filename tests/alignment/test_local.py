@@ -1,0 +1,109 @@
+"""Local refinement (alignment.local): the smooth field, tile residuals, field fitting."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from alignment.local import SmoothField, TileChannel, fit_field, measure_tiles
+
+HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
+
+
+def _field() -> SmoothField:
+    rng = np.random.default_rng(0)
+    f = SmoothField(3, (255.5, 191.5), 256.0, rng.normal(0, 0.3, (10, 2)), bounds=(10.0, 10.0, 500.0, 370.0))
+    f.grid = rng.normal(0, 0.2, (6, 8, 2))
+    f.grid_origin, f.grid_step = (32.0, 32.0), (64.0, 64.0)
+    f.radial = (255.5, 191.5, 256.0, 0.02, -0.003)
+    return f
+
+
+@pytest.mark.parametrize("to_image", [np.eye(3), HALF_RES], ids=["full", "half"])
+def test_dense_field_equals_pointwise_evaluation(to_image):
+    f = _field()
+    rows, cols = 40, 60
+    d = f.dense((rows, cols), to_image)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    pts = np.stack([xx.ravel() * to_image[0, 0] + to_image[0, 2], yy.ravel() * to_image[1, 1] + to_image[1, 2]], 1)
+    ref = f(pts) / [to_image[0, 0], to_image[1, 1]]
+    assert np.abs(d.reshape(-1, 2) - ref).max() < 1e-9
+
+
+def test_field_dict_round_trip_is_exact():
+    f = _field()
+    g = SmoothField.from_dict(f.to_dict())
+    pts = np.random.default_rng(1).uniform(-50, 600, (200, 2))
+    assert np.abs(f(pts) - g(pts)).max() < 1e-5
+
+
+def test_polynomial_and_spline_are_clamped_but_the_radial_lens_model_is_not():
+    f = _field()
+    inside = np.array([[500.0, 370.0]])
+    far = np.array([[5000.0, 3700.0]])
+    no_radial = f.without_radial()
+    assert np.allclose(no_radial(far), no_radial(inside))
+    assert np.abs(f.radial_part(far[:, 0], far[:, 1])).max() > 100
+
+
+def test_empty_field_is_zero():
+    f = SmoothField()
+    assert f.empty
+    assert np.all(f(np.array([[3.0, 4.0]])) == 0)
+
+
+def _tile_values(fn, n=14):
+    xs, ys = np.meshgrid(np.linspace(16, 1008, n), np.linspace(16, 752, n))
+    c = np.stack([xs.ravel(), ys.ravel()], 1)
+    return c, fn(c)
+
+
+def test_fit_field_keeps_no_field_for_pure_noise():
+    rng = np.random.default_rng(3)
+    c, _ = _tile_values(lambda c: c)
+    v = rng.normal(0, 0.03, c.shape)
+    f = fit_field(c, v, np.full(len(c), 0.03), np.ones(len(c), bool), (511.5, 383.5), 512.0)
+    assert f.degree == -1 and f.grid is None
+
+
+def test_fit_field_recovers_a_smooth_distortion_field():
+    rng = np.random.default_rng(4)
+
+    def truth(c):
+        n = (c - [511.5, 383.5]) / 512.0
+        r2 = (n**2).sum(1, keepdims=True)
+        return 512.0 * n * (0.01 * r2) + [0.3, -0.2]
+
+    c, v = _tile_values(truth)
+    f = fit_field(c, v + rng.normal(0, 0.02, v.shape), np.full(len(c), 0.02), np.ones(len(c), bool),
+                  (511.5, 383.5), 512.0)
+    assert f.degree >= 3
+    assert np.abs(f(c) - truth(c)).max() < 0.05
+
+
+def test_fit_field_ignores_outlier_tiles():
+    rng = np.random.default_rng(5)
+    c, v = _tile_values(lambda c: np.tile([0.5, -0.25], (len(c), 1)))
+    v = v + rng.normal(0, 0.01, v.shape)
+    v[::17] += 5.0  # a few wrong tiles
+    f = fit_field(c, v, np.full(len(c), 0.01), np.ones(len(c), bool), (511.5, 383.5), 512.0)
+    assert np.abs(f(c[1::17]) - [0.5, -0.25]).max() < 0.05
+
+
+def test_measure_tiles_finds_a_known_shift_in_all_channels():
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.normal(size=(256, 320)).astype(np.float32), (0, 0), 2.0)
+    shift = (0.15, -0.1)  # phone image px; channels are half resolution
+    # warped(x) = base(x + shift / 2) through an exact cubic spline (OpenCV's
+    # INTER_CUBIC would round the shift to 1/32 px)
+    warped = ndimage.shift(base, (-shift[1] / 2, -shift[0] / 2), order=3, mode="mirror")
+    ones = np.ones(base.shape, bool)
+    # template = base(x + shift), "DSLR" = base: the measured d is +shift
+    chans = [TileChannel(warped, base * 1.7 + 0.2, ones, HALF_RES), TileChannel(warped, base, ones, HALF_RES)]
+    res = measure_tiles(chans, 64.0)
+    assert res.reliable.mean() > 0.9
+    med = np.median(res.shifts[res.reliable], axis=0)
+    assert np.allclose(med, shift, atol=0.01)
+    assert res.consistent_fraction(1.0) > 0.9
