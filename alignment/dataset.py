@@ -42,6 +42,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from alignment.ecc import sample_spline, spline_coefficients
+
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
 PAIRS_JSONL = "pairs.jsonl"
@@ -85,7 +87,9 @@ def warp_to_phone_grid(
     Anti-aliasing: where a phone pixel covers s > 1 DSLR pixels (s from the
     mapping's local Jacobian), the DSLR image is low-passed with a Gaussian of
     sigma = 0.5 * sqrt(s^2 - 1) before bicubic sampling, so the target has the
-    phone pixel's footprint rather than the DSLR's aliasing.
+    phone pixel's footprint rather than the DSLR's aliasing.  Sampling is by
+    exact cubic B-splines at float positions (OpenCV's remap would round them
+    to 1/32 px).
     """
     h, w = phone_shape
     hd, wd = dslr_rgb.shape[:2]
@@ -97,6 +101,8 @@ def warp_to_phone_grid(
     if scale > 1.0:
         sigma = 0.5 * np.sqrt(scale * scale - 1.0)
         source = cv2.GaussianBlur(source, (0, 0), sigma)
+    # Exact cubic B-spline sampling: OpenCV's remap rounds positions to 1/32 px.
+    coefs = [spline_coefficients(source[..., c]) for c in range(3)]
     target = np.empty((h, w, 3), np.float32)
     valid = np.empty((h, w), bool)
     xs = np.arange(w, dtype=np.float64)
@@ -104,9 +110,10 @@ def warp_to_phone_grid(
         y1 = min(h, y0 + rows_per_chunk)
         gx, gy = np.meshgrid(xs, np.arange(y0, y1, dtype=np.float64))
         mapped = map_points(np.stack([gx.ravel(), gy.ravel()], axis=1))
-        mx = mapped[:, 0].reshape(y1 - y0, w).astype(np.float32)
-        my = mapped[:, 1].reshape(y1 - y0, w).astype(np.float32)
-        target[y0:y1] = cv2.remap(source, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        mx = mapped[:, 0].reshape(y1 - y0, w)
+        my = mapped[:, 1].reshape(y1 - y0, w)
+        for c in range(3):
+            target[y0:y1, :, c] = sample_spline(coefs[c], mx, my)
         valid[y0:y1] = (mx >= 1) & (mx <= wd - 2) & (my >= 1) & (my <= hd - 2)
     np.clip(target, 0.0, 1.0, out=target)
     return target, valid
