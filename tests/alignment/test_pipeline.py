@@ -1,0 +1,133 @@
+"""align_images / align_pair and the Alignment record (alignment.pipeline)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from alignment import Alignment, align_images, align_pair, rawio
+from alignment.prepare import focal_scale_guess, prepare_dslr, prepare_phone
+from alignment.quality import REASONS
+from isp_rig import simulate as sim
+
+from _align_helpers import corner_errors, dense_errors, jpeg_roundtrip, make_sim
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_homography_pair_is_aligned_to_hundredths_of_a_pixel(aligned_sim, seed):
+    pair, a = aligned_sim(seed, False)
+    assert a.ok, a.quality.message
+    # small test pairs (512 x 384 raw); the benchmark measures the default size
+    assert np.median(corner_errors(a, pair.truth)) < 0.1
+    assert dense_errors(a, pair.truth).mean() < 0.05
+
+
+def test_lens_distortion_pair_is_aligned_densely(aligned_sim):
+    pair, a = aligned_sim(0, True)
+    assert a.ok, a.quality.message
+    assert a.quality.radial_corner_px > 1.0  # the radial lens model was kept
+    assert dense_errors(a, pair.truth).mean() < 0.1
+    # a homography alone cannot hold this pair: without the field it is far off
+    g = pair.truth.grid
+    p = np.c_[g[:, :2], np.ones(len(g))] @ a.homography.T
+    assert np.abs(p[:, :2] / p[:, 2:] - g[:, 2:]).max() > 1.0
+
+
+def test_map_points_is_the_homography_of_the_displaced_points(aligned_sim):
+    _, a = aligned_sim(0, True)
+    xy = np.random.default_rng(0).uniform(0, 500, (50, 2))
+    moved = xy + a.field(xy)
+    p = np.c_[moved, np.ones(len(xy))] @ a.homography.T
+    assert np.allclose(a.map_points(xy), p[:, :2] / p[:, 2:])
+
+
+@pytest.mark.parametrize("distortion", [False, True])
+def test_json_round_trip_keeps_the_mapping_and_the_verdict(aligned_sim, distortion):
+    _, a = aligned_sim(0, distortion)
+    text = a.to_json()
+    json.loads(text)  # plain JSON
+    b = Alignment.from_json(text)
+    xy = np.random.default_rng(1).uniform(0, 500, (100, 2))
+    assert np.abs(a.map_points(xy) - b.map_points(xy)).max() < 1e-4
+    assert b.quality.ok == a.quality.ok and b.quality.reason == a.quality.reason
+    assert b.quality.inliers == a.quality.inliers
+    assert b.residuals is not None and b.residuals.shifts.shape == a.residuals.shifts.shape
+    assert Alignment.from_json(json.loads(text)).phone_size == a.phone_size
+
+
+def test_from_json_rejects_other_records():
+    with pytest.raises(ValueError, match="not an alignment record"):
+        Alignment.from_json('{"format": "something/else"}')
+
+
+def _flat_raw(seed: int) -> rawio.RawImage:
+    rng = np.random.default_rng(seed)
+    mosaic = np.clip(64 + 400 + rng.normal(0, 3, (384, 512)), 0, 1023).astype(np.uint16)
+    return rawio.RawImage(mosaic=mosaic, cfa="RGGB", black_levels=np.full(4, 64, np.float32), white_level=1023.0)
+
+
+def test_textureless_pair_is_rejected_for_too_few_matches():
+    rng = np.random.default_rng(2)
+    dslr = np.clip(0.5 + rng.normal(0, 0.004, (512, 768, 3)), 0, 1).astype(np.float32)
+    a = align_images(_flat_raw(0), dslr)
+    assert not a.ok
+    assert a.quality.reason == "too_few_matches"
+    assert "inlier" in a.quality.message
+    assert not np.isfinite(a.homography).all()  # no garbage homography is offered
+
+
+def test_pair_of_different_scenes_is_rejected_with_a_reason():
+    phone = make_sim(3).phone
+    dslr = jpeg_roundtrip(make_sim(4).dslr_rgb)
+    a = align_images(phone, dslr)
+    assert not a.ok
+    assert a.quality.reason in REASONS
+
+
+def test_align_pair_reads_the_files_and_uses_phone_raw_coordinates(tmp_path):
+    pair = sim.simulate_pair(5, None, sim.SimOptions(phone_size=(512, 384), dslr_size=(768, 512)))
+    folder = sim.write_pair(pair, tmp_path)
+    a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
+    assert a.ok, a.quality.message
+    assert a.phone_path == str(folder / "phone.dng") and a.dslr_path == str(folder / "dslr.jpg")
+    assert a.phone_size == (512, 384) and a.dslr_size == (768, 512)
+    assert np.median(corner_errors(a, pair.truth)) < 0.1
+
+
+def test_exif_focal_lengths_give_the_scale(tmp_path):
+    pair = sim.simulate_pair(6, None, sim.SimOptions(phone_size=(512, 384), dslr_size=(768, 512)))
+    folder = sim.write_pair(pair, tmp_path)
+    guess = focal_scale_guess(prepare_phone(folder / "phone.dng"), prepare_dslr(folder / "dslr.jpg"))
+    true_scale = np.sqrt(abs(np.linalg.det(pair.truth.phone_to_dslr[:2, :2])))
+    # a guess: EXIF stores the 35 mm equivalent as a whole number of mm
+    assert guess is not None and abs(guess / true_scale - 1) < 0.05
+
+
+def test_missing_file_is_a_read_error_naming_the_file(tmp_path):
+    missing = tmp_path / "nope.dng"
+    with pytest.raises(rawio.ImageReadError) as info:
+        align_pair(missing, missing)
+    assert "nope.dng" in str(info.value)
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="unknown alignment option"):
+        align_images(np.zeros((8, 8)), np.zeros((8, 8)), ratioo=0.7)
+
+
+@pytest.mark.slow
+def test_simulator_targets_at_the_default_size():
+    """Issue targets: median corner error <= 0.03 px (homography pairs), dense error
+    <= 0.1 px (lens-distortion pairs), DSLR px, default simulator sizes."""
+    corners, dense = [], []
+    for seed in range(4):
+        pair = sim.simulate_pair(seed, None, sim.SimOptions())
+        a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb))
+        corners.append(np.median(corner_errors(a, pair.truth)))
+        pair = sim.simulate_pair(seed, None, sim.SimOptions(distortion=True))
+        a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb))
+        dense.append(dense_errors(a, pair.truth).mean())
+    assert np.median(corners) <= 0.03
+    assert np.median(dense) <= 0.1
