@@ -1,0 +1,283 @@
+"""Alignment accuracy and speed: isp-rig's pipeline against the peers, in one run.
+
+Methods (all on the same files, decoded the same way):
+
+- ``ours``: ``alignment.align_pair`` (SIFT + MAGSAC++, unbiased coarse-to-fine
+  ECC, per-Bayer-plane fine stage with a fitted DSLR response and radial lens
+  model, tile-wise local field, verdict).
+- ``published``: the published pipeline applied globally (Xing et al. 2022):
+  SIFT, FLANN kd-tree 5 trees / 50 checks, Lowe ratio 0.7, RANSAC 5 px, on the
+  phone's half-resolution luminance and the DSLR luminance.
+- ``zoom2learn``: ECC alone, affine (OpenCV, stock pre-filter), on 1/8-scale
+  images after scaling the DSLR by the EXIF focal-length guess and centring it
+  on the phone frame (the Zoom-to-Learn pipeline).
+- ``sift+ecc``: SIFT + MAGSAC++ + OpenCV's stock ECC homography
+  (``gaussFiltSize`` 5) on the mean luminance, no radiometric fit, no plane
+  model, no local field: the usual "robust features then ECC" recipe.
+
+Data: simulator pairs written to disk (phone 10/12-bit DNG, DSLR JPEG q92) from
+the procedural scene and from real sources (``--sources``), in the homography
+and the lens-distortion variants; the real pairs of ../shared/data/pairs.
+
+Figures: median / mean corner error (DSLR px, at the four phone raw corners),
+dense error (mean DSLR px over the truth's phone grid: the whole phone frame,
+which lies inside the DSLR frame), success at 1 px and at 0.1 px (median corner
+error of the pair), seconds per pair (decoding included), and for ``ours`` the
+pairs it rejected (a rejection counts as a failure in the success rates and is
+left out of the error statistics, which are over accepted pairs).
+
+Run: ``python benchmarks/bench_alignment.py --pairs 3 --out bench_alignment.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from alignment import align_pair, align_images, rawio
+from alignment.features import match_homography, to_uint8
+from alignment.prepare import focal_scale_guess, prepare_dslr, prepare_phone
+from isp_rig import simulate as sim
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _apply(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    p = np.c_[xy, np.ones(len(xy))] @ h.T
+    return p[:, :2] / p[:, 2:]
+
+
+# ------------------------------------------------------------------ peers
+
+
+def peer_published(phone_path: Path, dslr_path: Path):
+    """SIFT + FLANN (5 trees, 50 checks) + ratio 0.7 + RANSAC 5 px, global homography."""
+    p, d = prepare_phone(phone_path), prepare_dslr(dslr_path)
+    m = match_homography(to_uint8(p.lum, p.valid), to_uint8(d.lum, d.valid), method="published")
+    if m.homography is None:
+        return None
+    h = m.homography @ np.linalg.inv(p.to_image)
+    return lambda xy: _apply(h / h[2, 2], xy)
+
+
+def peer_zoom2learn(phone_path: Path, dslr_path: Path):
+    """Affine ECC (stock OpenCV) on 1/8-scale images after the focal-length scale guess."""
+    p, d = prepare_phone(phone_path), prepare_dslr(dslr_path)
+    s = focal_scale_guess(p, d)
+    if s is None:
+        return None
+    # DSLR -> phone working scale (working px = 2 phone px for a raw)
+    sw = s * p.to_image[0, 0]
+    k = 8.0
+    ph, pw = p.lum.shape
+    small_p = cv2.resize(to_uint8(p.lum).astype(np.float32), (int(pw / k), int(ph / k)), interpolation=cv2.INTER_AREA)
+    dh, dw = d.lum.shape
+    f = 1.0 / (sw * k)
+    small_d = cv2.resize(to_uint8(d.lum).astype(np.float32), (int(dw * f), int(dh * f)), interpolation=cv2.INTER_AREA)
+    # start: phone frame centred in the DSLR frame (same optical axis)
+    tx = (small_d.shape[1] - small_p.shape[1]) / 2.0
+    ty = (small_d.shape[0] - small_p.shape[0]) / 2.0
+    warp = np.array([[1, 0, tx], [0, 1, ty]], np.float32)
+    try:
+        _, warp = cv2.findTransformECC(
+            small_p, small_d, warp, cv2.MOTION_AFFINE,
+            (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-6), None, 5,
+        )
+    except cv2.error:
+        return None
+    a = np.vstack([warp.astype(np.float64), [0, 0, 1]])
+    # small phone px -> small dslr px; compose with the resizes (area resize: centre offsets)
+    sp = np.array([[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5], [0, 0, 1]])  # small phone -> working
+    sd = np.array([[1 / f, 0, 0.5 / f - 0.5], [0, 1 / f, 0.5 / f - 0.5], [0, 0, 1]])  # small dslr -> dslr
+    h = sd @ a @ np.linalg.inv(sp) @ np.linalg.inv(p.to_image)
+    return lambda xy: _apply(h / h[2, 2], xy)
+
+
+def peer_sift_ecc(phone_path: Path, dslr_path: Path):
+    """SIFT + MAGSAC++ + OpenCV's stock ECC homography (gaussFiltSize 5)."""
+    a = align_images(
+        rawio.read_any(phone_path), rawio.read_any(dslr_path), ecc_method="opencv", gauss_filt_size=5,
+        norm_sigma=None, blur_sigma=0.0, radiometric=False, fine="none", radial=0, local=False,
+        min_correlation=-1.0, max_residual_px=1e9, min_consistent=0.0, min_reliable_tiles=0.0,
+    )
+    if not np.isfinite(a.homography).all():
+        return None
+    return a.map_points
+
+
+def ours(phone_path: Path, dslr_path: Path):
+    a = align_pair(phone_path, dslr_path)
+    if not a.ok:
+        return a.quality.reason
+    return a.map_points
+
+
+METHODS = {"ours": ours, "published": peer_published, "zoom2learn": peer_zoom2learn, "sift+ecc": peer_sift_ecc}
+
+
+# --------------------------------------------------------------- scoring
+
+
+def score_sim(fn, folder: Path) -> dict:
+    truth = sim.load_truth(folder)
+    t0 = time.perf_counter()
+    try:
+        mapper = fn(folder / "phone.dng", folder / "dslr.jpg")
+    except Exception as err:  # a peer that crashes is a failure, not a crashed benchmark
+        mapper = f"error: {err}"
+    secs = time.perf_counter() - t0
+    if mapper is None or isinstance(mapper, str):
+        return {"ok": False, "reason": mapper or "no result", "seconds": secs}
+    w, h = truth.phone_size
+    c = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
+    ce = np.linalg.norm(mapper(c) - truth.map_points(c), axis=1)
+    g = truth.grid
+    de = np.linalg.norm(mapper(g[:, :2]) - g[:, 2:], axis=1)
+    return {"ok": True, "corner_median": float(np.median(ce)), "corner_mean": float(ce.mean()),
+            "dense_mean": float(de.mean()), "seconds": secs}
+
+
+def summarise(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["ok"]]
+    cm = np.array([r["corner_median"] for r in ok]) if ok else np.array([np.nan])
+    n = len(rows)
+    return {
+        "pairs": n,
+        "accepted": len(ok),
+        "median_corner": float(np.median(cm)),
+        "mean_corner": float(np.mean([r["corner_mean"] for r in ok])) if ok else float("nan"),
+        "dense_mean": float(np.mean([r["dense_mean"] for r in ok])) if ok else float("nan"),
+        "success_1px": sum(1 for r in ok if r["corner_median"] <= 1.0) / max(n, 1),
+        "success_0.1px": sum(1 for r in ok if r["corner_median"] <= 0.1) / max(n, 1),
+        "seconds": float(np.mean([r["seconds"] for r in rows])),
+        "rejected": sorted({str(r["reason"]) for r in rows if not r["ok"]}),
+    }
+
+
+def real_pairs(methods: list[str]) -> list[dict]:
+    """graf (grid over the overlap, median px) and homogr (annotated points, max px)."""
+    from scipy.io import loadmat
+
+    out = []
+    if not (SHARED / "pairs").is_dir():
+        return out
+    cases = []
+    g = SHARED / "pairs" / "graf"
+    for n in range(2, 7):
+        cases.append((f"graf 1-{n}", g / "img1.png", g / f"img{n}.png", ("graf", np.loadtxt(g / f"H1to{n}p"))))
+    hg = SHARED / "pairs" / "homogr"
+    for scene, ext in (("Boston", "jpg"), ("BruggeSquare", "jpg"), ("BruggeTower", "png"), ("CapitalRegion", "jpg"),
+                       ("Eiffel", "png"), ("ExtremeZoom", "png")):
+        pts = loadmat(hg / f"{scene}_vpts.mat")["validation"][0, 0]["pts"]
+        cases.append((scene, hg / f"{scene}B.{ext}", hg / f"{scene}A.{ext}", ("vpts", pts)))
+    for name, phone, dslr, (kind, gt) in tqdm(cases, desc="real pairs", unit="pair"):
+        row = {"pair": name}
+        for m in methods:
+            if m == "zoom2learn":
+                row[m] = "n/a (no EXIF focal lengths)"
+                continue
+            t0 = time.perf_counter()
+            try:
+                mapper = METHODS[m](phone, dslr)
+            except Exception as err:
+                mapper = f"error: {err}"
+            secs = time.perf_counter() - t0
+            if mapper is None or isinstance(mapper, str):
+                row[m] = f"rejected: {mapper}" if m == "ours" else "failed"
+                continue
+            if kind == "graf":
+                img = cv2.imread(str(phone))
+                hh, ww = img.shape[:2]
+                ys, xs = np.mgrid[0:hh:10, 0:ww:10]
+                grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
+                tg = _apply(gt, grid)
+                inside = (tg >= 0).all(1) & (tg[:, 0] <= ww - 1) & (tg[:, 1] <= hh - 1)
+                err = np.linalg.norm(mapper(grid[inside]) - tg[inside], axis=1)
+                row[m] = f"median {np.median(err):.2f} / p90 {np.percentile(err, 90):.2f} px ({secs:.1f} s)"
+            else:
+                xa, xb = (gt[:2] / gt[2]).T, (gt[3:5] / gt[5]).T
+                err = np.linalg.norm(mapper(xb) - xa, axis=1)
+                row[m] = f"max {err.max():.2f} px at {len(err)} points ({secs:.1f} s)"
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", type=int, default=3, help="simulator pairs per (variant, source)")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--sources", nargs="*", default=None,
+                    help="scene sources (files); default: procedural, ../shared/data/raw/Blackmagic.dng, graf img1")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--no-real", action="store_true", help="skip the real pairs")
+    ap.add_argument("--out", type=Path, help="write all numbers as JSON here")
+    args = ap.parse_args()
+
+    sources: list[Path | None] = [None]
+    if args.sources is not None:
+        sources += [Path(s) for s in args.sources]
+    else:
+        for s in (SHARED / "raw" / "Blackmagic.dng", SHARED / "pairs" / "graf" / "img1.png"):
+            if s.exists():
+                sources.append(s)
+    loaded = {s: (sim.load_source(s) if s is not None else None) for s in sources}
+    results: dict = {"command": "python benchmarks/bench_alignment.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "methods"),
+        "variants": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_align_") as tmp:
+        for variant in ("homography", "distortion"):
+            rows = {m: [] for m in args.methods}
+            jobs = [(src, i) for src in sources for i in range(args.pairs)]
+            for src, i in tqdm(jobs, desc=f"simulator {variant}", unit="pair"):
+                seed = int(np.random.SeedSequence([args.seed, i, zlib.crc32(str(src).encode())]).generate_state(1)[0])
+                pair = sim.simulate_pair(seed, loaded[src], sim.SimOptions(distortion=variant == "distortion"),
+                                         pair_id=f"{variant}_{i}_{Path(str(src)).stem}")
+                folder = sim.write_pair(pair, tmp)
+                for m in args.methods:
+                    r = score_sim(METHODS[m], folder)
+                    r["pair"] = folder.name
+                    rows[m].append(r)
+            results["variants"][variant] = {m: {"summary": summarise(rows[m]), "pairs": rows[m]} for m in rows}
+    if not args.no_real:
+        results["real"] = real_pairs(args.methods)
+
+    # ---- print
+    for variant, per in results["variants"].items():
+        print(f"\n### Simulator, {variant} variant ({per[args.methods[0]]['summary']['pairs']} pairs, "
+              f"sources: {', '.join('procedural' if s is None else s.name for s in sources)})\n")
+        print("| method | accepted | median corner px | mean corner px | dense mean px | success 1 px | "
+              "success 0.1 px | s / pair | ours better by (median corner) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        ref = per.get("ours", {}).get("summary", {}).get("median_corner", np.nan)
+        for m, v in per.items():
+            s = v["summary"]
+            ratio = s["median_corner"] / ref if m != "ours" and ref and np.isfinite(ref) else float("nan")
+            print(f"| {m} | {s['accepted']}/{s['pairs']} | {s['median_corner']:.4f} | {s['mean_corner']:.4f} | "
+                  f"{s['dense_mean']:.4f} | {s['success_1px']:.0%} | {s['success_0.1px']:.0%} | {s['seconds']:.2f} | "
+                  + ("" if m == "ours" else f"{ratio:.1f}x") + " |")
+        rej = per.get("ours", {}).get("summary", {}).get("rejected")
+        if rej:
+            print(f"\nours rejected: {', '.join(rej)}")
+    if results.get("real"):
+        print("\n### Real pairs with ground truth\n")
+        cols = [m for m in args.methods]
+        print("| pair | " + " | ".join(cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for row in results["real"]:
+            print(f"| {row['pair']} | " + " | ".join(str(row.get(m, "")) for m in cols) + " |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, default=float))
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
