@@ -1,0 +1,74 @@
+"""``isp-rig align``: register DSLR images onto phone raws.
+
+``isp-rig align pair PHONE DSLR [--report DIR] [--json]`` aligns one pair;
+``isp-rig align batch ...`` (from :mod:`alignment.batch_cli`) runs many pairs and
+builds a dataset (the same step as ``isp-rig dataset build``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def align() -> None:
+    """Register DSLR images onto the phone's raw sensor grid (sub-pixel, with a verdict)."""
+
+
+@align.command("pair")
+@click.argument("phone", type=click.Path(path_type=Path))
+@click.argument("dslr", type=click.Path(path_type=Path))
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write QA pictures here: checkerboard.png, difference.png, residuals.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Alignment as JSON (homography phone -> DSLR, "
+              "field, quality, verdict).")
+@click.option("--no-local", is_flag=True, help="Skip the local (tile-wise) refinement.")
+def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_local: bool) -> None:
+    """Align the DSLR image DSLR onto the phone image PHONE (raw or RGB).
+
+    Exit status 0 when the pair is kept, 3 when it is rejected (the reason is
+    printed), 1 when a file cannot be read.
+    """
+    from alignment import rawio
+    from alignment.pipeline import align_images
+
+    try:
+        ph = rawio.read_any(phone)
+        ds = rawio.read_any(dslr)
+    except rawio.ImageReadError as err:
+        raise click.ClickException(str(err)) from None
+    a = align_images(ph, ds, **({"local": False} if no_local else {}))
+    a.phone_path, a.dslr_path = str(phone), str(dslr)
+    if report_dir is not None:
+        from alignment.report import write_pair_report
+
+        paths = write_pair_report(a, ph, ds, report_dir)
+        if not as_json:
+            for name, p in paths.items():
+                click.echo(f"{name}: {p}")
+    if as_json:
+        click.echo(a.to_json(indent=1))
+    else:
+        q = a.quality
+        verdict = "kept" if q.ok else f"rejected ({q.reason})"
+        click.echo(f"{phone.name} -> {dslr.name}: {verdict}: {q.message}")
+        if q.ok:
+            h = a.homography
+            click.echo("homography phone -> DSLR:\n" + "\n".join("  " + " ".join(f"{v: .8g}" for v in row) for row in h))
+            click.echo(f"seconds: {json.dumps({k: round(v, 2) for k, v in a.seconds.items()})}")
+    if not a.ok:
+        raise SystemExit(3)
+
+
+def _attach_batch() -> None:
+    try:
+        from alignment.batch_cli import batch_command
+    except ImportError:  # the batch stage is optional
+        return
+    align.add_command(batch_command, "batch")
+
+
+_attach_batch()

@@ -1,0 +1,44 @@
+"""``isp-rig align pair`` (alignment.cli) and the QA pictures (alignment.report)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+from click.testing import CliRunner
+
+from alignment import Alignment
+from isp_rig import simulate as sim
+from isp_rig.cli import main
+
+
+def test_align_pair_prints_json_and_writes_the_report(tmp_path):
+    pair = sim.simulate_pair(21, None, sim.SimOptions(phone_size=(512, 384), dslr_size=(768, 512)))
+    folder = sim.write_pair(pair, tmp_path / "sim")
+    res = CliRunner().invoke(main, ["align", "pair", str(folder / "phone.dng"), str(folder / "dslr.jpg"),
+                                    "--json", "--report", str(tmp_path / "report")])
+    assert res.exit_code == 0, res.output
+    a = Alignment.from_json(json.loads(res.output))
+    assert a.ok and a.phone_path.endswith("phone.dng")
+    corners = np.array([[0, 0], [511, 383]], float)
+    assert np.abs(a.map_points(corners) - pair.truth.map_points(corners)).max() < 0.2
+    for name in ("checkerboard.png", "difference.png", "residuals.png"):
+        img = cv2.imread(str(tmp_path / "report" / name))
+        assert img is not None and img.shape[0] == 384
+
+
+def test_align_pair_exits_3_with_the_reason_for_a_rejected_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):  # flat grey with independent noise: nothing to align
+        flat = np.clip(128 + rng.normal(0, 1, (384, 512, 3)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / name), flat)
+    res = CliRunner().invoke(main, ["align", "pair", str(tmp_path / "a.png"), str(tmp_path / "b.png")])
+    assert res.exit_code == 3
+    assert "rejected (too_few_matches)" in res.output
+
+
+def test_align_pair_names_an_unreadable_file(tmp_path):
+    res = CliRunner().invoke(main, ["align", "pair", str(tmp_path / "missing.dng"), str(tmp_path / "x.jpg")])
+    assert res.exit_code != 0
+    assert "missing.dng" in res.output
