@@ -333,11 +333,14 @@ def measure_tiles(
     finite = ok & np.isfinite(sigma)
     sig_ref = float(np.median(sigma[finite])) if finite.any() else np.inf
     textured = finite & (sigma <= min(max_sigma_px, max(4.0 * sig_ref, 0.02)))
-    # a tile the model gets badly wrong has a poor fit, hence a large sigma: call
-    # it textured when its template has contrast, whatever the fit
-    contrast = sst.ravel() / np.maximum(n_all.ravel(), 1)
-    if finite.any():
-        textured |= ok & (contrast >= 0.25 * float(np.median(contrast[finite])))
+    # a tile the model gets wrong fits poorly (large sigma, low correlation): it is
+    # textured too when its signal stands well above the noise of the tiles that
+    # fit (a smooth gradient or a noisy flat tile does not)
+    if textured.any():
+        var_px = np.maximum(tt.ravel() - np.einsum("ij,ij->i", sol, flat_b), 0.0) / np.maximum(n_all.ravel() - npar, 1)
+        noise = float(np.median(var_px[textured]))
+        signal = sst.ravel() / np.maximum(n_all.ravel(), 1)
+        textured |= ok & (corr < min_correlation) & (signal >= 10.0 * noise)
     reliable = (
         finite
         & (np.hypot(shifts[:, 0], shifts[:, 1]) < tile * sx0 / 4)
