@@ -233,6 +233,11 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
         raise ConfigError(f"data.batch_size {total_batch} does not divide by the {world} processes")
     per_rank = total_batch // world
 
+    train_src = open_source(dc, "train")
+    kwargs = config["model"].setdefault("kwargs", {})
+    if not getattr(train_src, "bayer", True) and "in_channels" not in kwargs:
+        kwargs.update(in_channels=3, upscale=1)  # RGB inputs (a phone's JPEG): the RGB variant of the model
+
     torch.manual_seed(seed)
     model = build_model(config).to(device)
     memory_format = torch.channels_last if tc.get("channels_last", True) else torch.contiguous_format
@@ -254,7 +259,6 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
         if world > 1 else model
     loss_fn = build_loss(config["loss"])
 
-    train_src = open_source(dc, "train")
     crops = RandomCrops(train_src, crop=int(dc["crop"]), seed=seed, augment=bool(dc.get("augment", True)),
                         min_valid=float(dc.get("min_valid", 0.5)))
     total = int(oc["steps"])

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +126,21 @@ def test_torchrun_two_processes_give_the_single_process_weights(tiny_dataset, tm
     assert load_checkpoint(tmp_path / "ddp")["step"] == 4
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_rgb_input_data_builds_the_rgb_variant_of_the_model(tmp_path):
+    from learn.data import write_image
+
+    rng = np.random.default_rng(0)
+    for n in range(6):
+        x = rng.random((24, 24, 3)).astype(np.float32)
+        write_image(tmp_path / "phone" / f"{n}.png", x)
+        write_image(tmp_path / "dslr" / f"{n}.png", x ** 0.8)
+    cfg = load_config(overrides={
+        "model": {"name": "ckisp", "kwargs": {"width": 8}},
+        "data": {"kind": "rgb_folders", "input_dir": str(tmp_path / "phone"), "target_dir": str(tmp_path / "dslr"),
+                 "crop": 16, "batch_size": 2, "eval_tile": None},
+        "optim": {"steps": 2}, "train": {"threads": 1}})
+    train(cfg, tmp_path / "run", progress=False)
+    stored = load_checkpoint(tmp_path / "run")["config"]["model"]["kwargs"]
+    assert stored["in_channels"] == 3 and stored["upscale"] == 1
