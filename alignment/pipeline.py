@@ -26,7 +26,7 @@ import numpy as np
 from alignment.ecc import refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
 from alignment.local import SmoothField, TileResiduals, model_correlation, refine_local
-from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
+from alignment.prepare import fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.quality import Quality, Thresholds, verdict
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]

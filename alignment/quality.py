@@ -99,7 +99,9 @@ class Quality:
 
 
 def verdict(q: Quality, t: Thresholds) -> Quality:
-    """Set ``q.ok``, ``q.reason`` and ``q.message`` from the numbers and thresholds."""
+    """Set ``q.ok``, ``q.reason`` and ``q.message`` from the numbers and thresholds
+    (a note already in ``q.message``, e.g. why a stage failed, is kept after it)."""
+    note = q.message
     checks = [
         (
             q.inliers < t.min_inliers or q.inlier_ratio < t.min_inlier_ratio,
@@ -136,7 +138,7 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     ]
     for failed, reason, message in checks:
         if failed:
-            q.ok, q.reason, q.message = False, reason, message
+            q.ok, q.reason, q.message = False, reason, f"{message} ({note})" if note else message
             return q
     q.ok, q.reason = True, None
     q.message = (
