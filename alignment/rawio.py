@@ -341,8 +341,11 @@ def luminance(image: RawImage | RgbImage | np.ndarray, resolution: str = "full")
             sRGB-encoded (linearised through the inverse sRGB curve), or an
             (H, W) array taken as linear luminance already.
         resolution: for raws, 'full' ((H, W) on the raw grid) or 'half'
-            ((H/2, W/2), the mean of each 2x2 CFA cell, centred at full-res
-            (x, y) = (2j + 0.5, 2i + 0.5)).  Ignored for RGB images.
+            ((H/2, W/2), from each 2x2 CFA cell, centred at full-res
+            (x, y) = (2j + 0.5, 2i + 0.5) only approximately: the colour weights
+            differ per plane, which moves the effective centre by a few hundredths
+            of a pixel; sub-pixel work should weight the planes equally).
+            Ignored for RGB images.
 
     Returns:
         float32 linear luminance, 1.0 = white.
@@ -385,8 +388,11 @@ def read_exif(path: PathLike) -> ExifInfo:
     """Read the EXIF facts of a raw or image file (exifread; an empty
     :class:`ExifInfo` when the file has no readable EXIF)."""
     try:
+        import logging
+
         import exifread
 
+        logging.getLogger("exifread").setLevel(logging.ERROR)  # "no EXIF in PNG" is not news
         with open(path, "rb") as fh:
             tags = exifread.process_file(fh, details=False)
     except Exception:  # exifread raises many kinds on odd files; EXIF is optional

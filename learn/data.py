@@ -126,36 +126,24 @@ def write_image(path: Path | str, rgb: np.ndarray, bits: int = 8) -> None:
 
 
 def write_pair(root: Path | str, pair_id: str, raw: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
-               split: str = "train", phone_jpeg: np.ndarray | None = None, target_bits: int = 16,
-               **extra) -> dict:
-    """Reference writer of one dataset-folder pair (the layout :class:`DatasetFolder` reads).
+               split: str = "train", phone_jpeg: np.ndarray | None = None, **extra) -> dict:
+    """Write one dataset-folder pair through the alignment stage's writer
+    (:mod:`alignment.dataset`, the one writer of the layout :class:`DatasetFolder` reads).
 
-    Writes ``pairs/<id>/raw.npy``, ``target.png``, ``mask.png`` (and ``phone.png``),
-    appends the record to ``pairs.jsonl`` and creates ``dataset.json`` if absent.
-    ``raw`` (h, w, 4) float32; ``target`` (2h, 2w, 3) in [0, 1]; ``mask`` (2h, 2w) bool.
-    Returns the record.
+    ``raw`` (h, w, 4) float32; ``target`` (2h, 2w, 3) in [0, 1]; ``mask`` (2h, 2w) bool
+    (all valid when None); ``phone_jpeg`` optional (2h, 2w, 3).  Appends the record to
+    ``pairs.jsonl`` (creating ``dataset.json`` when absent) and returns it.
     """
-    root = Path(root)
+    from alignment.dataset import DatasetMeta, DatasetWriter, write_pair_files
+
     h, w = raw.shape[:2]
     if target.shape[:2] != (2 * h, 2 * w):
         raise ValueError(f"target {target.shape[:2]} must be twice the packed raw {raw.shape[:2]}")
-    d = root / "pairs" / pair_id
-    d.mkdir(parents=True, exist_ok=True)
-    np.save(d / "raw.npy", np.asarray(raw, dtype=np.float32))
-    write_image(d / "target.png", target, target_bits)
-    m = np.ones((2 * h, 2 * w), bool) if mask is None else mask.astype(bool)
-    cv2.imwrite(str(d / "mask.png"), m.astype(np.uint8) * 255)
-    files = {"raw": f"pairs/{pair_id}/raw.npy", "target": f"pairs/{pair_id}/target.png",
-             "mask": f"pairs/{pair_id}/mask.png"}
-    if phone_jpeg is not None:
-        write_image(d / "phone.png", phone_jpeg, 8)
-        files["phone_jpeg"] = f"pairs/{pair_id}/phone.png"
-    record = {"id": pair_id, "split": split, "status": "ok", "files": files, **extra}
-    if not (root / "dataset.json").exists():
-        (root / "dataset.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "phone_profile": None,
-                                                       "split": {"rule": "by scene"}}, indent=2))
-    with open(root / "pairs.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    valid = np.ones((2 * h, 2 * w), bool) if mask is None else mask.astype(bool)
+    with DatasetWriter(root, DatasetMeta()) as writer:
+        files = write_pair_files(writer.root, pair_id, np.asarray(raw, np.float32), target, valid, phone_jpeg)
+        record = {"id": pair_id, "split": split, "status": "ok", "files": files, **extra}
+        writer.append(record)
     return record
 
 
