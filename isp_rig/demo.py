@@ -241,7 +241,7 @@ def write_report(out: Path, shots: list[dict], align: dict, learned: dict, secon
     return summary
 
 
-def run_demo(out: Path, scenes: int = 6, shots: int = 2, steps: int = 300, baseline: str = "plain",
+def run_demo(out: Path, scenes: int = 6, shots: int = 2, steps: int = 1000, baseline: str = "plain",
              workers: int = 2, seed: int = 0) -> dict:
     """Run the whole demo into ``out`` and return the summary (see the module docstring)."""
     started = time.perf_counter()
@@ -263,7 +263,7 @@ def run_demo(out: Path, scenes: int = 6, shots: int = 2, steps: int = 300, basel
               type=click.Path(file_okay=False, path_type=Path), help="Folder for everything the demo writes.")
 @click.option("--scenes", default=6, show_default=True, type=click.IntRange(min=2), help="Scenes to capture.")
 @click.option("--shots", default=2, show_default=True, type=click.IntRange(min=1), help="Shots per scene.")
-@click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Training steps per model.")
+@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1), help="Training steps per model.")
 @click.option("--baseline", default="plain", show_default=True, type=click.Choice(["plain", "unet", "pac"]),
               help="The baseline trained beside ckisp.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Alignment workers.")
