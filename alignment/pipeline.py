@@ -79,13 +79,14 @@ class AlignOptions:
     tile_px: float | None = None
     local_degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6)
     scale_guess: float | None = None
-    min_inliers: int = 20
-    min_inlier_ratio: float = 0.1
-    min_overlap: float = 0.2
-    min_correlation: float = 0.6
-    max_residual_px: float = 1.0
-    min_reliable_tiles: float = 0.2
-    min_consistent: float = 0.8
+    # The verdict's thresholds, defaulting to quality.Thresholds (one home for the values).
+    min_inliers: int = Thresholds.min_inliers
+    min_inlier_ratio: float = Thresholds.min_inlier_ratio
+    min_overlap: float = Thresholds.min_overlap
+    min_correlation: float = Thresholds.min_correlation
+    max_residual_px: float = Thresholds.max_residual_px
+    min_reliable_tiles: float = Thresholds.min_reliable_tiles
+    min_consistent: float = Thresholds.min_consistent
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
