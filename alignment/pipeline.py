@@ -103,7 +103,8 @@ class AlignOptions:
         return cls(**kw)
 
 
-def _apply(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(N, 2) points (x, y) through a 3x3 homography -> (N, 2)."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     p = xy @ h[:, :2].T + h[:, 2]
     return p[:, :2] / p[:, 2:3]
@@ -138,7 +139,7 @@ class Alignment:
     def map_points(self, xy: np.ndarray) -> np.ndarray:
         """(N, 2) phone px (full raw grid) -> (N, 2) DSLR px, local field included."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        return _apply(self.homography, xy + self.field(xy))
+        return apply_homography(self.homography, xy + self.field(xy))
 
     def to_dict(self) -> dict:
         d = {
@@ -229,7 +230,7 @@ def _overlap_fraction(h_work: np.ndarray, shape: tuple[int, int], dslr_shape: tu
     ys, xs = np.mgrid[0 : rows : max(1, rows // 40), 0 : cols : max(1, cols // 40)]
     p = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
     w = p @ h_work[2, :2] + h_work[2, 2]
-    q = _apply(h_work, p)
+    q = apply_homography(h_work, p)
     dh, dw = dslr_shape
     inside = (w > 0) & (q[:, 0] >= 0) & (q[:, 1] >= 0) & (q[:, 0] <= dw - 1) & (q[:, 1] <= dh - 1)
     return float(inside.mean())

@@ -44,16 +44,12 @@ from tqdm import tqdm
 
 from alignment import align_pair, align_images, rawio
 from alignment.features import match_homography, to_uint8
+from alignment.pipeline import apply_homography
 from alignment.prepare import focal_scale_guess, prepare_dslr, prepare_phone
 from isp_rig import simulate as sim
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
-
-
-def _apply(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    p = np.c_[xy, np.ones(len(xy))] @ h.T
-    return p[:, :2] / p[:, 2:]
 
 
 # ------------------------------------------------------------------ peers
@@ -66,7 +62,7 @@ def peer_published(phone_path: Path, dslr_path: Path):
     if m.homography is None:
         return None
     h = m.homography @ np.linalg.inv(p.to_image)
-    return lambda xy: _apply(h / h[2, 2], xy)
+    return lambda xy: apply_homography(h / h[2, 2], xy)
 
 
 def peer_zoom2learn(phone_path: Path, dslr_path: Path):
@@ -99,7 +95,7 @@ def peer_zoom2learn(phone_path: Path, dslr_path: Path):
     sp = np.array([[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5], [0, 0, 1]])  # small phone -> working
     sd = np.array([[1 / f, 0, 0.5 / f - 0.5], [0, 1 / f, 0.5 / f - 0.5], [0, 0, 1]])  # small dslr -> dslr
     h = sd @ a @ np.linalg.inv(sp) @ np.linalg.inv(p.to_image)
-    return lambda xy: _apply(h / h[2, 2], xy)
+    return lambda xy: apply_homography(h / h[2, 2], xy)
 
 
 def peer_sift_ecc(phone_path: Path, dslr_path: Path):
@@ -199,7 +195,7 @@ def real_pairs(methods: list[str]) -> list[dict]:
                 hh, ww = img.shape[:2]
                 ys, xs = np.mgrid[0:hh:10, 0:ww:10]
                 grid = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
-                tg = _apply(gt, grid)
+                tg = apply_homography(gt, grid)
                 inside = (tg >= 0).all(1) & (tg[:, 0] <= ww - 1) & (tg[:, 1] <= hh - 1)
                 err = np.linalg.norm(mapper(grid[inside]) - tg[inside], axis=1)
                 row[m] = f"median {np.median(err):.2f} / p90 {np.percentile(err, 90):.2f} px ({secs:.1f} s)"

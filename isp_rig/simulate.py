@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from alignment import rawio
+from alignment.pipeline import apply_homography
 
 # sRGB (D65) <-> CIE XYZ
 SRGB_TO_XYZ = np.array(
@@ -98,13 +99,6 @@ class Distortion:
         if d is None:
             return None
         return cls(**{k: float(d[k]) for k in ("k1", "k2", "cx", "cy", "f")})
-
-
-def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """(N, 2) points through a 3x3 homography -> (N, 2)."""
-    xy = np.asarray(xy, dtype=np.float64)
-    p = xy @ h[:, :2].T + h[:, 2]
-    return p[:, :2] / p[:, 2:3]
 
 
 @dataclass
