@@ -301,9 +301,14 @@ def _init_worker() -> None:
     """Process-pool initializer: one OpenCV / BLAS thread per worker."""
     import cv2
 
+    from threadpoolctl import threadpool_limits
+
     cv2.setNumThreads(1)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    # the variables only reach libraries loaded after this point; the pools of
+    # those already loaded (numpy's OpenBLAS) are limited at run time
+    threadpool_limits(1)
 
 
 def available_memory_bytes() -> int:

@@ -29,6 +29,7 @@ map template pixel coordinates to image pixel coordinates (3x3, ``H[2,2]=1``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = [
     "Channel",
     "gn_refine",
     "refine_planes",
+    "prepare_channels",
     "EccResult",
     "refine_homography",
     "local_normalize",
@@ -128,11 +130,14 @@ def warp_to_template(
     shape: tuple[int, int],
     displacement: np.ndarray | None = None,
     interpolation: int = cv2.INTER_CUBIC,
+    coefficients: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``image`` at ``H(x + displacement(x))`` for every template pixel x.
 
     image: (h, w) float32.  h: (3,3) template -> image.  shape: template (rows, cols).
     displacement: optional (rows, cols, 2) template-px displacement (dx, dy).
+    coefficients: the image's spline coefficients when already computed
+    (:func:`spline_coefficients`; cubic interpolation only).
     Returns (warped (rows, cols) float32, inside (rows, cols) bool: sample point at
     least 2 px inside the image, so the cubic kernel reads only measured data).
     """
@@ -148,7 +153,8 @@ def warp_to_template(
         # exact cubic spline (OpenCV's INTER_CUBIC rounds positions to 1/32 px)
         mxc = np.clip(mx, -1, iw)
         myc = np.clip(my, -1, ih)
-        warped = sample_spline(spline_coefficients(image), mxc, myc).astype(np.float32)
+        coef = spline_coefficients(image) if coefficients is None else coefficients
+        warped = sample_spline(coef, mxc, myc).astype(np.float32)
     else:
         warped = cv2.remap(
             image, mx.astype(np.float32), my.astype(np.float32), interpolation, borderMode=cv2.BORDER_REPLICATE
@@ -211,7 +217,7 @@ def _poly_basis(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-@dataclass
+@dataclass(eq=False)
 class Channel:
     """One template channel for :func:`gn_refine`.
 
@@ -219,6 +225,10 @@ class Channel:
     image: (h, w) float32 the channel is compared with; image_mask: (h, w) bool or None;
     to_frame: (3,3) template px -> the shared frame in which the homography is
     expressed (e.g. a Bayer plane's half-res px -> full raw grid px).
+
+    What is derived from the image (its spline coefficients, its gradients, the
+    mask as a number image) is computed once per channel and kept, so one
+    prepared channel serves every stage that samples it.
     """
 
     template: np.ndarray
@@ -226,6 +236,23 @@ class Channel:
     image: np.ndarray
     image_mask: np.ndarray | None = None
     to_frame: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    @cached_property
+    def coefficients(self) -> np.ndarray:
+        """(h, w) float32 cubic-spline coefficients of ``image`` (see :func:`spline_coefficients`)."""
+        return spline_coefficients(self.image)
+
+    @cached_property
+    def gradients(self) -> tuple[np.ndarray, np.ndarray]:
+        """((h, w), (h, w)) float32 central-difference gradients of ``image`` in image px."""
+        gx = cv2.Sobel(self.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+        gy = cv2.Sobel(self.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+        return gx, gy
+
+    @cached_property
+    def image_mask_f32(self) -> np.ndarray | None:
+        """``image_mask`` as (h, w) float32 (1 = measured), or None."""
+        return None if self.image_mask is None else self.image_mask.astype(np.float32)
 
 
 def gn_refine(
@@ -278,10 +305,7 @@ def gn_refine(
         fy = tf[1, 0] * xs + tf[1, 1] * ys + tf[1, 2]
         u = (fx - cx) / sc
         v = (fy - cy) / sc
-        gx_img = cv2.Sobel(ch.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
-        gy_img = cv2.Sobel(ch.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
-        splines = [spline_coefficients(a) for a in (ch.image, gx_img, gy_img)]
-        data.append((u, v, tvals, _poly_basis(u, v, gain_degree), splines, ch.image_mask))
+        data.append((u, v, tvals, _poly_basis(u, v, gain_degree), ch))
     if not data:
         raise ValueError("too few template pixels inside the mask")
     npb = data[0][3].shape[1]
@@ -301,22 +325,25 @@ def gn_refine(
         atb = np.zeros(n_par)
         n_tot = n_in_tot = 0
         sxy = sxx = syy = 0.0
-        for k, (u0, v0, tvals, pb, splines, imask) in enumerate(data):
-            ih, iw = splines[0].shape[:2]
+        for k, (u0, v0, tvals, pb, ch) in enumerate(data):
+            ih, iw = ch.image.shape[:2]
             rho2 = u0 * u0 + v0 * v0
             fac = 1.0 + q[0] * rho2 + q[1] * rho2 * rho2
             u, v = u0 * fac, v0 * fac
             mx, my, w = _apply_h(g, u, v)
             inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
-            if imask is not None:
-                inside &= sample_points(imask.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
+            if ch.image_mask is not None:
+                inside &= sample_points(ch.image_mask_f32, mx, my, cv2.INTER_NEAREST) > 0
             n_in = int(inside.sum())
             n_tot += len(u)
             n_in_tot += n_in
             if n_in < 64:
                 continue
             mxi, myi = mx[inside], my[inside]
-            iv, gxv, gyv = (sample_spline(c, mxi, myi).astype(np.float64) for c in splines)
+            # the value through the exact cubic spline (the residual decides where GN
+            # converges); the Jacobian's gradients bilinearly (they only steer the steps)
+            iv = sample_spline(ch.coefficients, mxi, myi).astype(np.float64)
+            gxv, gyv = (sample_points(g_img, mxi, myi, cv2.INTER_LINEAR).astype(np.float64) for g_img in ch.gradients)
             uu, vv, ww = u[inside], v[inside], w[inside]
             X, Y = mx[inside], my[inside]
             pbi = pb[inside]
@@ -615,9 +642,34 @@ def _opencv_level(
     return hh, max_iter, True, correlation(template, warped, m), float(m.mean())
 
 
-def refine_planes(
+def prepare_channels(
     targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     images: list[np.ndarray],
+    image_mask: np.ndarray | None,
+    h_image: np.ndarray,
+    *,
+    blur_sigma: float = 0.7,
+    norm_sigma: float | None = None,
+    aperture: float = 1.0,
+) -> list[Channel]:
+    """One filtered :class:`Channel` per phone target (see :func:`prepare_level_pair`).
+
+    targets: [(values (h, w), valid (h, w), (3,3) target px -> phone image px)];
+    images: per target, the (H, W) DSLR image predicting it; image_mask: (H, W)
+    bool of measured DSLR px or None; h_image: (3,3) phone image px -> DSLR px
+    (sets the matched blur).  The channels' ``to_frame`` is the target's matrix,
+    so the homography of :func:`gn_refine` is in phone image px.
+    """
+    channels = []
+    for (values, valid, t_k), img in zip(targets, images):
+        t, tm, im, imk = prepare_level_pair(values, img, h_image @ t_k, valid, image_mask, blur_sigma, norm_sigma, aperture)
+        channels.append(Channel(t, tm, im, imk, t_k))
+    return channels
+
+
+def refine_planes(
+    targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None,
+    images: list[np.ndarray] | None,
     image_mask: np.ndarray | None,
     h_image: np.ndarray,
     frame_shape: tuple[int, int],
@@ -632,6 +684,7 @@ def refine_planes(
     max_pixels: int | None = 400_000,
     radial: int = 0,
     q0: np.ndarray | None = None,
+    channels: list[Channel] | None = None,
 ) -> EccResult:
     """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
 
@@ -641,15 +694,19 @@ def refine_planes(
     DSLR px; frame_shape: (rows, cols) of the phone image grid.  Each plane is
     compared at its own sampling positions, so a colour edge seen by one plane
     only does not move the estimate.  radial / q0: radial distortion of the phone
-    image frame estimated with H (see :func:`gn_refine`).  Returns an
-    :class:`EccResult` with the homography in phone image px (applied to
-    undistorted points when ``radial``).
+    image frame estimated with H (see :func:`gn_refine`).  channels: the
+    channels already prepared by :func:`prepare_channels` (then ``targets``,
+    ``images``, ``image_mask``, ``blur_sigma``, ``norm_sigma`` and ``aperture``
+    are not used), so that repeated refinements filter the images once.
+    Returns an :class:`EccResult` with the homography in phone image px (applied
+    to undistorted points when ``radial``).
     """
-    channels = []
-    for (values, valid, t_k), img in zip(targets, images):
-        hk = h_image @ t_k
-        t, tm, im, imk = prepare_level_pair(values, img, hk, valid, image_mask, blur_sigma, norm_sigma, aperture)
-        channels.append(Channel(t, tm, im, imk, t_k))
+    if channels is None:
+        if targets is None or images is None:
+            raise ValueError("refine_planes needs targets and images, or prepared channels")
+        channels = prepare_channels(
+            targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma, aperture=aperture
+        )
     h, it, conv, corr, valid_frac, q = gn_refine(
         channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0
     )

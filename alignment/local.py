@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from alignment.ecc import prepare_level_pair, warp_to_template
+from alignment.ecc import Channel, local_normalize, prepare_channels, warp_to_template
 
-__all__ = ["SmoothField", "TileResiduals", "TileChannel", "measure_tiles", "fit_field", "refine_local"]
+__all__ = [
+    "SmoothField", "TileResiduals", "TileChannel", "measure_tiles", "fit_field", "refine_local", "warp_channels",
+    "model_correlation",
+]
 
 
 def _monomials(degree: int) -> list[tuple[int, int]]:
@@ -562,28 +565,31 @@ def _fit_spline(
     return u, origin, step
 
 
-def _warp_channels(
-    targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    prepared: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
-    h_image: np.ndarray,
-    fld: SmoothField,
-) -> list[TileChannel]:
+def warp_channels(channels: list[Channel], h_image: np.ndarray, fld: SmoothField) -> list[TileChannel]:
+    """Sample each prepared channel's DSLR image through the model onto its template grid.
+
+    channels: from :func:`alignment.ecc.prepare_channels` (``to_frame`` = target px
+    -> phone image px); h_image: (3,3) phone image px -> DSLR px; fld: the local
+    field in phone image px.  Returns one :class:`TileChannel` per channel whose
+    mask keeps template px that are valid and sample measured DSLR px.
+    """
     out = []
-    for (values, _valid, t_k), (t, tm, im, imk) in zip(targets, prepared):
-        shape = values.shape
+    for ch in channels:
+        shape = ch.template.shape
+        t_k = ch.to_frame
         disp = None if fld.empty else fld.dense(shape, t_k)
         hk = h_image @ t_k
-        warped, inside = warp_to_template(im, hk, shape, disp)
-        if imk is not None:
-            mk, _ = warp_to_template(imk.astype(np.float32), hk, shape, disp, cv2.INTER_LINEAR)
+        warped, inside = warp_to_template(ch.image, hk, shape, disp, coefficients=ch.coefficients)
+        if ch.image_mask is not None:
+            mk, _ = warp_to_template(ch.image_mask_f32, hk, shape, disp, cv2.INTER_LINEAR)
             inside &= mk > 0.999
-        out.append(TileChannel(t, warped, tm & inside, t_k))
+        out.append(TileChannel(ch.template, warped, ch.mask & inside, t_k))
     return out
 
 
 def refine_local(
-    targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    images: list[np.ndarray],
+    targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None,
+    images: list[np.ndarray] | None,
     image_mask: np.ndarray | None,
     h_image: np.ndarray,
     image_size: tuple[int, int],
@@ -596,6 +602,7 @@ def refine_local(
     degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6),
     init: SmoothField | None = None,
     spline: bool = True,
+    channels: list[Channel] | None = None,
 ) -> tuple[SmoothField, TileResiduals, TileResiduals]:
     """Refine what the homography cannot hold.
 
@@ -604,19 +611,23 @@ def refine_local(
     phone image px -> DSLR px; image_size: (W, H) of the phone image.
     tile_px: tile side in phone image px.  degrees: candidate polynomial degrees;
     spline: also fit a smoothing spline to what the polynomial leaves.
+    channels: already prepared channels (:func:`alignment.ecc.prepare_channels`
+    with this ``blur_sigma`` / ``norm_sigma``); then ``targets``, ``images`` and
+    ``image_mask`` are not used.
     Returns (field in phone image px, tile residuals before any field, tile
     residuals after the final field).
     """
-    prepared = []
-    for (values, valid, t_k), img in zip(targets, images):
-        prepared.append(prepare_level_pair(values, img, h_image @ t_k, valid, image_mask, blur_sigma, norm_sigma))
+    if channels is None:
+        if targets is None or images is None:
+            raise ValueError("refine_local needs targets and images, or prepared channels")
+        channels = prepare_channels(targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma)
     w_img, h_img = image_size
     centre = ((w_img - 1) / 2.0, (h_img - 1) / 2.0)
     scale = max(w_img, h_img) / 2.0
     fld = init if init is not None else SmoothField(-1, centre, scale)
     first: TileResiduals | None = None
     for _ in range(iterations):
-        res = measure_tiles(_warp_channels(targets, prepared, h_image, fld), tile_px)
+        res = measure_tiles(warp_channels(channels, h_image, fld), tile_px)
         if first is None:
             first = res
         # the new field must explain the old field plus the measured residual at tile
@@ -633,33 +644,31 @@ def refine_local(
         fld = new
         if change < tol_px:
             break
-    final = measure_tiles(_warp_channels(targets, prepared, h_image, fld), tile_px)
+    final = measure_tiles(warp_channels(channels, h_image, fld), tile_px)
     assert first is not None
     return fld, first, final
 
 
-def model_correlation(
-    targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    images: list[np.ndarray],
-    image_mask: np.ndarray | None,
-    h_image: np.ndarray,
-    fld: SmoothField,
-    blur_sigma: float = 0.5,
-    norm_sigma: float | None = 12.0,
-) -> float:
-    """Correlation of the phone targets with the DSLR warped through the full model
-    (homography and field), pooled over channels, over the valid overlap."""
-    prepared = [
-        prepare_level_pair(v, img, h_image @ t_k, valid, image_mask, blur_sigma, norm_sigma)
-        for (v, valid, t_k), img in zip(targets, images)
-    ]
+def model_correlation(warped: list[TileChannel], norm_sigma: float | None = 12.0) -> float:
+    """Correlation of the phone targets with the DSLR warped through the full model.
+
+    warped: from :func:`warp_channels` (template and warped DSLR on each target's
+    grid, with the joint mask).  Both are locally normalised on the target grid
+    (window ``norm_sigma`` target px; None: raw values), so a DSLR and a phone that
+    render tones differently still correlate where their structure agrees.
+    Pooled over channels, over the valid overlap; in [-1, 1].
+    """
     sxy = sxx = syy = 0.0
-    for ch in _warp_channels(targets, prepared, h_image, fld):
+    for ch in warped:
         m = ch.mask
         if m.sum() < 16:
             continue
-        a = ch.template[m].astype(np.float64)
-        b = ch.warped[m].astype(np.float64)
+        t, w = ch.template, ch.warped
+        if norm_sigma:
+            t = local_normalize(t, norm_sigma, m)
+            w = local_normalize(w, norm_sigma, m)
+        a = t[m].astype(np.float64)
+        b = w[m].astype(np.float64)
         a -= a.mean()
         b -= b.mean()
         sxy += float(a @ b)

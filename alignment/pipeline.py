@@ -22,12 +22,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from alignment.ecc import refine_homography, refine_planes
+from alignment.ecc import prepare_channels, refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
-from alignment.local import SmoothField, TileResiduals, model_correlation, refine_local
+from alignment.local import SmoothField, TileResiduals, model_correlation, refine_local, warp_channels
 from alignment.prepare import fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.quality import Quality, Thresholds, verdict
+from alignment.reduce import bin_phone, crop_and_shrink_dslr, phone_bin_factor
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
 
@@ -53,8 +55,12 @@ class AlignOptions:
     px), the fine stage is run again without it (fewer parameters, less variance)
     and the local field takes whatever is left.  Local: ``local``,
     ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
-    clamped to 16..64), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
-    EXIF.  Thresholds: see :class:`alignment.quality.Thresholds`.
+    clamped to 8..32 working px), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
+    EXIF.  Working size (see :mod:`alignment.reduce`): ``max_plane_pixels`` bins the
+    phone's working planes until each has at most this many px (None: never);
+    ``dslr_oversample``: after the features, the DSLR is cropped to the phone
+    frame's footprint and area-averaged to at most this many px per phone working
+    px (None: cropped only).  Thresholds: see :class:`alignment.quality.Thresholds`.
     """
 
     ratio: float = 0.8
@@ -79,6 +85,8 @@ class AlignOptions:
     tile_px: float | None = None
     local_degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6)
     scale_guess: float | None = None
+    max_plane_pixels: int | None = 800_000
+    dslr_oversample: float | None = 2.5
     # The verdict's thresholds, defaulting to quality.Thresholds (one home for the values).
     min_inliers: int = Thresholds.min_inliers
     min_inlier_ratio: float = Thresholds.min_inlier_ratio
@@ -249,10 +257,19 @@ def align_images(phone, dslr, **options) -> Alignment:
     ``quality.ok = False`` and the reason, never with a silently wrong answer.
     """
     opt = AlignOptions.from_kwargs(**options)
+    # the linear algebra here is thin (N x 20 systems): a multi-threaded BLAS only
+    # adds hand-over costs, and collapses when other processes hold the cores
+    with threadpool_limits(1, user_api="blas"):
+        return _align(phone, dslr, opt)
+
+
+def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     p = prepare_phone(phone)
+    p = bin_phone(p, phone_bin_factor(p, opt.max_plane_pixels))
     d = prepare_dslr(dslr)
+    window = None  # the DSLR crop / shrink, once the footprint is known
     secs["prepare"] = time.perf_counter() - t0
     q = Quality()
     to_img = p.to_image
@@ -265,7 +282,7 @@ def align_images(phone, dslr, **options) -> Alignment:
 
     def done(h_work: np.ndarray | None) -> Alignment:
         if h_work is not None:
-            hh = h_work @ from_img
+            hh = d.to_image @ h_work @ from_img  # DSLR working px -> stored px
             result.homography = hh / hh[2, 2]
         verdict(q, opt.thresholds())
         secs["total"] = time.perf_counter() - t0
@@ -294,6 +311,11 @@ def align_images(phone, dslr, **options) -> Alignment:
     h_work = sb @ fm.homography @ np.linalg.inv(sa)
     h_work /= h_work[2, 2]
     q.overlap_fraction = _overlap_fraction(h_work, p.lum.shape, d.lum.shape)
+    if q.overlap_fraction >= opt.min_overlap:
+        # keep the DSLR px the phone frame covers, at no more px than the estimators use
+        d, window = crop_and_shrink_dslr(d, h_work @ from_img, p.image_size, float(to_img[0, 0]), opt.dslr_oversample)
+        h_work = np.linalg.inv(window.to_stored) @ h_work
+        h_work /= h_work[2, 2]
     if q.overlap_fraction < opt.min_overlap:
         return done(h_work)
 
@@ -319,22 +341,27 @@ def align_images(phone, dslr, **options) -> Alignment:
         h_image = h_work @ from_img
         images = [d.lum] * len(targets)
         if opt.radiometric and d.encoded is not None:
-            fitted = fit_radiometric(targets, d, h_image)
+            fitted = fit_radiometric(
+                targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size)
+            )
             if fitted is not None:
                 images = fitted
+        # the fine channels (filtered once, spline coefficients kept) serve the fine
+        # ECC, the local refinement and the final correlation
+        channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
         if opt.fine == "planes":
+            frame = (p.image_size[1], p.image_size[0])
             rf = refine_planes(
-                targets, images, d.valid, h_image, (p.image_size[1], p.image_size[0]),
-                blur_sigma=opt.fine_blur_sigma, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
-                radial=radial, q0=q_radial,
+                None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
+                radial=radial, q0=q_radial, channels=channels,
             )
             h_image = rf.homography
             q_radial = rf.radial
             if radial and corner_px(q_radial) < opt.radial_min_px:
                 # no lens distortion worth modelling: two fewer parameters, less variance
                 rf = refine_planes(
-                    targets, images, d.valid, h_image, (p.image_size[1], p.image_size[0]),
-                    blur_sigma=opt.fine_blur_sigma, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
+                    None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
+                    channels=channels,
                 )
                 h_image = rf.homography
                 q_radial = np.zeros(2)
@@ -364,7 +391,9 @@ def align_images(phone, dslr, **options) -> Alignment:
                 radial=((w_img - 1) / 2.0, (h_img - 1) / 2.0, max(w_img, h_img) / 2.0, float(q_radial[0]),
                         float(q_radial[1])),
             )
-        tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 16.0, 64.0))
+        # about 20 tiles across, of 8 to 32 working px (a binned phone has coarser working px)
+        step = float(to_img[0, 0])
+        tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 8.0 * step, 32.0 * step))
         if opt.local and opt.coarse_local:
             # coarse passes: blurred images and larger tiles catch displacements of
             # several px (strong lens distortion) that the fine tiles cannot
@@ -374,8 +403,8 @@ def align_images(phone, dslr, **options) -> Alignment:
                     blur_sigma=factor, degrees=degrees, iterations=4, spline=False, tol_px=0.05, init=init,
                 )
         fld, _first, final = refine_local(
-            targets, images, d.valid, h_image, p.image_size, tile_px=tile,
-            blur_sigma=opt.fine_blur_sigma, degrees=degrees, iterations=6 if opt.local else 1, init=init,
+            None, None, None, h_image, p.image_size, tile_px=tile, degrees=degrees,
+            iterations=6 if opt.local else 1, init=init, channels=channels,
         )
     except (ValueError, np.linalg.LinAlgError) as err:
         q.message = f"local refinement failed: {err}"
@@ -391,7 +420,7 @@ def align_images(phone, dslr, **options) -> Alignment:
         q.residual_median_px = float(np.median(mag))
         q.residual_p90_px = float(np.percentile(mag, 90))
         q.residual_max_px = float(mag.max())
-    q.ecc_correlation = model_correlation(targets, images, d.valid, h_image, fld, opt.fine_blur_sigma, opt.norm_sigma)
+    q.ecc_correlation = model_correlation(warp_channels(channels, h_image, fld), opt.norm_sigma)
     secs["local"] = time.perf_counter() - t3
     return done(h_work)
 

@@ -73,8 +73,55 @@ class PreparedImage:
         return [(self.planes[..., k], self.valid, self.plane_to_image[k]) for k in range(self.planes.shape[-1])]
 
 
-def _valid_from_encoded(rgb: np.ndarray) -> np.ndarray:
-    sat = (rgb.max(axis=-1) >= 0.995) if rgb.ndim == 3 else (rgb >= 0.995)
+def _full_scale(enc: np.ndarray) -> float:
+    """The value of full scale of encoded samples: 255, 65535, or 1.0 for floats."""
+    return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(enc.dtype, 1.0)
+
+
+def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    """``offset + sum_c curves[c](enc[..., c])`` as (H, W) float32.
+
+    enc: (H, W, 3) display-encoded RGB, uint8, uint16 or float in [0, 1].
+    curves: (3, n) values of one curve per channel on n equally spaced levels
+    over [0, full scale] (piecewise linear between them).  Integer images go
+    through a look-up table of every level, so a 24 MP image costs a few table
+    reads per pixel instead of a curve evaluation.
+    """
+    n = curves.shape[1]
+    levels = np.linspace(0.0, 1.0, n)
+    if enc.dtype in (np.uint8, np.uint16):
+        full = int(_full_scale(enc))
+        grid = np.arange(full + 1) / full
+        luts = np.stack([np.interp(grid, levels, curves[c]) for c in range(3)], 1).astype(np.float32)
+        if enc.dtype == np.uint8:
+            mapped = cv2.LUT(enc, luts.reshape(256, 1, 3))
+            out = cv2.transform(mapped, np.ones((1, 3), np.float32))
+        else:
+            out = luts[enc[..., 0], 0] + luts[enc[..., 1], 1] + luts[enc[..., 2], 2]
+    else:
+        out = sum(np.interp(enc[..., c], levels, curves[c]).astype(np.float32) for c in range(3))
+    out = np.asarray(out, np.float32).reshape(enc.shape[:2])
+    if offset:
+        out += np.float32(offset)
+    return out
+
+
+def encoded_luminance(enc: np.ndarray) -> np.ndarray:
+    """(H, W, 3) sRGB-encoded RGB (uint8, uint16 or float in [0, 1]) -> (H, W) float32
+    Rec. 709 linear luminance (inverse sRGB curve per channel)."""
+    if enc.dtype in (np.uint8, np.uint16):
+        full = _full_scale(enc)
+        levels = np.arange(int(full) + 1) / full
+        return apply_curves(enc, rawio.srgb_to_linear(levels)[None, :] * REC709[:, None].astype(np.float64))
+    lin = rawio.srgb_to_linear(np.asarray(enc, np.float32))
+    return np.ascontiguousarray(lin @ REC709).astype(np.float32)
+
+
+def _valid_from_encoded(enc: np.ndarray) -> np.ndarray:
+    """(H, W) bool: no channel clipped (>= 99.5 % of full scale), dilated by 2 px."""
+    limit = np.ceil(0.995 * _full_scale(enc)) if enc.dtype in (np.uint8, np.uint16) else 0.995
+    rgb = enc
+    sat = (rgb.max(axis=-1) >= limit) if rgb.ndim == 3 else (rgb >= limit)
     if sat.any():
         sat = cv2.dilate(sat.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     return ~sat
@@ -113,9 +160,9 @@ def _from_array(arr: np.ndarray, keep_encoded: bool) -> PreparedImage:
         lum, valid, _ = _packed_luminance(arr, None)
         return PreparedImage(lum, valid, _HALF_TO_FULL.copy(), (2 * w, 2 * h), kind="raw")
     if arr.ndim == 3 and arr.shape[2] == 3:
-        rgb = _as_float_rgb(arr)
-        lum = np.ascontiguousarray(rawio.srgb_to_linear(rgb) @ REC709).astype(np.float32)
-        return PreparedImage(lum, _valid_from_encoded(rgb), np.eye(3), (w, h), rgb if keep_encoded else None)
+        enc = arr if arr.dtype in (np.uint8, np.uint16) else _as_float_rgb(arr)
+        lum = encoded_luminance(enc)
+        return PreparedImage(lum, _valid_from_encoded(enc), np.eye(3), (w, h), enc if keep_encoded else None)
     if arr.ndim == 2:
         if arr.dtype in (np.uint8, np.uint16):
             g = _as_float_rgb(arr)
@@ -153,7 +200,7 @@ def prepare_phone(phone) -> PreparedImage:
             planes, _plane_matrices(obj.cfa),
         )
     if isinstance(obj, rawio.RgbImage):
-        p = _from_array(obj.rgb, keep_encoded=False)
+        p = _from_array(obj.stored if obj.stored is not None else obj.rgb, keep_encoded=False)
         p.focal_length_35mm = obj.exif.focal_length_35mm
         p.path = obj.path
         return p
@@ -177,7 +224,7 @@ def prepare_dslr(dslr) -> PreparedImage:
         h, w = obj.shape
         return PreparedImage(lum, valid, np.eye(3), (w, h), None, obj.exif.focal_length_35mm, "raw", obj.path)
     if isinstance(obj, rawio.RgbImage):
-        p = _from_array(obj.rgb, keep_encoded=True)
+        p = _from_array(obj.stored if obj.stored is not None else obj.rgb, keep_encoded=True)
         p.focal_length_35mm = obj.exif.focal_length_35mm
         p.path = obj.path
         return p
@@ -198,26 +245,48 @@ def focal_scale_guess(phone: PreparedImage, dslr: PreparedImage) -> float | None
     return (fd * dd) / (fp * dp)
 
 
-def _hat_basis(v: np.ndarray, knots: np.ndarray) -> list[np.ndarray]:
-    """Piecewise-linear hat functions of v on ``knots`` (partition of unity)."""
-    out = []
-    k = len(knots)
-    for i in range(k):
-        lo = knots[i - 1] if i > 0 else None
-        hi = knots[i + 1] if i < k - 1 else None
-        b = np.zeros_like(v)
-        c = knots[i]
-        if lo is not None:
-            m = (v >= lo) & (v <= c)
-            b[m] = (v[m] - lo) / (c - lo)
-        else:
-            b[v <= c] = 1.0
-        if hi is not None:
-            m = (v >= c) & (v <= hi)
-            b[m] = (hi - v[m]) / (hi - c)
-        else:
-            b[v >= c] = 1.0
-        out.append(b.astype(np.float32))
+def _gaussian_weights(pos: np.ndarray, start: np.ndarray, taps: int, sigma: float) -> np.ndarray:
+    """(n, taps) normalised Gaussian weights of the px start..start+taps-1 around positions pos."""
+    d = start[:, None] + np.arange(taps)[None, :] - pos[:, None]
+    w = np.exp(-0.5 * (d / sigma) ** 2)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def blurred_hat_features(
+    enc: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float, n_knots: int, chunk: int = 4096
+) -> np.ndarray:
+    """Gaussian-weighted means of the hat-basis images of each channel at points (x, y).
+
+    enc: (H, W, 3) display-encoded RGB (uint8, uint16 or float).  x, y: (n,) DSLR
+    px (inside the image by at least ``3 sigma + 1``).  The hats are the
+    piecewise-linear partition of unity on ``n_knots`` levels over [0, full scale].
+    Returns (n, 3 * n_knots) float64, channel-major: what blurring each basis image
+    by a Gaussian of ``sigma`` px and reading it at (x, y) gives, computed from
+    the (2r+2)^2 neighbourhood of each point only (r = ceil(3 sigma)).
+    """
+    full = _full_scale(enc)
+    r = int(np.ceil(3 * sigma))
+    taps = 2 * r + 2
+    out = np.empty((len(x), 3 * n_knots))
+    off = np.arange(taps)
+    for i in range(0, len(x), chunk):
+        xs, ys = x[i : i + chunk], y[i : i + chunk]
+        x0 = np.floor(xs).astype(np.int64) - r
+        y0 = np.floor(ys).astype(np.int64) - r
+        wx = _gaussian_weights(xs, x0.astype(float), taps, sigma)
+        wy = _gaussian_weights(ys, y0.astype(float), taps, sigma)
+        patch = enc[(y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]].astype(np.float32)
+        v = patch * np.float32((n_knots - 1) / full)  # (n, taps, taps, 3) in knot units
+        j = np.clip(np.floor(v), 0, n_knots - 2).astype(np.int64)
+        frac = v - j
+        w2 = (wy[:, :, None] * wx[:, None, :]).astype(np.float32)[..., None]
+        # each px adds (1 - frac) to its lower hat and frac to the upper one
+        n = len(xs)
+        base = (np.arange(n)[:, None, None, None] * 3 + np.arange(3)) * n_knots + j
+        size = n * 3 * n_knots
+        feats = np.bincount(base.ravel(), (w2 * (1.0 - frac)).ravel(), size)
+        feats += np.bincount((base + 1).ravel(), (w2 * frac).ravel(), size)
+        out[i : i + chunk] = feats.reshape(len(xs), -1)
     return out
 
 
@@ -228,37 +297,42 @@ def fit_radiometric(
     n_knots: int = 9,
     smooth: float = 1e-3,
     blur_sigma: float = 1.0,
-    max_samples: int = 100_000,
+    max_samples: int = 5_000,
+    encoded_grid: tuple[np.ndarray, tuple[int, int]] | None = None,
 ) -> list[np.ndarray] | None:
     """Fit DSLR response curves that predict each phone target (Bayer plane or luminance).
 
     Model for target k: ``t_k(x) ~ c_k + sum_c sum_j a_kcj * B[hat_j(E_c)](H T_k x)``
     with E_c the display-encoded DSLR channel, hat_j piecewise-linear hats on
-    ``n_knots`` knots in [0, 1] (so each sum over j is a curve), B the anti-alias
-    filter matched to the local scale (linear, so it acts on each basis image),
+    ``n_knots`` levels over [0, full scale] (so each sum over j is a curve), B the
+    anti-alias filter matched to the local scale (linear, so it acts on each basis
+    image; evaluated at the sample points only, see :func:`blurred_hat_features`),
     T_k the target's px -> phone image px.  Linear least squares with a
-    second-difference smoothness penalty ``smooth``.
+    second-difference smoothness penalty ``smooth``, on at most ``max_samples``
+    valid target px.
 
     targets: [(values (h, w), valid (h, w) bool, (3,3) px -> phone image px)].
-    h_image: (3,3) phone image px -> DSLR px.
-    Returns, per target, the (H, W) float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)``
-    in the target's units, or None without an encoded DSLR image or overlap.
+    h_image: (3,3) phone image px -> DSLR working px.
+    encoded_grid: when the DSLR working grid is not the grid of ``dslr.encoded``
+    (a cropped and shrunk DSLR, see :mod:`alignment.reduce`): (the (3,3) working
+    px -> encoded px matrix, the working grid's (W, H)); the curves are applied
+    to the encoded values and the result area-averaged onto the working grid.
+    Returns, per target, the float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)`` on
+    the working grid, in the target's units (through look-up tables, see
+    :func:`apply_curves`), or None without an encoded DSLR image or overlap.
     """
     if dslr.encoded is None:
         return None
     enc = dslr.encoded
     ih, iw = enc.shape[:2]
-    knots = np.linspace(0.0, 1.0, n_knots)
-    blurred: list[np.ndarray] | None = None
     rng = np.random.default_rng(0)
     out = []
+    to_enc = np.eye(3) if encoded_grid is None else encoded_grid[0]
     for values, valid, t_k in targets:
-        hw = h_image @ t_k
-        if blurred is None:
-            s = _local_scale(hw, values.shape)
-            sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
-            blurred = [_gauss(b, sig_img) for c in range(3) for b in _hat_basis(enc[..., c], knots)]
-            pad = 3 * sig_img + 2
+        hw = to_enc @ h_image @ t_k
+        s = _local_scale(hw, values.shape)
+        sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
+        pad = int(np.ceil(3 * sig_img)) + 2
         ys, xs = np.nonzero(valid)
         if len(xs) > max_samples:
             sel = rng.choice(len(xs), max_samples, replace=False)
@@ -267,13 +341,16 @@ def fit_radiometric(
         mx = (hw[0, 0] * xs + hw[0, 1] * ys + hw[0, 2]) / w
         my = (hw[1, 0] * xs + hw[1, 1] * ys + hw[1, 2]) / w
         inside = (w > 0) & (mx >= pad) & (my >= pad) & (mx <= iw - 1 - pad) & (my <= ih - 1 - pad)
-        inside &= sample_points(dslr.valid.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
+        if encoded_grid is None:
+            inside &= sample_points(dslr.valid.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
+        else:
+            inside &= np.all(enc[np.round(my).astype(int).clip(0, ih - 1), np.round(mx).astype(int).clip(0, iw - 1)]
+                             < np.ceil(0.995 * _full_scale(enc)), axis=-1)
         if inside.sum() < 500:
             return None
         xs, ys, mx, my = xs[inside], ys[inside], mx[inside], my[inside]
         target = _gauss(values.astype(np.float32), blur_sigma)[ys, xs].astype(np.float64)
-        cols_a = [sample_points(b, mx, my, cv2.INTER_LINEAR) for b in blurred]
-        a = np.stack(cols_a + [np.ones_like(mx, dtype=np.float32)], axis=1).astype(np.float64)
+        a = np.concatenate([blurred_hat_features(enc, mx, my, sig_img, n_knots), np.ones((len(mx), 1))], 1)
         n_par = a.shape[1]
         rows_p = []
         for c in range(3):
@@ -284,8 +361,8 @@ def fit_radiometric(
         p = np.array(rows_p)
         scale = float(np.mean(a[:, :-1] ** 2)) * len(target)
         coef = np.linalg.lstsq(a.T @ a + smooth * scale * p.T @ p, a.T @ target, rcond=None)[0]
-        lin = np.full(enc.shape[:2], np.float32(coef[-1]), np.float32)
-        for c in range(3):
-            lin += np.interp(enc[..., c], knots, coef[c * n_knots : (c + 1) * n_knots]).astype(np.float32)
-        out.append(lin)
+        image = apply_curves(enc, coef[:-1].reshape(3, n_knots), float(coef[-1]))
+        if encoded_grid is not None and (image.shape[1], image.shape[0]) != tuple(encoded_grid[1]):
+            image = cv2.resize(image, tuple(encoded_grid[1]), interpolation=cv2.INTER_AREA)
+        out.append(image)
     return out

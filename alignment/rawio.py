@@ -136,26 +136,52 @@ class RawImage:
         return normalize(pack(self.mosaic, self.cfa), self.black_levels, self.white_level)
 
 
-@dataclass
 class RgbImage:
     """A plain image (JPEG, PNG, TIFF) as stored.
 
     Attributes:
-        rgb: (H, W, 3) float32 in [0, 1], display-referred (sRGB-encoded), RGB order.
+        rgb: (H, W, 3) float32 in [0, 1], display-referred (sRGB-encoded), RGB order
+            (computed from ``stored`` on first use when the file held integers).
+        stored: (H, W, 3) uint8 or uint16, the samples as the file holds them, RGB
+            order, or None (float files, or an image built from floats); lets a
+            consumer work on the integers (look-up tables) without the float copy.
         bit_depth: bits per sample in the file (8 or 16; 32 for float TIFF).
         exif: the EXIF facts.
         path: the file it came from.
     """
 
-    rgb: np.ndarray
-    bit_depth: int
-    exif: ExifInfo = field(default_factory=ExifInfo)
-    path: Path | None = None
+    def __init__(
+        self,
+        rgb: np.ndarray | None = None,
+        bit_depth: int = 8,
+        exif: ExifInfo | None = None,
+        path: Path | None = None,
+        stored: np.ndarray | None = None,
+    ) -> None:
+        if rgb is None and stored is None:
+            raise ValueError("RgbImage needs rgb or stored samples")
+        self._rgb = rgb
+        self.stored = stored
+        self.bit_depth = bit_depth
+        self.exif = exif if exif is not None else ExifInfo()
+        self.path = path
+
+    @property
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            assert self.stored is not None
+            scale = 255.0 if self.stored.dtype == np.uint8 else 65535.0
+            self._rgb = np.ascontiguousarray(self.stored, np.float32) * np.float32(1.0 / scale)
+        return self._rgb
 
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W)."""
-        return self.rgb.shape[:2]  # type: ignore[return-value]
+        src = self.stored if self.stored is not None else self._rgb
+        return src.shape[:2]  # type: ignore[union-attr,return-value]
+
+    def __repr__(self) -> str:
+        return f"RgbImage(shape={self.shape}, bit_depth={self.bit_depth}, path={self.path})"
 
 
 # --------------------------------------------------------------------------- CFA
@@ -669,8 +695,8 @@ def read_rgb(path: PathLike) -> RgbImage:
         data = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         if data is None:
             raise ImageReadError(p, "corrupt", "the image data could not be decoded")
-        if data.ndim == 3:
-            data = data[..., :3][..., ::-1] if data.shape[2] >= 3 else data
+        if data.ndim == 3 and data.shape[2] in (3, 4):
+            data = cv2.cvtColor(data, cv2.COLOR_BGR2RGB if data.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[2] == 4:
         data = data[..., :3]
@@ -678,15 +704,13 @@ def read_rgb(path: PathLike) -> RgbImage:
         data = np.repeat(data[..., None], 3, axis=2)
     if data.ndim != 3 or data.shape[2] != 3:
         raise ImageReadError(p, "unsupported", f"unsupported image layout {data.shape}")
-    if data.dtype == np.uint8:
-        rgb, depth = data.astype(np.float32) / 255.0, 8
-    elif data.dtype == np.uint16:
-        rgb, depth = data.astype(np.float32) / 65535.0, 16
-    elif np.issubdtype(data.dtype, np.floating):
-        rgb, depth = np.clip(data.astype(np.float32), 0.0, 1.0), 32
-    else:
-        raise ImageReadError(p, "unsupported", f"unsupported sample type {data.dtype}")
-    return RgbImage(rgb=np.ascontiguousarray(rgb), bit_depth=depth, exif=read_exif(p), path=p)
+    if data.dtype in (np.uint8, np.uint16):
+        depth = 8 if data.dtype == np.uint8 else 16
+        return RgbImage(stored=np.ascontiguousarray(data), bit_depth=depth, exif=read_exif(p), path=p)
+    if np.issubdtype(data.dtype, np.floating):
+        rgb = np.clip(data.astype(np.float32), 0.0, 1.0)
+        return RgbImage(rgb=np.ascontiguousarray(rgb), bit_depth=32, exif=read_exif(p), path=p)
+    raise ImageReadError(p, "unsupported", f"unsupported sample type {data.dtype}")
 
 
 def read_any(path: PathLike) -> RawImage | RgbImage:

@@ -1,0 +1,169 @@
+"""Bring a pair to a working size: bin large phone planes, crop and shrink the DSLR.
+
+The estimators (ECC, local tiles) gain nothing from more pixels than they need:
+their cost grows with the pixel count while their precision, once hundreds of
+thousands of pixels take part, is already far below a tenth of a pixel.  A 12 MP
+phone raw against a 24 MP DSLR image is therefore brought to a working size
+before the expensive stages:
+
+- :func:`bin_phone` averages ``factor x factor`` blocks of each Bayer plane (and
+  of the luminance).  The block mean samples the plane at the block's centroid,
+  so each plane keeps an exact matrix to the full raw grid and the phone frame,
+  its size and every result stay in full raw-grid px.
+- :func:`crop_and_shrink_dslr` keeps the part of the DSLR image that the phone
+  frame covers (plus a margin) and area-averages it so that it is at most
+  ``oversample`` DSLR px per phone working px.  It returns the matrix from the
+  reduced grid to the stored DSLR px, which the pipeline composes into the final
+  homography.  The encoded RGB is cropped only (never averaged): the radiometric
+  fit applies its curves to the stored values and shrinks the result
+  (:func:`shrink`), because a curve of an average is not the average of a curve.
+
+Coordinates: x = column, y = row, pixel centres at integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from alignment.ecc import _local_scale
+from alignment.prepare import PreparedImage
+
+__all__ = ["phone_bin_factor", "bin_phone", "DslrWindow", "crop_and_shrink_dslr", "shrink"]
+
+
+def phone_bin_factor(phone: PreparedImage, max_plane_pixels: int | None) -> int:
+    """Smallest integer factor that brings each working plane to at most ``max_plane_pixels`` px (1: none)."""
+    if not max_plane_pixels:
+        return 1
+    h, w = phone.lum.shape
+    return max(1, int(np.ceil(np.sqrt(h * w / float(max_plane_pixels)))))
+
+
+def _block_matrix(factor: int) -> np.ndarray:
+    """(3,3) binned px -> unbinned px: block j covers px factor*j .. factor*j + factor - 1."""
+    c = (factor - 1) / 2.0
+    return np.array([[factor, 0.0, c], [0.0, factor, c], [0.0, 0.0, 1.0]])
+
+
+def _block_mean(a: np.ndarray, factor: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    hb, wb = h // factor, w // factor
+    return cv2.resize(np.ascontiguousarray(a[: hb * factor, : wb * factor]), (wb, hb), interpolation=cv2.INTER_AREA)
+
+
+def bin_phone(phone: PreparedImage, factor: int) -> PreparedImage:
+    """Average ``factor x factor`` blocks of the working grid (luminance and each plane).
+
+    A binned px is valid only when every px of its block was.  ``to_image`` and
+    ``plane_to_image`` are composed with the block matrix, so coordinates stay
+    in phone image px (the full raw grid).  factor 1 returns ``phone`` itself.
+    """
+    if factor <= 1:
+        return phone
+    m = _block_matrix(factor)
+    valid = _block_mean(phone.valid.astype(np.float32), factor) > 0.999
+    planes = None
+    if phone.planes is not None:
+        planes = np.ascontiguousarray(_block_mean(phone.planes.astype(np.float32), factor))
+    return replace(
+        phone,
+        lum=np.ascontiguousarray(_block_mean(phone.lum.astype(np.float32), factor)),
+        valid=valid,
+        to_image=phone.to_image @ m,
+        planes=planes,
+        plane_to_image=None if phone.plane_to_image is None else [t @ m for t in phone.plane_to_image],
+    )
+
+
+class DslrWindow:
+    """The reduced DSLR grid: ``crop`` of the stored image, shrunk by ``factor``.
+
+    crop: (x0, y0, x1, y1) stored DSLR px, end exclusive.  factor: stored px per
+    reduced px (1.0: not shrunk).  size: (W, H) of the reduced grid.
+    ``to_stored``: (3,3) reduced px -> stored DSLR px.
+    """
+
+    def __init__(self, crop: tuple[int, int, int, int], size: tuple[int, int]) -> None:
+        self.crop = crop
+        self.size = size
+        x0, y0, x1, y1 = crop
+        fx = (x1 - x0) / size[0]
+        fy = (y1 - y0) / size[1]
+        self.factor = float(max(fx, fy))
+        # area resize: reduced px j covers stored px [x0 + j fx, x0 + (j+1) fx)
+        self.to_stored = np.array([[fx, 0.0, x0 + 0.5 * fx - 0.5], [0.0, fy, y0 + 0.5 * fy - 0.5], [0.0, 0.0, 1.0]])
+
+    @property
+    def to_crop(self) -> np.ndarray:
+        """(3,3) reduced px -> px of the cropped (not shrunk) stored image."""
+        x0, y0 = self.crop[:2]
+        return np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1.0]]) @ self.to_stored
+
+    @property
+    def shrunk(self) -> bool:
+        return (self.crop[2] - self.crop[0], self.crop[3] - self.crop[1]) != tuple(self.size)
+
+    def apply(self, a: np.ndarray) -> np.ndarray:
+        """Crop and area-shrink a stored-grid array (H, W[, C]) onto the reduced grid."""
+        return shrink(self.crop_only(a), self.size)
+
+    def crop_only(self, a: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = self.crop
+        return a[y0:y1, x0:x1]
+
+
+def shrink(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-average an (H, W[, C]) array to (W, H) = ``size`` (a view when already that size)."""
+    if (a.shape[1], a.shape[0]) == tuple(size):
+        return a
+    return cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA)
+
+
+def crop_and_shrink_dslr(
+    dslr: PreparedImage,
+    phone_to_dslr: np.ndarray,
+    phone_size: tuple[int, int],
+    phone_step: float,
+    oversample: float | None,
+    margin: float = 0.06,
+) -> tuple[PreparedImage, DslrWindow]:
+    """Crop the DSLR to the phone frame's footprint and shrink it to ``oversample``.
+
+    dslr: the prepared DSLR image (working grid = stored px).  phone_to_dslr:
+    (3,3) phone image px -> DSLR px (a first estimate).  phone_size: (W, H) phone
+    image px.  phone_step: phone image px per phone working px (2 for Bayer planes,
+    more when binned).  oversample: the most DSLR px per phone working px to keep
+    (None: no shrinking).  margin: extra border around the footprint, as a
+    fraction of its size (plus 16 px), for the local field and the filters.
+    Returns (the reduced image, with ``to_image`` = reduced px -> stored px, the
+    encoded RGB cropped but not shrunk; the window).
+    """
+    ih, iw = dslr.lum.shape
+    w, h = phone_size
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1], [(w - 1) / 2, (h - 1) / 2]], float)
+    p = corners @ phone_to_dslr[:, :2].T + phone_to_dslr[:, 2]
+    if np.any(p[:, 2] <= 0):
+        x0, y0, x1, y1 = 0, 0, iw, ih
+    else:
+        q = p[:, :2] / p[:, 2:3]
+        span = q.max(0) - q.min(0)
+        lo = np.floor(q.min(0) - margin * span - 16).astype(int)
+        hi = np.ceil(q.max(0) + margin * span + 16).astype(int) + 1
+        x0, y0 = max(0, lo[0]), max(0, lo[1])
+        x1, y1 = min(iw, hi[0]), min(ih, hi[1])
+        if x1 - x0 < 32 or y1 - y0 < 32:
+            x0, y0, x1, y1 = 0, 0, iw, ih
+    scale = _local_scale(phone_to_dslr, (h, w)) * phone_step  # DSLR px per phone working px
+    factor = 1.0
+    if oversample and scale > oversample * 1.15:
+        factor = scale / oversample
+    size = (max(8, int(round((x1 - x0) / factor))), max(8, int(round((y1 - y0) / factor))))
+    win = DslrWindow((x0, y0, x1, y1), size)
+    lum = np.ascontiguousarray(win.apply(dslr.lum))
+    valid = win.apply(dslr.valid.astype(np.float32)) > 0.999 if win.shrunk else win.crop_only(dslr.valid).copy()
+    enc = None if dslr.encoded is None else win.crop_only(dslr.encoded)
+    reduced = replace(dslr, lum=lum, valid=valid, to_image=dslr.to_image @ win.to_stored, encoded=enc)
+    return reduced, win
