@@ -251,8 +251,14 @@ def truth_error(truth_path: Path, alignment, valid: np.ndarray | None = None) ->
 
 
 def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Align one pair and write its dataset files; returns its record (never raises)."""
+    """Align one pair and write its dataset files; returns its record (never raises).
+
+    Pins OpenCV and BLAS to one thread first: on any executor (a Dask worker has
+    no pool initializer) one task is one core.
+    """
     from alignment.pipeline import align_images
+
+    pin_threads()
 
     started = time.perf_counter()
     record: dict[str, Any] = {"id": job.pair_id, "scene": job.scene, "split": split,
@@ -297,8 +303,9 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
 # ----------------------------------------------------------------- executors
 
 
-def _init_worker() -> None:
-    """Process-pool initializer: one OpenCV / BLAS thread per worker."""
+def pin_threads() -> None:
+    """One OpenCV / BLAS thread in this process (the process-pool initializer, and the
+    first thing :func:`process_pair` does); cheap to repeat."""
     import cv2
 
     from threadpoolctl import threadpool_limits
@@ -428,7 +435,7 @@ def run_batch(
     own_pool = executor is None and len(todo) > 0
     if own_pool:
         # forkserver, not fork: LibRaw's OpenMP runtime can deadlock in a forked child.
-        executor = cf.ProcessPoolExecutor(max_workers=default_workers(todo, workers), initializer=_init_worker,
+        executor = cf.ProcessPoolExecutor(max_workers=default_workers(todo, workers), initializer=pin_threads,
                                           mp_context=multiprocessing.get_context("forkserver"))
     try:
         futures = {executor.submit(process_pair, j, str(writer.root), writer.split_of(j.scene), options or {}): j

@@ -97,6 +97,17 @@ class SmoothField:
             out[..., c] = ndimage.map_coordinates(self.grid[..., c], [i, j], order=3, mode="nearest")
         return out
 
+    def _axis_weights(self, pos: np.ndarray, axis: int) -> np.ndarray:
+        """(n, nodes) weights of the grid nodes along one axis (0 = x, 1 = y) at image px
+        ``pos``: interpolating each unit node vector exactly as :meth:`_grid_eval`
+        does, so that grid values at a tensor of points are ``Wy @ grid @ Wx.T``."""
+        from scipy import ndimage
+
+        n_nodes = self.grid.shape[1 - axis]
+        t = np.clip((pos - self.grid_origin[axis]) / self.grid_step[axis], 0, n_nodes - 1)
+        eye = np.eye(n_nodes)
+        return np.stack([ndimage.map_coordinates(eye[k], [t], order=3, mode="nearest") for k in range(n_nodes)], 1)
+
     def _clamp(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.bounds is None:
             return x, y
@@ -130,10 +141,16 @@ class SmoothField:
         u = (xs - self.centre[0]) / self.scale
         v = (ys - self.centre[1]) / self.scale
         out = np.zeros((rows, cols, 2))
-        if self.grid is not None or self.radial is not None:
-            xx, yy = np.meshgrid(np.arange(cols) * sx + to_image[0, 2], np.arange(rows) * sy + to_image[1, 2])
-            if self.grid is not None:
-                out += self._grid_eval(xx, yy)
+        x_img = np.arange(cols) * sx + to_image[0, 2]
+        y_img = np.arange(rows) * sy + to_image[1, 2]
+        if self.grid is not None:
+            # the spline grid is a tensor product: rows x nodes @ grid @ nodes x cols
+            wy = self._axis_weights(y_img, 1)
+            wx = self._axis_weights(x_img, 0)
+            for c in range(2):
+                out[..., c] += wy @ self.grid[..., c] @ wx.T
+        if self.radial is not None:
+            xx, yy = np.meshgrid(x_img, y_img)
             out += self.radial_part(xx, yy)
         terms = _monomials(self.degree) if self.degree >= 0 and self.coef.size else []
         for j in range(self.degree + 1 if terms else 0):

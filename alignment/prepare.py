@@ -120,8 +120,10 @@ def encoded_luminance(enc: np.ndarray) -> np.ndarray:
 def _valid_from_encoded(enc: np.ndarray) -> np.ndarray:
     """(H, W) bool: no channel clipped (>= 99.5 % of full scale), dilated by 2 px."""
     limit = np.ceil(0.995 * _full_scale(enc)) if enc.dtype in (np.uint8, np.uint16) else 0.995
-    rgb = enc
-    sat = (rgb.max(axis=-1) >= limit) if rgb.ndim == 3 else (rgb >= limit)
+    if enc.ndim == 3:
+        sat = np.maximum(np.maximum(enc[..., 0], enc[..., 1]), enc[..., 2]) >= limit
+    else:
+        sat = enc >= limit
     if sat.any():
         sat = cv2.dilate(sat.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     return ~sat
@@ -245,9 +247,9 @@ def focal_scale_guess(phone: PreparedImage, dslr: PreparedImage) -> float | None
     return (fd * dd) / (fp * dp)
 
 
-def _gaussian_weights(pos: np.ndarray, start: np.ndarray, taps: int, sigma: float) -> np.ndarray:
-    """(n, taps) normalised Gaussian weights of the px start..start+taps-1 around positions pos."""
-    d = start[:, None] + np.arange(taps)[None, :] - pos[:, None]
+def _gaussian_weights(pos: np.ndarray, start: np.ndarray, taps: int, sigma: float, stride: int = 1) -> np.ndarray:
+    """(n, taps) normalised Gaussian weights of the px start + stride * (0..taps-1) around positions pos."""
+    d = start[:, None] + stride * np.arange(taps)[None, :] - pos[:, None]
     w = np.exp(-0.5 * (d / sigma) ** 2)
     return w / w.sum(axis=1, keepdims=True)
 
@@ -265,16 +267,19 @@ def blurred_hat_features(
     the (2r+2)^2 neighbourhood of each point only (r = ceil(3 sigma)).
     """
     full = _full_scale(enc)
-    r = int(np.ceil(3 * sigma))
-    taps = 2 * r + 2
+    # a wide Gaussian is read on a lattice of every ``stride``-th px: the lattice's
+    # weights still sum to one and its bias is below exp(-2 pi^2 (sigma/stride)^2)
+    stride = max(1, int(sigma / 1.5))
+    r = int(np.ceil(3 * sigma / stride)) * stride
+    taps = 2 * r // stride + 2
     out = np.empty((len(x), 3 * n_knots))
-    off = np.arange(taps)
+    off = np.arange(taps) * stride
     for i in range(0, len(x), chunk):
         xs, ys = x[i : i + chunk], y[i : i + chunk]
         x0 = np.floor(xs).astype(np.int64) - r
         y0 = np.floor(ys).astype(np.int64) - r
-        wx = _gaussian_weights(xs, x0.astype(float), taps, sigma)
-        wy = _gaussian_weights(ys, y0.astype(float), taps, sigma)
+        wx = _gaussian_weights(xs, x0.astype(float), taps, sigma, stride)
+        wy = _gaussian_weights(ys, y0.astype(float), taps, sigma, stride)
         patch = enc[(y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]].astype(np.float32)
         v = patch * np.float32((n_knots - 1) / full)  # (n, taps, taps, 3) in knot units
         j = np.clip(np.floor(v), 0, n_knots - 2).astype(np.int64)
@@ -332,7 +337,7 @@ def fit_radiometric(
         hw = to_enc @ h_image @ t_k
         s = _local_scale(hw, values.shape)
         sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
-        pad = int(np.ceil(3 * sig_img)) + 2
+        pad = int(np.ceil(5 * sig_img)) + 4  # the neighbourhood of blurred_hat_features
         ys, xs = np.nonzero(valid)
         if len(xs) > max_samples:
             sel = rng.choice(len(xs), max_samples, replace=False)

@@ -195,7 +195,7 @@ def _worker_threads() -> dict:
 
 
 def _pin_opencv() -> None:
-    """Run inside a Dask worker: one OpenCV thread (what batch._init_worker does in a local pool)."""
+    """Run inside a Dask worker: one OpenCV thread (what batch.pin_threads does in every task since it was added)."""
     import cv2
 
     cv2.setNumThreads(1)
