@@ -55,7 +55,7 @@ class AlignOptions:
     px), the fine stage is run again without it (fewer parameters, less variance)
     and the local field takes whatever is left.  Local: ``local``,
     ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
-    clamped to 8..32 working px), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
+    clamped to 8..48 working px), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
     EXIF.  Working size (see :mod:`alignment.reduce`): ``max_plane_pixels`` bins the
     phone's working planes until each has at most this many px (None: never);
     ``dslr_oversample``: after the features, the DSLR is cropped to the phone
@@ -95,11 +95,14 @@ class AlignOptions:
     max_residual_px: float = Thresholds.max_residual_px
     min_reliable_tiles: float = Thresholds.min_reliable_tiles
     min_consistent: float = Thresholds.min_consistent
+    min_correlation_confirmed: float = Thresholds.min_correlation_confirmed
+    confirm_inliers: int = Thresholds.confirm_inliers
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
             self.min_inliers, self.min_inlier_ratio, self.min_overlap, self.min_correlation,
-            self.max_residual_px, self.min_reliable_tiles, self.min_consistent,
+            self.max_residual_px, self.min_reliable_tiles, self.min_consistent, self.min_correlation_confirmed,
+            self.confirm_inliers,
         )
 
     @classmethod
@@ -391,9 +394,9 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
                 radial=((w_img - 1) / 2.0, (h_img - 1) / 2.0, max(w_img, h_img) / 2.0, float(q_radial[0]),
                         float(q_radial[1])),
             )
-        # about 20 tiles across, of 8 to 32 working px (a binned phone has coarser working px)
+        # about 20 tiles across, of 8 to 48 working px (a binned phone has coarser working px)
         step = float(to_img[0, 0])
-        tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 8.0 * step, 32.0 * step))
+        tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 8.0 * step, 48.0 * step))
         if opt.local and opt.coarse_local:
             # coarse passes: blurred images and larger tiles catch displacements of
             # several px (strong lens distortion) that the fine tiles cannot

@@ -36,6 +36,13 @@ class Thresholds:
     max_residual_px: float = 1.0
     min_reliable_tiles: float = 0.2
     min_consistent: float = 0.8
+    #: a correlation between this floor and ``min_correlation`` is accepted when the
+    #: geometry is confirmed independently: at least ``confirm_inliers`` feature
+    #: inliers and tiles that pass the reliable, consistent and residual checks
+    #: (two exposures of one scene under different light correlate weakly, yet
+    #: their structure agrees everywhere)
+    min_correlation_confirmed: float = 0.3
+    confirm_inliers: int = 100
 
 
 @dataclass
@@ -102,6 +109,13 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     """Set ``q.ok``, ``q.reason`` and ``q.message`` from the numbers and thresholds
     (a note already in ``q.message``, e.g. why a stage failed, is kept after it)."""
     note = q.message
+    geometry_confirmed = (
+        q.inliers >= t.confirm_inliers
+        and q.reliable_tiles >= t.min_reliable_tiles
+        and q.consistent_tiles >= t.min_consistent
+        and q.residual_p90_px <= t.max_residual_px
+    )
+    correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
     checks = [
         (
             q.inliers < t.min_inliers or q.inlier_ratio < t.min_inlier_ratio,
@@ -115,9 +129,10 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             f"phone frame overlap {q.overlap_fraction:.2f} < {t.min_overlap}",
         ),
         (
-            not (q.ecc_correlation >= t.min_correlation),
+            not (q.ecc_correlation >= correlation_floor),
             "low_correlation",
-            f"correlation {q.ecc_correlation:.3f} < {t.min_correlation}",
+            f"correlation {q.ecc_correlation:.3f} < {correlation_floor}"
+            + ("" if geometry_confirmed else " (and the tiles do not confirm the geometry)"),
         ),
         (
             not (q.reliable_tiles >= t.min_reliable_tiles),

@@ -1,0 +1,48 @@
+"""The verdict: which numbers accept a pair and which reason a rejection gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from alignment.quality import Quality, Thresholds, verdict
+
+
+def _good(**changes) -> Quality:
+    q = Quality(
+        keypoints_phone=2000, keypoints_dslr=3000, matches=500, inliers=400, inlier_ratio=0.8, ecc_correlation=0.9,
+        overlap_fraction=1.0, residual_median_px=0.05, residual_p90_px=0.2, residual_max_px=0.4, reliable_tiles=0.7,
+        consistent_tiles=0.98,
+    )
+    for k, v in changes.items():
+        setattr(q, k, v)
+    return q
+
+
+@pytest.mark.parametrize(
+    "changes, ok, reason",
+    [
+        ({}, True, None),
+        ({"inliers": 10}, False, "too_few_matches"),
+        ({"overlap_fraction": 0.1}, False, "overlap_too_small"),
+        # weak correlation, but many inliers and tiles that agree: two exposures of one scene
+        ({"ecc_correlation": 0.42}, True, None),
+        # the same correlation without independent confirmation is rejected
+        ({"ecc_correlation": 0.42, "inliers": 60}, False, "low_correlation"),
+        ({"ecc_correlation": 0.42, "consistent_tiles": 0.5}, False, "low_correlation"),
+        ({"ecc_correlation": 0.42, "reliable_tiles": 0.1}, False, "low_correlation"),
+        # below the confirmed floor nothing is accepted
+        ({"ecc_correlation": 0.2}, False, "low_correlation"),
+        ({"consistent_tiles": 0.5}, False, "residual_too_large"),
+        ({"residual_p90_px": 1.5}, False, "residual_too_large"),
+    ],
+)
+def test_verdict_accepts_weak_correlation_only_when_the_geometry_is_confirmed(changes, ok, reason):
+    q = verdict(_good(**changes), Thresholds())
+    assert q.ok is ok
+    assert q.reason == reason
+    assert q.message
+
+
+def test_rejection_message_says_the_tiles_did_not_confirm():
+    q = verdict(_good(ecc_correlation=0.42, inliers=60), Thresholds())
+    assert "do not confirm" in q.message
