@@ -164,6 +164,6 @@ def crop_and_shrink_dslr(
     win = DslrWindow((x0, y0, x1, y1), size)
     lum = np.ascontiguousarray(win.apply(dslr.lum))
     valid = win.apply(dslr.valid.astype(np.float32)) > 0.999 if win.shrunk else win.crop_only(dslr.valid).copy()
-    enc = None if dslr.encoded is None else win.crop_only(dslr.encoded)
+    enc = None if dslr.encoded is None else np.ascontiguousarray(win.crop_only(dslr.encoded))
     reduced = replace(dslr, lum=lum, valid=valid, to_image=dslr.to_image @ win.to_stored, encoded=enc)
     return reduced, win

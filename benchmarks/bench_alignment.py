@@ -26,7 +26,11 @@ error of the pair), seconds per pair (decoding included), and for ``ours`` the
 pairs it rejected (a rejection counts as a failure in the success rates and is
 left out of the error statistics, which are over accepted pairs).
 
-Run: ``python benchmarks/bench_alignment.py --pairs 3 --out bench_alignment.json``
+Real size (``--real-size``): one homography pair of a 12 MP phone raw (4032x3024)
+and a 24 MP DSLR JPEG (6048x4024, the Nikon Z6), each method in its own process:
+median corner and dense error, wall seconds (decoding included), peak RSS.
+
+Run: ``python benchmarks/bench_alignment.py --pairs 3 --real-size --out bench_alignment.json``
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def peer_sift_ecc(phone_path: Path, dslr_path: Path):
         rawio.read_any(phone_path), rawio.read_any(dslr_path), ecc_method="opencv", gauss_filt_size=5,
         norm_sigma=None, blur_sigma=0.0, radiometric=False, fine="none", radial=0, local=False,
         min_correlation=-1.0, max_residual_px=1e9, min_consistent=0.0, min_reliable_tiles=0.0,
+        max_plane_pixels=None, dslr_oversample=None,  # the usual recipe: no working-size reduction
     )
     if not np.isfinite(a.homography).all():
         return None
@@ -207,6 +212,38 @@ def real_pairs(methods: list[str]) -> list[dict]:
     return out
 
 
+def one_method(method: str, folder: Path) -> dict:
+    """Score one method on one simulator pair in THIS process; adds its peak RSS (MB)."""
+    import resource
+
+    r = score_sim(METHODS[method], folder)
+    r["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return r
+
+
+def real_size(methods: list[str], cache: Path, seed: int) -> dict:
+    """A 12 MP phone raw (4032x3024, 10-bit DNG) against a 24 MP DSLR JPEG (6048x4024, q92),
+    homography variant: each method in a fresh process (decoding included, peak RSS of
+    that process, imports excluded from the seconds)."""
+    import subprocess
+    import sys
+
+    folder = cache / "real_size_pair"
+    if not (folder / "truth.json").exists():
+        opts = sim.SimOptions(phone_size=(4032, 3024), dslr_size=(6048, 4024))
+        sim.write_pair(sim.simulate_pair(seed, None, opts, pair_id="real_size_pair"), cache)
+    out = {}
+    for m in methods:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", m, str(folder)], capture_output=True, text=True, check=False
+        )
+        try:
+            out[m] = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            out[m] = {"ok": False, "reason": f"crashed: {proc.stderr.strip()[-300:]}"}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=3, help="simulator pairs per (variant, source)")
@@ -216,7 +253,15 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--no-real", action="store_true", help="skip the real pairs")
     ap.add_argument("--out", type=Path, help="write all numbers as JSON here")
+    ap.add_argument("--real-size", action="store_true",
+                    help="also time a 12 MP raw + 24 MP JPEG pair (wall time and peak memory per method)")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "isp-rig-bench-alignment",
+                    help="where the real-size pair is kept between runs (simulating it takes about a minute)")
+    ap.add_argument("--one", nargs=2, metavar=("METHOD", "PAIR_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one_method(args.one[0], Path(args.one[1])), default=float))
+        return
 
     sources: list[Path | None] = [None]
     if args.sources is not None:
@@ -245,6 +290,9 @@ def main() -> None:
             results["variants"][variant] = {m: {"summary": summarise(rows[m]), "pairs": rows[m]} for m in rows}
     if not args.no_real:
         results["real"] = real_pairs(args.methods)
+    if args.real_size:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        results["real_size"] = real_size(args.methods, args.cache, args.seed)
 
     # ---- print
     for variant, per in results["variants"].items():
@@ -270,6 +318,17 @@ def main() -> None:
         print("|---|" + "---|" * len(cols))
         for row in results["real"]:
             print(f"| {row['pair']} | " + " | ".join(str(row.get(m, "")) for m in cols) + " |")
+    if results.get("real_size"):
+        print("\n### Real size: 12 MP phone raw + 24 MP DSLR JPEG, one pair, each method in its own process\n")
+        print("| method | median corner px | dense mean px | wall s | peak MB | time vs ours |")
+        print("|---|---|---|---|---|---|")
+        ours_s = results["real_size"].get("ours", {}).get("seconds", np.nan)
+        for m, r in results["real_size"].items():
+            if not r.get("ok"):
+                print(f"| {m} | {r.get('reason')} | | {r.get('seconds', float('nan')):.1f} | {r.get('peak_mb', float('nan')):.0f} | |")
+                continue
+            ratio = "" if m == "ours" else f"{r['seconds'] / ours_s:.2f}x"
+            print(f"| {m} | {r['corner_median']:.4f} | {r['dense_mean']:.4f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {ratio} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float))
         print(f"\nwrote {args.out}")
