@@ -367,7 +367,9 @@ def fit_radiometric(
         scale = float(np.mean(a[:, :-1] ** 2)) * len(target)
         coef = np.linalg.lstsq(a.T @ a + smooth * scale * p.T @ p, a.T @ target, rcond=None)[0]
         image = apply_curves(enc, coef[:-1].reshape(3, n_knots), float(coef[-1]))
-        if encoded_grid is not None and (image.shape[1], image.shape[0]) != tuple(encoded_grid[1]):
-            image = cv2.resize(image, tuple(encoded_grid[1]), interpolation=cv2.INTER_AREA)
+        if encoded_grid is not None:
+            from alignment.reduce import shrink  # the working grid's exact area average
+
+            image = shrink(image, tuple(encoded_grid[1]))
         out.append(image)
     return out

@@ -11,8 +11,8 @@ before the expensive stages:
   so each plane keeps an exact matrix to the full raw grid and the phone frame,
   its size and every result stay in full raw-grid px.
 - :func:`crop_and_shrink_dslr` keeps the part of the DSLR image that the phone
-  frame covers (plus a margin) and area-averages it so that it is at most
-  ``oversample`` DSLR px per phone working px.  It returns the matrix from the
+  frame covers (plus a margin) and averages it in blocks of an integer factor so
+  that it is about ``oversample`` DSLR px per phone working px.  It returns the matrix from the
   reduced grid to the stored DSLR px, which the pipeline composes into the final
   homography.  The encoded RGB is cropped only (never averaged): the radiometric
   fit applies its curves to the stored values and shrinks the result
@@ -81,8 +81,9 @@ def bin_phone(phone: PreparedImage, factor: int) -> PreparedImage:
 class DslrWindow:
     """The reduced DSLR grid: ``crop`` of the stored image, shrunk by ``factor``.
 
-    crop: (x0, y0, x1, y1) stored DSLR px, end exclusive.  factor: stored px per
-    reduced px (1.0: not shrunk).  size: (W, H) of the reduced grid.
+    crop: (x0, y0, x1, y1) stored DSLR px, end exclusive, a whole number of blocks.
+    factor: stored px per reduced px (an integer; 1: not shrunk).  size: (W, H) of
+    the reduced grid.
     ``to_stored``: (3,3) reduced px -> stored DSLR px.
     """
 
@@ -92,8 +93,8 @@ class DslrWindow:
         x0, y0, x1, y1 = crop
         fx = (x1 - x0) / size[0]
         fy = (y1 - y0) / size[1]
-        self.factor = float(max(fx, fy))
-        # area resize: reduced px j covers stored px [x0 + j fx, x0 + (j+1) fx)
+        self.factor = int(round(max(fx, fy)))
+        # block mean: reduced px j covers stored px x0 + j fx .. x0 + (j+1) fx - 1
         self.to_stored = np.array([[fx, 0.0, x0 + 0.5 * fx - 0.5], [0.0, fy, y0 + 0.5 * fy - 0.5], [0.0, 0.0, 1.0]])
 
     @property
@@ -116,10 +117,20 @@ class DslrWindow:
 
 
 def shrink(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-average an (H, W[, C]) array to (W, H) = ``size`` (a view when already that size)."""
+    """Block-average an (H, W[, C]) array to (W, H) = ``size``, an integer factor smaller.
+
+    Output px (j, i) is the mean of the f x f block starting at (j f, i f), so it
+    samples exactly at ((j + 0.5) f - 0.5, (i + 0.5) f - 0.5) input px.  (A box of
+    non-integer width cannot: the centroid of its px weights wanders by up to
+    0.05 input px from its nominal centre, which is why the factor is an integer.)
+    Returns float32 (the input itself when already that size).
+    """
     if (a.shape[1], a.shape[0]) == tuple(size):
         return a
-    return cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA)
+    f = a.shape[1] // size[0]
+    if f < 1 or a.shape[1] != f * size[0] or a.shape[0] != f * size[1]:
+        raise ValueError(f"shrink needs an integer factor: {a.shape[1]}x{a.shape[0]} -> {size[0]}x{size[1]}")
+    return cv2.resize(np.ascontiguousarray(a, np.float32), tuple(size), interpolation=cv2.INTER_AREA)
 
 
 def crop_and_shrink_dslr(
@@ -135,8 +146,9 @@ def crop_and_shrink_dslr(
     dslr: the prepared DSLR image (working grid = stored px).  phone_to_dslr:
     (3,3) phone image px -> DSLR px (a first estimate).  phone_size: (W, H) phone
     image px.  phone_step: phone image px per phone working px (2 for Bayer planes,
-    more when binned).  oversample: the most DSLR px per phone working px to keep
-    (None: no shrinking).  margin: extra border around the footprint, as a
+    more when binned).  oversample: about how many DSLR px per phone working px to keep
+    (None: no shrinking; the block factor is the integer nearest to the scale over
+    ``oversample``, shrinking only from 2).  margin: extra border around the footprint, as a
     fraction of its size (plus 16 px), for the local field and the filters.
     Returns (the reduced image, with ``to_image`` = reduced px -> stored px, the
     encoded RGB cropped but not shrunk; the window).
@@ -157,11 +169,12 @@ def crop_and_shrink_dslr(
         if x1 - x0 < 32 or y1 - y0 < 32:
             x0, y0, x1, y1 = 0, 0, iw, ih
     scale = _local_scale(phone_to_dslr, (h, w)) * phone_step  # DSLR px per phone working px
-    factor = 1.0
-    if oversample and scale > oversample * 1.15:
-        factor = scale / oversample
-    size = (max(8, int(round((x1 - x0) / factor))), max(8, int(round((y1 - y0) / factor))))
-    win = DslrWindow((x0, y0, x1, y1), size)
+    # an integer block factor keeps every reduced px centred exactly (see shrink)
+    factor = max(1, int(round(scale / oversample))) if oversample else 1
+    if factor > 1:
+        x1 = x0 + (x1 - x0) // factor * factor
+        y1 = y0 + (y1 - y0) // factor * factor
+    win = DslrWindow((x0, y0, x1, y1), ((x1 - x0) // factor, (y1 - y0) // factor))
     lum = np.ascontiguousarray(win.apply(dslr.lum))
     valid = win.apply(dslr.valid.astype(np.float32)) > 0.999 if win.shrunk else win.crop_only(dslr.valid).copy()
     enc = None if dslr.encoded is None else np.ascontiguousarray(win.crop_only(dslr.encoded))

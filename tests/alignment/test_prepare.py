@@ -1,0 +1,81 @@
+"""Photometric preparation: look-up tables equal the curves, point-wise blurred hat
+features equal blurring the hat images, and integer images stay integers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alignment import rawio
+from alignment.ecc import _gauss
+from alignment.prepare import REC709, apply_curves, blurred_hat_features, encoded_luminance
+
+
+def _encoded(dtype, shape=(40, 50, 3), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == np.float32:
+        return rng.random(shape).astype(np.float32)
+    full = np.iinfo(dtype).max
+    return rng.integers(0, full + 1, shape).astype(dtype)
+
+
+def _as_unit(enc: np.ndarray) -> np.ndarray:
+    return enc.astype(np.float64) / (np.iinfo(enc.dtype).max if enc.dtype != np.float32 else 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_curves_through_lookup_tables_equal_the_curves(dtype):
+    enc = _encoded(dtype)
+    curves = np.random.default_rng(1).random((3, 9))
+    levels = np.linspace(0, 1, 9)
+    unit = _as_unit(enc)
+    expected = sum(np.interp(unit[..., c], levels, curves[c]) for c in range(3)) + 0.25
+    np.testing.assert_allclose(apply_curves(enc, curves, 0.25), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_encoded_luminance_is_rec709_of_the_inverse_srgb_curve(dtype):
+    enc = _encoded(dtype)
+    expected = rawio.srgb_to_linear(_as_unit(enc)) @ REC709.astype(np.float64)
+    np.testing.assert_allclose(encoded_luminance(enc), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [1.2, 2.0])
+def test_blurred_hat_features_equal_blurring_each_hat_image(sigma):
+    enc = _encoded(np.uint8, (120, 140, 3))
+    rng = np.random.default_rng(2)
+    x = rng.integers(30, 110, 300).astype(float)
+    y = rng.integers(30, 90, 300).astype(float)
+    feats = blurred_hat_features(enc, x, y, sigma, 9)
+    knots = np.linspace(0, 1, 9)
+    unit = _as_unit(enc)
+    ref = np.stack([
+        _gauss(np.interp(unit[..., c], knots, np.eye(9)[k]).astype(np.float32), sigma)[y.astype(int), x.astype(int)]
+        for c in range(3) for k in range(9)
+    ], 1)
+    np.testing.assert_allclose(feats, ref, atol=2e-3)  # both truncate the Gaussian near 3 sigma
+    np.testing.assert_allclose(feats.reshape(-1, 3, 9).sum(-1), 1.0, atol=1e-9)  # hats: a partition of unity
+
+
+def test_wide_blur_on_a_lattice_keeps_the_mean_of_a_smooth_image():
+    yy, xx = np.mgrid[0:200, 0:200]
+    enc = np.repeat(((xx + yy) * 0.6).astype(np.uint8)[..., None], 3, -1)
+    x = np.array([100.3, 80.7])
+    y = np.array([90.2, 110.9])
+    feats = blurred_hat_features(enc, x, y, 4.5, 9).reshape(-1, 3, 9)
+    # the blurred value of a ramp at a point is the ramp there: the hats' expected level
+    level = (feats[:, 0] * np.linspace(0, 255, 9)).sum(-1)
+    np.testing.assert_allclose(level, (x + y) * 0.6 - 0.5, atol=0.7)  # 0.5: the floor() of the uint8 ramp
+
+
+def test_jpeg_is_kept_as_stored_integers(tmp_path):
+    import cv2
+
+    img = _encoded(np.uint8, (30, 40, 3))
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), img[..., ::-1])
+    r = rawio.read_rgb(path)
+    assert r.stored is not None and r.stored.dtype == np.uint8
+    np.testing.assert_array_equal(r.stored, img)
+    np.testing.assert_allclose(r.rgb, img / 255.0, atol=1e-7)
+    assert r.shape == (30, 40)

@@ -1,0 +1,69 @@
+"""Working size: binned phone planes and the cropped, shrunk DSLR keep exact coordinates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _align_helpers import corner_errors, jpeg_roundtrip, make_sim
+from alignment.prepare import PreparedImage
+from alignment.reduce import bin_phone, crop_and_shrink_dslr, phone_bin_factor
+
+
+def _ramp_phone(h: int, w: int) -> PreparedImage:
+    """Packed planes whose values are 3x + 5y at each plane's own full-grid position (RGGB)."""
+    offsets = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (row, col) of R, G1, G2, B
+    mats = [np.array([[2.0, 0, c], [0, 2.0, r], [0, 0, 1]]) for r, c in offsets]
+    ii, jj = np.mgrid[0:h, 0:w].astype(float)
+    planes = np.stack([3 * (2 * jj + c) + 5 * (2 * ii + r) for r, c in offsets], -1).astype(np.float32)
+    half = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
+    return PreparedImage(planes.mean(-1), np.ones((h, w), bool), half, (2 * w, 2 * h), kind="raw",
+                         planes=planes, plane_to_image=mats)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_binned_planes_sample_at_the_matrix_positions(factor):
+    p = bin_phone(_ramp_phone(60, 90), factor)
+    for values, _valid, t in p.plane_targets():
+        ii, jj = np.mgrid[0 : values.shape[0], 0 : values.shape[1]].astype(float)
+        x = t[0, 0] * jj + t[0, 2]
+        y = t[1, 1] * ii + t[1, 2]
+        np.testing.assert_allclose(values, 3 * x + 5 * y, atol=1e-3)
+    assert p.image_size == (180, 120)
+
+
+def test_bin_factor_brings_planes_under_the_budget():
+    p = _ramp_phone(300, 400)
+    assert phone_bin_factor(p, None) == 1
+    assert phone_bin_factor(p, 10**6) == 1
+    f = phone_bin_factor(p, 30_000)
+    assert (300 // f) * (400 // f) <= 30_000 and (300 // (f - 1)) * (400 // (f - 1)) > 30_000
+
+
+def test_cropped_shrunk_dslr_maps_back_to_stored_px():
+    h, w = 400, 600
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    lum = 2 * xx + 7 * yy
+    d = PreparedImage(lum, np.ones((h, w), bool), np.eye(3), (w, h))
+    # a phone frame of 100x80 px mapped 2.4x into the middle of the DSLR, working step 2: factor 2
+    h_pd = np.array([[2.4, 0, 150], [0, 2.4, 100], [0, 0, 1]])
+    red, win = crop_and_shrink_dslr(d, h_pd, (100, 80), 2.0, oversample=2.0)
+    assert win.shrunk and red.lum.size < lum.size
+    ii, jj = np.mgrid[0 : red.lum.shape[0], 0 : red.lum.shape[1]].astype(float)
+    x = red.to_image[0, 0] * jj + red.to_image[0, 2]
+    y = red.to_image[1, 1] * ii + red.to_image[1, 2]
+    assert win.factor == 2
+    np.testing.assert_allclose(red.lum, 2 * x + 7 * y, rtol=1e-6, atol=1e-3)
+    # the footprint of the phone frame lies inside the crop
+    x0, y0, x1, y1 = win.crop
+    assert x0 <= 150 and y0 <= 100 and x1 >= 150 + 2.4 * 99 and y1 >= 100 + 2.4 * 79
+
+
+def test_alignment_through_binning_and_shrinking_stays_sub_tenth_pixel():
+    from alignment import align_images
+
+    pair = make_sim(11)
+    a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb), max_plane_pixels=15_000, dslr_oversample=1.5)
+    assert a.ok, a.quality.message
+    assert np.median(corner_errors(a, pair.truth)) < 0.1
+    assert a.dslr_size == (pair.dslr_rgb.shape[1], pair.dslr_rgb.shape[0])
