@@ -97,7 +97,17 @@ def warp_to_phone_grid(
     probe = map_points(np.vstack([centre, centre + [1, 0], centre + [0, 1]]))
     jac = np.stack([probe[1] - probe[0], probe[2] - probe[0]], axis=1)
     scale = float(np.sqrt(abs(np.linalg.det(jac))))
-    source = dslr_rgb.astype(np.float32, copy=False)
+    # only the part of the DSLR image the phone frame maps into (plus the filters' reach)
+    edge = np.concatenate([
+        np.stack([np.linspace(0, w - 1, 64), np.full(64, y)], 1) for y in (0, h - 1)
+    ] + [np.stack([np.full(64, x), np.linspace(0, h - 1, 64)], 1) for x in (0, w - 1)])
+    footprint = map_points(edge)
+    pad = int(np.ceil(2 * scale)) + 8
+    x0 = int(np.clip(np.floor(footprint[:, 0].min()) - pad, 0, wd - 1))
+    y0 = int(np.clip(np.floor(footprint[:, 1].min()) - pad, 0, hd - 1))
+    x1 = int(np.clip(np.ceil(footprint[:, 0].max()) + pad + 1, x0 + 1, wd))
+    y1 = int(np.clip(np.ceil(footprint[:, 1].max()) + pad + 1, y0 + 1, hd))
+    source = dslr_rgb[y0:y1, x0:x1].astype(np.float32, copy=False)
     if scale > 1.0:
         sigma = 0.5 * np.sqrt(scale * scale - 1.0)
         source = cv2.GaussianBlur(source, (0, 0), sigma)
@@ -106,15 +116,15 @@ def warp_to_phone_grid(
     target = np.empty((h, w, 3), np.float32)
     valid = np.empty((h, w), bool)
     xs = np.arange(w, dtype=np.float64)
-    for y0 in range(0, h, rows_per_chunk):
-        y1 = min(h, y0 + rows_per_chunk)
-        gx, gy = np.meshgrid(xs, np.arange(y0, y1, dtype=np.float64))
+    for r0 in range(0, h, rows_per_chunk):
+        r1 = min(h, r0 + rows_per_chunk)
+        gx, gy = np.meshgrid(xs, np.arange(r0, r1, dtype=np.float64))
         mapped = map_points(np.stack([gx.ravel(), gy.ravel()], axis=1))
-        mx = mapped[:, 0].reshape(y1 - y0, w)
-        my = mapped[:, 1].reshape(y1 - y0, w)
+        mx = mapped[:, 0].reshape(r1 - r0, w)
+        my = mapped[:, 1].reshape(r1 - r0, w)
         for c in range(3):
-            target[y0:y1, :, c] = sample_spline(coefs[c], mx, my)
-        valid[y0:y1] = (mx >= 1) & (mx <= wd - 2) & (my >= 1) & (my <= hd - 2)
+            target[r0:r1, :, c] = sample_spline(coefs[c], mx - x0, my - y0)
+        valid[r0:r1] = (mx >= 1) & (mx <= wd - 2) & (my >= 1) & (my <= hd - 2)
     np.clip(target, 0.0, 1.0, out=target)
     return target, valid
 

@@ -117,8 +117,12 @@ class AlignOptions:
 def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """(N, 2) points (x, y) through a 3x3 homography -> (N, 2)."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    p = xy @ h[:, :2].T + h[:, 2]
-    return p[:, :2] / p[:, 2:3]
+    x, y = xy[:, 0], xy[:, 1]
+    out = np.empty_like(xy)
+    w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
+    out[:, 0] = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w
+    out[:, 1] = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w
+    return out
 
 
 @dataclass
