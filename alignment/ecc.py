@@ -36,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "Channel",
+    "ImageSamples",
     "gn_refine",
     "refine_planes",
     "prepare_channels",
@@ -217,6 +218,33 @@ def _poly_basis(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+class ImageSamples:
+    """What sampling needs from one filtered DSLR image, computed once on first use:
+    its spline coefficients, its gradients and its mask as a number image.  Channels
+    that compare with the same image share one (e.g. the two green Bayer planes)."""
+
+    def __init__(self, image: np.ndarray, image_mask: np.ndarray | None) -> None:
+        self.image = image
+        self.image_mask = image_mask
+
+    @cached_property
+    def coefficients(self) -> np.ndarray:
+        """(h, w) float32 cubic-spline coefficients of the image (see :func:`spline_coefficients`)."""
+        return spline_coefficients(self.image)
+
+    @cached_property
+    def gradients(self) -> tuple[np.ndarray, np.ndarray]:
+        """((h, w), (h, w)) float32 central-difference gradients in image px."""
+        gx = cv2.Sobel(self.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+        gy = cv2.Sobel(self.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+        return gx, gy
+
+    @cached_property
+    def mask_f32(self) -> np.ndarray | None:
+        """The image mask as (h, w) float32 (1 = measured), or None."""
+        return None if self.image_mask is None else self.image_mask.astype(np.float32)
+
+
 @dataclass(eq=False)
 class Channel:
     """One template channel for :func:`gn_refine`.
@@ -225,10 +253,8 @@ class Channel:
     image: (h, w) float32 the channel is compared with; image_mask: (h, w) bool or None;
     to_frame: (3,3) template px -> the shared frame in which the homography is
     expressed (e.g. a Bayer plane's half-res px -> full raw grid px).
-
-    What is derived from the image (its spline coefficients, its gradients, the
-    mask as a number image) is computed once per channel and kept, so one
-    prepared channel serves every stage that samples it.
+    samples: the image's :class:`ImageSamples` (made from ``image`` when not
+    given), so one prepared channel serves every stage that samples it.
     """
 
     template: np.ndarray
@@ -236,23 +262,23 @@ class Channel:
     image: np.ndarray
     image_mask: np.ndarray | None = None
     to_frame: np.ndarray = field(default_factory=lambda: np.eye(3))
+    samples: ImageSamples | None = None
 
-    @cached_property
+    def __post_init__(self) -> None:
+        if self.samples is None:
+            self.samples = ImageSamples(self.image, self.image_mask)
+
+    @property
     def coefficients(self) -> np.ndarray:
-        """(h, w) float32 cubic-spline coefficients of ``image`` (see :func:`spline_coefficients`)."""
-        return spline_coefficients(self.image)
+        return self.samples.coefficients  # type: ignore[union-attr]
 
-    @cached_property
+    @property
     def gradients(self) -> tuple[np.ndarray, np.ndarray]:
-        """((h, w), (h, w)) float32 central-difference gradients of ``image`` in image px."""
-        gx = cv2.Sobel(self.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
-        gy = cv2.Sobel(self.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
-        return gx, gy
+        return self.samples.gradients  # type: ignore[union-attr]
 
-    @cached_property
+    @property
     def image_mask_f32(self) -> np.ndarray | None:
-        """``image_mask`` as (h, w) float32 (1 = measured), or None."""
-        return None if self.image_mask is None else self.image_mask.astype(np.float32)
+        return self.samples.mask_f32  # type: ignore[union-attr]
 
 
 def gn_refine(
@@ -503,21 +529,39 @@ def prepare_level_pair(
     Returns (template', template_mask', image', image_mask').
     """
     s = _local_scale(h, template.shape)
-    var_img = (blur_sigma * s) ** 2 + max(s * s - 1.0, 0.0) * aperture**2 / 12.0
-    sig_img = float(np.sqrt(var_img))
-    t = _gauss(template.astype(np.float32), blur_sigma)
-    im = _gauss(image.astype(np.float32), sig_img)
-    tm = template_mask
-    imk = image_mask
-    if norm_sigma:
-        t = local_normalize(t, norm_sigma, tm)
-        im = local_normalize(im, norm_sigma * s, imk)
-    radius = int(np.ceil(3 * blur_sigma)) + 1
-    tm2 = _border_mask(template.shape, radius, tm)
-    imk2 = None
-    if imk is not None:
-        imk2 = _erode(imk, int(np.ceil(3 * sig_img)) + 1)
+    t, tm2 = filter_template(template, template_mask, blur_sigma, norm_sigma)
+    im, imk2 = filter_image(image, image_mask, s, blur_sigma, norm_sigma, aperture)
     return t, tm2, im, imk2
+
+
+def filter_template(
+    template: np.ndarray, template_mask: np.ndarray | None, blur_sigma: float, norm_sigma: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The template half of :func:`prepare_level_pair` -> (template', eroded mask)."""
+    t = _gauss(template.astype(np.float32), blur_sigma)
+    if norm_sigma:
+        t = local_normalize(t, norm_sigma, template_mask)
+    radius = int(np.ceil(3 * blur_sigma)) + 1
+    return t, _border_mask(template.shape, radius, template_mask)
+
+
+def filter_image(
+    image: np.ndarray,
+    image_mask: np.ndarray | None,
+    scale: float,
+    blur_sigma: float,
+    norm_sigma: float | None,
+    aperture: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image half of :func:`prepare_level_pair` at local scale ``scale`` (image px
+    per template px) -> (image', eroded mask or None)."""
+    var_img = (blur_sigma * scale) ** 2 + max(scale * scale - 1.0, 0.0) * aperture**2 / 12.0
+    sig_img = float(np.sqrt(var_img))
+    im = _gauss(image.astype(np.float32), sig_img)
+    if norm_sigma:
+        im = local_normalize(im, norm_sigma * scale, image_mask)
+    imk2 = None if image_mask is None else _erode(image_mask, int(np.ceil(3 * sig_img)) + 1)
+    return im, imk2
 
 
 def refine_homography(
@@ -661,9 +705,16 @@ def prepare_channels(
     so the homography of :func:`gn_refine` is in phone image px.
     """
     channels = []
+    filtered: dict[tuple[int, float], tuple[np.ndarray, np.ndarray | None, ImageSamples]] = {}
     for (values, valid, t_k), img in zip(targets, images):
-        t, tm, im, imk = prepare_level_pair(values, img, h_image @ t_k, valid, image_mask, blur_sigma, norm_sigma, aperture)
-        channels.append(Channel(t, tm, im, imk, t_k))
+        scale = _local_scale(h_image @ t_k, values.shape)
+        t, tm = filter_template(values, valid, blur_sigma, norm_sigma)
+        key = (id(img), round(scale, 3))
+        if key not in filtered:  # the same DSLR image at the same scale is filtered once
+            im, imk = filter_image(img, image_mask, scale, blur_sigma, norm_sigma, aperture)
+            filtered[key] = (im, imk, ImageSamples(im, imk))
+        im, imk, samples = filtered[key]
+        channels.append(Channel(t, tm, im, imk, t_k, samples))
     return channels
 
 

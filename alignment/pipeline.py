@@ -349,7 +349,8 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         images = [d.lum] * len(targets)
         if opt.radiometric and d.encoded is not None:
             fitted = fit_radiometric(
-                targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size)
+                targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
+                groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
             )
             if fitted is not None:
                 images = fitted

@@ -304,6 +304,7 @@ def fit_radiometric(
     blur_sigma: float = 1.0,
     max_samples: int = 5_000,
     encoded_grid: tuple[np.ndarray, tuple[int, int]] | None = None,
+    groups: list[int] | None = None,
 ) -> list[np.ndarray] | None:
     """Fit DSLR response curves that predict each phone target (Bayer plane or luminance).
 
@@ -322,6 +323,9 @@ def fit_radiometric(
     (a cropped and shrunk DSLR, see :mod:`alignment.reduce`): (the (3,3) working
     px -> encoded px matrix, the working grid's (W, H)); the curves are applied
     to the encoded values and the result area-averaged onto the working grid.
+    groups: one label per target; targets with the same label (the two green
+    planes of a Bayer sensor: one colour filter) are fitted together and share
+    one image object (None: every target on its own).
     Returns, per target, the float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)`` on
     the working grid, in the target's units (through look-up tables, see
     :func:`apply_curves`), or None without an encoded DSLR image or overlap.
@@ -331,9 +335,10 @@ def fit_radiometric(
     enc = dslr.encoded
     ih, iw = enc.shape[:2]
     rng = np.random.default_rng(0)
-    out = []
     to_enc = np.eye(3) if encoded_grid is None else encoded_grid[0]
-    for values, valid, t_k in targets:
+    groups = list(range(len(targets))) if groups is None else list(groups)
+    samples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for (values, valid, t_k), g in zip(targets, groups):
         hw = to_enc @ h_image @ t_k
         s = _local_scale(hw, values.shape)
         sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
@@ -356,20 +361,25 @@ def fit_radiometric(
         xs, ys, mx, my = xs[inside], ys[inside], mx[inside], my[inside]
         target = _gauss(values.astype(np.float32), blur_sigma)[ys, xs].astype(np.float64)
         a = np.concatenate([blurred_hat_features(enc, mx, my, sig_img, n_knots), np.ones((len(mx), 1))], 1)
-        n_par = a.shape[1]
-        rows_p = []
-        for c in range(3):
-            for k in range(1, n_knots - 1):
-                r = np.zeros(n_par)
-                r[c * n_knots + k - 1 : c * n_knots + k + 2] = [1.0, -2.0, 1.0]
-                rows_p.append(r)
-        p = np.array(rows_p)
+        samples.setdefault(g, []).append((a, target))
+    n_par = 3 * n_knots + 1
+    rows_p = []
+    for c in range(3):
+        for k in range(1, n_knots - 1):
+            r = np.zeros(n_par)
+            r[c * n_knots + k - 1 : c * n_knots + k + 2] = [1.0, -2.0, 1.0]
+            rows_p.append(r)
+    p = np.array(rows_p)
+    images: dict[int, np.ndarray] = {}
+    for g, parts in samples.items():
+        a = np.concatenate([x for x, _ in parts])
+        target = np.concatenate([t for _, t in parts])
         scale = float(np.mean(a[:, :-1] ** 2)) * len(target)
         coef = np.linalg.lstsq(a.T @ a + smooth * scale * p.T @ p, a.T @ target, rcond=None)[0]
         image = apply_curves(enc, coef[:-1].reshape(3, n_knots), float(coef[-1]))
         if encoded_grid is not None:
-            from alignment.reduce import shrink  # the working grid's exact area average
+            from alignment.reduce import shrink  # block mean onto the working grid
 
             image = shrink(image, tuple(encoded_grid[1]))
-        out.append(image)
-    return out
+        images[g] = image
+    return [images[g] for g in groups]
