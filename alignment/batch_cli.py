@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from alignment.cli_options import option_flag, parse_options
+
 
 def _jobs(source: Path | None, pairs_csv: Path | None, phone_dir: Path | None, dslr_dir: Path | None, match: str):
     from alignment import batch
@@ -49,6 +51,7 @@ def _batch_options(f):
         click.option("--report/--no-report", default=True, show_default=True,
                      help="Write report/ (residual histogram, rejected pairs, overlays)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+        option_flag,
     ]
     for d in reversed(decorators):
         f = d(f)
@@ -56,9 +59,11 @@ def _batch_options(f):
 
 
 def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, scheduler, split_seed, test_fraction,
-         phone_profile, report, as_json):
+         phone_profile, report, as_json, align_options):
     from alignment import batch
     from alignment.dataset import DatasetError, DatasetMeta
+
+    options = parse_options(align_options)
 
     jobs = _jobs(source, pairs_csv, phone_dir, dslr_dir, match)
     meta = DatasetMeta(phone_profile=phone_profile, split_seed=split_seed, test_fraction=test_fraction,
@@ -66,9 +71,10 @@ def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, schedu
     try:
         if scheduler:
             with batch.dask_client(scheduler) as client:
-                summary = batch.run_batch(jobs, out_dir, executor=client.get_executor(), meta=meta)
+                summary = batch.run_batch(jobs, out_dir, executor=client.get_executor(), meta=meta,
+                                          options=options)
         else:
-            summary = batch.run_batch(jobs, out_dir, workers=workers, meta=meta)
+            summary = batch.run_batch(jobs, out_dir, workers=workers, meta=meta, options=options)
     except DatasetError as err:
         raise click.ClickException(str(err)) from None
     if report:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from alignment.cli_options import option_flag, parse_options
+
 
 @click.group()
 def align() -> None:
@@ -26,7 +28,9 @@ def align() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the Alignment as JSON (homography phone -> DSLR, "
               "field, quality, verdict).")
 @click.option("--no-local", is_flag=True, help="Skip the local (tile-wise) refinement.")
-def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_local: bool) -> None:
+@option_flag
+def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_local: bool,
+         align_options: tuple[str, ...]) -> None:
     """Align the DSLR image DSLR onto the phone image PHONE (raw or RGB).
 
     Exit status 0 when the pair is kept, 3 when it is rejected (the reason is
@@ -35,12 +39,18 @@ def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_loc
     from alignment import rawio
     from alignment.pipeline import align_images
 
+    options = parse_options(align_options)
+    if no_local:
+        options["local"] = False
     try:
         ph = rawio.read_any(phone)
         ds = rawio.read_any(dslr)
     except rawio.ImageReadError as err:
         raise click.ClickException(str(err)) from None
-    a = align_images(ph, ds, **({"local": False} if no_local else {}))
+    try:
+        a = align_images(ph, ds, **options)
+    except (TypeError, ValueError) as err:
+        raise click.ClickException(f"alignment options: {err}") from None
     a.phone_path, a.dslr_path = str(phone), str(dslr)
     if report_dir is not None:
         from alignment.report import write_pair_report

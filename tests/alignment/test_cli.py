@@ -42,3 +42,19 @@ def test_align_pair_names_an_unreadable_file(tmp_path):
     res = CliRunner().invoke(main, ["align", "pair", str(tmp_path / "missing.dng"), str(tmp_path / "x.jpg")])
     assert res.exit_code != 0
     assert "missing.dng" in res.output
+
+
+def test_align_pair_passes_alignment_options_through(tmp_path):
+    folder = sim.write_pair(sim.simulate_pair(5, None, sim.SimOptions(phone_size=(512, 384), dslr_size=(768, 512))),
+                            tmp_path)
+    res = CliRunner().invoke(main, ["align", "pair", str(folder / "phone.dng"), str(folder / "dslr.jpg"), "--json",
+                                    "-o", "local=false", "-o", "max_plane_pixels=20000"])
+    assert res.exit_code == 0, res.output
+    options = json.loads(res.output)["options"]
+    assert options["local"] is False and options["max_plane_pixels"] == 20000
+
+
+def test_unknown_alignment_option_is_a_usage_error_listing_the_known_ones(tmp_path):
+    res = CliRunner().invoke(main, ["align", "pair", "a.dng", "b.jpg", "-o", "no_such=1"])
+    assert res.exit_code == 2
+    assert "no_such" in res.output and "max_plane_pixels" in res.output
