@@ -1,0 +1,296 @@
+"""Benchmark: ckisp against its baselines on raw input, with simulator pairs built from the real raws.
+
+Data, built through the toolkit's own commands (nothing is shortcut):
+
+1. ``isp-rig simulate --source RAW --pairs P --seed S --out OUT/sim/<raw stem>-s<S>`` for every real raw in
+   ../shared/data/raw that alignment.rawio reads (Blackmagic.dng, RAW_KODAK_DC50.KDC; the packed
+   ``phone_patch_x90_rggb_512.npy`` is not a raw file rawio opens and has no scene to re-photograph) and
+   every seed of ``--seeds`` (the seed is offset by 100 x the source's index, so two sources never share
+   a geometry or colour draw). Each pair: a random crop of the real raw's scene seen by a simulated phone
+   (1024x768 Bayer DNG, random CFA phase, colour response, white balance, vignetting, Poisson-Gaussian
+   noise) and a simulated DSLR (JPEG, its own colour response, exposure and tone curve), with a random
+   homography between them.
+2. ``isp-rig dataset build --pairs OUT/pairs.csv --out OUT/dataset``: the real alignment of every pair onto
+   the phone raw grid (features, ECC, local field), the dataset folder of ../shared/ARCHITECTURE.md, and
+   the by-scene split (every pair is its own scene; ``--test-fraction``, ``--split-seed``).
+
+Every learned model (raw input, packed (N, 4, H, W) -> sRGB (N, 3, 2H, 2W)) is trained with the same
+code (learn.train.train), data, steps, seed and optimiser: L1, batch 16 of 64-position packed crops
+(128 px targets) with Bayer-preserving flips / turns, Adam 1e-3 with a cosine schedule, seed 0; then
+scored by learn.evaluate.evaluate_run on the whole test images (tiled rendering, masked PSNR / SSIM).
+
+Baseline rows, scored with the same function (learn.evaluate.score_images) on the same targets and masks:
+
+* **phone plain rendering**: the simulated phone has no JPEG, so the dataset has no built-in-ISP row;
+  instead the phone DNG through alignment.rawio (bilinear demosaic, the as-shot white balance and colour
+  matrix from the DNG, sRGB curve, clipped), what a phone gives with no tuning (the demo's baseline).
+  It uses the DNG's white balance and colour matrix, which the learned models do not see.
+* **global colour map**: a second-order polynomial (10 terms -> RGB) from that plain rendering to the
+  target, fitted by least squares on the valid pixels of the training pairs.
+
+If the dataset ever carries phone JPEGs, evaluate_run's built-in-ISP row is printed as well.
+The peer for the ratios is the SID U-Net (``unet``).
+
+    nice -n 19 python benchmarks/bench_learn_raw.py --steps 300 --models ckisp,plain,pac,unet \
+        --pairs 8 --seeds 0,1 --out /tmp/bench_learn_raw
+    # again on the same data, another budget:
+    nice -n 19 python benchmarks/bench_learn_raw.py --steps 1000 --reuse-data --out /tmp/bench_learn_raw
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import learn.models as lm  # noqa: E402
+from alignment import rawio  # noqa: E402
+from alignment.dataset import latest_records  # noqa: E402
+from isp_rig.simulate import SourceError, list_sources, load_source  # noqa: E402
+from learn.data import PackedPairs  # noqa: E402
+from learn.evaluate import evaluate, evaluate_run, score_images  # noqa: E402
+from learn.infer import render  # noqa: E402
+from learn.models.blocks import poly_terms  # noqa: E402
+from learn.train import load_config, load_model, train  # noqa: E402
+
+PEER = "unet"
+PLAIN_ROW = "phone plain rendering (rawio: demosaic, as-shot WB, colour matrix, sRGB)"
+CMAP_ROW = "global 2nd-order colour map on the plain rendering (least squares)"
+
+
+def isp_rig(*args: str) -> str:
+    """Run one ``isp-rig`` command (the installed CLI root, same interpreter); returns its stdout."""
+    cmd = [sys.executable, "-m", "isp_rig.cli", *args]
+    print("$ isp-rig " + " ".join(args), flush=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return done.stdout
+
+
+def readable_raws(folder: Path) -> list[Path]:
+    """The raw files in ``folder`` that the simulator's source reader (alignment.rawio) opens."""
+    ok = []
+    for p in list_sources(folder):
+        if p.suffix.lower() not in rawio.RAW_EXTENSIONS:
+            continue
+        try:
+            load_source(p)
+        except SourceError as err:
+            print(f"skipping {p.name}: {err}", flush=True)
+            continue
+        ok.append(p)
+    if not ok:
+        raise SystemExit(f"{folder}: no raw file that alignment.rawio can read")
+    return ok
+
+
+def build_dataset(out: Path, sources: list[Path], pairs: int, seeds: list[int], workers: int,
+                  test_fraction: float, split_seed: int) -> dict:
+    """Simulate pairs from every source and seed, list them in ``out/pairs.csv`` and build ``out/dataset``."""
+    rows = []
+    for k, src in enumerate(sources):
+        for s in seeds:
+            seed = s + 100 * k
+            folder = out / "sim" / f"{src.stem}-s{seed}"
+            isp_rig("simulate", "--source", str(src), "--pairs", str(pairs), "--seed", str(seed),
+                    "--out", str(folder))
+            for i in range(pairs):
+                pair = folder / f"pair_{i:04d}"
+                pid = f"{src.stem}-s{seed}-{i:02d}"
+                rows.append({"phone": str(pair / "phone.dng"), "dslr": str(pair / "dslr.jpg"), "id": pid,
+                             "scene": pid, "truth": str(pair / "truth.json")})
+    with open(out / "pairs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["phone", "dslr", "id", "scene", "truth"])
+        w.writeheader()
+        w.writerows(rows)
+    summary = isp_rig("dataset", "build", "--pairs", str(out / "pairs.csv"), "--out", str(out / "dataset"),
+                      "--workers", str(workers), "--test-fraction", str(test_fraction),
+                      "--split-seed", str(split_seed), "--phone-profile", "SimPhone 12 (simulated from real raws)",
+                      "--json")
+    return json.loads(summary)
+
+
+def plain_rendering(phone_path: str) -> np.ndarray:
+    """(H, W, 3) float32 sRGB in [0, 1]: the phone raw through the plain rawio pipeline, on the raw grid."""
+    raw = rawio.read_raw(phone_path)
+    return np.clip(rawio.linear_to_srgb(np.clip(rawio.raw_to_linear_rgb(raw), 0, None)), 0, 1).astype(np.float32)
+
+
+def to_t(a: np.ndarray) -> torch.Tensor:
+    """(H, W, C) array -> (1, C, H, W) float tensor."""
+    a = a[..., None] if a.ndim == 2 else a
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))[None]
+
+
+def fit_colour_map(inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray],
+                   max_pixels: int = 2_000_000) -> tuple[torch.Tensor, float]:
+    """Least-squares 2nd-order polynomial colour map (10 terms -> RGB) over valid pixels; (10, 3), seconds."""
+    t = time.perf_counter()
+    total = sum(int(m.sum()) for m in masks)
+    stride = max(1, total // max_pixels)
+    a, b = [], []
+    for x, y, m in zip(inputs, targets, masks):
+        a.append(x[m][::stride])
+        b.append(y[m][::stride])
+    xa = torch.from_numpy(np.concatenate(a)).T[None, :, :, None]  # (1, 3, P, 1)
+    terms = poly_terms(xa)[0, :, :, 0].T.double()  # (P, 10)
+    coef = torch.linalg.lstsq(terms, torch.from_numpy(np.concatenate(b)).double()).solution.float()
+    return coef, time.perf_counter() - t
+
+
+def apply_colour_map(coef: torch.Tensor, x: np.ndarray) -> np.ndarray:
+    """Apply a (10, 3) colour map to an (H, W, 3) image; clipped to [0, 1]."""
+    terms = poly_terms(to_t(x))[0].permute(1, 2, 0)
+    return (terms @ coef).clamp(0, 1).numpy()
+
+
+def mean_scores(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raw-dir", type=Path, default=REPO.parent / "shared" / "data" / "raw",
+                    help="folder of real raws used as scenes (every file rawio reads)")
+    ap.add_argument("--pairs", type=int, default=8, help="pairs per source raw and seed")
+    ap.add_argument("--seeds", default="0,1", help="simulator seeds (comma-separated)")
+    ap.add_argument("--test-fraction", type=float, default=0.25)
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="alignment worker processes")
+    ap.add_argument("--reuse-data", action="store_true", help="keep OUT/dataset if it exists (skip simulate + build)")
+    ap.add_argument("--models", default="ckisp,plain,pac,unet")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--crop", type=int, default=64, help="training crop in packed positions (target 2x)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (same for every model)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the dataset, the runs and results.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = (args.out or Path(tempfile.mkdtemp(prefix="bench_learn_raw_"))).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = out / "dataset"
+
+    # ---------------------------------------------------------------- data
+    t0 = time.perf_counter()
+    if args.reuse_data and (dataset / "pairs.jsonl").is_file():
+        print(f"reusing {dataset}", flush=True)
+        build = json.loads((out / "build.json").read_text()) if (out / "build.json").is_file() else {}
+    else:
+        sources = readable_raws(args.raw_dir)
+        print("sources: " + ", ".join(p.name for p in sources), flush=True)
+        build = build_dataset(out, sources, args.pairs, [int(s) for s in args.seeds.split(",")], args.workers,
+                              args.test_fraction, args.split_seed)
+        build["data_seconds"] = time.perf_counter() - t0
+        (out / "build.json").write_text(json.dumps(build, indent=1))
+    records = {r["id"]: r for r in latest_records(dataset).values() if r.get("status", "ok") == "ok"}
+    train_src, test_src = PackedPairs(dataset, "train"), PackedPairs(dataset, "test")
+    print(f"data: {len(train_src)} train / {len(test_src)} test pairs (each its own scene), "
+          f"{build.get('kept', '?')} of {build.get('total', '?')} pairs kept by the alignment; "
+          f"alignment error vs truth p50 {build.get('truth_error_px', {}).get('p50', float('nan')):.3f} DSLR px",
+          flush=True)
+
+    # ------------------------------------------------------ baseline rows
+    def baseline_items(src: PackedPairs, limit: int | None = None) -> list[tuple[np.ndarray, dict]]:
+        items = []
+        for i in range(len(src) if limit is None else min(limit, len(src))):
+            it = src.load(i)
+            items.append((plain_rendering(records[it["id"]]["phone"]), it))
+        return items
+
+    test_items = baseline_items(test_src)
+    train_items = baseline_items(train_src)
+    plain_scores = [score_images(to_t(p), to_t(it["target"]), to_t(it["mask"])) for p, it in test_items]
+    coef, fit_s = fit_colour_map([p for p, _ in train_items], [it["target"] for _, it in train_items],
+                                 [it["mask"] for _, it in train_items])
+    cmap_test = [apply_colour_map(coef, p) for p, _ in test_items]
+    cmap_scores = [score_images(to_t(c), to_t(it["target"]), to_t(it["mask"])) for c, (_, it) in
+                   zip(cmap_test, test_items)]
+    rows: list[dict] = [
+        {"method": PLAIN_ROW, **mean_scores(plain_scores), "params": None, "train_s": None},
+        {"method": CMAP_ROW, **mean_scores(cmap_scores), "params": 30, "train_s": fit_s},
+    ]
+    for r in rows:
+        print(f"{r['method']}: {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}", flush=True)
+    del train_items
+
+    # ---------------------------------------------------------- learned models
+    data_cfg = {"kind": "dataset", "root": str(dataset), "crop": args.crop, "batch_size": args.batch,
+                "eval_tile": 256}
+    train_check = min(4, len(train_src))
+    builtin = None
+    picture = [test_items[0][0], cmap_test[0]]
+    for name in args.models.split(","):
+        cfg = load_config(overrides={
+            "model": {"name": name, "kwargs": {}},
+            "data": data_cfg,
+            "optim": {"lr": args.lr, "steps": args.steps, "schedule": "cosine"},
+            "loss": {"l1": 1.0},
+            "train": {"seed": args.seed, "ckpt_every": max(100, args.steps // 4), "eval_every": args.steps,
+                      "log_every": 25, "threads": args.threads},
+        })
+        run = out / "runs" / f"{name}_{args.steps}"
+        summary = train(cfg, run, progress=False)
+        scores = evaluate_run(run, dataset, progress=False)
+        builtin = builtin or scores.get("builtin_isp")
+        model, _ = load_model(run)
+        tr = [r["model"] for r in evaluate(model, PackedPairs(dataset, "train"), progress=False)[:train_check]] \
+            if train_check else []
+        row = {"method": name, "psnr": scores["psnr"], "ssim": scores["ssim"], "params": scores["params"],
+               "train_s": summary["elapsed_s"], "train_psnr": mean_scores(tr)["psnr"] if tr else None,
+               "steps": summary["step"]}
+        rows.append(row)
+        with torch.inference_mode():
+            picture.append(np.clip(render(model, test_items[0][1]["input"]), 0, 1))
+        print(f"{name}: {row['psnr']:.2f} dB (train {row['train_psnr']:.2f}), SSIM {row['ssim']:.3f}, "
+              f"{row['params']:,} params, {row['train_s']:.0f} s training", flush=True)
+        (out / "results.json").write_text(json.dumps({
+            "steps": args.steps, "lr": args.lr, "crop": args.crop, "batch": args.batch, "threads": args.threads,
+            "train_pairs": len(train_src), "test_pairs": len(test_src), "build": build, "rows": rows,
+            "builtin_isp": builtin}, indent=1))
+    if builtin:
+        rows.insert(0, {"method": "built-in ISP (phone JPEG)", **builtin, "params": None, "train_s": None})
+
+    # A picture: plain rendering | colour map | each model | target, first test pair, half size.
+    picture.append(test_items[0][1]["target"])
+    gap = np.ones((picture[0].shape[0], 8, 3), np.float32)
+    strip = np.concatenate([a for p in picture for a in (p, gap)][:-1], axis=1)
+    strip = cv2.resize(strip, (strip.shape[1] // 2, strip.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(out / "compare.png"), np.round(strip[..., ::-1] * 255).astype(np.uint8))
+
+    # ---------------------------------------------------------------- table
+    peer = next((r for r in rows if r["method"] == PEER), None)
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"\n### raw input, simulator pairs from real raws: {len(train_src)} train / {len(test_src)} test pairs, "
+          f"{args.steps} steps, batch {args.batch}, {args.crop}-position packed crops, Adam {args.lr:g} cosine, "
+          f"{args.threads} threads (load average {os.getloadavg()[0]:.1f})\n")
+    print(f"| method | PSNR (dB) | SSIM | train PSNR | params | training s | PSNR - {PEER} | SSIM - {PEER} | "
+          f"params / {PEER} | training s / {PEER} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        dp = ds = pr = tr = "-"
+        if peer is not None:
+            dp, ds = f"{r['psnr'] - peer['psnr']:+.2f}", f"{r['ssim'] - peer['ssim']:+.3f}"
+            pr = f"{r['params'] / peer['params']:.3g}" if r["params"] else "-"
+            tr = f"{r['train_s'] / peer['train_s']:.3f}" if r["train_s"] and r["params"] != 30 else "-"
+        print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r.get('train_psnr'), '.2f')} | "
+              f"{fmt(r['params'], ',')} | {fmt(r['train_s'], '.1f')} | {dp} | {ds} | {pr} | {tr} |")
+    print(f"\ndataset, runs, compare.png (plain | colour map | {' | '.join(args.models.split(','))} | target, "
+          f"first test pair) and results.json in {out}")
+
+
+if __name__ == "__main__":
+    main()
