@@ -29,7 +29,8 @@ Baseline rows, scored with the same function (learn.evaluate.score_images) on th
   target, fitted by least squares on the valid pixels of the training pairs.
 
 If the dataset ever carries phone JPEGs, evaluate_run's built-in-ISP row is printed as well.
-The peer for the ratios is the SID U-Net (``unet``).
+The peer for the ratios is the SID U-Net (``unet``). Runs already in OUT/runs/<model>_<steps> are resumed
+by learn.train (a finished run is only scored again), so delete them to retrain.
 
     nice -n 19 python benchmarks/bench_learn_raw.py --steps 300 --models ckisp,plain,pac,unet \
         --pairs 8 --seeds 0,1 --out /tmp/bench_learn_raw
