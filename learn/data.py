@@ -245,7 +245,7 @@ class PackedPairs:
     ``input`` (H, W, 3) and targets of the same size (``scale`` 1, no Bayer handling).
     """
 
-    def __init__(self, root: Path | str, split: str | Sequence[str], cache_pairs: int = 4) -> None:
+    def __init__(self, root: Path | str, split: str | Sequence[str], cache_mb: float = 1024.0) -> None:
         self.folder = DatasetFolder(root)
         self.records = self.folder.split(split)
         if not self.records:
@@ -255,8 +255,9 @@ class PackedPairs:
             raise DataError(self.folder.root / "pairs.jsonl", f"split {split!r} mixes raw and RGB-input pairs")
         self.bayer = kinds.pop()
         self.scale = 2 if self.bayer else 1
-        self.cache_pairs = cache_pairs
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -270,16 +271,20 @@ class PackedPairs:
         return self._input(i).shape
 
     def _target(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decoded target and mask of pair ``i``, kept in a small LRU cache (PNG decoding dominates crop time)."""
+        """Decoded target and mask of pair ``i``, kept in an LRU cache of at most ``cache_mb``
+        (decoding a 16-bit PNG dominates the time of a crop; a small dataset stays decoded)."""
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
         r = self.records[i]
         value = (read_image(r.target), read_mask(r.mask) if r.mask is not None else None)
-        if self.cache_pairs > 0:
+        size = value[0].nbytes + (value[1].nbytes if value[1] is not None else 0)
+        if size <= self.cache_bytes:
             self._cache[i] = value
-            while len(self._cache) > self.cache_pairs:
-                self._cache.popitem(last=False)
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _, (t, m) = self._cache.popitem(last=False)
+                self._cached_bytes -= t.nbytes + (m.nbytes if m is not None else 0)
         return value
 
     def load(self, i: int, with_jpeg: bool = False) -> dict:

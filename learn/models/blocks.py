@@ -30,7 +30,8 @@ def crop_to(y: torch.Tensor, size: tuple[int, int], scale: int = 1) -> torch.Ten
 
 
 def to_image(y: torch.Tensor, upscale: int) -> torch.Tensor:
-    """Turn ``(N, 3*upscale**2, H, W)`` into the image ``(N, 3, upscale*H, upscale*W)`` clamped to [0, 1].
+    """Turn ``(N, 3*upscale**2, H, W)`` into the image ``(N, 3, upscale*H, upscale*W)`` clamped to [0, 1]
+    (straight through: the gradient is that of the unclamped values).
 
     Channel ``c*upscale**2 + s`` holds colour ``c`` at sub-pixel ``s`` (row-major in
     the ``upscale x upscale`` cell), as ``torch.nn.functional.pixel_shuffle`` expects.
@@ -39,7 +40,10 @@ def to_image(y: torch.Tensor, upscale: int) -> torch.Tensor:
     """
     if upscale > 1:
         y = F.pixel_shuffle(y, upscale)
-    return y.clamp(0.0, 1.0)
+    # straight-through clamp: the values of clamp(y), the gradient of y.  A hard clamp
+    # passes no gradient where an untrained net starts out of range, and a raw-input
+    # U-Net starts with most of its output below 0: it would never recover
+    return y + (y.clamp(0.0, 1.0) - y).detach()
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:

@@ -203,3 +203,15 @@ def test_rgb_input_pairs_of_a_dataset_folder_are_read_at_scale_one(tmp_path):
     assert item["input"].shape == item["target"].shape == (8, 10, 3)
     crop = RandomCrops(src, crop=4, seed=0)[0]
     assert tuple(crop["input"].shape) == (3, 4, 4) and tuple(crop["target"].shape) == (3, 4, 4)
+
+
+def test_decoded_targets_stay_cached_within_the_byte_budget(tiny_dataset):
+    src = PackedPairs(tiny_dataset, "train", cache_mb=1024)
+    for i in range(len(src)):
+        src.load(i)
+    assert len(src._cache) == len(src)  # a small dataset stays decoded
+    one = src._cache[0][0].nbytes
+    tight = PackedPairs(tiny_dataset, "train", cache_mb=1.5 * one / 2**20)
+    for i in range(len(tight)):
+        tight.load(i)
+    assert len(tight._cache) == 1 and tight._cached_bytes <= tight.cache_bytes

@@ -119,3 +119,15 @@ def test_pac_with_constant_guidance_is_an_ordinary_convolution():
     guide = torch.full((1, 2, 10, 12), 0.3)
     expected = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), weight, bias)
     torch.testing.assert_close(pac_conv2d(x, guide, weight, bias), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_output_clamp_passes_the_gradient_of_out_of_range_values():
+    from learn.models.blocks import to_image
+
+    y = torch.tensor([-0.5, 0.3, 1.7, 0.9]).reshape(1, 1, 2, 2).repeat(1, 12, 1, 1).requires_grad_()
+    out = to_image(y, 2)
+    assert torch.equal(out.detach(), torch.nn.functional.pixel_shuffle(y.detach(), 2).clamp(0, 1))
+    out.sum().backward()
+    # a hard clamp would give zero gradient at -0.5 and 1.7: an untrained net starting
+    # below 0 (a raw-input U-Net does) could never come back
+    assert torch.all(y.grad == 1)
