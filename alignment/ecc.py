@@ -240,6 +240,11 @@ class ImageSamples:
         return gx, gy
 
     @cached_property
+    def mask_has_holes(self) -> bool:
+        """Whether the image mask excludes any px (an all-true mask need not be sampled)."""
+        return self.image_mask is not None and not bool(self.image_mask.all())
+
+    @cached_property
     def mask_f32(self) -> np.ndarray | None:
         """The image mask as (h, w) float32 (1 = measured), or None."""
         return None if self.image_mask is None else self.image_mask.astype(np.float32)
@@ -358,7 +363,7 @@ def gn_refine(
             u, v = u0 * fac, v0 * fac
             mx, my, w = _apply_h(g, u, v)
             inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
-            if ch.image_mask is not None:
+            if ch.samples is not None and ch.samples.mask_has_holes:
                 inside &= sample_points(ch.image_mask_f32, mx, my, cv2.INTER_NEAREST) > 0
             n_in = int(inside.sum())
             n_tot += len(u)

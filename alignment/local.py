@@ -9,7 +9,7 @@ the DSLR image warped onto the phone grid through the current model; the tile
 estimates, weighted by their inverse variance, are fitted by a polynomial
 field whose degree is chosen by cross-validation on held-out tiles (degree -1,
 "none", included, so a pure homography pair gets no field and no added noise);
-warp, measure and fit repeat until the update is below ``tol_px``.
+warp, measure and fit repeat until the update is below ``tol_px`` (0.005 phone px).
 
 Coordinates: the field is stored in phone IMAGE px (the full raw grid for a
 raw phone image); x = column, y = row, pixel centres at integers.
@@ -597,7 +597,7 @@ def warp_channels(channels: list[Channel], h_image: np.ndarray, fld: SmoothField
         disp = None if fld.empty else fld.dense(shape, t_k)
         hk = h_image @ t_k
         warped, inside = warp_to_template(ch.image, hk, shape, disp, coefficients=ch.coefficients)
-        if ch.image_mask is not None:
+        if ch.samples is not None and ch.samples.mask_has_holes:
             mk, _ = warp_to_template(ch.image_mask_f32, hk, shape, disp, cv2.INTER_LINEAR)
             inside &= mk > 0.999
         out.append(TileChannel(ch.template, warped, ch.mask & inside, t_k))
@@ -615,7 +615,7 @@ def refine_local(
     blur_sigma: float = 0.5,
     norm_sigma: float | None = None,
     iterations: int = 6,
-    tol_px: float = 1e-3,
+    tol_px: float = 5e-3,
     degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6),
     init: SmoothField | None = None,
     spline: bool = True,

@@ -213,11 +213,14 @@ def real_pairs(methods: list[str]) -> list[dict]:
 
 
 def one_method(method: str, folder: Path) -> dict:
-    """Score one method on one simulator pair in THIS process; adds its peak RSS (MB)."""
-    import resource
+    """Score one method on one simulator pair in THIS process; adds its peak RSS (MB).
 
+    The peak is the kernel's high-water mark of this process image (``VmHWM``):
+    ``ru_maxrss`` would carry over the parent's resident size across the exec."""
     r = score_sim(METHODS[method], folder)
-    r["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    with open("/proc/self/status") as fh:
+        hwm = next((line.split()[1] for line in fh if line.startswith("VmHWM:")), "nan")
+    r["peak_mb"] = float(hwm) / 1024.0
     return r
 
 
