@@ -86,7 +86,10 @@ def render(model: torch.nn.Module, image: np.ndarray, tile: int = 512, overlap: 
     """Render one image: packed raw ``(H/2, W/2, 4)`` (or RGB ``(H, W, 3)``) -> sRGB ``(H, W, 3)`` float32 in [0, 1]."""
     if threads:
         torch.set_num_threads(int(threads))
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    arr = np.ascontiguousarray(image, dtype=np.float32)
+    if not arr.flags.writeable:  # a memory-mapped packed raw: torch wants writable memory
+        arr = arr.copy()
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None]
     y = render_tensor(model, x, tile, overlap, progress)
     return y[0].permute(1, 2, 0).numpy()
 
