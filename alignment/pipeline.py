@@ -59,8 +59,8 @@ class AlignOptions:
     EXIF.  Working size (see :mod:`alignment.reduce`): ``max_plane_pixels`` bins the
     phone's working planes until each has at most this many px (None: never);
     ``dslr_oversample``: after the features, the DSLR is cropped to the phone
-    frame's footprint and area-averaged to at most this many px per phone working
-    px (None: cropped only).  Thresholds: see :class:`alignment.quality.Thresholds`.
+    frame's footprint and averaged in integer blocks to about this many px per
+    phone working px (None: cropped only).  Thresholds: see :class:`alignment.quality.Thresholds`.
     """
 
     ratio: float = 0.8
@@ -318,13 +318,13 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     h_work = sb @ fm.homography @ np.linalg.inv(sa)
     h_work /= h_work[2, 2]
     q.overlap_fraction = _overlap_fraction(h_work, p.lum.shape, d.lum.shape)
-    if q.overlap_fraction >= opt.min_overlap:
-        # keep the DSLR px the phone frame covers, at no more px than the estimators use
-        d, window = crop_and_shrink_dslr(d, h_work @ from_img, p.image_size, float(to_img[0, 0]), opt.dslr_oversample)
-        h_work = np.linalg.inv(window.to_stored) @ h_work
-        h_work /= h_work[2, 2]
     if q.overlap_fraction < opt.min_overlap:
         return done(h_work)
+    # keep the DSLR px the phone frame covers, at no more px than the estimators use;
+    # from here on the DSLR working grid is the reduced one (d.to_image -> stored px)
+    d, window = crop_and_shrink_dslr(d, h_work @ from_img, p.image_size, float(to_img[0, 0]), opt.dslr_oversample)
+    h_work = np.linalg.inv(window.to_stored) @ h_work
+    h_work /= h_work[2, 2]
 
     # --- ECC, coarse to fine, on the locally normalised mean luminance
     t2 = time.perf_counter()

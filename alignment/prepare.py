@@ -47,8 +47,9 @@ class PreparedImage:
     valid: (h, w) bool, True where the value is measured and not clipped.
     to_image: (3, 3) working-grid px -> image px (phone: full raw grid; DSLR: as stored).
     image_size: (W, H) of the image in its own px.
-    encoded: (h, w, 3) float32 display-encoded RGB in [0, 1] (DSLR only, for the
-        radiometric fit), else None.
+    encoded: (h, w, 3) display-encoded RGB as stored (uint8 / uint16) or float32
+        in [0, 1] (DSLR only, for the radiometric fit), else None.  After
+        :func:`alignment.reduce.crop_and_shrink_dslr` it is the crop, not shrunk.
     focal_length_35mm: from EXIF when known.
     kind: "raw", "rgb" or "luminance".
     path: source file when read from disk.
