@@ -156,3 +156,17 @@ def test_a_killed_batch_resumes_without_redoing_finished_pairs(source, tmp_path)
     assert sorted(r["id"] for r in final) == sorted({r["id"] for r in final})  # no pair finished twice
     assert all((out / latest_records(out)[k]["files"]["raw"]).stat().st_mtime_ns == t for k, t in stamps.items())
     assert not list((out / "pairs").glob(".tmp-*"))
+
+
+def test_tiny_malloc_trim_threshold_of_dask_workers_is_raised():
+    import subprocess
+    import sys
+
+    code = "from alignment.batch import relax_malloc_trim as r; import os; print(r(), os.environ['MALLOC_TRIM_THRESHOLD_'])"
+    small = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"},
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert small == ["True", str(256 << 20)]
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    unset = subprocess.run([sys.executable, "-c", "from alignment.batch import relax_malloc_trim as r; print(r())"],
+                           env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert unset == ["False"]
