@@ -33,6 +33,7 @@ __all__ = [
     "prepare_dslr",
     "fit_radiometric",
     "focal_scale_guess",
+    "shrink",
 ]
 
 REC709 = np.array([0.2126, 0.7152, 0.0722], np.float32)
@@ -248,6 +249,23 @@ def focal_scale_guess(phone: PreparedImage, dslr: PreparedImage) -> float | None
     return (fd * dd) / (fp * dp)
 
 
+def shrink(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Block-average an (H, W[, C]) array to (W, H) = ``size``, an integer factor smaller.
+
+    Output px (j, i) is the mean of the f x f block starting at (j f, i f), so it
+    samples exactly at ((j + 0.5) f - 0.5, (i + 0.5) f - 0.5) input px.  (A box of
+    non-integer width cannot: the centroid of its px weights wanders by up to
+    0.05 input px from its nominal centre, which is why the factor is an integer.)
+    Returns float32 (the input itself when already that size).
+    """
+    if (a.shape[1], a.shape[0]) == tuple(size):
+        return a
+    f = a.shape[1] // size[0]
+    if f < 1 or a.shape[1] != f * size[0] or a.shape[0] != f * size[1]:
+        raise ValueError(f"shrink needs an integer factor: {a.shape[1]}x{a.shape[0]} -> {size[0]}x{size[1]}")
+    return cv2.resize(np.ascontiguousarray(a, np.float32), tuple(size), interpolation=cv2.INTER_AREA)
+
+
 def _gaussian_weights(pos: np.ndarray, start: np.ndarray, taps: int, sigma: float, stride: int = 1) -> np.ndarray:
     """(n, taps) normalised Gaussian weights of the px start + stride * (0..taps-1) around positions pos."""
     d = start[:, None] + stride * np.arange(taps)[None, :] - pos[:, None]
@@ -379,8 +397,6 @@ def fit_radiometric(
         coef = np.linalg.lstsq(a.T @ a + smooth * scale * p.T @ p, a.T @ target, rcond=None)[0]
         image = apply_curves(enc, coef[:-1].reshape(3, n_knots), float(coef[-1]))
         if encoded_grid is not None:
-            from alignment.reduce import shrink  # block mean onto the working grid
-
-            image = shrink(image, tuple(encoded_grid[1]))
+            image = shrink(image, tuple(encoded_grid[1]))  # block mean onto the working grid
         images[g] = image
     return [images[g] for g in groups]

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from alignment.ecc import _local_scale
-from alignment.prepare import PreparedImage
+from alignment.prepare import PreparedImage, shrink
 
 __all__ = ["phone_bin_factor", "bin_phone", "DslrWindow", "crop_and_shrink_dslr", "shrink"]
 
@@ -114,23 +114,6 @@ class DslrWindow:
     def crop_only(self, a: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = self.crop
         return a[y0:y1, x0:x1]
-
-
-def shrink(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Block-average an (H, W[, C]) array to (W, H) = ``size``, an integer factor smaller.
-
-    Output px (j, i) is the mean of the f x f block starting at (j f, i f), so it
-    samples exactly at ((j + 0.5) f - 0.5, (i + 0.5) f - 0.5) input px.  (A box of
-    non-integer width cannot: the centroid of its px weights wanders by up to
-    0.05 input px from its nominal centre, which is why the factor is an integer.)
-    Returns float32 (the input itself when already that size).
-    """
-    if (a.shape[1], a.shape[0]) == tuple(size):
-        return a
-    f = a.shape[1] // size[0]
-    if f < 1 or a.shape[1] != f * size[0] or a.shape[0] != f * size[1]:
-        raise ValueError(f"shrink needs an integer factor: {a.shape[1]}x{a.shape[0]} -> {size[0]}x{size[1]}")
-    return cv2.resize(np.ascontiguousarray(a, np.float32), tuple(size), interpolation=cv2.INTER_AREA)
 
 
 def crop_and_shrink_dslr(
