@@ -57,7 +57,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import learn.models as lm  # noqa: E402
 from alignment import rawio  # noqa: E402
 from alignment.dataset import latest_records  # noqa: E402
 from isp_rig.simulate import SourceError, list_sources, load_source  # noqa: E402
