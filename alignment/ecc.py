@@ -285,6 +285,10 @@ class Channel:
     def image_mask_f32(self) -> np.ndarray | None:
         return self.samples.mask_f32  # type: ignore[union-attr]
 
+    @property
+    def mask_has_holes(self) -> bool:
+        return self.samples.mask_has_holes  # type: ignore[union-attr]
+
 
 def gn_refine(
     channels: list[Channel],
@@ -363,7 +367,7 @@ def gn_refine(
             u, v = u0 * fac, v0 * fac
             mx, my, w = _apply_h(g, u, v)
             inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
-            if ch.samples is not None and ch.samples.mask_has_holes:
+            if ch.mask_has_holes:
                 inside &= sample_points(ch.image_mask_f32, mx, my, cv2.INTER_NEAREST) > 0
             n_in = int(inside.sum())
             n_tot += len(u)

@@ -597,7 +597,7 @@ def warp_channels(channels: list[Channel], h_image: np.ndarray, fld: SmoothField
         disp = None if fld.empty else fld.dense(shape, t_k)
         hk = h_image @ t_k
         warped, inside = warp_to_template(ch.image, hk, shape, disp, coefficients=ch.coefficients)
-        if ch.samples is not None and ch.samples.mask_has_holes:
+        if ch.mask_has_holes:
             mk, _ = warp_to_template(ch.image_mask_f32, hk, shape, disp, cv2.INTER_LINEAR)
             inside &= mk > 0.999
         out.append(TileChannel(ch.template, warped, ch.mask & inside, t_k))
