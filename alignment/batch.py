@@ -36,7 +36,9 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
+from alignment import trust
 from alignment.dataset import DatasetMeta, DatasetWriter, warp_to_phone_grid, write_pair_files
+from alignment.scoring import load_truth_map, trust_scores, truth_error
 
 PHONE_RAW_EXTENSIONS = rawio.RAW_EXTENSIONS - {".nef", ".nrw", ".cr2", ".cr3", ".arw"}
 
@@ -231,30 +233,21 @@ def find_pairs(source: Path | str) -> list[PairJob]:
 # ----------------------------------------------------------------- one pair
 
 
-def truth_error(truth_path: Path, alignment, valid: np.ndarray | None = None) -> dict[str, float]:
-    """Error of an alignment against a simulator truth.json over its correspondence grid.
-
-    Returns median, p95 and max of |alignment(x_phone) - x_dslr| in DSLR px,
-    over the grid points inside the valid target (all points when ``valid`` is None).
-    """
-    data = json.loads(Path(truth_path).read_text())
-    grid = np.asarray(data["grid"], dtype=np.float64).reshape(-1, 4)
-    if valid is not None:
-        xi = np.clip(np.round(grid[:, 0]).astype(int), 0, valid.shape[1] - 1)
-        yi = np.clip(np.round(grid[:, 1]).astype(int), 0, valid.shape[0] - 1)
-        grid = grid[valid[yi, xi]]
-    if len(grid) == 0:
-        return {"median": float("nan"), "p95": float("nan"), "max": float("nan"), "points": 0}
-    err = np.linalg.norm(alignment.map_points(grid[:, :2]) - grid[:, 2:], axis=1)
-    return {"median": float(np.median(err)), "p95": float(np.percentile(err, 95)), "max": float(err.max()),
-            "points": int(len(err))}
+#: a DSLR px whose largest channel reaches this (of full scale) is clipped
+DSLR_CLIP_LEVEL = 0.99
 
 
-def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]) -> dict[str, Any]:
+def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any],
+                 save_maps: bool = False) -> dict[str, Any]:
     """Align one pair and write its dataset files; returns its record (never raises).
 
-    Pins OpenCV and BLAS to one thread first: on any executor (a Dask worker has
-    no pool initializer) one task is one core.
+    The target is the DSLR sampled through the alignment onto the phone's full raw
+    grid; ``mask.png`` is the trust map (:mod:`alignment.trust`: the alignment's
+    working-grid decision, then clipping of either camera and the frame at full
+    resolution); with ``save_maps`` also ``map.npy``.  For a simulator pair
+    (``truth.json``; ``truth_map.npy`` for a layered scene) the record carries the
+    scores against the truth.  Pins OpenCV and BLAS to one thread first: on any
+    executor (a Dask worker has no pool initializer) one task is one core.
     """
     from alignment.pipeline import align_images
 
@@ -274,7 +267,12 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
         else:
             dslr_rgb = dslr.rgb if isinstance(dslr, rawio.RgbImage) else rawio.linear_to_srgb(
                 rawio.raw_to_linear_rgb(dslr))
-            target, valid = warp_to_phone_grid(dslr_rgb, alignment.map_points, raw.shape)
+            truth = load_truth_map(job.truth.parent) if job.truth is not None else None
+            warp = warp_to_phone_grid(dslr_rgb, alignment.map_points, raw.shape, clip_level=DSLR_CLIP_LEVEL,
+                                      keep_map=save_maps or truth is not None)
+            packed = raw.packed()
+            codes = trust.full_resolution_codes(alignment.trust, raw.shape, warp.valid, warp.clipped, packed)
+            mask = codes == 0
             phone_rgb = None
             if job.phone_jpeg is not None:
                 jpeg = rawio.read_rgb(job.phone_jpeg)
@@ -283,9 +281,14 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
                 else:
                     record["phone_jpeg_note"] = f"size {jpeg.shape} differs from the raw grid {raw.shape}: not stored"
             if job.truth is not None:
-                record["truth_error_px"] = truth_error(job.truth, alignment, valid)
-            record["files"] = write_pair_files(Path(out_dir), job.pair_id, raw.packed(), target, valid, phone_rgb)
-            record["valid_fraction"] = float(valid.mean())
+                record["truth_error_px"] = truth_error(job.truth, alignment, mask if mask.any() else warp.valid)
+            if truth is not None:
+                record["truth_trust"] = trust_scores(warp.mapped, mask, *truth)
+            record["files"] = write_pair_files(Path(out_dir), job.pair_id, packed, warp.target, mask, phone_rgb,
+                                               mapped=warp.mapped if save_maps else None)
+            record["valid_fraction"] = float(warp.valid.mean())
+            record["trusted_fraction"] = float(mask.mean())
+            record["dropped"] = {k: round(v, 5) for k, v in trust.fractions(codes).items() if k != "trusted"}
             record["status"] = "ok"
     except rawio.ImageReadError as err:
         record.update(status="failed", reason=f"unreadable_{err.reason}", message=str(err))
@@ -408,6 +411,8 @@ class BatchSummary:
     failed: dict[str, int] = field(default_factory=dict)
     residual_px: dict[str, float] = field(default_factory=dict)
     truth_error_px: dict[str, float] = field(default_factory=dict)
+    trusted_fraction: dict[str, float] = field(default_factory=dict)
+    truth_trust: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -419,7 +424,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     if v.size == 0:
         return {}
     return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "max": float(v.max()),
-            "n": int(v.size)}
+            "min": float(v.min()), "n": int(v.size)}
 
 
 def summarize(records: Iterable[dict[str, Any]], skipped: int = 0, seconds: float = 0.0) -> BatchSummary:
@@ -433,6 +438,11 @@ def summarize(records: Iterable[dict[str, Any]], skipped: int = 0, seconds: floa
                                   if r.get("status") == "ok"])
     s.truth_error_px = _percentiles([r["truth_error_px"]["median"] for r in recs
                                      if r.get("status") == "ok" and "truth_error_px" in r])
+    s.trusted_fraction = _percentiles([r.get("trusted_fraction") for r in recs if r.get("status") == "ok"])
+    scored = [r["truth_trust"] for r in recs if r.get("status") == "ok" and "truth_trust" in r]
+    if scored:
+        s.truth_trust = {k: _percentiles([t[k] for t in scored])
+                         for k in ("precision_05", "precision_1", "coverage", "clipped_trusted")}
     return s
 
 
@@ -445,6 +455,7 @@ def run_batch(
     options: dict[str, Any] | None = None,
     meta: DatasetMeta | None = None,
     progress: bool = True,
+    save_maps: bool = False,
 ) -> BatchSummary:
     """Align every pair not already finished in ``out_dir`` and write the dataset.
 
@@ -457,6 +468,8 @@ def run_batch(
         options: keyword options for :func:`alignment.align_images`.
         meta: the dataset's description and split rule.
         progress: show a tqdm bar.
+        save_maps: also write each kept pair's ``map.npy`` (the DSLR (x, y) of every
+            target px).
 
     Returns:
         the :class:`BatchSummary` over every pair of ``jobs`` (finished earlier or now).
@@ -473,7 +486,8 @@ def run_batch(
         executor = cf.ProcessPoolExecutor(max_workers=default_workers(todo, workers), initializer=pin_threads,
                                           mp_context=multiprocessing.get_context("forkserver"))
     try:
-        futures = {executor.submit(process_pair, j, str(writer.root), writer.split_of(j.scene), options or {}): j
+        futures = {executor.submit(process_pair, j, str(writer.root), writer.split_of(j.scene), options or {},
+                                   save_maps): j
                    for j in todo}
         with tqdm(total=len(todo), desc="align", unit="pair", disable=not progress) as bar:
             for fut in cf.as_completed(futures):

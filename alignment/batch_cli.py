@@ -51,6 +51,9 @@ def _batch_options(f):
         click.option("--report/--no-report", default=True, show_default=True,
                      help="Write report/ (residual histogram, rejected pairs, overlays)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+        click.option("--save-maps", is_flag=True,
+                     help="Also write pairs/<id>/map.npy: float32 HxWx2, the DSLR (x, y) at which each target "
+                          "px was sampled."),
         option_flag,
     ]
     for d in reversed(decorators):
@@ -59,7 +62,7 @@ def _batch_options(f):
 
 
 def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, scheduler, split_seed, test_fraction,
-         phone_profile, report, as_json, align_options):
+         phone_profile, report, as_json, save_maps, align_options):
     from alignment import batch
     from alignment.dataset import DatasetError, DatasetMeta
 
@@ -72,9 +75,10 @@ def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, schedu
         if scheduler:
             with batch.dask_client(scheduler) as client:
                 summary = batch.run_batch(jobs, out_dir, executor=client.get_executor(), meta=meta,
-                                          options=options)
+                                          options=options, save_maps=save_maps)
         else:
-            summary = batch.run_batch(jobs, out_dir, workers=workers, meta=meta, options=options)
+            summary = batch.run_batch(jobs, out_dir, workers=workers, meta=meta, options=options,
+                                      save_maps=save_maps)
     except DatasetError as err:
         raise click.ClickException(str(err)) from None
     if report:
@@ -92,10 +96,18 @@ def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, schedu
     if summary.residual_px:
         r = summary.residual_px
         click.echo(f"  residual (phone px): median {r['p50']:.3f}, p90 {r['p90']:.3f}, max {r['max']:.3f}")
+    if summary.trusted_fraction:
+        t = summary.trusted_fraction
+        click.echo(f"  trusted px per kept pair: median {t['p50']:.1%}, lowest {t['min']:.1%}")
     if summary.truth_error_px:
         t = summary.truth_error_px
-        click.echo(f"  error against ground truth (DSLR px, per-pair medians): median {t['p50']:.3f}, "
+        click.echo(f"  error against ground truth over trusted px (DSLR px, per-pair medians): median {t['p50']:.3f}, "
                    f"max {t['max']:.3f}")
+    if summary.truth_trust:
+        t = summary.truth_trust
+        click.echo(f"  trust map against ground truth (per-pair medians): precision at 0.5 px "
+                   f"{t['precision_05']['p50']:.4f}, coverage {t['coverage']['p50']:.3f}, clipped px trusted "
+                   f"{t['clipped_trusted']['p50']:.2%}")
     click.echo(f"dataset: {out_dir}")
 
 

@@ -8,7 +8,11 @@ Layout (format version 1; ``learn.data`` reads exactly this)::
                                     (v - black) / (white - black), not clipped
     DATASET/pairs/<id>/target.png   16-bit RGB (H, W): the DSLR image warped onto the phone's
                                     full-resolution raw grid, sRGB-encoded as the DSLR stored it
-    DATASET/pairs/<id>/mask.png     8-bit (H, W): 255 where the target is valid
+    DATASET/pairs/<id>/mask.png     8-bit (H, W): the trust map, 255 where the target px shows the
+                                    phone px's scene point (inside the frame, not occluded, not
+                                    moved, not clipped in either camera: alignment.trust)
+    DATASET/pairs/<id>/map.npy      optional (``--save-maps``): float32 (H, W, 2), the DSLR (x, y)
+                                    at which each target px was sampled
     DATASET/pairs/<id>/phone.png    optional: the phone's own JPEG on the same grid (built-in ISP row)
     DATASET/pairs/<id>/input.png    instead of raw.npy for RGB-input pairs (``isp-rig dataset import``
                                     of a phone's JPEGs): 16-bit RGB (H, W), same grid as the target
@@ -30,6 +34,7 @@ so no scene is ever in both train and test and adding pairs never moves one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -66,12 +71,31 @@ def scene_split(scene: str, seed: int, test_fraction: float) -> str:
     return "test" if u < test_fraction else "train"
 
 
+@dataclass
+class PhoneGridWarp:
+    """The DSLR image resampled onto the phone's full raw grid (see :func:`warp_to_phone_grid`).
+
+    target: (H, W, 3) float32 in [0, 1]; valid: (H, W) bool, the sampled point lies
+    inside the DSLR image (one px margin for the interpolation); clipped: (H, W) bool,
+    the sample reads a DSLR px with a channel at its clip level (dilated by one DSLR
+    px), or None when not asked; mapped: (H, W, 2) float32 DSLR (x, y) at which each
+    target px was sampled, or None when not asked.
+    """
+
+    target: np.ndarray
+    valid: np.ndarray
+    clipped: np.ndarray | None = None
+    mapped: np.ndarray | None = None
+
+
 def warp_to_phone_grid(
     dslr_rgb: np.ndarray,
     map_points: Callable[[np.ndarray], np.ndarray],
     phone_shape: tuple[int, int],
     rows_per_chunk: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
+    clip_level: float | None = None,
+    keep_map: bool = False,
+) -> PhoneGridWarp:
     """Resample the DSLR image onto the phone's full-resolution raw grid.
 
     Args:
@@ -79,10 +103,12 @@ def warp_to_phone_grid(
         map_points: (N, 2) phone px (x, y) -> (N, 2) DSLR px, e.g. ``Alignment.map_points``.
         phone_shape: (H, W) of the phone raw grid.
         rows_per_chunk: phone rows mapped at a time (bounds memory).
+        clip_level: with a value, also say where the sample reads a DSLR px whose
+            largest channel is at least this (in the image's [0, 1] units).
+        keep_map: also return the DSLR (x, y) of every target px.
 
     Returns:
-        target (H, W, 3) float32 and valid (H, W) bool (mapped point inside the
-        DSLR image with a one-pixel margin for the interpolation support).
+        :class:`PhoneGridWarp`.
 
     Anti-aliasing: where a phone pixel covers s > 1 DSLR pixels (s from the
     mapping's local Jacobian), the DSLR image is low-passed with a Gaussian of
@@ -108,6 +134,10 @@ def warp_to_phone_grid(
     x1 = int(np.clip(np.ceil(footprint[:, 0].max()) + pad + 1, x0 + 1, wd))
     y1 = int(np.clip(np.ceil(footprint[:, 1].max()) + pad + 1, y0 + 1, hd))
     source = dslr_rgb[y0:y1, x0:x1].astype(np.float32, copy=False)
+    saturated = None
+    if clip_level is not None:
+        sat = (source.max(axis=-1) >= clip_level).astype(np.uint8)
+        saturated = cv2.dilate(sat, np.ones((3, 3), np.uint8)).astype(np.float32) if sat.any() else None
     if scale > 1.0:
         sigma = 0.5 * np.sqrt(scale * scale - 1.0)
         source = cv2.GaussianBlur(source, (0, 0), sigma)
@@ -115,6 +145,8 @@ def warp_to_phone_grid(
     coefs = [spline_coefficients(source[..., c]) for c in range(3)]
     target = np.empty((h, w, 3), np.float32)
     valid = np.empty((h, w), bool)
+    clipped = np.zeros((h, w), bool) if clip_level is not None else None
+    mapped_all = np.empty((h, w, 2), np.float32) if keep_map else None
     xs = np.arange(w, dtype=np.float64)
     for r0 in range(0, h, rows_per_chunk):
         r1 = min(h, r0 + rows_per_chunk)
@@ -125,14 +157,25 @@ def warp_to_phone_grid(
         for c in range(3):
             target[r0:r1, :, c] = sample_spline(coefs[c], mx - x0, my - y0)
         valid[r0:r1] = (mx >= 1) & (mx <= wd - 2) & (my >= 1) & (my <= hd - 2)
+        if saturated is not None:
+            at = cv2.remap(saturated, (mx - x0).astype(np.float32), (my - y0).astype(np.float32), cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            clipped[r0:r1] = at > 0.0
+        if mapped_all is not None:
+            mapped_all[r0:r1, :, 0] = mx
+            mapped_all[r0:r1, :, 1] = my
     np.clip(target, 0.0, 1.0, out=target)
-    return target, valid
+    return PhoneGridWarp(target, valid, clipped, mapped_all)
+
+
+def _write_png(path: Path, data: np.ndarray) -> None:
+    """Write an image with OpenCV and make sure it is all there (imwrite only says False)."""
+    if not cv2.imwrite(str(path), data) or path.stat().st_size == 0:
+        raise OSError(errno.EIO, "could not write the image", str(path))
 
 
 def _write_png16(path: Path, rgb: np.ndarray) -> None:
-    data = np.round(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)[..., ::-1]
-    if not cv2.imwrite(str(path), data):
-        raise OSError(f"could not write {path}")
+    _write_png(path, np.round(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)[..., ::-1])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -151,6 +194,7 @@ def write_pair_files(
     valid: np.ndarray,
     phone_rgb: np.ndarray | None = None,
     input_rgb: np.ndarray | None = None,
+    mapped: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Write one kept pair's files atomically: into a temporary folder, then
     renamed to ``pairs/<id>`` (an earlier partial folder of the same id is replaced).
@@ -159,7 +203,10 @@ def write_pair_files(
         packed_raw: (H/2, W/2, 4) float32 normalised planes R, G1, G2, B (None
             for an RGB-input pair).
         target: (H, W, 3) float in [0, 1].
-        valid: (H, W) bool.
+        valid: (H, W) bool, the trust map (``mask.png``: 255 where the target px
+            can be trusted).
+        mapped: optional (H, W, 2) DSLR (x, y) at which each target px was sampled
+            (``map.npy``, float32).
         phone_rgb: optional (H, W, 3) phone JPEG in [0, 1] (the built-in ISP row).
         input_rgb: (H, W, 3) in [0, 1]: the model input of an RGB-input pair
             (a phone's own JPEG), written as ``input.png`` instead of ``raw.npy``.
@@ -188,11 +235,16 @@ def write_pair_files(
         _write_png16(tmp / "input.png", input_rgb)
         files["input"] = f"{PAIRS_DIR}/{pair_id}/input.png"
     _write_png16(tmp / "target.png", target)
-    cv2.imwrite(str(tmp / "mask.png"), valid.astype(np.uint8) * 255)
+    _write_png(tmp / "mask.png", valid.astype(np.uint8) * 255)
     files.update(target=f"{PAIRS_DIR}/{pair_id}/target.png", mask=f"{PAIRS_DIR}/{pair_id}/mask.png")
     if phone_rgb is not None:
-        cv2.imwrite(str(tmp / "phone.png"), np.round(np.clip(phone_rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
+        _write_png(tmp / "phone.png", np.round(np.clip(phone_rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
         files["phone_jpeg"] = f"{PAIRS_DIR}/{pair_id}/phone.png"
+    if mapped is not None:
+        if mapped.shape != (h, w, 2):
+            raise ValueError(f"shapes disagree: target {target.shape}, map {mapped.shape}")
+        np.save(tmp / "map.npy", mapped.astype(np.float32, copy=False))
+        files["map"] = f"{PAIRS_DIR}/{pair_id}/map.npy"
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

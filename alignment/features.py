@@ -45,6 +45,9 @@ class FeatureMatch:
     inliers: int
     src: np.ndarray
     dst: np.ndarray
+    #: homographies found one after another on the matches left by the earlier ones
+    #: (planes at other depths, moving objects), as (inliers, frame cells covered)
+    layers: list[tuple[int, int]] | None = None
 
     @property
     def inlier_ratio(self) -> float:
@@ -83,6 +86,7 @@ def match_homography(
     mutual: bool = True,
     confidence: float = 0.9999,
     max_iters: int = 20000,
+    layers: int = 1,
 ) -> FeatureMatch:
     """Detect, match and fit a homography A -> B.
 
@@ -90,6 +94,12 @@ def match_homography(
     keypoints may be detected.  method: "magsac" (USAC MAGSAC++, ratio test,
     mutual check; ``threshold_px`` is MAGSAC's maximum sigma, px of B) or
     "published" (FLANN kd-tree 5 trees / 50 checks, ratio 0.7, RANSAC 5 px).
+    layers: with more than one, up to that many homographies are fitted one after
+    another, each on the matches the earlier ones left ("magsac" only), and the one
+    whose inliers cover the most cells of an 8 x 8 grid over image A wins: the
+    background, the largest consistent plane, rather than a richly textured object
+    in front of it that holds more matches.  A later homography must hold at least
+    20 inliers and a fifth of the first one's.
     Returns a :class:`FeatureMatch`; ``homography`` is None when fewer than four
     matches survive or the estimator finds nothing.
     """
@@ -126,4 +136,36 @@ def match_homography(
         return FeatureMatch(None, len(kpa), len(kpb), len(good), 0, empty, empty)
     inl = inl.ravel().astype(bool)
     h = h / h[2, 2]
-    return FeatureMatch(h, len(kpa), len(kpb), len(good), int(inl.sum()), src[inl], dst[inl])
+    if method != "magsac" or layers <= 1:
+        return FeatureMatch(h, len(kpa), len(kpb), len(good), int(inl.sum()), src[inl], dst[inl])
+    shape = img_a.shape[:2]
+    candidates = [(h, inl, _cells(src[inl], shape))]
+    left = ~inl
+    for _ in range(layers - 1):
+        if left.sum() < 20:
+            break
+        idx = np.nonzero(left)[0]
+        h2, inl2 = cv2.findHomography(src[idx], dst[idx], est, thr, maxIters=max_iters, confidence=confidence)
+        if h2 is None or inl2 is None:
+            break
+        inl2 = inl2.ravel().astype(bool)
+        if inl2.sum() < max(20, 0.2 * candidates[0][1].sum()):
+            break
+        mask = np.zeros(len(good), bool)
+        mask[idx[inl2]] = True
+        candidates.append((h2 / h2[2, 2], mask, _cells(src[mask], shape)))
+        left &= ~mask
+    best = max(candidates, key=lambda c: (c[2], int(c[1].sum())))
+    h, inl = best[0], best[1]
+    return FeatureMatch(h, len(kpa), len(kpb), len(good), int(inl.sum()), src[inl], dst[inl],
+                        [(int(c[1].sum()), c[2]) for c in candidates])
+
+
+def _cells(points: np.ndarray, shape: tuple[int, int], n: int = 8) -> int:
+    """How many cells of an n x n grid over an image of ``shape`` (rows, cols) hold a point."""
+    if len(points) == 0:
+        return 0
+    rows, cols = shape
+    cx = np.clip((points[:, 0] / cols * n).astype(int), 0, n - 1)
+    cy = np.clip((points[:, 1] / rows * n).astype(int), 0, n - 1)
+    return int(len(np.unique(cy * n + cx)))

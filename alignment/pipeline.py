@@ -24,10 +24,13 @@ import cv2
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from alignment.ecc import prepare_channels, refine_homography, refine_planes
+from alignment import trust
+from alignment.ecc import Channel, prepare_channels, refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
-from alignment.local import SmoothField, TileResiduals, model_correlation, refine_local, warp_channels
-from alignment.prepare import fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
+from alignment.geometry import apply_homography
+from alignment.local import SmoothField, TileChannel, TileResiduals, model_correlation, refine_local, warp_channels
+from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
+from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
 from alignment.reduce import bin_phone, crop_and_shrink_dslr, phone_bin_factor
 
@@ -65,6 +68,7 @@ class AlignOptions:
 
     ratio: float = 0.8
     magsac_threshold: float = 2.0
+    feature_layers: int = 3
     max_features: int = 8000
     feature_max_side: int = 2000
     ecc_method: str = "gn"
@@ -87,6 +91,11 @@ class AlignOptions:
     scale_guess: float | None = None
     max_plane_pixels: int | None = 800_000
     dslr_oversample: float | None = 2.5
+    trust: bool = True
+    trust_max_px: float = 1.0
+    trust_margin_px: float = 8.0
+    trust_refit: bool = True
+    trust_refit_fraction: float = 0.01
     # The verdict's thresholds, defaulting to quality.Thresholds (one home for the values).
     min_inliers: int = Thresholds.min_inliers
     min_inlier_ratio: float = Thresholds.min_inlier_ratio
@@ -97,13 +106,10 @@ class AlignOptions:
     min_consistent: float = Thresholds.min_consistent
     min_correlation_confirmed: float = Thresholds.min_correlation_confirmed
     confirm_inliers: int = Thresholds.confirm_inliers
+    min_trusted: float = Thresholds.min_trusted
 
     def thresholds(self) -> Thresholds:
-        return Thresholds(
-            self.min_inliers, self.min_inlier_ratio, self.min_overlap, self.min_correlation,
-            self.max_residual_px, self.min_reliable_tiles, self.min_consistent, self.min_correlation_confirmed,
-            self.confirm_inliers,
-        )
+        return Thresholds(**{f.name: getattr(self, f.name) for f in fields(Thresholds)})
 
     @classmethod
     def from_kwargs(cls, **kw) -> "AlignOptions":
@@ -112,17 +118,6 @@ class AlignOptions:
         if bad:
             raise TypeError(f"unknown alignment option(s): {', '.join(bad)} (known: {', '.join(sorted(names))})")
         return cls(**kw)
-
-
-def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """(N, 2) points (x, y) through a 3x3 homography -> (N, 2)."""
-    xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    x, y = xy[:, 0], xy[:, 1]
-    out = np.empty_like(xy)
-    w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
-    out[:, 0] = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w
-    out[:, 1] = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w
-    return out
 
 
 @dataclass
@@ -146,6 +141,9 @@ class Alignment:
     residuals: TileResiduals | None = None
     seconds: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    #: per-px trust on the phone's working grid (see :mod:`alignment.trust`); not part
+    #: of the JSON record (its summary is: ``quality.trusted_fraction`` and ``dropped``)
+    trust: TrustMap | None = None
 
     @property
     def ok(self) -> bool:
@@ -270,12 +268,104 @@ def align_images(phone, dslr, **options) -> Alignment:
         return _align(phone, dslr, opt)
 
 
+def _corner_px(q_radial: np.ndarray, image_size: tuple[int, int]) -> float:
+    """Displacement of the frame corner by the radial model (phone image px)."""
+    rho = float(np.hypot(*image_size) / max(image_size))
+    return float(abs(q_radial[0] * rho**3 + q_radial[1] * rho**5) * max(image_size) / 2.0)
+
+
+def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],
+                opt: AlignOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Per-plane Gauss-Newton on H (and the radial lens model) -> (H, radial coefficients).
+    The lens model is dropped when it moves the frame corner by less than ``radial_min_px``."""
+    frame = (image_size[1], image_size[0])
+    rf = refine_planes(None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
+                       radial=opt.radial, q0=q_radial, channels=channels)
+    h_image, q_radial = rf.homography, rf.radial
+    if opt.radial and _corner_px(q_radial, image_size) < opt.radial_min_px:
+        # no lens distortion worth modelling: two fewer parameters, less variance
+        rf = refine_planes(None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree,
+                           max_pixels=opt.max_pixels, channels=channels)
+        h_image, q_radial = rf.homography, np.zeros(2)
+    return h_image, q_radial
+
+
+def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage,
+                 opt: AlignOptions, coarse: tuple | None = None) -> tuple[SmoothField, TileResiduals]:
+    """The smooth local field (radial part kept) and the tile residuals under it.
+    coarse: (targets, images, DSLR mask) for the optional blurred coarse passes."""
+    degrees = tuple(opt.local_degrees) if opt.local else (-1,)
+    init = _radial_field(q_radial, p) if np.any(q_radial != 0) else None
+    # about 20 tiles across, of 8 to 48 working px (a binned phone has coarser working px)
+    step = float(p.to_image[0, 0])
+    tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 8.0 * step, 48.0 * step))
+    if opt.local and opt.coarse_local and coarse is not None:
+        # coarse passes: blurred images and larger tiles catch displacements of
+        # several px (strong lens distortion) that the fine tiles cannot
+        targets, images, dslr_mask = coarse
+        for factor in (4.0, 2.0):
+            init, _, _ = refine_local(
+                targets, images, dslr_mask, h_image, p.image_size, tile_px=factor * tile,
+                blur_sigma=factor, degrees=degrees, iterations=4, spline=False, tol_px=0.05, init=init,
+            )
+    fld, _first, final = refine_local(
+        None, None, None, h_image, p.image_size, tile_px=tile, degrees=degrees,
+        iterations=6 if opt.local else 1, init=init, channels=channels,
+    )
+    return fld, final
+
+
+def _radial_field(q_radial: np.ndarray, p: PreparedImage) -> SmoothField:
+    """The field holding only the radial lens model (zero when there is none)."""
+    if not np.any(q_radial != 0):
+        return SmoothField()
+    w_img, h_img = p.image_size
+    centre = ((w_img - 1) / 2.0, (h_img - 1) / 2.0)
+    return SmoothField(-1, centre, max(w_img, h_img) / 2.0,
+                       radial=(*centre, max(w_img, h_img) / 2.0, float(q_radial[0]), float(q_radial[1])))
+
+
+def _channel_lists(warped: list[TileChannel]) -> tuple[list, list, list]:
+    return [c.template for c in warped], [c.warped for c in warped], [c.mask for c in warped]
+
+
+def _masked(channels: list[Channel], keep: np.ndarray) -> list[Channel]:
+    """The channels with their template masks limited to ``keep`` (working grid)."""
+    return [Channel(ch.template, ch.mask & keep, ch.image, ch.image_mask, ch.to_frame, ch.samples) for ch in channels]
+
+
+def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.ndarray, fld: SmoothField,
+                 dslr_stored: tuple[np.ndarray, tuple[int, int]], opt: AlignOptions) -> TrustMap:
+    """Measure the residual densely and decide per working px (see :mod:`alignment.trust`).
+
+    dslr_stored: ((3,3) reduced DSLR px -> stored px, stored (W, H))."""
+    shape = p.lum.shape
+    res = trust.dense_residual(*_channel_lists(warped))
+    rows, cols = shape
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    work = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+    img = apply_homography(p.to_image, work)
+    reduced = apply_homography(h_image, img + fld(img))
+    to_stored, (sw, sh) = dslr_stored
+    stored = apply_homography(to_stored, reduced)
+    outside = ~((stored[:, 0] >= 1) & (stored[:, 1] >= 1) & (stored[:, 0] <= sw - 2) & (stored[:, 1] <= sh - 2))
+    clipped = ~p.valid
+    if not d.valid.all():
+        bad = (~d.valid).astype(np.float32)
+        at = cv2.remap(bad, reduced[:, 0].astype(np.float32).reshape(shape), reduced[:, 1].astype(np.float32).reshape(shape),
+                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        clipped = clipped | (at > 0.01)
+    params = trust.TrustParams(max_px=opt.trust_max_px, margin_px=opt.trust_margin_px)
+    return trust.assess(res, p.to_image, outside.reshape(shape), clipped, params)
+
+
 def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     p = prepare_phone(phone)
     p = bin_phone(p, phone_bin_factor(p, opt.max_plane_pixels))
     d = prepare_dslr(dslr)
+    stored_size = d.image_size
     window = None  # the DSLR crop / shrink, once the footprint is known
     secs["prepare"] = time.perf_counter() - t0
     q = Quality()
@@ -309,7 +399,8 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         f_dslr = min(1.0, opt.feature_max_side / max(dh, dw))
     fa, ma, sa = _feature_image(p.lum, p.valid, f_phone)
     fb, mb, sb = _feature_image(d.lum, d.valid, f_dslr)
-    fm = match_homography(fa, fb, ma, mb, ratio=opt.ratio, threshold_px=opt.magsac_threshold, max_features=opt.max_features)
+    fm = match_homography(fa, fb, ma, mb, ratio=opt.ratio, threshold_px=opt.magsac_threshold,
+                          max_features=opt.max_features, layers=opt.feature_layers)
     q.keypoints_phone, q.keypoints_dslr = fm.keypoints_a, fm.keypoints_b
     q.matches, q.inliers, q.inlier_ratio = fm.matches, fm.inliers, fm.inlier_ratio
     secs["features"] = time.perf_counter() - t1
@@ -337,14 +428,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
             min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0, **eccopt
         )
         q_radial = r.radial
-        radial = opt.radial
-        rho = float(np.hypot(*p.image_size) / max(p.image_size))
-
-        def corner_px(qq: np.ndarray) -> float:
-            # displacement of the frame corner by the radial model (phone px)
-            return float(abs(qq[0] * rho**3 + qq[1] * rho**5) * max(p.image_size) / 2.0)
-
-        q.radial_corner_px = corner_px(q_radial)
+        q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = h_work @ from_img
         images = [d.lum] * len(targets)
         if opt.radiometric and d.encoded is not None:
@@ -355,30 +439,23 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
             if fitted is not None:
                 images = fitted
         # the fine channels (filtered once, spline coefficients kept) serve the fine
-        # ECC, the local refinement and the final correlation
+        # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
+        fit_channels = channels
+        if opt.trust:
+            # what does not follow the dominant motion (objects nearer or moving) stays
+            # out of the fine stage and the local field: the background must win
+            t_pre = time.perf_counter()
+            pre = trust.dense_residual(*_channel_lists(warp_channels(channels, h_image, _radial_field(q_radial, p))))
+            outliers = trust.outliers_to_dominant_motion(pre, float(to_img[0, 0]), margin_px=opt.trust_margin_px)
+            if outliers.any() and outliers.mean() < 0.8:
+                fit_channels = _masked(channels, ~outliers)
+            q.dropped["prefit_outliers"] = round(float(outliers.mean()), 5)
+            secs["trust_prefit"] = time.perf_counter() - t_pre
         if opt.fine == "planes":
-            frame = (p.image_size[1], p.image_size[0])
-            rf = refine_planes(
-                None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
-                radial=radial, q0=q_radial, channels=channels,
-            )
-            h_image = rf.homography
-            q_radial = rf.radial
-            if radial and corner_px(q_radial) < opt.radial_min_px:
-                # no lens distortion worth modelling: two fewer parameters, less variance
-                rf = refine_planes(
-                    None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
-                    channels=channels,
-                )
-                h_image = rf.homography
-                q_radial = np.zeros(2)
-            q.radial_corner_px = corner_px(q_radial)
-        elif opt.fine != "none":
-            raise ValueError(f"unknown fine stage {opt.fine!r} (use 'planes' or 'none')")
+            h_image, q_radial = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)
+            q.radial_corner_px = _corner_px(q_radial, p.image_size)
     except (ValueError, np.linalg.LinAlgError) as err:
-        if "unknown" in str(err):
-            raise
         q.ecc_correlation = 0.0
         q.message = f"ECC failed: {err}"
         return done(h_work)
@@ -388,39 +465,54 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
 
     # --- local refinement
     t3 = time.perf_counter()
-    fld = SmoothField()
     try:
-        degrees = tuple(opt.local_degrees) if opt.local else (-1,)
-        w_img, h_img = p.image_size
-        init = None
-        if np.any(q_radial != 0):
-            init = SmoothField(
-                -1, ((w_img - 1) / 2.0, (h_img - 1) / 2.0), max(w_img, h_img) / 2.0,
-                radial=((w_img - 1) / 2.0, (h_img - 1) / 2.0, max(w_img, h_img) / 2.0, float(q_radial[0]),
-                        float(q_radial[1])),
-            )
-        # about 20 tiles across, of 8 to 48 working px (a binned phone has coarser working px)
-        step = float(to_img[0, 0])
-        tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 8.0 * step, 48.0 * step))
-        if opt.local and opt.coarse_local:
-            # coarse passes: blurred images and larger tiles catch displacements of
-            # several px (strong lens distortion) that the fine tiles cannot
-            for factor in (4.0, 2.0):
-                init, _, _ = refine_local(
-                    targets, images, d.valid, h_image, p.image_size, tile_px=factor * tile,
-                    blur_sigma=factor, degrees=degrees, iterations=4, spline=False, tol_px=0.05, init=init,
-                )
-        fld, _first, final = refine_local(
-            None, None, None, h_image, p.image_size, tile_px=tile, degrees=degrees,
-            iterations=6 if opt.local else 1, init=init, channels=channels,
-        )
+        fld, final = _local_stage(fit_channels, h_image, q_radial, p, opt, (targets, images, d.valid))
     except (ValueError, np.linalg.LinAlgError) as err:
         q.message = f"local refinement failed: {err}"
         return done(h_work)
+    secs["local"] = time.perf_counter() - t3
+    warped = warp_channels(channels, h_image, fld)
+
+    # --- trust: what is left, per px; the model is fitted again without what moved
+    if opt.trust:
+        t4 = time.perf_counter()
+        dslr_stored = (d.to_image, stored_size)
+        tm = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
+        # what the final measure drops that the fit still used
+        dropped = ((tm.code == trust.MOVED) | (tm.code == trust.OCCLUDED)) & fit_channels[0].mask
+        if opt.trust_refit and dropped.mean() > opt.trust_refit_fraction:
+            # the final measure found more that moved than the first: fit once more without it
+            try:
+                keep = ~trust.grow(dropped, opt.trust_margin_px / float(to_img[0, 0]))
+                fit_channels = _masked(fit_channels, keep)
+                if opt.fine == "planes":
+                    h_image, q_radial = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)
+                    q.radial_corner_px = _corner_px(q_radial, p.image_size)
+                fld, final = _local_stage(fit_channels, h_image, q_radial, p, opt)
+                h_work = h_image @ to_img
+                warped = warp_channels(channels, h_image, fld)
+                tm = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
+                q.trust_refit = True
+            except (ValueError, np.linalg.LinAlgError) as err:
+                q.message = f"refit on the trusted px failed: {err}"
+                return done(h_work)
+        result.trust = tm
+        q.trusted_fraction = float(tm.trusted.mean())
+        q.dropped.update({k: round(v, 5) for k, v in tm.fractions().items() if k != "trusted"})
+        secs["trust"] = time.perf_counter() - t4
     result.field = fld
     result.residuals = final
     q.field_degree = fld.degree
     rel = final.reliable
+    if result.trust is not None:
+        # the verdict judges the model where the scene agrees with it: tiles mostly trusted
+        t_img = result.trust.full((p.image_size[1], p.image_size[0]))
+        cx = np.clip(np.round(final.centres[:, 0]).astype(int), 0, p.image_size[0] - 1)
+        cy = np.clip(np.round(final.centres[:, 1]).astype(int), 0, p.image_size[1] - 1)
+        in_trust = t_img[cy, cx] == 0
+        rel = rel & in_trust
+        final = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
+                              None if final.textured is None else final.textured & in_trust)
     q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
     q.consistent_tiles = final.consistent_fraction(opt.max_residual_px)
     if rel.any():
@@ -428,8 +520,10 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         q.residual_median_px = float(np.median(mag))
         q.residual_p90_px = float(np.percentile(mag, 90))
         q.residual_max_px = float(mag.max())
-    q.ecc_correlation = model_correlation(warp_channels(channels, h_image, fld), opt.norm_sigma)
-    secs["local"] = time.perf_counter() - t3
+    if result.trust is not None:
+        keep = result.trust.trusted
+        warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image) for c in warped]
+    q.ecc_correlation = model_correlation(warped, opt.norm_sigma)
     return done(h_work)
 
 

@@ -16,13 +16,13 @@ Reasons (``Quality.reason``), checked in this order:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 __all__ = ["Quality", "Thresholds", "REASONS", "verdict"]
 
-REASONS = ("too_few_matches", "overlap_too_small", "low_correlation", "residual_too_large")
+REASONS = ("too_few_matches", "overlap_too_small", "low_correlation", "residual_too_large", "too_little_trusted")
 
 
 @dataclass
@@ -43,6 +43,8 @@ class Thresholds:
     #: their structure agrees everywhere)
     min_correlation_confirmed: float = 0.3
     confirm_inliers: int = 100
+    #: with a trust map, the least fraction of the phone frame whose target can be trusted
+    min_trusted: float = 0.5
 
 
 @dataclass
@@ -78,6 +80,9 @@ class Quality:
     consistent_tiles: float = float("nan")
     field_degree: int = -1
     radial_corner_px: float = float("nan")
+    trusted_fraction: float = float("nan")
+    dropped: dict = field(default_factory=dict)
+    trust_refit: bool = False
     ok: bool = False
     reason: str | None = None
     message: str = ""
@@ -149,6 +154,12 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             not (q.residual_p90_px <= t.max_residual_px),
             "residual_too_large",
             f"90th-percentile tile residual {q.residual_p90_px:.3f} px > {t.max_residual_px} px",
+        ),
+        (
+            bool(np.isfinite(q.trusted_fraction)) and q.trusted_fraction < t.min_trusted,
+            "too_little_trusted",
+            f"only {q.trusted_fraction:.0%} of the phone frame can be trusted (need {t.min_trusted:.0%}); "
+            + ", ".join(f"{k} {v:.0%}" for k, v in sorted(q.dropped.items(), key=lambda kv: -kv[1]) if v >= 0.005),
         ),
     ]
     for failed, reason, message in checks:

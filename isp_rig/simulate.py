@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from alignment import rawio
-from alignment.pipeline import apply_homography
+from alignment.geometry import apply_homography
 
 # sRGB (D65) <-> CIE XYZ
 SRGB_TO_XYZ = np.array(
@@ -111,9 +111,16 @@ class Truth:
     dslr_size: tuple[int, int]
     grid: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     facts: dict = field(default_factory=dict)
+    #: layered scenes: (H, W, 2) float32 DSLR (x, y) of every phone px's scene point,
+    #: NaN where hidden in the DSLR or outside its frame (``truth_map.npy``)
+    dense: np.ndarray | None = None
+    #: layered scenes with highlights: (H, W) bool, either camera clipped (``truth_clipped.png``)
+    clipped: np.ndarray | None = None
 
     def map_points(self, xy_phone: np.ndarray) -> np.ndarray:
-        """(N, 2) observed phone raw pixels -> (N, 2) DSLR pixels, exactly."""
+        """(N, 2) observed phone raw pixels -> (N, 2) DSLR pixels through ``phone_to_dslr``
+        (exact for a planar scene; for a layered scene, the background plane's mapping:
+        use ``dense`` for the truth of every px)."""
         xy = np.asarray(xy_phone, dtype=np.float64).reshape(-1, 2)
         if self.distortion is not None:
             xy = self.distortion.undistort(xy)
@@ -156,10 +163,21 @@ class Truth:
         )
 
 
+TRUTH_MAP = "truth_map.npy"
+TRUTH_CLIPPED = "truth_clipped.png"
+
+
 def load_truth(pair_dir: str | Path) -> Truth:
-    """Read ``truth.json`` of a simulated pair folder."""
-    with open(Path(pair_dir) / "truth.json") as fh:
-        return Truth.from_json(json.load(fh))
+    """Read ``truth.json`` of a simulated pair folder, with ``truth_map.npy`` and
+    ``truth_clipped.png`` when the pair has them."""
+    pair_dir = Path(pair_dir)
+    with open(pair_dir / "truth.json") as fh:
+        truth = Truth.from_json(json.load(fh))
+    if (pair_dir / TRUTH_MAP).is_file():
+        truth.dense = np.load(pair_dir / TRUTH_MAP)
+    if (pair_dir / TRUTH_CLIPPED).is_file():
+        truth.clipped = cv2.imread(str(pair_dir / TRUTH_CLIPPED), cv2.IMREAD_UNCHANGED) > 0
+    return truth
 
 
 # -------------------------------------------------------------------- scenes
@@ -252,11 +270,15 @@ def list_sources(source: str | Path | None) -> list[Path]:
     return [p]
 
 
-def scene_from_source(rng: np.random.Generator, source: np.ndarray, h: int, w: int) -> np.ndarray:
-    """A random crop of a source image with aspect w:h, resized to (h, w, 3)."""
+def scene_from_source(rng: np.random.Generator, source: np.ndarray, h: int, w: int,
+                      frac_range: tuple[float, float] = (0.7, 1.0)) -> np.ndarray:
+    """A random crop of a source image with aspect w:h, resized to (h, w, 3).
+
+    frac_range: the crop's size as a fraction of the largest crop of that aspect.
+    """
     sh, sw = source.shape[:2]
     aspect = w / h
-    frac = rng.uniform(0.7, 1.0)
+    frac = rng.uniform(*frac_range)
     ch = min(sh, sw / aspect) * frac
     cw = ch * aspect
     y0 = rng.uniform(0, sh - ch)
@@ -303,6 +325,18 @@ class SimOptions:
     max_perspective: float = 0.03  # relative keystone across the frame
     distortion_k1: tuple[float, float] = (-0.08, 0.05)
     grid_points: int = 4000
+    # layered real-world effects (see isp_rig.layered); any of the first three
+    # switches renders a layered scene with two pinhole cameras
+    parallax: bool = False
+    motion: bool = False
+    clipping: bool = False
+    shading: bool = False
+    baseline_mm: float = 60.0
+
+    @property
+    def layered(self) -> bool:
+        """True when the scene is rendered as layers (parallax, motion or highlights)."""
+        return self.parallax or self.motion or self.clipping
 
 
 @dataclass
@@ -385,12 +419,141 @@ def _mosaic(rgb: np.ndarray, cfa: str) -> np.ndarray:
     return rawio.unpack(planes, cfa)
 
 
+@dataclass
+class _Render:
+    """What a scene model hands to the camera physics: linear light in both cameras."""
+
+    truth: Truth
+    dslr_lin: np.ndarray  # (dh, dw, 3) float32 scene light on the DSLR grid
+    phone_rgb: np.ndarray  # (ph, pw, 3) float32 scene light on the phone raw grid
+    scene_facts: dict = field(default_factory=dict)
+
+
+def _distortion(rng: np.random.Generator, opt: SimOptions) -> Distortion | None:
+    if not opt.distortion:
+        return None
+    pw, ph = opt.phone_size
+    return Distortion(
+        k1=float(rng.uniform(*opt.distortion_k1)),
+        k2=float(rng.uniform(-0.01, 0.01)),
+        cx=(pw - 1) / 2 + float(rng.normal(0, pw * 0.01)),
+        cy=(ph - 1) / 2 + float(rng.normal(0, ph * 0.01)),
+        f=float(max(pw, ph) * 0.8),
+    )
+
+
+def _grid_step(opt: SimOptions) -> int:
+    pw, ph = opt.phone_size
+    return max(4, int(round(math.sqrt(pw * ph / opt.grid_points))))
+
+
+def _planar_render(rng: np.random.Generator, source: np.ndarray | None, opt: SimOptions) -> _Render:
+    """A flat scene: one homography (plus the lens) from the phone to the DSLR."""
+    k = int(opt.supersample)
+    dw, dh = opt.dslr_size
+    pw, ph = opt.phone_size
+    scene = scene_from_source(rng, source, dh * k, dw * k) if source is not None else procedural_scene(
+        rng, dh * k, dw * k
+    )
+    hom = _random_homography(rng, opt)
+    truth = Truth(phone_to_dslr=hom, distortion=_distortion(rng, opt), phone_size=(pw, ph), dslr_size=(dw, dh))
+    truth.grid = truth.make_grid(_grid_step(opt))
+    dslr_lin = cv2.resize(scene, (dw, dh), interpolation=cv2.INTER_AREA) if k > 1 else scene.copy()
+    return _Render(truth, dslr_lin, _render_phone_rgb(scene, truth, k))
+
+
+def _material(rng: np.random.Generator, sources: list[np.ndarray]):
+    """Texture maker for foreground objects: crops of other scene material, or procedural."""
+
+    def make(h: int, w: int) -> np.ndarray:
+        if sources:
+            src = sources[int(rng.integers(0, len(sources)))]
+            return scene_from_source(rng, src, h, w, frac_range=(0.12, 0.45))
+        return procedural_scene(rng, h, w)
+
+    return make
+
+
+def _layered_render(rng: np.random.Generator, source: np.ndarray | None, materials: list[np.ndarray],
+                    opt: SimOptions, cam: "PhoneModel") -> _Render:
+    """Background plane and foreground objects seen by two pinhole cameras (isp_rig.layered)."""
+    from isp_rig import layered
+
+    k = int(opt.supersample)
+    dw, dh = opt.dslr_size
+    pw, ph = opt.phone_size
+    distortion = _distortion(rng, opt)
+
+    def background(h: int, w: int) -> np.ndarray:
+        return scene_from_source(rng, source, h, w) if source is not None else procedural_scene(rng, h, w)
+
+    scene = layered.build_scene(
+        rng, phone_size=(pw, ph), dslr_size=(dw, dh), k=k, focal_35mm=cam.focal_length_35mm,
+        coverage=opt.coverage, max_roll_deg=opt.max_rotation_deg, baseline_mm=opt.baseline_mm,
+        parallax=opt.parallax, motion=opt.motion, clipping=opt.clipping, background=background,
+        material=_material(rng, materials or ([source] if source is not None else [])),
+    )
+    undistort = distortion.undistort if distortion is not None else (lambda xy: np.asarray(xy, np.float64))
+    dslr_lin, dslr_cov = layered.render_dslr(scene, (dw, dh))
+    phone_rgb, phone_cov = layered.render_phone(scene, (pw, ph), undistort)
+    dense, owner = layered.truth_from_render(scene, (pw, ph), (dw, dh), undistort, phone_cov, dslr_cov)
+    truth = Truth(phone_to_dslr=scene.layers[0].homography, distortion=distortion, phone_size=(pw, ph),
+                  dslr_size=(dw, dh), dense=dense)
+    step = _grid_step(opt)
+    gy, gx = np.mgrid[0:ph:step, 0:pw:step]
+    at = dense[gy.ravel(), gx.ravel()]
+    keep = np.isfinite(at).all(axis=1)
+    truth.grid = np.hstack([np.stack([gx.ravel(), gy.ravel()], 1)[keep].astype(np.float64), at[keep]])
+    visible = np.isfinite(dense[..., 0])
+    facts = {
+        "scene": "layered",
+        "effects": [name for name in ("parallax", "motion", "clipping", "shading", "distortion")
+                    if getattr(opt, name)],
+        "baseline_mm": float(opt.baseline_mm),
+        "rig": {"k_phone": scene.cameras.k_phone.tolist(), "k_dslr": scene.cameras.k_dslr.tolist(),
+                "rotation": scene.cameras.rotation.tolist(), "translation_m": scene.cameras.translation.tolist()},
+        "layers": [layer.describe() for layer in scene.layers],
+        "highlights": scene.highlights,
+        "owner_fractions": [round(float((owner == i).mean()), 5) for i in range(len(scene.layers))],
+        "visible_fraction": round(float(visible.mean()), 5),
+        "phone_to_dslr_plane": "the background plane (truth_map.npy holds every px)",
+    }
+    return _Render(truth, dslr_lin, phone_rgb, facts)
+
+
+def _reference_level(lin: np.ndarray, scene_light: np.ndarray | None = None) -> float:
+    """99.5th percentile of ``lin``; with ``scene_light``, over px whose scene light is at
+    most 1.5 x the scene's white (emitters brighter than that are highlights, not what
+    an exposure is set for)."""
+    vals = lin
+    if scene_light is not None:
+        ordinary = scene_light.max(axis=-1) <= 1.5
+        if ordinary.mean() > 0.5:
+            vals = lin[ordinary]
+    return max(float(np.percentile(vals, 99.5)), 1e-6)
+
+
+def _shading(rng: np.random.Generator, pw: int, ph: int) -> np.ndarray:
+    """(ph, pw, 3) per-colour lens shading: each channel's own radial fall-off and centre
+    (red falls off most, as behind a phone's IR filter at oblique angles)."""
+    yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
+    out = np.empty((ph, pw, 3), np.float32)
+    strength = (rng.uniform(0.35, 0.55), rng.uniform(0.2, 0.35), rng.uniform(0.15, 0.3))
+    for c in range(3):
+        cx = (pw - 1) / 2 + rng.normal(0, 0.03 * pw)
+        cy = (ph - 1) / 2 + rng.normal(0, 0.03 * ph)
+        r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (((pw - 1) / 2) ** 2 + ((ph - 1) / 2) ** 2)
+        out[..., c] = 1 - strength[c] * r2 - 0.1 * strength[c] * r2 * r2
+    return np.clip(out, 0.2, 1.0)
+
+
 def simulate_pair(
     seed: int,
     source: np.ndarray | None = None,
     options: SimOptions | None = None,
     phone: PhoneModel | None = None,
     pair_id: str | None = None,
+    materials: list[np.ndarray] | None = None,
 ) -> SimPair:
     """Simulate one phone-raw / DSLR pair in memory.
 
@@ -401,56 +564,59 @@ def simulate_pair(
         options: sizes and switches (:class:`SimOptions`).
         phone: the phone camera (:class:`PhoneModel`).
         pair_id: the pair's name (default ``pair_<seed>``).
+        materials: linear RGB images whose crops texture the foreground objects of
+            a layered scene (default: the source, or procedural material).
 
     Returns:
         :class:`SimPair` with the phone raw (mosaic uint16 on the raw grid),
-        the DSLR image (display-referred float RGB) and the ground truth.
+        the DSLR image (display-referred float RGB) and the ground truth
+        (with ``dense`` and ``clipped`` for a layered scene).
     """
     opt = options or SimOptions()
     cam = phone or PhoneModel()
     rng = np.random.default_rng(seed)
-    k = int(opt.supersample)
     dw, dh = opt.dslr_size
     pw, ph = opt.phone_size
     if pw % 2 or ph % 2:
         raise ValueError("the phone raw size must be even")
 
-    scene = scene_from_source(rng, source, dh * k, dw * k) if source is not None else procedural_scene(
-        rng, dh * k, dw * k
-    )
+    if opt.layered:
+        render = _layered_render(rng, source, materials or [], opt, cam)
+    else:
+        render = _planar_render(rng, source, opt)
+    truth = render.truth
+    hom = truth.phone_to_dslr
 
-    # Geometry and ground truth.
-    hom = _random_homography(rng, opt)
-    distortion = None
-    if opt.distortion:
-        distortion = Distortion(
-            k1=float(rng.uniform(*opt.distortion_k1)),
-            k2=float(rng.uniform(-0.01, 0.01)),
-            cx=(pw - 1) / 2 + float(rng.normal(0, pw * 0.01)),
-            cy=(ph - 1) / 2 + float(rng.normal(0, ph * 0.01)),
-            f=float(max(pw, ph) * 0.8),
-        )
-    truth = Truth(phone_to_dslr=hom, distortion=distortion, phone_size=(pw, ph), dslr_size=(dw, dh))
-    step = max(4, int(round(math.sqrt(pw * ph / opt.grid_points))))
-    truth.grid = truth.make_grid(step)
+    # DSLR: its colour response and tone curve (clips where the curve reaches white).
+    dslr_lin = render.dslr_lin @ _random_colour_response(rng, 0.02).T
+    exposure = rng.uniform(0.9, 1.3) / _reference_level(dslr_lin, render.dslr_lin if opt.clipping else None)
+    dslr_clean = _filmic(dslr_lin * exposure, contrast=rng.uniform(0.1, 0.3))
+    dslr_rgb = np.clip(dslr_clean + rng.normal(0, 0.002, dslr_clean.shape).astype(np.float32), 0, 1).astype(np.float32)
 
-    # DSLR: area sampling of the scene, its colour response and tone curve.
-    dslr_lin = cv2.resize(scene, (dw, dh), interpolation=cv2.INTER_AREA) if k > 1 else scene.copy()
-    dslr_lin = dslr_lin @ _random_colour_response(rng, 0.02).T
-    exposure = rng.uniform(0.9, 1.3) / max(float(np.percentile(dslr_lin, 99.5)), 1e-6)
-    dslr_rgb = _filmic(dslr_lin * exposure, contrast=rng.uniform(0.1, 0.3))
-    dslr_rgb = np.clip(dslr_rgb + rng.normal(0, 0.002, dslr_rgb.shape).astype(np.float32), 0, 1).astype(np.float32)
-
-    # Phone: sampling through the ground truth, then the sensor.
-    rgb = _render_phone_rgb(scene, truth, k)
+    # Phone: the sensor behind its own colour filters.
+    rgb = render.phone_rgb
     cam_rgb = _random_colour_response(rng, 0.12)  # camera (white-balanced) from sRGB
     wb = np.array([rng.uniform(1.6, 2.4), 1.0, rng.uniform(1.3, 2.0)])  # as-shot multipliers
     camera = (rgb @ cam_rgb.T) / wb
-    yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
-    cx, cy = (pw - 1) / 2, (ph - 1) / 2
-    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (cx**2 + cy**2)
-    camera *= (1 - cam.vignetting * r2)[..., None]
-    camera *= rng.uniform(0.7, 0.9) / max(float(np.percentile(camera, 99.5)), 1e-6)
+    if opt.shading:
+        camera *= _shading(rng, pw, ph)
+    else:
+        yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
+        cx, cy = (pw - 1) / 2, (ph - 1) / 2
+        r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (cx**2 + cy**2)
+        camera *= (1 - cam.vignetting * r2)[..., None]
+    # a phone exposes for its highlights when the scene has them (1-2 stops of headroom)
+    level = rng.uniform(0.25, 0.5) if opt.clipping else rng.uniform(0.7, 0.9)
+    camera *= level / _reference_level(camera, rgb if opt.clipping else None)
+    if opt.layered:
+        clipped = camera.max(axis=-1) >= 0.98
+        dense = truth.dense
+        finite = np.isfinite(dense[..., 0])
+        dslr_sat = (dslr_clean.max(axis=-1) >= 0.995).astype(np.float32)
+        at = ndimage.map_coordinates(dslr_sat, [np.nan_to_num(dense[..., 1]), np.nan_to_num(dense[..., 0])],
+                                     order=1, mode="nearest")
+        clipped |= finite & (at > 0)
+        truth.clipped = clipped
     cfa = str(rng.choice(rawio.CFA_PATTERNS))
     signal = _mosaic(camera.astype(np.float64), cfa)
     bits = cam.bits if cam.bits in (10, 12) else 10
@@ -482,10 +648,13 @@ def simulate_pair(
         "phone_bits": bits,
         "black_level": black,
         "white_level": white,
-        "supersample": k,
+        "supersample": int(opt.supersample),
         "dslr_focal_length_mm": round(dslr_focal, 3),
         "phone_focal_length_35mm": cam.focal_length_35mm,
+        **render.scene_facts,
     }
+    if truth.clipped is not None:
+        truth.facts["clipped_fraction"] = round(float(truth.clipped.mean()), 5)
     return SimPair(
         pair_id=pair_id or f"pair_{seed}", phone=raw, dslr_rgb=dslr_rgb, truth=truth, options=opt,
         phone_model=cam, phone_time=phone_time, dslr_time=dslr_time, dslr_focal_length_mm=dslr_focal,
@@ -589,7 +758,8 @@ def write_dslr(path: Path, rgb: np.ndarray, fmt: str, quality: int, focal_mm: fl
 
 def write_pair(pair: SimPair, out_dir: str | Path) -> Path:
     """Write a pair as ``out_dir/<pair-id>/phone.dng``, ``dslr.jpg`` (or ``.tif``)
-    and ``truth.json``; returns the pair folder.  Files are written to temporary
+    and ``truth.json`` (a layered scene adds ``truth_map.npy``, float32 (H, W, 2), and
+    ``truth_clipped.png``, uint8 (H, W)); returns the pair folder.  Files are written to temporary
     names and renamed, so a killed run leaves no half-written pair file."""
     folder = Path(out_dir) / pair.pair_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -603,7 +773,24 @@ def write_pair(pair: SimPair, out_dir: str | Path) -> Path:
         tmp = folder / f".{name}.partial"
         writer(tmp)
         tmp.replace(folder / name)
+    extra = []
+    if pair.truth.dense is not None:
+        extra.append((TRUTH_MAP, lambda fh: np.save(fh, pair.truth.dense.astype(np.float32))))
+    if pair.truth.clipped is not None:
+        extra.append((TRUTH_CLIPPED, lambda fh: fh.write(_png_bytes(pair.truth.clipped.astype(np.uint8) * 255))))
+    for name, writer in extra:
+        tmp = folder / f".{name}.partial"
+        with open(tmp, "wb") as fh:
+            writer(fh)
+        tmp.replace(folder / name)
     return folder
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("could not encode a PNG")
+    return buf.tobytes()
 
 
 def simulate_pairs(
@@ -629,7 +816,8 @@ def simulate_pairs(
     for i in tqdm(range(n), desc="simulate", unit="pair", disable=not progress):
         pair_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         src = loaded[sources[i % len(sources)]] if sources else None
-        pair = simulate_pair(pair_seed, src, options, phone, pair_id=f"pair_{i:04d}")
+        others = [loaded[p] for p in sources if p != sources[i % len(sources)]] if sources else []
+        pair = simulate_pair(pair_seed, src, options, phone, pair_id=f"pair_{i:04d}", materials=others or None)
         if sources:
             pair.truth.facts["source"] = sources[i % len(sources)].name
         folders.append(write_pair(pair, out_dir))

@@ -29,13 +29,27 @@ def _size(value: str) -> tuple[int, int]:
               help="DSLR JPEG (quality 92) or 16-bit TIFF.")
 @click.option("--phone-bits", type=click.Choice(["10", "12"]), default="10", show_default=True,
               help="Phone raw bit depth.")
+@click.option("--parallax", is_flag=True,
+              help="2.5D scene: a background plane at 8-30 m and 2-4 textured objects at 1.5-5 m, seen by two "
+                   "pinhole cameras BASELINE apart (parallax and occlusion follow from depth).")
+@click.option("--motion", is_flag=True,
+              help="One or two objects move 3-15 DSLR px between the exposures (half of them smeared in the DSLR).")
+@click.option("--clipping", is_flag=True, help="Highlights that clip the DSLR and sometimes the phone.")
+@click.option("--shading", is_flag=True, help="Per-colour lens shading of the phone (colour vignetting).")
+@click.option("--baseline-mm", default=60.0, show_default=True, type=click.FloatRange(min=0.0, max=1000.0),
+              help="Distance between the two cameras' centres (layered scenes).")
 def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distortion: bool, phone_size: str,
-             dslr_size: str, dslr_format: str, phone_bits: str) -> None:
+             dslr_size: str, dslr_format: str, phone_bits: str, parallax: bool, motion: bool, clipping: bool,
+             shading: bool, baseline_mm: float) -> None:
     """Simulate phone-raw / DSLR pairs of the same scene with exact ground truth.
 
     Each pair folder holds phone.dng (a Bayer raw rawpy opens), dslr.jpg or
     dslr.tif (Nikon Z6 EXIF) and truth.json (phone_to_dslr homography,
     distortion, and a dense grid of phone-pixel to DSLR-pixel correspondences).
+    With --parallax, --motion or --clipping the scene is layered and each folder
+    also holds truth_map.npy (float32 H x W x 2: the DSLR (x, y) of every phone
+    raw pixel's scene point, NaN where the DSLR does not see it) and
+    truth_clipped.png (255 where either camera clipped).
     """
     from isp_rig import simulate as sim
 
@@ -45,7 +59,8 @@ def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distor
     dw, dh = _size(dslr_size)
     supersample = 2 if dw * dh <= 8_000_000 else 1
     options = sim.SimOptions(phone_size=(pw, ph), dslr_size=(dw, dh), distortion=distortion,
-                             dslr_format=dslr_format, supersample=supersample)
+                             dslr_format=dslr_format, supersample=supersample, parallax=parallax, motion=motion,
+                             clipping=clipping, shading=shading, baseline_mm=baseline_mm)
     try:
         folders = sim.simulate_pairs(out_dir, n_pairs, seed, source=source, options=options,
                                      phone=sim.PhoneModel(bits=int(phone_bits)))

@@ -26,7 +26,8 @@ def test_scene_split_is_a_pure_function_of_seed_and_scene_with_the_asked_fractio
 
 def test_warping_the_dslr_by_the_truth_reproduces_the_phone_view():
     pair = sim.simulate_pair(11, options=sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320)))
-    target, valid = warp_to_phone_grid(pair.dslr_rgb, pair.truth.map_points, pair.phone.shape)
+    warp = warp_to_phone_grid(pair.dslr_rgb, pair.truth.map_points, pair.phone.shape)
+    target, valid = warp.target, warp.valid
     assert target.shape == (240, 320, 3) and valid.all()
     phone = cv2.GaussianBlur(rawio.luminance(pair.phone), (0, 0), 1.0)
     warped = cv2.GaussianBlur(rawio.luminance(target), (0, 0), 1.0)
@@ -35,9 +36,22 @@ def test_warping_the_dslr_by_the_truth_reproduces_the_phone_view():
 
 def test_warp_marks_points_outside_the_dslr_image_invalid():
     dslr = np.random.default_rng(0).random((100, 100, 3)).astype(np.float32)
-    target, valid = warp_to_phone_grid(dslr, lambda xy: xy + [60.0, 0.0], (40, 80))
+    warp = warp_to_phone_grid(dslr, lambda xy: xy + [60.0, 0.0], (40, 80))
+    target, valid = warp.target, warp.valid
     assert valid[1:-1, :39].all() and not valid[:, 39:].any() and not valid[0].any()
     np.testing.assert_allclose(target[5:-5, 5:30], dslr[5:35, 65:90], atol=1e-5)
+
+
+def test_warp_records_where_each_target_px_was_sampled_and_where_the_dslr_clipped():
+    dslr = np.full((100, 100, 3), 0.5, np.float32)
+    dslr[40:50, 70:80] = 1.0  # a clipped highlight at DSLR x 70..79, y 40..49
+    warp = warp_to_phone_grid(dslr, lambda xy: xy + [60.0, 0.0], (60, 30), clip_level=0.99, keep_map=True)
+    ys, xs = np.mgrid[0:60, 0:30]
+    np.testing.assert_allclose(warp.mapped[..., 0], xs + 60.0)
+    np.testing.assert_allclose(warp.mapped[..., 1], ys)
+    # phone x 10..19, y 40..49 read the highlight; one DSLR px of dilation plus the bilinear reach
+    assert warp.clipped[40:50, 10:20].all()
+    assert not warp.clipped[:37].any() and not warp.clipped[53:].any() and not warp.clipped[:, :7].any()
 
 
 def _write_one(root, pid="p1", h=32, w=48):

@@ -1,0 +1,411 @@
+"""Per-pixel trust: where the target shows the same scene point as the phone pixel.
+
+After the global model (homography, lens, smooth field) what is left is measured
+densely on the phone's working grid (one px per CFA cell, or per binned block),
+from the same per-plane channels the fine stage compares (each Bayer plane at
+its own sampling positions against the DSLR's fitted prediction of it):
+
+1. **Residual displacement** by dense Lucas-Kanade: in a Gaussian window of
+   ``window`` working px around every px, the shift d that best explains the
+   phone planes by the DSLR prediction moved by d, after local normalisation
+   (a local gain and offset per plane: vignetting, colour shading, tone); three
+   warp-and-measure rounds.  Its standard error follows from the window's
+   structure tensor and the fit's residual.
+2. **Local agreement**: the normalised correlation of phone and prediction
+   after that shift, pooled over the planes; where the phone is flat (its local
+   contrast within a few noise sigmas, the noise curve read off the image
+   itself), the local mean colour instead, after a smooth gain.
+3. **Decision**, per px: ``moved`` (parallax or motion: a residual above
+   ``max_px`` phone px, measured with confidence), ``occluded`` (no
+   correspondence: low agreement, a residual beyond the measurable range),
+   ``unverified`` (a flat px with no trusted textured px nearby: nothing
+   confirms the model there), ``clipped`` (the phone cell or the DSLR px it
+   maps to is saturated), ``outside`` (the mapped point leaves the DSLR image).
+   Dropped regions grow by ``margin_px``: window-based measures blur a
+   boundary, and a px next to an occlusion edge is a mixture.
+
+Coordinates: x = column, y = row, pixel centres at integers; ``to_image`` maps
+working px to phone image px (the full raw grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residual", "assess", "grow", "outliers_to_dominant_motion",
+           "upsample_codes", "full_resolution_codes", "fractions"]
+
+#: codes of :attr:`TrustMap.code`; 0 is trusted
+REASONS = ("trusted", "outside", "clipped", "occluded", "moved", "unverified")
+OUTSIDE, CLIPPED, OCCLUDED, MOVED, UNVERIFIED = 1, 2, 3, 4, 5
+
+
+@dataclass
+class TrustParams:
+    """Thresholds of :func:`assess` (lengths in phone image px).
+
+    max_px: a flow above this is parallax or motion; max_fb_px: a forward-backward
+    disagreement above this is no correspondence; ncc_slack: how far below the
+    correlation a correct match reaches at the px's contrast (see :func:`assess`) a
+    match may fall; min_gain: how much better the flow must explain a px than the
+    model to count as motion; margin_px: dropped regions grow by this; support_px: a
+    flat px needs a trusted textured px this close; flat_snr: local variance over
+    noise variance below which a px is flat; speckle_px: dropped spots narrower than
+    twice this are noise.
+    """
+
+    max_px: float = 1.0
+    max_fb_px: float = 1.0
+    ncc_slack: float = 0.25
+    min_gain: float = 0.1
+    margin_px: float = 8.0
+    support_px: float = 48.0
+    flat_snr: float = 4.0
+    speckle_px: float = 3.0
+
+
+@dataclass
+class TrustMap:
+    """Per-px trust on the phone's working grid.
+
+    code: (h, w) uint8, 0 = trusted, else the index of the reason in :data:`REASONS`.
+    residual: (h, w, 2) float32 residual displacement (phone image px) measured
+        under the model (the optical flow), NaN where nothing was measured.
+    sigma: (h, w) float32 its forward-backward inconsistency (phone image px), inf
+        where unmeasured.
+    ncc: (h, w) float32 local agreement in [-1, 1] (NaN where flat).
+    to_image: (3, 3) working px -> phone image px (scale and offset).
+    """
+
+    code: np.ndarray
+    residual: np.ndarray
+    sigma: np.ndarray
+    ncc: np.ndarray
+    to_image: np.ndarray
+
+    @property
+    def trusted(self) -> np.ndarray:
+        """(h, w) bool, working grid."""
+        return self.code == 0
+
+    def fractions(self) -> dict[str, float]:
+        """Fraction of working px per reason (keys of :data:`REASONS`)."""
+        return fractions(self.code)
+
+    def full(self, shape: tuple[int, int]) -> np.ndarray:
+        """(H, W) uint8 codes on the phone image grid (each working px covers its block)."""
+        return upsample_codes(self.code, self.to_image, shape)
+
+
+def upsample_codes(code: np.ndarray, to_image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest working px of every image px: working px j covers image px
+    ``to_image`` maps j - 0.5 .. j + 0.5 onto (a binning block or a CFA cell)."""
+    h, w = shape
+    sx, ox = to_image[0, 0], to_image[0, 2]
+    sy, oy = to_image[1, 1], to_image[1, 2]
+    cols = np.clip(np.floor((np.arange(w) - ox) / sx + 0.5).astype(int), 0, code.shape[1] - 1)
+    rows = np.clip(np.floor((np.arange(h) - oy) / sy + 0.5).astype(int), 0, code.shape[0] - 1)
+    return code[rows[:, None], cols[None, :]]
+
+
+def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+
+
+def _local_moments(t: np.ndarray, m: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised-convolution local mean and variance of t over mask m -> (mean, var, weight)."""
+    wsum = _gauss(m, sigma) + 1e-6
+    mu = _gauss(t * m, sigma) / wsum
+    var = np.maximum(_gauss(t * t * m, sigma) / wsum - mu * mu, 0.0)
+    return mu, var, wsum
+
+
+def _noise_curve(mean: np.ndarray, var: np.ndarray, ok: np.ndarray, bins: int = 24) -> tuple[float, float]:
+    """Fit var = a * mean + b to the quiet end of the local variance at each brightness
+    (10th percentile per brightness bin): the px noise of the image itself."""
+    mu = mean[ok]
+    v = var[ok]
+    if mu.size < 1000:
+        return 0.0, float(np.median(v)) if v.size else 1e-6
+    edges = np.unique(np.percentile(mu, np.linspace(1, 99, bins + 1)))
+    xs, ys = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (mu >= lo) & (mu < hi)
+        if sel.sum() >= 50:
+            xs.append(float(np.median(mu[sel])))
+            ys.append(float(np.percentile(v[sel], 10)))
+    if len(xs) < 3:
+        return 0.0, float(np.percentile(v, 10))
+    a, b = np.polyfit(xs, ys, 1)
+    if a < 0:
+        a, b = 0.0, float(np.median(ys))
+    return float(a), float(max(b, 1e-9))
+
+
+@dataclass
+class DenseResidual:
+    """Output of :func:`dense_residual` on the channels' common grid (working px).
+
+    flow: (h, w, 2) displacement d such that phone px x shows what the DSLR
+    prediction shows at x + d (forward optical flow); fb_error: (h, w) forward-
+    backward inconsistency |d(x) + d_back(x + d(x))|; ncc: (h, w) local correlation of
+    the phone with the prediction moved by d; ncc_model: (h, w) the same without the
+    flow (how well the model alone explains the px); snr: (h, w) local contrast of the phone
+    over its own noise (variance ratio); colour: (h, w) largest relative difference of
+    any plane's local mean from the prediction after a smooth gain; valid: (h, w)
+    bool, every plane measured; image: (h, w, 3) uint8 the phone planes as a picture
+    (R, mean G, B, percentile-stretched, gamma-encoded) whose edges bound flat regions.
+    """
+
+    flow: np.ndarray
+    fb_error: np.ndarray
+    ncc: np.ndarray
+    ncc_model: np.ndarray
+    snr: np.ndarray
+    colour: np.ndarray
+    valid: np.ndarray
+    image: np.ndarray | None = None
+
+
+def _picture(planes: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 of the phone planes: R, mean G, B when there are four planes (R,
+    G1, G2, B), else the grey of their mean; 0.5/99.5 percentiles stretched, gamma 1/2.2."""
+    if len(planes) == 4:
+        rgb = np.stack([planes[0], 0.5 * (planes[1] + planes[2]), planes[3]], -1).astype(np.float32)
+    else:
+        grey = np.mean([p.astype(np.float32) for p in planes], axis=0)
+        rgb = np.repeat(grey[..., None], 3, -1)
+    vals = rgb[valid] if valid.any() else rgb.reshape(-1, 3)
+    lo, hi = np.percentile(vals, [0.5, 99.5])
+    x = np.clip((rgb - lo) / max(hi - lo, 1e-9), 0, 1) ** (1 / 2.2)
+    return np.ascontiguousarray((x * 255 + 0.5).astype(np.uint8))
+
+
+def _to_u8(img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Locally normalised (window ``sigma``) image as uint8, +-4 local sigmas -> 0..255."""
+    from alignment.ecc import local_normalize
+
+    n = local_normalize(img, sigma, mask)
+    return np.clip(128.0 + 32.0 * n, 0, 255).astype(np.uint8)
+
+
+def optical_flow(a: np.ndarray, b: np.ndarray, patch: int = 8) -> np.ndarray:
+    """OpenCV DIS optical flow (medium preset) from uint8 image a to b: (h, w, 2) float32
+    d with a(x) ~ b(x + d), in px of the images."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setPatchSize(patch)
+    dis.setPatchStride(max(2, patch // 2))
+    return dis.calc(a, b, None)
+
+
+def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks: list[np.ndarray],
+                   window: float = 3.0, norm_sigma: float = 4.0) -> DenseResidual:
+    """The phone against the DSLR prediction under the model, densely.
+
+    templates, warped, masks: per plane (h, w) arrays on one grid (the working grid:
+    every plane's px (i, j) is the same CFA cell or binning block).  The planes are
+    summed into one luminance per side, locally normalised (window ``norm_sigma``:
+    a local gain and offset, so vignetting, colour shading and tone do not count)
+    and compared with DIS optical flow both ways.  window: Gaussian sigma (working
+    px) of the local correlation and of the texture and colour measures.
+    Returns a :class:`DenseResidual` in working px.
+    """
+    h, w = templates[0].shape
+    valid = np.ones((h, w), bool)
+    for m in masks:
+        valid &= m
+    mf = valid.astype(np.float32)
+    lum_t = np.sum([t.astype(np.float32) for t in templates], axis=0)
+    lum_w = np.sum([x.astype(np.float32) for x in warped], axis=0)
+    a = _to_u8(lum_t, valid, norm_sigma)
+    b = _to_u8(lum_w, valid, norm_sigma)
+    fwd = optical_flow(a, b)
+    bwd = optical_flow(b, a)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    fb_error = np.hypot(fwd[..., 0] + back[..., 0], fwd[..., 1] + back[..., 1])
+    # local agreement after the flow: the prediction moved onto the phone
+    moved = cv2.remap(lum_w, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    mu_t, var_t, wsum = _local_moments(lum_t, mf, window)
+    mu_m, var_m, _ = _local_moments(moved, mf, window)
+    cov = _gauss(lum_t * moved * mf, window) / wsum - mu_t * mu_m
+    ncc = cov / np.sqrt(np.maximum(var_t * var_m, 1e-20))
+    mu_0, var_0, _ = _local_moments(lum_w, mf, window)
+    cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
+    ncc_model = cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
+    # texture over the phone's own noise, per plane (the noise curve read off the image)
+    snr = np.zeros((h, w), np.float32)
+    for t in templates:
+        mu_s, var_s, _ = _local_moments(t.astype(np.float32), mf, window)
+        na, nb = _noise_curve(mu_s, var_s, valid)
+        snr = np.maximum(snr, var_s / (na * np.maximum(mu_s, 0) + nb))
+    # local colour agreement: plane means after a smooth gain (vignetting, shading)
+    colour = np.zeros((h, w), np.float32)
+    for t, x in zip(templates, warped):
+        mu_ws, _, _ = _local_moments(x.astype(np.float32), mf, window)
+        mu_ts, _, _ = _local_moments(t.astype(np.float32), mf, window)
+        good = (valid & (mu_ws > 1e-4)).astype(np.float32)
+        ratio = (good * mu_ts / np.maximum(mu_ws, 1e-4)).astype(np.float32)
+        smooth = _gauss(ratio, 12 * window) / (_gauss(good, 12 * window) + 1e-6)
+        pred = smooth * mu_ws
+        rel = np.abs(mu_ts - pred) / np.maximum(np.maximum(mu_ts, pred), 1e-4)
+        colour = np.maximum(colour, rel.astype(np.float32))
+    return DenseResidual(fwd, fb_error.astype(np.float32), ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
+                         colour, valid, _picture(templates, valid))
+
+
+def outliers_to_dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin_px: float = 8.0,
+                                flat_snr: float = 4.0, grid: int = 4) -> np.ndarray:
+    """Working px that do not follow the dominant motion of the residual flow.
+
+    A homography fitted by MAGSAC++ to the flow at textured, forward-backward
+    consistent px (every ``grid``-th px) is the motion of the largest consistent
+    plane: the background, what the global model must fit (a smooth error of the
+    current model is part of it).  Px whose flow departs from it by more than
+    ``max_px`` phone px, or whose flow does not come back, are outliers (objects
+    at other depths, moving things, occlusions); speckles are removed and the rest
+    grown by ``margin_px``.  step: phone px per working px.
+    Returns (h, w) bool, True = outlier (all False when no motion can be fitted).
+    """
+    h, w = res.valid.shape
+    ys, xs = np.mgrid[0:h:grid, 0:w:grid]
+    fb_ok = res.valid & (res.fb_error * step <= 1.0)
+    sel = fb_ok[ys, xs] & (res.snr[ys, xs] >= flat_snr)
+    if sel.sum() < 50:
+        return np.zeros((h, w), bool)
+    src = np.stack([xs[sel], ys[sel]], 1).astype(np.float64)
+    dst = src + res.flow[ys[sel], xs[sel]].astype(np.float64)
+    hom, _ = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 0.5 / step * 2.0, maxIters=5000, confidence=0.999)
+    if hom is None:
+        return np.zeros((h, w), bool)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    den = hom[2, 0] * xx + hom[2, 1] * yy + hom[2, 2]
+    px = (hom[0, 0] * xx + hom[0, 1] * yy + hom[0, 2]) / den - xx
+    py = (hom[1, 0] * xx + hom[1, 1] * yy + hom[1, 2]) / den - yy
+    off = np.hypot(res.flow[..., 0] - px, res.flow[..., 1] - py) * step
+    bad = res.valid & ((off > max_px) | ~fb_ok)
+    return grow(_open(bad, 3.0 / step), margin_px / step)
+
+
+def _open(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological opening: regions narrower than 2 ``radius`` px vanish."""
+    r = int(round(radius))
+    if r <= 0 or not mask.any():
+        return mask
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, k) > 0
+
+
+def grow(mask: np.ndarray, radius: float) -> np.ndarray:
+    r = int(np.ceil(radius))
+    if r <= 0 or not mask.any():
+        return mask
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(mask.astype(np.uint8), k) > 0
+
+
+def assess(
+    res: DenseResidual,
+    to_image: np.ndarray,
+    outside: np.ndarray,
+    clipped: np.ndarray,
+    params: TrustParams | None = None,
+) -> TrustMap:
+    """Decide per working px from a :class:`DenseResidual`.
+
+    to_image: (3,3) working px -> phone image px; outside: (h, w) bool, the mapped
+    point is not inside the DSLR image; clipped: (h, w) bool, the phone cell or the
+    DSLR px it maps to is saturated.  Returns the :class:`TrustMap`.
+    """
+    prm = params or TrustParams()
+    step = float(to_image[0, 0])  # phone image px per working px
+    h, w = res.valid.shape
+    flow_img = res.flow * step
+    mag = np.hypot(flow_img[..., 0], flow_img[..., 1])
+    fb = res.fb_error * step
+    textured = res.valid & (res.snr >= prm.flat_snr)
+    flat = res.valid & ~textured
+    # the correlation a correct match reaches at this px's contrast over its noise
+    expected = np.sqrt(np.clip(res.snr - 1.0, 0.0, None) / np.maximum(res.snr, 1e-6))
+    fits_model = res.ncc_model >= expected - prm.ncc_slack
+    fits_flow = res.ncc >= expected - prm.ncc_slack
+    # moved: the flow is real (it comes back, it explains the px clearly better than
+    # the model does) and larger than the model may be off
+    moved = (textured & (fb <= prm.max_fb_px) & (mag > prm.max_px) & fits_flow
+             & (res.ncc - res.ncc_model > prm.min_gain))
+    # occluded: neither the model nor a flow explains the px
+    occluded = textured & ~fits_model & ~moved
+    moved = _open(moved, prm.speckle_px / step)
+    occluded = _open(occluded, prm.speckle_px / step)
+    # ambiguous: a clear, consistent flow that explains the px as well as the model does
+    # (a stripe moved along itself); the region it belongs to decides
+    ambiguous = (textured & (fb <= prm.max_fb_px) & (mag > prm.max_px) & fits_flow & ~moved & ~occluded)
+    good = textured & ~moved & ~occluded & ~ambiguous
+    unknown = flat | ambiguous
+    # a flat px takes the verdict of the textured px it is joined to without crossing
+    # an edge of the phone image (watershed from the textured px): the flat inside of
+    # a moved object moved with it; beyond ``support_px`` of any agreeing textured px,
+    # nothing confirms the model
+    code = np.zeros((h, w), np.uint8)
+    markers = np.zeros((h, w), np.int32)
+    markers[good] = 1
+    markers[occluded] = 2
+    markers[moved] = 3
+    if (markers > 0).any() and unknown.any():
+        filled = cv2.watershed(res.image, markers.copy())
+        occluded = occluded | (unknown & (filled == 2))
+        moved = moved | (unknown & (filled == 3))
+        edge = unknown & (filled == -1)
+        occluded |= edge & grow(occluded | moved, 1.5)
+    dist = cv2.distanceTransform((~good).astype(np.uint8), cv2.DIST_L2, 5) if good.any() else np.full((h, w), np.inf)
+    code[unknown & ~moved & ~occluded & (dist * step > prm.support_px)] = UNVERIFIED
+    code[~res.valid & ~outside & ~clipped] = UNVERIFIED
+    margin = prm.margin_px / step
+    code[grow(occluded, margin)] = OCCLUDED
+    code[grow(moved, margin) & ~occluded] = MOVED
+    code[grow(clipped, 1.0)] = CLIPPED
+    code[outside] = OUTSIDE
+    residual = np.where(res.valid[..., None], flow_img, np.nan).astype(np.float32)
+    ncc = np.where(textured, res.ncc, np.nan).astype(np.float32)
+    return TrustMap(code, residual, np.where(res.valid, fb, np.inf).astype(np.float32), ncc, to_image.copy())
+
+
+def full_resolution_codes(
+    trust_map: TrustMap | None,
+    shape: tuple[int, int],
+    inside: np.ndarray,
+    dslr_clipped: np.ndarray | None,
+    phone_planes: np.ndarray | None,
+    phone_clip_level: float = 0.98,
+) -> np.ndarray:
+    """Trust codes on the phone's full raw grid, for the dataset's ``mask.png``.
+
+    trust_map: the alignment's working-grid map (None: nothing dropped there);
+    shape: (H, W); inside: (H, W) bool, the target px was sampled inside the DSLR
+    image; dslr_clipped: (H, W) bool, it read a clipped DSLR px (or None);
+    phone_planes: (H/2, W/2, 4) normalised packed raw (or None): a CFA cell with a
+    plane at ``phone_clip_level`` or more is clipped, with its neighbours (a
+    demosaicked px reads them).  Precedence: outside, clipped, then the working
+    grid's reasons.  Returns (H, W) uint8 codes (0 = trusted, see :data:`REASONS`).
+    """
+    h, w = shape
+    code = trust_map.full(shape) if trust_map is not None else np.zeros((h, w), np.uint8)
+    clipped = np.zeros((h, w), bool) if dslr_clipped is None else dslr_clipped.copy()
+    if phone_planes is not None:
+        sat = phone_planes.max(axis=-1) >= phone_clip_level
+        if sat.any():
+            cells = np.repeat(np.repeat(sat, 2, axis=0), 2, axis=1)[:h, :w]
+            clipped |= cv2.dilate(cells.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    code[clipped] = CLIPPED
+    code[~inside] = OUTSIDE
+    return code
+
+
+def fractions(code: np.ndarray) -> dict[str, float]:
+    """Fraction of px per reason of a code array (keys of :data:`REASONS`)."""
+    n = max(code.size, 1)
+    counts = np.bincount(code.ravel(), minlength=len(REASONS))
+    return {name: float(counts[i] / n) for i, name in enumerate(REASONS)}
