@@ -268,7 +268,7 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
             dslr_rgb = dslr.rgb if isinstance(dslr, rawio.RgbImage) else rawio.linear_to_srgb(
                 rawio.raw_to_linear_rgb(dslr))
             truth = load_truth_map(job.truth.parent) if job.truth is not None else None
-            warp = warp_to_phone_grid(dslr_rgb, alignment.map_points, raw.shape, clip_level=DSLR_CLIP_LEVEL,
+            warp = warp_to_phone_grid(dslr_rgb, alignment.dense_map_points, raw.shape, clip_level=DSLR_CLIP_LEVEL,
                                       keep_map=save_maps or truth is not None)
             packed = raw.packed()
             codes = trust.full_resolution_codes(alignment.trust, raw.shape, warp.valid, warp.clipped, packed)

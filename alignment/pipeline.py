@@ -28,6 +28,7 @@ from alignment import trust
 from alignment.ecc import Channel, prepare_channels, refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
+from alignment.layers import recover_layers, sharpness_ratio
 from alignment.local import SmoothField, TileChannel, TileResiduals, model_correlation, refine_local, warp_channels
 from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
@@ -96,6 +97,7 @@ class AlignOptions:
     trust_margin_px: float = 8.0
     trust_refit: bool = True
     trust_refit_fraction: float = 0.01
+    trust_layers: bool = True
     # The verdict's thresholds, defaulting to quality.Thresholds (one home for the values).
     min_inliers: int = Thresholds.min_inliers
     min_inlier_ratio: float = Thresholds.min_inlier_ratio
@@ -144,6 +146,25 @@ class Alignment:
     #: per-px trust on the phone's working grid (see :mod:`alignment.trust`); not part
     #: of the JSON record (its summary is: ``quality.trusted_fraction`` and ``dropped``)
     trust: TrustMap | None = None
+    #: recovered layers (:mod:`alignment.layers`): (3, 3) phone px, radially undistorted by
+    #: the global lens model -> stored DSLR px, one per object with a model of its own
+    layers: list[np.ndarray] = field(default_factory=list)
+
+    def dense_map_points(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) phone px -> (N, 2) DSLR px through the model that owns each px: a
+        recovered layer where the trust map gave the px to one, else the global model
+        (:meth:`map_points`).  Needs the trust map (not kept by the JSON record)."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        out = self.map_points(xy)
+        if not self.layers or self.trust is None:
+            return out
+        owner = self.trust.layer_of(xy)
+        for k, hom in enumerate(self.layers):
+            sel = owner == k
+            if sel.any():
+                pts = xy[sel]
+                out[sel] = apply_homography(hom, pts + self.field.radial_part(pts[:, 0], pts[:, 1]))
+        return out
 
     @property
     def ok(self) -> bool:
@@ -170,6 +191,7 @@ class Alignment:
             "dslr_path": self.dslr_path,
             "seconds": self.seconds,
             "options": self.options,
+            "layers": [np.asarray(hm, float).tolist() for hm in self.layers],
         }
         if self.residuals is not None:
             r = self.residuals
@@ -217,6 +239,7 @@ class Alignment:
             residuals=res,
             seconds=d.get("seconds", {}),
             options=d.get("options", {}),
+            layers=[np.asarray(hm, float) for hm in d.get("layers", [])],
         )
 
 
@@ -334,8 +357,13 @@ def _masked(channels: list[Channel], keep: np.ndarray) -> list[Channel]:
     return [Channel(ch.template, ch.mask & keep, ch.image, ch.image_mask, ch.to_frame, ch.samples) for ch in channels]
 
 
+def _trust_params(opt: AlignOptions) -> trust.TrustParams:
+    return trust.TrustParams(max_px=opt.trust_max_px, margin_px=opt.trust_margin_px)
+
+
 def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.ndarray, fld: SmoothField,
-                 dslr_stored: tuple[np.ndarray, tuple[int, int]], opt: AlignOptions) -> TrustMap:
+                 dslr_stored: tuple[np.ndarray, tuple[int, int]],
+                 opt: AlignOptions) -> tuple[TrustMap, trust.DenseResidual]:
     """Measure the residual densely and decide per working px (see :mod:`alignment.trust`).
 
     dslr_stored: ((3,3) reduced DSLR px -> stored px, stored (W, H))."""
@@ -355,8 +383,30 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
         at = cv2.remap(bad, reduced[:, 0].astype(np.float32).reshape(shape), reduced[:, 1].astype(np.float32).reshape(shape),
                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         clipped = clipped | (at > 0.01)
-    params = trust.TrustParams(max_px=opt.trust_max_px, margin_px=opt.trust_margin_px)
-    return trust.assess(res, p.to_image, outside.reshape(shape), clipped, params)
+    return trust.assess(res, p.to_image, outside.reshape(shape), clipped, _trust_params(opt)), res
+
+
+def _adopt_layers(tm: TrustMap, found: list, lens: SmoothField, p: PreparedImage, to_stored: np.ndarray,
+                  stored_size: tuple[int, int]) -> list[np.ndarray]:
+    """Trust the px of each recovered layer (where the global model dropped them as moved,
+    occluded or unverified and the layer's own map stays inside the DSLR image); returns
+    the layers' homographies in stored DSLR px."""
+    out = []
+    rows, cols = tm.code.shape
+    for layer in found:
+        ys, xs = np.nonzero(layer.region)
+        img = apply_homography(p.to_image, np.stack([xs, ys], 1).astype(np.float64))
+        hom = to_stored @ layer.homography
+        hom = hom / hom[2, 2]
+        at = apply_homography(hom, img + lens(img) if not lens.empty else img)
+        sw, sh = stored_size
+        inside = (at[:, 0] >= 1) & (at[:, 1] >= 1) & (at[:, 0] <= sw - 2) & (at[:, 1] <= sh - 2)
+        code = tm.code[ys, xs]
+        take = inside & np.isin(code, (trust.MOVED, trust.OCCLUDED, trust.UNVERIFIED))
+        tm.code[ys[take], xs[take]] = 0
+        tm.layer[ys[take], xs[take]] = len(out)
+        out.append(hom)
+    return out
 
 
 def _align(phone, dslr, opt: AlignOptions) -> Alignment:
@@ -477,7 +527,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     if opt.trust:
         t4 = time.perf_counter()
         dslr_stored = (d.to_image, stored_size)
-        tm = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
+        tm, res = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
         # what the final measure drops that the fit still used
         dropped = ((tm.code == trust.MOVED) | (tm.code == trust.OCCLUDED)) & fit_channels[0].mask
         if opt.trust_refit and dropped.mean() > opt.trust_refit_fraction:
@@ -491,11 +541,22 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
                 fld, final = _local_stage(fit_channels, h_image, q_radial, p, opt)
                 h_work = h_image @ to_img
                 warped = warp_channels(channels, h_image, fld)
-                tm = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
+                tm, res = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
                 q.trust_refit = True
             except (ValueError, np.linalg.LinAlgError) as err:
                 q.message = f"refit on the trusted px failed: {err}"
                 return done(h_work)
+        if opt.trust_layers:
+            t5 = time.perf_counter()
+            lens = _radial_field(q_radial, p)
+            ref = final.correlation[final.reliable]
+            sharp = sharpness_ratio(res, tm.trusted & (res.snr >= _trust_params(opt).flat_snr))
+            found = recover_layers(tm, res, channels, lambda xy: apply_homography(h_image, xy + fld(xy)), lens,
+                                   q_radial, p.image_size, _trust_params(opt),
+                                   reference_correlation=float(np.median(ref)) if ref.size else 0.9,
+                                   background_sharpness=sharp if np.isfinite(sharp) else 1.0)
+            result.layers = _adopt_layers(tm, found, lens, p, d.to_image, stored_size)
+            secs["layers"] = time.perf_counter() - t5
         result.trust = tm
         q.trusted_fraction = float(tm.trusted.mean())
         q.dropped.update({k: round(v, 5) for k, v in tm.fractions().items() if k != "trusted"})

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residual", "assess", "grow", "outliers_to_dominant_motion",
+__all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residual", "assess", "evidence", "Evidence", "grow", "outliers_to_dominant_motion",
            "upsample_codes", "full_resolution_codes", "fractions"]
 
 #: codes of :attr:`TrustMap.code`; 0 is trusted
@@ -62,7 +62,7 @@ class TrustParams:
     ncc_slack: float = 0.25
     min_gain: float = 0.1
     margin_px: float = 8.0
-    support_px: float = 48.0
+    support_px: float = 96.0
     flat_snr: float = 4.0
     speckle_px: float = 3.0
 
@@ -78,6 +78,10 @@ class TrustMap:
         where unmeasured.
     ncc: (h, w) float32 local agreement in [-1, 1] (NaN where flat).
     to_image: (3, 3) working px -> phone image px (scale and offset).
+    moved_core: (h, w) bool, the px that moved (parallax, motion) before the margin:
+        where :mod:`alignment.layers` looks for objects with a model of their own.
+    layer: (h, w) int16, the index of the recovered layer whose model maps the px
+        (``Alignment.layers``), -1 for the global model.
     """
 
     code: np.ndarray
@@ -85,6 +89,19 @@ class TrustMap:
     sigma: np.ndarray
     ncc: np.ndarray
     to_image: np.ndarray
+    moved_core: np.ndarray | None = None
+    layer: np.ndarray | None = None
+
+    def layer_of(self, xy: np.ndarray) -> np.ndarray:
+        """(N,) layer index (-1: global model) of (N, 2) phone image px: the working px
+        whose block holds each point."""
+        if self.layer is None:
+            return np.full(len(xy), -1, np.int16)
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        h, w = self.layer.shape
+        col = np.clip(np.floor((xy[:, 0] - self.to_image[0, 2]) / self.to_image[0, 0] + 0.5).astype(int), 0, w - 1)
+        row = np.clip(np.floor((xy[:, 1] - self.to_image[1, 2]) / self.to_image[1, 1] + 0.5).astype(int), 0, h - 1)
+        return self.layer[row, col]
 
     @property
     def trusted(self) -> np.ndarray:
@@ -157,7 +174,8 @@ class DenseResidual:
     over its own noise (variance ratio); colour: (h, w) largest relative difference of
     any plane's local mean from the prediction after a smooth gain; valid: (h, w)
     bool, every plane measured; image: (h, w, 3) uint8 the phone planes as a picture
-    (R, mean G, B, percentile-stretched, gamma-encoded) whose edges bound flat regions.
+    (R, mean G, B, percentile-stretched, gamma-encoded) whose edges bound flat regions;
+    lum: the two luminances compared (phone, prediction), (h, w) float32 each.
     """
 
     flow: np.ndarray
@@ -168,6 +186,7 @@ class DenseResidual:
     colour: np.ndarray
     valid: np.ndarray
     image: np.ndarray | None = None
+    lum: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _picture(planes: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
@@ -184,12 +203,17 @@ def _picture(planes: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((x * 255 + 0.5).astype(np.uint8))
 
 
-def _to_u8(img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Locally normalised (window ``sigma``) image as uint8, +-4 local sigmas -> 0..255."""
+def normalized(img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Local mean removed and local standard deviation divided out (window ``sigma``,
+    normalised convolution over ``mask``): :func:`alignment.ecc.local_normalize`."""
     from alignment.ecc import local_normalize
 
-    n = local_normalize(img, sigma, mask)
-    return np.clip(128.0 + 32.0 * n, 0, 255).astype(np.uint8)
+    return local_normalize(img, sigma, mask)
+
+
+def _to_u8(img: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Locally normalised (window ``sigma``) image as uint8, +-4 local sigmas -> 0..255."""
+    return np.clip(128.0 + 32.0 * normalized(img, mask, sigma), 0, 255).astype(np.uint8)
 
 
 def optical_flow(a: np.ndarray, b: np.ndarray, patch: int = 8) -> np.ndarray:
@@ -254,7 +278,7 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
         rel = np.abs(mu_ts - pred) / np.maximum(np.maximum(mu_ts, pred), 1e-4)
         colour = np.maximum(colour, rel.astype(np.float32))
     return DenseResidual(fwd, fb_error.astype(np.float32), ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
-                         colour, valid, _picture(templates, valid))
+                         colour, valid, _picture(templates, valid), (lum_t, lum_w))
 
 
 def outliers_to_dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin_px: float = 8.0,
@@ -307,6 +331,42 @@ def grow(mask: np.ndarray, radius: float) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), k) > 0
 
 
+@dataclass
+class Evidence:
+    """What each working px says about the model (see :func:`evidence`); (h, w) bool each."""
+
+    textured: np.ndarray
+    flat: np.ndarray
+    fits_model: np.ndarray
+    moved: np.ndarray
+    occluded: np.ndarray
+    ambiguous: np.ndarray
+
+
+def evidence(res: DenseResidual, step: float, prm: TrustParams) -> Evidence:
+    """The per-px rules, before any region reasoning.
+
+    textured: local contrast at least ``flat_snr`` times the noise; fits_model: the
+    model's prediction correlates locally with the phone nearly as well as a correct
+    match can at this contrast (``ncc_slack`` below sqrt((snr - 1) / snr)); moved: a
+    flow larger than ``max_px`` that comes back (forward-backward) and explains the
+    px clearly better than the model (``min_gain``); occluded: neither the model nor
+    a flow explains a textured px; ambiguous: a clear, consistent flow that explains
+    the px as well as the model does (a stripe moved along itself).
+    """
+    mag = np.hypot(res.flow[..., 0], res.flow[..., 1]) * step
+    fb = res.fb_error * step
+    textured = res.valid & (res.snr >= prm.flat_snr)
+    expected = np.sqrt(np.clip(res.snr - 1.0, 0.0, None) / np.maximum(res.snr, 1e-6))
+    fits_model = res.ncc_model >= expected - prm.ncc_slack
+    fits_flow = res.ncc >= expected - prm.ncc_slack
+    flow_real = textured & (fb <= prm.max_fb_px) & (mag > prm.max_px) & fits_flow
+    moved = flow_real & (res.ncc - res.ncc_model > prm.min_gain)
+    occluded = textured & ~fits_model & ~moved
+    ambiguous = flow_real & ~moved & ~occluded
+    return Evidence(textured, res.valid & ~textured, fits_model & textured, moved, occluded, ambiguous)
+
+
 def assess(
     res: DenseResidual,
     to_image: np.ndarray,
@@ -324,25 +384,12 @@ def assess(
     step = float(to_image[0, 0])  # phone image px per working px
     h, w = res.valid.shape
     flow_img = res.flow * step
-    mag = np.hypot(flow_img[..., 0], flow_img[..., 1])
     fb = res.fb_error * step
-    textured = res.valid & (res.snr >= prm.flat_snr)
-    flat = res.valid & ~textured
-    # the correlation a correct match reaches at this px's contrast over its noise
-    expected = np.sqrt(np.clip(res.snr - 1.0, 0.0, None) / np.maximum(res.snr, 1e-6))
-    fits_model = res.ncc_model >= expected - prm.ncc_slack
-    fits_flow = res.ncc >= expected - prm.ncc_slack
-    # moved: the flow is real (it comes back, it explains the px clearly better than
-    # the model does) and larger than the model may be off
-    moved = (textured & (fb <= prm.max_fb_px) & (mag > prm.max_px) & fits_flow
-             & (res.ncc - res.ncc_model > prm.min_gain))
-    # occluded: neither the model nor a flow explains the px
-    occluded = textured & ~fits_model & ~moved
+    ev = evidence(res, step, prm)
+    textured, flat, moved, occluded, ambiguous = ev.textured, ev.flat, ev.moved, ev.occluded, ev.ambiguous
     moved = _open(moved, prm.speckle_px / step)
     occluded = _open(occluded, prm.speckle_px / step)
-    # ambiguous: a clear, consistent flow that explains the px as well as the model does
-    # (a stripe moved along itself); the region it belongs to decides
-    ambiguous = (textured & (fb <= prm.max_fb_px) & (mag > prm.max_px) & fits_flow & ~moved & ~occluded)
+    ambiguous &= ~moved & ~occluded
     good = textured & ~moved & ~occluded & ~ambiguous
     unknown = flat | ambiguous
     # a flat px takes the verdict of the textured px it is joined to without crossing
@@ -370,7 +417,8 @@ def assess(
     code[outside] = OUTSIDE
     residual = np.where(res.valid[..., None], flow_img, np.nan).astype(np.float32)
     ncc = np.where(textured, res.ncc, np.nan).astype(np.float32)
-    return TrustMap(code, residual, np.where(res.valid, fb, np.inf).astype(np.float32), ncc, to_image.copy())
+    return TrustMap(code, residual, np.where(res.valid, fb, np.inf).astype(np.float32), ncc, to_image.copy(),
+                    moved_core=moved & ~occluded, layer=np.full((h, w), -1, np.int16))
 
 
 def full_resolution_codes(

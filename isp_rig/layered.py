@@ -306,7 +306,7 @@ def build_scene(rng: np.random.Generator, *, phone_size: tuple[int, int], dslr_s
             motion_m = np.array([math.cos(ang), math.sin(ang), 0.0]) * px * depth / f_d
             motion_m[2] = rng.uniform(-0.01, 0.01) * depth
         hom = cams.plane_homography(normal, dist, motion_m if i in moving else None)
-        radius = rng.uniform(0.07, 0.16) * pw
+        radius = rng.uniform(0.05, 0.12) * pw
         outline_phone = _outline(rng, centre, radius)
         outline_dslr = apply_homography(hom, outline_phone)
         canvas = outline_dslr * k + (k - 1) / 2.0
