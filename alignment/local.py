@@ -50,6 +50,11 @@ class SmoothField:
         interpolated with cubic B-splines, clamped at the grid's edge.
     radial: optional (cx, cy, s, q1, q2) radial lens distortion estimated with the
         homography (see :meth:`radial_part`), valid over the whole frame.
+    hull: optional (K, 2) convex polygon (phone px, counter-clockwise in image
+        coordinates) around the measured tiles: outside it the polynomial and spline
+        parts are evaluated at the nearest point of the polygon, so a field measured
+        on part of the frame (an object or a textureless sky hides the rest) does not
+        swing where nothing was measured.
     """
 
     degree: int = -1
@@ -61,6 +66,7 @@ class SmoothField:
     grid_origin: tuple[float, float] = (0.0, 0.0)
     grid_step: tuple[float, float] = (1.0, 1.0)
     radial: tuple[float, float, float, float, float] | None = None
+    hull: np.ndarray | None = None
 
     @property
     def empty(self) -> bool:
@@ -84,7 +90,7 @@ class SmoothField:
     def without_radial(self) -> "SmoothField":
         """The same field minus its radial part."""
         return SmoothField(self.degree, self.centre, self.scale, self.coef, self.bounds, self.grid, self.grid_origin,
-                           self.grid_step, None)
+                           self.grid_step, None, self.hull)
 
     def _grid_eval(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         from scipy import ndimage
@@ -114,9 +120,25 @@ class SmoothField:
         x0, y0, x1, y1 = self.bounds
         return np.clip(x, x0, x1), np.clip(y, y0, y1)
 
+    def _onto_hull(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Points outside :attr:`hull` moved to its nearest point (others unchanged)."""
+        if self.hull is None or len(self.hull) < 3:
+            return x, y
+        x = np.array(x, np.float64, copy=True)
+        y = np.array(y, np.float64, copy=True)
+        outside = ~_inside_convex(self.hull, x, y)
+        if outside.any():
+            px, py = _project_convex(self.hull, x[outside], y[outside])
+            x[outside], y[outside] = px, py
+        return x, y
+
+    def _where(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where the polynomial and spline parts are evaluated for the points (x, y)."""
+        return self._onto_hull(*self._clamp(x, y))
+
     def basis(self, xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        x, y = self._clamp(xy[:, 0], xy[:, 1])
+        x, y = self._where(xy[:, 0], xy[:, 1])
         u = (x - self.centre[0]) / self.scale
         v = (y - self.centre[1]) / self.scale
         return np.stack([u**i * v**j for i, j in _monomials(self.degree)], axis=1)
@@ -128,7 +150,7 @@ class SmoothField:
         if self.degree >= 0 and self.coef.size:
             out += self.basis(xy) @ self.coef
         if self.grid is not None:
-            out += self._grid_eval(xy[:, 0], xy[:, 1])
+            out += self._grid_eval(*self._where(xy[:, 0], xy[:, 1]))
         return out
 
     def dense(self, shape: tuple[int, int], to_image: np.ndarray) -> np.ndarray:
@@ -161,6 +183,15 @@ class SmoothField:
                     if pj == j:
                         row_poly += self.coef[t, c] * u**pi
                 out[..., c] += vj[:, None] * row_poly[None, :]
+        if self.hull is not None and len(self.hull) >= 3 and (terms or self.grid is not None):
+            # outside the measured area: the smooth parts at the nearest point of the hull
+            xx, yy = np.meshgrid(x_img, y_img)
+            ii, jj = np.nonzero(~_inside_convex(self.hull, xx, yy))
+            if len(ii):
+                pts = np.stack([x_img[jj], y_img[ii]], 1)
+                smooth = SmoothField(self.degree, self.centre, self.scale, self.coef, self.bounds, self.grid,
+                                     self.grid_origin, self.grid_step, None, self.hull)
+                out[ii, jj] = smooth(pts) + (self.radial_part(pts[:, 0], pts[:, 1]) if self.radial is not None else 0.0)
         out[..., 0] /= sx
         out[..., 1] /= sy
         return out
@@ -177,6 +208,7 @@ class SmoothField:
             "grid_origin": [float(v) for v in self.grid_origin],
             "grid_step": [float(v) for v in self.grid_step],
             "radial": None if self.radial is None else [float(v) for v in self.radial],
+            "hull": None if self.hull is None else np.round(self.hull, 3).tolist(),
         }
 
     @classmethod
@@ -191,6 +223,7 @@ class SmoothField:
             None if g is None else np.asarray(g, float),
             tuple(d.get("grid_origin", (0.0, 0.0))), tuple(d.get("grid_step", (1.0, 1.0))),
             None if d.get("radial") is None else tuple(float(v) for v in d["radial"]),
+            None if d.get("hull") is None else np.asarray(d["hull"], float).reshape(-1, 2),
         )
 
 
@@ -428,6 +461,7 @@ def fit_field(
         float(c[:, 0].min() - half), float(c[:, 1].min() - half),
         float(c[:, 0].max() + half), float(c[:, 1].max() + half),
     )
+    hull = _hull(c, half)
     # floor sigma so that a few super-confident tiles do not dominate
     s = np.maximum(s, np.median(s) * 0.5)
     # the formal tile errors miss aliasing, compression and linearisation errors:
@@ -472,10 +506,10 @@ def fit_field(
         if best is None or cv < best[0]:
             best = (cv, deg)
     if best is None or best[1] < 0:
-        out = SmoothField(-1, centre, scale, bounds=bounds)
+        out = SmoothField(-1, centre, scale, bounds=bounds, hull=hull)
     else:
         deg = best[1]
-        out = SmoothField(deg, centre, scale, solve(deg, np.arange(n)), bounds)
+        out = SmoothField(deg, centre, scale, solve(deg, np.arange(n)), bounds, hull=hull)
     if grid_shape is not None and len(centres) == grid_shape[0] * grid_shape[1]:
         s_all = np.full(len(centres), np.inf)
         s_all[sel] = s
@@ -484,6 +518,52 @@ def fit_field(
         if grid is not None:
             out.grid, out.grid_origin, out.grid_step = grid
     return out
+
+
+def _hull(points: np.ndarray, grow: float) -> np.ndarray | None:
+    """Convex hull of (N, 2) points, each vertex moved ``grow`` px away from the centroid;
+    counter-clockwise in image coordinates (y down).  None for fewer than 3 points."""
+    if len(points) < 3:
+        return None
+    hull = cv2.convexHull(points.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    if len(hull) < 3:
+        return None
+    centroid = hull.mean(axis=0)
+    d = hull - centroid
+    norm = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)
+    hull = hull + d / norm[:, None] * grow
+    # orient: positive area in (x, y-down) coordinates
+    x, y = hull[:, 0], hull[:, 1]
+    if np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y) < 0:
+        hull = hull[::-1]
+    return hull
+
+
+def _inside_convex(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether points lie inside a convex polygon (orientation of :func:`_hull`)."""
+    a = poly
+    b = np.roll(poly, -1, axis=0)
+    inside = np.ones(np.shape(x), bool)
+    for (ax, ay), (bx, by) in zip(a, b):
+        inside &= (bx - ax) * (y - ay) - (by - ay) * (x - ax) >= 0
+    return inside
+
+
+def _project_convex(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest points of a polygon's boundary to the points (x, y)."""
+    best_d = np.full(np.shape(x), np.inf)
+    px = np.array(x, np.float64, copy=True)
+    py = np.array(y, np.float64, copy=True)
+    for (ax, ay), (bx, by) in zip(poly, np.roll(poly, -1, axis=0)):
+        ex, ey = bx - ax, by - ay
+        t = np.clip(((x - ax) * ex + (y - ay) * ey) / max(ex * ex + ey * ey, 1e-12), 0.0, 1.0)
+        qx, qy = ax + t * ex, ay + t * ey
+        d = (x - qx) ** 2 + (y - qy) ** 2
+        closer = d < best_d
+        best_d = np.where(closer, d, best_d)
+        px = np.where(closer, qx, px)
+        py = np.where(closer, qy, py)
+    return px, py
 
 
 def _tame(f: SmoothField, values: np.ndarray, slack: float = 1.5, margin_px: float = 0.5) -> bool:

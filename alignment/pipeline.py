@@ -84,7 +84,7 @@ class AlignOptions:
     fine_gain_degree: int = 2
     max_pixels: int | None = 250_000
     radial: int = 2
-    radial_min_px: float = 0.5
+    radial_min_px: float = 1.0
     coarse_local: bool = False
     local: bool = True
     tile_px: float | None = None
@@ -500,7 +500,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
             outliers = trust.outliers_to_dominant_motion(pre, float(to_img[0, 0]), margin_px=opt.trust_margin_px)
             if outliers.any() and outliers.mean() < 0.8:
                 fit_channels = _masked(channels, ~outliers)
-            q.dropped["prefit_outliers"] = round(float(outliers.mean()), 5)
+            q.prefit_outliers = round(float(outliers.mean()), 5)
             secs["trust_prefit"] = time.perf_counter() - t_pre
         if opt.fine == "planes":
             h_image, q_radial = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)

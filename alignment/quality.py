@@ -82,6 +82,7 @@ class Quality:
     radial_corner_px: float = float("nan")
     trusted_fraction: float = float("nan")
     dropped: dict = field(default_factory=dict)
+    prefit_outliers: float = float("nan")
     trust_refit: bool = False
     ok: bool = False
     reason: str | None = None

@@ -52,9 +52,11 @@ class TrustParams:
     correlation a correct match reaches at the px's contrast (see :func:`assess`) a
     match may fall; min_gain: how much better the flow must explain a px than the
     model to count as motion; margin_px: dropped regions grow by this; support_px: a
-    flat px needs a trusted textured px this close; flat_snr: local variance over
-    noise variance below which a px is flat; speckle_px: dropped spots narrower than
-    twice this are noise.
+    flat px needs a trusted textured px this close (inf: a flat px joined by the
+    watershed to agreeing textured px is trusted however far); flat_snr: local variance over
+    noise variance below which a px is flat; mismatch_snr: the least such ratio at
+    which a px that does not fit counts as occluded (fainter ones have no say);
+    speckle_px: dropped spots narrower than twice this are noise.
     """
 
     max_px: float = 1.0
@@ -62,8 +64,9 @@ class TrustParams:
     ncc_slack: float = 0.25
     min_gain: float = 0.1
     margin_px: float = 8.0
-    support_px: float = 96.0
+    support_px: float = float("inf")
     flat_snr: float = 4.0
+    mismatch_snr: float = 10.0
     speckle_px: float = 3.0
 
 
@@ -160,6 +163,27 @@ def _noise_curve(mean: np.ndarray, var: np.ndarray, ok: np.ndarray, bins: int = 
     if a < 0:
         a, b = 0.0, float(np.median(ys))
     return float(a), float(max(b, 1e-9))
+
+
+def _texture_snr(planes: list[np.ndarray], mf: np.ndarray, valid: np.ndarray, window: float) -> np.ndarray:
+    """(h, w) local variance of the phone over its own noise variance at that brightness.
+
+    With four Bayer planes (R, G1, G2, B) the noise is read off G1 - G2: the two greens
+    see nearly the same scene, so their difference is mostly noise however textured
+    the scene (its quiet end per brightness is fitted as ``var = a * mean + b``); the
+    texture is the green mean's.  Otherwise the noise is the quiet end of the local
+    variance of what a 1 px blur removes.
+    """
+    if len(planes) == 4:
+        g = 0.5 * (planes[1].astype(np.float32) + planes[2].astype(np.float32))
+        hp = (planes[1].astype(np.float32) - planes[2].astype(np.float32)) * 0.5  # var = var(G mean noise)
+    else:
+        g = np.mean([p.astype(np.float32) for p in planes], axis=0)
+        hp = (g - cv2.GaussianBlur(g, (0, 0), 1.0)) * 1.5
+    mu, var, _ = _local_moments(g, mf, window)
+    _, var_hp, _ = _local_moments(hp, mf, window)
+    a, b = _noise_curve(mu, var_hp, valid)
+    return (var / (a * np.maximum(mu, 0) + b)).astype(np.float32)
 
 
 @dataclass
@@ -260,12 +284,7 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     mu_0, var_0, _ = _local_moments(lum_w, mf, window)
     cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
     ncc_model = cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
-    # texture over the phone's own noise, per plane (the noise curve read off the image)
-    snr = np.zeros((h, w), np.float32)
-    for t in templates:
-        mu_s, var_s, _ = _local_moments(t.astype(np.float32), mf, window)
-        na, nb = _noise_curve(mu_s, var_s, valid)
-        snr = np.maximum(snr, var_s / (na * np.maximum(mu_s, 0) + nb))
+    snr = _texture_snr(templates, mf, valid, window)
     # local colour agreement: plane means after a smooth gain (vignetting, shading)
     colour = np.zeros((h, w), np.float32)
     for t, x in zip(templates, warped):
@@ -310,7 +329,8 @@ def outliers_to_dominant_motion(res: DenseResidual, step: float, max_px: float =
     px = (hom[0, 0] * xx + hom[0, 1] * yy + hom[0, 2]) / den - xx
     py = (hom[1, 0] * xx + hom[1, 1] * yy + hom[1, 2]) / den - yy
     off = np.hypot(res.flow[..., 0] - px, res.flow[..., 1] - py) * step
-    bad = res.valid & ((off > max_px) | ~fb_ok)
+    # only textured px can say that they do not follow (a flat px's flow is guesswork)
+    bad = res.valid & (res.snr >= flat_snr) & ((off > max_px) | ~fb_ok)
     return grow(_open(bad, 3.0 / step), margin_px / step)
 
 
@@ -362,7 +382,9 @@ def evidence(res: DenseResidual, step: float, prm: TrustParams) -> Evidence:
     fits_flow = res.ncc >= expected - prm.ncc_slack
     flow_real = textured & (fb <= prm.max_fb_px) & (mag > prm.max_px) & fits_flow
     moved = flow_real & (res.ncc - res.ncc_model > prm.min_gain)
-    occluded = textured & ~fits_model & ~moved
+    # a mismatch is only evidence where the texture stands well above the noise (faint
+    # structure, a shading gradient, correlated noise: the DSLR need not show it)
+    occluded = textured & (res.snr >= prm.mismatch_snr) & ~fits_model & ~moved
     ambiguous = flow_real & ~moved & ~occluded
     return Evidence(textured, res.valid & ~textured, fits_model & textured, moved, occluded, ambiguous)
 
@@ -391,7 +413,10 @@ def assess(
     occluded = _open(occluded, prm.speckle_px / step)
     ambiguous &= ~moved & ~occluded
     good = textured & ~moved & ~occluded & ~ambiguous
-    unknown = flat | ambiguous
+    # px the measures could not see (the frame's rim, the filters' reach around a
+    # masked px) go with what surrounds them, like flat px
+    unseen = ~res.valid & ~outside & ~clipped
+    unknown = flat | ambiguous | unseen
     # a flat px takes the verdict of the textured px it is joined to without crossing
     # an edge of the phone image (watershed from the textured px): the flat inside of
     # a moved object moved with it; beyond ``support_px`` of any agreeing textured px,
@@ -407,9 +432,11 @@ def assess(
         moved = moved | (unknown & (filled == 3))
         edge = unknown & (filled == -1)
         occluded |= edge & grow(occluded | moved, 1.5)
-    dist = cv2.distanceTransform((~good).astype(np.uint8), cv2.DIST_L2, 5) if good.any() else np.full((h, w), np.inf)
-    code[unknown & ~moved & ~occluded & (dist * step > prm.support_px)] = UNVERIFIED
-    code[~res.valid & ~outside & ~clipped] = UNVERIFIED
+    if not good.any():
+        code[unknown & ~moved & ~occluded] = UNVERIFIED
+    elif np.isfinite(prm.support_px):
+        dist = cv2.distanceTransform((~good).astype(np.uint8), cv2.DIST_L2, 5)
+        code[unknown & ~moved & ~occluded & (dist * step > prm.support_px)] = UNVERIFIED
     margin = prm.margin_px / step
     code[grow(occluded, margin)] = OCCLUDED
     code[grow(moved, margin) & ~occluded] = MOVED
