@@ -99,7 +99,7 @@ def match_homography(
     whose inliers cover the most cells of an 8 x 8 grid over image A wins: the
     background, the largest consistent plane, rather than a richly textured object
     in front of it that holds more matches.  A later homography must hold at least
-    20 inliers and a fifth of the first one's.
+    20 inliers and a tenth of the first one's.
     Returns a :class:`FeatureMatch`; ``homography`` is None when fewer than four
     matches survive or the estimator finds nothing.
     """
@@ -149,7 +149,7 @@ def match_homography(
         if h2 is None or inl2 is None:
             break
         inl2 = inl2.ravel().astype(bool)
-        if inl2.sum() < max(20, 0.2 * candidates[0][1].sum()):
+        if inl2.sum() < max(20, 0.1 * candidates[0][1].sum()):
             break
         mask = np.zeros(len(good), bool)
         mask[idx[inl2]] = True

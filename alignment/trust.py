@@ -56,7 +56,9 @@ class TrustParams:
     watershed to agreeing textured px is trusted however far); flat_snr: local variance over
     noise variance below which a px is flat; mismatch_snr: the least such ratio at
     which a px that does not fit counts as occluded (fainter ones have no say);
-    speckle_px: dropped spots narrower than twice this are noise.
+    speckle_px: dropped spots narrower than twice this are noise; max_island: kept
+    regions smaller than this share of the frame and enclosed by dropped px (not
+    touching the frame's edge) are dropped with them.
     """
 
     max_px: float = 1.0
@@ -68,6 +70,7 @@ class TrustParams:
     flat_snr: float = 4.0
     mismatch_snr: float = 10.0
     speckle_px: float = 3.0
+    max_island: float = 0.02
 
 
 @dataclass
@@ -334,6 +337,20 @@ def outliers_to_dominant_motion(res: DenseResidual, step: float, max_px: float =
     return grow(_open(bad, 3.0 / step), margin_px / step)
 
 
+def enclosed(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """The connected parts of ``mask`` (8-connected) that do not touch the image edge and
+    hold fewer than ``max_area`` px."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    h, w = mask.shape
+    x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    x1, y1 = x0 + stats[:, cv2.CC_STAT_WIDTH], y0 + stats[:, cv2.CC_STAT_HEIGHT]
+    keep = (x0 > 0) & (y0 > 0) & (x1 < w) & (y1 < h) & (stats[:, cv2.CC_STAT_AREA] < max_area)
+    keep[0] = False
+    return keep[labels]
+
+
 def _open(mask: np.ndarray, radius: float) -> np.ndarray:
     """Morphological opening: regions narrower than 2 ``radius`` px vanish."""
     r = int(round(radius))
@@ -437,7 +454,14 @@ def assess(
     elif np.isfinite(prm.support_px):
         dist = cv2.distanceTransform((~good).astype(np.uint8), cv2.DIST_L2, 5)
         code[unknown & ~moved & ~occluded & (dist * step > prm.support_px)] = UNVERIFIED
+    # an island of agreement enclosed by what moved is part of the moving thing whose
+    # texture happens to fit the model (a stripe along the motion, a flat patch)
+    # (enclosed by the dropped px grown by the margin: a gap narrower than that is closed)
     margin = prm.margin_px / step
+    islands = enclosed(~grow(moved | occluded, margin) & ~outside, prm.max_island * h * w)
+    if islands.any():
+        moved |= islands & grow(moved, margin + 2.0)
+        occluded |= islands & ~moved
     code[grow(occluded, margin)] = OCCLUDED
     code[grow(moved, margin) & ~occluded] = MOVED
     code[grow(clipped, 1.0)] = CLIPPED

@@ -2,8 +2,8 @@
 
 A scene is a stack of textured planes seen by two pinhole cameras: the phone
 (at the origin of the world frame, looking down +z) and the DSLR, whose centre
-sits ``baseline_mm`` to the right of the phone's (plus a few mm of vertical and
-depth offset), slightly rotated.  Intrinsics: the phone's focal length in px is
+sits ``baseline_mm`` from the phone's, mostly to its right (up to 8 % of that
+up or down and 15 % forward or back), slightly rotated.  Intrinsics: the phone's focal length in px is
 ``f35 * diagonal_px / 43.27`` (its 35 mm-equivalent focal length, as in EXIF)
 with the principal point at the frame centre; the DSLR's is the phone's times
 the framing scale (DSLR px per phone px on the background plane), so the DSLR
@@ -118,7 +118,10 @@ def make_cameras(rng: np.random.Generator, phone_size: tuple[int, int], dslr_siz
     scale = rng.uniform(*coverage) * dw / pw
     f_d = f_p * scale
     k_d = np.array([[f_d, 0, (dw - 1) / 2], [0, f_d, (dh - 1) / 2], [0, 0, 1.0]])
-    centre = np.array([baseline_mm / 1000.0, rng.uniform(-0.005, 0.005), rng.uniform(-0.01, 0.01)])
+    # the DSLR beside the phone, a little higher or lower and forward or back: its centre
+    # lies exactly ``baseline_mm`` from the phone's
+    direction = np.array([1.0, rng.uniform(-0.08, 0.08), rng.uniform(-0.15, 0.15)])
+    centre = direction / np.linalg.norm(direction) * baseline_mm / 1000.0
     roll = _rotation([0, 0, 1], math.radians(rng.uniform(-max_roll_deg, max_roll_deg)))
     dist = float(bg_normal[2]) * bg_depth
     corners = np.array([[0, 0], [pw - 1, 0], [pw - 1, ph - 1], [0, ph - 1]], np.float64)

@@ -463,9 +463,15 @@ def _planar_render(rng: np.random.Generator, source: np.ndarray | None, opt: Sim
 
 
 def _material(rng: np.random.Generator, sources: list[np.ndarray]):
-    """Texture maker for foreground objects: crops of other scene material, or procedural."""
+    """Texture maker for foreground objects: crops of other scene material, or procedural.
+    Each texture draws from a generator of its own, so the scene's geometry does not
+    depend on how many numbers a texture of some size needed."""
 
     def make(h: int, w: int) -> np.ndarray:
+        rng_tex = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
+        return _texture(rng_tex, h, w)
+
+    def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         if sources:
             src = sources[int(rng.integers(0, len(sources)))]
             return scene_from_source(rng, src, h, w, frac_range=(0.12, 0.45))

@@ -175,3 +175,143 @@ def test_cli_unreadable_source_exits_nonzero_with_one_line_naming_it(tmp_path, c
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and str(source) in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ layered scenes
+
+LAYERED = sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320), parallax=True, motion=True, clipping=True,
+                         shading=True)
+
+
+@pytest.fixture(scope="module")
+def layered_pairs(tmp_path_factory):
+    return sim.simulate_pairs(tmp_path_factory.mktemp("layered"), 3, seed=8, options=LAYERED, progress=False)
+
+
+def test_cli_layered_pair_has_a_truth_map_and_a_clipped_map_on_the_phone_grid(tmp_path):
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path), "--pairs", "1", "--seed", "2",
+                                       "--phone-size", "160x120", "--dslr-size", "240x160", "--parallax",
+                                       "--motion", "--clipping", "--shading", "--baseline-mm", "80"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "pair_0000"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "dslr.jpg", "phone.dng", "truth.json", "truth_clipped.png", "truth_map.npy"]
+    truth_map = np.load(folder / "truth_map.npy")
+    clipped = cv2.imread(str(folder / "truth_clipped.png"), cv2.IMREAD_UNCHANGED)
+    assert truth_map.dtype == np.float32 and truth_map.shape == (120, 160, 2)
+    assert clipped.dtype == np.uint8 and clipped.shape == (120, 160) and set(np.unique(clipped)) <= {0, 255}
+    facts = sim.load_truth(folder).facts
+    assert facts["baseline_mm"] == 80 and facts["scene"] == "layered"
+    assert facts["effects"] == ["parallax", "motion", "clipping", "shading"]
+
+
+def _truth_correlation(folder, shift=(0.0, 0.0), owner_only=None):
+    """Correlation of the band-passed phone luminance with the DSLR sampled at the truth
+    map (+ shift), band-passed alike, over finite, unclipped px away from any layer edge
+    (optionally one layer's): the band (sigma 1 to 3 px) is where a px of error shows."""
+    truth = sim.load_truth(folder)
+
+    def band(img):
+        return cv2.GaussianBlur(img, (0, 0), 1.0) - cv2.GaussianBlur(img, (0, 0), 3.0)
+
+    phone = band(np.log(rawio.luminance(rawio.read_raw(folder / "phone.dng")).clip(1e-3)))
+    dslr = rawio.luminance(rawio.read_rgb(folder / "dslr.jpg"))
+    good = np.isfinite(truth.dense[..., 0]) & ~truth.clipped
+    if owner_only is not None:
+        good &= owner_only
+    good = cv2.erode(good.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    at = np.nan_to_num(truth.dense).astype(np.float32) + np.float32(shift)
+    warped = band(np.log(cv2.remap(dslr, at[..., 0], at[..., 1], cv2.INTER_CUBIC).clip(1e-3)))
+    return float(np.corrcoef(phone[good], warped[good])[0, 1])
+
+
+def test_dslr_warped_by_the_truth_map_matches_the_phone_and_a_one_pixel_error_drops_it(layered_pairs):
+    for folder in layered_pairs:
+        at_truth = _truth_correlation(folder)
+        assert at_truth > 0.9, folder
+        for shift in ((1.0, 0.0), (0.0, 1.0), (-0.7, 0.7)):
+            assert _truth_correlation(folder, shift) < at_truth - 0.05, (folder, shift)
+
+
+def _owners(folder):
+    """Per px: which layer's homography the truth map follows (-1: none, hidden)."""
+    truth = sim.load_truth(folder)
+    h, w = truth.dense.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    xy = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
+    owner = np.full(h * w, -1)
+    for i, layer in enumerate(truth.facts["layers"]):
+        mapped = sim.apply_homography(np.array(layer["phone_to_dslr"]), xy)
+        owner[np.linalg.norm(mapped - truth.dense.reshape(-1, 2), axis=1) < 1e-3] = i
+    return owner.reshape(h, w), truth
+
+
+def test_objects_are_where_the_background_homography_is_wrong_and_their_own_is_right(layered_pairs):
+    for folder in layered_pairs:
+        owner, truth = _owners(folder)
+        objects = owner > 0
+        assert 0.02 < objects.mean() < 0.5, folder
+        # the truth of an object px is its layer's homography, not the background's
+        ys, xs = np.nonzero(objects)
+        bg = truth.map_points(np.stack([xs, ys], 1).astype(float))
+        assert np.median(np.linalg.norm(bg - truth.dense[ys, xs], axis=1)) > 1.0
+        # and the DSLR image agrees with the phone on the object under the truth map
+        assert _truth_correlation(folder, owner_only=objects) > 0.9, folder
+
+
+def test_parallax_grows_with_the_baseline_and_vanishes_without_one():
+    opts = dict(phone_size=(160, 120), dslr_size=(240, 160), parallax=True)
+    shifts = {}
+    for baseline in (0.0, 60.0, 120.0):
+        truth = sim.simulate_pair(4, options=sim.SimOptions(baseline_mm=baseline, **opts)).truth
+        h, w = truth.dense.shape[:2]
+        ys, xs = np.mgrid[0:h, 0:w]
+        bg = truth.map_points(np.stack([xs.ravel(), ys.ravel()], 1).astype(float)).reshape(h, w, 2)
+        shifts[baseline] = np.linalg.norm(truth.dense - bg, axis=-1)  # object px off the background plane
+    assert np.nanmax(shifts[0.0]) < 1e-3  # two cameras at one point see no parallax (float32 truth)
+    both = np.isfinite(shifts[60.0]) & np.isfinite(shifts[120.0]) & (shifts[60.0] > 0.5)
+    assert both.sum() > 100 and np.nanmax(shifts[60.0]) > 2.0
+    # the same objects, twice the baseline: twice the parallax
+    assert np.median(shifts[120.0][both] / shifts[60.0][both]) == pytest.approx(2.0, rel=0.1)
+
+
+def test_motion_moves_an_object_by_a_few_to_fifteen_dslr_px():
+    moved = []
+    for seed in range(4):
+        pair = sim.simulate_pair(seed, options=sim.SimOptions(phone_size=(160, 120), dslr_size=(240, 160),
+                                                              motion=True))
+        moved += [np.hypot(*layer["motion_dslr_px"]) for layer in pair.truth.facts["layers"] if layer["moving"]]
+    assert moved and all(2.5 < m < 16 for m in moved)
+
+
+def test_clipped_truth_marks_saturated_phone_cells_and_white_dslr_px(layered_pairs):
+    for folder in layered_pairs:
+        truth = sim.load_truth(folder)
+        raw = rawio.read_raw(folder / "phone.dng")
+        saturated = raw.mosaic >= raw.white_level - 1
+        assert truth.clipped.any()
+        assert truth.clipped[saturated].all()  # every saturated raw px is clipped in the truth
+        dslr = rawio.read_rgb(folder / "dslr.jpg").rgb.max(axis=-1)
+        ys, xs = np.nonzero(truth.clipped & np.isfinite(truth.dense[..., 0]) & ~saturated)
+        at = truth.dense[ys, xs]
+        near_white = cv2.dilate((dslr >= 0.95).astype(np.uint8), np.ones((5, 5), np.uint8))
+        hits = near_white[np.round(at[:, 1]).astype(int), np.round(at[:, 0]).astype(int)]
+        assert hits.mean() > 0.9  # clipped only in the DSLR: the DSLR is white there
+
+
+def test_colour_shading_darkens_the_corners_of_each_colour_plane_differently():
+    pair = sim.simulate_pair(3, options=sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320), shading=True))
+    shade = sim._shading(np.random.default_rng(0), 320, 240)
+    assert shade[120, 160].min() > 0.95
+    corner = shade[5, 5]
+    assert corner.max() < 0.85 and corner.max() - corner.min() > 0.05
+    assert pair.phone.mosaic.shape == (240, 320)
+
+
+def test_layered_pairs_are_the_same_for_the_same_seed(tmp_path):
+    tiny = sim.SimOptions(phone_size=(128, 96), dslr_size=(192, 128), parallax=True, motion=True, clipping=True,
+                          shading=True)
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        sim.simulate_pairs(tmp_path / name, 1, seed=seed, options=tiny, progress=False)
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+    assert _digests(tmp_path / "a") != _digests(tmp_path / "c")

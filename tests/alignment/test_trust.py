@@ -1,0 +1,223 @@
+"""The per-pixel trust map: what moved, what is hidden, what clipped is dropped; a
+planar pair keeps its pixels; objects with a model of their own map to a fraction
+of a pixel; the dataset writes the mask and the map it used."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from alignment import batch, rawio, trust
+from alignment.features import match_homography
+from alignment.pipeline import align_images
+from alignment.scoring import load_truth_map, trust_scores
+from isp_rig import simulate as sim
+
+SIZES = dict(phone_size=(512, 384), dslr_size=(768, 512))
+LAYERED = sim.SimOptions(parallax=True, motion=True, clipping=True, shading=True, **SIZES)
+
+
+# ------------------------------------------------------------ the decision, in isolation
+
+
+def _planes(scene: np.ndarray, rng: np.random.Generator, noise: float = 0.004) -> list[np.ndarray]:
+    """Four noisy 'Bayer planes' of one grey scene (what dense_residual compares)."""
+    return [(scene + rng.normal(0, noise, scene.shape)).astype(np.float32) for _ in range(4)]
+
+
+def _textured(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    img = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5)
+    return 0.2 + 0.6 * (img - img.min()) / (img.max() - img.min())
+
+
+def test_a_patch_that_moved_and_a_patch_of_other_content_are_dropped_and_the_rest_is_kept():
+    rng = np.random.default_rng(0)
+    h, w = 192, 256
+    scene = _textured(rng, h, w)
+    prediction = scene.copy()
+    # a 40 px patch whose content sits 4 px further right in the prediction (parallax)
+    prediction[40:80, 44:84] = scene[40:80, 40:80]
+    # a patch showing something else altogether (an occluder in the other camera)
+    prediction[120:160, 150:190] = _textured(rng, 40, 40)
+    masks = [np.ones((h, w), bool)] * 4
+    res = trust.dense_residual(_planes(scene, rng), [prediction] * 4, masks)
+    to_image = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
+    tm = trust.assess(res, to_image, np.zeros((h, w), bool), np.zeros((h, w), bool))
+    assert (tm.code[48:72, 52:76] != 0).all()  # the moved patch, inside its edges
+    assert (tm.code[48:72, 52:76] == trust.MOVED).mean() > 0.8
+    assert (tm.code[128:152, 158:182] != 0).all()  # the other content
+    untouched = np.ones((h, w), bool)
+    untouched[25:95, 25:100] = False
+    untouched[105:175, 135:205] = False
+    assert (tm.code[untouched] == 0).mean() > 0.97
+
+
+def test_clipped_and_outside_px_are_dropped_with_their_reason():
+    rng = np.random.default_rng(1)
+    h, w = 96, 128
+    scene = _textured(rng, h, w)
+    res = trust.dense_residual(_planes(scene, rng), [scene] * 4, [np.ones((h, w), bool)] * 4)
+    outside = np.zeros((h, w), bool)
+    outside[:, 120:] = True
+    clipped = np.zeros((h, w), bool)
+    clipped[40:44, 40:44] = True
+    tm = trust.assess(res, np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]]), outside, clipped)
+    assert (tm.code[:, 120:] == trust.OUTSIDE).all()
+    assert (tm.code[40:44, 40:44] == trust.CLIPPED).all()
+    assert tm.fractions()["trusted"] > 0.85
+
+
+def test_full_resolution_codes_put_the_frame_first_then_clipping_of_either_camera():
+    working = trust.TrustMap(np.zeros((4, 4), np.uint8), np.zeros((4, 4, 2), np.float32), np.zeros((4, 4)),
+                             np.zeros((4, 4)), np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]]))
+    working.code[0, 0] = trust.MOVED
+    inside = np.ones((8, 8), bool)
+    inside[:, 7] = False
+    dslr_clipped = np.zeros((8, 8), bool)
+    dslr_clipped[0, 0] = True
+    planes = np.zeros((4, 4, 4), np.float32)
+    planes[3, 0, 2] = 1.0  # one saturated plane in the cell at rows 6-7, cols 0-1
+    code = trust.full_resolution_codes(working, (8, 8), inside, dslr_clipped, planes)
+    assert code[0, 0] == trust.CLIPPED and code[1, 1] == trust.MOVED
+    assert (code[:, 7] == trust.OUTSIDE).all()
+    assert (code[5:8, 0:3] == trust.CLIPPED).all()  # the saturated cell and its neighbours
+    assert code[3, 4] == 0
+
+
+def test_enclosed_finds_the_islands_that_do_not_touch_the_edge():
+    mask = np.ones((20, 20), bool)
+    mask[5:15, 5:15] = False
+    mask[8:11, 8:11] = True  # an island inside the dropped square
+    islands = trust.enclosed(mask, 100)
+    assert islands[9, 9] and islands.sum() == 9
+    assert not trust.enclosed(mask, 5).any()  # too large to count as an island
+
+
+# ------------------------------------------------------------- the background wins
+
+
+def test_a_wide_spread_background_wins_over_a_richly_textured_object_in_front():
+    rng = np.random.default_rng(2)
+    h, w = 360, 480
+    a = np.full((h, w), 128, np.uint8)
+    for _ in range(60):  # a background of a few spread blobs
+        cv2.circle(a, (int(rng.integers(10, w - 10)), int(rng.integers(10, h - 10))), int(rng.integers(3, 8)),
+                   int(rng.integers(0, 255)), -1, cv2.LINE_AA)
+    patch = cv2.resize((rng.random((40, 40)) * 255).astype(np.uint8), (120, 120), interpolation=cv2.INTER_NEAREST)
+    b = a.copy()
+    a[100:220, 150:270] = patch  # an object dense in features ...
+    b[100:220, 180:300] = patch  # ... 30 px further in the other view (parallax)
+    single = match_homography(a, b, layers=1)
+    assert abs(single.homography[0, 2] - 30) < 1  # one MAGSAC run locks onto the object
+    fm = match_homography(a, b, layers=3)
+    assert len(fm.layers) >= 2 and fm.layers[0][0] > fm.inliers  # the object held more inliers
+    np.testing.assert_allclose(fm.homography, np.eye(3), atol=0.02)  # the background won
+
+
+# --------------------------------------------------------- the whole pipeline
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    """Two layered pairs and one planar pair, aligned once (with and without layers)."""
+    root = tmp_path_factory.mktemp("trust")
+    layered = sim.simulate_pairs(root / "layered", 2, seed=3, options=LAYERED, progress=False)
+    planar = sim.simulate_pairs(root / "planar", 1, seed=3, options=sim.SimOptions(**SIZES), progress=False)
+    out = {}
+    for folder in layered + planar:
+        raw = rawio.read_raw(folder / "phone.dng")
+        dslr = rawio.read_any(folder / "dslr.jpg")
+        out[folder] = (align_images(raw, dslr), align_images(raw, dslr, trust_layers=False), sim.load_truth(folder))
+    return out
+
+
+def _map_and_mask(alignment, shape):
+    h, w = shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    mapped = alignment.dense_map_points(np.stack([xs.ravel(), ys.ravel()], 1)).reshape(h, w, 2)
+    return mapped, alignment.trust.full(shape) == 0
+
+
+def test_trusted_px_of_layered_pairs_are_within_half_a_dslr_px_of_the_truth(aligned):
+    for folder, (a, _, truth) in aligned.items():
+        if truth.dense is None:
+            continue
+        assert a.ok, (folder, a.quality.message)
+        mapped, trusted = _map_and_mask(a, truth.dense.shape[:2])
+        scores = trust_scores(mapped, trusted, truth.dense, truth.clipped)
+        assert scores["precision_05"] > 0.99, (folder, scores)
+        assert scores["coverage"] > 0.75, (folder, scores)
+
+
+def _moving_px(truth):
+    h, w = truth.dense.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    bg = truth.map_points(np.stack([xs.ravel(), ys.ravel()], 1).astype(float)).reshape(h, w, 2)
+    off = np.linalg.norm(truth.dense - bg, axis=-1)
+    return np.isfinite(off) & (off > 2.0)
+
+
+def test_what_moved_is_dropped_by_the_global_model_or_mapped_by_its_own(aligned):
+    for folder, (with_layers, without, truth) in aligned.items():
+        if truth.dense is None:
+            continue
+        moving = _moving_px(truth)
+        assert moving.mean() > 0.02
+        right = {}
+        for name, a in (("global model", without), ("with layers", with_layers)):
+            mapped, trusted = _map_and_mask(a, moving.shape)
+            err = np.nan_to_num(np.linalg.norm(mapped - truth.dense, axis=-1), nan=np.inf)
+            # what moved is never trusted with a wrong map ...
+            assert (moving & trusted & (err > 0.5)).sum() < 0.03 * moving.sum(), (folder, name)
+            right[name] = (moving & trusted & (err <= 0.5)).sum()
+        # ... and the global model alone trusts none of it; layers only add px mapped right
+        assert right["global model"] < 0.01 * moving.sum()
+        assert right["with layers"] >= right["global model"]
+
+
+def test_a_planar_pair_keeps_its_in_frame_px_and_its_accuracy(aligned):
+    for folder, (a, _, truth) in aligned.items():
+        if truth.dense is not None:
+            continue
+        assert a.ok and a.layers == []
+        assert a.quality.trusted_fraction > 0.98, a.quality.dropped
+        w, h = truth.phone_size
+        corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
+        assert np.median(np.linalg.norm(a.map_points(corners) - truth.map_points(corners), axis=1)) < 0.1
+
+
+def test_the_verdict_rejects_a_pair_with_too_little_trusted(aligned):
+    folder = next(f for f, (_, _, t) in aligned.items() if t.dense is not None)
+    raw = rawio.read_raw(folder / "phone.dng")
+    a = align_images(raw, rawio.read_any(folder / "dslr.jpg"), min_trusted=0.995)
+    assert not a.ok and a.quality.reason == "too_little_trusted"
+    assert "can be trusted" in a.quality.message
+
+
+def test_dataset_pair_has_the_trust_mask_the_map_and_scores_against_the_truth(aligned, tmp_path):
+    folder = next(f for f, (_, _, t) in aligned.items() if t.dense is not None)
+    job = batch.find_pairs(folder.parent)[0]
+    record = batch.process_pair(job, str(tmp_path), "train", {}, save_maps=True)
+    assert record["status"] == "ok", record.get("message")
+    mask = cv2.imread(str(tmp_path / record["files"]["mask"]), cv2.IMREAD_UNCHANGED) > 0
+    mapped = np.load(tmp_path / record["files"]["map"])
+    truth, clipped = load_truth_map(job.phone.parent)
+    assert mapped.dtype == np.float32 and mapped.shape == truth.shape
+    assert record["trusted_fraction"] == pytest.approx(mask.mean())
+    assert set(record["dropped"]) == set(trust.REASONS[1:])
+    assert sum(record["dropped"].values()) == pytest.approx(1 - mask.mean(), abs=1e-4)
+    scores = record["truth_trust"]
+    assert scores == pytest.approx(trust_scores(mapped, mask, truth, clipped), rel=1e-6, nan_ok=True)
+    assert scores["precision_05"] > 0.99 and scores["clipped_trusted"] < 0.01
+    # the map says where the target was sampled: the target equals the DSLR read there
+    dslr = rawio.read_rgb(job.dslr).rgb
+    ys, xs = np.nonzero(mask)
+    pick = np.random.default_rng(0).choice(len(ys), 200, replace=False)
+    target = cv2.imread(str(tmp_path / record["files"]["target"]), cv2.IMREAD_UNCHANGED)[..., ::-1] / 65535.0
+    at = mapped[ys[pick], xs[pick]]
+    near = dslr[np.round(at[:, 1]).astype(int), np.round(at[:, 0]).astype(int)]
+    assert np.median(np.abs(target[ys[pick], xs[pick]] - near)) < 0.05
+    json.dumps(record)  # the record is plain JSON
