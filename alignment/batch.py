@@ -281,7 +281,8 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
                 else:
                     record["phone_jpeg_note"] = f"size {jpeg.shape} differs from the raw grid {raw.shape}: not stored"
             if job.truth is not None:
-                record["truth_error_px"] = truth_error(job.truth, alignment, mask if mask.any() else warp.valid)
+                record["truth_error_px"] = truth_error(job.truth, alignment.dense_map_points,
+                                                       mask if mask.any() else warp.valid)
             if truth is not None:
                 record["truth_trust"] = trust_scores(warp.mapped, mask, *truth)
             record["files"] = write_pair_files(Path(out_dir), job.pair_id, packed, warp.target, mask, phone_rgb,

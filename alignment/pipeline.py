@@ -574,7 +574,11 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         rel = rel & in_trust
         final = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
                               None if final.textured is None else final.textured & in_trust)
-    q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
+    if result.trust is not None:
+        # of the tiles in the trusted area, how many could measure a residual
+        q.reliable_tiles = float(rel.sum() / max(int(in_trust.sum()), 1))
+    else:
+        q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
     q.consistent_tiles = final.consistent_fraction(opt.max_residual_px)
     if rel.any():
         mag = final.magnitude[rel]

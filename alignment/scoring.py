@@ -17,12 +17,16 @@ import numpy as np
 __all__ = ["truth_error", "trust_scores", "load_truth_map"]
 
 
-def truth_error(truth_path: Path | str, alignment, valid: np.ndarray | None = None) -> dict[str, float]:
-    """Error of an alignment against a simulator truth.json over its correspondence grid.
+def truth_error(truth_path: Path | str, map_points, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Error of a mapping against a simulator truth.json over its correspondence grid.
 
-    Returns median, p95 and max of |alignment(x_phone) - x_dslr| in DSLR px,
-    over the grid points inside ``valid`` (all points when None).
+    map_points: (N, 2) phone px -> (N, 2) DSLR px (``Alignment.dense_map_points`` for
+    what a dataset target was sampled with, or an Alignment, whose ``map_points`` is used).
+    Returns median, p95 and max of |map(x_phone) - x_dslr| in DSLR px, over the grid
+    points inside ``valid`` (all points when None).
     """
+    if hasattr(map_points, "map_points"):
+        map_points = map_points.map_points
     data = json.loads(Path(truth_path).read_text())
     grid = np.asarray(data["grid"], dtype=np.float64).reshape(-1, 4)
     if valid is not None:
@@ -31,7 +35,7 @@ def truth_error(truth_path: Path | str, alignment, valid: np.ndarray | None = No
         grid = grid[valid[yi, xi]]
     if len(grid) == 0:
         return {"median": float("nan"), "p95": float("nan"), "max": float("nan"), "points": 0}
-    err = np.linalg.norm(alignment.map_points(grid[:, :2]) - grid[:, 2:], axis=1)
+    err = np.linalg.norm(map_points(grid[:, :2]) - grid[:, 2:], axis=1)
     return {"median": float(np.median(err)), "p95": float(np.percentile(err, 95)), "max": float(err.max()),
             "points": int(len(err))}
 
