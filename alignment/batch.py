@@ -286,7 +286,7 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
             if truth is not None:
                 record["truth_trust"] = trust_scores(warp.mapped, mask, *truth)
             record["files"] = write_pair_files(Path(out_dir), job.pair_id, packed, warp.target, mask, phone_rgb,
-                                               mapped=warp.mapped if save_maps else None)
+                                               mapped=warp.mapped if save_maps else None, reasons=codes)
             record["valid_fraction"] = float(warp.valid.mean())
             record["trusted_fraction"] = float(mask.mean())
             record["dropped"] = {k: round(v, 5) for k, v in trust.fractions(codes).items() if k != "trusted"}

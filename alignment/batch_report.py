@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alignment import rawio
+from alignment import rawio, trust
 from alignment.dataset import latest_records
 
 BAR_COLOUR = (180, 110, 40)  # BGR
@@ -74,7 +74,8 @@ def _phone_render(planes: np.ndarray) -> np.ndarray:
 
 
 def pair_picture(dataset: Path, record: dict, out: Path, max_side: int = 640, squares: int = 8) -> None:
-    """Checkerboard of phone render / aligned target, beside |luminance difference| (gain 4)."""
+    """Checkerboard of phone render / aligned target, beside |luminance difference| (gain 4)
+    and, when the pair has ``reasons.png``, the trust map over the phone render."""
     files = record["files"]
     target = cv2.imread(str(dataset / files["target"]), cv2.IMREAD_UNCHANGED)[..., ::-1].astype(np.float32)
     target /= float(np.iinfo(np.uint16).max if target.max() > 255 else 255)
@@ -104,7 +105,11 @@ def pair_picture(dataset: Path, record: dict, out: Path, max_side: int = 640, sq
     diff_rgb = np.repeat(diff[..., None], 3, axis=2)
     diff_rgb[~m] = (0.3, 0.0, 0.0)
     gap = np.ones((size[1], 8, 3), np.float32)
-    picture = np.concatenate([board, gap, diff_rgb], axis=1)
+    panels = [board, gap, diff_rgb]
+    if "reasons" in files:  # the trust map over the phone render, dropped px tinted by reason
+        reasons = cv2.imread(str(dataset / files["reasons"]), cv2.IMREAD_UNCHANGED)
+        panels += [gap, trust.overlay(p, cv2.resize(reasons, size, interpolation=cv2.INTER_NEAREST))]
+    picture = np.concatenate(panels, axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), np.round(picture[..., ::-1] * 255).astype(np.uint8))
 
@@ -141,10 +146,18 @@ def write_batch_report(dataset: Path | str, pictures: int = 24) -> Path:
         s = summary["residual_px"]
         lines.append(f"- residual after alignment (phone px): median {s['p50']:.3f}, p90 {s['p90']:.3f}, "
                      f"max {s['max']:.3f}")
+    if summary.get("trusted_fraction"):
+        s = summary["trusted_fraction"]
+        lines.append(f"- trusted px per kept pair: median {s['p50']:.1%}, lowest {s['min']:.1%}")
     if summary.get("truth_error_px"):
         s = summary["truth_error_px"]
-        lines.append(f"- error against ground truth (DSLR px, per-pair medians): median {s['p50']:.3f}, "
-                     f"p90 {s['p90']:.3f}, max {s['max']:.3f}")
+        lines.append(f"- error against ground truth over trusted px (DSLR px, per-pair medians): median "
+                     f"{s['p50']:.3f}, p90 {s['p90']:.3f}, max {s['max']:.3f}")
+    if summary.get("truth_trust"):
+        s = summary["truth_trust"]
+        lines.append(f"- trust map against ground truth (per-pair medians): precision at 0.5 px "
+                     f"{s['precision_05']['p50']:.4f}, coverage {s['coverage']['p50']:.3f}, clipped px trusted "
+                     f"{s['clipped_trusted']['p50']:.2%}")
     lines += ["", "![residual histogram](residuals.png)", "", "## Rejected and failed pairs", ""]
     bad = [r for r in records if r.get("status") != "ok"]
     if bad:
@@ -156,8 +169,9 @@ def write_batch_report(dataset: Path | str, pictures: int = 24) -> Path:
         lines.append("None.")
     lines += ["", "## Kept pairs, largest residual first", "",
               "Left: a checkerboard of the phone raw (quick render) and the aligned DSLR target; edges that run on "
-              "across the squares mean a good alignment. Right: |luminance difference| x 4; dark red is outside "
-              "the valid mask.", ""]
+              "across the squares mean a good alignment. Middle: |luminance difference| x 4; dark red is outside "
+              "the trust mask. Right: the trust map over the phone render; dropped px are tinted by reason (grey "
+              "outside the DSLR frame, cyan clipped, red occluded, orange moved, blue unverified).", ""]
     for r in kept[:pictures]:
         res = (r.get("quality") or {}).get("residual_median_px")
         extra = f", error vs truth {r['truth_error_px']['median']:.3f} px" if "truth_error_px" in r else ""

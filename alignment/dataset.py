@@ -11,6 +11,8 @@ Layout (format version 1; ``learn.data`` reads exactly this)::
     DATASET/pairs/<id>/mask.png     8-bit (H, W): the trust map, 255 where the target px shows the
                                     phone px's scene point (inside the frame, not occluded, not
                                     moved, not clipped in either camera: alignment.trust)
+    DATASET/pairs/<id>/reasons.png  8-bit (H, W): why each px was dropped (alignment.trust.REASONS:
+                                    0 trusted, 1 outside, 2 clipped, 3 occluded, 4 moved, 5 unverified)
     DATASET/pairs/<id>/map.npy      optional (``--save-maps``): float32 (H, W, 2), the DSLR (x, y)
                                     at which each target px was sampled
     DATASET/pairs/<id>/phone.png    optional: the phone's own JPEG on the same grid (built-in ISP row)
@@ -195,6 +197,7 @@ def write_pair_files(
     phone_rgb: np.ndarray | None = None,
     input_rgb: np.ndarray | None = None,
     mapped: np.ndarray | None = None,
+    reasons: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Write one kept pair's files atomically: into a temporary folder, then
     renamed to ``pairs/<id>`` (an earlier partial folder of the same id is replaced).
@@ -207,6 +210,8 @@ def write_pair_files(
             can be trusted).
         mapped: optional (H, W, 2) DSLR (x, y) at which each target px was sampled
             (``map.npy``, float32).
+        reasons: optional (H, W) uint8, why each px the mask drops was dropped
+            (``reasons.png``; codes of ``alignment.trust.REASONS``, 0 = trusted).
         phone_rgb: optional (H, W, 3) phone JPEG in [0, 1] (the built-in ISP row).
         input_rgb: (H, W, 3) in [0, 1]: the model input of an RGB-input pair
             (a phone's own JPEG), written as ``input.png`` instead of ``raw.npy``.
@@ -240,6 +245,11 @@ def write_pair_files(
     if phone_rgb is not None:
         _write_png(tmp / "phone.png", np.round(np.clip(phone_rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
         files["phone_jpeg"] = f"{PAIRS_DIR}/{pair_id}/phone.png"
+    if reasons is not None:
+        if reasons.shape != (h, w):
+            raise ValueError(f"shapes disagree: target {target.shape}, reasons {reasons.shape}")
+        _write_png(tmp / "reasons.png", reasons.astype(np.uint8))
+        files["reasons"] = f"{PAIRS_DIR}/{pair_id}/reasons.png"
     if mapped is not None:
         if mapped.shape != (h, w, 2):
             raise ValueError(f"shapes disagree: target {target.shape}, map {mapped.shape}")

@@ -79,6 +79,7 @@ class AlignOptions:
     gain_degree: int = 1
     gauss_filt_size: int = 1
     radiometric: bool = True
+    radiometric_gain: bool = True
     fine: str = "planes"
     fine_blur_sigma: float = 0.5
     fine_gain_degree: int = 2
@@ -485,6 +486,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
             fitted = fit_radiometric(
                 targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
                 groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
+                frame=p.image_size if opt.radiometric_gain else None,
             )
             if fitted is not None:
                 images = fitted

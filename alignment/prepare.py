@@ -314,6 +314,19 @@ def blurred_hat_features(
     return out
 
 
+def _gain_basis(t_k: np.ndarray, xs: np.ndarray, ys: np.ndarray, frame: tuple[int, int] | None) -> np.ndarray:
+    """(n, 6) position terms of the smooth gain at target px (xs, ys): u, v, u^2, u v,
+    v^2, r^4 with (u, v) = (phone image px - frame centre) / half the longer side."""
+    if frame is None:
+        return np.zeros((len(xs), 0))
+    w, h = frame
+    half = max(w, h) / 2.0
+    u = (t_k[0, 0] * xs + t_k[0, 1] * ys + t_k[0, 2] - (w - 1) / 2.0) / half
+    v = (t_k[1, 0] * xs + t_k[1, 1] * ys + t_k[1, 2] - (h - 1) / 2.0) / half
+    r2 = u * u + v * v
+    return np.stack([u, v, u * u, u * v, v * v, r2 * r2], 1)
+
+
 def fit_radiometric(
     targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     dslr: PreparedImage,
@@ -324,6 +337,9 @@ def fit_radiometric(
     max_samples: int = 5_000,
     encoded_grid: tuple[np.ndarray, tuple[int, int]] | None = None,
     groups: list[int] | None = None,
+    frame: tuple[int, int] | None = None,
+    gain_rounds: int = 3,
+    robust_k: float = 9.0,
 ) -> list[np.ndarray] | None:
     """Fit DSLR response curves that predict each phone target (Bayer plane or luminance).
 
@@ -345,6 +361,13 @@ def fit_radiometric(
     groups: one label per target; targets with the same label (the two green
     planes of a Bayer sensor: one colour filter) are fitted together and share
     one image object (None: every target on its own).
+    frame: (W, H) of the phone image: the model becomes ``t_k(x) ~ gain_k(x) *
+    (c_k + sum ...)`` with a smooth gain over the frame (quadratic in position
+    plus the fourth power of the radius: vignetting and colour shading), fitted
+    in ``gain_rounds`` alternations with the curves; the images returned hold
+    the curves only (the fine stage fits its own gain).  None: no gain.
+    Every round reweights the samples (Tukey, ``robust_k`` robust sigmas), so samples
+    the first model maps wrongly (objects in front, motion) do not bend the curves.
     Returns, per target, the float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)`` on
     the working grid, in the target's units (through look-up tables, see
     :func:`apply_curves`), or None without an encoded DSLR image or overlap.
@@ -380,7 +403,7 @@ def fit_radiometric(
         xs, ys, mx, my = xs[inside], ys[inside], mx[inside], my[inside]
         target = _gauss(values.astype(np.float32), blur_sigma)[ys, xs].astype(np.float64)
         a = np.concatenate([blurred_hat_features(enc, mx, my, sig_img, n_knots), np.ones((len(mx), 1))], 1)
-        samples.setdefault(g, []).append((a, target))
+        samples.setdefault(g, []).append((a, target, _gain_basis(t_k, xs, ys, frame)))
     n_par = 3 * n_knots + 1
     rows_p = []
     for c in range(3):
@@ -391,10 +414,31 @@ def fit_radiometric(
     p = np.array(rows_p)
     images: dict[int, np.ndarray] = {}
     for g, parts in samples.items():
-        a = np.concatenate([x for x, _ in parts])
-        target = np.concatenate([t for _, t in parts])
+        a = np.concatenate([x for x, _, _ in parts])
+        target = np.concatenate([t for _, t, _ in parts])
+        gains = np.concatenate([b for _, _, b in parts])
         scale = float(np.mean(a[:, :-1] ** 2)) * len(target)
-        coef = np.linalg.lstsq(a.T @ a + smooth * scale * p.T @ p, a.T @ target, rcond=None)[0]
+        lhs_p = smooth * scale * p.T @ p
+        # t ~ gain(x) * curves(E): the phone's vignetting and colour shading are a smooth
+        # gain over the frame; left in the curves, they bend them, and a curve that is
+        # wrong differently at the centre and at the rim moves edges radially (a scale
+        # bias of ~0.1 % measured).  Curves and gain are fitted in turn.
+        # Tukey weights keep out the samples the first model maps wrongly (things nearer
+        # than the background, moving things, occlusions): a curve fitted to them is biased
+        gain = np.ones(len(target))
+        wts = np.ones(len(target))
+        for _ in range(gain_rounds + 1):
+            aw = a * wts[:, None]
+            coef = np.linalg.lstsq(aw.T @ a + lhs_p * wts.mean(), aw.T @ (target / gain), rcond=None)[0]
+            pred = a @ coef
+            if frame is not None:
+                gw = gains * (pred * wts)[:, None]
+                beta = np.linalg.lstsq(gw.T @ (gains * pred[:, None]), gw.T @ (target - pred), rcond=None)[0]
+                gain = np.clip(1.0 + gains @ beta, 0.2, 5.0)
+            resid = target - gain * pred
+            mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
+            z = resid / (robust_k * mad)
+            wts = np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
         image = apply_curves(enc, coef[:-1].reshape(3, n_knots), float(coef[-1]))
         if encoded_grid is not None:
             image = shrink(image, tuple(encoded_grid[1]))  # block mean onto the working grid

@@ -9,7 +9,10 @@
 - ``difference.png``: |phone - DSLR| of the locally normalised luminances,
   before (the DSLR only scaled to the phone frame) and after alignment, side by side;
 - ``residuals.png``: the tile-wise residual displacement under the final model,
-  magnitude as a heat map (black: unreliable tile), scale in the corner text.
+  magnitude as a heat map (black: unreliable tile), scale in the corner text;
+- ``trust.png``: the trust map over the phone preview, dropped px tinted by reason
+  (grey outside the DSLR frame, cyan clipped, red occluded, orange moved, blue
+  unverified; see :mod:`alignment.trust`).
 
 Display pixel j maps to phone px ``(j + 0.5) * f - 0.5`` (area resize by f).
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alignment import rawio
+from alignment import rawio, trust
 from alignment.ecc import local_normalize
 
 __all__ = ["write_pair_report"]
@@ -99,6 +102,14 @@ def write_pair_report(alignment, phone, dslr, out_dir: str | Path, max_side: int
     diff = np.hstack([_diff_image(prev, before, np.ones_like(valid)), gap, _diff_image(prev, after, valid)])
     paths["difference"] = out / "difference.png"
     _save(paths["difference"], diff)
+    if alignment.trust is not None:
+        # the trust map over the phone preview: dropped px tinted by reason
+        rows = np.clip(np.round(pts[:, 1]).astype(int), 0, ph - 1)
+        cols = np.clip(np.round(pts[:, 0]).astype(int), 0, pw - 1)
+        code = alignment.trust.full((ph, pw))[rows, cols].reshape(dh, dw)
+        tinted = trust.overlay(prev.astype(np.float32) / 255.0, code)
+        paths["trust"] = out / "trust.png"
+        _save(paths["trust"], np.round(tinted * 255).astype(np.uint8))
     r = alignment.residuals
     if r is not None and r.reliable.size:
         gy, gx = r.grid_shape

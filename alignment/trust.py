@@ -41,6 +41,19 @@ __all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residua
 #: codes of :attr:`TrustMap.code`; 0 is trusted
 REASONS = ("trusted", "outside", "clipped", "occluded", "moved", "unverified")
 OUTSIDE, CLIPPED, OCCLUDED, MOVED, UNVERIFIED = 1, 2, 3, 4, 5
+#: RGB in [0, 1] of each reason in pictures (:func:`overlay`)
+REASON_COLOURS = {OUTSIDE: (0.5, 0.5, 0.5), CLIPPED: (0.0, 1.0, 1.0), OCCLUDED: (1.0, 0.0, 0.0),
+                  MOVED: (1.0, 0.5, 0.0), UNVERIFIED: (0.2, 0.3, 1.0)}
+
+
+def overlay(rgb: np.ndarray, code: np.ndarray, strength: float = 0.6) -> np.ndarray:
+    """(H, W, 3) float RGB in [0, 1] with each dropped px tinted by its reason's colour
+    (grey outside, cyan clipped, red occluded, orange moved, blue unverified)."""
+    out = np.asarray(rgb, np.float32).copy()
+    for c, colour in REASON_COLOURS.items():
+        sel = code == c
+        out[sel] = (1 - strength) * out[sel] + strength * np.asarray(colour, np.float32)
+    return out
 
 
 @dataclass

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -92,6 +93,22 @@ def test_report_has_the_histogram_the_pictures_and_the_rejected_reasons(built):
     assert (out / "report" / "residuals.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "report" / "pairs").iterdir()) == [f"pair_{i:04d}.png" for i in range(3)]
     assert "pair_broken" in text and "unreadable_truncated" in text and "pair_flat" in text
+    # each pair picture has four panels: board, difference and the trust map (the widest of the old two)
+    picture = cv2.imread(str(out / "report" / "pairs" / "pair_0000.png"))
+    assert picture.shape[1] > 2.5 * picture.shape[0]
+    assert "trust map" in text and "trusted px per kept pair" in text
+
+
+def test_kept_pairs_carry_their_trust_map_reasons_and_fractions(built):
+    out, _ = built
+    for rec in latest_records(out).values():
+        if rec["status"] != "ok":
+            continue
+        reasons = cv2.imread(str(out / rec["files"]["reasons"]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(out / rec["files"]["mask"]), cv2.IMREAD_UNCHANGED)
+        assert reasons.dtype == np.uint8 and np.array_equal(reasons == 0, mask == 255)
+        assert rec["trusted_fraction"] == pytest.approx((mask == 255).mean())
+        assert rec["trusted_fraction"] > 0.95  # planar simulator pairs keep their px
 
 
 def test_default_process_pool_aligns_pairs(source, tmp_path):

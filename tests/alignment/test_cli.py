@@ -23,7 +23,7 @@ def test_align_pair_prints_json_and_writes_the_report(tmp_path):
     assert a.ok and a.phone_path.endswith("phone.dng")
     corners = np.array([[0, 0], [511, 383]], float)
     assert np.abs(a.map_points(corners) - pair.truth.map_points(corners)).max() < 0.2
-    for name in ("checkerboard.png", "difference.png", "residuals.png"):
+    for name in ("checkerboard.png", "difference.png", "residuals.png", "trust.png"):
         img = cv2.imread(str(tmp_path / "report" / name))
         assert img is not None and img.shape[0] == 384
 
