@@ -30,6 +30,10 @@ def parse_options(pairs: tuple[str, ...]) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+    try:  # types and ranges, before any work starts
+        AlignOptions.from_kwargs(**out)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--option") from None
     return out
 
 

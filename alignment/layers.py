@@ -153,7 +153,7 @@ def recover_layers(
         agreement = float((agree & textured).sum() / textured.sum())
         if agreement < min_agreement:
             continue
-        if _sharpness_ratio(local, agree & textured) < min_sharpness * background_sharpness:
+        if sharpness_ratio(local, agree & textured) < min_sharpness * background_sharpness:
             continue  # the DSLR shows the region smeared (it moved during the exposure)
         # flat px belong to the layer only when joined (no image edge between) to px that
         # agree with it, not to those of another object in the same moved region
@@ -204,8 +204,6 @@ def sharpness_ratio(res: trust.DenseResidual, where: np.ndarray) -> float:
         ratios.append(energy[1] / max(energy[0], 1e-12))
     return min(ratios)
 
-
-_sharpness_ratio = sharpness_ratio
 
 
 def _tile_area(passed: np.ndarray, grid_shape: tuple[int, int], shape: tuple[int, int], tile: float) -> np.ndarray:

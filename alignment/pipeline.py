@@ -114,6 +114,24 @@ class AlignOptions:
     def thresholds(self) -> Thresholds:
         return Thresholds(**{f.name: getattr(self, f.name) for f in fields(Thresholds)})
 
+    def __post_init__(self) -> None:
+        """Check every option's type and range (a ValueError naming the option), so a
+        typo fails before any work starts rather than deep inside it."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _OPTION_KINDS.get(f.name)
+            if kind is None:
+                continue
+            allowed, check, says = kind
+            if value is None and type(None) in allowed:
+                continue
+            if isinstance(value, bool) and bool not in allowed:
+                ok = False
+            else:
+                ok = isinstance(value, allowed) and (check is None or check(value))
+            if not ok:
+                raise ValueError(f"alignment option {f.name}: {value!r} is not {says}")
+
     @classmethod
     def from_kwargs(cls, **kw) -> "AlignOptions":
         names = {f.name for f in fields(cls)}
@@ -121,6 +139,41 @@ class AlignOptions:
         if bad:
             raise TypeError(f"unknown alignment option(s): {', '.join(bad)} (known: {', '.join(sorted(names))})")
         return cls(**kw)
+
+
+_POSITIVE = ((int, float), lambda v: v > 0, "a number > 0")
+_FRACTION = ((int, float), lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_COUNT = ((int,), lambda v: v >= 1, "a whole number >= 1")
+_FLAG = ((bool,), None, "true or false")
+#: option -> (allowed types, check, what it must be); options not listed are not checked
+_OPTION_KINDS = {
+    "ratio": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "magsac_threshold": _POSITIVE, "feature_layers": _COUNT, "max_features": _COUNT, "feature_max_side": _COUNT,
+    "ecc_method": ((str,), lambda v: v in ("gn", "opencv"), "'gn' or 'opencv'"),
+    "ecc_levels": ((int,), lambda v: v >= 1, "a whole number >= 1"),
+    "blur_sigma": _POSITIVE, "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0,
+                                           "a number > 0 or null"),
+    "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
+                                                                                       "0, 1 or 2"),
+    "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "trust": _FLAG,
+    "trust_refit": _FLAG, "trust_layers": _FLAG,
+    "fine": ((str,), lambda v: v in ("planes", "none"), "'planes' or 'none'"),
+    "fine_blur_sigma": _POSITIVE, "radial": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"),
+    "radial_min_px": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "max_pixels": ((int, type(None)), lambda v: v is None or v >= 1000, "a whole number >= 1000 or null"),
+    "max_plane_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
+    "dslr_oversample": ((int, float, type(None)), lambda v: v is None or v >= 1, "a number >= 1 or null"),
+    "tile_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
+    "scale_guess": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
+    "trust_max_px": _POSITIVE, "trust_margin_px": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "trust_refit_fraction": _FRACTION, "min_trusted": _FRACTION, "min_inlier_ratio": _FRACTION,
+    "min_overlap": _FRACTION, "min_reliable_tiles": _FRACTION, "min_consistent": _FRACTION,
+    "min_correlation": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
+    "min_correlation_confirmed": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
+    "min_inliers": ((int,), lambda v: v >= 4, "a whole number >= 4"),
+    "confirm_inliers": ((int,), lambda v: v >= 0, "a whole number >= 0"),
+    "max_residual_px": _POSITIVE,
+}
 
 
 @dataclass
@@ -410,6 +463,48 @@ def _adopt_layers(tm: TrustMap, found: list, lens: SmoothField, p: PreparedImage
     return out
 
 
+def _layers_stage(tm: TrustMap, res: trust.DenseResidual, channels: list[Channel], h_image: np.ndarray,
+                  fld: SmoothField, final: TileResiduals, q_radial: np.ndarray, p: PreparedImage,
+                  to_stored: np.ndarray, stored_size: tuple[int, int], opt: AlignOptions) -> list[np.ndarray]:
+    """Recover the objects that moved as layers of their own (:mod:`alignment.layers`) and
+    trust their px in ``tm``; returns their homographies in stored DSLR px."""
+    lens = _radial_field(q_radial, p)
+    ref = final.correlation[final.reliable]
+    params = _trust_params(opt)
+    sharp = sharpness_ratio(res, tm.trusted & (res.snr >= params.flat_snr))
+    found = recover_layers(tm, res, channels, lambda xy: apply_homography(h_image, xy + fld(xy)), lens, q_radial,
+                           p.image_size, params, reference_correlation=float(np.median(ref)) if ref.size else 0.9,
+                           background_sharpness=sharp if np.isfinite(sharp) else 1.0)
+    return _adopt_layers(tm, found, lens, p, to_stored, stored_size)
+
+
+def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, image_size: tuple[int, int],
+                  max_residual_px: float) -> None:
+    """The tile figures of the verdict (reliable and consistent shares, residual percentiles);
+    with a trust map, over the tiles whose centre is trusted: the model is judged where
+    the scene agrees with it."""
+    rel = final.reliable
+    textured = final.textured
+    if trust_map is not None:
+        codes = trust_map.full((image_size[1], image_size[0]))
+        cx = np.clip(np.round(final.centres[:, 0]).astype(int), 0, image_size[0] - 1)
+        cy = np.clip(np.round(final.centres[:, 1]).astype(int), 0, image_size[1] - 1)
+        in_trust = codes[cy, cx] == 0
+        rel = rel & in_trust
+        textured = None if textured is None else textured & in_trust
+        q.reliable_tiles = float(rel.sum() / max(int(in_trust.sum()), 1))
+    else:
+        q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
+    judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
+                           textured)
+    q.consistent_tiles = judged.consistent_fraction(max_residual_px)
+    if rel.any():
+        mag = judged.magnitude[rel]
+        q.residual_median_px = float(np.median(mag))
+        q.residual_p90_px = float(np.percentile(mag, 90))
+        q.residual_max_px = float(mag.max())
+
+
 def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -550,14 +645,8 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
                 return done(h_work)
         if opt.trust_layers:
             t5 = time.perf_counter()
-            lens = _radial_field(q_radial, p)
-            ref = final.correlation[final.reliable]
-            sharp = sharpness_ratio(res, tm.trusted & (res.snr >= _trust_params(opt).flat_snr))
-            found = recover_layers(tm, res, channels, lambda xy: apply_homography(h_image, xy + fld(xy)), lens,
-                                   q_radial, p.image_size, _trust_params(opt),
-                                   reference_correlation=float(np.median(ref)) if ref.size else 0.9,
-                                   background_sharpness=sharp if np.isfinite(sharp) else 1.0)
-            result.layers = _adopt_layers(tm, found, lens, p, d.to_image, stored_size)
+            result.layers = _layers_stage(tm, res, channels, h_image, fld, final, q_radial, p, d.to_image,
+                                          stored_size, opt)
             secs["layers"] = time.perf_counter() - t5
         result.trust = tm
         q.trusted_fraction = float(tm.trusted.mean())
@@ -566,27 +655,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     result.field = fld
     result.residuals = final
     q.field_degree = fld.degree
-    rel = final.reliable
-    if result.trust is not None:
-        # the verdict judges the model where the scene agrees with it: tiles mostly trusted
-        t_img = result.trust.full((p.image_size[1], p.image_size[0]))
-        cx = np.clip(np.round(final.centres[:, 0]).astype(int), 0, p.image_size[0] - 1)
-        cy = np.clip(np.round(final.centres[:, 1]).astype(int), 0, p.image_size[1] - 1)
-        in_trust = t_img[cy, cx] == 0
-        rel = rel & in_trust
-        final = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
-                              None if final.textured is None else final.textured & in_trust)
-    if result.trust is not None:
-        # of the tiles in the trusted area, how many could measure a residual
-        q.reliable_tiles = float(rel.sum() / max(int(in_trust.sum()), 1))
-    else:
-        q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
-    q.consistent_tiles = final.consistent_fraction(opt.max_residual_px)
-    if rel.any():
-        mag = final.magnitude[rel]
-        q.residual_median_px = float(np.median(mag))
-        q.residual_p90_px = float(np.percentile(mag, 90))
-        q.residual_max_px = float(mag.max())
+    _tile_quality(q, final, result.trust, p.image_size, opt.max_residual_px)
     if result.trust is not None:
         keep = result.trust.trusted
         warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image) for c in warped]

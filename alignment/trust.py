@@ -3,26 +3,29 @@
 After the global model (homography, lens, smooth field) what is left is measured
 densely on the phone's working grid (one px per CFA cell, or per binned block),
 from the same per-plane channels the fine stage compares (each Bayer plane at
-its own sampling positions against the DSLR's fitted prediction of it):
+its own sampling positions against the DSLR's fitted prediction of it), summed
+into one luminance per side (:func:`dense_residual`):
 
-1. **Residual displacement** by dense Lucas-Kanade: in a Gaussian window of
-   ``window`` working px around every px, the shift d that best explains the
-   phone planes by the DSLR prediction moved by d, after local normalisation
-   (a local gain and offset per plane: vignetting, colour shading, tone); three
-   warp-and-measure rounds.  Its standard error follows from the window's
-   structure tensor and the fit's residual.
-2. **Local agreement**: the normalised correlation of phone and prediction
-   after that shift, pooled over the planes; where the phone is flat (its local
-   contrast within a few noise sigmas, the noise curve read off the image
-   itself), the local mean colour instead, after a smooth gain.
-3. **Decision**, per px: ``moved`` (parallax or motion: a residual above
-   ``max_px`` phone px, measured with confidence), ``occluded`` (no
-   correspondence: low agreement, a residual beyond the measurable range),
-   ``unverified`` (a flat px with no trusted textured px nearby: nothing
-   confirms the model there), ``clipped`` (the phone cell or the DSLR px it
-   maps to is saturated), ``outside`` (the mapped point leaves the DSLR image).
-   Dropped regions grow by ``margin_px``: window-based measures blur a
-   boundary, and a px next to an occlusion edge is a mixture.
+1. **flow**: OpenCV DIS optical flow from the phone to the prediction and back,
+   both locally normalised (a local gain and offset: vignetting, colour shading
+   and tone do not count), with the forward-backward inconsistency of every px;
+2. **agreement**: the local correlation of the phone with the prediction as it
+   is and moved by the flow;
+3. **texture**: the local variance of the phone over its own noise variance at
+   that brightness (the noise read off G1 - G2, which is noise however textured
+   the scene).
+
+:func:`evidence` turns these into per-px rules: a textured px *fits the model*,
+*moved* (a real flow above ``max_px`` that explains it clearly better: parallax,
+motion), is *occluded* (a well textured px that neither explains) or is
+*ambiguous* (a flow that explains it no better than the model).  :func:`assess`
+adds the regions: flat, faint, ambiguous and unseen px take the verdict of the
+textured px they are joined to without crossing an image edge (watershed),
+islands enclosed by what moved go with it, dropped regions grow by
+``margin_px`` (window measures blur a boundary; a px beside an occlusion edge
+is a mixture), and clipping and the frame are marked.  The codes and their
+reasons are :data:`REASONS`; :func:`full_resolution_codes` brings them to the
+full raw grid for the dataset's mask.
 
 Coordinates: x = column, y = row, pixel centres at integers; ``to_image`` maps
 working px to phone image px (the full raw grid).
@@ -211,10 +214,9 @@ class DenseResidual:
     backward inconsistency |d(x) + d_back(x + d(x))|; ncc: (h, w) local correlation of
     the phone with the prediction moved by d; ncc_model: (h, w) the same without the
     flow (how well the model alone explains the px); snr: (h, w) local contrast of the phone
-    over its own noise (variance ratio); colour: (h, w) largest relative difference of
-    any plane's local mean from the prediction after a smooth gain; valid: (h, w)
-    bool, every plane measured; image: (h, w, 3) uint8 the phone planes as a picture
-    (R, mean G, B, percentile-stretched, gamma-encoded) whose edges bound flat regions;
+    over its own noise (variance ratio); valid: (h, w) bool, every plane measured;
+    image: (h, w, 3) uint8 the phone planes as a picture (R, mean G, B,
+    percentile-stretched, gamma-encoded) whose edges bound flat regions;
     lum: the two luminances compared (phone, prediction), (h, w) float32 each.
     """
 
@@ -223,7 +225,6 @@ class DenseResidual:
     ncc: np.ndarray
     ncc_model: np.ndarray
     snr: np.ndarray
-    colour: np.ndarray
     valid: np.ndarray
     image: np.ndarray | None = None
     lum: tuple[np.ndarray, np.ndarray] | None = None
@@ -274,7 +275,7 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     summed into one luminance per side, locally normalised (window ``norm_sigma``:
     a local gain and offset, so vignetting, colour shading and tone do not count)
     and compared with DIS optical flow both ways.  window: Gaussian sigma (working
-    px) of the local correlation and of the texture and colour measures.
+    px) of the local correlation and of the texture measure.
     Returns a :class:`DenseResidual` in working px.
     """
     h, w = templates[0].shape
@@ -301,19 +302,8 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
     ncc_model = cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
     snr = _texture_snr(templates, mf, valid, window)
-    # local colour agreement: plane means after a smooth gain (vignetting, shading)
-    colour = np.zeros((h, w), np.float32)
-    for t, x in zip(templates, warped):
-        mu_ws, _, _ = _local_moments(x.astype(np.float32), mf, window)
-        mu_ts, _, _ = _local_moments(t.astype(np.float32), mf, window)
-        good = (valid & (mu_ws > 1e-4)).astype(np.float32)
-        ratio = (good * mu_ts / np.maximum(mu_ws, 1e-4)).astype(np.float32)
-        smooth = _gauss(ratio, 12 * window) / (_gauss(good, 12 * window) + 1e-6)
-        pred = smooth * mu_ws
-        rel = np.abs(mu_ts - pred) / np.maximum(np.maximum(mu_ts, pred), 1e-4)
-        colour = np.maximum(colour, rel.astype(np.float32))
     return DenseResidual(fwd, fb_error.astype(np.float32), ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
-                         colour, valid, _picture(templates, valid), (lum_t, lum_w))
+                         valid, _picture(templates, valid), (lum_t, lum_w))
 
 
 def outliers_to_dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin_px: float = 8.0,

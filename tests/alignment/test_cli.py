@@ -6,6 +6,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from alignment import Alignment
@@ -58,3 +59,12 @@ def test_unknown_alignment_option_is_a_usage_error_listing_the_known_ones(tmp_pa
     res = CliRunner().invoke(main, ["align", "pair", "a.dng", "b.jpg", "-o", "no_such=1"])
     assert res.exit_code == 2
     assert "no_such" in res.output and "max_plane_pixels" in res.output
+
+
+@pytest.mark.parametrize("option", ["min_trusted=abc", "min_trusted=1.5", "trust_margin_px=-3", "fine=fast",
+                                    "trust=maybe", "feature_layers=0"])
+def test_a_bad_option_value_is_a_usage_error_before_any_work(tmp_path, option):
+    result = CliRunner().invoke(main, ["align", "batch", str(tmp_path), "--out", str(tmp_path / "ds"), "-o", option])
+    assert result.exit_code == 2, result.output
+    assert option.split("=")[0] in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "ds").exists()
