@@ -354,13 +354,26 @@ class DatasetWriter:
         return scene_split(scene, self.meta.split_seed, self.meta.test_fraction)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record and flush it to disk (one write, then fsync)."""
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        """Append one record and flush it to disk (one write, then fsync).  Non-finite
+        numbers are written as null: the file stays strict JSON."""
+        record = _json_safe(record)
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
         with open(self.root / PAIRS_JSONL, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
         self.records[record["id"]] = record
+
+
+def _json_safe(value: Any) -> Any:
+    """The value with every NaN or infinite float replaced by None (recursively)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _repair_torn_tail(path: Path) -> None:

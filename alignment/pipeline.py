@@ -234,7 +234,8 @@ class Alignment:
             "format": FORMAT,
             "coordinates": "x = column, y = row, pixel centres at integers; phone = full raw sensor grid "
             "(raw_image_visible); map(x) = H (x + u(x))",
-            "homography": np.asarray(self.homography, float).tolist(),
+            # null when no model was found (NaN is not JSON)
+            "homography": np.asarray(self.homography, float).tolist() if np.isfinite(self.homography).all() else None,
             "field": self.field.to_dict(),
             "quality": self.quality.to_dict(),
             "ok": bool(self.quality.ok),
@@ -283,7 +284,7 @@ class Alignment:
                 None if r.get("textured") is None else np.asarray(r["textured"], bool),
             )
         return cls(
-            homography=np.asarray(d["homography"], float),
+            homography=np.full((3, 3), np.nan) if d["homography"] is None else np.asarray(d["homography"], float),
             field=SmoothField.from_dict(d.get("field")),
             quality=Quality.from_dict(d["quality"]),
             phone_size=tuple(d["phone_size"]),

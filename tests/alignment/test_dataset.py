@@ -150,3 +150,12 @@ def test_import_of_packed_raw_planes_checks_the_target_size(shared_data, tmp_pat
     np.save(inputs / "b.npy", planes)
     with pytest.raises(DatasetError, match="does not fit"):
         import_aligned(inputs, targets, tmp_path / "ds2", white_level=4095)
+
+
+def test_records_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    with DatasetWriter(tmp_path, DatasetMeta()) as writer:
+        writer.append({"id": "p1", "status": "rejected", "quality": {"residual_median_px": float("nan")},
+                       "scores": [1.0, float("inf")]})
+    line = (tmp_path / "pairs.jsonl").read_text().strip()
+    record = json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert record["quality"]["residual_median_px"] is None and record["scores"] == [1.0, None]

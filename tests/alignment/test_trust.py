@@ -221,3 +221,13 @@ def test_dataset_pair_has_the_trust_mask_the_map_and_scores_against_the_truth(al
     near = dslr[np.round(at[:, 1]).astype(int), np.round(at[:, 0]).astype(int)]
     assert np.median(np.abs(target[ys[pick], xs[pick]] - near)) < 0.05
     json.dumps(record)  # the record is plain JSON
+
+
+def test_a_rejected_alignment_is_strict_json_and_reads_back():
+    flat = np.full((96, 128, 3), 0.5, np.float32)
+    a = align_images(flat, flat)
+    assert not a.ok
+    text = a.to_json()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    back = type(a).from_json(text)
+    assert np.isnan(back.homography).all() and back.quality.reason == a.quality.reason
