@@ -339,7 +339,8 @@ def fit_radiometric(
     groups: list[int] | None = None,
     frame: tuple[int, int] | None = None,
     gain_rounds: int = 3,
-    robust_k: float = 9.0,
+    robust_k: float | None = None,
+    exclude: np.ndarray | None = None,
 ) -> list[np.ndarray] | None:
     """Fit DSLR response curves that predict each phone target (Bayer plane or luminance).
 
@@ -366,8 +367,12 @@ def fit_radiometric(
     plus the fourth power of the radius: vignetting and colour shading), fitted
     in ``gain_rounds`` alternations with the curves; the images returned hold
     the curves only (the fine stage fits its own gain).  None: no gain.
-    Every round reweights the samples (Tukey, ``robust_k`` robust sigmas), so samples
-    the first model maps wrongly (objects in front, motion) do not bend the curves.
+    robust_k: with a value, every round reweights the samples (Tukey, that many
+    robust sigmas), so samples the first model maps wrongly do not bend the curves
+    (off by default: on soft scenes it drops informative samples; the pipeline
+    instead fits again without ``exclude``, the px that do not follow the dominant
+    motion: objects in front, motion).  exclude: (h, w) bool of the targets' grid,
+    px not to sample.
     Returns, per target, the float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)`` on
     the working grid, in the target's units (through look-up tables, see
     :func:`apply_curves`), or None without an encoded DSLR image or overlap.
@@ -385,7 +390,7 @@ def fit_radiometric(
         s = _local_scale(hw, values.shape)
         sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
         pad = int(np.ceil(5 * sig_img)) + 4  # the neighbourhood of blurred_hat_features
-        ys, xs = np.nonzero(valid)
+        ys, xs = np.nonzero(valid if exclude is None else valid & ~exclude)
         if len(xs) > max_samples:
             sel = rng.choice(len(xs), max_samples, replace=False)
             xs, ys = xs[sel], ys[sel]
@@ -423,8 +428,6 @@ def fit_radiometric(
         # gain over the frame; left in the curves, they bend them, and a curve that is
         # wrong differently at the centre and at the rim moves edges radially (a scale
         # bias of ~0.1 % measured).  Curves and gain are fitted in turn.
-        # Tukey weights keep out the samples the first model maps wrongly (things nearer
-        # than the background, moving things, occlusions): a curve fitted to them is biased
         gain = np.ones(len(target))
         wts = np.ones(len(target))
         for _ in range(gain_rounds + 1):
@@ -435,10 +438,11 @@ def fit_radiometric(
                 gw = gains * (pred * wts)[:, None]
                 beta = np.linalg.lstsq(gw.T @ (gains * pred[:, None]), gw.T @ (target - pred), rcond=None)[0]
                 gain = np.clip(1.0 + gains @ beta, 0.2, 5.0)
-            resid = target - gain * pred
-            mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
-            z = resid / (robust_k * mad)
-            wts = np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
+            if robust_k is not None:
+                resid = target - gain * pred
+                mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
+                z = resid / (robust_k * mad)
+                wts = np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
         image = apply_curves(enc, coef[:-1].reshape(3, n_knots), float(coef[-1]))
         if encoded_grid is not None:
             image = shrink(image, tuple(encoded_grid[1]))  # block mean onto the working grid

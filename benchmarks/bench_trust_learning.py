@@ -75,6 +75,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from alignment.batch import find_pairs, run_batch, summarize  # noqa: E402
 from alignment.dataset import DatasetMeta, latest_records  # noqa: E402
 from alignment.pipeline import Alignment  # noqa: E402
+from alignment.trust import CLIPPED  # noqa: E402
 from bench_learn_raw import mean_scores  # noqa: E402
 from isp_rig.simulate import SimOptions, simulate_pairs  # noqa: E402
 from learn.data import PackedPairs, RandomCrops, read_mask  # noqa: E402
@@ -86,6 +87,7 @@ TEST_SOURCES = "procedural,raw/RAW_KODAK_DC50.KDC,pairs/homogr/EiffelA.png,pairs
 PROFILE = "SimPhone 12 (simulated)"
 EFFECTS = ("parallax", "motion", "clipping", "shading")
 MASKS = {"trust": "trust map (alignment.trust, as isp-rig align batch writes it)",
+         "geometry": "trust map with its clipped px kept (parallax, motion, occlusion dropped)",
          "frame": "frame only (inside the DSLR image)"}
 
 
@@ -212,6 +214,10 @@ def write_view(view: Path, entries: list[tuple[dict, Path, str]], note: str) -> 
             made = dst / "mask_source.txt"
             if not (dst / "mask.png").is_file() or not made.is_file():
                 inside, how_made = frame_mask(rec, root, trust.shape)
+                if how == "geometry":  # the trust map, but the px dropped as clipped are kept
+                    reasons = cv2.imread(str(root / rec["files"]["reasons"]), cv2.IMREAD_UNCHANGED)
+                    inside = inside & (trust | (reasons == CLIPPED))
+                    how_made = "trust map + clipped px (reasons.png), inside " + how_made
                 tmp = dst / ".mask.tmp.png"
                 if not cv2.imwrite(str(tmp), inside.astype(np.uint8) * 255):
                     raise OSError(f"{tmp}: could not write")
@@ -221,8 +227,8 @@ def write_view(view: Path, entries: list[tuple[dict, Path, str]], note: str) -> 
             stats[pid] = {"frame": float(inside.mean()), "trust": float(trust.mean()),
                           "outside_trusted": int((trust & ~inside).sum()), "from": made.read_text().strip()}
         keep = {k: v for k, v in rec.items() if k not in ("files", "alignment", "quality")}
-        lines.append(json.dumps({**keep, "files": files, "mask_source": "frame only" if how == "frame"
-                                 else rec.get("mask_source", "as built")}))
+        source = {"frame": "frame only", "geometry": "trust map with clipped px kept"}.get(how)
+        lines.append(json.dumps({**keep, "files": files, "mask_source": source or rec.get("mask_source", "as built")}))
     for stale in (view / "pairs").iterdir():  # pairs of an earlier, larger run
         if stale.name in {r["id"] for r, _, _ in entries}:
             continue
@@ -310,6 +316,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--workers", type=int, default=2, help="alignment worker processes")
+    ap.add_argument("--masks", default="trust,frame",
+                    help="masks to train with (comma-separated subset of trust,geometry,frame; frame is always "
+                         "trained: the others are compared with it); geometry = the trust map with its clipped px "
+                         "kept, to tell the effect of dropping misaligned px from that of dropping clipped ones")
     ap.add_argument("--quick", action="store_true", help="smoke run: small pairs, few of them, few steps")
     args = ap.parse_args()
     q = args.quick
@@ -322,6 +332,9 @@ def main() -> None:
     if not set(effects) <= set(EFFECTS) or not set(effects) & {"parallax", "motion", "clipping"}:
         ap.error(f"--effects: a subset of {','.join(EFFECTS)} with at least one of parallax, motion, clipping")
     effects = [e for e in EFFECTS if e in effects]
+    masks = [m for m in MASKS if m in set(args.masks.split(",")) | {"frame"}]
+    if not set(args.masks.split(",")) <= set(MASKS):
+        ap.error(f"--masks: a subset of {','.join(MASKS)}")
     suffix = ("" if effects == list(EFFECTS) else "-" + "+".join(effects)) + ("-quick" if q else "")
     work = (args.work or REPO / "bench-out" / f"trust_learning{suffix}").resolve()
     out_json = args.out or work / "results.json"
@@ -363,6 +376,10 @@ def main() -> None:
     train_stats = write_view(data / "view_frame",
                              [(r, data / "train_trust", "frame") for r in train_recs.values()] + test_links,
                              "train pairs with frame-only masks; test = test_frame")
+    if "geometry" in masks:
+        write_view(data / "view_geometry",
+                   [(r, data / "train_trust", "geometry") for r in train_recs.values()] + test_links,
+                   "train pairs with the trust map, clipped px kept; test = test_frame")
     outside = sum(s["outside_trusted"] for s in list(train_stats.values()) + list(test_stats.values()))
     if outside:
         print(f"WARNING: {outside} trusted px lie outside the frame mask (the trust map should be inside it)")
@@ -403,7 +420,7 @@ def main() -> None:
           f"their own trust map {data_info['test_trusted_fraction_mean']:.1%}")
 
     # -------------------------------------------------------------------------- learning
-    crops = {m: crop_stats(data / f"view_{m}", args.crop, seeds[0]) for m in MASKS}
+    crops = {m: crop_stats(data / f"view_{m}", args.crop, seeds[0]) for m in masks}
     for m, c in crops.items():
         print(f"  first {c['n']} training crops ({m} mask): {c['mean_valid']:.1%} valid px on average, "
               f"{c['below_min_valid']:.1%} below min_valid 0.5")
@@ -417,7 +434,7 @@ def main() -> None:
                "params": params, "data": data_info, "crops": crops, "work": str(work), "package": package,
                "runs": runs}
     for seed in seeds:
-        for m in MASKS:
+        for m in masks:
             run = work / "runs" / f"ckisp-{m}-seed{seed}-steps{args.steps}"
             r = train_and_score(data / f"view_{m}", run, data / "test_frame", data / "test_clean", args, seed)
             runs.append({"mask": m, "seed": seed, "run": str(run), **r})
@@ -430,17 +447,22 @@ def main() -> None:
     by = {(r["mask"], r["seed"]): r for r in runs}
     diffs = []
     for seed in seeds:
-        a, b = by[("trust", seed)], by[("frame", seed)]
-        per = [a["per_image"][k]["psnr"] - b["per_image"][k]["psnr"] for k in a["per_image"]]
-        diffs.append({"seed": seed, "psnr": a["psnr"] - b["psnr"], "ssim": a["ssim"] - b["ssim"],
-                      "psnr_trust_mask": a["test_trust_mask"]["psnr"] - b["test_trust_mask"]["psnr"],
-                      "ssim_trust_mask": a["test_trust_mask"]["ssim"] - b["test_trust_mask"]["ssim"],
-                      "images_better": int(sum(d > 0 for d in per)), "images": len(per),
-                      "per_image_psnr": dict(zip(a["per_image"], per))})
-    results["difference_trust_minus_frame"] = diffs
+        b = by[("frame", seed)]
+        for m in masks:
+            if m == "frame":
+                continue
+            a = by[(m, seed)]
+            per = [a["per_image"][k]["psnr"] - b["per_image"][k]["psnr"] for k in a["per_image"]]
+            diffs.append({"mask": m, "seed": seed, "psnr": a["psnr"] - b["psnr"], "ssim": a["ssim"] - b["ssim"],
+                          "psnr_trust_mask": a["test_trust_mask"]["psnr"] - b["test_trust_mask"]["psnr"],
+                          "ssim_trust_mask": a["test_trust_mask"]["ssim"] - b["test_trust_mask"]["ssim"],
+                          "images_better": int(sum(d > 0 for d in per)), "images": len(per),
+                          "per_image_psnr": dict(zip(a["per_image"], per))})
+    results["difference_minus_frame"] = diffs
     if len(seeds) > 1:
-        results["difference_mean"] = {k: float(np.mean([d[k] for d in diffs]))
-                                      for k in ("psnr", "ssim", "psnr_trust_mask", "ssim_trust_mask")}
+        results["difference_mean"] = {m: {k: float(np.mean([d[k] for d in diffs if d["mask"] == m]))
+                                          for k in ("psnr", "ssim", "psnr_trust_mask", "ssim_trust_mask")}
+                                      for m in masks if m != "frame"}
     results["seconds"] = time.perf_counter() - t0
     after = package_state()
     if after != package:
@@ -449,24 +471,23 @@ def main() -> None:
               "its datasets and runs may come from different code")
     out_json.write_text(json.dumps(results, indent=1))
 
-    diff_of = {d["seed"]: d for d in diffs}
+    diff_of = {(d["mask"], d["seed"]): d for d in diffs}
     print(f"\n### ckisp on {len(train_recs)} layered training pairs ({', '.join(effects)}), scored on "
           f"{len(test_recs)} clean planar test pairs (frame mask): {args.steps} steps, batch {args.batch}, "
           f"{args.crop}-position packed crops, L1, Adam 1e-3 cosine, {args.threads} threads "
           f"(load average {os.getloadavg()[0]:.1f})\n")
-    print("| mask used | train seed | steps | test PSNR (dB) | test SSIM | PSNR trust - frame | SSIM trust - frame | "
+    print("| mask used | train seed | steps | test PSNR (dB) | test SSIM | PSNR - frame | SSIM - frame | "
           "test images better |")
     print("|---|---|---|---|---|---|---|---|")
     for r in runs:
-        d = diff_of[r["seed"]]
-        tail = (f"{d['psnr']:+.2f} | {d['ssim']:+.4f} | {d['images_better']} of {d['images']}"
-                if r["mask"] == "trust" else "- | - | -")
+        d = diff_of.get((r["mask"], r["seed"]))
+        tail = f"{d['psnr']:+.2f} | {d['ssim']:+.4f} | {d['images_better']} of {d['images']}" if d else "- | - | -"
         print(f"| {MASKS[r['mask']]} | {r['seed']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {tail} |")
     if len(seeds) > 1:
         dm = results["difference_mean"]
-        for m in MASKS:
+        for m in masks:
             rs = [r for r in runs if r["mask"] == m]
-            tail = f"{dm['psnr']:+.2f} | {dm['ssim']:+.4f} | -" if m == "trust" else "- | - | -"
+            tail = f"{dm[m]['psnr']:+.2f} | {dm[m]['ssim']:+.4f} | -" if m in dm else "- | - | -"
             print(f"| {m}, mean of seeds | {','.join(map(str, seeds))} | {args.steps} | "
                   f"{np.mean([r['psnr'] for r in rs]):.2f} | {np.mean([r['ssim'] for r in rs]):.4f} | {tail} |")
     print("\nLPIPS: unavailable (no AlexNet / LPIPS weights given).")
