@@ -577,17 +577,15 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         q_radial = r.radial
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = h_work @ from_img
-        def radiometric(exclude: np.ndarray | None = None) -> list[np.ndarray]:
-            if not opt.radiometric or d.encoded is None:
-                return [d.lum] * len(targets)
+        images = [d.lum] * len(targets)
+        if opt.radiometric and d.encoded is not None:
             fitted = fit_radiometric(
                 targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
                 groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
-                frame=p.image_size if opt.radiometric_gain else None, exclude=exclude,
+                frame=p.image_size if opt.radiometric_gain else None,
             )
-            return fitted if fitted is not None else [d.lum] * len(targets)
-
-        images = radiometric()
+            if fitted is not None:
+                images = fitted
         # the fine channels (filtered once, spline coefficients kept) serve the fine
         # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
@@ -599,9 +597,6 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
             pre = trust.dense_residual(*_channel_lists(warp_channels(channels, h_image, _radial_field(q_radial, p))))
             outliers = trust.outliers_to_dominant_motion(pre, float(to_img[0, 0]), margin_px=opt.trust_margin_px)
             if outliers.any() and outliers.mean() < 0.8:
-                # the response curves too: samples on what moved bend them (a scale bias)
-                images = radiometric(exclude=outliers)
-                channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
                 fit_channels = _masked(channels, ~outliers)
             q.prefit_outliers = round(float(outliers.mean()), 5)
             secs["trust_prefit"] = time.perf_counter() - t_pre
