@@ -39,11 +39,11 @@ from alignment.ecc import Channel, refine_planes
 from alignment.geometry import apply_homography
 from alignment.local import SmoothField, TileChannel, measure_tiles, warp_channels
 
-__all__ = ["Layer", "recover_layers", "sharpness_ratio"]
+__all__ = ["RecoveredLayer", "recover_layers", "sharpness_ratio"]
 
 
 @dataclass
-class Layer:
+class RecoveredLayer:
     """One recovered layer.
 
     homography: (3, 3) phone image px, radially undistorted by the global lens model
@@ -82,7 +82,7 @@ def recover_layers(
     reference_correlation: float = 0.9,
     background_sharpness: float = 1.0,
     min_sharpness: float = 0.85,
-) -> list[Layer]:
+) -> list[RecoveredLayer]:
     """Fit, refine and verify a homography per moved region (see the module docstring).
 
     trust_map / res: the final trust map and the dense residual it came from;
@@ -106,7 +106,7 @@ def recover_layers(
     ev = trust.evidence(res, step, params)
     fb_ok = res.valid & (res.fb_error * step <= params.max_fb_px)
     margin = params.margin_px / step
-    layers: list[Layer] = []
+    layers: list[RecoveredLayer] = []
     for comp in order[:max_layers]:
         area = stats[comp, cv2.CC_STAT_AREA]
         if area < min_area * h * w:
@@ -183,7 +183,7 @@ def recover_layers(
         full &= trust.grow(ok_area, tile_px / step)
         if full.sum() < 50:
             continue
-        layers.append(Layer(refined / refined[2, 2], full, int(area), agreement))
+        layers.append(RecoveredLayer(refined / refined[2, 2], full, int(area), agreement))
     return layers
 
 
