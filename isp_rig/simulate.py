@@ -29,8 +29,12 @@ on the observed raw grid.  Everything is deterministic for a seed.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
+import os
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -762,33 +766,59 @@ def write_dslr(path: Path, rgb: np.ndarray, fmt: str, quality: int, focal_mm: fl
         raise ValueError(f"DSLR format must be 'jpg' or 'tif', got {fmt!r}")
 
 
-def write_pair(pair: SimPair, out_dir: str | Path) -> Path:
-    """Write a pair as ``out_dir/<pair-id>/phone.dng``, ``dslr.jpg`` (or ``.tif``)
-    and ``truth.json`` (a layered scene adds ``truth_map.npy``, float32 (H, W, 2), and
-    ``truth_clipped.png``, uint8 (H, W)); returns the pair folder.  Files are written to temporary
-    names and renamed, so a killed run leaves no half-written pair file."""
-    folder = Path(out_dir) / pair.pair_id
-    folder.mkdir(parents=True, exist_ok=True)
+def _pair_files(pair: SimPair) -> list[tuple[str, object]]:
+    """(file name, writer taking a binary file path) of every file of a pair folder."""
     fmt = pair.options.dslr_format
-    for name, writer in (
+    files = [
         ("phone.dng", lambda p: write_dng(p, pair.phone)),
         (f"dslr.{fmt}", lambda p: write_dslr(p, pair.dslr_rgb, fmt, pair.options.jpeg_quality,
                                              pair.dslr_focal_length_mm, pair.dslr_time)),
         ("truth.json", lambda p: p.write_text(json.dumps(pair.truth.to_json(), indent=1))),
-    ):
-        tmp = folder / f".{name}.partial"
-        writer(tmp)
-        tmp.replace(folder / name)
-    extra = []
+    ]
     if pair.truth.dense is not None:
-        extra.append((TRUTH_MAP, lambda fh: np.save(fh, pair.truth.dense.astype(np.float32))))
+        files.append((TRUTH_MAP, lambda p: np.save(p, pair.truth.dense.astype(np.float32))))
     if pair.truth.clipped is not None:
-        extra.append((TRUTH_CLIPPED, lambda fh: fh.write(_png_bytes(pair.truth.clipped.astype(np.uint8) * 255))))
-    for name, writer in extra:
-        tmp = folder / f".{name}.partial"
-        with open(tmp, "wb") as fh:
-            writer(fh)
-        tmp.replace(folder / name)
+        files.append((TRUTH_CLIPPED, lambda p: p.write_bytes(_png_bytes(pair.truth.clipped.astype(np.uint8) * 255))))
+    return files
+
+
+def pair_file_names(options: SimOptions) -> list[str]:
+    """The files a complete pair folder of these options holds."""
+    names = ["phone.dng", f"dslr.{options.dslr_format}", "truth.json"]
+    return names + ([TRUTH_MAP, TRUTH_CLIPPED] if options.layered else [])
+
+
+def write_pair(pair: SimPair, out_dir: str | Path) -> Path:
+    """Write a pair as ``out_dir/<pair-id>/phone.dng``, ``dslr.jpg`` (or ``.tif``)
+    and ``truth.json`` (a layered scene adds ``truth_map.npy``, float32 (H, W, 2), and
+    ``truth_clipped.png``, uint8 (H, W)); returns the pair folder.
+
+    The whole folder is written under a temporary name, every file checked
+    (not empty) and flushed to disk, then renamed into place (an earlier folder of
+    the same id is replaced), so a killed run or a full disk never leaves a
+    pair folder that looks finished.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = out_dir / pair.pair_id
+    tmp = out_dir / f".{pair.pair_id}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        for name, writer in _pair_files(pair):
+            path = tmp / name
+            writer(path)
+            if path.stat().st_size == 0:
+                raise OSError(errno.EIO, "an empty file was written", str(path))
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 
@@ -799,6 +829,82 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+SIMULATION_JSON = "simulation.json"
+_PAIR_NAME = re.compile(r"^pair_\d{4,}$")
+
+
+class OutputFolderError(Exception):
+    """The output folder holds something this simulation must not write over."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _settings(seed: int, sources: list[Path], opt: SimOptions, cam: PhoneModel) -> dict:
+    """What decides the bytes of pair i (everything but the number of pairs)."""
+    return json.loads(json.dumps({
+        "format": "isp-rig/simulation/1", "seed": int(seed), "sources": [str(p.resolve()) for p in sources],
+        "options": asdict(opt), "phone": asdict(cam),
+    }))
+
+
+def _differences(old: dict, new: dict) -> str:
+    diffs = []
+    for key in ("seed", "sources"):
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key} {old.get(key)} vs {new.get(key)}")
+    for group in ("options", "phone"):
+        a, b = old.get(group) or {}, new.get(group) or {}
+        diffs += [f"{k} {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(diffs[:4]) + (", ..." if len(diffs) > 4 else "")
+
+
+def prepare_output(out_dir: Path, settings: dict, options: SimOptions, force: bool = False) -> set[str]:
+    """Make ``out_dir`` ready for a simulation; returns the ids of the pairs already done.
+
+    An empty or new folder is used as it is.  A folder of an earlier simulation
+    with the same settings (``simulation.json``) is resumed: its complete pair
+    folders are kept, partial ones redone.  Anything else is refused with
+    :class:`OutputFolderError` (nothing is written): files that are not this
+    simulator's, or a simulation with other settings unless ``force``, which
+    replaces its pair folders.
+    """
+    if not out_dir.exists():
+        out_dir.mkdir(parents=True)
+        return set()
+    if not out_dir.is_dir():
+        raise OutputFolderError(out_dir, "is a file, not a folder")
+    entries = list(out_dir.iterdir())
+    foreign = [e.name for e in entries
+               if e.name != SIMULATION_JSON and not _PAIR_NAME.match(e.name) and not e.name.endswith(".partial")]
+    if foreign:
+        raise OutputFolderError(out_dir, f"holds {foreign[0]!r}{' and more' if len(foreign) > 1 else ''}: not a "
+                                "simulation folder, refusing to write into it")
+    if not entries:
+        return set()
+    manifest = out_dir / SIMULATION_JSON
+    earlier = None
+    if manifest.is_file():
+        try:
+            earlier = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            earlier = None
+    if earlier == settings:
+        for stale in out_dir.glob(".*.partial"):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+        names = pair_file_names(options)
+        return {e.name for e in entries if _PAIR_NAME.match(e.name) and e.is_dir()
+                and all((e / n).is_file() and (e / n).stat().st_size > 0 for n in names)}
+    if not force:
+        what = ("a simulation with other settings (" + _differences(earlier, settings) + ")" if earlier
+                else "pair folders of a simulation whose settings are unknown")
+        raise OutputFolderError(out_dir, f"holds {what}; use --force to replace it, or another folder")
+    for e in entries:
+        shutil.rmtree(e) if e.is_dir() else e.unlink()
+    return set()
+
+
 def simulate_pairs(
     out_dir: str | Path,
     n: int,
@@ -807,23 +913,39 @@ def simulate_pairs(
     options: SimOptions | None = None,
     phone: PhoneModel | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> list[Path]:
-    """Simulate ``n`` pairs into ``out_dir`` (``pair_0000`` ...).
+    """Simulate ``n`` pairs into ``out_dir`` (``pair_0000`` ...) with ``simulation.json``.
 
     Pair i is drawn from seed ``(seed, i)``; with a source folder, pair i uses
     its i-th file (cycling).  Raises :class:`SourceError` for an unreadable source
-    before anything is written.
+    and :class:`OutputFolderError` for a folder that holds something else (see
+    :func:`prepare_output`; ``force`` replaces an earlier simulation), both before
+    anything is written.  A folder of the same simulation is resumed: finished
+    pairs are kept, the rest made.
     """
     from tqdm import tqdm
 
+    opt = options or SimOptions()
+    cam = phone or PhoneModel()
     sources = list_sources(source)
     loaded = {p: load_source(p) for p in sources}  # fail early, before writing
+    out_dir = Path(out_dir)
+    settings = _settings(seed, sources, opt, cam)
+    done = prepare_output(out_dir, settings, opt, force)
+    tmp = out_dir / f".{SIMULATION_JSON}.partial"
+    tmp.write_text(json.dumps(settings, indent=1))
+    tmp.replace(out_dir / SIMULATION_JSON)
     folders = []
     for i in tqdm(range(n), desc="simulate", unit="pair", disable=not progress):
+        pair_id = f"pair_{i:04d}"
+        if pair_id in done:
+            folders.append(out_dir / pair_id)
+            continue
         pair_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         src = loaded[sources[i % len(sources)]] if sources else None
         others = [loaded[p] for p in sources if p != sources[i % len(sources)]] if sources else []
-        pair = simulate_pair(pair_seed, src, options, phone, pair_id=f"pair_{i:04d}", materials=others or None)
+        pair = simulate_pair(pair_seed, src, opt, cam, pair_id=pair_id, materials=others or None)
         if sources:
             pair.truth.facts["source"] = sources[i % len(sources)].name
         folders.append(write_pair(pair, out_dir))

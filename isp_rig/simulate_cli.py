@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import click
 
 
-def _size(value: str) -> tuple[int, int]:
+def _size(value: str, hint: str, smallest: int = 32) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT, got {value!r}") from None
+        raise click.BadParameter(f"expected WIDTHxHEIGHT, got {value!r}", param_hint=hint) from None
+    if w < smallest or h < smallest:
+        raise click.BadParameter(f"{value}: each side must be at least {smallest} px", param_hint=hint)
     return w, h
 
 
@@ -38,12 +41,17 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--shading", is_flag=True, help="Per-colour lens shading of the phone (colour vignetting).")
 @click.option("--baseline-mm", default=60.0, show_default=True, type=click.FloatRange(min=0.0, max=1000.0),
               help="Distance between the two cameras' centres (layered scenes).")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier simulation with other settings in OUT (never a folder of other files).")
 def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distortion: bool, phone_size: str,
              dslr_size: str, dslr_format: str, phone_bits: str, parallax: bool, motion: bool, clipping: bool,
-             shading: bool, baseline_mm: float) -> None:
+             shading: bool, baseline_mm: float, force: bool) -> None:
     """Simulate phone-raw / DSLR pairs of the same scene with exact ground truth.
 
-    Each pair folder holds phone.dng (a Bayer raw rawpy opens), dslr.jpg or
+    OUT is new, empty, or an earlier run of the same simulation (resumed:
+    finished pairs are kept); a folder of anything else is refused, an earlier
+    simulation with other settings too unless --force. OUT/simulation.json
+    records the settings. Each pair folder holds phone.dng (a Bayer raw rawpy opens), dslr.jpg or
     dslr.tif (Nikon Z6 EXIF) and truth.json (phone_to_dslr homography,
     distortion, and a dense grid of phone-pixel to DSLR-pixel correspondences).
     With --parallax, --motion or --clipping the scene is layered and each folder
@@ -53,17 +61,20 @@ def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distor
     """
     from isp_rig import simulate as sim
 
-    pw, ph = _size(phone_size)
+    pw, ph = _size(phone_size, "--phone-size")
     if pw % 2 or ph % 2:
         raise click.BadParameter("the phone raw size must be even", param_hint="--phone-size")
-    dw, dh = _size(dslr_size)
+    dw, dh = _size(dslr_size, "--dslr-size")
     supersample = 2 if dw * dh <= 8_000_000 else 1
     options = sim.SimOptions(phone_size=(pw, ph), dslr_size=(dw, dh), distortion=distortion,
                              dslr_format=dslr_format, supersample=supersample, parallax=parallax, motion=motion,
                              clipping=clipping, shading=shading, baseline_mm=baseline_mm)
     try:
         folders = sim.simulate_pairs(out_dir, n_pairs, seed, source=source, options=options,
-                                     phone=sim.PhoneModel(bits=int(phone_bits)))
-    except sim.SourceError as err:
+                                     phone=sim.PhoneModel(bits=int(phone_bits)), force=force)
+    except (sim.SourceError, sim.OutputFolderError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:
+        reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        raise click.ClickException(f"{err.filename or out_dir}: {reason}") from None
     click.echo(f"wrote {len(folders)} pairs to {out_dir}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import math
 
 import cv2
@@ -161,7 +163,7 @@ def test_cli_writes_the_pairs(tmp_path):
     result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path), "--pairs", "2", "--seed", "1",
                                        "--phone-size", "128x96", "--dslr-size", "192x128", "--distortion"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair_0000", "pair_0001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair_0000", "pair_0001", "simulation.json"]
     assert sim.load_truth(tmp_path / "pair_0001").distortion is not None
 
 
@@ -315,3 +317,75 @@ def test_layered_pairs_are_the_same_for_the_same_seed(tmp_path):
         sim.simulate_pairs(tmp_path / name, 1, seed=seed, options=tiny, progress=False)
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
     assert _digests(tmp_path / "a") != _digests(tmp_path / "c")
+
+
+# ------------------------------------------------------------------ the output folder
+
+TINY = ["--phone-size", "128x96", "--dslr-size", "192x128"]
+
+
+def _simulate(out, *extra):
+    return CliRunner().invoke(main, ["simulate", "--out", str(out), *TINY, *extra])
+
+
+def _one_line_error(result, *words):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
+    assert all(w in lines[-1] for w in words), lines[-1]
+
+
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = _simulate(tmp_path, "--pairs", "1")
+    assert result.exit_code == 1
+    _one_line_error(result, str(tmp_path), "notes.txt", "not a simulation folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert _simulate(tmp_path, "--pairs", "1", "--force").exit_code == 1  # --force never deletes other files
+
+
+def test_an_earlier_simulation_with_other_settings_is_refused_unless_forced(tmp_path):
+    assert _simulate(tmp_path, "--pairs", "2", "--seed", "1").exit_code == 0
+    before = _digests(tmp_path)
+    result = _simulate(tmp_path, "--pairs", "2", "--seed", "2")
+    assert result.exit_code == 1
+    _one_line_error(result, "seed 1 vs 2", "--force")
+    assert _digests(tmp_path) == before
+    assert _simulate(tmp_path, "--pairs", "1", "--seed", "2", "--force").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair_0000", "simulation.json"]
+    assert json.loads((tmp_path / "simulation.json").read_text())["seed"] == 2
+
+
+def test_the_same_simulation_resumes_keeping_finished_pairs_and_redoing_partial_ones(tmp_path):
+    assert _simulate(tmp_path, "--pairs", "2").exit_code == 0
+    kept = (tmp_path / "pair_0000" / "phone.dng").stat().st_mtime_ns
+    (tmp_path / "pair_0001" / "truth.json").unlink()  # a pair left half-done
+    (tmp_path / ".pair_0002.partial").mkdir()  # a temporary folder left by a kill
+    assert _simulate(tmp_path, "--pairs", "3").exit_code == 0
+    assert (tmp_path / "pair_0000" / "phone.dng").stat().st_mtime_ns == kept
+    assert (tmp_path / "pair_0001" / "truth.json").is_file() and (tmp_path / "pair_0002" / "truth.json").is_file()
+    assert not list(tmp_path.glob(".*.partial"))
+    fresh = tmp_path.parent / "fresh"
+    assert _simulate(fresh, "--pairs", "3").exit_code == 0
+    assert _digests(tmp_path) == _digests(fresh)  # resuming gives the bytes of one run
+
+
+@pytest.mark.parametrize("option, value", [("--phone-size", "0x0"), ("--phone-size", "15x16"),
+                                           ("--dslr-size", "axb"), ("--phone-size", "129x96")])
+def test_a_bad_size_is_a_usage_error_before_anything_is_written(tmp_path, option, value):
+    sizes = {"--phone-size": "128x96", "--dslr-size": "192x128", option: value}
+    args = [item for pair in sizes.items() for item in pair]
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and option in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_no_pair_folder_and_says_so_in_one_line(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    assert _simulate(tmp_path, "--pairs", "1").exit_code == 0
+    monkeypatch.setattr(sim, "write_dslr", full)
+    result = _simulate(tmp_path, "--pairs", "2")
+    assert result.exit_code == 1
+    _one_line_error(result, "disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair_0000", "simulation.json"]  # nothing half-written
