@@ -87,6 +87,7 @@ def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, schedu
         write_batch_report(out_dir)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=1))
+        _exit_on_failures(summary)
         return
     click.echo(f"{summary.total} pairs: {summary.kept} kept, {sum(summary.rejected.values())} rejected, "
                f"{sum(summary.failed.values())} failed ({summary.skipped} already done) in {summary.seconds:.1f} s")
@@ -109,6 +110,14 @@ def _run(source, pairs_csv, phone_dir, dslr_dir, match, out_dir, workers, schedu
                    f"{t['precision_05']['p50']:.4f}, coverage {t['coverage']['p50']:.3f}, clipped px trusted "
                    f"{t['clipped_trusted']['p50']:.2%}")
     click.echo(f"dataset: {out_dir}")
+    _exit_on_failures(summary)
+
+
+def _exit_on_failures(summary) -> None:
+    """Exit status 1 when some pair failed (unreadable, an error): the work found a
+    problem; rejected pairs are verdicts, not failures (status 0)."""
+    if summary.failed:
+        raise SystemExit(1)
 
 
 @click.command("batch")
@@ -119,7 +128,8 @@ def batch_command(**kwargs) -> None:
     SOURCE is a capture session folder (manifest.jsonl), a folder of pair
     folders (phone.<raw> + dslr.<image>, as `isp-rig simulate` writes), or use
     --pairs CSV or --phone-dir/--dslr-dir. Resumable: pairs already kept or
-    rejected in --out are skipped; failed pairs are tried again.
+    rejected in --out are skipped; failed pairs are tried again. Exit status 0
+    when every pair was kept or rejected, 1 when some pair failed.
     """
     _run(**kwargs)
 

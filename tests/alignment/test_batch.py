@@ -187,3 +187,22 @@ def test_tiny_malloc_trim_threshold_of_dask_workers_is_raised():
     unset = subprocess.run([sys.executable, "-c", "from alignment.batch import relax_malloc_trim as r; print(r())"],
                            env=env, capture_output=True, text=True, check=True).stdout.split()
     assert unset == ["False"]
+
+
+def test_cli_exits_1_when_a_pair_failed_and_0_when_pairs_are_only_rejected(source, tmp_path):
+    from click.testing import CliRunner
+
+    from isp_rig.cli import main
+
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(main, ["align", "batch", str(source), "--out", str(out), "--workers", "1",
+                                       "--no-report"])
+    assert result.exit_code == 1, result.output  # pair_broken failed (unreadable)
+    assert "failed: unreadable_truncated: 1" in result.output and "Traceback" not in result.output
+    good = tmp_path / "good.csv"
+    good.write_text("phone,dslr,id\n" + "".join(
+        f"{source / p / 'phone.dng'},{source / p / 'dslr.jpg'},{p}\n" for p in ("pair_0000", "pair_flat")))
+    result = CliRunner().invoke(main, ["align", "batch", "--pairs", str(good), "--out", str(tmp_path / "ds2"),
+                                       "--workers", "1", "--no-report"])
+    assert result.exit_code == 0, result.output  # one kept, one rejected: no failure
+    assert "rejected" in result.output
