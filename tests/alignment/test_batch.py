@@ -166,7 +166,7 @@ def test_a_killed_batch_resumes_without_redoing_finished_pairs(source, tmp_path)
     done_before = {r["id"]: r for r in first if r["status"] in ("ok", "rejected")}
     stamps = {k: (out / r["files"]["raw"]).stat().st_mtime_ns for k, r in done_before.items() if r["status"] == "ok"}
     result = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # pair_broken fails (unreadable): exit status 1
     summary = json.loads(result.stdout)
     assert summary["kept"] == 3 and summary["skipped"] == len(done_before)
     final = [r for r in read_records(out) if r["status"] in ("ok", "rejected")]
