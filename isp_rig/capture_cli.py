@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -212,6 +213,9 @@ def calibrate_latency(rig_arg: str, shots: int, scene: str, write: bool) -> None
         click.echo(f"wrote latency_s into {path} (previous version kept beside it as .bak)")
 
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 @click.group()
 def phone() -> None:
     """Phone profiles."""
@@ -224,10 +228,17 @@ def phone() -> None:
 @click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for NAME.toml (load it in a rig file with profile = \"path/NAME.toml\").")
 def phone_add(name: str, shot: Path, out_dir: Path) -> None:
-    """Write a phone profile NAME.toml with the facts of a real raw file of that phone."""
+    """Write a phone profile NAME.toml with the facts of a real raw file of that phone.
+
+    NAME is a plain file name (letters, digits, '.', '_', '-'); an existing NAME.toml
+    is never overwritten."""
     # Raw decoding has one home, alignment.rawio; only this command needs it.
     from alignment import rawio
     from isp_rig.session import sha256_file
+
+    if not PROFILE_NAME.fullmatch(name):
+        raise click.BadParameter(f"{name!r} is not a plain file name (letters, digits, '.', '_', '-'; "
+                                 "no folders): the profile is written as --out/NAME.toml", param_hint="NAME")
 
     try:
         raw = rawio.read_raw(shot)
@@ -253,5 +264,5 @@ def phone_add(name: str, shot: Path, out_dir: Path) -> None:
         write_atomic(target, tomlw.dumps(doc).encode("utf-8"))
     except SessionError as err:
         raise click.ClickException(str(err)) from err
-    click.echo(f"wrote {target}: {exif.make} {exif.model}, {width}x{height} {raw.cfa}, "
+    click.echo(f"wrote {target}: {exif.make or 'no Make tag'} {exif.model or '(no Model tag)'}, {width}x{height} {raw.cfa}, "
                f"white {raw.white_level:g}, black {facts['black_levels']}")

@@ -26,7 +26,7 @@ def _data_config(data: Path | None, config: dict) -> dict:
 @click.option("--model", "model_name", help="Model name (learn.models.available()); overrides the config.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder; an existing run is resumed from its last checkpoint.")
-@click.option("--steps", type=int, help="Training steps (overrides optim.steps).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps (overrides optim.steps).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Experiment config, TOML or JSON (sections model, data, optim, loss, train).")
 @click.option("--seed", type=int, help="Seed for weights and crops (overrides train.seed).")
@@ -37,6 +37,7 @@ def train(data: Path | None, model_name: str | None, out: Path, steps: int | Non
           seed: int | None, init_from: Path | None, no_progress: bool) -> None:
     """Train a model on a dataset folder; resume a killed run by running the same command again."""
     from learn import models
+    from learn.config import validate
     from learn.train import ConfigError, load_config
     from learn.train import train as run_training
 
@@ -55,7 +56,11 @@ def train(data: Path | None, model_name: str | None, out: Path, steps: int | Non
         cfg["optim"]["steps"] = steps
     if seed is not None:
         cfg["train"]["seed"] = seed
-    summary = run_training(cfg, out, init_from=init_from, progress=not no_progress)
+    try:
+        cfg = validate(cfg)
+        summary = run_training(cfg, out, init_from=init_from, progress=not no_progress)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
     if summary.get("val_psnr") is not None:
         click.echo(f"step {summary['step']}: val PSNR {summary['val_psnr']:.2f} dB, SSIM {summary['val_ssim']:.4f}")
     click.echo(f"run folder: {out}")

@@ -38,41 +38,37 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import learn.models as models
+from learn.config import ConfigError, defaults
+from learn.config import validate as validate_config
 from learn.curves import plot_curves
 from learn.data import EvalTiles, RandomCrops, open_source
 from learn.losses import build_loss
 from learn.metrics import psnr, ssim
 
-DEFAULTS: dict[str, Any] = {
-    "model": {"name": "ckisp", "kwargs": {}},
-    "data": {"kind": "dataset", "root": None, "crop": 64, "batch_size": 16, "workers": 0, "min_valid": 0.5,
-             "augment": True, "eval_tile": 256},
-    "optim": {"lr": 1e-3, "steps": 3000, "weight_decay": 0.0, "schedule": "cosine", "warmup": 0, "min_lr": 0.0,
-              "grad_clip": 0.0},
-    "loss": {"l1": 1.0},
-    "train": {"seed": 0, "ckpt_every": 500, "eval_every": 500, "log_every": 25, "amp": True, "threads": None,
-              "channels_last": True},
-}
+DEFAULTS: dict[str, Any] = defaults()
 METRIC_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_psnr", "val_ssim"]
 
 
-class ConfigError(Exception):
-    """A config file or value that cannot be used; names the file or key."""
-
-
 def merge(base: dict, update: dict) -> dict:
-    """Deep merge: nested dicts are merged, other values in ``update`` replace those in ``base``."""
+    """Deep merge: nested dicts are merged, other values in ``update`` replace those in
+    ``base``; a ``loss`` table replaces the default losses (it names the whole loss)."""
     out = copy.deepcopy(base)
     for k, v in update.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "loss"
+        out[k] = merge(out[k], v) if nested else copy.deepcopy(v)
     return out
 
 
 def load_config(path: Path | str | None = None, overrides: dict | None = None) -> dict:
-    """DEFAULTS, then the TOML or JSON file at ``path``, then ``overrides`` (deep-merged)."""
+    """DEFAULTS, then the TOML or JSON file at ``path``, then ``overrides`` (deep-merged),
+    checked by :func:`learn.config.validate` (unknown keys, types, ranges).
+
+    Raises :class:`ConfigError` naming the file and the key."""
     cfg = copy.deepcopy(DEFAULTS)
+    where = "config"
     if path is not None:
         path = Path(path)
+        where = str(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
@@ -84,13 +80,44 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None) -
                 data = tomllib.loads(path.read_text())
             else:
                 data = json.loads(path.read_text())
-        except ValueError as err:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        except (ValueError, UnicodeDecodeError) as err:  # TOMLDecodeError and JSONDecodeError are ValueErrors
             raise ConfigError(f"{path}: cannot parse ({err})") from None
-        unknown = set(data) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a table of sections, got {type(data).__name__}")
+        try:
+            validate_config(merge(cfg, data))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
         cfg = merge(cfg, data)
-    return merge(cfg, overrides or {})
+    try:
+        return validate_config(merge(cfg, overrides or {}))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+# settings a resume may change: the length of the run and how the machine runs it
+RESUME_MAY_CHANGE = {("optim", "steps"), ("train", "threads"), ("data", "workers"), ("train", "amp")}
+
+
+def config_differences(stored: dict, asked: dict) -> list[str]:
+    """``"section.key: stored -> asked"`` for each setting in which a new request differs
+    from a run's stored config, except :data:`RESUME_MAY_CHANGE`.  Dataset folders are
+    compared as resolved paths; model arguments only where the request names them
+    (a run on RGB data stores the ``in_channels`` it chose itself)."""
+    out = []
+    for section in ("model", "data", "optim", "loss", "train"):
+        a, b = stored.get(section, {}), asked.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if (section, key) in RESUME_MAY_CHANGE:
+                continue
+            va, vb = a.get(key), b.get(key)
+            if section == "model" and key == "kwargs":
+                va = {k: v for k, v in (va or {}).items() if k in (vb or {})}
+            if section == "data" and key in ("root", "input_dir", "target_dir") and va and vb:
+                va, vb = str(Path(va).resolve()), str(Path(vb).resolve())
+            if va != vb:
+                out.append(f"{section}.{key}: {va!r} -> {vb!r}")
+    return out
 
 
 def learning_rate(optim: dict, step: int) -> float:
@@ -218,12 +245,24 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
+    config = validate_config(config)
     last = out / "checkpoints" / "last.pt"
+    if out.is_dir() and any(out.iterdir()) and not last.is_file() and not (out / "config.json").is_file():
+        raise ConfigError(f"{out}: not empty and not a training run; give a new or empty folder")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
     resume = load_checkpoint(last) if last.is_file() else None
     if resume is not None:
+        changed = config_differences(resume["config"], config)
+        if changed:
+            raise ConfigError(f"{out} holds a run with other settings ({'; '.join(changed[:4])}): resume it with "
+                              f"the settings it was started with (only the steps may be raised), or give another "
+                              f"folder")
         steps = int(config["optim"]["steps"])
         config = resume["config"]
         config["optim"]["steps"] = max(steps, int(config["optim"]["steps"]))
+        if rank == 0:
+            tqdm.write(f"resuming {out} from step {int(resume['step'])} of {config['optim']['steps']}")
     tc, dc, oc = config["train"], config["data"], config["optim"]
     if tc.get("threads"):
         torch.set_num_threads(int(tc["threads"]))

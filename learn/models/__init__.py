@@ -53,6 +53,11 @@ def create(name: str, **kwargs) -> nn.Module:
     return factory(**kwargs)
 
 
+def factory(name: str) -> Callable[..., nn.Module]:
+    """The class or function registered as ``name`` (``KeyError`` when unknown)."""
+    return _REGISTRY[name]
+
+
 def available() -> list[str]:
     """Names of the registered models, sorted."""
     return sorted(_REGISTRY)

@@ -173,3 +173,15 @@ def test_virtual_session_is_read_by_the_alignment_stage(tmp_path, monkeypatch, v
     jobs = pairs_from_session(tmp_path / "s")
     assert [j.pair_id for j in jobs] == ["00001-phone", "00002-phone"]
     assert all(j.phone.suffix == ".DNG" and j.dslr.suffix == ".JPG" for j in jobs)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "", ".hidden", "name with space"])
+def test_phone_add_refuses_a_name_that_is_not_a_plain_file_name(tmp_path, name):
+    from isp_rig import simulate
+
+    shot = tmp_path / "IMG_0001.DNG"
+    simulate.write_dng(shot, scene_pair("phone-add").phone)
+    out = tmp_path / "a" / "b" / "profiles"
+    result = _run("phone", "add", name, "--from-shot", str(shot), "--out", str(out))
+    assert result.exit_code == 2 and "plain file name" in result.output
+    assert not (tmp_path / "a").exists() and not list(tmp_path.rglob("*.toml"))

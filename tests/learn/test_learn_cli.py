@@ -104,3 +104,68 @@ def test_train_eval_render_on_a_dataset_built_by_the_alignment_stage(tmp_path):
     res = runner.invoke(main, ["render", str(dng), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
     assert res.exit_code == 0, res.output
     assert cv2.imread(str(tmp_path / "o.png")).shape[2] == 3
+
+
+TINY = ('[model]\nname = "ckisp"\n[model.kwargs]\nwidth = 8\nn_basis = 4\n'
+        '[data]\ncrop = 8\nbatch_size = 4\neval_tile = 16\n[train]\nckpt_every = 2\neval_every = 2\nthreads = 1\n')
+
+
+@pytest.mark.parametrize("extra, named", [
+    ("[optim]\nstpes = 5\n", "optim.stpes: unknown key (did you mean 'steps'?)"),
+    ('[optim]\nsteps = "five"\n', "optim.steps: expected an integer, got 'five'"),
+    ("[optim]\nsteps = 0\n", "optim.steps: 0 is below"),
+    ("[optim]\nschedule = \"linear\"\n", "optim.schedule: 'linear' is not one of 'cosine', 'constant'"),
+    ("[loss]\nl2 = 1.0\n", "loss.l2: unknown loss"),
+    ("[trian]\nseed = 1\n", "trian: unknown section (did you mean 'train'?)"),
+])
+def test_train_config_errors_name_the_key_before_any_work(tiny_dataset, tmp_path, extra, named):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(TINY + extra)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--out", str(run), "--config", str(cfg),
+                                    "--no-progress"])
+    assert res.exit_code == 1
+    assert named in res.output and str(cfg) in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not run.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("key, value", [("crop", -4), ("batch_size", 0), ("min_valid", 1.5)])
+def test_train_data_values_out_of_range_are_refused(tiny_dataset, tmp_path, key, value):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({"data": {key: value}}))
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"),
+                                    "--config", str(cfg), "--no-progress"])
+    assert res.exit_code == 1 and f"data.{key}: {value}" in res.output
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_train_with_no_steps_is_a_usage_error(tiny_dataset, tmp_path, steps):
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"),
+                                    "--steps", steps, "--no-progress"])
+    assert res.exit_code == 2 and "--steps" in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_to_resume_a_run_with_another_model_and_says_when_it_resumes(tiny_dataset, tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_dataset), "--out", str(run), "--config", str(cfg), "--no-progress"]
+    assert CliRunner().invoke(main, [*args, "--steps", "2"]).exit_code == 0
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    res = CliRunner().invoke(main, [*args, "--steps", "4", "--model", "plain"])
+    assert res.exit_code == 1 and "holds a run with other settings" in res.output and "model.name" in res.output
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before  # nothing trained on top
+    res = CliRunner().invoke(main, [*args, "--steps", "4"])
+    assert res.exit_code == 0 and "resuming" in res.output and "from step 2 of 4" in res.output
+
+
+def test_train_refuses_an_output_folder_that_holds_something_else(tiny_dataset, tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"not mine")
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--out", str(out), "--steps", "1",
+                                    "--no-progress"])
+    assert res.exit_code == 1 and "not empty and not a training run" in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
