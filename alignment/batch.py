@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import hashlib
 import datetime as _dt
 import json
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from collections import Counter
@@ -37,7 +39,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 from alignment import trust
-from alignment.dataset import DatasetMeta, DatasetWriter, warp_to_phone_grid, write_pair_files
+from alignment.dataset import DatasetError, DatasetMeta, DatasetWriter, warp_to_phone_grid, write_pair_files
 from alignment.scoring import load_truth_map, trust_scores, truth_error
 
 PHONE_RAW_EXTENSIONS = rawio.RAW_EXTENSIONS - {".nef", ".nrw", ".cr2", ".cr3", ".arw"}
@@ -45,6 +47,8 @@ PHONE_RAW_EXTENSIONS = rawio.RAW_EXTENSIONS - {".nef", ".nrw", ".cr2", ".cr3", "
 
 class BatchSourceError(Exception):
     """The pairs to align could not be listed; the message names the path and the reason."""
+
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
 
 
 @dataclass
@@ -257,6 +261,7 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
     record: dict[str, Any] = {"id": job.pair_id, "scene": job.scene, "split": split,
                               "phone": str(job.phone), "dslr": str(job.dslr)}
     try:
+        record["sources"] = {"phone": file_identity(job.phone), "dslr": file_identity(job.dslr)}
         raw = rawio.read_raw(job.phone)
         dslr = rawio.read_any(job.dslr)
         alignment = align_images(raw, dslr, **options)
@@ -304,6 +309,61 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
     return record
 
 
+# ----------------------------------------------------------------- content identity
+
+
+def file_identity(path: Path | str) -> dict[str, Any]:
+    """``{"path": absolute path, "bytes": size, "mtime_ns": modification time, "sha256": hex
+    digest}`` of a source file: what a dataset record remembers of the files a pair was
+    made from."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        stat = os.fstat(fh.fileno())
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def _same_source(recorded: dict | str | None, path: Path) -> bool:
+    """Whether ``path`` is the file a record was made from: the same absolute path, size
+    and modification time (no need to read it), else the same size and SHA-256 (a
+    moved folder, a touched file).  Records written before ``sources`` existed hold
+    only the path as given; it is compared resolved."""
+    path = Path(path)
+    if not isinstance(recorded, dict):
+        return recorded is None or Path(recorded).resolve() == path.resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if stat.st_size != recorded.get("bytes"):
+        return False
+    if str(path.resolve()) == recorded.get("path") and stat.st_mtime_ns == recorded.get("mtime_ns"):
+        return True
+    return file_identity(path)["sha256"] == recorded.get("sha256")
+
+
+def foreign_pairs(records: dict[str, dict], jobs: Sequence[PairJob]) -> list[str]:
+    """One line per job whose id already has a record in the dataset made from other
+    files (other paths with other content, or a file changed since): a dataset folder
+    is resumed only with its own pairs."""
+    out = []
+    for job in jobs:
+        rec = records.get(job.pair_id)
+        if rec is None:
+            continue
+        sources = rec.get("sources") or {}
+        for side, path in (("phone", job.phone), ("dslr", job.dslr)):
+            recorded = sources.get(side) or rec.get(side)
+            if not _same_source(recorded, path):
+                was = recorded.get("path") if isinstance(recorded, dict) else recorded
+                out.append(f"pair {job.pair_id}: its {side} file was {was}, now {path}"
+                           + (" (same path, other content)" if str(Path(path).resolve()) == was else ""))
+                break
+    return out
+
+
 # ----------------------------------------------------------------- executors
 
 
@@ -321,6 +381,43 @@ def pin_threads() -> None:
     # those already loaded (numpy's OpenBLAS) are limited at run time
     threadpool_limits(1)
     relax_malloc_trim()
+
+
+def init_pool_worker(driver_pid: int) -> None:
+    """The local process pool's initializer: one thread per library (:func:`pin_threads`)
+    and :func:`stop_with_driver`."""
+    pin_threads()
+    stop_with_driver(driver_pid)
+
+
+def stop_with_driver(driver_pid: int, period_s: float = 0.5) -> threading.Thread:
+    """End this worker process within ``period_s`` of its driver's death.
+
+    A daemon thread polls whether the process ``driver_pid`` (the batch driver) still
+    runs and whether this process still has the parent it started with (the pool's
+    fork server exits with the driver); when either is gone it calls ``os._exit``, so
+    a driver killed with SIGKILL leaves no worker aligning and writing into the
+    dataset behind it (a half-written pair folder is a ``.tmp-*`` that the next run
+    removes).  Returns the thread."""
+    parent = os.getppid()
+
+    def driver_alive() -> bool:
+        try:
+            os.kill(driver_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else (cannot be ours, but be safe)
+            return True
+        return os.getppid() == parent
+
+    def watch() -> None:
+        while driver_alive():
+            time.sleep(period_s)
+        os._exit(70)  # EX_SOFTWARE: nobody is left to read the result
+
+    thread = threading.Thread(target=watch, name="isp-rig-driver-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def relax_malloc_trim(trim_bytes: int = 256 << 20, mmap_bytes: int = 64 << 20) -> bool:
@@ -479,13 +576,19 @@ def run_batch(
 
     started = time.perf_counter()
     writer = DatasetWriter(out_dir, meta or DatasetMeta())
+    foreign = foreign_pairs(writer.records, jobs)
+    if foreign:
+        writer.close()
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise DatasetError(writer.root, f"holds pairs made from other files: {foreign[0]}{more}; give a new --out "
+                           "(a dataset is resumed only with its own pairs)")
     todo = [j for j in jobs if not writer.done(j.pair_id)]
     skipped = len(jobs) - len(todo)
     own_pool = executor is None and len(todo) > 0
     if own_pool:
         # forkserver, not fork: LibRaw's OpenMP runtime can deadlock in a forked child.
-        executor = cf.ProcessPoolExecutor(max_workers=default_workers(todo, workers), initializer=pin_threads,
-                                          mp_context=multiprocessing.get_context("forkserver"))
+        executor = cf.ProcessPoolExecutor(max_workers=default_workers(todo, workers), initializer=init_pool_worker,
+                                          initargs=(os.getpid(),), mp_context=multiprocessing.get_context("forkserver"))
     try:
         futures = {executor.submit(process_pair, j, str(writer.root), writer.split_of(j.scene), options or {},
                                    save_maps): j

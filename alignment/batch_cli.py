@@ -152,13 +152,15 @@ def build(**kwargs) -> None:
 @click.option("--layout", type=click.Choice(["patches"]), default="patches", show_default=True)
 @click.option("--size", default=256, show_default=True, type=click.IntRange(min=2), help="Patch side (even).")
 @click.option("--stride", type=click.IntRange(min=2), help="Step between patches (default: --size).")
-def export(dataset_dir: Path, out_dir: Path, layout: str, size: int, stride: int | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an earlier export in --out (a folder of other files is "
+              "always refused).")
+def export(dataset_dir: Path, out_dir: Path, layout: str, size: int, stride: int | None, force: bool) -> None:
     """Write fixed patches (Bayer mosaic PNG + RGB target PNG) of every kept pair."""
     from alignment.dataset import DatasetError
     from alignment.exchange import export_patches
 
     try:
-        n = export_patches(dataset_dir, out_dir, size=size, stride=stride)
+        n = export_patches(dataset_dir, out_dir, size=size, stride=stride, force=force)
     except (DatasetError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"wrote {n} patches to {out_dir}")

@@ -61,6 +61,8 @@ FINAL_STATUSES = ("ok", "rejected")
 class DatasetError(Exception):
     """A dataset folder problem; the message names the path and the reason."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path, self.reason = Path(path), reason
         super().__init__(f"{path}: {reason}")

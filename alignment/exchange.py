@@ -7,6 +7,8 @@ RAW-to-RGB patch datasets, e.g. Zurich RAW-to-RGB)::
                                                 order, value = clip(normalised, 0, 1) * 4095
     OUT/<split>/rgb/<pair-id>_<row>_<col>.png   8-bit RGB, size x size, the aligned DSLR target
     OUT/patches.csv                             split, raw, rgb, pair id, x, y (top-left on the raw grid)
+    OUT/export.json                             the dataset, size and stride; "complete": true once
+                                                patches.csv is written
 
 Only patches whose target is valid everywhere are written; ``row``/``col``
 count patches.  Patches start on even raw coordinates, so the RGGB phase of
@@ -28,17 +30,78 @@ from alignment.dataset import DatasetError, DatasetMeta, DatasetWriter, latest_r
 PATCH_SCALE = 4095.0
 
 
-def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride: int | None = None) -> int:
+EXPORT_MARK = "export.json"
+
+
+def _load_planes(path: Path) -> np.ndarray:
+    """A pair's packed raw ``.npy``; :class:`DatasetError` naming it when it cannot be read."""
+    try:
+        planes = np.load(path)
+    except FileNotFoundError:
+        raise DatasetError(path, "missing") from None
+    except (ValueError, OSError, EOFError) as err:  # EOFError: an empty file
+        raise DatasetError(path, f"not a .npy array ({err or 'empty file'})") from None
+    if planes.ndim != 3 or planes.shape[2] != 4:
+        raise DatasetError(path, f"a packed raw must be (h, w, 4), got {planes.shape}")
+    return planes
+
+
+def _load_png(path: Path, flags: int) -> np.ndarray:
+    img = cv2.imread(str(path), flags) if path.is_file() else None
+    if img is None:
+        raise DatasetError(path, "missing" if not path.is_file() else "not a readable image")
+    return img
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), img):
+        raise DatasetError(path, "cannot be written (disk full or not writable)")
+
+
+def _prepare_export_folder(out: Path, dataset: Path, size: int, stride: int, force: bool) -> None:
+    """Refuse a folder of other files; an earlier export is replaced only with ``force``."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(out, "exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        mark = out / EXPORT_MARK
+        if not mark.is_file():
+            raise DatasetError(out, "not empty and not an isp-rig patch export; give a new or empty folder")
+        if not force:
+            try:
+                earlier = json.loads(mark.read_text())
+                what = f"of {earlier.get('dataset')}, {earlier.get('size')} px patches" + \
+                    ("" if earlier.get("complete") else ", not complete")
+            except (OSError, ValueError):
+                what = "unreadable export.json"
+            raise DatasetError(out, f"holds an earlier export ({what}); --force replaces it")
+        import shutil
+
+        for name in ("train", "test", "patches.csv", EXPORT_MARK):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EXPORT_MARK).write_text(json.dumps({"dataset": str(dataset.resolve()), "size": size, "stride": stride,
+                                               "complete": False}))
+
+
+def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride: int | None = None,
+                   force: bool = False) -> int:
     """Cut every kept pair of a dataset folder into size x size patches.
 
     Args:
         dataset: a dataset folder (``pairs.jsonl``).
-        out: the patch folder (see the module docstring).
+        out: the patch folder (see the module docstring); it must be new or empty, or
+            hold an earlier export, which ``force`` replaces (``export.json`` marks it;
+            ``"complete": true`` once ``patches.csv`` is written).
         size: patch side on the full-resolution raw grid (even).
         stride: step between patches (default ``size``, no overlap; even).
 
     Returns:
-        the number of patches written.
+        the number of patches written.  Raises :class:`DatasetError` naming the file for
+        an unreadable pair file, an unwritable patch or a refused output folder.
     """
     if size % 2 or (stride or size) % 2:
         raise ValueError("patch size and stride must be even (whole 2x2 CFA cells)")
@@ -47,14 +110,21 @@ def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride
     records = [r for r in latest_records(dataset).values() if r.get("status") == "ok" and "raw" in r.get("files", {})]
     if not records:
         raise DatasetError(dataset, "no kept raw pairs to export")
+    _prepare_export_folder(out, dataset, size, stride, force)
     rows = []
     for rec in records:
-        planes = np.load(dataset / rec["files"]["raw"])
-        target = cv2.imread(str(dataset / rec["files"]["target"]), cv2.IMREAD_UNCHANGED)[..., ::-1]
+        planes = _load_planes(dataset / rec["files"]["raw"])
+        target = _load_png(dataset / rec["files"]["target"], cv2.IMREAD_UNCHANGED)
+        if target.ndim != 3 or target.dtype not in (np.uint8, np.uint16):
+            raise DatasetError(dataset / rec["files"]["target"], "not an 8- or 16-bit RGB image")
+        target = target[..., ::-1]
         target8 = np.round(target.astype(np.float32) * (255.0 / np.iinfo(target.dtype).max)).astype(np.uint8)
-        mask = cv2.imread(str(dataset / rec["files"]["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+        mask = _load_png(dataset / rec["files"]["mask"], cv2.IMREAD_GRAYSCALE) > 127
         mosaic = rawio.unpack(np.clip(planes, 0, 1), "RGGB")
         h, w = mask.shape
+        if target8.shape[:2] != (h, w) or mosaic.shape != (h, w):
+            raise DatasetError(dataset / "pairs" / str(rec["id"]), f"raw {mosaic.shape}, target {target8.shape[:2]} "
+                               f"and mask {(h, w)} differ in size")
         split = rec.get("split", "train")
         (out / split / "raw").mkdir(parents=True, exist_ok=True)
         (out / split / "rgb").mkdir(parents=True, exist_ok=True)
@@ -64,13 +134,17 @@ def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride
                     continue
                 name = f"{rec['id']}_{i:03d}_{j:03d}.png"
                 patch = np.round(mosaic[y:y + size, x:x + size] * PATCH_SCALE).astype(np.uint16)
-                cv2.imwrite(str(out / split / "raw" / name), patch)
-                cv2.imwrite(str(out / split / "rgb" / name), np.ascontiguousarray(target8[y:y + size, x:x + size, ::-1]))
+                _write_png(out / split / "raw" / name, patch)
+                _write_png(out / split / "rgb" / name, np.ascontiguousarray(target8[y:y + size, x:x + size, ::-1]))
                 rows.append((split, f"{split}/raw/{name}", f"{split}/rgb/{name}", rec["id"], x, y))
-    with open(out / "patches.csv", "w", newline="") as fh:
+    tmp = out / "patches.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "raw", "rgb", "pair_id", "x", "y"])
         writer.writerows(rows)
+    tmp.replace(out / "patches.csv")
+    mark = json.loads((out / EXPORT_MARK).read_text())
+    (out / EXPORT_MARK).write_text(json.dumps({**mark, "complete": True, "patches": len(rows)}))
     return len(rows)
 
 

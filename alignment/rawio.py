@@ -64,6 +64,8 @@ class ImageReadError(Exception):
         message: a sentence for a person.
     """
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
     def __init__(self, path: PathLike, reason: str, message: str) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")

@@ -7,9 +7,30 @@ names them and imports a stage when one of its commands is used, so that
 
 from __future__ import annotations
 
+import errno
 import importlib
 
 import click
+
+#: exit statuses (docs/cli.md): 0 ok, 1 the work failed, 2 a usage error, 3 a rejected pair
+EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 1, 2, 3
+
+
+def user_error(err: BaseException) -> tuple[int, str] | None:
+    """(exit status, one-line message) for an error the user can act on, else None.
+
+    Every stage marks its user-facing errors with a class attribute ``exit_status``
+    (their message names the file or key and the reason); a full disk and a refused
+    permission are named with their path. Anything else is a bug and keeps its traceback.
+    """
+    status = getattr(type(err), "exit_status", None)
+    if isinstance(status, int):
+        return status, str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EXIT_FAILURE, f"disk full: {err.filename or err}"
+    if isinstance(err, PermissionError):
+        return EXIT_FAILURE, f"{err.filename}: permission denied"
+    return None
 
 #: command name -> "module:attribute" of the click command or group.
 COMMANDS: dict[str, str] = {
@@ -36,6 +57,20 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return self._load(cmd_name)
 
+    def invoke(self, ctx: click.Context):
+        """Run the subcommand; a user error that escaped it becomes ``Error: <what>: <reason>``
+        and its exit status (``--debug`` shows the traceback instead)."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            known = user_error(err)
+            if known is None or ctx.meta.get("isp_rig.debug"):
+                raise
+            click.echo(f"Error: {known[1]}", err=True)
+            ctx.exit(known[0])
+
     @staticmethod
     def _load(name: str) -> click.Command | None:
         target = COMMANDS.get(name)
@@ -55,9 +90,12 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="isp-rig")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error instead of one line.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """isp-rig: capture phone-raw / DSLR pairs, align them to a fraction of a
     pixel, and learn a phone ISP from them."""
+    ctx.meta["isp_rig.debug"] = debug
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,6 +46,8 @@ SKEW_SOURCES = ("exif", "sensor", "mtime")
 class RigError(Exception):
     """A rig-level problem (no devices, bad mode, a device that cannot connect)."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
 
 @dataclass
 class DeviceShot:

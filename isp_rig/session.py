@@ -56,6 +56,8 @@ _CHUNK = 1 << 20
 class SessionError(Exception):
     """A session folder problem, naming the path and the reason."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
     def __init__(self, path: Path | str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)

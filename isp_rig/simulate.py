@@ -190,6 +190,8 @@ def load_truth(pair_dir: str | Path) -> Truth:
 class SourceError(Exception):
     """A scene source could not be used; the message names the file and the reason."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
 
 def _value_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     small = rng.random((cells, max(2, round(cells * w / h)))).astype(np.float32)
@@ -842,6 +844,8 @@ _PAIR_NAME = re.compile(r"^pair_\d{4,}$")
 
 class OutputFolderError(Exception):
     """The output folder holds something this simulation must not write over."""
+
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
 
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")

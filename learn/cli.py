@@ -73,7 +73,8 @@ def train(data: Path | None, model_name: str | None, out: Path, steps: int | Non
 @click.option("--json", "as_json", is_flag=True, help="Print psnr, ssim, lpips (null when unavailable) as JSON.")
 @click.option("--lpips-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="AlexNet + LPIPS linear weights (torch file); without it LPIPS is reported unavailable.")
-@click.option("--tile", default=512, show_default=True, help="Render tile size (input positions).")
+@click.option("--tile", default=512, show_default=True, type=click.IntRange(min=16),
+              help="Render tile size (input positions).")
 def evaluate(data: Path | None, run: Path, as_json: bool, lpips_weights: Path | None, tile: int) -> None:
     """Score a trained run on the test split; writes RUN/eval/table.md and table.csv."""
     from learn.evaluate import evaluate_run, table_markdown
@@ -109,9 +110,10 @@ def _read_input(path: Path, in_channels: int) -> np.ndarray:
 @click.option("--run", "run", required=True, type=click.Path(exists=True, path_type=Path),
               help="Run folder or checkpoint.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output PNG.")
-@click.option("--tile", default=768, show_default=True, help="Tile size in input positions (memory bound).")
+@click.option("--tile", default=768, show_default=True, type=click.IntRange(min=16),
+              help="Tile size in input positions (memory bound).")
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True)
-@click.option("--threads", type=int, help="CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
 @click.option("--export-torchscript", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the model as TorchScript here.")
 @click.option("--export-onnx", type=click.Path(dir_okay=False, path_type=Path), help="Also save the model as ONNX here.")

@@ -23,6 +23,8 @@ from typing import Any
 class ConfigError(Exception):
     """A config file or value that cannot be used; names the file or key and the reason."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
 
 def _spec(default: Any = dataclasses.MISSING, *, kind: str, lo: float | None = None, hi: float | None = None,
           choices: tuple | None = None, optional: bool = False, factory=None):

@@ -41,6 +41,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 class DataError(Exception):
     """A dataset file or record that cannot be used; ``str(err)`` names the file and the reason."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path, self.reason = Path(path), reason
         super().__init__(f"{path}: {reason}")
@@ -59,7 +61,10 @@ def read_image(path: Path | str) -> np.ndarray:
     if not path.is_file():
         raise DataError(path, "missing")
     if path.suffix.lower() == ".npy":
-        a = np.load(path, mmap_mode="r")
+        try:
+            a = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(path, f"not a .npy array ({err or 'empty file'})") from None
         if a.ndim != 3 or a.shape[2] != 3:
             raise DataError(path, f"image array must be (H, W, 3), got {a.shape}")
         if a.dtype == np.float32:
@@ -104,8 +109,8 @@ def read_packed(path: Path | str) -> np.ndarray:
         raise DataError(path, "missing")
     try:
         a = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as err:
-        raise DataError(path, f"not a .npy array ({err})") from None
+    except (ValueError, OSError, EOFError) as err:  # EOFError: an empty file
+        raise DataError(path, f"not a .npy array ({err or 'empty file'})") from None
     if a.ndim != 3 or a.shape[2] != 4:
         raise DataError(path, f"packed raw must be (H/2, W/2, 4), got {a.shape}")
     if a.dtype != np.float32:

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from learn.data import DataError
+
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
          data_range: float = 1.0) -> torch.Tensor:
@@ -99,9 +101,9 @@ class LPIPS(nn.Module):
         super().__init__()
         self.convs = nn.ModuleList([nn.Conv2d(i, o, k, s, p) for i, o, k, s, p in self._CONV])
         self.lins = nn.ModuleList([nn.Conv2d(c[1], 1, 1, bias=False) for c in self._CONV])
-        state = dict(torch.load(weights, map_location="cpu", weights_only=True))
+        state = _load_weights(weights)
         if lin_weights is not None:
-            state.update(torch.load(lin_weights, map_location="cpu", weights_only=True))
+            state.update(_load_weights(lin_weights))
         try:
             for conv, idx in zip(self.convs, self._IDX):
                 conv.weight.data.copy_(state[f"features.{idx}.weight"])
@@ -109,7 +111,9 @@ class LPIPS(nn.Module):
             for i, lin in enumerate(self.lins):
                 lin.weight.data.copy_(state[f"lin{i}.model.1.weight"])
         except KeyError as err:
-            raise ValueError(f"{weights}: LPIPS weights lack {err.args[0]!r}") from None
+            raise DataError(weights, f"LPIPS weights lack {err.args[0]!r}") from None
+        except RuntimeError as err:  # a tensor of another shape
+            raise DataError(weights, f"not AlexNet / LPIPS weights ({err})") from None
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.eval()
@@ -135,11 +139,22 @@ class LPIPS(nn.Module):
         return total
 
 
+def _load_weights(path: str | Path) -> dict:
+    """A torch state dict from ``path``; :class:`learn.data.DataError` for anything else."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip, EOF or runtime errors of a foreign or cut file
+        raise DataError(path, f"not a torch weights file ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise DataError(path, f"not a state dict of weights (a {type(state).__name__})")
+    return dict(state)
+
+
 def load_lpips(weights: str | Path | None, lin_weights: str | Path | None = None) -> LPIPS | None:
     """LPIPS from user-given weights, or ``None`` (LPIPS unavailable) when no path is given."""
     if weights is None:
         return None
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: LPIPS weights file not found")
+        raise DataError(path, "LPIPS weights file not found")
     return LPIPS(path, lin_weights)

@@ -41,7 +41,7 @@ import learn.models as models
 from learn.config import ConfigError, defaults
 from learn.config import validate as validate_config
 from learn.curves import plot_curves
-from learn.data import EvalTiles, RandomCrops, open_source
+from learn.data import DataError, EvalTiles, RandomCrops, open_source
 from learn.losses import build_loss
 from learn.metrics import psnr, ssim
 
@@ -138,13 +138,24 @@ def build_model(config: dict) -> torch.nn.Module:
 
 
 def load_checkpoint(path: Path | str) -> dict:
-    """A checkpoint written by :func:`train` (a dict with ``model``, ``config``, ``step``, ...)."""
+    """A checkpoint written by :func:`train` (a dict with ``model``, ``config``, ``step``, ...).
+
+    ``path`` is a run folder or a checkpoint file.  Raises :class:`learn.data.DataError`
+    naming the file for a missing, truncated or foreign file."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise DataError(path.parent.parent, "not a training run (no checkpoints/last.pt)")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise DataError(path, "checkpoint not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises pickle, zip, EOF and runtime errors for foreign or cut files
+        raise DataError(path, f"not a checkpoint of isp-rig train ({type(err).__name__}: {err})") from None
+    if not isinstance(ck, dict) or not {"model", "config", "step"} <= set(ck):
+        raise DataError(path, "not a checkpoint of isp-rig train (no model, config and step)")
+    return ck
 
 
 def load_model(run_or_ckpt: Path | str) -> tuple[torch.nn.Module, dict]:

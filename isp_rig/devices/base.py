@@ -34,6 +34,8 @@ from typing import Any, Mapping, Sequence
 class DeviceError(Exception):
     """A device failed; ``device`` names it and ``reason`` says why."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
     def __init__(self, device: str, reason: str) -> None:
         super().__init__(f"{device}: {reason}")
         self.device = device

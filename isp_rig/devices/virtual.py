@@ -41,6 +41,8 @@ PHONE_NAME = "phone"
 class VirtualRigError(Exception):
     """The virtual rig cannot be built here (e.g. gphoto2 imported too early)."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
 
 def scene_seed(scene: str) -> int:
     """A stable simulator seed for a scene name."""

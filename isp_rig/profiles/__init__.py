@@ -19,6 +19,8 @@ PROFILE_DIR = Path(__file__).resolve().parent
 class ProfileError(Exception):
     """A profile that is missing or unreadable; names the profile and the reason."""
 
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"profile {name!r}: {reason}")
         self.name = name

@@ -175,6 +175,84 @@ def test_a_killed_batch_resumes_without_redoing_finished_pairs(source, tmp_path)
     assert not list((out / "pairs").glob(".tmp-*"))
 
 
+def test_a_dataset_is_resumed_only_with_its_own_pairs_identified_by_content(tmp_path):
+    import shutil
+
+    from alignment.dataset import DatasetError
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    sim.simulate_pairs(first, 1, seed=31, options=SMALL, progress=False)
+    sim.simulate_pairs(other, 1, seed=32, options=SMALL, progress=False)  # the same pair id, other scene
+    out = tmp_path / "ds"
+    with cf.ThreadPoolExecutor(1) as pool:
+        batch.run_batch(batch.find_pairs(first), out, executor=pool, progress=False)
+        before = (out / "pairs.jsonl").read_bytes()
+        with pytest.raises(DatasetError, match="holds pairs made from other files: pair pair_0000: its phone file was"):
+            batch.run_batch(batch.find_pairs(other), out, executor=pool, progress=False)
+        assert (out / "pairs.jsonl").read_bytes() == before  # nothing merged
+        moved = tmp_path / "moved"
+        shutil.move(first, moved)  # the same files elsewhere: the same pairs
+        summary = batch.run_batch(batch.find_pairs(moved), out, executor=pool, progress=False)
+        assert summary.skipped == 1
+        dng = moved / "pair_0000" / "phone.dng"
+        data = dng.read_bytes()
+        dng.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same path, same size, other content
+        with pytest.raises(DatasetError, match="its phone file was .*first.*phone.dng, now .*moved.*phone.dng"):
+            batch.run_batch(batch.find_pairs(moved), out, executor=pool, progress=False)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Processes below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc to list the workers")
+def test_pool_workers_stop_when_the_driver_is_killed(source, tmp_path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "isp_rig.cli", "dataset", "build", str(source), "--out", str(out), "--workers", "2",
+           "--no-report"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and proc.poll() is None and len(workers) < 3:  # fork server + 2 workers
+            workers = _descendants(proc.pid)
+            time.sleep(0.05)
+        assert proc.poll() is None and len(workers) >= 3, "the batch should be running its pool"
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must notice by themselves
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(p) for p in workers):
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "workers outlived their driver"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_tiny_malloc_trim_threshold_of_dask_workers_is_raised():
     import subprocess
     import sys

@@ -119,6 +119,51 @@ def test_export_writes_only_fully_valid_patches_in_rggb_order(tmp_path):
     assert rows[0] == "split,raw,rgb,pair_id,x,y" and len(rows) == n + 1
 
 
+def _one_pair_dataset(root):
+    planes, target, valid, files = _write_one(root, h=64, w=96)
+    writer = DatasetWriter(root, DatasetMeta())
+    writer.append({"id": "p1", "scene": "s", "split": "test", "status": "ok", "files": files})
+    writer.close()
+    return files
+
+
+def test_export_refuses_a_folder_of_other_files_and_replaces_an_earlier_export_only_with_force(tmp_path):
+    _one_pair_dataset(tmp_path / "ds")
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="not empty and not an isp-rig patch export"):
+        export_patches(tmp_path / "ds", other, size=32)
+    assert [p.name for p in other.iterdir()] == ["a.jpg"]
+    out = tmp_path / "patches"
+    assert export_patches(tmp_path / "ds", out, size=32) == 4
+    with pytest.raises(DatasetError, match="holds an earlier export .*32 px patches.*--force"):
+        export_patches(tmp_path / "ds", out, size=16)
+    n = export_patches(tmp_path / "ds", out, size=16, force=True)
+    names = {p.name for p in (out / "test" / "raw").iterdir()}
+    assert len(names) == n and all(cv2.imread(str(out / "test" / "raw" / k), cv2.IMREAD_UNCHANGED).shape == (16, 16)
+                                   for k in names)  # no 32 px patch of the earlier export left beside
+    assert json.loads((out / "export.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("part, damage, reason", [
+    ("raw", b"", "not a .npy array"),
+    ("target", b"\x89PNG\r\n", "not a readable image"),
+    ("mask", None, "missing"),
+])
+def test_export_of_a_damaged_pair_file_names_it(tmp_path, part, damage, reason):
+    files = _one_pair_dataset(tmp_path / "ds")
+    path = tmp_path / "ds" / files[part]
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_bytes(damage)
+    with pytest.raises(DatasetError, match=reason) as err:
+        export_patches(tmp_path / "ds", tmp_path / "patches", size=32)
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "patches" / "patches.csv").exists()
+
+
 def test_import_of_real_phone_jpegs_and_dslr_targets(shared_data, tmp_path):
     src = shared_data / "phone_vs_dslr"
     inputs, targets = tmp_path / "in", tmp_path / "tg"

@@ -1,21 +1,63 @@
-"""The command-line root: every command loads, and docs/cli.md stays in step with it."""
+"""The root command: one place that turns a user error into one line and its exit status."""
 
 from __future__ import annotations
 
+import errno
+
+import click
 import pytest
 from click.testing import CliRunner
 
-from isp_rig import clidoc
-from isp_rig.cli import COMMANDS, main
+from isp_rig import cli
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_every_named_command_is_built_and_answers_help(name):
-    result = CliRunner().invoke(main, [name, "--help"])
-    assert result.exit_code == 0, result.output
-    assert "Usage:" in result.output
+class _Failing(Exception):
+    exit_status = 3
 
 
-def test_docs_cli_reference_matches_the_commands():
-    text = clidoc.DOC.read_text()
-    assert text == clidoc.updated_doc(text), "docs/cli.md is stale: run `python -m isp_rig.clidoc`"
+@pytest.fixture
+def failing_command(monkeypatch):
+    """A subcommand that raises whatever the test puts in ``raised[0]``."""
+    raised: list[BaseException] = []
+
+    @click.command()
+    def boom() -> None:
+        raise raised[0]
+
+    monkeypatch.setitem(cli.COMMANDS, "boom", "tests.isp_rig.test_cli_root:_unused")
+    monkeypatch.setattr(cli.LazyGroup, "_load", staticmethod(lambda name: boom if name == "boom" else None))
+    return raised
+
+
+@pytest.mark.parametrize("err, status, line", [
+    (_Failing("pair p1: rejected"), 3, "Error: pair p1: rejected"),
+    (OSError(errno.ENOSPC, "No space left on device", "/data/ds/pairs/p1/target.png"), 1,
+     "Error: disk full: /data/ds/pairs/p1/target.png"),
+    (PermissionError(errno.EACCES, "Permission denied", "/root/x"), 1, "Error: /root/x: permission denied"),
+])
+def test_a_user_error_becomes_one_line_and_its_exit_status(failing_command, err, status, line):
+    failing_command.append(err)
+    res = CliRunner().invoke(cli.main, ["boom"])
+    assert res.exit_code == status
+    assert res.output.strip() == line and "Traceback" not in res.output
+
+
+def test_a_bug_keeps_its_traceback_and_debug_shows_a_user_errors_traceback(failing_command):
+    failing_command.append(ZeroDivisionError("a bug"))
+    res = CliRunner().invoke(cli.main, ["boom"])
+    assert isinstance(res.exception, ZeroDivisionError)  # not dressed up as a user error
+    failing_command[0] = _Failing("named")
+    res = CliRunner().invoke(cli.main, ["--debug", "boom"])
+    assert isinstance(res.exception, _Failing)
+
+
+@pytest.mark.parametrize("module, name", [
+    ("alignment.rawio", "ImageReadError"), ("alignment.dataset", "DatasetError"), ("alignment.batch", "BatchSourceError"),
+    ("isp_rig.session", "SessionError"), ("isp_rig.rig", "RigError"), ("isp_rig.profiles", "ProfileError"),
+    ("isp_rig.devices.base", "DeviceError"), ("isp_rig.simulate", "SourceError"),
+    ("isp_rig.simulate", "OutputFolderError"), ("learn.data", "DataError"), ("learn.config", "ConfigError"),
+])
+def test_every_stage_marks_its_user_errors(module, name):
+    import importlib
+
+    assert getattr(importlib.import_module(module), name).exit_status == 1

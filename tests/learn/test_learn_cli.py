@@ -169,3 +169,81 @@ def test_train_refuses_an_output_folder_that_holds_something_else(tiny_dataset, 
                                     "--no-progress"])
     assert res.exit_code == 1 and "not empty and not a training run" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
+
+
+def _copy_dataset(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _one_error_line(res, *names):
+    lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert all(n in lines[0] for n in names), lines[0]
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("file, damage, reason", [
+    ("p4/raw.npy", b"", "not a .npy array"),
+    ("p5/target.png", b"\x89PNG\r\n\x1a\n\x00\x00", "not a readable image"),
+    ("p4/target.png", None, "missing"),
+])
+def test_a_damaged_dataset_file_is_one_line_naming_it(trained_run, tiny_dataset, tmp_path, command, file, damage,
+                                                      reason):
+    data = _copy_dataset(tiny_dataset, tmp_path / "ds")
+    path = data / "pairs" / file
+    path.unlink() if damage is None else path.write_bytes(damage)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    args = (["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress",
+             "--config", str(tmp_path / "tiny.toml")] if command == "train" else ["eval", "--run", str(trained_run), "--data", str(data)])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1
+    _one_error_line(res, str(path), reason)
+
+
+def test_render_of_an_empty_npy_is_one_line(trained_run, tmp_path):
+    (tmp_path / "raw.npy").write_bytes(b"")
+    res = CliRunner().invoke(main, ["render", str(tmp_path / "raw.npy"), "--run", str(trained_run),
+                                    "--out", str(tmp_path / "o.png")])
+    assert res.exit_code == 1 and not (tmp_path / "o.png").exists()
+    _one_error_line(res, "raw.npy", "not a .npy array")
+
+
+@pytest.mark.parametrize("what", ["empty run folder", "foreign file"])
+def test_a_run_that_is_not_a_run_is_one_line(tiny_dataset, tmp_path, what):
+    if what == "empty run folder":
+        run = tmp_path / "run"
+        run.mkdir()
+    else:
+        run = tmp_path / "weights.pt"
+        run.write_bytes(b"not a checkpoint at all")
+    commands = [["eval", "--run", str(run), "--data", str(tiny_dataset)]] if run.is_dir() else []  # eval: folders
+    for args in (*commands,
+                 ["render", str(tiny_dataset / "pairs" / "p4" / "raw.npy"), "--run", str(run),
+                  "--out", str(tmp_path / "o.png")],
+                 ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "new"), "--steps", "1",
+                  "--init-from", str(run), "--no-progress"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1, args
+        _one_error_line(res, run.name)
+
+
+def test_lpips_weights_that_are_not_weights_are_one_line(trained_run, tiny_dataset, tmp_path):
+    bad = tmp_path / "alex.pth"
+    bad.write_bytes(b"\x80\x04garbage")
+    res = CliRunner().invoke(main, ["eval", "--run", str(trained_run), "--data", str(tiny_dataset),
+                                    "--lpips-weights", str(bad)])
+    assert res.exit_code == 1
+    _one_error_line(res, "alex.pth", "not a torch weights file")
+
+
+@pytest.mark.parametrize("args", [["eval", "--tile", "0"], ["render", "--tile", "4"], ["render", "--threads", "-1"]])
+def test_tile_and_thread_counts_out_of_range_are_usage_errors(trained_run, tiny_dataset, tmp_path, args):
+    cmd, *opts = args
+    base = (["eval", "--run", str(trained_run), "--data", str(tiny_dataset)] if cmd == "eval" else
+            ["render", str(tiny_dataset / "pairs" / "p4" / "raw.npy"), "--run", str(trained_run),
+             "--out", str(tmp_path / "o.png")])
+    res = CliRunner().invoke(main, [*base, *opts])
+    assert res.exit_code == 2 and opts[0] in res.output

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from learn.data import DataError
 from learn.losses import build_loss, colour_loss, l1_loss, ms_ssim_loss, shift_l1_loss, ssim_loss
 from learn.metrics import LPIPS, load_lpips, psnr, ssim
 
@@ -60,12 +61,12 @@ def test_lpips_loads_user_weights_and_scores_identical_images_zero(tmp_path):
     assert float(metric(x, y)[0]) > 0
     del state["lin4.model.1.weight"]
     torch.save(state, path)
-    with pytest.raises(ValueError, match="lin4"):
+    with pytest.raises(DataError, match="lin4"):
         LPIPS(path)
 
 
 def test_missing_lpips_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(DataError, match="nope.pth: LPIPS weights file not found"):
         load_lpips(tmp_path / "nope.pth")
 
 
