@@ -162,6 +162,18 @@ def pairs_from_two_folders(phone_dir: Path | str, dslr_dir: Path | str, match: s
     return jobs
 
 
+def unpaired_files(phone_dir: Path | str, dslr_dir: Path | str, jobs: Sequence[PairJob]) -> tuple[list[str], list[str]]:
+    """(phone raws, DSLR images) of the two folders that no job of
+    :func:`pairs_from_two_folders` uses: sorted file names, what the batch leaves out."""
+    phone_dir, dslr_dir = Path(phone_dir), Path(dslr_dir)
+    used = {j.phone for j in jobs} | {j.dslr for j in jobs}
+    phones = sorted(p.name for p in phone_dir.iterdir()
+                    if p.suffix.lower() in PHONE_RAW_EXTENSIONS and p.resolve() not in used)
+    dslrs = sorted(p.name for p in dslr_dir.iterdir()
+                   if p.suffix.lower() in rawio.IMAGE_EXTENSIONS | rawio.RAW_EXTENSIONS and p.resolve() not in used)
+    return phones, dslrs
+
+
 def _device_kinds(session_dir: Path) -> dict[str, str]:
     """device name -> 'phone' | 'dslr' from session.toml's ``[[rig.device]]`` tables:
     their ``kind`` where given, else 'dslr' for the gphoto adapter and 'phone' for the others."""
@@ -623,5 +635,8 @@ def dask_client(address: str):
     try:
         from distributed import Client
     except ImportError:
-        raise RuntimeError("Dask is not installed: pip install 'isp-rig[dask]'") from None
-    return Client(address)
+        raise BatchSourceError(f"--scheduler {address}: Dask is not installed: pip install 'isp-rig[dask]'") from None
+    try:
+        return Client(address, timeout=30)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise BatchSourceError(f"--scheduler {address}: cannot reach the Dask scheduler ({err})") from None

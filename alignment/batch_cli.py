@@ -23,7 +23,13 @@ def _jobs(source: Path | None, pairs_csv: Path | None, phone_dir: Path | None, d
             return batch.pairs_from_csv(pairs_csv)
         if phone_dir is None or dslr_dir is None:
             raise click.UsageError("--phone-dir and --dslr-dir go together")
-        return batch.pairs_from_two_folders(phone_dir, dslr_dir, match=match)
+        jobs = batch.pairs_from_two_folders(phone_dir, dslr_dir, match=match)
+        for what, names in zip(("phone raw(s) without a DSLR image", "DSLR image(s) without a phone raw"),
+                               batch.unpaired_files(phone_dir, dslr_dir, jobs)):
+            if names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                click.echo(f"left out {len(names)} {what} (by {match}): {shown}", err=True)
+        return jobs
     except batch.BatchSourceError as err:
         raise click.ClickException(str(err)) from None
 
@@ -127,9 +133,11 @@ def batch_command(**kwargs) -> None:
 
     SOURCE is a capture session folder (manifest.jsonl), a folder of pair
     folders (phone.<raw> + dslr.<image>, as `isp-rig simulate` writes), or use
-    --pairs CSV or --phone-dir/--dslr-dir. Resumable: pairs already kept or
-    rejected in --out are skipped; failed pairs are tried again. Exit status 0
-    when every pair was kept or rejected, 1 when some pair failed.
+    --pairs CSV or --phone-dir/--dslr-dir (the files left unpaired are counted
+    and named on stderr). Resumable: pairs already kept or rejected in --out are
+    skipped; failed pairs are tried again; an --out made from other files is
+    refused. Exit status 0 when every pair was kept or rejected, 1 when some
+    pair failed.
     """
     _run(**kwargs)
 
@@ -184,10 +192,15 @@ def import_(inputs: Path, targets: Path, out_dir: Path, split: str | None, cfa: 
     """Import already aligned pairs with matching file names into a dataset folder."""
     from alignment import rawio
     from alignment.dataset import DatasetError
-    from alignment.exchange import import_aligned
+    from alignment.exchange import import_aligned, unmatched_files
 
     try:
         n = import_aligned(inputs, targets, out_dir, split=split, cfa=cfa, seed=split_seed, white_level=white_level)
     except (DatasetError, rawio.ImageReadError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"imported {n} pairs into {out_dir}")
+    for what, names in zip(("input(s) without a target", "target(s) without an input"),
+                           unmatched_files(inputs, targets)):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            click.echo(f"left out {len(names)} {what}: {shown}")

@@ -182,11 +182,22 @@ def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, n
 def _import_files(writer: DatasetWriter, names: list[Path], by_stem: dict[str, Path], split: str | None, cfa: str,
                   white_level: float | None) -> int:
     count = 0
+    kinds = {r.get("input_kind", "raw") for r in writer.records.values() if r.get("status") == "ok"}
     for path in names:
         pid = path.stem
+        earlier = writer.records.get(pid)
+        if earlier is not None:
+            was = (earlier.get("source") or {}).get("input") or earlier.get("phone")
+            if was is None or Path(was).resolve() != path.resolve():
+                raise DatasetError(writer.root, f"pair {pid} here was made from {was}, not {path}: this folder "
+                                                "holds other pairs (give another --out)")
         if writer.done(pid):
             continue
         kind, data = _read_input(path, cfa, white_level)
+        if kinds and kind not in kinds:
+            raise DatasetError(path, f"is a {kind} input, and {writer.root} holds {'/'.join(sorted(kinds))} pairs: "
+                                     "a dataset holds one input kind (give another --out)")
+        kinds.add(kind)
         target = rawio.read_rgb(by_stem[pid]).rgb
         expected = (data.shape[0] * 2, data.shape[1] * 2) if kind == "raw" else data.shape[:2]
         if target.shape[:2] != expected:
@@ -202,6 +213,19 @@ def _import_files(writer: DatasetWriter, names: list[Path], by_stem: dict[str, P
                        "files": files})
         count += 1
     return count
+
+
+def unmatched_files(inputs: Path | str, targets: Path | str) -> tuple[list[str], list[str]]:
+    """(input files with no target of the same name, target images with no input) of an
+    import, sorted names: what :func:`import_aligned` leaves out."""
+    inputs, targets = Path(inputs), Path(targets)
+    target_stems = {p.stem for p in targets.iterdir() if p.suffix.lower() in rawio.IMAGE_EXTENSIONS}
+    input_files = [p for p in inputs.iterdir() if p.is_file()]
+    input_stems = {p.stem for p in input_files}
+    lonely_inputs = sorted(p.name for p in input_files if p.stem not in target_stems)
+    lonely_targets = sorted(p.name for p in targets.iterdir()
+                            if p.suffix.lower() in rawio.IMAGE_EXTENSIONS and p.stem not in input_stems)
+    return lonely_inputs, lonely_targets
 
 
 def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, split: str | None = None,

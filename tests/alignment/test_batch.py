@@ -149,6 +149,10 @@ def test_csv_and_two_folder_sources_list_the_same_pairs(source, tmp_path):
     by_name = batch.pairs_from_two_folders(phones, dslrs, match="name")
     by_time = batch.pairs_from_two_folders(phones, dslrs, match="time", tolerance_s=0.05)
     assert [j.pair_id for j in by_name] == [j.pair_id for j in by_time] == [j.pair_id for j in folders[:3]]
+    (phones / "lonely.dng").symlink_to(folders[3].phone)
+    (dslrs / "other.jpg").symlink_to(folders[3].dslr)
+    jobs = batch.pairs_from_two_folders(phones, dslrs, match="name")
+    assert batch.unpaired_files(phones, dslrs, jobs) == (["lonely.dng"], ["other.jpg"])  # counted, not dropped
 
 
 def test_a_killed_batch_resumes_without_redoing_finished_pairs(source, tmp_path):

@@ -197,6 +197,46 @@ def test_import_of_packed_raw_planes_checks_the_target_size(shared_data, tmp_pat
         import_aligned(inputs, targets, tmp_path / "ds2", white_level=4095)
 
 
+def test_import_refuses_to_mix_input_kinds_or_pairs_from_other_files(shared_data, tmp_path):
+    src = shared_data / "phone_vs_dslr"
+    rgb_in, raw_in, other_in, targets = (tmp_path / n for n in ("rgb", "raw", "other", "tg"))
+    for d in (rgb_in, raw_in, other_in, targets):
+        d.mkdir()
+    (rgb_in / "0.jpg").write_bytes((src / "iphone" / "0.jpg").read_bytes())
+    (other_in / "0.jpg").write_bytes((src / "iphone" / "1.jpg").read_bytes())
+    (targets / "0.jpg").write_bytes((src / "canon" / "0.jpg").read_bytes())
+    assert import_aligned(rgb_in, targets, tmp_path / "ds") == 1
+    before = (tmp_path / "ds" / "pairs.jsonl").read_bytes()
+    with pytest.raises(DatasetError, match="pair 0 here was made from .*rgb/0.jpg, not .*other/0.jpg"):
+        import_aligned(other_in, targets, tmp_path / "ds")
+    planes = np.zeros((8, 8, 4), np.float32)
+    np.save(raw_in / "r.npy", planes)
+    cv2.imwrite(str(targets / "r.png"), np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(DatasetError, match="is a raw input, and .* holds rgb pairs"):
+        import_aligned(raw_in, targets, tmp_path / "ds")
+    assert (tmp_path / "ds" / "pairs.jsonl").read_bytes() == before
+
+
+def test_import_cli_lists_the_files_it_left_out(shared_data, tmp_path):
+    from click.testing import CliRunner
+
+    from isp_rig.cli import main
+
+    src = shared_data / "phone_vs_dslr"
+    inputs, targets = tmp_path / "in", tmp_path / "tg"
+    inputs.mkdir(), targets.mkdir()
+    for name in ("0.jpg", "1.jpg"):
+        (inputs / name).write_bytes((src / "iphone" / name).read_bytes())
+    for name in ("1.jpg", "2.jpg"):
+        (targets / name).write_bytes((src / "canon" / name).read_bytes())
+    res = CliRunner().invoke(main, ["dataset", "import", "--inputs", str(inputs), "--targets", str(targets),
+                                    "--out", str(tmp_path / "ds")])
+    assert res.exit_code == 0, res.output
+    assert "imported 1 pairs" in res.output
+    assert "left out 1 input(s) without a target: 0.jpg" in res.output
+    assert "left out 1 target(s) without an input: 2.jpg" in res.output
+
+
 def test_records_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
     with DatasetWriter(tmp_path, DatasetMeta()) as writer:
         writer.append({"id": "p1", "status": "rejected", "quality": {"residual_median_px": float("nan")},
