@@ -306,12 +306,21 @@ class Session:
         root = Path(root)
         toml_path = root / SESSION_TOML
         if toml_path.exists():
-            try:
-                stored = tomllib.loads(toml_path.read_text("utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-                raise SessionError(toml_path, f"unreadable session.toml: {err}") from err
+            stored = read_session_toml(toml_path)
             stored_rig = stored.get("rig", {})
             if rig is not None and _normalise(rig) != _normalise(stored_rig):
+                if _holds_no_shot(root):
+                    # nothing was captured with the stored rig (a start that failed to connect):
+                    # the corrected rig takes its place, no file is lost
+                    doc = {"session": stored.get("session", {}), "rig": _normalise(rig)}
+                    tmp = toml_path.with_name(f"{TMP_PREFIX}{os.getpid()}-{SESSION_TOML}")
+                    with open(tmp, "wb") as fh:
+                        fh.write(tomlw.dumps(doc).encode("utf-8"))
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, toml_path)
+                    _fsync_dir(root)
+                    return cls(root, _normalise(rig), stored.get("session", {}).get("created", ""))
                 changed = ", ".join(_differences(stored_rig, _normalise(rig))[:6])
                 raise SessionError(toml_path, "this session was captured with a different rig configuration "
                                               f"(changed: {changed}); use a new session folder or the same rig")
@@ -544,6 +553,36 @@ class CheckReport:
         return out
 
 
+def read_session_toml(path: Path) -> dict[str, Any]:
+    """``session.toml`` as a dict, checked as :meth:`Session.open` and ``capture`` need
+    it: readable TOML, a ``[session]`` table of a known ``format_version``, a ``[rig]``
+    table whose ``device`` entries (if any) are tables with a ``name``.  Raises :class:`SessionError` naming the file."""
+    try:
+        doc = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SessionError(path, f"unreadable session.toml: {err}") from err
+    head, rig = doc.get("session"), doc.get("rig")
+    if not isinstance(head, dict) or not isinstance(rig, dict):
+        raise SessionError(path, "session.toml needs a [session] and a [rig] table")
+    version = head.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise SessionError(path, f"session format_version {version!r} is not one this isp-rig reads "
+                                 f"(1..{FORMAT_VERSION})")
+    devices = rig.get("device", [])
+    if not isinstance(devices, list) or not all(isinstance(d, dict) and "name" in d for d in devices):
+        raise SessionError(path, "rig.device must be a list of [[rig.device]] tables, each with a name")
+    return doc
+
+
+def _holds_no_shot(root: Path) -> bool:
+    """No manifest line and nothing under ``shots/``: a session nothing was captured into."""
+    manifest = root / MANIFEST
+    if manifest.exists() and manifest.stat().st_size > 0:
+        return False
+    shots = root / SHOTS
+    return not (shots.is_dir() and any(shots.iterdir()))
+
+
 def check_session(root: Path | str, progress: bool = False) -> CheckReport:
     """Verify every file listed in ``manifest.jsonl`` against its sha256 and size.
 
@@ -558,6 +597,10 @@ def check_session(root: Path | str, progress: bool = False) -> CheckReport:
     if not (root / SESSION_TOML).is_file():
         report.errors.append(f"{root}: no {SESSION_TOML}: not a session folder")
         return report
+    try:
+        read_session_toml(root / SESSION_TOML)
+    except SessionError as err:
+        report.errors.append(str(err))
     contents = read_manifest(root / MANIFEST)
     report.bad_manifest_lines = [{"line": n, "reason": r} for n, r in contents.bad_lines]
     listed: set[str] = set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,32 @@ def test_resume_continues_numbering_and_refuses_other_rig(tmp_path):
     moved = {**RIG, "device": [RIG["device"][0], {**RIG["device"][1], "folder": "/tmp/y"}]}
     with pytest.raises(SessionError, match=r"changed: device\[1\]\.folder\)"):
         Session.open(tmp_path, moved)
+
+
+def test_an_empty_session_takes_the_corrected_rig_and_one_with_shots_does_not(tmp_path):
+    Session.open(tmp_path / "s", RIG)  # a start that then failed to connect: nothing captured
+    fixed = {**RIG, "name": "fixed-rig"}
+    assert Session.open(tmp_path / "s", fixed).rig == fixed
+    assert Session.open(tmp_path / "s").rig == fixed
+    _shot(Session.open(tmp_path / "s", fixed), {"dslr": ("a.jpg", b"1")})
+    with pytest.raises(SessionError, match="different rig configuration"):
+        Session.open(tmp_path / "s", RIG)
+    assert not [p for p in (tmp_path / "s").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[session]\nformat_version = 1\n[rig\n", "unreadable session.toml"),
+    ("[session]\nformat_version = 9\n[rig]\ndevice = []\n", "format_version 9"),
+    ("[session]\nformat_version = 1\n", "needs a \\[session\\] and a \\[rig\\] table"),
+    ("[session]\nformat_version = 1\n[rig]\ndevice = ['dslr']\n", "each with a name"),
+])
+def test_check_fails_a_session_toml_that_capture_could_not_use(tmp_path, text, reason):
+    Session.open(tmp_path, RIG)
+    (tmp_path / SESSION_TOML).write_text(text)
+    report = check_session(tmp_path)
+    assert not report.ok and any(re.search(reason, e) for e in report.errors), report.errors
+    with pytest.raises(SessionError, match=reason):
+        Session.open(tmp_path, RIG)
 
 
 def test_non_session_folder_with_files_is_refused(tmp_path):
