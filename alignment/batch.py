@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -587,7 +587,8 @@ def run_batch(
     from tqdm import tqdm
 
     started = time.perf_counter()
-    writer = DatasetWriter(out_dir, meta or DatasetMeta())
+    meta = replace(meta or DatasetMeta(), align_options=dict(options or {}))
+    writer = DatasetWriter(out_dir, meta)
     foreign = foreign_pairs(writer.records, jobs)
     if foreign:
         writer.close()

@@ -268,6 +268,15 @@ def write_pair_files(
     return files
 
 
+#: what a dataset folder may hold (a folder with anything else and no dataset.json is refused)
+DATASET_ENTRIES = {".lock", "dataset.json", "dataset.json.partial", "pairs", "pairs.jsonl", "summary.json", "report"}
+
+
+def _json_form(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
 @dataclass
 class DatasetMeta:
     """What ``dataset.json`` holds."""
@@ -276,9 +285,14 @@ class DatasetMeta:
     split_seed: int = 0
     test_fraction: float = 0.2
     provenance: dict | None = None
+    #: the alignment options every pair of the folder was aligned with (None: not
+    #: recorded, e.g. an import); a resume with other options is refused
+    align_options: dict | None = None
 
     def to_dict(self) -> dict:
+        extra = {} if self.align_options is None else {"align_options": _json_form(self.align_options)}
         return {
+            **extra,
             "format_version": FORMAT_VERSION,
             "phone_profile": self.phone_profile,
             "split": {"rule": "by scene: sha256(seed:scene) < test_fraction -> test",
@@ -319,7 +333,19 @@ class DatasetWriter:
                 )
             if int(existing.get("format_version", 0)) != FORMAT_VERSION:
                 raise DatasetError(meta_path, f"format_version {existing.get('format_version')} is not {FORMAT_VERSION}")
+            stored = existing.get("align_options")
+            if stored is not None and meta.align_options is not None and stored != _json_form(meta.align_options):
+                asked = _json_form(meta.align_options)
+                changed = sorted(k for k in set(stored) | set(asked) if stored.get(k) != asked.get(k))
+                raise DatasetError(meta_path, "this dataset was aligned with other options ("
+                                   + ", ".join(f"{k}: {stored.get(k, 'default')} -> {asked.get(k, 'default')}"
+                                               for k in changed)
+                                   + "); resume with the same -o options or give a new --out")
         else:
+            foreign = sorted(p.name for p in self.root.iterdir() if p.name not in DATASET_ENTRIES)
+            if foreign:
+                raise DatasetError(self.root, f"holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
+                                              "and no dataset.json: not a dataset folder; give a new or empty folder")
             tmp = meta_path.with_suffix(".json.partial")
             tmp.write_text(json.dumps(meta.to_dict(), indent=1))
             tmp.replace(meta_path)

@@ -92,6 +92,24 @@ def test_writer_locks_resumes_repairs_a_torn_line_and_refuses_another_split_rule
         DatasetWriter(tmp_path, DatasetMeta(split_seed=2))
 
 
+def test_writer_refuses_other_alignment_options_and_a_folder_of_other_files(tmp_path):
+    with DatasetWriter(tmp_path / "ds", DatasetMeta(align_options={"min_trusted": 0.5})):
+        pass
+    with DatasetWriter(tmp_path / "ds", DatasetMeta(align_options={"min_trusted": 0.5})):
+        pass  # the same options resume
+    with DatasetWriter(tmp_path / "ds", DatasetMeta()):
+        pass  # options not recorded (an import): not compared
+    with pytest.raises(DatasetError, match=r"other options \(max_plane_pixels: default -> 400000, "
+                                           r"min_trusted: 0.5 -> 0.8\)"):
+        DatasetWriter(tmp_path / "ds", DatasetMeta(align_options={"min_trusted": 0.8, "max_plane_pixels": 400000}))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "IMG_1.jpg").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="holds IMG_1.jpg and no dataset.json: not a dataset folder"):
+        DatasetWriter(photos, DatasetMeta())
+    assert sorted(p.name for p in photos.iterdir()) == ["IMG_1.jpg"]
+
+
 def test_learning_stage_reads_the_pairs_the_alignment_stage_writes(tmp_path):
     learn_data = pytest.importorskip("learn.data")
     planes, target, valid, files = _write_one(tmp_path)
