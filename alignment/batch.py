@@ -39,6 +39,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 from alignment import trust
+from alignment.atomic import write_json
 from alignment.dataset import DatasetError, DatasetMeta, DatasetWriter, warp_to_phone_grid, write_pair_files
 from alignment.scoring import load_truth_map, trust_scores, truth_error
 
@@ -625,7 +626,7 @@ def run_batch(
     ids = {j.pair_id for j in jobs}
     summary = summarize([r for k, r in writer.records.items() if k in ids], skipped,
                         time.perf_counter() - started)
-    (writer.root / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
+    write_json(writer.root / "summary.json", summary.to_dict())
     return summary
 
 

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from alignment import rawio, trust
+from alignment.atomic import write_image, write_text
 from alignment.dataset import latest_records
 
 BAR_COLOUR = (180, 110, 40)  # BGR
@@ -36,7 +37,7 @@ def histogram_png(path: Path, series: dict[str, list[float]], xlabel: str, bins:
     values = [v for vs in series.values() for v in vs if np.isfinite(v)]
     if not values:
         cv2.putText(img, "no values", (w // 3, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.imwrite(str(path), img)
+        write_image(path, img)
         return
     hi = max(values) * 1.05 if max(values) > 0 else 1.0
     edges = np.linspace(0.0, hi, bins + 1)
@@ -62,7 +63,7 @@ def histogram_png(path: Path, series: dict[str, list[float]], xlabel: str, bins:
                     cv2.LINE_AA)
     cv2.putText(img, str(peak), (8, top + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, (left + plot_w // 3, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
+    write_image(path, img)
 
 
 def _phone_render(planes: np.ndarray) -> np.ndarray:
@@ -111,7 +112,7 @@ def pair_picture(dataset: Path, record: dict, out: Path, max_side: int = 640, sq
         panels += [gap, trust.overlay(p, cv2.resize(reasons, size, interpolation=cv2.INTER_NEAREST))]
     picture = np.concatenate(panels, axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.round(picture[..., ::-1] * 255).astype(np.uint8))
+    write_image(out, np.round(picture[..., ::-1] * 255).astype(np.uint8))
 
 
 def write_batch_report(dataset: Path | str, pictures: int = 24) -> Path:
@@ -178,5 +179,5 @@ def write_batch_report(dataset: Path | str, pictures: int = 24) -> Path:
         lines.append(f"### {r['id']} (residual {res if res is None else f'{res:.3f}'} px{extra})")
         lines += ["", f"![{r['id']}](pairs/{r['id']}.png)", ""]
     path = report / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path

@@ -36,7 +36,6 @@ so no scene is ever in both train and test and adding pairs never moves one.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -49,6 +48,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from alignment.atomic import write_image, write_json, write_npy
 from alignment.ecc import sample_spline, spline_coefficients
 
 FORMAT_VERSION = 1
@@ -172,14 +172,8 @@ def warp_to_phone_grid(
     return PhoneGridWarp(target, valid, clipped, mapped_all)
 
 
-def _write_png(path: Path, data: np.ndarray) -> None:
-    """Write an image with OpenCV and make sure it is all there (imwrite only says False)."""
-    if not cv2.imwrite(str(path), data) or path.stat().st_size == 0:
-        raise OSError(errno.EIO, "could not write the image", str(path))
-
-
 def _write_png16(path: Path, rgb: np.ndarray) -> None:
-    _write_png(path, np.round(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)[..., ::-1])
+    write_image(path, np.round(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)[..., ::-1])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -236,31 +230,28 @@ def write_pair_files(
     tmp.mkdir()
     files = {}
     if packed_raw is not None:
-        np.save(tmp / "raw.npy", packed_raw.astype(np.float32, copy=False))
+        write_npy(tmp / "raw.npy", packed_raw.astype(np.float32, copy=False))
         files["raw"] = f"{PAIRS_DIR}/{pair_id}/raw.npy"
     else:
         _write_png16(tmp / "input.png", input_rgb)
         files["input"] = f"{PAIRS_DIR}/{pair_id}/input.png"
     _write_png16(tmp / "target.png", target)
-    _write_png(tmp / "mask.png", valid.astype(np.uint8) * 255)
+    write_image(tmp / "mask.png", valid.astype(np.uint8) * 255)
     files.update(target=f"{PAIRS_DIR}/{pair_id}/target.png", mask=f"{PAIRS_DIR}/{pair_id}/mask.png")
     if phone_rgb is not None:
-        _write_png(tmp / "phone.png", np.round(np.clip(phone_rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
+        write_image(tmp / "phone.png", np.round(np.clip(phone_rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1])
         files["phone_jpeg"] = f"{PAIRS_DIR}/{pair_id}/phone.png"
     if reasons is not None:
         if reasons.shape != (h, w):
             raise ValueError(f"shapes disagree: target {target.shape}, reasons {reasons.shape}")
-        _write_png(tmp / "reasons.png", reasons.astype(np.uint8))
+        write_image(tmp / "reasons.png", reasons.astype(np.uint8))
         files["reasons"] = f"{PAIRS_DIR}/{pair_id}/reasons.png"
     if mapped is not None:
         if mapped.shape != (h, w, 2):
             raise ValueError(f"shapes disagree: target {target.shape}, map {mapped.shape}")
-        np.save(tmp / "map.npy", mapped.astype(np.float32, copy=False))
+        write_npy(tmp / "map.npy", mapped.astype(np.float32, copy=False))
         files["map"] = f"{PAIRS_DIR}/{pair_id}/map.npy"
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    final = pairs / pair_id
+    final = pairs / pair_id  # each file above is already fsync'ed
     if final.exists():  # a folder left by a run killed before its record was written
         shutil.rmtree(final)
     tmp.rename(final)
@@ -346,9 +337,7 @@ class DatasetWriter:
             if foreign:
                 raise DatasetError(self.root, f"holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
                                               "and no dataset.json: not a dataset folder; give a new or empty folder")
-            tmp = meta_path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps(meta.to_dict(), indent=1))
-            tmp.replace(meta_path)
+            write_json(meta_path, meta.to_dict())
         self._lock = open(self.root / ".lock", "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

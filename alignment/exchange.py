@@ -18,6 +18,7 @@ the mosaic is that of the packed planes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from alignment import rawio
+from alignment.atomic import write_image, write_json, write_text
 from alignment.dataset import DatasetError, DatasetMeta, DatasetWriter, latest_records, write_pair_files
 
 PATCH_SCALE = 4095.0
@@ -53,11 +55,6 @@ def _load_png(path: Path, flags: int) -> np.ndarray:
     return img
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), img):
-        raise DatasetError(path, "cannot be written (disk full or not writable)")
-
-
 def _prepare_export_folder(out: Path, dataset: Path, size: int, stride: int, force: bool) -> None:
     """Refuse a folder of other files; an earlier export is replaced only with ``force``."""
     if out.exists() and not out.is_dir():
@@ -83,8 +80,8 @@ def _prepare_export_folder(out: Path, dataset: Path, size: int, stride: int, for
             elif target.exists():
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / EXPORT_MARK).write_text(json.dumps({"dataset": str(dataset.resolve()), "size": size, "stride": stride,
-                                               "complete": False}))
+    write_json(out / EXPORT_MARK, {"dataset": str(dataset.resolve()), "size": size, "stride": stride,
+                                   "complete": False})
 
 
 def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride: int | None = None,
@@ -134,17 +131,16 @@ def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride
                     continue
                 name = f"{rec['id']}_{i:03d}_{j:03d}.png"
                 patch = np.round(mosaic[y:y + size, x:x + size] * PATCH_SCALE).astype(np.uint16)
-                _write_png(out / split / "raw" / name, patch)
-                _write_png(out / split / "rgb" / name, np.ascontiguousarray(target8[y:y + size, x:x + size, ::-1]))
+                write_image(out / split / "raw" / name, patch)
+                write_image(out / split / "rgb" / name, np.ascontiguousarray(target8[y:y + size, x:x + size, ::-1]))
                 rows.append((split, f"{split}/raw/{name}", f"{split}/rgb/{name}", rec["id"], x, y))
-    tmp = out / "patches.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["split", "raw", "rgb", "pair_id", "x", "y"])
-        writer.writerows(rows)
-    tmp.replace(out / "patches.csv")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["split", "raw", "rgb", "pair_id", "x", "y"])
+    writer.writerows(rows)
+    write_text(out / "patches.csv", table.getvalue())
     mark = json.loads((out / EXPORT_MARK).read_text())
-    (out / EXPORT_MARK).write_text(json.dumps({**mark, "complete": True, "patches": len(rows)}))
+    write_json(out / EXPORT_MARK, {**mark, "complete": True, "patches": len(rows)})
     return len(rows)
 
 
@@ -260,5 +256,5 @@ def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, spl
     meta_path = out / "dataset.json"
     meta = json.loads(meta_path.read_text())
     meta["input"] = sorted({r.get("input_kind", "raw") for r in latest_records(out).values()})
-    meta_path.write_text(json.dumps(meta, indent=1))
+    write_json(meta_path, meta)
     return count

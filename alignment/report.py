@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from alignment import rawio, trust
+from alignment.atomic import write_image
 from alignment.ecc import local_normalize
 
 __all__ = ["write_pair_report"]
@@ -59,9 +60,7 @@ def _diff_image(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _save(path: Path, rgb: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.partial.png")
-    cv2.imwrite(str(tmp), rgb[..., ::-1])
-    tmp.replace(path)
+    write_image(path, np.ascontiguousarray(rgb[..., ::-1]))
 
 
 def write_pair_report(alignment, phone, dslr, out_dir: str | Path, max_side: int = 1200,

@@ -16,13 +16,14 @@ stages, like the CLI root.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 import cv2
 import numpy as np
+
+from alignment.atomic import write_image, write_json, write_text
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
@@ -64,7 +65,7 @@ def _bar_chart(path: Path, labels: list[str], values_ms: list[float], title: str
     cv2.line(img, (left, top + plot_h), (w - 20, top + plot_h), (0, 0, 0), 1)
     cv2.putText(img, f"{peak:.2f} ms", (4, top + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), img)
+    write_image(path, img)
 
 
 def capture_scenes(session_dir: Path, scenes: list[str], shots: int) -> list[dict]:
@@ -97,7 +98,7 @@ def align_session(session_dir: Path, dataset_dir: Path, truth_dir: Path, workers
     for job in jobs:
         path = truth_dir / f"{job.scene}.json"
         if not path.exists():
-            path.write_text(json.dumps(scene_pair(job.scene).truth.to_json()))
+            write_json(path, scene_pair(job.scene).truth.to_json(), indent=None)
         job.truth = path
     meta = DatasetMeta(phone_profile="virtual SimPhone", split_seed=SPLIT_SEED, test_fraction=TEST_FRACTION,
                        provenance={"session": str(session_dir), "made_by": "isp-rig demo"})
@@ -176,10 +177,10 @@ def learn_and_render(dataset_dir: Path, runs_dir: Path, out: Path, models: list[
         if picture is None:
             packed = np.load(dataset_dir / rec["files"]["raw"])
             rendered = np.clip(render(model, packed), 0, 1)
-            cv2.imwrite(str(out / "render.png"), np.round(rendered[..., ::-1] * 255).astype(np.uint8))
+            write_image(out / "render.png", np.round(rendered[..., ::-1] * 255).astype(np.uint8))
             gap = np.ones((target.shape[0], 8, 3))
             picture = np.concatenate([plain, gap, rendered, gap, target], axis=1)
-            cv2.imwrite(str(out / "before_after.png"), np.round(np.clip(picture, 0, 1)[..., ::-1] * 255).astype(np.uint8))
+            write_image(out / "before_after.png", np.round(np.clip(picture, 0, 1)[..., ::-1] * 255).astype(np.uint8))
             results["rendered_pair"] = rec["id"]
     results["phone_rendering"] = {k: float(np.mean([s[k] for s in plain_scores])) for k in ("psnr", "ssim")}
     return results
@@ -203,7 +204,7 @@ def write_report(out: Path, shots: list[dict], align: dict, learned: dict, secon
         "phone_rendering": learned["phone_rendering"],
         "seconds": round(seconds, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     lines = [
         "# isp-rig demo", "",
         "A virtual rig (libgphoto2's virtual camera as the Nikon, an emulated phone through the watched-folder "
@@ -237,7 +238,7 @@ def write_report(out: Path, shots: list[dict], align: dict, learned: dict, secon
     lines += ["", "## 4. Rendering", "",
               f"Test pair {learned.get('rendered_pair')}: the plain phone rendering, {list(learned['models'])[0]}, "
               "and the aligned DSLR target.", "", "![before and after](before_after.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))
     return summary
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from alignment import rawio
+from alignment.atomic import write_json
 from alignment.geometry import apply_homography
 
 # sRGB (D65) <-> CIE XYZ
@@ -944,9 +945,7 @@ def simulate_pairs(
     out_dir = Path(out_dir)
     settings = _settings(seed, sources, opt, cam)
     done = prepare_output(out_dir, settings, opt, force)
-    tmp = out_dir / f".{SIMULATION_JSON}.partial"
-    tmp.write_text(json.dumps(settings, indent=1))
-    tmp.replace(out_dir / SIMULATION_JSON)
+    write_json(out_dir / SIMULATION_JSON, settings)
     folders = []
     for i in tqdm(range(n), desc="simulate", unit="pair", disable=not progress):
         pair_id = f"pair_{i:04d}"

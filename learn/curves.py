@@ -9,6 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from alignment.atomic import write_image
+
 
 def _panel(img: np.ndarray, box: tuple[int, int, int, int], xs: list[float], ys: list[float], title: str,
            colour: tuple[int, int, int], log: bool = False) -> None:
@@ -49,8 +51,4 @@ def plot_curves(metrics_csv: Path | str, out_png: Path | str) -> Path:
     img = np.full((300, 800, 3), 255, np.uint8)
     _panel(img, (5, 5, 395, 295), steps, loss, "training loss", (200, 80, 30), log=True)
     _panel(img, (405, 5, 795, 295), vsteps, vpsnr, "validation PSNR (dB)", (30, 140, 30))
-    out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.name + ".tmp.png")
-    cv2.imwrite(str(tmp), img)
-    tmp.replace(out_png)
-    return out_png
+    return write_image(out_png, img)

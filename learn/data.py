@@ -119,15 +119,12 @@ def read_packed(path: Path | str) -> np.ndarray:
 
 
 def write_image(path: Path | str, rgb: np.ndarray, bits: int = 8) -> None:
-    """Write float RGB ``(H, W, 3)`` in [0, 1] as an 8- or 16-bit PNG, atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write float RGB ``(H, W, 3)`` in [0, 1] as an 8- or 16-bit PNG, atomically
+    (:func:`alignment.atomic.write_image`; :class:`alignment.atomic.WriteError` names the path)."""
+    from alignment.atomic import write_image as write_atomic_image
+
     peak, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
-    out = np.round(np.clip(rgb, 0, 1) * peak).astype(dtype)[..., ::-1]
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    if not cv2.imwrite(str(tmp), out):
-        raise DataError(path, "could not write image")
-    tmp.replace(path)
+    write_atomic_image(path, np.round(np.clip(rgb, 0, 1) * peak).astype(dtype)[..., ::-1])
 
 
 def write_pair(root: Path | str, pair_id: str, raw: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,

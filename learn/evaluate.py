@@ -10,7 +10,7 @@ to the valid mask.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alignment.atomic import write_json, write_text
 from learn.data import EvalTiles, PackedPairs, RgbFolderPairs, open_source
 from learn.infer import render_tensor
 from learn.metrics import load_lpips, psnr, ssim
@@ -97,12 +98,13 @@ def write_table(table: list[dict], out_dir: Path | str) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, cs = out_dir / "table.md", out_dir / "table.csv"
-    md.write_text(table_markdown(table))
-    with open(cs, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["phone", "method", "lpips", "psnr", "ssim", "n"])
-        w.writeheader()
-        for r in table:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in w.fieldnames})
+    write_text(md, table_markdown(table))
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=["phone", "method", "lpips", "psnr", "ssim", "n"])
+    w.writeheader()
+    for r in table:
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in w.fieldnames})
+    write_text(cs, text.getvalue())
     return md, cs
 
 
@@ -128,7 +130,7 @@ def evaluate_run(run: Path | str, data: Path | str | dict | None = None, lpips_w
     name = config["model"]["name"]
     table = summarise(rows, name)
     write_table(table, run / "eval")
-    (run / "eval" / "pairs.json").write_text(json.dumps(rows, indent=1))
+    write_json(run / "eval" / "pairs.json", rows)
     builtin = [r["builtin"] for r in rows if r["builtin"] is not None]
     return {
         "model": name, "params": count_parameters(model), "images": len(rows),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import learn.models as models
+from alignment.atomic import write_bytes, write_json, write_text
 from learn.config import ConfigError, defaults
 from learn.config import validate as validate_config
 from learn.curves import plot_curves
@@ -167,10 +169,7 @@ def load_model(run_or_ckpt: Path | str) -> tuple[torch.nn.Module, dict]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_bytes(path, lambda fh: torch.save(obj, fh))
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -203,12 +202,11 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 class _Stop:
@@ -322,7 +320,7 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
     rows: list[dict] = []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2))
+        write_json(out / "config.json", config, indent=2)
         rows = _read_metrics(metrics_path, start)
 
     def save(step: int) -> None:

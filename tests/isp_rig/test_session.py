@@ -177,40 +177,27 @@ FULL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir()
-    if os.geteuid() != 0:
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
 @pytest.mark.parametrize("how", ["rlimit_fsize", "tiny_tmpfs"])
-def test_full_disk_fails_the_shot_with_reason_and_keeps_earlier_files(tmp_path, how):
-    mount = tmp_path / "disk"
+def test_full_disk_fails_the_shot_with_reason_and_keeps_earlier_files(tmp_path, tiny_disk, how):
     if how == "tiny_tmpfs":
-        if not _mount_tmpfs(mount, "1m"):
-            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mount = tiny_disk("1m")
         limit = 0
     else:
+        mount = tmp_path / "disk"
         mount.mkdir()
         limit = 500_000
-    try:
-        root = mount / "s"
-        out = subprocess.run([sys.executable, "-c", FULL_SCRIPT, str(root), str(limit)],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        assert "STATUS failed" in out.stdout
-        assert ("EFBIG" in out.stdout) if how == "rlimit_fsize" else ("disk full" in out.stdout)
-        records = read_manifest(root / MANIFEST).records
-        assert [r.status for r in records] == ["ok", "failed"]
-        assert [f.name for f in records[1].files] == ["ok.dng"]
-        assert records[1].missing[0]["name"] == "big.nef"
-        report = check_session(root)
-        assert report.ok and report.files_ok == 2 and report.unlisted == []
-    finally:
-        if how == "tiny_tmpfs":
-            subprocess.run(["umount", str(mount)], check=False)
+    root = mount / "s"
+    out = subprocess.run([sys.executable, "-c", FULL_SCRIPT, str(root), str(limit)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "STATUS failed" in out.stdout
+    assert ("EFBIG" in out.stdout) if how == "rlimit_fsize" else ("disk full" in out.stdout)
+    records = read_manifest(root / MANIFEST).records
+    assert [r.status for r in records] == ["ok", "failed"]
+    assert [f.name for f in records[1].files] == ["ok.dng"]
+    assert records[1].missing[0]["name"] == "big.nef"
+    report = check_session(root)
+    assert report.ok and report.files_ok == 2 and report.unlisted == []
 
 
 def test_check_reports_missing_corrupt_and_unlisted_files(tmp_path):

@@ -1,0 +1,119 @@
+"""Atomic, checked file writes: the one helper every writer of the alignment and
+learning stages (and the simulator and demo) uses.
+
+A file is written under a temporary name in its own folder (``.<name>.<pid>.tmp``),
+flushed and fsync'ed, then renamed over its final name, and the folder is
+fsync'ed: a reader sees the old file or the whole new one, never a part, and a
+process killed mid-write leaves at most a hidden temporary file.  Every failure
+(a full disk, a refused permission, an image the encoder cannot write) removes the
+temporary file and raises :class:`WriteError`, whose message names the path and
+the reason ("disk full" for ENOSPC / EDQUOT).
+
+The capture session (``isp_rig.session.write_atomic``) keeps its own stricter
+writer: it never replaces a file, and the capture code imports neither stage.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+
+class WriteError(Exception):
+    """A file could not be written; ``str(err)`` is ``"<path>: <reason>"``."""
+
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _reason(err: OSError) -> str:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    return err.strerror or str(err)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a platform or file system without directory handles
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], Any]) -> Path:
+    """Write ``data`` (bytes, or a function that writes into a binary file object) to
+    ``path`` atomically, creating its folder; returns the path.
+
+    Raises :class:`WriteError` naming ``path`` (the temporary file is removed)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, _reason(err)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    """UTF-8 text, atomically (see :func:`write_bytes`)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path | str, obj: Any, indent: int | None = 1) -> Path:
+    """Strict JSON (no NaN: raises ``ValueError``), atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def write_image(path: Path | str, img: np.ndarray) -> Path:
+    """An image in the format its suffix names (OpenCV: BGR channel order, uint8 or
+    uint16), encoded in memory and checked, then written atomically."""
+    import cv2
+
+    path = Path(path)
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", img)
+    except cv2.error as err:
+        raise WriteError(path, f"cannot encode the image ({err.msg.strip() if hasattr(err, 'msg') else err})") from None
+    if not ok or buf is None or buf.size == 0:
+        raise WriteError(path, "cannot encode the image")
+    return write_bytes(path, buf.tobytes())
+
+
+def write_npy(path: Path | str, array: np.ndarray) -> Path:
+    """A ``.npy`` array, atomically."""
+    return write_bytes(path, lambda fh: np.save(fh, array))
+
+
+def write_figure(path: Path | str, figure: Any, **savefig: Any) -> Path:
+    """A matplotlib figure, rendered in memory then written atomically."""
+    path = Path(path)
+    buf = io.BytesIO()
+    figure.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig)
+    return write_bytes(path, buf.getvalue())
