@@ -20,6 +20,7 @@ import csv
 import hashlib
 import datetime as _dt
 import json
+import logging
 import multiprocessing
 import os
 import threading
@@ -43,6 +44,7 @@ from alignment.atomic import write_json
 from alignment.dataset import DatasetError, DatasetMeta, DatasetWriter, warp_to_phone_grid, write_pair_files
 from alignment.scoring import load_truth_map, trust_scores, truth_error
 
+log = logging.getLogger(__name__)
 PHONE_RAW_EXTENSIONS = rawio.RAW_EXTENSIONS - {".nef", ".nrw", ".cr2", ".cr3", ".arw"}
 
 
@@ -598,6 +600,7 @@ def run_batch(
                            "(a dataset is resumed only with its own pairs)")
     todo = [j for j in jobs if not writer.done(j.pair_id)]
     skipped = len(jobs) - len(todo)
+    log.info("%s: %d pair(s) to align, %d already done", writer.root, len(todo), skipped)
     own_pool = executor is None and len(todo) > 0
     if own_pool:
         # forkserver, not fork: LibRaw's OpenMP runtime can deadlock in a forked child.

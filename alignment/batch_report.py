@@ -20,51 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alignment import rawio, trust
+from alignment import charts, rawio, trust
 from alignment.atomic import write_image, write_text
 from alignment.dataset import latest_records
-
-BAR_COLOUR = (180, 110, 40)  # BGR
-TRUTH_COLOUR = (60, 160, 60)
-
-
-def histogram_png(path: Path, series: dict[str, list[float]], xlabel: str, bins: int = 30,
-                  size: tuple[int, int] = (720, 360)) -> None:
-    """Draw histograms of one or more named series on a shared axis as a PNG."""
-    w, h = size
-    left, right, top, bottom = 60, 20, 40, 50
-    img = np.full((h, w, 3), 255, np.uint8)
-    values = [v for vs in series.values() for v in vs if np.isfinite(v)]
-    if not values:
-        cv2.putText(img, "no values", (w // 3, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 1, cv2.LINE_AA)
-        write_image(path, img)
-        return
-    hi = max(values) * 1.05 if max(values) > 0 else 1.0
-    edges = np.linspace(0.0, hi, bins + 1)
-    counts = {name: np.histogram(np.asarray(vs, float), edges)[0] for name, vs in series.items()}
-    peak = max(int(c.max()) for c in counts.values()) or 1
-    plot_w, plot_h = w - left - right, h - top - bottom
-    colours = [BAR_COLOUR, TRUTH_COLOUR, (40, 40, 200)]
-    n = len(counts)
-    for k, (name, c) in enumerate(counts.items()):
-        for i, count in enumerate(c):
-            x0 = left + int(plot_w * i / bins) + int(k * plot_w / bins / n)
-            x1 = x0 + max(1, int(plot_w / bins / n) - 1)
-            y0 = top + plot_h - int(plot_h * count / peak)
-            cv2.rectangle(img, (x0, y0), (x1, top + plot_h), colours[k % 3], -1)
-        cv2.putText(img, f"{name} (n={len(series[name])})", (left + 10 + 330 * k, top - 12),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1, cv2.LINE_AA)
-    cv2.line(img, (left, top + plot_h), (left + plot_w, top + plot_h), (0, 0, 0), 1)
-    cv2.line(img, (left, top), (left, top + plot_h), (0, 0, 0), 1)
-    for t in np.linspace(0, hi, 6):
-        x = left + int(plot_w * t / hi)
-        cv2.line(img, (x, top + plot_h), (x, top + plot_h + 4), (0, 0, 0), 1)
-        cv2.putText(img, f"{t:.3g}", (x - 15, top + plot_h + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    cv2.putText(img, str(peak), (8, top + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, xlabel, (left + plot_w // 3, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    write_image(path, img)
-
 
 def _phone_render(planes: np.ndarray) -> np.ndarray:
     """A quick sRGB look at packed planes (no white balance): (2h, 2w, 3) in [0, 1]."""
@@ -133,7 +91,7 @@ def write_batch_report(dataset: Path | str, pictures: int = 24) -> Path:
     truth = [r["truth_error_px"]["median"] for r in kept if "truth_error_px" in r]
     if truth:
         series["error vs ground truth (DSLR px)"] = [float(v) for v in truth]
-    histogram_png(report / "residuals.png", series, "pixels")
+    charts.histogram(report / "residuals.png", series, "pixels")
     kept.sort(key=lambda r: -((r.get("quality") or {}).get("residual_median_px") or 0.0))
     for r in kept[:pictures]:
         if "target" in r.get("files", {}):

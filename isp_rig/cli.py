@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
+import os
 
 import click
+
+#: the packages whose loggers ``-v`` / ``-q`` set
+LOGGERS = ("isp_rig", "alignment", "learn")
 
 #: exit statuses (docs/cli.md): 0 ok, 1 the work failed, 2 a usage error, 3 a rejected pair
 EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 1, 2, 3
@@ -90,12 +95,35 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="isp-rig")
+@click.option("-v", "--verbose", count=True, help="More progress text (-v: details, -vv: debugging).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and results: no progress text or bars.")
 @click.option("--debug", is_flag=True, help="Show the Python traceback of an error instead of one line.")
 @click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """isp-rig: capture phone-raw / DSLR pairs, align them to a fraction of a
     pixel, and learn a phone ISP from them."""
     ctx.meta["isp_rig.debug"] = debug
+    configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO,
+                      detailed=verbose > 0)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads it: no progress bars
+
+
+def configure_logging(level: int, detailed: bool = False) -> None:
+    """Send the stages' log records (loggers :data:`LOGGERS`) to stderr at ``level``:
+    the message alone, or with level and logger name when ``detailed``.  Replaces the
+    handler an earlier call installed (the tests run many commands in one process)."""
+    fmt = "%(levelname)s %(name)s: %(message)s" if detailed else "%(message)s"
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "isp_rig", False)]:
+            logger.removeHandler(handler)
+        handler = logging.StreamHandler(click.get_text_stream("stderr"))
+        handler.isp_rig = True
+        handler.setFormatter(logging.Formatter(fmt))
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ import click
 import cv2
 import numpy as np
 
+from alignment import charts
 from alignment.atomic import write_image, write_json, write_text
 
 TEST_FRACTION = 0.25
@@ -48,24 +49,6 @@ def demo_scene_names(n: int) -> list[str]:
             tests += is_test
             trains += not is_test
     return names
-
-
-def _bar_chart(path: Path, labels: list[str], values_ms: list[float], title: str) -> None:
-    """A small bar chart PNG (one bar per shot)."""
-    w, h, left, bottom, top = max(360, 28 * len(values_ms) + 80), 300, 60, 60, 40
-    img = np.full((h, w, 3), 255, np.uint8)
-    peak = max(max(values_ms, default=0.0), 1e-3)
-    plot_h, step = h - top - bottom, (w - left - 20) / max(1, len(values_ms))
-    for i, (label, v) in enumerate(zip(labels, values_ms)):
-        x0 = int(left + i * step + 3)
-        y0 = top + plot_h - int(plot_h * v / peak)
-        cv2.rectangle(img, (x0, y0), (int(x0 + step - 6), top + plot_h), (180, 110, 40), -1)
-        cv2.putText(img, label, (x0, top + plot_h + 14 + 12 * (i % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    cv2.line(img, (left, top + plot_h), (w - 20, top + plot_h), (0, 0, 0), 1)
-    cv2.putText(img, f"{peak:.2f} ms", (4, top + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    write_image(path, img)
 
 
 def capture_scenes(session_dir: Path, scenes: list[str], shots: int) -> list[dict]:
@@ -189,8 +172,8 @@ def learn_and_render(dataset_dir: Path, runs_dir: Path, out: Path, models: list[
 def write_report(out: Path, shots: list[dict], align: dict, learned: dict, seconds: float) -> dict:
     """``report.md`` and ``summary.json`` in ``out``; returns the summary."""
     skews = [s["skew_ms"] for s in shots if s["skew_ms"] is not None]
-    _bar_chart(out / "skew.png", [s["shot"][-3:] for s in shots], [s["skew_ms"] or 0.0 for s in shots],
-               "trigger skew per shot (ms)")
+    charts.bars(out / "skew.png", [s["shot"][-3:] for s in shots], [s["skew_ms"] or 0.0 for s in shots],
+                "ms", "trigger skew per shot")
     truth = align.get("truth_error_px") or {}
     summary = {
         "skew_ms": {"per_shot": {s["shot"]: s["skew_ms"] for s in shots},

@@ -26,6 +26,7 @@ import copy
 import csv
 import io
 import json
+import logging
 import math
 import os
 import signal
@@ -49,6 +50,7 @@ from learn.metrics import psnr, ssim
 
 DEFAULTS: dict[str, Any] = defaults()
 METRIC_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_psnr", "val_ssim"]
+log = logging.getLogger(__name__)
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -271,7 +273,7 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
         config = resume["config"]
         config["optim"]["steps"] = max(steps, int(config["optim"]["steps"]))
         if rank == 0:
-            tqdm.write(f"resuming {out} from step {int(resume['step'])} of {config['optim']['steps']}")
+            log.info("resuming %s from step %d of %d", out, int(resume["step"]), config["optim"]["steps"])
     tc, dc, oc = config["train"], config["data"], config["optim"]
     if tc.get("threads"):
         torch.set_num_threads(int(tc["threads"]))
@@ -383,7 +385,7 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
             if stopped or step % int(tc["ckpt_every"]) == 0 or step == end:
                 save(step)
             if stopped:
-                bar.write(f"interrupted: checkpoint saved at step {step}; run the same command again to resume")
+                log.warning("interrupted: checkpoint saved at step %d; run the same command again to resume", step)
                 break
     bar.close()
     if step == start and rank == 0 and not last.is_file():

@@ -75,3 +75,25 @@ def test_every_stage_marks_its_user_errors(module, name):
     import importlib
 
     assert getattr(importlib.import_module(module), name).exit_status == 1
+
+
+@pytest.mark.parametrize("flags, shown, hidden", [
+    ([], ["pairs to align"], ["detail", "INFO"]),
+    (["-q"], [], ["pairs to align", "detail"]),
+    (["-vv"], ["INFO alignment.batch: pairs to align", "DEBUG alignment.batch: detail"], []),
+])
+def test_verbose_and_quiet_set_the_stages_progress_text(monkeypatch, flags, shown, hidden):
+    import logging
+
+    @click.command()
+    def talk() -> None:
+        log = logging.getLogger("alignment.batch")
+        log.info("pairs to align")
+        log.debug("detail")
+        click.echo("result")
+
+    monkeypatch.setattr(cli.LazyGroup, "_load", staticmethod(lambda name: talk if name == "talk" else None))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    res = CliRunner().invoke(cli.main, [*flags, "talk"])
+    assert res.exit_code == 0 and "result" in res.output
+    assert all(s in res.output for s in shown) and not any(h in res.output for h in hidden), res.output

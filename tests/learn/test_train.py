@@ -144,3 +144,25 @@ def test_rgb_input_data_builds_the_rgb_variant_of_the_model(tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     stored = load_checkpoint(tmp_path / "run")["config"]["model"]["kwargs"]
     assert stored["in_channels"] == 3 and stored["upscale"] == 1
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_passes_the_checks_and_builds_its_model(path):
+    from learn.models import available
+    from learn.train import build_model
+
+    cfg = load_config(path)
+    assert cfg["model"]["name"] == path.stem and path.stem in available()
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 4, 32, 32))
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_one_config_ships_per_model():
+    from learn.models import available
+
+    assert [p.stem for p in CONFIGS] == available()
