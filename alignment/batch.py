@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
-import hashlib
 import datetime as _dt
+import hashlib
 import json
 import logging
 import multiprocessing

@@ -11,6 +11,7 @@ import errno
 import importlib
 import logging
 import os
+import sys
 
 import click
 
@@ -118,7 +119,7 @@ def configure_logging(level: int, detailed: bool = False) -> None:
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if getattr(h, "isp_rig", False)]:
             logger.removeHandler(handler)
-        handler = logging.StreamHandler(click.get_text_stream("stderr"))
+        handler = logging.StreamHandler(sys.stderr)  # bound now: CliRunner swaps sys.stderr per command
         handler.isp_rig = True
         handler.setFormatter(logging.Formatter(fmt))
         logger.addHandler(handler)

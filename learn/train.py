@@ -264,7 +264,7 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
         raise ConfigError(f"{out}: exists and is not a folder")
     resume = load_checkpoint(last) if last.is_file() else None
     if resume is not None:
-        changed = config_differences(resume["config"], config)
+        changed = config_differences(merge(DEFAULTS, resume["config"]), config)  # a run from before a new key
         if changed:
             raise ConfigError(f"{out} holds a run with other settings ({'; '.join(changed[:4])}): resume it with "
                               f"the settings it was started with (only the steps may be raised), or give another "

@@ -166,3 +166,14 @@ def test_one_config_ships_per_model():
     from learn.models import available
 
     assert [p.stem for p in CONFIGS] == available()
+
+
+def test_a_run_saved_before_a_config_key_existed_still_resumes(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_dataset, steps=2), run, progress=False)
+    ck_path = run / "checkpoints" / "last.pt"
+    ck = torch.load(ck_path, weights_only=False)
+    for key in ("exclude", "drop_identical", "test_every", "input_dir", "target_dir"):
+        ck["config"]["data"].pop(key)  # the data keys an older isp-rig did not write
+    torch.save(ck, ck_path)
+    assert train(tiny_config(tiny_dataset, steps=4), run, progress=False)["step"] == 4
