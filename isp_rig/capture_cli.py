@@ -200,17 +200,19 @@ def calibrate_latency(rig_arg: str, shots: int, scene: str, write: bool) -> None
         click.echo(f"{name}: latency {est['median_s'] * 1e3:.1f} ms ± {est['mad_s'] * 1e3:.1f} ms "
                    f"(median ± MAD of {est['n']}, {how})")
     if write and rig_arg != VIRTUAL and latencies:
+        import tomlkit  # edits the user's file in place: comments, order and layout are kept
+
         path = Path(rig_arg)
-        doc = tomllib.loads(path.read_text("utf-8"))
+        doc = tomlkit.parse(path.read_text("utf-8"))
         for entry in doc.get("device", []):
             if entry.get("name") in latencies:
                 entry["latency_s"] = latencies[entry["name"]]
         stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         write_atomic(path.with_name(f"{path.name}.{stamp}.bak"), path.read_bytes())
         tmp = path.with_name(f".{path.name}.new")
-        tmp.write_text(tomlw.dumps(doc), "utf-8")
+        tmp.write_text(tomlkit.dumps(doc), "utf-8")
         os.replace(tmp, path)
-        click.echo(f"wrote latency_s into {path} (previous version kept beside it as .bak)")
+        click.echo(f"wrote latency_s into {path} (comments kept; previous version kept beside it as .bak)")
 
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -133,13 +133,17 @@ def test_calibrate_latency_on_the_virtual_rig(tmp_path, monkeypatch, vcamera_dir
     assert "dslr: latency" in result.output and "trigger call duration" in result.output
 
 
-def test_calibrate_latency_writes_the_rig_file_and_keeps_the_old_one(tmp_path, vcamera_dir):
+def test_calibrate_latency_writes_the_rig_file_keeping_comments_and_the_old_one(tmp_path, vcamera_dir):
     rig = _rig_file(tmp_path, {})
+    rig.write_text("# bench rig, left of the window\n" + rig.read_text().replace(
+        'name = "phone"', 'name = "phone"  # the test phone'))
     before = rig.read_text()
     result = _run("calibrate-latency", "--rig", str(rig), "--shots", "2")
     assert result.exit_code == 0, result.output
-    devices = tomllib.loads(rig.read_text())["device"]
+    text = rig.read_text()
+    devices = tomllib.loads(text)["device"]
     assert all("latency_s" in d for d in devices)
+    assert text.startswith("# bench rig, left of the window\n") and 'name = "phone"  # the test phone' in text
     backups = list(tmp_path.glob("rig.toml.*.bak"))
     assert len(backups) == 1 and backups[0].read_text() == before
 
