@@ -111,7 +111,7 @@ def test_writer_refuses_other_alignment_options_and_a_folder_of_other_files(tmp_
 
 
 def test_learning_stage_reads_the_pairs_the_alignment_stage_writes(tmp_path):
-    learn_data = pytest.importorskip("learn.data")
+    import learn.data as learn_data
     planes, target, valid, files = _write_one(tmp_path)
     writer = DatasetWriter(tmp_path, DatasetMeta(phone_profile="sim"))
     writer.append({"id": "p1", "scene": "s1", "split": "train", "status": "ok", "files": files})
