@@ -405,8 +405,10 @@ def _repair_torn_tail(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def read_records(root: Path | str) -> list[dict[str, Any]]:
-    """All records of ``pairs.jsonl`` in order (a torn last line from a kill is ignored)."""
+def numbered_records(root: Path | str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every record of ``pairs.jsonl`` in order: the one reader
+    of the file (a torn last line from a kill is ignored; any other bad line raises
+    :class:`DatasetError` naming the line)."""
     path = Path(root) / PAIRS_JSONL
     if not path.exists():
         return []
@@ -416,12 +418,36 @@ def read_records(root: Path | str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
             if n == len(lines):  # the last line, torn by a kill: the pair is simply redone
                 continue
-            raise DatasetError(path, f"line {n} is not valid JSON") from None
+            raise DatasetError(path, f"line {n} is not valid JSON ({err})") from None
+        if not isinstance(rec, dict):
+            raise DatasetError(path, f"line {n} is not a record (a JSON object)")
+        out.append((n, rec))
     return out
+
+
+def read_records(root: Path | str) -> list[dict[str, Any]]:
+    """All records of ``pairs.jsonl`` in order (see :func:`numbered_records`)."""
+    return [rec for _, rec in numbered_records(root)]
+
+
+def read_meta(root: Path | str) -> dict[str, Any]:
+    """``dataset.json`` of a dataset folder ({} when absent), checked: valid JSON, a
+    ``format_version`` this reader knows (at most :data:`FORMAT_VERSION`)."""
+    path = Path(root) / DATASET_JSON
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(path, f"invalid JSON ({err})") from None
+    version = meta.get("format_version", FORMAT_VERSION) if isinstance(meta, dict) else None
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DatasetError(path, f"format_version {version!r} is newer than this reader ({FORMAT_VERSION})")
+    return meta
 
 
 def latest_records(root: Path | str) -> dict[str, dict[str, Any]]:

@@ -313,7 +313,7 @@ def load_rig(path: str | Path) -> RigSpec:
     """Read a rig TOML file: ``[rig]`` options and ``[[device]]`` entries.
 
     Raises RigError naming the file for unreadable TOML, unknown ``[rig]``
-    keys or no devices; device entries raise DeviceConfigurationError.
+    keys or no devices; device entries raise DeviceConfigError.
     """
     from isp_rig.devices import resolve_entry
 

@@ -23,7 +23,6 @@ distributed run draws exactly the crops an uninterrupted run would.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-FORMAT_VERSION = 1
+from alignment.dataset import PAIRS_JSONL, DatasetError, numbered_records, read_meta
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -183,30 +183,15 @@ class DatasetFolder:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        meta_path, pairs_path = self.root / "dataset.json", self.root / "pairs.jsonl"
+        pairs_path = self.root / PAIRS_JSONL
         if not pairs_path.is_file():
             raise DataError(pairs_path, "missing: not a dataset folder")
-        self.meta: dict = {}
-        if meta_path.is_file():
-            try:
-                self.meta = json.loads(meta_path.read_text())
-            except json.JSONDecodeError as err:
-                raise DataError(meta_path, f"invalid JSON ({err})") from None
-            version = self.meta.get("format_version", FORMAT_VERSION)
-            if int(version) > FORMAT_VERSION:
-                raise DataError(meta_path, f"format_version {version} is newer than this reader ({FORMAT_VERSION})")
-        latest: dict[str, tuple[int, dict]] = {}
-        lines = pairs_path.read_text().split("\n")
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                if n == len(lines):  # torn last line: that pair was never completed
-                    continue
-                raise DataError(pairs_path, f"line {n}: invalid JSON ({err})") from None
-            latest[str(rec.get("id", n))] = (n, rec)
+        try:  # the alignment stage owns the format: its readers, its errors named as ours
+            self.meta: dict = read_meta(self.root)
+            numbered = numbered_records(self.root)
+        except DatasetError as err:
+            raise DataError(err.path, err.reason) from None
+        latest: dict[str, tuple[int, dict]] = {str(rec.get("id", n)): (n, rec) for n, rec in numbered}
         self.records: list[PairRecord] = []
         self.skipped: list[tuple[str, str]] = []
         for pid, (n, rec) in latest.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from isp_rig.devices.base import Device, DeviceError
+from isp_rig.devices.base import Device, DeviceConfigError
 from isp_rig.profiles import load_profile
 
 ADAPTERS = ("gphoto", "folder", "adb", "companion")
@@ -26,30 +26,26 @@ _COMPANION = {"url", "request_timeout_s", "poll_s", "clock_samples", "model"}
 _OPTIONS = {"gphoto": _GPHOTO, "folder": _FOLDER, "adb": _ADB, "companion": _COMPANION}
 
 
-class DeviceConfigurationError(DeviceError):
-    """A rig file's device entry that cannot become a device (names the device and the reason)."""
-
-
 def resolve_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The entry merged over its profile's adapter section: every option spelled out.
 
     Returns a dict with ``name``, ``kind`` ('dslr' | 'phone', from the profile;
     downstream stages read it from session.toml), ``adapter``, ``profile``, ``settings``,
-    ``latency_s`` and the adapter's options. Raises DeviceConfigurationError
+    ``latency_s`` and the adapter's options. Raises DeviceConfigError
     for a missing name, an unknown adapter or an unknown option.
     """
     name = entry.get("name")
     if not name or not isinstance(name, str):
-        raise DeviceConfigurationError(str(name), "every [[device]] needs a name")
+        raise DeviceConfigError(str(name), "every [[device]] needs a name")
     profile = load_profile(entry["profile"]) if entry.get("profile") else {}
     head = profile.get("profile", {})
     adapter = entry.get("adapter") or head.get("adapter")
     if adapter not in ADAPTERS:
-        raise DeviceConfigurationError(name, f"unknown adapter {adapter!r}; available: {', '.join(ADAPTERS)}")
+        raise DeviceConfigError(name, f"unknown adapter {adapter!r}; available: {', '.join(ADAPTERS)}")
     allowed = _COMMON | _OPTIONS[adapter]
     unknown = sorted(set(entry) - allowed)
     if unknown:
-        raise DeviceConfigurationError(name, f"unknown option(s) {unknown} for adapter {adapter!r}; "
+        raise DeviceConfigError(name, f"unknown option(s) {unknown} for adapter {adapter!r}; "
                                              f"valid: {sorted(allowed)}")
     options = dict(profile.get(adapter, {}))
     if adapter in ("folder", "adb", "companion"):
@@ -79,11 +75,11 @@ def build_device(resolved: Mapping[str, Any]) -> Device:
         from isp_rig.devices.companion import CompanionPhone
 
         if "url" not in options:
-            raise DeviceConfigurationError(name, "a companion device needs `url = \"http://phone:8765\"`")
+            raise DeviceConfigError(name, "a companion device needs `url = \"http://phone:8765\"`")
         return CompanionPhone(name, options.pop("url"), **options)
     from isp_rig.devices.folder import WatchedFolder
 
     if "folder" not in options:
-        raise DeviceConfigurationError(name, "a folder device needs `folder = \"/path/the/phone/writes/to\"`")
+        raise DeviceConfigError(name, "a folder device needs `folder = \"/path/the/phone/writes/to\"`")
     folder = options.pop("folder")
     return WatchedFolder(name, folder, **options)

@@ -6,7 +6,7 @@ import pytest
 
 from isp_rig.devices.folder import WatchedFolder
 from isp_rig.devices.virtual import virtual_devices
-from isp_rig.devices import DeviceConfigurationError, build_device, resolve_entry
+from isp_rig.devices import DeviceConfigError, build_device, resolve_entry
 from isp_rig.profiles import ProfileError
 from isp_rig.rig import Rig, RigError, load_rig
 from isp_rig.session import Session, check_session
@@ -131,10 +131,10 @@ def test_rig_file_merges_entries_over_profiles(tmp_path):
 
 
 @pytest.mark.parametrize("entry, error, match", [
-    ('name = "x"\nprofile = "nikon_z6"\nshutter = "1/125"', DeviceConfigurationError, r"unknown option\(s\) \['shutter'\]"),
-    ('name = "x"\nadapter = "bluetooth"', DeviceConfigurationError, "unknown adapter 'bluetooth'"),
+    ('name = "x"\nprofile = "nikon_z6"\nshutter = "1/125"', DeviceConfigError, r"unknown option\(s\) \['shutter'\]"),
+    ('name = "x"\nadapter = "bluetooth"', DeviceConfigError, "unknown adapter 'bluetooth'"),
     ('name = "x"\nprofile = "no_such_phone"', ProfileError, "no such profile"),
-    ('profile = "iphone_6s"', DeviceConfigurationError, "needs a name"),
+    ('profile = "iphone_6s"', DeviceConfigError, "needs a name"),
 ])
 def test_bad_rig_file_entries_name_the_problem(tmp_path, entry, error, match):
     path = tmp_path / "rig.toml"
@@ -155,5 +155,5 @@ def test_bad_rig_file_is_refused_with_the_file_named(tmp_path, text, match):
 @pytest.mark.parametrize("entry, match", [({"name": "p", "adapter": "folder"}, "needs `folder"),
                                           ({"name": "p", "adapter": "companion"}, "needs `url")])
 def test_device_without_its_address_is_refused(entry, match):
-    with pytest.raises(DeviceConfigurationError, match=match):
+    with pytest.raises(DeviceConfigError, match=match):
         build_device(resolve_entry(entry))
