@@ -31,6 +31,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,138 @@ class _Stop:
             signal.signal(sig, old)
 
 
+@dataclass
+class _Process:
+    """Where this process trains: DDP world size and ranks, and its device."""
+
+    world: int
+    rank: int
+    local_rank: int
+    device: torch.device
+
+
+def _start_process() -> _Process:
+    """Join the DDP group when run under torchrun (gloo on CPU, nccl on GPU) and pick the device."""
+    world, rank, local_rank = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return _Process(world, rank, local_rank, device)
+
+
+def _open_run(config: dict, out: Path, rank: int) -> tuple[dict, dict | None]:
+    """Check the config and the run folder; returns (the config to train with, the
+    checkpoint to resume or None).  A resume keeps the stored config (only the steps
+    may be raised); other settings, or a folder of other files, raise ConfigError."""
+    config = validate_config(config)
+    last = out / "checkpoints" / "last.pt"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not last.is_file() and not (out / "config.json").is_file():
+        raise ConfigError(f"{out}: not empty and not a training run; give a new or empty folder")
+    if not last.is_file():
+        return config, None
+    resume = load_checkpoint(last)
+    changed = config_differences(merge(DEFAULTS, resume["config"]), config)  # a run from before a new key
+    if changed:
+        raise ConfigError(f"{out} holds a run with other settings ({'; '.join(changed[:4])}): resume it with "
+                          f"the settings it was started with (only the steps may be raised), or give another folder")
+    steps = int(config["optim"]["steps"])
+    config = resume["config"]
+    config["optim"]["steps"] = max(steps, int(config["optim"]["steps"]))
+    if rank == 0:
+        log.info("resuming %s from step %d of %d", out, int(resume["step"]), config["optim"]["steps"])
+    return config, resume
+
+
+@dataclass
+class _State:
+    """What a training step changes, and what it needs to run."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, wrapped by DDP when there is more than one process
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+    memory_format: torch.memory_format
+    step: int = 0
+    elapsed: float = 0.0
+
+
+def _build_state(config: dict, proc: _Process, resume: dict | None, init_from: Path | str | None) -> _State:
+    """Model (seeded), optimiser and AMP scaler; from the checkpoint when resuming, from
+    ``init_from``'s weights when fine-tuning."""
+    tc, oc = config["train"], config["optim"]
+    torch.manual_seed(int(tc["seed"]))
+    memory_format = torch.channels_last if tc.get("channels_last", True) else torch.contiguous_format
+    model = build_model(config).to(proc.device).to(memory_format=memory_format)  # NHWC: faster CPU convolutions
+    if resume is None and init_from is not None:
+        model.load_state_dict(load_checkpoint(init_from)["model"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"]))
+    use_amp = bool(tc.get("amp", True)) and proc.device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    state = _State(model, model, optimizer, scaler, use_amp, amp_dtype, memory_format)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        state.step, state.elapsed = int(resume["step"]), float(resume["elapsed_s"])
+    if proc.world > 1:
+        state.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None)
+    return state
+
+
+def _train_loader(config: dict, source, proc: _Process, start: int, end: int) -> DataLoader:
+    """Steps ``start`` .. ``end`` of the crop stream: each rank takes its share of every
+    global batch; crops are a pure function of (seed, sample index), so a resumed run
+    sees the same crops."""
+    dc = config["data"]
+    total_batch = int(dc["batch_size"])
+    if total_batch % proc.world:
+        raise ConfigError(f"data.batch_size {total_batch} does not divide by the {proc.world} processes")
+    per_rank = total_batch // proc.world
+    crops = RandomCrops(source, crop=int(dc["crop"]), seed=int(config["train"]["seed"]),
+                        augment=bool(dc.get("augment", True)), min_valid=float(dc.get("min_valid", 0.5)))
+    batches = [[s * total_batch + proc.rank * per_rank + k for k in range(per_rank)] for s in range(start, end)]
+    return DataLoader(crops, batch_sampler=batches, num_workers=int(dc.get("workers", 0)),
+                      persistent_workers=False, pin_memory=proc.device.type == "cuda")
+
+
+def _optimise(state: _State, batch: dict, loss_fn, optim: dict, device: torch.device) -> tuple[float, float]:
+    """One optimiser step on ``batch``; returns (loss, learning rate)."""
+    x, y, m = (batch[k].to(device, non_blocking=True) for k in ("input", "target", "mask"))
+    x = x.contiguous(memory_format=state.memory_format)
+    lr = learning_rate(optim, state.step)
+    for g in state.optimizer.param_groups:
+        g["lr"] = lr
+    with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.use_amp):
+        pred = state.net(x)
+    loss = loss_fn(pred.float(), y, m)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if float(optim.get("grad_clip", 0)) > 0:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), float(optim["grad_clip"]))
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.step += 1
+    return float(loss.detach()), lr
+
+
+def _stop_requested(stop: "_Stop", world: int) -> bool:
+    """Whether any process was asked to stop (SIGTERM / Ctrl-C), agreed across DDP ranks."""
+    flag = torch.tensor([1.0 if stop.requested else 0.0])
+    if world > 1:
+        dist.all_reduce(flag)
+    return flag.item() > 0
+
+
 def train(config: dict, out: Path | str, init_from: Path | str | None = None, progress: bool = True,
           stop_at: int | None = None) -> dict:
     """Train (or resume) the run in folder ``out`` and return a summary dict.
@@ -248,150 +381,74 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
 
     Returns ``{"step", "elapsed_s", "loss", "val_psnr", "val_ssim", "params", "stopped"}``.
     """
-    out = Path(out)
-    world, rank, local_rank = _dist_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
-    config = validate_config(config)
-    last = out / "checkpoints" / "last.pt"
-    if out.is_dir() and any(out.iterdir()) and not last.is_file() and not (out / "config.json").is_file():
-        raise ConfigError(f"{out}: not empty and not a training run; give a new or empty folder")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
-    resume = load_checkpoint(last) if last.is_file() else None
-    if resume is not None:
-        changed = config_differences(merge(DEFAULTS, resume["config"]), config)  # a run from before a new key
-        if changed:
-            raise ConfigError(f"{out} holds a run with other settings ({'; '.join(changed[:4])}): resume it with "
-                              f"the settings it was started with (only the steps may be raised), or give another "
-                              f"folder")
-        steps = int(config["optim"]["steps"])
-        config = resume["config"]
-        config["optim"]["steps"] = max(steps, int(config["optim"]["steps"]))
-        if rank == 0:
-            log.info("resuming %s from step %d of %d", out, int(resume["step"]), config["optim"]["steps"])
+    out, proc = Path(out), _start_process()
+    config, resume = _open_run(config, out, proc.rank)
     tc, dc, oc = config["train"], config["data"], config["optim"]
     if tc.get("threads"):
         torch.set_num_threads(int(tc["threads"]))
-    seed = int(tc["seed"])
-    total_batch = int(dc["batch_size"])
-    if total_batch % world:
-        raise ConfigError(f"data.batch_size {total_batch} does not divide by the {world} processes")
-    per_rank = total_batch // world
-
     train_src = open_source(dc, "train")
     kwargs = config["model"].setdefault("kwargs", {})
     if not getattr(train_src, "bayer", True) and "in_channels" not in kwargs:
         kwargs.update(in_channels=3, upscale=1)  # RGB inputs (a phone's JPEG): the RGB variant of the model
-
-    torch.manual_seed(seed)
-    model = build_model(config).to(device)
-    memory_format = torch.channels_last if tc.get("channels_last", True) else torch.contiguous_format
-    model = model.to(memory_format=memory_format)  # NHWC: several times faster CPU convolutions
-    if resume is None and init_from is not None:
-        model.load_state_dict(load_checkpoint(init_from)["model"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"]))
-    use_amp = bool(tc.get("amp", True)) and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    start, elapsed = 0, 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        start, elapsed = int(resume["step"]), float(resume["elapsed_s"])
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) \
-        if world > 1 else model
-    loss_fn = build_loss(config["loss"])
-
-    crops = RandomCrops(train_src, crop=int(dc["crop"]), seed=seed, augment=bool(dc.get("augment", True)),
-                        min_valid=float(dc.get("min_valid", 0.5)))
-    total = int(oc["steps"])
+    state = _build_state(config, proc, resume, init_from)
+    start, total = state.step, int(oc["steps"])
     end = min(total, stop_at) if stop_at is not None else total
-    batches = [[s * total_batch + rank * per_rank + k for k in range(per_rank)] for s in range(start, end)]
-    loader = DataLoader(crops, batch_sampler=batches, num_workers=int(dc.get("workers", 0)),
-                        persistent_workers=False, pin_memory=device.type == "cuda")
-    val_tiles = EvalTiles(open_source(dc, "val"), dc.get("eval_tile")) if rank == 0 else None
-
-    metrics_path = out / "metrics.csv"
+    loader = _train_loader(config, train_src, proc, start, end)
+    loss_fn = build_loss(config["loss"])
+    val_tiles = EvalTiles(open_source(dc, "val"), dc.get("eval_tile")) if proc.rank == 0 else None
+    last, metrics_path = out / "checkpoints" / "last.pt", out / "metrics.csv"
     rows: list[dict] = []
-    if rank == 0:
+    if proc.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config, indent=2)
         rows = _read_metrics(metrics_path, start)
 
-    def save(step: int) -> None:
-        if rank == 0:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scaler": scaler.state_dict() if scaler.is_enabled() else None, "step": step,
-                          "elapsed_s": elapsed, "config": config,
-                          "params": models.count_parameters(model)}, last)
+    def save() -> None:
+        if proc.rank == 0:
+            _atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                          "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
+                          "step": state.step, "elapsed_s": state.elapsed, "config": config,
+                          "params": models.count_parameters(state.model)}, last)
             _write_metrics(metrics_path, rows)
             plot_curves(metrics_path, out / "curve.png")
-        if world > 1:
+        if proc.world > 1:
             dist.barrier()
 
-    step, loss_value, stopped = start, float("nan"), False
-    val_psnr = val_ssim = None
-    bar = tqdm(total=end, initial=start, disable=not progress or rank != 0, desc=f"train {config['model']['name']}",
-               unit="step", dynamic_ncols=True)
-    net.train()
+    loss_value, stopped, val_psnr, val_ssim = float("nan"), False, None, None
+    bar = tqdm(total=end, initial=start, disable=not progress or proc.rank != 0,
+               desc=f"train {config['model']['name']}", unit="step", dynamic_ncols=True)
+    state.net.train()
     with _Stop() as stop:
         t_last = time.perf_counter()
         for batch in loader:
-            x, y, m = (batch[k].to(device, non_blocking=True) for k in ("input", "target", "mask"))
-            x = x.contiguous(memory_format=memory_format)
-            lr = learning_rate(oc, step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = net(x)
-            loss = loss_fn(pred.float(), y, m)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if float(oc.get("grad_clip", 0)) > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(oc["grad_clip"]))
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            now = time.perf_counter()
-            elapsed += now - t_last
-            t_last = now
-            loss_value = float(loss.detach())
+            loss_value, lr = _optimise(state, batch, loss_fn, oc, proc.device)
+            state.elapsed += time.perf_counter() - t_last
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            if rank == 0:
-                row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.2f}",
-                       "val_psnr": "", "val_ssim": ""}
+            step = state.step
+            if proc.rank == 0:
+                row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.6g}",
+                       "elapsed_s": f"{state.elapsed:.2f}", "val_psnr": "", "val_ssim": ""}
                 evaluate_now = step % int(tc["eval_every"]) == 0 or step == total
                 if evaluate_now:
-                    val_psnr, val_ssim = validate(model, val_tiles, device)
+                    val_psnr, val_ssim = validate(state.model, val_tiles, proc.device)
                     row["val_psnr"], row["val_ssim"] = f"{val_psnr:.4f}", f"{val_ssim:.4f}"
                     bar.write(f"step {step}: loss {loss_value:.4f}, val PSNR {val_psnr:.2f} dB, SSIM {val_ssim:.4f}")
                 if evaluate_now or step % int(tc["log_every"]) == 0:
                     rows.append(row)
-                t_last = time.perf_counter()  # validation time is not training time
-            flag = torch.tensor([1.0 if stop.requested else 0.0])
-            if world > 1:
-                dist.all_reduce(flag)
-            if flag.item() > 0:
-                stopped = True
+            t_last = time.perf_counter()  # validation and logging time is not training time
+            stopped = _stop_requested(stop, proc.world)
             if stopped or step % int(tc["ckpt_every"]) == 0 or step == end:
-                save(step)
+                save()
             if stopped:
                 log.warning("interrupted: checkpoint saved at step %d; run the same command again to resume", step)
                 break
     bar.close()
-    if step == start and rank == 0 and not last.is_file():
-        save(step)
-    return {"step": step, "elapsed_s": elapsed, "loss": loss_value, "val_psnr": val_psnr, "val_ssim": val_ssim,
-            "params": models.count_parameters(model), "stopped": stopped or step < total}
+    if state.step == start and proc.rank == 0 and not last.is_file():
+        save()
+    return {"step": state.step, "elapsed_s": state.elapsed, "loss": loss_value, "val_psnr": val_psnr,
+            "val_ssim": val_ssim, "params": models.count_parameters(state.model),
+            "stopped": stopped or state.step < total}
 
 
 def main_torchrun() -> None:  # pragma: no cover - entry for `torchrun -m learn.train CONFIG OUT`
