@@ -23,6 +23,8 @@ def _data_config(data: Path | None, config: dict) -> dict:
 @click.command()
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder (isp-rig dataset build); overrides data.root of the config.")
+@click.option("--val-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder whose val (else test) split validates the run, for a dataset without one.")
 @click.option("--model", "model_name", help="Model name (learn.models.available()); overrides the config.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder; an existing run is resumed from its last checkpoint.")
@@ -33,8 +35,8 @@ def _data_config(data: Path | None, config: dict) -> dict:
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path),
               help="Checkpoint or run folder whose weights start this run (fine-tuning for a new phone).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(data: Path | None, model_name: str | None, out: Path, steps: int | None, config_path: Path | None,
-          seed: int | None, init_from: Path | None, no_progress: bool) -> None:
+def train(data: Path | None, val_data: Path | None, model_name: str | None, out: Path, steps: int | None,
+          config_path: Path | None, seed: int | None, init_from: Path | None, no_progress: bool) -> None:
     """Train a model on a dataset folder; resume a killed run by running the same command again."""
     from learn import models
     from learn.config import validate
@@ -52,6 +54,8 @@ def train(data: Path | None, model_name: str | None, out: Path, steps: int | Non
         if model_name != cfg["model"]["name"]:
             cfg["model"] = {"name": model_name, "kwargs": {}}
     cfg["data"] = _data_config(data, cfg)
+    if val_data is not None:
+        cfg["data"]["val_root"] = str(val_data)
     if steps is not None:
         cfg["optim"]["steps"] = steps
     if seed is not None:

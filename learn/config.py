@@ -48,7 +48,8 @@ class ModelSection:
 class DataSection:
     """Where the pairs come from and how they are cut.
 
-    kind "dataset": ``root`` is an ``isp-rig dataset build`` folder; kind
+    kind "dataset": ``root`` is an ``isp-rig dataset build`` folder (validation on its
+    val split, else its test split, else on ``val_root``'s, else off); kind
     "rgb_folders": ``input_dir`` / ``target_dir`` hold same-named RGB images, every
     ``test_every``-th name (sorted) is held out, ``exclude`` names are skipped.
     crop: training crop side in input positions (packed raw cells); batch_size:
@@ -58,6 +59,7 @@ class DataSection:
 
     kind: str = _spec("dataset", kind="str", choices=("dataset", "rgb_folders"))
     root: str | None = _spec(None, kind="str", optional=True)
+    val_root: str | None = _spec(None, kind="str", optional=True)
     crop: int = _spec(64, kind="int", lo=8)
     batch_size: int = _spec(16, kind="int", lo=1)
     workers: int = _spec(0, kind="int", lo=0)

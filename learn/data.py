@@ -516,16 +516,18 @@ def open_source(data: dict, split: str) -> PairSource:
     """The pair source a data config describes.
 
     ``{"kind": "dataset", "root": DIR}`` -> :class:`PackedPairs` of split ``split``
-    (``"train"`` or ``"test"``; ``"val"`` falls back to test when the folder has no val split);
+    (``"train"`` or ``"test"``; ``"val"`` falls back to test when the folder has no val split,
+    and is read from ``val_root`` (another dataset folder) when the config gives one);
     ``{"kind": "rgb_folders", "input_dir": A, "target_dir": B, "exclude": [...], "test_every": 5}``
     -> :class:`RgbFolderPairs` over the deterministic split of :func:`split_names`.
     """
     kind = data.get("kind", "dataset")
     if kind == "dataset":
-        folder = DatasetFolder(data["root"])
+        root = (data.get("val_root") or data["root"]) if split == "val" else data["root"]
+        folder = DatasetFolder(root)
         if split == "val" and not folder.split("val"):
             split = "test"
-        return PackedPairs(data["root"], split)
+        return PackedPairs(root, split)
     if kind == "rgb_folders":
         names = list_rgb_pairs(data["input_dir"], data["target_dir"], data.get("exclude", ()),
                                data.get("drop_identical", True))

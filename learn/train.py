@@ -359,6 +359,19 @@ def _optimise(state: _State, batch: dict, loss_fn, optim: dict, device: torch.de
     return float(loss.detach()), lr
 
 
+def _validation_tiles(data: dict) -> EvalTiles | None:
+    """The fixed validation tiles: the dataset's val split, else its test split, else the
+    ``val_root`` folder's; None (validation off, said in one line) when there is none."""
+    try:
+        return EvalTiles(open_source(data, "val"), data.get("eval_tile"))
+    except DataError as err:
+        if data.get("val_root") or data.get("kind", "dataset") != "dataset" or "no usable pairs" not in str(err):
+            raise
+        log.warning("%s has no val or test pairs: training without validation (give --val-data DATASET to "
+                    "validate on another folder)", data["root"])
+        return None
+
+
 def _stop_requested(stop: "_Stop", world: int) -> bool:
     """Whether any process was asked to stop (SIGTERM / Ctrl-C), agreed across DDP ranks."""
     flag = torch.tensor([1.0 if stop.requested else 0.0])
@@ -395,7 +408,7 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
     end = min(total, stop_at) if stop_at is not None else total
     loader = _train_loader(config, train_src, proc, start, end)
     loss_fn = build_loss(config["loss"])
-    val_tiles = EvalTiles(open_source(dc, "val"), dc.get("eval_tile")) if proc.rank == 0 else None
+    val_tiles = _validation_tiles(dc) if proc.rank == 0 else None
     last, metrics_path = out / "checkpoints" / "last.pt", out / "metrics.csv"
     rows: list[dict] = []
     if proc.rank == 0:
@@ -429,7 +442,7 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
             if proc.rank == 0:
                 row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.6g}",
                        "elapsed_s": f"{state.elapsed:.2f}", "val_psnr": "", "val_ssim": ""}
-                evaluate_now = step % int(tc["eval_every"]) == 0 or step == total
+                evaluate_now = val_tiles is not None and (step % int(tc["eval_every"]) == 0 or step == total)
                 if evaluate_now:
                     val_psnr, val_ssim = validate(state.model, val_tiles, proc.device)
                     row["val_psnr"], row["val_ssim"] = f"{val_psnr:.4f}", f"{val_ssim:.4f}"

@@ -247,3 +247,26 @@ def test_tile_and_thread_counts_out_of_range_are_usage_errors(trained_run, tiny_
              "--out", str(tmp_path / "o.png")])
     res = CliRunner().invoke(main, [*base, *opts])
     assert res.exit_code == 2 and opts[0] in res.output
+
+
+def _train_only(tiny_dataset, root):
+    """The tiny dataset's pairs, every one in the train split."""
+    from learn.data import DatasetFolder, read_image, read_mask, read_packed, write_pair
+
+    for rec in DatasetFolder(tiny_dataset).records:
+        write_pair(root, rec.id, np.asarray(read_packed(rec.raw)), read_image(rec.target), read_mask(rec.mask),
+                   split="train")
+    return root
+
+
+def test_train_on_a_train_only_dataset_says_validation_is_off_or_validates_on_val_data(tiny_dataset, tmp_path):
+    data = _train_only(tiny_dataset, tmp_path / "ds")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    args = ["train", "--data", str(data), "--config", str(tmp_path / "tiny.toml"), "--steps", "2", "--no-progress"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "no val or test pairs: training without validation" in res.output and "val PSNR" not in res.output
+    assert (tmp_path / "a" / "checkpoints" / "last.pt").is_file()
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--val-data", str(tiny_dataset)])
+    assert res.exit_code == 0, res.output
+    assert "val PSNR" in res.output and "without validation" not in res.output
