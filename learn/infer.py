@@ -122,7 +122,9 @@ def export_onnx(model: torch.nn.Module, path: Path | str, in_channels: int = 4, 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(1, in_channels, example_size, example_size)
-    with warnings.catch_warnings():
+    # no_grad: a model that has rendered under inference_mode holds inference tensors that a
+    # tracer recording for autograd may not touch ("Inference tensors cannot be saved for backward")
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(_Exportable(model.eval()), (x,), str(path), dynamo=False, input_names=["input"],
                           output_names=["rgb"], opset_version=opset,

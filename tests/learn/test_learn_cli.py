@@ -43,15 +43,23 @@ def test_eval_json_reports_model_and_builtin_isp_with_lpips_null(trained_run, ti
     assert (trained_run / "eval" / "table.csv").is_file()
 
 
-def test_render_of_a_packed_npy_writes_a_full_resolution_png_and_exports(trained_run, tiny_dataset, tmp_path):
+@pytest.mark.parametrize("flag, name", [("--export-torchscript", "m.pt"), ("--export-onnx", "m.onnx")])
+def test_render_of_a_packed_npy_writes_a_full_resolution_png_and_exports(trained_run, tiny_dataset, tmp_path, flag,
+                                                                          name):
+    import torch
+
+    from learn.infer import check_export
+    from learn.train import load_model
+
     raw = tiny_dataset / "pairs" / "p4" / "raw.npy"
     out = tmp_path / "out.png"
     res = CliRunner().invoke(main, ["render", str(raw), "--run", str(trained_run), "--out", str(out), "--tile", "16",
-                                    "--export-torchscript", str(tmp_path / "m.pt")])
+                                    flag, str(tmp_path / name)])  # the export runs after the render
     assert res.exit_code == 0, res.output
     img = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert img.shape == (48, 64, 3) and img.dtype == np.uint8
-    assert (tmp_path / "m.pt").is_file()
+    model, _ = load_model(trained_run)
+    assert check_export(model, tmp_path / name, torch.rand(1, 4, 20, 28)) < 1e-4
 
 
 def test_render_of_a_real_dng_through_rawio(trained_run, tmp_path):
