@@ -278,6 +278,7 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
     try:
         record["sources"] = {"phone": file_identity(job.phone), "dslr": file_identity(job.dslr)}
         raw = rawio.read_raw(job.phone)
+        record["phone_raw"] = raw.metadata()
         dslr = rawio.read_any(job.dslr)
         alignment = align_images(raw, dslr, **options)
         record["alignment"] = alignment.to_dict()

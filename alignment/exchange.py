@@ -144,8 +144,10 @@ def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride
     return len(rows)
 
 
-def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, np.ndarray]:
-    """('raw', packed (h, w, 4) float32 normalised) or ('rgb', (H, W, 3) float32 in [0, 1]).
+def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, np.ndarray, dict | None]:
+    """('raw', packed (h, w, 4) float32 normalised, metadata) or ('rgb', (H, W, 3) float32 in
+    [0, 1], None); metadata is :meth:`alignment.rawio.RawImage.metadata` for a camera raw
+    read through LibRaw, None for planes and PNG mosaics (they carry none).
 
     Integer packed planes and Bayer PNGs carry no levels, so they need
     ``white_level`` (black level taken as already subtracted); float planes are
@@ -163,16 +165,17 @@ def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, n
         if planes.ndim != 3 or planes.shape[2] != 4:
             raise DatasetError(path, f"a packed raw must be (h, w, 4), got {planes.shape}")
         if planes.dtype.kind == "f":
-            return "raw", planes.astype(np.float32)
-        return "raw", planes.astype(np.float32) / np.float32(levels())
+            return "raw", planes.astype(np.float32), None
+        return "raw", planes.astype(np.float32) / np.float32(levels()), None
     if suffix in rawio.RAW_EXTENSIONS:
-        return "raw", rawio.read_raw(path).packed()
+        raw = rawio.read_raw(path)
+        return "raw", raw.packed(), raw.metadata()
     image = rawio.read_rgb(path)
     grey = np.array_equal(image.rgb[..., 0], image.rgb[..., 1]) and np.array_equal(image.rgb[..., 1], image.rgb[..., 2])
     if suffix == ".png" and image.bit_depth == 16 and grey:
         mosaic = image.rgb[..., 0] * 65535.0
-        return "raw", (rawio.pack(mosaic, cfa) / np.float32(levels())).astype(np.float32)
-    return "rgb", image.rgb
+        return "raw", (rawio.pack(mosaic, cfa) / np.float32(levels())).astype(np.float32), None
+    return "rgb", image.rgb, None
 
 
 def _import_files(writer: DatasetWriter, names: list[Path], by_stem: dict[str, Path], split: str | None, cfa: str,
@@ -189,7 +192,7 @@ def _import_files(writer: DatasetWriter, names: list[Path], by_stem: dict[str, P
                                                 "holds other pairs (give another --out)")
         if writer.done(pid):
             continue
-        kind, data = _read_input(path, cfa, white_level)
+        kind, data, metadata = _read_input(path, cfa, white_level)
         if kinds and kind not in kinds:
             raise DatasetError(path, f"is a {kind} input, and {writer.root} holds {'/'.join(sorted(kinds))} pairs: "
                                      "a dataset holds one input kind (give another --out)")
@@ -206,6 +209,7 @@ def _import_files(writer: DatasetWriter, names: list[Path], by_stem: dict[str, P
             files = write_pair_files(writer.root, pid, None, target, valid, input_rgb=data)
         writer.append({"id": pid, "scene": pid, "split": split or writer.split_of(pid),
                        "status": "ok", "input_kind": kind, "source": {"input": str(path), "target": str(by_stem[pid])},
+                       **({"phone_raw": metadata} if metadata is not None else {}),
                        "files": files})
         count += 1
     return count

@@ -137,6 +137,19 @@ class RawImage:
         by (white - black); not clipped."""
         return normalize(pack(self.mosaic, self.cfa), self.black_levels, self.white_level)
 
+    def metadata(self) -> dict:
+        """What the raw file says about its own rendering, JSON-friendly: ``cfa``,
+        ``black_levels`` (R, G1, G2, B), ``white_level`` (raw units), ``as_shot_wb``
+        (R, G, B multipliers, G = 1), ``color_matrix`` (3x3, white-balanced camera RGB
+        -> linear sRGB, rows = sRGB R, G, B), ``exposure_time_s``, ``iso``, ``make``,
+        ``model`` (None where the file has none).  LibRaw does not expose the DNG
+        calibration illuminants or forward matrices, so they are not here."""
+        return {"cfa": self.cfa, "black_levels": [float(b) for b in self.black_levels],
+                "white_level": float(self.white_level), "as_shot_wb": [float(v) for v in self.camera_wb],
+                "color_matrix": [[float(v) for v in row] for row in np.asarray(self.color_matrix)],
+                "exposure_time_s": self.exif.exposure_time_s, "iso": self.exif.iso,
+                "make": self.exif.make, "model": self.exif.model}
+
 
 class RgbImage:
     """A plain image (JPEG, PNG, TIFF) as stored.

@@ -62,6 +62,19 @@ def test_batch_keeps_good_pairs_and_says_why_the_others_are_not(built):
     assert summary.kept == 3 and sum(summary.rejected.values()) == 1 and summary.failed == {"unreadable_truncated": 1}
 
 
+def test_records_carry_what_the_phone_raw_says_about_its_rendering(built, source):
+    from alignment import rawio
+
+    out, _ = built
+    rec = latest_records(out)["pair_0000"]
+    raw = rawio.read_raw(source / "pair_0000" / "phone.dng")
+    meta = rec["phone_raw"]
+    assert meta["cfa"] == raw.cfa and meta["white_level"] == pytest.approx(raw.white_level)
+    assert meta["black_levels"] == pytest.approx(list(raw.black_levels))
+    assert meta["as_shot_wb"] == pytest.approx(list(raw.camera_wb), rel=1e-6)
+    assert np.allclose(meta["color_matrix"], raw.color_matrix, atol=1e-6) and meta["model"] == raw.exif.model
+
+
 def test_kept_pairs_have_their_files_and_a_small_error_against_ground_truth(built):
     out, _ = built
     for rec in latest_records(out).values():

@@ -215,6 +215,18 @@ def test_import_of_packed_raw_planes_checks_the_target_size(shared_data, tmp_pat
         import_aligned(inputs, targets, tmp_path / "ds2", white_level=4095)
 
 
+def test_import_of_a_camera_raw_records_its_metadata(tmp_path):
+    inputs, targets = tmp_path / "in", tmp_path / "tg"
+    inputs.mkdir(), targets.mkdir()
+    raw = sim.simulate_pair(3, options=sim.SimOptions(phone_size=(64, 48), dslr_size=(96, 64))).phone
+    sim.write_dng(inputs / "a.dng", raw)
+    cv2.imwrite(str(targets / "a.png"), np.zeros((48, 64, 3), np.uint8))
+    assert import_aligned(inputs, targets, tmp_path / "ds") == 1
+    meta = latest_records(tmp_path / "ds")["a"]["phone_raw"]
+    assert meta["cfa"] == raw.cfa and meta["white_level"] == pytest.approx(raw.white_level)
+    assert meta["as_shot_wb"] == pytest.approx(list(raw.camera_wb), rel=1e-4)  # DNG rationals
+
+
 def test_import_refuses_to_mix_input_kinds_or_pairs_from_other_files(shared_data, tmp_path):
     src = shared_data / "phone_vs_dslr"
     rgb_in, raw_in, other_in, targets = (tmp_path / n for n in ("rgb", "raw", "other", "tg"))
