@@ -225,10 +225,34 @@ def write_report(out: Path, shots: list[dict], align: dict, learned: dict, secon
     return summary
 
 
+#: what a demo folder holds; a folder with anything else is not written into
+DEMO_ENTRIES = {"session", "dataset", "truth", "runs", "summary.json", "report.md", "skew.png", "render.png",
+                "before_after.png"}
+
+
+class DemoFolderError(Exception):
+    """The demo's output folder holds files the demo did not write."""
+
+    exit_status = 1  # isp_rig.cli.user_error: a user error, one line
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse an ``out`` that exists and holds anything but an earlier demo's files
+    (:data:`DEMO_ENTRIES`): the demo never writes among a user's files."""
+    if out.exists() and not out.is_dir():
+        raise DemoFolderError(f"{out}: exists and is not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES) if out.is_dir() else []
+    if foreign:
+        raise DemoFolderError(f"{out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                              "which the demo did not write; give a new or empty folder")
+
+
 def run_demo(out: Path, scenes: int = 6, shots: int = 2, steps: int = 1000, baseline: str = "plain",
              workers: int = 2, seed: int = 0) -> dict:
-    """Run the whole demo into ``out`` and return the summary (see the module docstring)."""
+    """Run the whole demo into ``out`` and return the summary (see the module docstring).
+    ``out`` must be new, empty or an earlier demo's folder (:func:`check_demo_folder`)."""
     started = time.perf_counter()
+    check_demo_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     names = demo_scene_names(scenes)
     click.echo(f"[1/3] capture: {len(names)} scenes x {shots} shots on the virtual rig")
@@ -244,7 +268,8 @@ def run_demo(out: Path, scenes: int = 6, shots: int = 2, steps: int = 1000, base
 
 @click.command()
 @click.option("--out", "out_dir", default="demo-out", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Folder for everything the demo writes.")
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for everything the demo writes: new, empty, or an earlier demo's.")
 @click.option("--scenes", default=6, show_default=True, type=click.IntRange(min=2), help="Scenes to capture.")
 @click.option("--shots", default=2, show_default=True, type=click.IntRange(min=1), help="Shots per scene.")
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1), help="Training steps per model.")

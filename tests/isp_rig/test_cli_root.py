@@ -69,7 +69,7 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_a_user_errors_traceback(faili
     ("isp_rig.session", "SessionError"), ("isp_rig.rig", "RigError"), ("isp_rig.profiles", "ProfileError"),
     ("isp_rig.devices.base", "DeviceError"), ("isp_rig.simulate", "SourceError"),
     ("isp_rig.simulate", "OutputFolderError"), ("learn.data", "DataError"), ("learn.config", "ConfigError"),
-    ("alignment.atomic", "WriteError"),
+    ("alignment.atomic", "WriteError"), ("isp_rig.demo", "DemoFolderError"),
 ])
 def test_every_stage_marks_its_user_errors(module, name):
     import importlib

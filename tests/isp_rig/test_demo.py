@@ -55,3 +55,12 @@ def test_demo_models_are_finite_and_beat_the_untrained_model(demo_run):
         assert math.isfinite(m["psnr"]) and math.isfinite(m["ssim"])
     assert summary["models"]["ckisp"]["psnr"] > summary["untrained_model"]["psnr"] + 3
     assert math.isfinite(summary["phone_rendering"]["psnr"])
+
+
+def test_demo_refuses_a_folder_that_holds_a_users_files(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "IMG_1.jpg").write_bytes(b"x")
+    result = CliRunner().invoke(main, ["demo", "--out", str(photos), "--scenes", "2", "--shots", "1", "--steps", "1"])
+    assert result.exit_code == 1 and "holds IMG_1.jpg, which the demo did not write" in result.output
+    assert [p.name for p in photos.iterdir()] == ["IMG_1.jpg"]
