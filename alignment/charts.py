@@ -45,6 +45,9 @@ def histogram(path: Path | str, series: dict[str, Sequence[float]], xlabel: str,
         ax.legend(loc="upper right", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
     ax.set_xlabel(xlabel)
     ax.set_ylabel("pairs")
     return write_figure(path, fig)
