@@ -19,20 +19,36 @@ import errno
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 
-class WriteError(Exception):
-    """A file could not be written; ``str(err)`` is ``"<path>: <reason>"``."""
+class WriteError(OSError):
+    """A file could not be written; ``str(err)`` is ``"<path>: <reason>"``.  An ``OSError``
+    (``errno``, ``filename``, ``strerror`` = the reason), so code that handles write
+    failures as OS errors handles it too."""
 
     exit_status = 1  # isp_rig.cli.user_error: a user error, one line
 
-    def __init__(self, path: Path | str, reason: str) -> None:
+    def __init__(self, path: Path | str, reason: str, code: int = errno.EIO) -> None:
+        super().__init__(code, reason, str(path))
         self.path, self.reason = Path(path), reason
-        super().__init__(f"{path}: {reason}")
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+#: the name a writer here gives its temporary file: ``.<name>.<pid>.tmp``
+TEMPORARY_NAME = re.compile(r"^\..+\.\d+\.tmp$")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of this module's temporary names (left by a killed
+    writer): folder checks count it as the writer's own, not as a user's file."""
+    return bool(TEMPORARY_NAME.match(name))
 
 
 def _reason(err: OSError) -> str:
@@ -41,7 +57,8 @@ def _reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk, where the platform allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -73,11 +90,11 @@ def write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], Any]) -> Pa
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise WriteError(path, _reason(err)) from None
+        raise WriteError(path, _reason(err), err.errno or errno.EIO) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

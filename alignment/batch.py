@@ -165,6 +165,16 @@ def pairs_from_two_folders(phone_dir: Path | str, dslr_dir: Path | str, match: s
     return jobs
 
 
+def options_that_differ(options: dict[str, Any]) -> dict[str, Any]:
+    """The alignment options whose values differ from :class:`alignment.AlignOptions`'
+    defaults: what ``dataset.json`` records, so ``-o min_trusted=0.5`` (the default) and
+    no option are the same dataset."""
+    from alignment.pipeline import AlignOptions
+
+    defaults = AlignOptions()
+    return {k: v for k, v in options.items() if getattr(defaults, k, object()) != v}
+
+
 def unpaired_files(phone_dir: Path | str, dslr_dir: Path | str, jobs: Sequence[PairJob]) -> tuple[list[str], list[str]]:
     """(phone raws, DSLR images) of the two folders that no job of
     :func:`pairs_from_two_folders` uses: sorted file names, what the batch leaves out."""
@@ -276,10 +286,11 @@ def process_pair(job: PairJob, out_dir: str, split: str, options: dict[str, Any]
     record: dict[str, Any] = {"id": job.pair_id, "scene": job.scene, "split": split,
                               "phone": str(job.phone), "dslr": str(job.dslr)}
     try:
-        record["sources"] = {"phone": file_identity(job.phone), "dslr": file_identity(job.dslr)}
         raw = rawio.read_raw(job.phone)
         record["phone_raw"] = raw.metadata()
         dslr = rawio.read_any(job.dslr)
+        # after the reads: an unreadable file is reported as such, and the hash reads from the page cache
+        record["sources"] = {"phone": file_identity(job.phone), "dslr": file_identity(job.dslr)}
         alignment = align_images(raw, dslr, **options)
         record["alignment"] = alignment.to_dict()
         record["quality"] = alignment.quality.to_dict()
@@ -591,7 +602,7 @@ def run_batch(
     from tqdm import tqdm
 
     started = time.perf_counter()
-    meta = replace(meta or DatasetMeta(), align_options=dict(options or {}))
+    meta = replace(meta or DatasetMeta(), align_options=options_that_differ(options or {}))
     writer = DatasetWriter(out_dir, meta)
     foreign = foreign_pairs(writer.records, jobs)
     if foreign:

@@ -48,7 +48,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from alignment.atomic import write_image, write_json, write_npy
+from alignment.atomic import fsync_dir, is_temporary, write_image, write_json, write_npy
 from alignment.ecc import sample_spline, spline_coefficients
 
 FORMAT_VERSION = 1
@@ -176,14 +176,6 @@ def _write_png16(path: Path, rgb: np.ndarray) -> None:
     write_image(path, np.round(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)[..., ::-1])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_pair_files(
     root: Path,
     pair_id: str,
@@ -255,12 +247,12 @@ def write_pair_files(
     if final.exists():  # a folder left by a run killed before its record was written
         shutil.rmtree(final)
     tmp.rename(final)
-    _fsync_dir(pairs)
+    fsync_dir(pairs)
     return files
 
 
 #: what a dataset folder may hold (a folder with anything else and no dataset.json is refused)
-DATASET_ENTRIES = {".lock", "dataset.json", "dataset.json.partial", "pairs", "pairs.jsonl", "summary.json", "report"}
+DATASET_ENTRIES = {".lock", "dataset.json", "pairs", "pairs.jsonl", "summary.json", "report"}
 
 
 def _json_form(value: Any) -> Any:
@@ -333,7 +325,8 @@ class DatasetWriter:
                                                for k in changed)
                                    + "); resume with the same -o options or give a new --out")
         else:
-            foreign = sorted(p.name for p in self.root.iterdir() if p.name not in DATASET_ENTRIES)
+            foreign = sorted(p.name for p in self.root.iterdir()
+                             if p.name not in DATASET_ENTRIES and not is_temporary(p.name))
             if foreign:
                 raise DatasetError(self.root, f"holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
                                               "and no dataset.json: not a dataset folder; give a new or empty folder")

@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from alignment import rawio
-from alignment.atomic import write_json
+from alignment.atomic import is_temporary, write_json
 from alignment.geometry import apply_homography
 
 # sRGB (D65) <-> CIE XYZ
@@ -841,6 +841,7 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 SIMULATION_JSON = "simulation.json"
 _PAIR_NAME = re.compile(r"^pair_\d{4,}$")
+_PAIR_PARTIAL = re.compile(r"^\.pair_\d{4,}\.partial$")  # a pair folder write_pair had not finished
 
 
 class OutputFolderError(Exception):
@@ -889,7 +890,8 @@ def prepare_output(out_dir: Path, settings: dict, options: SimOptions, force: bo
         raise OutputFolderError(out_dir, "is a file, not a folder")
     entries = list(out_dir.iterdir())
     foreign = [e.name for e in entries
-               if e.name != SIMULATION_JSON and not _PAIR_NAME.match(e.name) and not e.name.endswith(".partial")]
+               if e.name != SIMULATION_JSON and not _PAIR_NAME.match(e.name) and not _PAIR_PARTIAL.match(e.name)
+               and not is_temporary(e.name)]
     if foreign:
         raise OutputFolderError(out_dir, f"holds {foreign[0]!r}{' and more' if len(foreign) > 1 else ''}: not a "
                                 "simulation folder, refusing to write into it")
@@ -903,7 +905,7 @@ def prepare_output(out_dir: Path, settings: dict, options: SimOptions, force: bo
         except json.JSONDecodeError:
             earlier = None
     if earlier == settings:
-        for stale in out_dir.glob(".*.partial"):
+        for stale in (e for e in entries if _PAIR_PARTIAL.match(e.name) or is_temporary(e.name)):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
         names = pair_file_names(options)
         return {e.name for e in entries if _PAIR_NAME.match(e.name) and e.is_dir()

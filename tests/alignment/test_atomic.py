@@ -75,3 +75,24 @@ def test_dataset_export_onto_a_full_disk_is_one_line_and_leaves_no_csv(tiny_disk
     assert len(lines) == 1 and "disk full" in lines[0] and "Traceback" not in res.output
     assert not (out / "patches.csv").exists()
     assert json.loads((out / "export.json").read_text())["complete"] is False
+
+
+def test_a_write_error_is_an_os_error_naming_the_path(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # a full disk where no tmpfs can be mounted
+    with pytest.raises(OSError) as info:
+        atomic.write_text(tmp_path / "a.txt", "x")
+    assert isinstance(info.value, atomic.WriteError) and info.value.errno == errno.ENOSPC
+    assert str(info.value) == f"{tmp_path / 'a.txt'}: disk full" and info.value.filename == str(tmp_path / "a.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, temporary", [(".dataset.json.1234.tmp", True), (".summary.json.7.tmp", True),
+                                             ("notes.tmp", False), (".hidden", False), ("dataset.json", False)])
+def test_temporary_names_are_told_apart_from_a_users_files(name, temporary):
+    assert atomic.is_temporary(name) is temporary

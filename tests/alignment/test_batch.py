@@ -218,6 +218,31 @@ def test_a_dataset_is_resumed_only_with_its_own_pairs_identified_by_content(tmp_
             batch.run_batch(batch.find_pairs(moved), out, executor=pool, progress=False)
 
 
+def test_only_options_that_differ_from_the_defaults_identify_a_dataset():
+    assert batch.options_that_differ({"min_trusted": 0.5, "max_plane_pixels": 400_000}) == {"max_plane_pixels": 400_000}
+
+
+def test_a_pair_that_cannot_be_written_is_a_write_error_naming_the_file(source, tmp_path, monkeypatch):
+    import errno
+
+    from alignment.atomic import WriteError
+
+    def full(root, pair_id, *args, **kwargs):
+        raise WriteError(root / "pairs" / pair_id / "target.png", "disk full", errno.ENOSPC)
+
+    monkeypatch.setattr(batch, "write_pair_files", full)
+    job = next(j for j in batch.find_pairs(source) if j.pair_id == "pair_0000")
+    record = batch.process_pair(job, str(tmp_path), "train", {})
+    assert (record["status"], record["reason"]) == ("failed", "write_error")
+    assert record["message"].endswith("pair_0000/target.png: disk full")
+
+
+def test_a_missing_source_is_unreadable_not_a_write_error(source, tmp_path):
+    job = batch.PairJob("gone", tmp_path / "gone.dng", source / "pair_0000" / "dslr.jpg", "gone")
+    record = batch.process_pair(job, str(tmp_path), "train", {})
+    assert record["status"] == "failed" and record["reason"].startswith("unreadable")
+
+
 def _descendants(pid: int) -> set[int]:
     """Processes below ``pid`` (Linux /proc)."""
     children: dict[int, list[int]] = {}

@@ -102,6 +102,10 @@ def test_writer_refuses_other_alignment_options_and_a_folder_of_other_files(tmp_
     with pytest.raises(DatasetError, match=r"other options \(max_plane_pixels: default -> 400000, "
                                            r"min_trusted: 0.5 -> 0.8\)"):
         DatasetWriter(tmp_path / "ds", DatasetMeta(align_options={"min_trusted": 0.8, "max_plane_pixels": 400000}))
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".dataset.json.4242.tmp").write_bytes(b"{")  # a first write that was killed: still ours
+    DatasetWriter(killed, DatasetMeta()).close()
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "IMG_1.jpg").write_bytes(b"x")
