@@ -48,8 +48,8 @@ class ModelSection:
 class DataSection:
     """Where the pairs come from and how they are cut.
 
-    kind "dataset": ``root`` is an ``isp-rig dataset build`` folder (validation on its
-    val split, else its test split, else on ``val_root``'s, else off); kind
+    kind "dataset": ``root`` is an ``isp-rig dataset build`` folder (validation on
+    ``val_root``'s val, else test, split when given, else on its own, else off); kind
     "rgb_folders": ``input_dir`` / ``target_dir`` hold same-named RGB images, every
     ``test_every``-th name (sorted) is held out, ``exclude`` names are skipped.
     crop: training crop side in input positions (packed raw cells); batch_size:
@@ -195,7 +195,7 @@ def _check_model(model: ModelSection) -> None:
     params = inspect.signature(models.factory(model.name)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
+    allowed = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in model.kwargs:
         if key not in allowed:
             raise ConfigError(f"model.kwargs.{key}: {model.name} takes no such argument{_near(key, allowed)}; "

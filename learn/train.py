@@ -41,11 +41,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import learn.models as models
-from alignment.atomic import write_bytes, write_json, write_text
+from alignment.atomic import is_temporary, write_bytes, write_json, write_text
 from learn.config import ConfigError, defaults
 from learn.config import validate as validate_config
 from learn.curves import plot_curves
-from learn.data import DataError, EvalTiles, RandomCrops, open_source
+from learn.data import DataError, DatasetFolder, EvalTiles, RandomCrops, open_source
 from learn.losses import build_loss
 from learn.metrics import psnr, ssim
 
@@ -80,8 +80,8 @@ def load_config(path: Path | str | None = None, overrides: dict | None = None) -
             if path.suffix == ".toml":
                 try:
                     import tomllib
-                except ModuleNotFoundError:  # Python 3.10
-                    raise ConfigError(f"{path}: TOML configs need Python 3.11 or later; use JSON") from None
+                except ModuleNotFoundError:  # Python 3.10: the tomli dependency
+                    import tomli as tomllib
                 data = tomllib.loads(path.read_text())
             else:
                 data = json.loads(path.read_text())
@@ -261,21 +261,29 @@ def _open_run(config: dict, out: Path, rank: int) -> tuple[dict, dict | None]:
     checkpoint to resume or None).  A resume keeps the stored config (only the steps
     may be raised); other settings, or a folder of other files, raise ConfigError."""
     config = validate_config(config)
+    data = config["data"]
+    needed = ("root",) if data["kind"] == "dataset" else ("input_dir", "target_dir")
+    missing = [f"data.{k}" for k in needed if not data.get(k)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: not given (the {data['kind']!r} data kind needs it)")
     last = out / "checkpoints" / "last.pt"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not last.is_file() and not (out / "config.json").is_file():
+    ours = [p for p in out.iterdir() if not is_temporary(p.name)] if out.is_dir() else []
+    if ours and not last.is_file() and not (out / "config.json").is_file():
         raise ConfigError(f"{out}: not empty and not a training run; give a new or empty folder")
     if not last.is_file():
         return config, None
     resume = load_checkpoint(last)
-    changed = config_differences(merge(DEFAULTS, resume["config"]), config)  # a run from before a new key
+    stored = merge(DEFAULTS, resume["config"])  # a run saved before a key existed gets its default
+    changed = config_differences(stored, config)
     if changed:
         raise ConfigError(f"{out} holds a run with other settings ({'; '.join(changed[:4])}): resume it with "
                           f"the settings it was started with (only the steps may be raised), or give another folder")
-    steps = int(config["optim"]["steps"])
-    config = resume["config"]
-    config["optim"]["steps"] = max(steps, int(config["optim"]["steps"]))
+    for section, key in RESUME_MAY_CHANGE:  # how this machine runs it: as asked now
+        stored[section][key] = config[section][key]
+    stored["optim"]["steps"] = max(int(config["optim"]["steps"]), int(resume["config"]["optim"]["steps"]))
+    config = stored
     if rank == 0:
         log.info("resuming %s from step %d of %d", out, int(resume["step"]), config["optim"]["steps"])
     return config, resume
@@ -360,16 +368,14 @@ def _optimise(state: _State, batch: dict, loss_fn, optim: dict, device: torch.de
 
 
 def _validation_tiles(data: dict) -> EvalTiles | None:
-    """The fixed validation tiles: the dataset's val split, else its test split, else the
-    ``val_root`` folder's; None (validation off, said in one line) when there is none."""
-    try:
-        return EvalTiles(open_source(data, "val"), data.get("eval_tile"))
-    except DataError as err:
-        if data.get("val_root") or data.get("kind", "dataset") != "dataset" or "no usable pairs" not in str(err):
-            raise
+    """The fixed validation tiles: ``val_root``'s val (else test) split when given, else the
+    dataset's own; None (validation off, said in one line) when a dataset folder has neither."""
+    if data["kind"] == "dataset" and not data.get("val_root") and \
+            not DatasetFolder(data["root"]).split(("val", "test")):
         log.warning("%s has no val or test pairs: training without validation (give --val-data DATASET to "
                     "validate on another folder)", data["root"])
         return None
+    return EvalTiles(open_source(data, "val"), data.get("eval_tile"))
 
 
 def _stop_requested(stop: "_Stop", world: int) -> bool:
@@ -396,6 +402,8 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
     """
     out, proc = Path(out), _start_process()
     config, resume = _open_run(config, out, proc.rank)
+    if proc.world > 1:
+        dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     tc, dc, oc = config["train"], config["data"], config["optim"]
     if tc.get("threads"):
         torch.set_num_threads(int(tc["threads"]))

@@ -47,10 +47,10 @@ def create(name: str, **kwargs) -> nn.Module:
     Raises ``KeyError`` naming the available models when ``name`` is unknown.
     """
     try:
-        factory = _REGISTRY[name]
+        build = factory(name)
     except KeyError:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available())}") from None
-    return factory(**kwargs)
+    return build(**kwargs)
 
 
 def factory(name: str) -> Callable[..., nn.Module]:

@@ -178,3 +178,20 @@ def test_a_run_saved_before_a_config_key_existed_still_resumes(tiny_dataset, tmp
         ck["config"]["data"].pop(key)  # the data keys an older isp-rig did not write
     torch.save(ck, ck_path)
     assert train(tiny_config(tiny_dataset, steps=4), run, progress=False)["step"] == 4
+
+
+def test_a_resume_takes_the_new_machine_settings_and_keeps_the_rest(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_dataset, steps=2), run, progress=False)
+    cfg = tiny_config(tiny_dataset, steps=3)
+    cfg["train"]["threads"] = 2  # may differ on resume: how this machine runs it
+    train(cfg, run, progress=False)
+    stored = load_checkpoint(run)["config"]
+    assert stored["train"]["threads"] == 2 and stored["optim"]["steps"] == 3
+    assert stored["train"]["seed"] == 0 and stored["data"]["crop"] == 8
+
+
+def test_a_config_without_its_data_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="data.root: not given"):
+        train(load_config(), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
