@@ -14,10 +14,6 @@ import re
 import sys
 import tempfile
 import time
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from pathlib import Path
 from typing import Any
 

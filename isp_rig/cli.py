@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
-import os
 import sys
 
 import click
@@ -18,8 +17,8 @@ import click
 #: the packages whose loggers ``-v`` / ``-q`` set
 LOGGERS = ("isp_rig", "alignment", "learn")
 
-#: exit statuses (docs/cli.md): 0 ok, 1 the work failed, 2 a usage error, 3 a rejected pair
-EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTED = 1, 2, 3
+#: the exit status of a user error (docs/cli.md: 0 ok, 1 the work failed, 2 a usage error, 3 a rejected pair)
+EXIT_FAILURE = 1
 
 
 def user_error(err: BaseException) -> tuple[int, str] | None:
@@ -35,7 +34,7 @@ def user_error(err: BaseException) -> tuple[int, str] | None:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return EXIT_FAILURE, f"disk full: {err.filename or err}"
     if isinstance(err, PermissionError):
-        return EXIT_FAILURE, f"{err.filename}: permission denied"
+        return EXIT_FAILURE, f"{err.filename or err}: permission denied"
     return None
 
 #: command name -> "module:attribute" of the click command or group.
@@ -97,7 +96,8 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="isp-rig")
 @click.option("-v", "--verbose", count=True, help="More progress text (-v: details, -vv: debugging).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and results: no progress text or bars.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and results: no progress text (progress "
+              "bars have each command's own switch, e.g. --no-progress).")
 @click.option("--debug", is_flag=True, help="Show the Python traceback of an error instead of one line.")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
@@ -106,8 +106,18 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     ctx.meta["isp_rig.debug"] = debug
     configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO,
                       detailed=verbose > 0)
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads it: no progress bars
+    ctx.call_on_close(restore_logging)
+
+
+def restore_logging() -> None:
+    """Take :func:`configure_logging`'s handlers off again (many commands run in one
+    process under tests): the loggers propagate as before."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "isp_rig", False)]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
 
 
 def configure_logging(level: int, detailed: bool = False) -> None:

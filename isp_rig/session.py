@@ -313,13 +313,7 @@ class Session:
                     # nothing was captured with the stored rig (a start that failed to connect):
                     # the corrected rig takes its place, no file is lost
                     doc = {"session": stored.get("session", {}), "rig": _normalise(rig)}
-                    tmp = toml_path.with_name(f"{TMP_PREFIX}{os.getpid()}-{SESSION_TOML}")
-                    with open(tmp, "wb") as fh:
-                        fh.write(tomlw.dumps(doc).encode("utf-8"))
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, toml_path)
-                    _fsync_dir(root)
+                    _replace_file(toml_path, tomlw.dumps(doc).encode("utf-8"))
                     return cls(root, _normalise(rig), stored.get("session", {}).get("created", ""))
                 changed = ", ".join(_differences(stored_rig, _normalise(rig))[:6])
                 raise SessionError(toml_path, "this session was captured with a different rig configuration "
@@ -551,6 +545,23 @@ class CheckReport:
         out = asdict(self)
         out["ok"] = self.ok
         return out
+
+
+def _replace_file(final: Path, data: bytes) -> None:
+    """Replace ``final`` whole (temporary file, fsync, rename, folder fsync): the one place
+    the session rewrites a file, its ``session.toml`` while it holds no shot.  Raises
+    ``SessionWriteError`` (the temporary file removed) on an OS failure."""
+    tmp = final.with_name(f"{TMP_PREFIX}{os.getpid()}-{final.name}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise SessionWriteError(final, f"cannot be rewritten: {err.strerror or err}") from err
+    _fsync_dir(final.parent)
 
 
 def read_session_toml(path: Path) -> dict[str, Any]:

@@ -93,7 +93,6 @@ def test_verbose_and_quiet_set_the_stages_progress_text(monkeypatch, flags, show
         click.echo("result")
 
     monkeypatch.setattr(cli.LazyGroup, "_load", staticmethod(lambda name: talk if name == "talk" else None))
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     res = CliRunner().invoke(cli.main, [*flags, "talk"])
     assert res.exit_code == 0 and "result" in res.output
     assert all(s in res.output for s in shown) and not any(h in res.output for h in hidden), res.output
