@@ -71,9 +71,11 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], Any]) -> Path:
+def write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], Any], sync: bool = True) -> Path:
     """Write ``data`` (bytes, or a function that writes into a binary file object) to
-    ``path`` atomically, creating its folder; returns the path.
+    ``path`` atomically, creating its folder; returns the path.  ``sync=False`` skips
+    the two fsyncs (still whole or absent; for many small files whose completeness a
+    later synced file records, e.g. patch exports).
 
     Raises :class:`WriteError` naming ``path`` (the temporary file is removed)."""
     path = Path(path)
@@ -86,7 +88,8 @@ def write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], Any]) -> Pa
             else:
                 fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -94,7 +97,8 @@ def write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], Any]) -> Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
     return path
 
 
@@ -108,9 +112,10 @@ def write_json(path: Path | str, obj: Any, indent: int | None = 1) -> Path:
     return write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
 
 
-def write_image(path: Path | str, img: np.ndarray) -> Path:
+def write_image(path: Path | str, img: np.ndarray, sync: bool = True) -> Path:
     """An image in the format its suffix names (OpenCV: BGR channel order, uint8 or
-    uint16), encoded in memory and checked, then written atomically."""
+    uint16), encoded in memory and checked, then written atomically (``sync``: see
+    :func:`write_bytes`)."""
     import cv2
 
     path = Path(path)
@@ -120,7 +125,7 @@ def write_image(path: Path | str, img: np.ndarray) -> Path:
         raise WriteError(path, f"cannot encode the image ({err.msg.strip() if hasattr(err, 'msg') else err})") from None
     if not ok or buf is None or buf.size == 0:
         raise WriteError(path, "cannot encode the image")
-    return write_bytes(path, buf.tobytes())
+    return write_bytes(path, buf.tobytes(), sync=sync)
 
 
 def write_npy(path: Path | str, array: np.ndarray) -> Path:

@@ -131,8 +131,10 @@ def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride
                     continue
                 name = f"{rec['id']}_{i:03d}_{j:03d}.png"
                 patch = np.round(mosaic[y:y + size, x:x + size] * PATCH_SCALE).astype(np.uint16)
-                write_image(out / split / "raw" / name, patch)
-                write_image(out / split / "rgb" / name, np.ascontiguousarray(target8[y:y + size, x:x + size, ::-1]))
+                # no fsync per patch: export.json says "complete" only after the synced patches.csv
+                write_image(out / split / "raw" / name, patch, sync=False)
+                write_image(out / split / "rgb" / name, np.ascontiguousarray(target8[y:y + size, x:x + size, ::-1]),
+                            sync=False)
                 rows.append((split, f"{split}/raw/{name}", f"{split}/rgb/{name}", rec["id"], x, y))
     table = io.StringIO(newline="")
     writer = csv.writer(table)

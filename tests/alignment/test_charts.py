@@ -15,11 +15,15 @@ def _png(path):
     return img
 
 
-@pytest.mark.parametrize("series", [{"residual": [0.1, 0.2, 0.2, float("nan")], "truth": [0.15, 0.3]}, {"empty": []}])
-def test_histogram_draws_every_series_or_says_there_are_none(tmp_path, series):
-    img = _png(charts.histogram(tmp_path / "h.png", series, "pixels"))
-    assert img.shape[:2] == (round(charts.SIZE[1] * charts.DPI), round(charts.SIZE[0] * charts.DPI))
-    assert img.std() > 5  # something is drawn on the white page
+def test_histogram_draws_every_series_or_says_there_are_none(tmp_path):
+    full = _png(charts.histogram(tmp_path / "a.png", {"residual": [0.1, 0.2, 0.2, float("nan")],
+                                                        "truth": [0.15, 0.3]}, "pixels"))
+    one = _png(charts.histogram(tmp_path / "b.png", {"residual": [0.1, 0.2, 0.2, float("nan")]}, "pixels"))
+    empty = _png(charts.histogram(tmp_path / "c.png", {"empty": []}, "pixels"))
+    assert full.shape[:2] == (round(charts.SIZE[1] * charts.DPI), round(charts.SIZE[0] * charts.DPI))
+    orange = lambda img: int(((img[..., 2] > 200) & (img[..., 1] > 100) & (img[..., 0] < 120)).sum())  # noqa: E731
+    assert orange(full) > 100 and orange(one) == 0  # the second series' bars (matplotlib's second colour)
+    assert np.abs(empty.astype(int) - one).sum() > 0 and empty.std() > 5  # axes and the "no values" note
 
 
 def test_bars_and_curves_write_pictures_that_differ_with_the_data(tmp_path):
