@@ -25,7 +25,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from alignment import trust
-from alignment.ecc import Channel, prepare_channels, refine_homography, refine_planes
+from alignment.ecc import Channel, EccResult, prepare_channels, refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
@@ -506,6 +506,89 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         q.residual_max_px = float(mag.max())
 
 
+def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
+                        q_radial: np.ndarray | None = None) -> trust.DenseResidual:
+    """The phone luminance against the DSLR luminance under a model, densely
+    (:func:`trust.dense_residual` on the phone's working grid).
+
+    h_work: (3,3) phone working px -> DSLR working px, applied to the phone points
+    undistorted by the radial lens model ``q_radial`` (None or zeros: none)."""
+    rows, cols = p.lum.shape
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    img = apply_homography(p.to_image, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64))
+    lens = _radial_field(np.zeros(2) if q_radial is None else q_radial, p)
+    if not lens.empty:
+        img = img + lens(img)
+    at = apply_homography(h_work @ np.linalg.inv(p.to_image), img).astype(np.float32)
+    map_x, map_y = at[:, 0].reshape(rows, cols), at[:, 1].reshape(rows, cols)
+    warped = cv2.remap(d.lum.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    seen = cv2.remap(d.valid.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=0) > 0
+    return trust.dense_residual([p.lum], [warped], [p.valid & seen])
+
+
+def _followers(res: trust.DenseResidual, step: float, max_px: float = 1.0, flat_snr: float = 4.0) -> int:
+    """How many textured working px a model explains: their residual flow (phone px) is
+    at most ``max_px`` and comes back (forward-backward within 1 px)."""
+    mag = np.hypot(res.flow[..., 0], res.flow[..., 1]) * step
+    ok = res.valid & (res.snr >= flat_snr) & (res.fb_error * step <= 1.0) & (mag <= max_px)
+    return int(ok.sum())
+
+
+def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, opt: AlignOptions,
+                      rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Where ECC starts, and what it compares: the background.
+
+    The features' homography h_work ((3,3) phone working px -> DSLR working px) may
+    hold a foreground object's matches; the dense flow between the phone luminance
+    and the DSLR luminance under it has the background (the largest consistent
+    plane) as its dominant motion (:func:`trust.dominant_motion`).  Returns
+    (h_work composed with that motion, the phone's valid working px less those that
+    do not follow it); h_work and ``p.valid`` unchanged when no motion can be fitted
+    or when it leaves under a fifth of the px.  A correction that moves a frame
+    corner by a working px or more is measured again from the corrected start (up to
+    ``rounds`` times): the flow reaches only so far.
+    """
+    rows, cols = p.lum.shape
+    corners = np.array([[0, 0], [cols - 1, 0], [0, rows - 1], [cols - 1, rows - 1]], np.float64)
+    mask = p.valid
+    for _ in range(rounds):
+        res = _luminance_residual(p, d, h_work)
+        motion = trust.dominant_motion(res, float(p.to_image[0, 0]), margin_px=opt.trust_margin_px)
+        if motion.homography is None or motion.outliers.mean() >= 0.8:
+            break
+        moved = h_work @ motion.homography
+        h_work = moved / moved[2, 2]
+        mask = p.valid & ~motion.outliers
+        # a large correction was measured through a flow at the edge of its reach: look again
+        if np.abs(apply_homography(motion.homography, corners) - corners).max() < 1.0:
+            break
+    return h_work, mask
+
+
+def _better_model(p: PreparedImage, d: PreparedImage,
+                  candidates: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Of (h_work, radial coefficients) candidates, the one that explains the most
+    textured phone px (:func:`_followers`): ECC on the luminance can be pulled off
+    the background by what it cannot tell apart (a near object, a lens model fitted
+    to parallax); the first candidate wins ties."""
+    step = float(p.to_image[0, 0])
+    scores = [_followers(_luminance_residual(p, d, h, q), step) for h, q in candidates]
+    return candidates[int(np.argmax(scores))]
+
+
+def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine) -> EccResult:
+    """``refine(h, mask)`` from the first start (homography, template mask) where it
+    succeeds; the last failure is raised when none does."""
+    for i, (h, mask) in enumerate(starts):
+        try:
+            return refine(h, mask)
+        except (ValueError, np.linalg.LinAlgError):
+            if i == len(starts) - 1:
+                raise
+    raise ValueError("no start for ECC")
+
+
 def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -569,12 +652,19 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     eccopt = dict(method=opt.ecc_method, blur_sigma=opt.blur_sigma, norm_sigma=opt.norm_sigma,
                   gain_degree=opt.gain_degree, gauss_filt_size=opt.gauss_filt_size)
     targets = p.plane_targets()
+    starts = [(h_work, p.valid)]
+    if opt.trust:
+        t_bg = time.perf_counter()
+        starts.insert(0, _background_start(p, d, h_work, opt))
+        secs["background_start"] = time.perf_counter() - t_bg
     try:
-        r = refine_homography(
-            p.lum, d.lum, h_work, p.valid, d.valid, levels=opt.ecc_levels,
+        r = _ecc_from(starts, lambda h, mask: refine_homography(
+            p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
             min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0, **eccopt
-        )
-        q_radial = r.radial
+        ))
+        h_work, q_radial = r.homography / r.homography[2, 2], r.radial
+        if opt.trust:
+            h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))])
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = h_work @ from_img
         images = [d.lum] * len(targets)
@@ -595,7 +685,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
             # out of the fine stage and the local field: the background must win
             t_pre = time.perf_counter()
             pre = trust.dense_residual(*_channel_lists(warp_channels(channels, h_image, _radial_field(q_radial, p))))
-            outliers = trust.outliers_to_dominant_motion(pre, float(to_img[0, 0]), margin_px=opt.trust_margin_px)
+            outliers = trust.dominant_motion(pre, float(to_img[0, 0]), margin_px=opt.trust_margin_px).outliers
             if outliers.any() and outliers.mean() < 0.8:
                 fit_channels = _masked(channels, ~outliers)
             q.prefit_outliers = round(float(outliers.mean()), 5)

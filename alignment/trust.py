@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residual", "assess", "evidence", "Evidence", "grow", "outliers_to_dominant_motion",
+__all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residual", "assess", "evidence", "Evidence", "grow", "dominant_motion", "DominantMotion",
            "upsample_codes", "full_resolution_codes", "fractions"]
 
 #: codes of :attr:`TrustMap.code`; 0 is trusted
@@ -306,9 +306,23 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
                          valid, _picture(templates, valid), (lum_t, lum_w))
 
 
-def outliers_to_dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin_px: float = 8.0,
-                                flat_snr: float = 4.0, grid: int = 4) -> np.ndarray:
-    """Working px that do not follow the dominant motion of the residual flow.
+@dataclass
+class DominantMotion:
+    """The motion of the largest consistent plane in a residual flow (see :func:`dominant_motion`).
+
+    homography: (3,3) working px x -> x + flow(x) of that plane (None when none could
+        be fitted); outliers: (h, w) bool, the px that do not follow it (grown by the
+        margin); followers: how many textured, measured px follow it.
+    """
+
+    homography: np.ndarray | None
+    outliers: np.ndarray
+    followers: int = 0
+
+
+def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin_px: float = 8.0,
+                    flat_snr: float = 4.0, grid: int = 4) -> DominantMotion:
+    """The dominant motion of the residual flow and the working px that do not follow it.
 
     A homography fitted by MAGSAC++ to the flow at textured, forward-backward
     consistent px (every ``grid``-th px) is the motion of the largest consistent
@@ -317,27 +331,31 @@ def outliers_to_dominant_motion(res: DenseResidual, step: float, max_px: float =
     ``max_px`` phone px, or whose flow does not come back, are outliers (objects
     at other depths, moving things, occlusions); speckles are removed and the rest
     grown by ``margin_px``.  step: phone px per working px.
-    Returns (h, w) bool, True = outlier (all False when no motion can be fitted).
+    Returns a :class:`DominantMotion` (no outliers when no motion can be fitted).
     """
     h, w = res.valid.shape
+    none = DominantMotion(None, np.zeros((h, w), bool))
     ys, xs = np.mgrid[0:h:grid, 0:w:grid]
     fb_ok = res.valid & (res.fb_error * step <= 1.0)
     sel = fb_ok[ys, xs] & (res.snr[ys, xs] >= flat_snr)
     if sel.sum() < 50:
-        return np.zeros((h, w), bool)
+        return none
     src = np.stack([xs[sel], ys[sel]], 1).astype(np.float64)
     dst = src + res.flow[ys[sel], xs[sel]].astype(np.float64)
     hom, _ = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 0.5 / step * 2.0, maxIters=5000, confidence=0.999)
     if hom is None:
-        return np.zeros((h, w), bool)
+        return none
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     den = hom[2, 0] * xx + hom[2, 1] * yy + hom[2, 2]
     px = (hom[0, 0] * xx + hom[0, 1] * yy + hom[0, 2]) / den - xx
     py = (hom[1, 0] * xx + hom[1, 1] * yy + hom[1, 2]) / den - yy
     off = np.hypot(res.flow[..., 0] - px, res.flow[..., 1] - py) * step
     # only textured px can say that they do not follow (a flat px's flow is guesswork)
-    bad = res.valid & (res.snr >= flat_snr) & ((off > max_px) | ~fb_ok)
-    return grow(_open(bad, 3.0 / step), margin_px / step)
+    textured = res.valid & (res.snr >= flat_snr)
+    follow = (off <= max_px) & fb_ok
+    bad = textured & ~follow
+    return DominantMotion(hom / hom[2, 2], grow(_open(bad, 3.0 / step), margin_px / step),
+                          int((textured & follow).sum()))
 
 
 def enclosed(mask: np.ndarray, max_area: float) -> np.ndarray:

@@ -21,7 +21,10 @@ this benchmark ran; the split follows what was seen, so it is 8 to 4):
 Pair k of source s is ``isp-rig simulate --pairs 1 --seed SEED --source FILE
 --parallax --motion --clipping --shading --baseline-mm B`` with the SEED and B
 written in the output (``pairs[].sim_seed``, ``baseline_mm``), so any pair can be
-re-made on its own.
+re-made on its own, except that the foreground objects are cut from the other
+image sources of the same half (``pairs[].materials``; as ``isp-rig simulate``
+cuts them from its other ``--source`` files), never from the pair's own source,
+and never from the other half (procedural pairs keep procedural objects).
 
 Alignment: one dataset build (``alignment.batch.run_batch(..., save_maps=True)``,
 what ``isp-rig align batch SIMDIR --save-maps`` runs) with the default options;
@@ -98,6 +101,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -163,19 +167,24 @@ def sim_seed(seed: int, source: str, index: int) -> int:
 
 
 def plan_pairs(sources: list[str], per_source: int, seed: int, layered: bool) -> list[dict]:
-    """One dict per pair: id, source, half, index, sim_seed, baseline_mm, layered.
+    """One dict per pair: id, source, half, index, sim_seed, baseline_mm, layered, materials.
 
     Within each half, source number k's pair i has baseline ``BASELINES_MM[(k + i) % 2]``:
-    with an even number of sources or pairs per source, half the pairs at each."""
+    with an even number of sources or pairs per source, half the pairs at each.
+    materials: the other image sources of the same half, whose crops texture the
+    foreground objects (as ``isp-rig simulate`` does with several sources; a half's
+    material never appears in the other half)."""
     plan = []
     for half in HALVES:
-        for k, name in enumerate(s for s in sources if SOURCES[s][1] == half):
+        in_half = [s for s in sources if SOURCES[s][1] == half]
+        for k, name in enumerate(in_half):
+            materials = [s for s in in_half if s != name and SOURCES[s][0]] if SOURCES[name][0] else []
             for i in range(per_source):
                 base = BASELINES_MM[(k + i) % 2]
                 pid = f"{name}-b{int(base):03d}-{i:02d}" if layered else f"{name}-{i:02d}"
                 plan.append({"id": pid, "source": name, "half": half, "index": i,
                              "sim_seed": sim_seed(seed, name, i), "baseline_mm": base if layered else None,
-                             "layered": layered})
+                             "layered": layered, "materials": materials if layered else []})
     return plan
 
 
@@ -184,9 +193,18 @@ def pair_complete(folder: Path, layered: bool) -> bool:
     return all((folder / n).is_file() for n in names)
 
 
+@functools.lru_cache(maxsize=None)
+def _load_source(name: str) -> np.ndarray:
+    """A source image as the simulator reads it, once per worker."""
+    from isp_rig import simulate as sim
+
+    return sim.load_source(SHARED / SOURCES[name][0])
+
+
 def simulate_one(pair: dict, out_dir: str, phone_size: tuple[int, int], dslr_size: tuple[int, int]) -> str:
-    """Simulate one pair exactly as ``isp-rig simulate --pairs 1 --seed S [--source F] [effects]`` would
-    (the pair is written as ``out_dir/<id>`` instead of ``pair_0000``); runs in a worker."""
+    """Simulate one pair as ``isp-rig simulate --seed S [--source F] [effects]`` would with the pair's
+    materials as the other sources (the pair is written as ``out_dir/<id>`` instead of
+    ``pair_0000``); runs in a worker."""
     from alignment.batch import pin_threads
     from isp_rig import simulate as sim
 
@@ -200,7 +218,9 @@ def simulate_one(pair: dict, out_dir: str, phone_size: tuple[int, int], dslr_siz
         opt.parallax = opt.motion = opt.clipping = opt.shading = True
         opt.baseline_mm = pair["baseline_mm"]
     pair_seed = int(np.random.SeedSequence([pair["sim_seed"], 0]).generate_state(1)[0])
-    sp = sim.simulate_pair(pair_seed, src, opt, sim.PhoneModel(bits=10), pair_id=pair["id"])
+    materials = [_load_source(m) for m in pair["materials"]]
+    sp = sim.simulate_pair(pair_seed, src, opt, sim.PhoneModel(bits=10), pair_id=pair["id"],
+                           materials=materials or None)
     if path is not None:
         sp.truth.facts["source"] = path.name
     return str(sim.write_pair(sp, out_dir))
@@ -233,10 +253,11 @@ def code_hash(folders: tuple[str, ...]) -> str:
 
 
 def check_code(folder: Path, what: str, folders: tuple[str, ...], reset: bool) -> str | None:
-    """Record the package code hash in ``folder``; a warning when it differs from the stored one."""
+    """Record the package code hash beside ``folder`` (``<folder>.code.json``: a dataset folder
+    holds only what the dataset writer put there); a warning when it differs from the stored one."""
     now = code_hash(folders)
-    stamp = folder / "bench_code.json"
-    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder.with_name(folder.name + ".code.json")
+    folder.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(stamp.read_text()).get("code") if stamp.is_file() and not reset else None
     if old is None:
         stamp.write_text(json.dumps({"code": now, "packages": list(folders)}))

@@ -476,20 +476,43 @@ def _planar_render(rng: np.random.Generator, source: np.ndarray | None, opt: Sim
     return _Render(truth, dslr_lin, _render_phone_rgb(scene, truth, k))
 
 
-def _material(rng: np.random.Generator, sources: list[np.ndarray]):
+#: the least :func:`texture_level` of a foreground object's material (a crop of sky or
+#: of a blank wall is no textured object: 0.002-0.005; a facade, foliage, text: 0.02-0.09)
+MIN_OBJECT_TEXTURE = 0.015
+
+
+def texture_level(rgb: np.ndarray) -> float:
+    """Mean local contrast of a linear RGB image in [0, 1]: the mean over px of the
+    standard deviation of the gamma-encoded (1/2.2) luminance in a 7x7 window."""
+    lum = np.clip(rgb.astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32), 0, None) ** (1 / 2.2)
+    mu = cv2.blur(lum, (7, 7))
+    var = np.maximum(cv2.blur(lum * lum, (7, 7)) - mu * mu, 0.0)
+    return float(np.mean(np.sqrt(var)))
+
+
+def _material(rng: np.random.Generator, sources: list[np.ndarray], tries: int = 24):
     """Texture maker for foreground objects: crops of other scene material, or procedural.
-    Each texture draws from a generator of its own, so the scene's geometry does not
+
+    Objects are textured: of up to ``tries`` random crops the first whose
+    :func:`texture_level` reaches :data:`MIN_OBJECT_TEXTURE` is taken (else the most
+    textured one), so an object is not a patch of sky in front of the sky.  Each
+    texture draws from a generator of its own, so the scene's geometry does not
     depend on how many numbers a texture of some size needed."""
 
     def make(h: int, w: int) -> np.ndarray:
         rng_tex = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
-        return _texture(rng_tex, h, w)
-
-    def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-        if sources:
-            src = sources[int(rng.integers(0, len(sources)))]
-            return scene_from_source(rng, src, h, w, frac_range=(0.12, 0.45))
-        return procedural_scene(rng, h, w)
+        if not sources:
+            return procedural_scene(rng_tex, h, w)
+        best, best_level = None, -1.0
+        for _ in range(tries):
+            src = sources[int(rng_tex.integers(0, len(sources)))]
+            tex = scene_from_source(rng_tex, src, h, w, frac_range=(0.12, 0.45))
+            level = texture_level(tex)
+            if level >= MIN_OBJECT_TEXTURE:
+                return tex
+            if level > best_level:
+                best, best_level = tex, level
+        return best
 
     return make
 

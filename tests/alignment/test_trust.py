@@ -117,6 +117,28 @@ def test_a_wide_spread_background_wins_over_a_richly_textured_object_in_front():
     np.testing.assert_allclose(fm.homography, np.eye(3), atol=0.02)  # the background won
 
 
+def test_the_dominant_motion_is_the_background_shift_and_its_outliers_are_the_object():
+    rng = np.random.default_rng(3)
+    h, w = 192, 256
+    scene = _textured(rng, h + 20, w + 20)
+    # what the phone shows at x, the prediction shows at x + (-3, 2) ...
+    phone = scene[10:10 + h, 10:10 + w].copy()
+    prediction = scene[8:8 + h, 13:13 + w].copy()
+    # ... except in a patch that moved by (-10, 10) (an object nearer the cameras)
+    phone[60:120, 80:150] = scene[70:130, 100:170]
+    prediction[60:120, 80:150] = scene[60:120, 110:180]
+    res = trust.dense_residual(_planes(phone, rng), [prediction] * 4, [np.ones((h, w), bool)] * 4)
+    motion = trust.dominant_motion(res, step=2.0, margin_px=4.0)
+    pts = np.array([[20.0, 20.0], [230.0, 20.0], [20.0, 170.0], [230.0, 170.0]])
+    moved = cv2.perspectiveTransform(pts[None], motion.homography)[0]
+    np.testing.assert_allclose(moved - pts, np.tile([-3.0, 2.0], (4, 1)), atol=0.15)
+    assert motion.outliers[70:110, 90:140].mean() > 0.9
+    outside = np.ones((h, w), bool)
+    outside[50:130, 70:160] = False
+    assert motion.outliers[outside].mean() < 0.02
+    assert motion.followers > 0.8 * outside.sum()
+
+
 # --------------------------------------------------------- the whole pipeline
 
 
@@ -187,6 +209,48 @@ def test_a_planar_pair_keeps_its_in_frame_px_and_its_accuracy(aligned):
         w, h = truth.phone_size
         corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
         assert np.median(np.linalg.norm(a.map_points(corners) - truth.map_points(corners), axis=1)) < 0.1
+
+
+def _prepared_with_truth(folder):
+    """The phone and DSLR as the pipeline prepares them, and the background's homography
+    in their working px (phone working px -> DSLR working px)."""
+    from alignment.prepare import prepare_dslr, prepare_phone
+
+    p = prepare_phone(rawio.read_raw(folder / "phone.dng"))
+    d = prepare_dslr(rawio.read_any(folder / "dslr.jpg"))
+    truth = sim.load_truth(folder)
+    assert truth.distortion is None  # layered scenes: the background is one homography
+    h_true = np.linalg.inv(d.to_image) @ truth.phone_to_dslr @ p.to_image
+    return p, d, h_true / h_true[2, 2]
+
+
+def _corner_error(p, d, h_a, h_b) -> float:
+    """Largest distance (DSLR working px) between two models at the phone's working corners."""
+    rows, cols = p.lum.shape
+    corners = np.array([[[0, 0], [cols - 1, 0], [0, rows - 1], [cols - 1, rows - 1]]], np.float64)
+    return float(np.abs(cv2.perspectiveTransform(corners, h_a) - cv2.perspectiveTransform(corners, h_b)).max())
+
+
+def test_a_start_pulled_off_the_background_is_moved_back_onto_it_before_ecc(aligned):
+    from alignment.pipeline import AlignOptions, _background_start, _better_model
+
+    folder = next(f for f, (_, _, t) in aligned.items() if t.dense is not None)
+    p, d, h_true = _prepared_with_truth(folder)
+    # a start off by a shift and a turn, as features locked partly on a near object give
+    rows, cols = p.lum.shape
+    turn = cv2.getRotationMatrix2D(((cols - 1) / 2, (rows - 1) / 2), 0.4, 1.0)
+    off = np.vstack([turn, [0, 0, 1]]) @ np.array([[1, 0, 4.0], [0, 1, -3.0], [0, 0, 1]])
+    start = h_true @ off
+    assert _corner_error(p, d, start, h_true) > 4.0
+    h_bg, mask = _background_start(p, d, start, AlignOptions())
+    # within a working px or so: well inside the reach of ECC, which refines from here
+    assert _corner_error(p, d, h_bg, h_true) < 1.5
+    assert 0.5 < mask.mean() < p.valid.mean()  # what moved is kept out of ECC
+    # of two candidate models, the one that explains more of the phone wins, in either order
+    zero = np.zeros(2)
+    for order in ((start, h_bg), (h_bg, start)):
+        best, _ = _better_model(p, d, [(order[0], zero), (order[1], zero)])
+        assert best is h_bg
 
 
 def test_the_verdict_rejects_a_pair_with_too_little_trusted(aligned):

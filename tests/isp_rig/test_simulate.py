@@ -310,6 +310,19 @@ def test_colour_shading_darkens_the_corners_of_each_colour_plane_differently():
     assert pair.phone.mosaic.shape == (240, 320)
 
 
+def test_foreground_objects_are_textured_even_when_most_of_the_material_is_sky():
+    rng = np.random.default_rng(0)
+    source = np.full((400, 600, 3), 0.6, np.float32)  # three quarters flat sky ...
+    source[300:] = rng.random((100, 600, 3)).astype(np.float32)  # ... over a textured strip
+    make = sim._material(np.random.default_rng(1), [source])
+    levels = [sim.texture_level(make(90, 120)) for _ in range(12)]
+    assert min(levels) >= sim.MIN_OBJECT_TEXTURE, levels
+    assert sim.texture_level(source[:250]) < 0.001  # a crop of the sky alone would not do
+    # material without any texture still gives an object (the most textured crop)
+    flat = sim._material(np.random.default_rng(2), [np.full((100, 100, 3), 0.5, np.float32)])(40, 60)
+    assert flat.shape == (40, 60, 3)
+
+
 def test_layered_pairs_are_the_same_for_the_same_seed(tmp_path):
     tiny = sim.SimOptions(phone_size=(128, 96), dslr_size=(192, 128), parallax=True, motion=True, clipping=True,
                           shading=True)
