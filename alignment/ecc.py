@@ -301,7 +301,7 @@ def gn_refine(
     max_pixels: int | None = 400_000,
     radial: int = 0,
     q0: np.ndarray | None = None,
-) -> tuple[np.ndarray, int, bool, float, float, np.ndarray]:
+) -> EccResult:
     """Gauss-Newton on a homography (and radial distortion) shared by several template channels.
 
     Each channel k predicts its template as ``a_k(x) * I_k(H T_k x) + b_k(x)`` with
@@ -315,8 +315,8 @@ def gn_refine(
     ``n_u = n (1 + q1 |n|^2 + q2 |n|^4)`` with c the frame centre and s half its
     longer side, so q is dimensionless and the same at every pyramid level;
     q0: the starting coefficients.
-    Returns (H, iterations, converged, correlation, valid fraction, q), the
-    correlation pooled over channels.
+    Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
+    pooled over channels.
     """
     rng = np.random.default_rng(12345)
     q = np.zeros(2) if q0 is None else np.asarray(q0, np.float64).copy()
@@ -458,7 +458,8 @@ def gn_refine(
         if float(np.max(np.hypot(x1 - x0, y1 - y0))) < tol_px:
             converged = True
             break
-    return h, it, converged, float(corr), valid_frac, q
+    return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
+                     valid_fraction=valid_frac, radial=q)
 
 
 def _gn_level(
@@ -474,8 +475,10 @@ def _gn_level(
     max_pixels: int | None = 150_000,
     radial: int = 0,
     q0: np.ndarray | None = None,
-) -> tuple[np.ndarray, int, bool, float, float, np.ndarray]:
-    """Gauss-Newton at one pyramid level (one channel). See :func:`gn_refine`."""
+    gauss_filt_size: int = 1,
+) -> EccResult:
+    """Gauss-Newton at one pyramid level (one channel). See :func:`gn_refine`
+    (``gauss_filt_size`` is OpenCV's and not used)."""
     return gn_refine(
         [Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber, max_pixels,
         radial, q0,
@@ -612,6 +615,11 @@ def refine_homography(
     :func:`gn_refine`; the template grid is the frame).
     Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
+    level = ECC_METHODS.get(method)
+    if level is None:
+        raise ValueError(f"unknown ECC method {method!r} (choices: {', '.join(ECC_METHODS)})")
+    if radial and method != "gn":
+        raise ValueError("radial distortion needs method='gn'")
     h = np.asarray(h0, np.float64).copy()
     h /= h[2, 2]
     q = np.zeros(2) if q0 is None else np.asarray(q0, np.float64).copy()
@@ -642,20 +650,11 @@ def refine_homography(
         t, tm, im, imk = prepare_level_pair(
             tpyr[lvl], ipyr[m], hl, tmpyr[lvl], impyr[m], blur_sigma, norm_sigma, aperture
         )
-        if method == "gn":
-            hl, it, conv, corr, valid, q = _gn_level(
-                t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
-                None if lvl == 0 else 150_000, radial, q,
-            )
-        elif method == "opencv":
-            if radial:
-                raise ValueError("radial distortion needs method='gn'")
-            hl, it, conv, corr, valid = _opencv_level(t, tm, im, imk, hl, max_iter, gauss_filt_size)
-        else:
-            raise ValueError(f"unknown ECC method {method!r} (use 'gn' or 'opencv')")
-        iters.append(it)
-        converged = conv
-        h = pi @ hl @ np.linalg.inv(pt)
+        r = level(t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
+                  None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size)
+        iters += r.iterations
+        converged, corr, valid, q = r.converged, r.correlation, r.valid_fraction, r.radial
+        h = pi @ r.homography @ np.linalg.inv(pt)
         h /= h[2, 2]
     return EccResult(
         homography=h, correlation=float(corr), iterations=iters, converged=converged, valid_fraction=valid, radial=q
@@ -669,9 +668,19 @@ def _opencv_level(
     imask: np.ndarray | None,
     h: np.ndarray,
     max_iter: int,
-    gauss_filt_size: int,
-) -> tuple[np.ndarray, int, bool, float, float]:
-    """One level of cv2.findTransformECCWithMask (template and image masks)."""
+    tol_px: float = 1e-4,
+    gain_degree: int = 1,
+    huber: float | None = None,
+    max_pixels: int | None = None,
+    radial: int = 0,
+    q0: np.ndarray | None = None,
+    gauss_filt_size: int = 1,
+) -> EccResult:
+    """One level of cv2.findTransformECCWithMask (template and image masks); the
+    arguments of :func:`_gn_level` that OpenCV has no use for are ignored, and a
+    radial model is refused."""
+    if radial:
+        raise ValueError("radial distortion needs method='gn'")
     warp = h.astype(np.float32)
     crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, max_iter, 1e-8)
     im_mask = np.full(image.shape, 255, np.uint8) if imask is None else imask.astype(np.uint8) * 255
@@ -692,7 +701,12 @@ def _opencv_level(
     hh /= hh[2, 2]
     warped, inside = warp_to_template(image, hh, template.shape)
     m = tmask & inside
-    return hh, max_iter, True, correlation(template, warped, m), float(m.mean())
+    return EccResult(homography=hh, correlation=correlation(template, warped, m), iterations=[max_iter],
+                     converged=True, valid_fraction=float(m.mean()), radial=np.zeros(2) if q0 is None else q0)
+
+
+#: ECC method name -> the function that runs one pyramid level (``refine_homography(method=...)``)
+ECC_METHODS = {"gn": _gn_level, "opencv": _opencv_level}
 
 
 def prepare_channels(
@@ -767,9 +781,4 @@ def refine_planes(
         channels = prepare_channels(
             targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma, aperture=aperture
         )
-    h, it, conv, corr, valid_frac, q = gn_refine(
-        channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0
-    )
-    return EccResult(
-        homography=h, correlation=corr, iterations=[it], converged=conv, valid_fraction=valid_frac, radial=q
-    )
+    return gn_refine(channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0)

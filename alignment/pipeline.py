@@ -25,7 +25,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from alignment import trust
-from alignment.ecc import Channel, EccResult, prepare_channels, refine_homography, refine_planes
+from alignment.ecc import ECC_METHODS, Channel, EccResult, prepare_channels, refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
@@ -149,7 +149,7 @@ _FLAG = ((bool,), None, "true or false")
 _OPTION_KINDS = {
     "ratio": ((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "magsac_threshold": _POSITIVE, "feature_layers": _COUNT, "max_features": _COUNT, "feature_max_side": _COUNT,
-    "ecc_method": ((str,), lambda v: v in ("gn", "opencv"), "'gn' or 'opencv'"),
+    "ecc_method": ((str,), lambda v: v in ECC_METHODS, "one of " + ", ".join(map(repr, ECC_METHODS))),
     "ecc_levels": ((int,), lambda v: v >= 1, "a whole number >= 1"),
     "blur_sigma": _POSITIVE, "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0,
                                            "a number > 0 or null"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from alignment.ecc import local_normalize, refine_homography, refine_planes, warp_to_template
+from alignment.pipeline import AlignOptions
 
 # A band-limited analytic scene sampled exactly on two grids related by a known
 # homography: nothing resamples the data before the estimator sees it.
@@ -81,10 +82,12 @@ def test_masked_out_template_pixels_do_not_move_the_estimate():
     assert _corner_error(r.homography) < 0.01
 
 
-def test_unknown_method_is_an_error():
+def test_unknown_method_is_an_error_that_lists_the_choices_before_any_work():
     template, image = _analytic_pair()
-    with pytest.raises(ValueError, match="unknown ECC method"):
+    with pytest.raises(ValueError, match="unknown ECC method 'lk' \\(choices: gn, opencv\\)"):
         refine_homography(template, image, _A, method="lk")
+    with pytest.raises(ValueError, match="ecc_method: 'lk' is not one of 'gn', 'opencv'"):
+        AlignOptions(ecc_method="lk")
 
 
 def test_local_normalize_gives_zero_mean_unit_variance_locally():
