@@ -33,7 +33,7 @@ from alignment.local import SmoothField, TileChannel, TileResiduals, model_corre
 from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
-from alignment.reduce import bin_phone, crop_and_shrink_dslr, phone_bin_factor
+from alignment.reduce import DslrWindow, bin_phone, crop_and_shrink_dslr, phone_bin_factor
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
 
@@ -589,42 +589,91 @@ def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine) -> EccResult:
     raise ValueError("no start for ECC")
 
 
-def _align(phone, dslr, opt: AlignOptions) -> Alignment:
-    secs: dict[str, float] = {}
+class _StageFailed(Exception):
+    """A stage cannot go on: the verdict is made from what was measured so far.
+
+    h_work: the model to record ((3,3) phone working px -> DSLR working px, None:
+    none); message: why, for ``Quality.message`` (None: the verdict says it)."""
+
+    def __init__(self, h_work: np.ndarray | None, message: str | None = None) -> None:
+        super().__init__(message)
+        self.h_work = h_work
+        self.message = message
+
+
+@dataclass
+class _PairState:
+    """What every stage of one alignment shares.
+
+    p: the phone, prepared and binned (working grid -> phone image px: ``p.to_image``);
+    d: the DSLR, prepared, then cropped and shrunk to the phone frame's footprint once
+    the features have found it (``d.to_image``: DSLR working px -> stored px);
+    window: that reduction (None before); stored_size: the DSLR (W, H) as stored;
+    q: the quality figures the stages fill in; secs: seconds per stage."""
+
+    opt: AlignOptions
+    p: PreparedImage
+    d: PreparedImage
+    stored_size: tuple[int, int]
+    q: Quality
+    secs: dict
+    window: DslrWindow | None = None
+
+    @property
+    def step(self) -> float:
+        """Phone image px per working px."""
+        return float(self.p.to_image[0, 0])
+
+    def h_image(self, h_work: np.ndarray) -> np.ndarray:
+        """(3,3) phone image px -> DSLR working px of a working-grid model."""
+        return h_work @ np.linalg.inv(self.p.to_image)
+
+
+@dataclass
+class _GlobalModel:
+    """The global model and the channels it is measured on.
+
+    h_image: (3,3) phone image px (undistorted by ``q_radial``) -> DSLR working px;
+    q_radial: (2,) radial lens coefficients; targets / images: the phone planes and
+    their DSLR predictions; channels: every phone px; fit_channels: the px the fit
+    uses (what moved kept out); fld / final: the local field and the tile residuals
+    under the whole model (after :func:`_local_fit`)."""
+
+    h_image: np.ndarray
+    q_radial: np.ndarray
+    targets: list
+    images: list
+    channels: list[Channel]
+    fit_channels: list[Channel]
+    fld: SmoothField = field(default_factory=SmoothField)
+    final: TileResiduals | None = None
+
+    def h_work(self, s: _PairState) -> np.ndarray:
+        """(3,3) phone working px -> DSLR working px."""
+        return self.h_image @ s.p.to_image
+
+
+def _prepare_pair(phone, dslr, opt: AlignOptions) -> _PairState:
     t0 = time.perf_counter()
     p = prepare_phone(phone)
     p = bin_phone(p, phone_bin_factor(p, opt.max_plane_pixels))
     d = prepare_dslr(dslr)
-    stored_size = d.image_size
-    window = None  # the DSLR crop / shrink, once the footprint is known
-    secs["prepare"] = time.perf_counter() - t0
-    q = Quality()
-    to_img = p.to_image
-    from_img = np.linalg.inv(to_img)
-    result = Alignment(
-        homography=np.full((3, 3), np.nan), field=SmoothField(), quality=q, phone_size=p.image_size,
-        dslr_size=d.image_size, phone_path=str(p.path) if p.path else None, dslr_path=str(d.path) if d.path else None,
-        seconds=secs, options={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items()},
-    )
+    return _PairState(opt, p, d, d.image_size, Quality(), {"prepare": time.perf_counter() - t0})
 
-    def done(h_work: np.ndarray | None) -> Alignment:
-        if h_work is not None:
-            hh = d.to_image @ h_work @ from_img  # DSLR working px -> stored px
-            result.homography = hh / hh[2, 2]
-        verdict(q, opt.thresholds())
-        secs["total"] = time.perf_counter() - t0
-        return result
 
-    # --- features, at comparable scales
+def _features_stage(s: _PairState) -> np.ndarray:
+    """SIFT + MAGSAC at comparable scales (the EXIF scale guess) -> h_work ((3,3) phone
+    working px -> DSLR working px); stops the alignment when too few matches agree or
+    the frames hardly overlap."""
     t1 = time.perf_counter()
+    p, d, opt, q = s.p, s.d, s.opt, s.q
     s_guess = opt.scale_guess or focal_scale_guess(p, d)
-    work_px = float(to_img[0, 0])  # phone image px per working px
     ph, pw = p.lum.shape
     dh, dw = d.lum.shape
     f_phone = min(1.0, opt.feature_max_side / max(ph, pw))
     if s_guess:
         # DSLR px per phone feature px -> downscale the DSLR to the phone feature scale
-        f_dslr = min(1.0, f_phone / (s_guess * work_px))
+        f_dslr = min(1.0, f_phone / (s_guess * s.step))
     else:
         f_dslr = min(1.0, opt.feature_max_side / max(dh, dw))
     fa, ma, sa = _feature_image(p.lum, p.valid, f_phone)
@@ -633,22 +682,31 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
                           max_features=opt.max_features, layers=opt.feature_layers)
     q.keypoints_phone, q.keypoints_dslr = fm.keypoints_a, fm.keypoints_b
     q.matches, q.inliers, q.inlier_ratio = fm.matches, fm.inliers, fm.inlier_ratio
-    secs["features"] = time.perf_counter() - t1
+    s.secs["features"] = time.perf_counter() - t1
     if fm.homography is None or fm.inliers < opt.min_inliers or fm.inlier_ratio < opt.min_inlier_ratio:
-        return done(None)
+        raise _StageFailed(None)
     h_work = sb @ fm.homography @ np.linalg.inv(sa)
     h_work /= h_work[2, 2]
     q.overlap_fraction = _overlap_fraction(h_work, p.lum.shape, d.lum.shape)
     if q.overlap_fraction < opt.min_overlap:
-        return done(h_work)
-    # keep the DSLR px the phone frame covers, at no more px than the estimators use;
-    # from here on the DSLR working grid is the reduced one (d.to_image -> stored px)
-    d, window = crop_and_shrink_dslr(d, h_work @ from_img, p.image_size, float(to_img[0, 0]), opt.dslr_oversample)
-    h_work = np.linalg.inv(window.to_stored) @ h_work
-    h_work /= h_work[2, 2]
+        raise _StageFailed(h_work)
+    return h_work
 
-    # --- ECC, coarse to fine, on the locally normalised mean luminance
+
+def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
+    """Keep the DSLR px the phone frame covers, at no more px than the estimators use:
+    from here on ``s.d`` is the reduced DSLR; returns h_work onto its grid."""
+    s.d, s.window = crop_and_shrink_dslr(s.d, s.h_image(h_work), s.p.image_size, s.step, s.opt.dslr_oversample)
+    h_work = np.linalg.inv(s.window.to_stored) @ h_work
+    return h_work / h_work[2, 2]
+
+
+def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
+    """The background start, coarse-to-fine ECC on the luminance, the radiometric fit,
+    the fine channels, the pre-fit outlier mask and the per-plane fine stage (steps 4
+    to 8 of docs/alignment.md); stops the alignment with "ECC failed" when any fails."""
     t2 = time.perf_counter()
+    p, d, opt, q = s.p, s.d, s.opt, s.q
     eccopt = dict(method=opt.ecc_method, blur_sigma=opt.blur_sigma, norm_sigma=opt.norm_sigma,
                   gain_degree=opt.gain_degree, gauss_filt_size=opt.gauss_filt_size)
     targets = p.plane_targets()
@@ -656,7 +714,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
     if opt.trust:
         t_bg = time.perf_counter()
         starts.insert(0, _background_start(p, d, h_work, opt))
-        secs["background_start"] = time.perf_counter() - t_bg
+        s.secs["background_start"] = time.perf_counter() - t_bg
     try:
         r = _ecc_from(starts, lambda h, mask: refine_homography(
             p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
@@ -666,9 +724,10 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         if opt.trust:
             h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))])
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
-        h_image = h_work @ from_img
+        h_image = s.h_image(h_work)
         images = [d.lum] * len(targets)
         if opt.radiometric and d.encoded is not None:
+            window = s.window
             fitted = fit_radiometric(
                 targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
                 groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
@@ -685,73 +744,114 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
             # out of the fine stage and the local field: the background must win
             t_pre = time.perf_counter()
             pre = trust.dense_residual(*_channel_lists(warp_channels(channels, h_image, _radial_field(q_radial, p))))
-            outliers = trust.dominant_motion(pre, float(to_img[0, 0]), margin_px=opt.trust_margin_px).outliers
+            outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
             if outliers.any() and outliers.mean() < 0.8:
                 fit_channels = _masked(channels, ~outliers)
             q.prefit_outliers = round(float(outliers.mean()), 5)
-            secs["trust_prefit"] = time.perf_counter() - t_pre
+            s.secs["trust_prefit"] = time.perf_counter() - t_pre
         if opt.fine == "planes":
             h_image, q_radial = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)
             q.radial_corner_px = _corner_px(q_radial, p.image_size)
     except (ValueError, np.linalg.LinAlgError) as err:
         q.ecc_correlation = 0.0
-        q.message = f"ECC failed: {err}"
-        return done(h_work)
-    h_work = h_image @ to_img
-    secs["ecc"] = time.perf_counter() - t2
-    q.overlap_fraction = _overlap_fraction(h_work, p.lum.shape, d.lum.shape)
+        raise _StageFailed(h_work, f"ECC failed: {err}") from err
+    model = _GlobalModel(h_image, q_radial, targets, images, channels, fit_channels)
+    s.secs["ecc"] = time.perf_counter() - t2
+    q.overlap_fraction = _overlap_fraction(model.h_work(s), p.lum.shape, d.lum.shape)
+    return model
 
-    # --- local refinement
-    t3 = time.perf_counter()
+
+def _local_fit(s: _PairState, m: _GlobalModel) -> None:
+    """The local field and the tile residuals under the model (:func:`_local_stage`, with
+    its optional blurred coarse passes), into ``m``."""
     try:
-        fld, final = _local_stage(fit_channels, h_image, q_radial, p, opt, (targets, images, d.valid))
+        m.fld, m.final = _local_stage(m.fit_channels, m.h_image, m.q_radial, s.p, s.opt,
+                                      (m.targets, m.images, s.d.valid))
     except (ValueError, np.linalg.LinAlgError) as err:
-        q.message = f"local refinement failed: {err}"
-        return done(h_work)
-    secs["local"] = time.perf_counter() - t3
-    warped = warp_channels(channels, h_image, fld)
+        raise _StageFailed(m.h_work(s), f"local refinement failed: {err}") from err
 
-    # --- trust: what is left, per px; the model is fitted again without what moved
-    if opt.trust:
-        t4 = time.perf_counter()
-        dslr_stored = (d.to_image, stored_size)
-        tm, res = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
-        # what the final measure drops that the fit still used
-        dropped = ((tm.code == trust.MOVED) | (tm.code == trust.OCCLUDED)) & fit_channels[0].mask
-        if opt.trust_refit and dropped.mean() > opt.trust_refit_fraction:
-            # the final measure found more that moved than the first: fit once more without it
-            try:
-                keep = ~trust.grow(dropped, opt.trust_margin_px / float(to_img[0, 0]))
-                fit_channels = _masked(fit_channels, keep)
-                if opt.fine == "planes":
-                    h_image, q_radial = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)
-                    q.radial_corner_px = _corner_px(q_radial, p.image_size)
-                fld, final = _local_stage(fit_channels, h_image, q_radial, p, opt)
-                h_work = h_image @ to_img
-                warped = warp_channels(channels, h_image, fld)
-                tm, res = _trust_stage(warped, p, d, h_image, fld, dslr_stored, opt)
-                q.trust_refit = True
-            except (ValueError, np.linalg.LinAlgError) as err:
-                q.message = f"refit on the trusted px failed: {err}"
-                return done(h_work)
-        if opt.trust_layers:
-            t5 = time.perf_counter()
-            result.layers = _layers_stage(tm, res, channels, h_image, fld, final, q_radial, p, d.to_image,
-                                          stored_size, opt)
-            secs["layers"] = time.perf_counter() - t5
-        result.trust = tm
-        q.trusted_fraction = float(tm.trusted.mean())
-        q.dropped.update({k: round(v, 5) for k, v in tm.fractions().items() if k != "trusted"})
-        secs["trust"] = time.perf_counter() - t4
-    result.field = fld
-    result.residuals = final
-    q.field_degree = fld.degree
-    _tile_quality(q, final, result.trust, p.image_size, opt.max_residual_px)
-    if result.trust is not None:
-        keep = result.trust.trusted
-        warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image) for c in warped]
-    q.ecc_correlation = model_correlation(warped, opt.norm_sigma)
-    return done(h_work)
+
+def _trust_refit_stage(s: _PairState, m: _GlobalModel,
+                       warped: list[TileChannel]) -> tuple[TrustMap, trust.DenseResidual, list[TileChannel]]:
+    """The trust map under the model (``warped``: the channels warped by it); when it drops
+    more than the pre-fit mask kept out of the fit (``trust_refit_fraction``), the model
+    is fitted once more without those px (into ``m``) and the map measured again.
+    Returns (trust map, dense residual, the channels warped by the final model)."""
+    p, opt, q = s.p, s.opt, s.q
+    dslr_stored = (s.d.to_image, s.stored_size)
+    tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt)
+    # what the final measure drops that the fit still used
+    dropped = ((tm.code == trust.MOVED) | (tm.code == trust.OCCLUDED)) & m.fit_channels[0].mask
+    if not (opt.trust_refit and dropped.mean() > opt.trust_refit_fraction):
+        return tm, res, warped
+    # the final measure found more that moved than the first: fit once more without it
+    h_before = m.h_work(s)
+    try:
+        m.fit_channels = _masked(m.fit_channels, ~trust.grow(dropped, opt.trust_margin_px / s.step))
+        if opt.fine == "planes":
+            m.h_image, m.q_radial = _fine_stage(m.fit_channels, m.h_image, m.q_radial, p.image_size, opt)
+            q.radial_corner_px = _corner_px(m.q_radial, p.image_size)
+        m.fld, m.final = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt)
+    except (ValueError, np.linalg.LinAlgError) as err:
+        raise _StageFailed(h_before, f"refit on the trusted px failed: {err}") from err
+    warped = warp_channels(m.channels, m.h_image, m.fld)
+    tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt)
+    q.trust_refit = True
+    return tm, res, warped
+
+
+def _align(phone, dslr, opt: AlignOptions) -> Alignment:
+    """The stages in order (docs/alignment.md); a stage that cannot go on ends the run with
+    what was measured so far and the verdict."""
+    t0 = time.perf_counter()
+    s = _prepare_pair(phone, dslr, opt)
+    q, secs = s.q, s.secs
+    result = Alignment(
+        homography=np.full((3, 3), np.nan), field=SmoothField(), quality=q, phone_size=s.p.image_size,
+        dslr_size=s.d.image_size, phone_path=str(s.p.path) if s.p.path else None,
+        dslr_path=str(s.d.path) if s.d.path else None, seconds=secs,
+        options={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items()},
+    )
+    h_work = None
+    try:
+        h_work = _reduce_dslr(s, _features_stage(s))
+        m = _global_stage(s, h_work)
+        h_work = m.h_work(s)
+        t3 = time.perf_counter()
+        _local_fit(s, m)
+        secs["local"] = time.perf_counter() - t3
+        warped = warp_channels(m.channels, m.h_image, m.fld)
+        if opt.trust:
+            t4 = time.perf_counter()
+            tm, res, warped = _trust_refit_stage(s, m, warped)
+            h_work = m.h_work(s)
+            if opt.trust_layers:
+                t5 = time.perf_counter()
+                result.layers = _layers_stage(tm, res, m.channels, m.h_image, m.fld, m.final, m.q_radial, s.p,
+                                              s.d.to_image, s.stored_size, opt)
+                secs["layers"] = time.perf_counter() - t5
+            result.trust = tm
+            q.trusted_fraction = float(tm.trusted.mean())
+            q.dropped.update({k: round(v, 5) for k, v in tm.fractions().items() if k != "trusted"})
+            secs["trust"] = time.perf_counter() - t4
+        result.field = m.fld
+        result.residuals = m.final
+        q.field_degree = m.fld.degree
+        _tile_quality(q, m.final, result.trust, s.p.image_size, opt.max_residual_px)
+        if result.trust is not None:
+            keep = result.trust.trusted
+            warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image) for c in warped]
+        q.ecc_correlation = model_correlation(warped, opt.norm_sigma)
+    except _StageFailed as stop:
+        h_work = stop.h_work
+        if stop.message:
+            q.message = stop.message
+    if h_work is not None:
+        hh = s.d.to_image @ h_work @ np.linalg.inv(s.p.to_image)  # DSLR working px -> stored px
+        result.homography = hh / hh[2, 2]
+    verdict(q, opt.thresholds())
+    secs["total"] = time.perf_counter() - t0
+    return result
 
 
 def align_pair(phone_path: str | Path, dslr_path: str | Path, **options) -> Alignment:
