@@ -116,6 +116,9 @@ class RawImage:
         color_matrix: (3, 3) float32 white-balanced camera RGB -> linear sRGB
             (identity when the file has none).
         exif: the EXIF facts.
+        dng: the DNG colour calibration (:func:`dng_colour`: colour and forward
+            matrices, calibration illuminants, as-shot neutral, baseline exposure),
+            None for other raws.
     """
 
     mosaic: np.ndarray
@@ -126,6 +129,7 @@ class RawImage:
     color_matrix: np.ndarray = field(default_factory=lambda: np.eye(3, dtype=np.float32))
     exif: ExifInfo = field(default_factory=ExifInfo)
     path: Path | None = None
+    dng: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -141,14 +145,15 @@ class RawImage:
         """What the raw file says about its own rendering, JSON-friendly: ``cfa``,
         ``black_levels`` (R, G1, G2, B), ``white_level`` (raw units), ``as_shot_wb``
         (R, G, B multipliers, G = 1), ``color_matrix`` (3x3, white-balanced camera RGB
-        -> linear sRGB, rows = sRGB R, G, B), ``exposure_time_s``, ``iso``, ``make``,
-        ``model`` (None where the file has none).  LibRaw does not expose the DNG
-        calibration illuminants or forward matrices, so they are not here."""
+        -> linear sRGB, rows = sRGB R, G, B; LibRaw's), ``exposure_time_s``, ``iso``,
+        ``make``, ``model`` (None where the file has none) and ``dng``: the DNG's own
+        colour calibration (:func:`dng_colour`: ColorMatrix1/2, ForwardMatrix1/2,
+        CalibrationIlluminant1/2, AsShotNeutral, ...; None for other raws)."""
         return {"cfa": self.cfa, "black_levels": [float(b) for b in self.black_levels],
                 "white_level": float(self.white_level), "as_shot_wb": [float(v) for v in self.camera_wb],
                 "color_matrix": [[float(v) for v in row] for row in np.asarray(self.color_matrix)],
                 "exposure_time_s": self.exif.exposure_time_s, "iso": self.exif.iso,
-                "make": self.exif.make, "model": self.exif.model}
+                "make": self.exif.make, "model": self.exif.model, "dng": self.dng}
 
 
 class RgbImage:
@@ -425,9 +430,8 @@ def _text(value) -> str | None:
     return s or None
 
 
-def read_exif(path: PathLike) -> ExifInfo:
-    """Read the EXIF facts of a raw or image file (exifread; an empty
-    :class:`ExifInfo` when the file has no readable EXIF)."""
+def _exif_tags(path: PathLike) -> dict:
+    """exifread's tags of a file ({} when it has no readable EXIF)."""
     try:
         import logging
 
@@ -435,9 +439,87 @@ def read_exif(path: PathLike) -> ExifInfo:
 
         logging.getLogger("exifread").setLevel(logging.ERROR)  # "no EXIF in PNG" is not news
         with open(path, "rb") as fh:
-            tags = exifread.process_file(fh, details=False)
+            return dict(exifread.process_file(fh, details=False))
     except Exception:  # exifread raises many kinds on odd files; EXIF is optional
-        return ExifInfo()
+        return {}
+
+
+def read_exif(path: PathLike) -> ExifInfo:
+    """Read the EXIF facts of a raw or image file (exifread; an empty
+    :class:`ExifInfo` when the file has no readable EXIF)."""
+    return _exif_from_tags(_exif_tags(path))
+
+
+#: EXIF LightSource codes, as DNG's CalibrationIlluminant1/2 use them
+ILLUMINANTS = {0: "Unknown", 1: "Daylight", 2: "Fluorescent", 3: "Tungsten", 4: "Flash", 9: "Fine weather",
+               10: "Cloudy", 11: "Shade", 12: "Daylight fluorescent", 13: "Day white fluorescent",
+               14: "Cool white fluorescent", 15: "White fluorescent", 16: "Warm white fluorescent",
+               17: "Standard light A", 18: "Standard light B", 19: "Standard light C", 20: "D55", 21: "D65",
+               22: "D75", 23: "D50", 24: "ISO studio tungsten", 255: "Other"}
+
+#: DNG colour tags -> (key in :func:`dng_colour`, shape: "matrix" (rows of 3), "fmatrix" (3 rows),
+#: "vector", "scalar" or "illuminant")
+_DNG_COLOUR_TAGS = {
+    0xC621: ("color_matrix_1", "matrix"), 0xC622: ("color_matrix_2", "matrix"),
+    0xC623: ("camera_calibration_1", "square"), 0xC624: ("camera_calibration_2", "square"),
+    0xC627: ("analog_balance", "vector"), 0xC628: ("as_shot_neutral", "vector"),
+    0xC62A: ("baseline_exposure", "scalar"),
+    0xC65A: ("calibration_illuminant_1", "illuminant"), 0xC65B: ("calibration_illuminant_2", "illuminant"),
+    0xC714: ("forward_matrix_1", "fmatrix"), 0xC715: ("forward_matrix_2", "fmatrix"),
+}
+
+
+def dng_colour(tags: dict) -> dict | None:
+    """The DNG colour calibration of a raw's tags (exifread's, :func:`_exif_tags`), JSON-
+    friendly; None when the file has none of them (not a DNG).
+
+    Keys, each present only where the file has the tag: ``color_matrix_1/2`` (XYZ ->
+    camera, rows = camera colours, DNG ColorMatrix), ``forward_matrix_1/2`` (white-
+    balanced camera -> XYZ D50, rows = X, Y, Z), ``camera_calibration_1/2``,
+    ``analog_balance``, ``as_shot_neutral`` (camera values of neutral, G = 1 for most
+    cameras), ``baseline_exposure`` (EV), ``calibration_illuminant_1/2`` (the EXIF
+    LightSource code) with ``calibration_illuminant_1/2_name`` (:data:`ILLUMINANTS`).
+    A tag whose values do not have its shape is left out.
+    """
+    out: dict = {}
+    for tag, (key, shape) in _DNG_COLOUR_TAGS.items():
+        found = tags.get(f"Image Tag 0x{tag:04X}")
+        if found is None:
+            continue
+        try:
+            values = [float(_ratio_value(v)) for v in found.values]
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+            continue
+        if not values or not all(np.isfinite(values)):
+            continue
+        n = len(values)
+        if shape == "scalar":
+            out[key] = values[0]
+        elif shape == "vector":
+            out[key] = values
+        elif shape == "illuminant":
+            out[key] = int(values[0])
+            out[key + "_name"] = ILLUMINANTS.get(int(values[0]), "Other")
+        elif shape == "matrix" and n % 3 == 0:
+            out[key] = [values[i:i + 3] for i in range(0, n, 3)]
+        elif shape == "fmatrix" and n % 3 == 0:
+            cols = n // 3
+            out[key] = [values[i:i + cols] for i in range(0, n, cols)]
+        elif shape == "square" and int(round(n ** 0.5)) ** 2 == n:
+            side = int(round(n ** 0.5))
+            out[key] = [values[i:i + side] for i in range(0, n, side)]
+    return out or None
+
+
+def _ratio_value(v) -> float:
+    """An exifread value (a Ratio, an int or a float) as a float."""
+    if hasattr(v, "numerator") and hasattr(v, "denominator"):
+        return v.numerator / v.denominator
+    return float(v)
+
+
+def _exif_from_tags(tags: dict) -> ExifInfo:
+    """The :class:`ExifInfo` of exifread's tags."""
 
     def get(name: str):
         return tags.get(f"EXIF {name}", tags.get(f"Image {name}"))
@@ -657,7 +739,8 @@ def read_raw(path: PathLike, check_data: bool = True) -> RawImage:
     mosaic = mosaic[: mosaic.shape[0] // 2 * 2, : mosaic.shape[1] // 2 * 2]
     if check_data:
         _check_image_data(p, mosaic, black, white)
-    exif = _merge_rawpy_facts(read_exif(p), other)
+    tags = _exif_tags(p)
+    exif = _merge_rawpy_facts(_exif_from_tags(tags), other)
     return RawImage(
         mosaic=mosaic,
         cfa=cfa,
@@ -667,6 +750,7 @@ def read_raw(path: PathLike, check_data: bool = True) -> RawImage:
         color_matrix=matrix,
         exif=exif,
         path=p,
+        dng=dng_colour(tags),
     )
 
 

@@ -73,6 +73,10 @@ def test_records_carry_what_the_phone_raw_says_about_its_rendering(built, source
     assert meta["black_levels"] == pytest.approx(list(raw.black_levels))
     assert meta["as_shot_wb"] == pytest.approx(list(raw.camera_wb), rel=1e-6)
     assert np.allclose(meta["color_matrix"], raw.color_matrix, atol=1e-6) and meta["model"] == raw.exif.model
+    # the DNG's own calibration, as the simulator wrote it (ColorMatrix1 under D65, AsShotNeutral)
+    assert meta["dng"]["calibration_illuminant_1_name"] == "D65"
+    assert np.shape(meta["dng"]["color_matrix_1"]) == (3, 3)
+    assert meta["as_shot_wb"] == pytest.approx(1 / np.asarray(meta["dng"]["as_shot_neutral"]), rel=1e-3)
 
 
 def test_kept_pairs_have_their_files_and_a_small_error_against_ground_truth(built):

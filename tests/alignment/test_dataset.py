@@ -229,6 +229,7 @@ def test_import_of_a_camera_raw_records_its_metadata(tmp_path):
     meta = latest_records(tmp_path / "ds")["a"]["phone_raw"]
     assert meta["cfa"] == raw.cfa and meta["white_level"] == pytest.approx(raw.white_level)
     assert meta["as_shot_wb"] == pytest.approx(list(raw.camera_wb), rel=1e-4)  # DNG rationals
+    assert meta["dng"]["as_shot_neutral"] == pytest.approx(list(1 / raw.camera_wb), rel=1e-3)
 
 
 def test_import_refuses_to_mix_input_kinds_or_pairs_from_other_files(shared_data, tmp_path):

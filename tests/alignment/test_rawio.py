@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pytest
@@ -135,6 +136,22 @@ def test_kodak_exif_facts_are_read(shared_data):
     assert exif.make == "Eastman Kodak Company"
     assert exif.focal_length_mm == pytest.approx(37.0)
     assert exif.capture_time == dt.datetime(1997, 4, 23, 8, 0, 47)
+
+
+def test_a_real_dng_gives_its_colour_calibration_and_other_raws_none(shared_data):
+    meta = rawio.read_raw(shared_data / "raw" / "Blackmagic.dng").metadata()
+    dng = meta["dng"]
+    assert (dng["calibration_illuminant_1"], dng["calibration_illuminant_1_name"]) == (17, "Standard light A")
+    assert (dng["calibration_illuminant_2"], dng["calibration_illuminant_2_name"]) == (21, "D65")
+    # a forward matrix takes camera neutral to the D50 white point: its rows sum to D50's XYZ
+    for key in ("forward_matrix_1", "forward_matrix_2"):
+        np.testing.assert_allclose(np.sum(dng[key], axis=1), [0.9642, 1.0, 0.8249], atol=2e-3)
+    assert np.shape(dng["color_matrix_1"]) == np.shape(dng["color_matrix_2"]) == (3, 3)
+    assert dng["as_shot_neutral"][1] == 1.0 and dng["baseline_exposure"] == pytest.approx(2.65412, abs=1e-4)
+    # white balance from the DNG's own neutral, as LibRaw reads it: the reciprocal
+    np.testing.assert_allclose(meta["as_shot_wb"], 1 / np.asarray(dng["as_shot_neutral"]), rtol=1e-3)
+    json.dumps(meta)  # a record field: plain JSON
+    assert rawio.read_raw(shared_data / "raw" / "RAW_KODAK_DC50.KDC").metadata()["dng"] is None
 
 
 def test_real_phone_patch_unpacks_to_a_mosaic_and_back(shared_data):
