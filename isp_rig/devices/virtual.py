@@ -1,5 +1,6 @@
 """The built-in virtual rig: libgphoto2's virtual camera as the DSLR and an
-emulated phone, both showing one scene of the rig simulator.
+emulated phone, both showing one scene of a scene source (the rig simulator
+unless another is handed in, see :data:`SceneSource`).
 
 Nothing here is a mock of the adapters: the DSLR is driven by
 :class:`~isp_rig.devices.gphoto.GPhotoCamera` over real PTP against the
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,19 @@ def scene_seed(scene: str) -> int:
 
 @functools.lru_cache(maxsize=8)
 def scene_pair(scene: str):
-    """The simulator's pair for a scene (small sizes: phone 320x240 raw, DSLR 480x320)."""
+    """The simulator's pair for a scene (small sizes: phone 320x240 raw, DSLR 480x320): the
+    default scene source of the virtual rig."""
     from isp_rig import simulate
 
     options = simulate.SimOptions(phone_size=(320, 240), dslr_size=(480, 320), supersample=1, grid_points=200)
     return simulate.simulate_pair(scene_seed(scene), options=options, pair_id=scene)
+
+
+#: A scene source: scene name -> an object with ``phone`` (an :class:`alignment.rawio.RawImage`,
+#: what the phone's sensor records) and ``dslr_rgb`` ((H, W, 3) float sRGB in [0, 1], what
+#: the DSLR shows), e.g. :class:`isp_rig.simulate.SimulatedPair`.  The devices are handed
+#: one; :func:`scene_pair` (the simulator) is the default.
+SceneSource = Callable[[str], Any]
 
 
 class EmulatedPhone:
@@ -67,12 +77,14 @@ class EmulatedPhone:
         latency_s: shutter press -> exposure; the file appears after it plus rendering.
         clock_offset_s: phone clock minus host clock, written into EXIF times.
         deliver: False emulates a phone that never delivers (a failed sync).
+        scenes: where the scene's raw comes from (:data:`SceneSource`; the simulator).
     """
 
     def __init__(self, folder: Path | str, scene: str, *, latency_s: float = 0.03,
-                 clock_offset_s: float = 0.0, deliver: bool = True) -> None:
+                 clock_offset_s: float = 0.0, deliver: bool = True, scenes: SceneSource = scene_pair) -> None:
         self.folder = Path(folder)
         self.scene = scene
+        self.scenes = scenes
         self.latency_s = latency_s
         self.clock_offset_s = clock_offset_s
         self.deliver = deliver
@@ -82,8 +94,8 @@ class EmulatedPhone:
         self._lock = threading.Lock()
 
     def pair(self):
-        """The simulated pair of this scene (rendered once per process)."""
-        return scene_pair(self.scene)
+        """This scene's pair, from the scene source."""
+        return self.scenes(self.scene)
 
     def shutter(self) -> None:
         """Press the shutter: returns at once; the DNG is written in the background."""
@@ -121,15 +133,16 @@ class EmulatedPhone:
             thread.join(max(0.0, end - time.monotonic()))
 
 
-def prepare_vcamera_dir(workdir: Path | str, scene: str) -> Path:
-    """Write the scene's DSLR image for the virtual camera and point ``VCAMERADIR`` at it.
+def prepare_vcamera_dir(workdir: Path | str, scene: str, scenes: SceneSource = scene_pair) -> Path:
+    """Write the scene's DSLR image (from ``scenes``) for the virtual camera and point
+    ``VCAMERADIR`` at it.
 
     Raises VirtualRigError when ``gphoto2`` was already imported with another
     (or no) ``VCAMERADIR``: libgphoto2 only sees the variable at import.
     """
     folder = Path(workdir) / "vcamera"
     folder.mkdir(parents=True, exist_ok=True)
-    pair = scene_pair(scene)
+    pair = scenes(scene)
     # No capture time in this JPEG: the virtual camera would hand the same
     # EXIF time out for every shot, which is not a capture time.
     import cv2
@@ -148,17 +161,19 @@ def prepare_vcamera_dir(workdir: Path | str, scene: str) -> Path:
 
 def virtual_devices(workdir: Path | str, scene: str, *, dslr_latency_s: float = 0.02,
                     phone_latency_s: float = 0.03, phone_delivers: bool = True,
-                    collect_timeout_s: float = 5.0) -> tuple[list[Any], EmulatedPhone]:
+                    collect_timeout_s: float = 5.0,
+                    scenes: SceneSource = scene_pair) -> tuple[list[Any], EmulatedPhone]:
     """The DSLR and phone devices of the virtual rig, and the phone emulator behind the folder.
 
     ``dslr_latency_s`` is injected before each trigger of the virtual camera
-    (a real body takes tens of milliseconds).
+    (a real body takes tens of milliseconds).  ``scenes``: what both cameras see
+    (:data:`SceneSource`; the simulator by default).
     """
     workdir = Path(workdir)
-    prepare_vcamera_dir(workdir, scene)
+    prepare_vcamera_dir(workdir, scene, scenes)
     phone_dir = workdir / "phone"
     phone_dir.mkdir(parents=True, exist_ok=True)
-    emulator = EmulatedPhone(phone_dir, scene, latency_s=phone_latency_s, deliver=phone_delivers)
+    emulator = EmulatedPhone(phone_dir, scene, latency_s=phone_latency_s, deliver=phone_delivers, scenes=scenes)
 
     def factory(model: str | None, port: str | None):
         return _LatentCamera(open_camera(model, port), dslr_latency_s)

@@ -125,3 +125,28 @@ def test_missing_folder_and_settings_are_clear_errors(tmp_path):
     with pytest.raises(DeviceConfigError, match="no remote settings"):
         _phone(tmp_path).configure({"iso": 100})
     assert not (tmp_path / "nope").exists()
+
+
+def test_the_emulated_phone_writes_the_raw_of_the_scene_source_it_is_handed(tmp_path):
+    import numpy as np
+
+    from alignment import rawio
+    from isp_rig.devices.virtual import EmulatedPhone
+
+    base = scene_pair("folder-test")
+    rows, cols = np.indices(base.phone.mosaic.shape)
+    mosaic = (100 + (rows * 7 + cols * 3) % 500).astype(np.uint16)  # a scene no simulator would render
+    mine = dataclasses.replace(base, phone=dataclasses.replace(base.phone, mosaic=mosaic))
+    asked = []
+
+    def scenes(name):
+        asked.append(name)
+        return mine
+
+    phone = EmulatedPhone(tmp_path, "my-scene", latency_s=0.0, scenes=scenes)
+    phone.shutter()
+    phone.wait_idle()
+    assert phone.errors == [] and asked == ["my-scene"]
+    written = rawio.read_raw(tmp_path / "DCIM" / "100PHONE" / "IMG_0001.DNG")
+    np.testing.assert_array_equal(written.mosaic, mosaic)
+    assert written.exif.capture_time is not None  # the shutter time, as a phone writes it
