@@ -24,12 +24,14 @@ Baseline rows, scored with the same function (learn.evaluate.score_images) on th
 * **phone plain rendering**: the simulated phone has no JPEG, so the dataset has no built-in-ISP row;
   instead the phone DNG through alignment.rawio (bilinear demosaic, the as-shot white balance and colour
   matrix from the DNG, sRGB curve, clipped), what a phone gives with no tuning (the demo's baseline).
-  It uses the DNG's white balance and colour matrix, which the learned models do not see.
+  It uses the DNG's white balance and colour matrix, which the learned models see only with a metadata
+  input stage (``--input-spaces``: ``white_balanced``, ``linear_srgb``, learn.raw_space; a row per model
+  and space, ``<model> (<space> input)``).
 * **global colour map**: a second-order polynomial (10 terms -> RGB) from that plain rendering to the
   target, fitted by least squares on the valid pixels of the training pairs.
 
 If the dataset ever carries phone JPEGs, evaluate_run's built-in-ISP row is printed as well.
-The peer for the ratios is the SID U-Net (``unet``). Runs already in OUT/runs/<model>_<steps> are resumed
+The peer for the ratios is the SID U-Net (``unet``). Runs already in OUT/runs/<model>[_<space>]_<steps> are resumed
 by learn.train (a finished run is only scored again), so delete them to retrain.
 
     nice -n 19 python benchmarks/bench_learn_raw.py --steps 300 --models ckisp,plain,pac,unet \
@@ -171,6 +173,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="alignment worker processes")
     ap.add_argument("--reuse-data", action="store_true", help="keep OUT/dataset if it exists (skip simulate + build)")
     ap.add_argument("--models", default="ckisp,plain,pac,unet")
+    ap.add_argument("--input-spaces", default="raw",
+                    help="metadata input stages to train each model with (learn.raw_space.INPUT_SPACES, "
+                         "comma-separated): raw, white_balanced, linear_srgb")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--crop", type=int, default=64, help="training crop in packed positions (target 2x)")
@@ -233,29 +238,32 @@ def main() -> None:
     train_check = min(4, len(train_src))
     builtin = None
     picture = [test_items[0][0], cmap_test[0]]
-    for name in args.models.split(","):
+    variants = [(name, space) for name in args.models.split(",") for space in args.input_spaces.split(",")]
+    for name, space in variants:
+        label = name if space == "raw" else f"{name} ({space} input)"
         cfg = load_config(overrides={
             "model": {"name": name, "kwargs": {}},
-            "data": data_cfg,
+            "data": {**data_cfg, "input_space": space},
             "optim": {"lr": args.lr, "steps": args.steps, "schedule": "cosine"},
             "loss": {"l1": 1.0},
             "train": {"seed": args.seed, "ckpt_every": max(100, args.steps // 4), "eval_every": args.steps,
                       "log_every": 25, "threads": args.threads},
         })
-        run = out / "runs" / f"{name}_{args.steps}"
+        run = out / "runs" / (f"{name}_{args.steps}" if space == "raw" else f"{name}_{space}_{args.steps}")
         summary = train(cfg, run, progress=False)
         scores = evaluate_run(run, dataset, progress=False)
         builtin = builtin or scores.get("builtin_isp")
         model, _ = load_model(run)
-        tr = [r["model"] for r in evaluate(model, PackedPairs(dataset, "train"), progress=False)[:train_check]] \
-            if train_check else []
-        row = {"method": name, "psnr": scores["psnr"], "ssim": scores["ssim"], "params": scores["params"],
-               "train_s": summary["elapsed_s"], "train_psnr": mean_scores(tr)["psnr"] if tr else None,
-               "steps": summary["step"]}
+        train_view = PackedPairs(dataset, "train", input_space=space)
+        tr = [r["model"] for r in evaluate(model, train_view, progress=False)[:train_check]] if train_check else []
+        row = {"method": label, "model": name, "input_space": space, "psnr": scores["psnr"], "ssim": scores["ssim"],
+               "params": scores["params"], "train_s": summary["elapsed_s"],
+               "train_psnr": mean_scores(tr)["psnr"] if tr else None, "steps": summary["step"]}
         rows.append(row)
         with torch.inference_mode():
-            picture.append(np.clip(render(model, test_items[0][1]["input"]), 0, 1))
-        print(f"{name}: {row['psnr']:.2f} dB (train {row['train_psnr']:.2f}), SSIM {row['ssim']:.3f}, "
+            first = PackedPairs(dataset, "test", input_space=space).load(0)["input"]
+            picture.append(np.clip(render(model, first), 0, 1))
+        print(f"{label}: {row['psnr']:.2f} dB (train {row['train_psnr']:.2f}), SSIM {row['ssim']:.3f}, "
               f"{row['params']:,} params, {row['train_s']:.0f} s training", flush=True)
         (out / "results.json").write_text(json.dumps({
             "steps": args.steps, "lr": args.lr, "crop": args.crop, "batch": args.batch, "threads": args.threads,
@@ -288,7 +296,7 @@ def main() -> None:
             tr = f"{r['train_s'] / peer['train_s']:.3f}" if r["train_s"] and r["params"] != 30 else "-"
         print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r.get('train_psnr'), '.2f')} | "
               f"{fmt(r['params'], ',')} | {fmt(r['train_s'], '.1f')} | {dp} | {ds} | {pr} | {tr} |")
-    print(f"\ndataset, runs, compare.png (plain | colour map | {' | '.join(args.models.split(','))} | target, "
+    print(f"\ndataset, runs, compare.png (plain | colour map | {' | '.join(n if sp == 'raw' else f'{n} ({sp})' for n, sp in variants)} | target, "
           f"first test pair) and results.json in {out}")
 
 

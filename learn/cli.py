@@ -88,19 +88,28 @@ def evaluate(data: Path | None, run: Path, as_json: bool, lpips_weights: Path | 
         click.echo(f"written: {run / 'eval' / 'table.md'}, {run / 'eval' / 'table.csv'}")
 
 
-def _read_input(path: Path, in_channels: int) -> np.ndarray:
+def _read_input(path: Path, in_channels: int, input_space: str = "raw") -> np.ndarray:
+    """The model's input from a file: a packed .npy, an RGB image (3-channel models) or a
+    camera raw brought into the run's ``input_space`` with the raw's own metadata."""
     from learn.data import read_image, read_packed
+    from learn.raw_space import MissingMetadata, to_input_space
 
-    if path.suffix.lower() == ".npy":
-        return np.asarray(read_packed(path))
-    if in_channels == 3:
+    if in_channels == 3 and path.suffix.lower() != ".npy":
         return read_image(path)
+    if path.suffix.lower() == ".npy":
+        if input_space != "raw" and in_channels != 3:
+            raise click.ClickException(f"{path}: a packed .npy carries no white balance or colour matrix, and the "
+                                       f"model was trained on input space {input_space!r}: render the camera raw")
+        return np.asarray(read_packed(path))
     from alignment.rawio import ImageReadError, read_raw
 
     try:
-        return read_raw(path).packed()
+        raw = read_raw(path)
+        return to_input_space(raw.packed(), raw.metadata(), input_space)
     except ImageReadError as err:
         raise click.ClickException(str(err)) from None
+    except MissingMetadata as err:
+        raise click.ClickException(f"{path}: {err} (the model was trained on input space {input_space!r})") from None
 
 
 @click.command()
@@ -128,7 +137,7 @@ def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int |
 
     model, config = load_model(run)
     in_ch = int(config["model"].get("kwargs", {}).get("in_channels", 4))
-    image = _read_input(raw, in_ch)
+    image = _read_input(raw, in_ch, config.get("data", {}).get("input_space", "raw"))
     t = time.perf_counter()
     rgb = render_image(model, image, tile=tile, threads=threads, progress=True)
     dt = time.perf_counter() - t

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from learn.raw_space import INPUT_SPACES
+
 
 class ConfigError(Exception):
     """A config file or value that cannot be used; names the file or key and the reason."""
@@ -54,7 +56,10 @@ class DataSection:
     ``test_every``-th name (sorted) is held out, ``exclude`` names are skipped.
     crop: training crop side in input positions (packed raw cells); batch_size:
     the global batch (divided among DDP processes); min_valid: least share of
-    trusted target px in a crop; eval_tile: validation tile side (null: whole images).
+    trusted target px in a crop; eval_tile: validation tile side (null: whole images);
+    input_space: the metadata input stage for raw pairs (:data:`learn.raw_space.INPUT_SPACES`:
+    "raw" as recorded, "white_balanced", "linear_srgb"), applied with each pair's
+    ``phone_raw`` metadata and again by evaluation and ``isp-rig render``.
     """
 
     kind: str = _spec("dataset", kind="str", choices=("dataset", "rgb_folders"))
@@ -71,6 +76,7 @@ class DataSection:
     exclude: list = _spec(kind="list", factory=list)
     drop_identical: bool = _spec(True, kind="bool")
     test_every: int = _spec(5, kind="int", lo=2)
+    input_space: str = _spec("raw", kind="str", choices=INPUT_SPACES)
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from alignment.dataset import PAIRS_JSONL, DatasetError, numbered_records, read_meta
+from learn.raw_space import MissingMetadata, to_input_space
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -157,7 +158,8 @@ class PairRecord:
     """One usable pair of a dataset folder (absolute paths).
 
     ``raw`` is the packed raw input; RGB-input pairs (a phone's own JPEG as the
-    model input, ``isp-rig dataset import``) have ``input`` instead.
+    model input, ``isp-rig dataset import``) have ``input`` instead.  ``phone_raw``:
+    what the phone raw says about its rendering (the record's ``phone_raw``), or None.
     """
 
     id: str
@@ -169,6 +171,7 @@ class PairRecord:
     phone_model: str | None = None
     scene: str | None = None
     input: Path | None = None
+    phone_raw: dict | None = None
 
 
 class DatasetFolder:
@@ -206,7 +209,8 @@ class DatasetFolder:
             self.records.append(PairRecord(
                 id=pid, split=str(rec.get("split", "train")), raw=path("raw"), input=path("input"),
                 target=path("target"), mask=path("mask"), phone_jpeg=path("phone_jpeg"),
-                phone_model=rec.get("phone_model") or self.meta.get("phone_profile"), scene=rec.get("scene")))
+                phone_model=rec.get("phone_model") or self.meta.get("phone_profile"), scene=rec.get("scene"),
+                phone_raw=rec.get("phone_raw")))
 
     def split(self, name: str | Sequence[str]) -> list[PairRecord]:
         """Records of one split (or several)."""
@@ -230,9 +234,14 @@ class PackedPairs:
 
     A split of RGB-input pairs (records with ``input`` instead of ``raw``) gives
     ``input`` (H, W, 3) and targets of the same size (``scale`` 1, no Bayer handling).
+    input_space: the packed raw is brought into this space with each pair's ``phone_raw``
+    metadata (:func:`learn.raw_space.to_input_space`; RGB inputs are left as they are);
+    a pair without the metadata the space needs is a :class:`DataError` here, before
+    any training.
     """
 
-    def __init__(self, root: Path | str, split: str | Sequence[str], cache_mb: float = 1024.0) -> None:
+    def __init__(self, root: Path | str, split: str | Sequence[str], cache_mb: float = 1024.0,
+                 input_space: str = "raw") -> None:
         self.folder = DatasetFolder(root)
         self.records = self.folder.split(split)
         if not self.records:
@@ -241,6 +250,16 @@ class PackedPairs:
         if len(kinds) > 1:
             raise DataError(self.folder.root / "pairs.jsonl", f"split {split!r} mixes raw and RGB-input pairs")
         self.bayer = kinds.pop()
+        self.input_space = input_space if self.bayer else "raw"
+        if self.input_space != "raw":
+            probe = np.zeros((1, 1, 4), np.float32)
+            for r in self.records:
+                try:
+                    to_input_space(probe, r.phone_raw, self.input_space)
+                except MissingMetadata as err:
+                    raise DataError(self.folder.root / "pairs.jsonl",
+                                    f"pair {r.id!r}: {err}; input space {self.input_space!r} needs the raw's "
+                                    "white balance and colour matrix (use input_space 'raw')") from None
         self.scale = 2 if self.bayer else 1
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
@@ -251,7 +270,9 @@ class PackedPairs:
 
     def _input(self, i: int) -> np.ndarray:
         r = self.records[i]
-        return read_packed(r.raw) if self.bayer else read_image(r.input)
+        if not self.bayer:
+            return read_image(r.input)
+        return to_input_space(read_packed(r.raw), r.phone_raw, self.input_space)
 
     def input_shape(self, i: int) -> tuple[int, ...]:
         """Shape of pair ``i``'s input (packed raw: without decoding any PNG)."""
@@ -527,7 +548,7 @@ def open_source(data: dict, split: str) -> PairSource:
         folder = DatasetFolder(root)
         if split == "val" and not folder.split("val"):
             split = "test"
-        return PackedPairs(root, split)
+        return PackedPairs(root, split, input_space=data.get("input_space", "raw"))
     if kind == "rgb_folders":
         names = list_rgb_pairs(data["input_dir"], data["target_dir"], data.get("exclude", ()),
                                data.get("drop_identical", True))

@@ -1,0 +1,68 @@
+"""The metadata input stage: the packed raw in the colour space its own metadata defines.
+
+Every phone raw records how its maker would start rendering it: the as-shot white
+balance and a colour matrix (``alignment.rawio.RawImage.metadata``, kept per pair in
+the dataset's ``phone_raw``).  A learned ISP given only the packed raw must guess both
+for every shot; given the raw already white-balanced (and colour-corrected), it
+starts where a well-informed ISP starts.  The space is chosen per experiment
+(``data.input_space`` in the training config) and stored with the run, so
+evaluation and ``isp-rig render`` apply the same stage with the metadata of the raw
+they read.
+
+Spaces (:data:`INPUT_SPACES`), on (h, w, 4) packed planes R, G1, G2, B (black
+subtracted, divided by the white level, see :meth:`RawImage.packed`):
+
+- ``raw``: as recorded;
+- ``white_balanced``: each plane times its as-shot multiplier (``as_shot_wb``: R, G, B
+  with G = 1), so a neutral surface has equal planes;
+- ``linear_srgb``: white-balanced, then the colour matrix (``color_matrix``: white-
+  balanced camera RGB -> linear sRGB, rows = sRGB R, G, B) per CFA cell: R and B out
+  of (R, mean G, B), each green plane out of (R, its own G, B), so the two greens stay
+  two samples.  The planes keep their positions (no demosaicking).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: the input spaces, in order of how much of the metadata they use
+INPUT_SPACES = ("raw", "white_balanced", "linear_srgb")
+
+
+class MissingMetadata(ValueError):
+    """The input space needs metadata the pair or file does not carry."""
+
+
+def to_input_space(packed: np.ndarray, metadata: dict | None, space: str) -> np.ndarray:
+    """(h, w, 4) float32 packed raw (R, G1, G2, B) -> the same in ``space``.
+
+    metadata: the raw's ``phone_raw`` record (``as_shot_wb``, ``color_matrix``); not
+    read for ``raw``.  Raises ValueError for an unknown space and
+    :class:`MissingMetadata` when the metadata lacks what the space needs.
+    """
+    if space not in INPUT_SPACES:
+        raise ValueError(f"unknown input space {space!r} (choices: {', '.join(INPUT_SPACES)})")
+    if space == "raw":
+        return packed
+    wb = _field(metadata, "as_shot_wb", (3,))
+    x = np.asarray(packed, np.float32) * np.array([wb[0], wb[1], wb[1], wb[2]], np.float32)
+    if space == "white_balanced":
+        return x
+    m = _field(metadata, "color_matrix", (3, 3))
+    r, g1, g2, b = (x[..., k] for k in range(4))
+    g = 0.5 * (g1 + g2)
+    out = np.stack([m[0, 0] * r + m[0, 1] * g + m[0, 2] * b,
+                    m[1, 0] * r + m[1, 1] * g1 + m[1, 2] * b,
+                    m[1, 0] * r + m[1, 1] * g2 + m[1, 2] * b,
+                    m[2, 0] * r + m[2, 1] * g + m[2, 2] * b], axis=-1)
+    return out.astype(np.float32)
+
+
+def _field(metadata: dict | None, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    value = None if metadata is None else metadata.get(key)
+    if value is None:
+        raise MissingMetadata(f"no {key} in the raw's metadata")
+    arr = np.asarray(value, np.float32)
+    if arr.shape != shape or not np.all(np.isfinite(arr)):
+        raise MissingMetadata(f"{key} is not a finite {'x'.join(map(str, shape))} array")
+    return arr

@@ -1,0 +1,74 @@
+"""The metadata input stage: the packed raw white-balanced and colour-corrected with the raw's
+own metadata, in training (the dataset's phone_raw), evaluation and rendering (the file's)."""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+import pytest
+
+from alignment import rawio
+from learn.cli import _read_input
+from learn.data import DataError, PackedPairs, write_pair
+from learn.raw_space import INPUT_SPACES, MissingMetadata, to_input_space
+
+META = {"as_shot_wb": [2.0, 1.0, 1.5],
+        "color_matrix": [[1.6, -0.4, -0.2], [-0.2, 1.4, -0.2], [0.0, -0.5, 1.5]]}
+
+
+def test_white_balance_makes_a_neutral_surface_equal_in_every_plane():
+    wb = np.asarray(META["as_shot_wb"])
+    neutral = np.tile(np.array([1 / wb[0], 1 / wb[1], 1 / wb[1], 1 / wb[2]], np.float32) * 0.4, (3, 5, 1))
+    out = to_input_space(neutral, META, "white_balanced")
+    np.testing.assert_allclose(out, 0.4, rtol=1e-6)
+    # a colour matrix maps white to white (rows sum to 1): the neutral stays neutral
+    np.testing.assert_allclose(to_input_space(neutral, META, "linear_srgb"), 0.4, rtol=1e-5)
+    assert to_input_space(neutral, None, "raw") is neutral
+
+
+def test_linear_srgb_planes_agree_with_the_toolkits_own_rendering_of_a_real_raw(shared_data):
+    raw = rawio.read_raw(shared_data / "raw" / "Blackmagic.dng")
+    out = to_input_space(raw.packed(), raw.metadata(), "linear_srgb")
+    half = rawio.raw_to_linear_rgb(raw, resolution="half")  # R, mean G, B per cell, WB and matrix applied
+    np.testing.assert_allclose(out[..., 0], half[..., 0], atol=1e-5)
+    np.testing.assert_allclose(0.5 * (out[..., 1] + out[..., 2]), half[..., 1], atol=1e-5)
+    np.testing.assert_allclose(out[..., 3], half[..., 2], atol=1e-5)
+
+
+@pytest.mark.parametrize("meta, match", [
+    (None, "no as_shot_wb"),
+    ({"as_shot_wb": [1.0, 1.0]}, "as_shot_wb is not a finite 3 array"),
+    ({"as_shot_wb": [2.0, 1.0, 1.5]}, "no color_matrix"),
+])
+def test_missing_or_malformed_metadata_is_named(meta, match):
+    with pytest.raises(MissingMetadata, match=match):
+        to_input_space(np.zeros((2, 2, 4), np.float32), meta, "linear_srgb")
+
+
+def test_an_unknown_space_lists_the_choices():
+    with pytest.raises(ValueError, match="choices: " + ", ".join(INPUT_SPACES)):
+        to_input_space(np.zeros((2, 2, 4), np.float32), META, "xyz")
+
+
+def test_the_dataset_applies_each_pairs_metadata_and_refuses_pairs_without_it(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = (rng.random((8, 12, 4)) * 0.5).astype(np.float32)
+    target = rng.random((16, 24, 3)).astype(np.float32)
+    write_pair(tmp_path / "with", "a", raw, target, phone_raw=META)
+    got = PackedPairs(tmp_path / "with", "train", input_space="linear_srgb").load(0)["input"]
+    np.testing.assert_allclose(got, to_input_space(raw, META, "linear_srgb"), rtol=1e-6)
+    np.testing.assert_allclose(PackedPairs(tmp_path / "with", "train").load(0)["input"], raw)
+    write_pair(tmp_path / "without", "b", raw, target)
+    with pytest.raises(DataError, match="pair 'b': no as_shot_wb"):
+        PackedPairs(tmp_path / "without", "train", input_space="white_balanced")
+
+
+def test_render_reads_the_metadata_of_the_raw_it_renders_and_refuses_a_bare_npy(tmp_path, shared_data):
+    path = shared_data / "raw" / "Blackmagic.dng"
+    raw = rawio.read_raw(path)
+    got = _read_input(path, 4, "white_balanced")
+    np.testing.assert_allclose(got, to_input_space(raw.packed(), raw.metadata(), "white_balanced"))
+    np.save(tmp_path / "x.npy", raw.packed()[:8, :8])
+    with pytest.raises(click.ClickException, match="carries no white balance"):
+        _read_input(tmp_path / "x.npy", 4, "white_balanced")
+    assert _read_input(tmp_path / "x.npy", 4, "raw").shape == (8, 8, 4)
