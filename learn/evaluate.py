@@ -108,6 +108,18 @@ def write_table(table: list[dict], out_dir: Path | str) -> tuple[Path, Path]:
     return md, cs
 
 
+def run_data_config(config: dict, data: Path | str | dict | None = None) -> dict:
+    """The data config to evaluate a run's model on: the run's own (``data`` None), another
+    dataset folder or data config, which takes the run's ``input_space`` unless it names
+    one (the model only understands the input it was trained on)."""
+    if data is None:
+        return config["data"]
+    own = {"input_space": config.get("data", {}).get("input_space", "raw")}
+    if isinstance(data, dict):
+        return {**own, **data}
+    return {"kind": "dataset", "root": str(data), **own}
+
+
 def evaluate_run(run: Path | str, data: Path | str | dict | None = None, lpips_weights: Path | str | None = None,
                  tile: int = 512, progress: bool = True) -> dict:
     """Evaluate run folder ``run`` on the test split and write ``RUN/eval/table.{md,csv}`` and ``pairs.json``.
@@ -118,13 +130,7 @@ def evaluate_run(run: Path | str, data: Path | str | dict | None = None, lpips_w
     """
     run = Path(run)
     model, config = load_model(run)
-    if data is None:
-        data_cfg = config["data"]
-    elif isinstance(data, dict):
-        data_cfg = data
-    else:
-        data_cfg = {"kind": "dataset", "root": str(data)}
-    source = open_source(data_cfg, "test")
+    source = open_source(run_data_config(config, data), "test")
     lpips = load_lpips(lpips_weights)
     rows = evaluate(model, source, lpips, tile, progress)
     name = config["model"]["name"]

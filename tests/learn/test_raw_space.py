@@ -72,3 +72,13 @@ def test_render_reads_the_metadata_of_the_raw_it_renders_and_refuses_a_bare_npy(
     with pytest.raises(click.ClickException, match="carries no white balance"):
         _read_input(tmp_path / "x.npy", 4, "white_balanced")
     assert _read_input(tmp_path / "x.npy", 4, "raw").shape == (8, 8, 4)
+
+
+def test_a_run_is_evaluated_on_another_dataset_in_the_input_space_it_was_trained_on():
+    from learn.evaluate import run_data_config
+
+    config = {"data": {"kind": "dataset", "root": "/a", "input_space": "linear_srgb"}}
+    assert run_data_config(config) == config["data"]
+    assert run_data_config(config, "/b") == {"kind": "dataset", "root": "/b", "input_space": "linear_srgb"}
+    assert run_data_config(config, {"kind": "dataset", "root": "/b"})["input_space"] == "linear_srgb"
+    assert run_data_config(config, {"root": "/b", "input_space": "raw"})["input_space"] == "raw"
