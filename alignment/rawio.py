@@ -458,7 +458,7 @@ ILLUMINANTS = {0: "Unknown", 1: "Daylight", 2: "Fluorescent", 3: "Tungsten", 4: 
                22: "D75", 23: "D50", 24: "ISO studio tungsten", 255: "Other"}
 
 #: DNG colour tags -> (key in :func:`dng_colour`, shape: "matrix" (rows of 3), "fmatrix" (3 rows),
-#: "vector", "scalar" or "illuminant")
+#: "square" (n x n), "vector", "scalar" or "illuminant")
 _DNG_COLOUR_TAGS = {
     0xC621: ("color_matrix_1", "matrix"), 0xC622: ("color_matrix_2", "matrix"),
     0xC623: ("camera_calibration_1", "square"), 0xC624: ("camera_calibration_2", "square"),
