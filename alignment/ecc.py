@@ -318,14 +318,99 @@ def gn_refine(
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
     """
-    rng = np.random.default_rng(12345)
     q = np.zeros(2) if q0 is None else np.asarray(q0, np.float64).copy()
+    frame = _Frame.of(frame_shape)
+    data = _channel_samples(channels, frame, gain_degree, max_pixels)
+    npb = data[0].basis.shape[1]
+    nr = int(radial)
+    n_par = 8 + nr + 2 * npb * len(data)
+    photo = [np.concatenate([[1.0], np.zeros(npb - 1), np.zeros(npb)]) for _ in data]
+    converged = False
+    it = 0
+    corr = 0.0
+    valid_frac = 0.0
+    for it in range(1, max_iter + 1):
+        g = h @ frame.ninv
+        ata = np.zeros((n_par, n_par))
+        atb = np.zeros(n_par)
+        n_tot = n_in_tot = 0
+        sxy = sxx = syy = 0.0
+        for k, sample in enumerate(data):
+            n_tot += len(sample.u)
+            eq = _channel_equations(sample, g, q, photo[k], nr, huber)
+            n_in_tot += eq.n_inside
+            if eq.jtj is None:
+                continue
+            o = 8 + nr + 2 * npb * k
+            idx = np.r_[0 : 8 + nr, o : o + 2 * npb]
+            ata[np.ix_(idx, idx)] += eq.jtj
+            atb[idx] += eq.jtr
+            sxy += eq.sxy
+            sxx += eq.sxx
+            syy += eq.syy
+        valid_frac = n_in_tot / max(n_tot, 1)
+        if n_in_tot < 64:
+            raise ValueError("the warped template leaves the image")
+        corr = sxy / np.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+        # tiny ridge for channels that dropped out entirely
+        ata[np.diag_indices_from(ata)] += 1e-12 * (np.trace(ata) / n_par + 1e-30)
+        try:
+            dp = np.linalg.solve(ata, atb)
+        except np.linalg.LinAlgError:
+            dp = np.linalg.lstsq(ata, atb, rcond=None)[0]
+        for k in range(len(data)):
+            o = 8 + nr + 2 * npb * k
+            photo[k] = photo[k] + dp[o : o + 2 * npb]
+        h, q, moved = _apply_update(h, q, dp, nr, frame)
+        if moved < tol_px:
+            converged = True
+            break
+    return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
+                     valid_fraction=valid_frac, radial=q)
+
+
+@dataclass
+class _Frame:
+    """The normalised frame of :func:`gn_refine`: ``n = (z - c) / s`` with c the frame
+    centre and s half its longer side; ``nmat`` / ``ninv`` map frame px to n and back;
+    corners_u / corners_v: the frame corners in n."""
+
+    cx: float
+    cy: float
+    sc: float
+    nmat: np.ndarray
+    ninv: np.ndarray
+    corners_u: np.ndarray
+    corners_v: np.ndarray
+
+    @classmethod
+    def of(cls, frame_shape: tuple[int, int]) -> "_Frame":
+        rows, cols = frame_shape
+        cx, cy = (cols - 1) / 2.0, (rows - 1) / 2.0
+        sc = max(cols, rows) / 2.0
+        nmat = np.array([[1 / sc, 0, -cx / sc], [0, 1 / sc, -cy / sc], [0, 0, 1]])
+        return cls(cx, cy, sc, nmat, np.linalg.inv(nmat), np.array([-1.0, 1.0, 1.0, -1.0]) * (cx / sc),
+                   np.array([-1.0, -1.0, 1.0, 1.0]) * (cy / sc))
+
+
+@dataclass
+class _ChannelSamples:
+    """One channel's template px in :func:`gn_refine`: normalised frame coordinates (u, v),
+    template values, the photometric polynomial basis at them, and the channel."""
+
+    u: np.ndarray
+    v: np.ndarray
+    values: np.ndarray
+    basis: np.ndarray
+    channel: Channel
+
+
+def _channel_samples(channels: list[Channel], frame: _Frame, gain_degree: int,
+                     max_pixels: int | None) -> list[_ChannelSamples]:
+    """The template px of every channel with at least 64 in its mask, at most
+    ``max_pixels`` in all (a fixed random subset of each channel beyond that)."""
+    rng = np.random.default_rng(12345)
     per_channel = None if max_pixels is None else max(64, max_pixels // max(len(channels), 1))
-    rows, cols = frame_shape
-    cx, cy = (cols - 1) / 2.0, (rows - 1) / 2.0
-    sc = max(cols, rows) / 2.0
-    nmat = np.array([[1 / sc, 0, -cx / sc], [0, 1 / sc, -cy / sc], [0, 0, 1]])
-    ninv = np.linalg.inv(nmat)
     data = []
     for ch in channels:
         ys, xs = np.nonzero(ch.mask)
@@ -338,128 +423,116 @@ def gn_refine(
         tf = ch.to_frame
         fx = tf[0, 0] * xs + tf[0, 1] * ys + tf[0, 2]
         fy = tf[1, 0] * xs + tf[1, 1] * ys + tf[1, 2]
-        u = (fx - cx) / sc
-        v = (fy - cy) / sc
-        data.append((u, v, tvals, _poly_basis(u, v, gain_degree), ch))
+        u = (fx - frame.cx) / frame.sc
+        v = (fy - frame.cy) / frame.sc
+        data.append(_ChannelSamples(u, v, tvals, _poly_basis(u, v, gain_degree), ch))
     if not data:
         raise ValueError("too few template pixels inside the mask")
-    npb = data[0][3].shape[1]
-    nch = len(data)
-    nr = int(radial)
-    n_par = 8 + nr + 2 * npb * nch
-    photo = [np.concatenate([[1.0], np.zeros(npb - 1), np.zeros(npb)]) for _ in range(nch)]
-    corners_u = np.array([-1.0, 1.0, 1.0, -1.0]) * (cx / sc)
-    corners_v = np.array([-1.0, -1.0, 1.0, 1.0]) * (cy / sc)
-    converged = False
-    it = 0
-    corr = 0.0
-    valid_frac = 0.0
-    for it in range(1, max_iter + 1):
-        g = h @ ninv
-        ata = np.zeros((n_par, n_par))
-        atb = np.zeros(n_par)
-        n_tot = n_in_tot = 0
-        sxy = sxx = syy = 0.0
-        for k, (u0, v0, tvals, pb, ch) in enumerate(data):
-            ih, iw = ch.image.shape[:2]
-            rho2 = u0 * u0 + v0 * v0
-            fac = 1.0 + q[0] * rho2 + q[1] * rho2 * rho2
-            u, v = u0 * fac, v0 * fac
-            mx, my, w = _apply_h(g, u, v)
-            inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
-            if ch.mask_has_holes:
-                inside &= sample_points(ch.image_mask_f32, mx, my, cv2.INTER_NEAREST) > 0
-            n_in = int(inside.sum())
-            n_tot += len(u)
-            n_in_tot += n_in
-            if n_in < 64:
-                continue
-            mxi, myi = mx[inside], my[inside]
-            # the value through the exact cubic spline (the residual decides where GN
-            # converges); the Jacobian's gradients bilinearly (they only steer the steps)
-            iv = sample_spline(ch.coefficients, mxi, myi).astype(np.float64)
-            gxv, gyv = (sample_points(g_img, mxi, myi, cv2.INTER_LINEAR).astype(np.float64) for g_img in ch.gradients)
-            uu, vv, ww = u[inside], v[inside], w[inside]
-            X, Y = mx[inside], my[inside]
-            pbi = pb[inside]
-            gain, offset = photo[k][:npb], photo[k][npb:]
-            a = pbi @ gain
-            pred = a * iv + pbi @ offset
-            t_in = tvals[inside]
-            r = t_in - pred
-            j00 = (g[0, 0] - X * g[2, 0]) / ww
-            j01 = (g[0, 1] - X * g[2, 1]) / ww
-            j10 = (g[1, 0] - Y * g[2, 0]) / ww
-            j11 = (g[1, 1] - Y * g[2, 1]) / ww
-            ag_x = a * gxv
-            ag_y = a * gyv
-            hx = ag_x * j00 + ag_y * j10
-            hy = ag_x * j01 + ag_y * j11
-            s = hx * uu + hy * vv
-            jac = np.empty((n_in, 8 + nr + 2 * npb))
-            jac[:, 0] = hx * uu
-            jac[:, 1] = hx * vv
-            jac[:, 2] = hx
-            jac[:, 3] = hy * uu
-            jac[:, 4] = hy * vv
-            jac[:, 5] = hy
-            jac[:, 6] = -s * uu
-            jac[:, 7] = -s * vv
-            if nr:
-                r2i = rho2[inside]
-                base = hx * u0[inside] + hy * v0[inside]
-                jac[:, 8] = base * r2i
-                if nr > 1:
-                    jac[:, 9] = base * r2i * r2i
-            jac[:, 8 + nr : 8 + nr + npb] = pbi * iv[:, None]
-            jac[:, 8 + nr + npb :] = pbi
-            if huber is not None:
-                scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-12
-                kk = huber * scale
-                ar = np.abs(r)
-                wts = np.where(ar <= kk, 1.0, kk / np.maximum(ar, 1e-12))
-            else:
-                wts = np.ones_like(r)
-            o = 8 + nr + 2 * npb * k
-            idx = np.r_[0 : 8 + nr, o : o + 2 * npb]
-            jw = jac * wts[:, None]
-            ata[np.ix_(idx, idx)] += jw.T @ jac
-            atb[idx] += jw.T @ r
-            tc = t_in - t_in.mean()
-            pc = pred - pred.mean()
-            sxy += float(tc @ pc)
-            sxx += float(tc @ tc)
-            syy += float(pc @ pc)
-        valid_frac = n_in_tot / max(n_tot, 1)
-        if n_in_tot < 64:
-            raise ValueError("the warped template leaves the image")
-        corr = sxy / np.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
-        # tiny ridge for channels that dropped out entirely
-        ata[np.diag_indices_from(ata)] += 1e-12 * (np.trace(ata) / n_par + 1e-30)
-        try:
-            dp = np.linalg.solve(ata, atb)
-        except np.linalg.LinAlgError:
-            dp = np.linalg.lstsq(ata, atb, rcond=None)[0]
-        d = np.array([[dp[0], dp[1], dp[2]], [dp[3], dp[4], dp[5]], [dp[6], dp[7], 0.0]])
-        for k in range(nch):
-            o = 8 + nr + 2 * npb * k
-            photo[k] = photo[k] + dp[o : o + 2 * npb]
-        q_new = q.copy()
-        q_new[:nr] += dp[8 : 8 + nr]
-        h_new = h @ ninv @ (np.eye(3) + d) @ nmat
-        h_new /= h_new[2, 2]
-        c2 = corners_u**2 + corners_v**2
-        f0 = 1 + q[0] * c2 + q[1] * c2 * c2
-        f1 = 1 + q_new[0] * c2 + q_new[1] * c2 * c2
-        x0, y0, _ = _apply_h(g, corners_u * f0, corners_v * f0)
-        x1, y1, _ = _apply_h(h_new @ ninv, corners_u * f1, corners_v * f1)
-        h = h_new
-        q = q_new
-        if float(np.max(np.hypot(x1 - x0, y1 - y0))) < tol_px:
-            converged = True
-            break
-    return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
-                     valid_fraction=valid_frac, radial=q)
+    return data
+
+
+@dataclass
+class _ChannelEquations:
+    """One channel's share of a Gauss-Newton step: the weighted normal equations over its
+    parameters (the 8 homography and ``nr`` radial ones, then its gain and offset), how
+    many of its px landed inside the image, and the sums of its correlation."""
+
+    n_inside: int
+    jtj: np.ndarray | None = None
+    jtr: np.ndarray | None = None
+    sxy: float = 0.0
+    sxx: float = 0.0
+    syy: float = 0.0
+
+
+def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, photo: np.ndarray, nr: int,
+                       huber: float | None) -> _ChannelEquations:
+    """Linearise one channel's model ``a(x) * I(H x) + b(x)`` at the current homography
+    (g: normalised frame -> image px), radial coefficients q and photometric parameters
+    ``photo`` (gain then offset coefficients); no equations (``jtj`` None) when fewer
+    than 64 of its px land inside the image."""
+    ch = sample.channel
+    u0, v0, pb = sample.u, sample.v, sample.basis
+    npb = pb.shape[1]
+    ih, iw = ch.image.shape[:2]
+    rho2 = u0 * u0 + v0 * v0
+    fac = 1.0 + q[0] * rho2 + q[1] * rho2 * rho2
+    u, v = u0 * fac, v0 * fac
+    mx, my, w = _apply_h(g, u, v)
+    inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
+    if ch.mask_has_holes:
+        inside &= sample_points(ch.image_mask_f32, mx, my, cv2.INTER_NEAREST) > 0
+    n_in = int(inside.sum())
+    if n_in < 64:
+        return _ChannelEquations(n_in)
+    mxi, myi = mx[inside], my[inside]
+    # the value through the exact cubic spline (the residual decides where GN
+    # converges); the Jacobian's gradients bilinearly (they only steer the steps)
+    iv = sample_spline(ch.coefficients, mxi, myi).astype(np.float64)
+    gxv, gyv = (sample_points(g_img, mxi, myi, cv2.INTER_LINEAR).astype(np.float64) for g_img in ch.gradients)
+    uu, vv, ww = u[inside], v[inside], w[inside]
+    X, Y = mx[inside], my[inside]
+    pbi = pb[inside]
+    gain, offset = photo[:npb], photo[npb:]
+    a = pbi @ gain
+    pred = a * iv + pbi @ offset
+    t_in = sample.values[inside]
+    r = t_in - pred
+    j00 = (g[0, 0] - X * g[2, 0]) / ww
+    j01 = (g[0, 1] - X * g[2, 1]) / ww
+    j10 = (g[1, 0] - Y * g[2, 0]) / ww
+    j11 = (g[1, 1] - Y * g[2, 1]) / ww
+    ag_x = a * gxv
+    ag_y = a * gyv
+    hx = ag_x * j00 + ag_y * j10
+    hy = ag_x * j01 + ag_y * j11
+    s = hx * uu + hy * vv
+    jac = np.empty((n_in, 8 + nr + 2 * npb))
+    jac[:, 0] = hx * uu
+    jac[:, 1] = hx * vv
+    jac[:, 2] = hx
+    jac[:, 3] = hy * uu
+    jac[:, 4] = hy * vv
+    jac[:, 5] = hy
+    jac[:, 6] = -s * uu
+    jac[:, 7] = -s * vv
+    if nr:
+        r2i = rho2[inside]
+        base = hx * u0[inside] + hy * v0[inside]
+        jac[:, 8] = base * r2i
+        if nr > 1:
+            jac[:, 9] = base * r2i * r2i
+    jac[:, 8 + nr : 8 + nr + npb] = pbi * iv[:, None]
+    jac[:, 8 + nr + npb :] = pbi
+    if huber is not None:
+        scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-12
+        kk = huber * scale
+        ar = np.abs(r)
+        wts = np.where(ar <= kk, 1.0, kk / np.maximum(ar, 1e-12))
+    else:
+        wts = np.ones_like(r)
+    jw = jac * wts[:, None]
+    tc = t_in - t_in.mean()
+    pc = pred - pred.mean()
+    return _ChannelEquations(n_in, jw.T @ jac, jw.T @ r, float(tc @ pc), float(tc @ tc), float(pc @ pc))
+
+
+def _apply_update(h: np.ndarray, q: np.ndarray, dp: np.ndarray, nr: int,
+                  frame: _Frame) -> tuple[np.ndarray, np.ndarray, float]:
+    """The step ``dp`` applied to the homography (composed in the normalised frame) and
+    the radial coefficients -> (H, q, how far the step moved a frame corner in image px)."""
+    d = np.array([[dp[0], dp[1], dp[2]], [dp[3], dp[4], dp[5]], [dp[6], dp[7], 0.0]])
+    q_new = q.copy()
+    q_new[:nr] += dp[8 : 8 + nr]
+    h_new = h @ frame.ninv @ (np.eye(3) + d) @ frame.nmat
+    h_new /= h_new[2, 2]
+    cu, cv_ = frame.corners_u, frame.corners_v
+    c2 = cu**2 + cv_**2
+    f0 = 1 + q[0] * c2 + q[1] * c2 * c2
+    f1 = 1 + q_new[0] * c2 + q_new[1] * c2 * c2
+    x0, y0, _ = _apply_h(h @ frame.ninv, cu * f0, cv_ * f0)
+    x1, y1, _ = _apply_h(h_new @ frame.ninv, cu * f1, cv_ * f1)
+    return h_new, q_new, float(np.max(np.hypot(x1 - x0, y1 - y0)))
 
 
 def _gn_level(
