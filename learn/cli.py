@@ -121,17 +121,17 @@ def _read_input(path: Path, in_channels: int, input_space: str = "raw") -> np.nd
               help="Tile size in input positions (memory bound).")
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
-@click.option("--export-torchscript", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also save the model as TorchScript here.")
+@click.option("--export-program", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the model as a torch.export program (.pt2) here.")
 @click.option("--export-onnx", type=click.Path(dir_okay=False, path_type=Path), help="Also save the model as ONNX here.")
 def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int | None,
-           export_torchscript: Path | None, export_onnx: Path | None) -> None:
+           export_program: Path | None, export_onnx: Path | None) -> None:
     """Render a full-resolution phone RAW (any LibRaw format, or a packed .npy) to an sRGB PNG."""
     import time
 
     from learn.data import write_image
     from learn.infer import export_onnx as to_onnx
-    from learn.infer import export_torchscript as to_ts
+    from learn.infer import export_program as to_program
     from learn.infer import render as render_image
     from learn.train import load_model
 
@@ -143,7 +143,7 @@ def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int |
     dt = time.perf_counter() - t
     write_image(out, rgb, int(bits))
     click.echo(f"{out}: {rgb.shape[1]}x{rgb.shape[0]} rendered in {dt:.2f} s")
-    if export_torchscript:
-        click.echo(f"TorchScript: {to_ts(model, export_torchscript)}")
+    if export_program:
+        click.echo(f"torch.export program: {to_program(model, export_program, in_channels=in_ch)}")
     if export_onnx:
         click.echo(f"ONNX: {to_onnx(model, export_onnx, in_channels=in_ch)}")

@@ -10,12 +10,15 @@ memory stays bounded by one widened tile. Per-image statistics of models with
 a global path (ckisp's colour path) are accumulated over all tiles first;
 they are means, so the accumulation is exact.
 
-Export: :func:`export_torchscript` and :func:`export_onnx` write models whose
-output equals the PyTorch model's (checked by :func:`check_export`).
+Export: :func:`export_program` (``torch.export``, a ``.pt2`` file that
+:func:`load_program` runs without isp-rig's model code) and :func:`export_onnx`
+write models whose output equals the PyTorch model's at any batch and image size
+(checked by :func:`check_export`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -105,13 +108,43 @@ class _Exportable(torch.nn.Module):
         return self.model(x)
 
 
-def export_torchscript(model: torch.nn.Module, path: Path | str) -> Path:
-    """Script ``model`` (any input size) and save it to ``path``; load with ``torch.jit.load``."""
+def export_program(model: torch.nn.Module, path: Path | str, in_channels: int = 4, max_side: int = 16384) -> Path:
+    """Export ``model`` with ``torch.export`` (dynamic batch 1-64, height and width 16 to
+    ``max_side`` input positions) and save the program to ``path`` (``.pt2``); run it
+    with :func:`load_program`.
+
+    Shapes are traced symbolically; where the symbolic solver cannot prove that a
+    size differs from 1 (the stride-2 levels of the encoder-decoders), the export is
+    redone with sizes taken as at least 2 (``backed_size_oblivious``), which every
+    input the range admits satisfies.  Raises RuntimeError when neither export works.
+    """
+    from torch.export import Dim
+    from torch.fx.experimental import _config as fx_config
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scripted = torch.jit.script(_Exportable(model.eval()))
-    scripted.save(str(path))
+    # a copy made outside inference mode: a model that has rendered may hold inference tensors,
+    # which the exporter may not mark for autograd
+    wrapped = _Exportable(copy.deepcopy(model).eval())
+    x = torch.rand(2, in_channels, 41, 57)  # batch > 1 and sizes no multiple: nothing specialises
+    dims = {"x": {0: Dim("batch", min=1, max=64), 2: Dim("height", min=16, max=max_side),
+                  3: Dim("width", min=16, max=max_side)}}
+    with torch.no_grad():
+        try:
+            program = torch.export.export(wrapped, (x,), dynamic_shapes=dims)
+        except Exception:  # noqa: BLE001  a constraint the solver could not prove: try the oblivious sizes
+            try:
+                with fx_config.patch(backed_size_oblivious=True):
+                    program = torch.export.export(wrapped, (x,), dynamic_shapes=dims)
+            except Exception as err:  # noqa: BLE001
+                raise RuntimeError(f"torch.export could not export {type(model).__name__}: {err}") from err
+    torch.export.save(program, str(path))
     return path
+
+
+def load_program(path: Path | str) -> torch.nn.Module:
+    """A module that runs the program :func:`export_program` saved: ``(N, C, H, W) -> (N, 3, sH, sW)``."""
+    return torch.export.load(str(path)).module()
 
 
 def export_onnx(model: torch.nn.Module, path: Path | str, in_channels: int = 4, example_size: int = 64,
@@ -133,7 +166,7 @@ def export_onnx(model: torch.nn.Module, path: Path | str, in_channels: int = 4, 
 
 
 def check_export(model: torch.nn.Module, path: Path | str, x: torch.Tensor) -> float:
-    """Largest absolute difference between ``model(x)`` and the exported model at ``path`` (.pt or .onnx)."""
+    """Largest absolute difference between ``model(x)`` and the exported model at ``path`` (.pt2 or .onnx)."""
     path = Path(path)
     with torch.inference_mode():
         ref = model.eval()(x).numpy()
@@ -143,5 +176,5 @@ def check_export(model: torch.nn.Module, path: Path | str, x: torch.Tensor) -> f
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             got = sess.run(None, {"input": x.numpy()})[0]
         else:
-            got = torch.jit.load(str(path))(x).numpy()
+            got = load_program(path)(x).numpy()
     return float(np.abs(got - ref).max())

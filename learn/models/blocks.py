@@ -18,8 +18,11 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     Returns the padded tensor and the original ``(H, W)`` for :func:`crop_to`.
     """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
     if multiple > 1:  # unconditional so a traced / exported graph pads every input size
+        # the padded size as multiple * ceil(size / multiple) (the same as size + (-size) % multiple):
+        # in this form torch.export can prove every later halving exact for any input size
+        ph = (h + multiple - 1) // multiple * multiple - h
+        pw = (w + multiple - 1) // multiple * multiple - w
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     return x, (h, w)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import learn.models as lm
-from learn.infer import check_export, export_onnx, export_torchscript, render, render_tensor
+from learn.infer import check_export, export_onnx, export_program, render, render_tensor
 
 
 def _perturbed(name: str, **kwargs) -> torch.nn.Module:
@@ -56,10 +56,11 @@ def test_render_takes_and_returns_numpy_images():
 
 
 @pytest.mark.parametrize("name", lm.available())
-def test_torchscript_export_gives_the_same_output(name, tmp_path):
+def test_torch_export_program_gives_the_same_output_at_any_batch_and_size(name, tmp_path):
     model = _perturbed(name) if name != "unet" else lm.create("unet", base=4).eval()
-    path = export_torchscript(model, tmp_path / "m.pt")
-    assert check_export(model, path, torch.rand(1, 4, 21, 35)) < 1e-5
+    path = export_program(model, tmp_path / "m.pt2")
+    for shape in ((1, 4, 21, 35), (3, 4, 32, 48), (1, 4, 16, 17)):  # odd, multiples of 16, the smallest
+        assert check_export(model, path, torch.rand(*shape)) < 1e-5, shape
 
 
 @pytest.mark.parametrize("name", lm.available())

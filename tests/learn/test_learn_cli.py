@@ -43,7 +43,7 @@ def test_eval_json_reports_model_and_builtin_isp_with_lpips_null(trained_run, ti
     assert (trained_run / "eval" / "table.csv").is_file()
 
 
-@pytest.mark.parametrize("flag, name", [("--export-torchscript", "m.pt"), ("--export-onnx", "m.onnx")])
+@pytest.mark.parametrize("flag, name", [("--export-program", "m.pt2"), ("--export-onnx", "m.onnx")])
 def test_render_of_a_packed_npy_writes_a_full_resolution_png_and_exports(trained_run, tiny_dataset, tmp_path, flag,
                                                                           name):
     import torch
