@@ -108,10 +108,11 @@ class _Exportable(torch.nn.Module):
         return self.model(x)
 
 
-def export_program(model: torch.nn.Module, path: Path | str, in_channels: int = 4, max_side: int = 16384) -> Path:
-    """Export ``model`` with ``torch.export`` (dynamic batch 1-64, height and width 16 to
-    ``max_side`` input positions) and save the program to ``path`` (``.pt2``); run it
-    with :func:`load_program`.
+def exported_program(model: torch.nn.Module, in_channels: int = 4,
+                     max_side: int = 16384) -> "torch.export.ExportedProgram":
+    """``model`` through ``torch.export`` with dynamic batch (1-64), height and width (16 to
+    ``max_side`` input positions): the program both :func:`export_program` and
+    :func:`export_onnx` write.
 
     Shapes are traced symbolically; where the symbolic solver cannot prove that a
     size differs from 1 (the stride-2 levels of the encoder-decoders), the export is
@@ -121,8 +122,6 @@ def export_program(model: torch.nn.Module, path: Path | str, in_channels: int = 
     from torch.export import Dim
     from torch.fx.experimental import _config as fx_config
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # a copy made outside inference mode: a model that has rendered may hold inference tensors,
     # which the exporter may not mark for autograd
     wrapped = _Exportable(copy.deepcopy(model).eval())
@@ -131,14 +130,21 @@ def export_program(model: torch.nn.Module, path: Path | str, in_channels: int = 
                   3: Dim("width", min=16, max=max_side)}}
     with torch.no_grad():
         try:
-            program = torch.export.export(wrapped, (x,), dynamic_shapes=dims)
+            return torch.export.export(wrapped, (x,), dynamic_shapes=dims)
         except Exception:  # noqa: BLE001  a constraint the solver could not prove: try the oblivious sizes
             try:
                 with fx_config.patch(backed_size_oblivious=True):
-                    program = torch.export.export(wrapped, (x,), dynamic_shapes=dims)
+                    return torch.export.export(wrapped, (x,), dynamic_shapes=dims)
             except Exception as err:  # noqa: BLE001
                 raise RuntimeError(f"torch.export could not export {type(model).__name__}: {err}") from err
-    torch.export.save(program, str(path))
+
+
+def export_program(model: torch.nn.Module, path: Path | str, in_channels: int = 4) -> Path:
+    """Save :func:`exported_program` of ``model`` to ``path`` (``.pt2``); run it with
+    :func:`load_program`, no isp-rig model code needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(exported_program(model, in_channels), str(path))
     return path
 
 
@@ -147,21 +153,27 @@ def load_program(path: Path | str) -> torch.nn.Module:
     return torch.export.load(str(path)).module()
 
 
-def export_onnx(model: torch.nn.Module, path: Path | str, in_channels: int = 4, example_size: int = 64,
-                opset: int = 17) -> Path:
-    """Export ``model`` to ONNX with dynamic batch, height and width (input ``input`` (N, C, H, W), output ``rgb``)."""
+def export_onnx(model: torch.nn.Module, path: Path | str, in_channels: int = 4) -> Path:
+    """Export ``model`` to ONNX through the ``torch.export``-based exporter (``onnxscript``),
+    from :func:`exported_program`: dynamic batch, height and width; input ``input``
+    (N, C, H, W), output ``rgb``."""
+    import logging
     import warnings
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.rand(1, in_channels, example_size, example_size)
-    # no_grad: a model that has rendered under inference_mode holds inference tensors that a
-    # tracer recording for autograd may not touch ("Inference tensors cannot be saved for backward")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_Exportable(model.eval()), (x,), str(path), dynamo=False, input_names=["input"],
-                          output_names=["rgb"], opset_version=opset,
-                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "rgb": {0: "n", 2: "H", 3: "W"}})
+    program = exported_program(model, in_channels)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed": not ours
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(program, dynamo=True, input_names=["input"], output_names=["rgb"],
+                                             verbose=False)
+    finally:
+        quiet.setLevel(level)
+    onnx_program.save(str(path))
     return path
 
 
