@@ -122,8 +122,11 @@ def _read_input(path: Path, in_channels: int, input_space: str = "raw") -> np.nd
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
 @click.option("--export-program", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also save the model as a torch.export program (.pt2) here.")
-@click.option("--export-onnx", type=click.Path(dir_okay=False, path_type=Path), help="Also save the model as ONNX here.")
+              help="Also save the model as a torch.export program (.pt2) here: any batch and size, "
+                   "run it with torch.export.load(FILE).module().")
+@click.option("--export-onnx", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the model as ONNX here (the same program through torch's ONNX exporter; needs the "
+                   "export extra: onnx, onnxscript).")
 def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int | None,
            export_program: Path | None, export_onnx: Path | None) -> None:
     """Render a full-resolution phone RAW (any LibRaw format, or a packed .npy) to an sRGB PNG."""
