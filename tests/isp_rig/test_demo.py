@@ -1,4 +1,5 @@
-"""The demo end to end, small: it writes what it says and its claims hold."""
+"""The demo end to end: small in the default suite (it writes what it says and its claims hold), the
+README's full run behind the slow marker."""
 
 from __future__ import annotations
 
@@ -64,3 +65,16 @@ def test_demo_refuses_a_folder_that_holds_a_users_files(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(photos), "--scenes", "2", "--shots", "1", "--steps", "1"])
     assert result.exit_code == 1 and "holds IMG_1.jpg, which the demo did not write" in result.output
     assert [p.name for p in photos.iterdir()] == ["IMG_1.jpg"]
+
+
+@pytest.mark.slow
+def test_the_full_demo_of_the_readme_keeps_its_claims(tmp_path):
+    """What the README's first command runs (default scenes, shots and steps): minutes, so opt-in."""
+    out = tmp_path / "demo-out"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["alignment"]["kept"] == summary["alignment"]["pairs"]
+    assert summary["alignment_error_px"]["max"] < ALIGNMENT_TARGET_PX
+    assert summary["models"]["ckisp"]["psnr"] > summary["untrained_model"]["psnr"] + 3
+    assert (out / "report.md").is_file() and (out / "render.png").stat().st_size > 500
