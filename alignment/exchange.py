@@ -146,10 +146,50 @@ def export_patches(dataset: Path | str, out: Path | str, size: int = 256, stride
     return len(rows)
 
 
+#: keys a side file (``<input stem>.json`` beside a ``.npy`` or Bayer-PNG input) may give, with the
+#: shape of each list value: what :meth:`alignment.rawio.RawImage.metadata` records for a camera raw
+SIDE_FILE_SHAPES = {"cfa": None, "black_levels": (4,), "white_level": (), "as_shot_wb": (3,), "color_matrix": (3, 3),
+                    "exposure_time_s": (), "iso": (), "make": None, "model": None, "dng": None}
+#: the suffix of the side file that carries a packed input's raw metadata
+SIDE_FILE_SUFFIX = ".json"
+
+
+def read_side_file(path: Path) -> dict | None:
+    """The raw metadata a side file gives for the input ``path`` (``path`` with ``.json``), or
+    None when there is none.  Keys as :meth:`~alignment.rawio.RawImage.metadata` (a subset is
+    fine; ``as_shot_wb`` and ``color_matrix`` are what the learner's input stage uses);
+    raises :class:`DatasetError` naming the side file for unknown keys or values of the
+    wrong shape."""
+    side = path.with_suffix(SIDE_FILE_SUFFIX)
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(side, f"not a readable JSON side file ({err})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(side, "a side file holds one JSON object of raw metadata")
+    unknown = sorted(set(meta) - set(SIDE_FILE_SHAPES))
+    if unknown:
+        raise DatasetError(side, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(SIDE_FILE_SHAPES)})")
+    for key, shape in SIDE_FILE_SHAPES.items():
+        if shape is None or meta.get(key) is None:
+            continue
+        try:
+            value = np.asarray(meta[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DatasetError(side, f"{key} must be numbers") from None
+        if value.shape != shape or not np.all(np.isfinite(value)):
+            raise DatasetError(side, f"{key} must be {'a number' if not shape else 'x'.join(map(str, shape))} "
+                                     f"finite number(s), got {meta[key]!r}")
+    return meta
+
+
 def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, np.ndarray, dict | None]:
     """('raw', packed (h, w, 4) float32 normalised, metadata) or ('rgb', (H, W, 3) float32 in
     [0, 1], None); metadata is :meth:`alignment.rawio.RawImage.metadata` for a camera raw
-    read through LibRaw, None for planes and PNG mosaics (they carry none).
+    read through LibRaw and, for planes and PNG mosaics (which carry none), what their side
+    file gives (:func:`read_side_file`; None without one).
 
     Integer packed planes and Bayer PNGs carry no levels, so they need
     ``white_level`` (black level taken as already subtracted); float planes are
@@ -167,8 +207,8 @@ def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, n
         if planes.ndim != 3 or planes.shape[2] != 4:
             raise DatasetError(path, f"a packed raw must be (h, w, 4), got {planes.shape}")
         if planes.dtype.kind == "f":
-            return "raw", planes.astype(np.float32), None
-        return "raw", planes.astype(np.float32) / np.float32(levels()), None
+            return "raw", planes.astype(np.float32), read_side_file(path)
+        return "raw", planes.astype(np.float32) / np.float32(levels()), read_side_file(path)
     if suffix in rawio.RAW_EXTENSIONS:
         raw = rawio.read_raw(path)
         return "raw", raw.packed(), raw.metadata()
@@ -176,7 +216,7 @@ def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, n
     grey = np.array_equal(image.rgb[..., 0], image.rgb[..., 1]) and np.array_equal(image.rgb[..., 1], image.rgb[..., 2])
     if suffix == ".png" and image.bit_depth == 16 and grey:
         mosaic = image.rgb[..., 0] * 65535.0
-        return "raw", (rawio.pack(mosaic, cfa) / np.float32(levels())).astype(np.float32), None
+        return "raw", (rawio.pack(mosaic, cfa) / np.float32(levels())).astype(np.float32), read_side_file(path)
     return "rgb", image.rgb, None
 
 
@@ -222,7 +262,7 @@ def unmatched_files(inputs: Path | str, targets: Path | str) -> tuple[list[str],
     import, sorted names: what :func:`import_aligned` leaves out."""
     inputs, targets = Path(inputs), Path(targets)
     target_stems = {p.stem for p in targets.iterdir() if p.suffix.lower() in rawio.IMAGE_EXTENSIONS}
-    input_files = [p for p in inputs.iterdir() if p.is_file()]
+    input_files = [p for p in inputs.iterdir() if p.is_file() and p.suffix.lower() != SIDE_FILE_SUFFIX]
     input_stems = {p.stem for p in input_files}
     lonely_inputs = sorted(p.name for p in input_files if p.stem not in target_stems)
     lonely_targets = sorted(p.name for p in targets.iterdir()
@@ -239,8 +279,10 @@ def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, spl
     ``.npy`` planes (h, w, 4) in R, G1, G2, B order (float: normalised already;
     integer: divided by ``white_level``), 1-channel 16-bit PNG Bayer mosaics
     (phase ``cfa``, divided by ``white_level``), or RGB images (a phone's own
-    JPEG, as in DPED).  Targets are RGB images of the same scene: (2h, 2w)
-    for raw inputs, the input's size for RGB inputs.  ``split`` puts every pair
+    JPEG, as in DPED).  A ``.npy`` or PNG mosaic may have a side file
+    ``<stem>.json`` with its raw metadata (:func:`read_side_file`), recorded as the
+    pair's ``phone_raw`` as a camera raw's own would be.  Targets are RGB images of
+    the same scene: (2h, 2w) for raw inputs, the input's size for RGB inputs.  ``split`` puts every pair
     in one split; without it the scene split of :func:`scene_split` applies
     (each file is its own scene).
 
@@ -252,7 +294,8 @@ def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, spl
         if not d.is_dir():
             raise DatasetError(d, "no such folder")
     by_stem = {p.stem: p for p in targets.iterdir() if p.suffix.lower() in rawio.IMAGE_EXTENSIONS}
-    names = sorted(p for p in inputs.iterdir() if p.is_file() and p.stem in by_stem)
+    names = sorted(p for p in inputs.iterdir()
+                   if p.is_file() and p.stem in by_stem and p.suffix.lower() != SIDE_FILE_SUFFIX)
     if not names:
         raise DatasetError(inputs, f"no input file has a target of the same name in {targets}")
     with DatasetWriter(out, DatasetMeta(split_seed=seed, test_fraction=test_fraction,

@@ -232,6 +232,28 @@ def test_import_of_a_camera_raw_records_its_metadata(tmp_path):
     assert meta["dng"]["as_shot_neutral"] == pytest.approx(list(1 / raw.camera_wb), rel=1e-3)
 
 
+def test_import_of_packed_planes_takes_the_raw_metadata_of_their_side_file(tmp_path):
+    inputs, targets = tmp_path / "in", tmp_path / "tg"
+    inputs.mkdir(), targets.mkdir()
+    planes = np.random.default_rng(0).random((24, 32, 4)).astype(np.float32)
+    side = {"cfa": "RGGB", "as_shot_wb": [2.0, 1.0, 1.6], "color_matrix": [[1.5, -0.3, -0.2], [-0.2, 1.4, -0.2],
+                                                                         [0.0, -0.4, 1.4]]}
+    for stem, meta in (("a", side), ("b", None)):
+        np.save(inputs / f"{stem}.npy", planes)
+        cv2.imwrite(str(targets / f"{stem}.png"), np.zeros((48, 64, 3), np.uint8))
+        if meta is not None:
+            (inputs / f"{stem}.json").write_text(json.dumps(meta))
+    assert import_aligned(inputs, targets, tmp_path / "ds") == 2  # the side file is no input of its own
+    records = latest_records(tmp_path / "ds")
+    assert records["a"]["phone_raw"] == side and "phone_raw" not in records["b"]
+    (inputs / "a.json").write_text(json.dumps({**side, "color_matrix": [1, 2, 3]}))
+    with pytest.raises(DatasetError, match=r"a\.json: color_matrix must be 3x3"):
+        import_aligned(inputs, targets, tmp_path / "ds2")
+    (inputs / "a.json").write_text(json.dumps({"as_shot_white": [1, 1, 1]}))
+    with pytest.raises(DatasetError, match="unknown key"):
+        import_aligned(inputs, targets, tmp_path / "ds3")
+
+
 def test_import_refuses_to_mix_input_kinds_or_pairs_from_other_files(shared_data, tmp_path):
     src = shared_data / "phone_vs_dslr"
     rgb_in, raw_in, other_in, targets = (tmp_path / n for n in ("rgb", "raw", "other", "tg"))
