@@ -51,6 +51,19 @@ def is_temporary(name: str) -> bool:
     return bool(TEMPORARY_NAME.match(name))
 
 
+def foreign_entries(folder: Path, own: Callable[[str], bool]) -> list[str]:
+    """Sorted names of the entries of ``folder`` that a writer did not leave there: neither
+    ``own(name)`` nor one of this module's temporary names ([] when ``folder`` is no folder)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not own(p.name) and not is_temporary(p.name))
+
+
+def some_names(names: list[str], most: int = 3) -> str:
+    """The first ``most`` names, comma-separated, with " ..." when there are more."""
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
+
+
 def _reason(err: OSError) -> str:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return "disk full"

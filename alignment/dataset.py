@@ -48,7 +48,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from alignment.atomic import fsync_dir, is_temporary, write_image, write_json, write_npy
+from alignment.atomic import foreign_entries, fsync_dir, some_names, write_image, write_json, write_npy
 from alignment.ecc import sample_spline, spline_coefficients
 
 FORMAT_VERSION = 1
@@ -317,18 +317,17 @@ class DatasetWriter:
             if int(existing.get("format_version", 0)) != FORMAT_VERSION:
                 raise DatasetError(meta_path, f"format_version {existing.get('format_version')} is not {FORMAT_VERSION}")
             stored = existing.get("align_options")
-            if stored is not None and meta.align_options is not None and stored != _json_form(meta.align_options):
-                asked = _json_form(meta.align_options)
+            asked = None if meta.align_options is None else _json_form(meta.align_options)
+            if stored is not None and asked is not None and stored != asked:
                 changed = sorted(k for k in set(stored) | set(asked) if stored.get(k) != asked.get(k))
                 raise DatasetError(meta_path, "this dataset was aligned with other options ("
                                    + ", ".join(f"{k}: {stored.get(k, 'default')} -> {asked.get(k, 'default')}"
                                                for k in changed)
                                    + "); resume with the same -o options or give a new --out")
         else:
-            foreign = sorted(p.name for p in self.root.iterdir()
-                             if p.name not in DATASET_ENTRIES and not is_temporary(p.name))
+            foreign = foreign_entries(self.root, DATASET_ENTRIES.__contains__)
             if foreign:
-                raise DatasetError(self.root, f"holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
+                raise DatasetError(self.root, f"holds {some_names(foreign)} "
                                               "and no dataset.json: not a dataset folder; give a new or empty folder")
             write_json(meta_path, meta.to_dict())
         self._lock = open(self.root / ".lock", "w")

@@ -203,9 +203,7 @@ def _read_input(path: Path, cfa: str, white_level: float | None) -> tuple[str, n
         return float(white_level)
 
     if suffix == ".npy":
-        planes = np.load(path)
-        if planes.ndim != 3 or planes.shape[2] != 4:
-            raise DatasetError(path, f"a packed raw must be (h, w, 4), got {planes.shape}")
+        planes = _load_planes(path)
         if planes.dtype.kind == "f":
             return "raw", planes.astype(np.float32), read_side_file(path)
         return "raw", planes.astype(np.float32) / np.float32(levels()), read_side_file(path)

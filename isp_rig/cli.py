@@ -125,10 +125,9 @@ def configure_logging(level: int, detailed: bool = False) -> None:
     the message alone, or with level and logger name when ``detailed``.  Replaces the
     handler an earlier call installed (the tests run many commands in one process)."""
     fmt = "%(levelname)s %(name)s: %(message)s" if detailed else "%(message)s"
+    restore_logging()
     for name in LOGGERS:
         logger = logging.getLogger(name)
-        for handler in [h for h in logger.handlers if getattr(h, "isp_rig", False)]:
-            logger.removeHandler(handler)
         handler = logging.StreamHandler(sys.stderr)  # bound now: CliRunner swaps sys.stderr per command
         handler.isp_rig = True
         handler.setFormatter(logging.Formatter(fmt))

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from alignment import charts
-from alignment.atomic import is_temporary, write_image, write_json, write_text
+from alignment.atomic import foreign_entries, some_names, write_image, write_json, write_text
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
@@ -241,11 +241,10 @@ def check_demo_folder(out: Path) -> None:
     (:data:`DEMO_ENTRIES`): the demo never writes among a user's files."""
     if out.exists() and not out.is_dir():
         raise DemoFolderError(f"{out}: exists and is not a folder")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES and not is_temporary(p.name)) \
-        if out.is_dir() else []
+    foreign = foreign_entries(out, DEMO_ENTRIES.__contains__)
     if foreign:
-        raise DemoFolderError(f"{out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
-                              "which the demo did not write; give a new or empty folder")
+        raise DemoFolderError(f"{out}: holds {some_names(foreign)}, which the demo did not write; give a new or "
+                              "empty folder")
 
 
 def run_demo(out: Path, scenes: int = 6, shots: int = 2, steps: int = 1000, baseline: str = "plain",

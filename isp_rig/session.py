@@ -559,8 +559,8 @@ def _replace_file(final: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise SessionWriteError(final, f"cannot be rewritten: {err.strerror or err}") from err
+        _remove_quietly(tmp)
+        raise SessionWriteError(final, f"cannot be rewritten: {_os_reason(err)}") from err
     _fsync_dir(final.parent)
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from alignment import rawio
-from alignment.atomic import is_temporary, write_json
+from alignment.atomic import foreign_entries, is_temporary, write_json
 from alignment.geometry import apply_homography
 
 # sRGB (D65) <-> CIE XYZ
@@ -912,9 +912,8 @@ def prepare_output(out_dir: Path, settings: dict, options: SimOptions, force: bo
     if not out_dir.is_dir():
         raise OutputFolderError(out_dir, "is a file, not a folder")
     entries = list(out_dir.iterdir())
-    foreign = [e.name for e in entries
-               if e.name != SIMULATION_JSON and not _PAIR_NAME.match(e.name) and not _PAIR_PARTIAL.match(e.name)
-               and not is_temporary(e.name)]
+    foreign = foreign_entries(out_dir, lambda name: name == SIMULATION_JSON or bool(_PAIR_NAME.match(name))
+                              or bool(_PAIR_PARTIAL.match(name)))
     if foreign:
         raise OutputFolderError(out_dir, f"holds {foreign[0]!r}{' and more' if len(foreign) > 1 else ''}: not a "
                                 "simulation folder, refusing to write into it")

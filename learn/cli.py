@@ -135,6 +135,7 @@ def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int |
     from learn.data import write_image
     from learn.infer import export_onnx as to_onnx
     from learn.infer import export_program as to_program
+    from learn.infer import exported_program
     from learn.infer import render as render_image
     from learn.train import load_model
 
@@ -146,7 +147,8 @@ def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int |
     dt = time.perf_counter() - t
     write_image(out, rgb, int(bits))
     click.echo(f"{out}: {rgb.shape[1]}x{rgb.shape[0]} rendered in {dt:.2f} s")
+    program = exported_program(model, in_ch) if export_program or export_onnx else None  # exported once
     if export_program:
-        click.echo(f"torch.export program: {to_program(model, export_program, in_channels=in_ch)}")
+        click.echo(f"torch.export program: {to_program(program, export_program)}")
     if export_onnx:
-        click.echo(f"ONNX: {to_onnx(model, export_onnx, in_channels=in_ch)}")
+        click.echo(f"ONNX: {to_onnx(program, export_onnx)}")

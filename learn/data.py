@@ -228,6 +228,34 @@ class PairSource(Protocol):
     def load(self, i: int) -> dict: ...
 
 
+class _ByteLru(OrderedDict):
+    """An LRU cache of tuples of arrays (None allowed) holding at most ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+        self.used = 0
+
+    @staticmethod
+    def _size(value: tuple) -> int:
+        return sum(a.nbytes for a in value if a is not None)
+
+    def fetch(self, key, make):
+        """The value of ``key``, made by ``make()`` (and kept, evicting the oldest) when absent."""
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        size = self._size(value)
+        if size <= self.budget:
+            self[key] = value
+            self.used += size
+            while self.used > self.budget:
+                _, old = self.popitem(last=False)
+                self.used -= self._size(old)
+        return value
+
+
 class PackedPairs:
     """Pairs of a dataset folder split: ``load(i)`` gives ``input`` (h, w, 4) float32 packed raw,
     ``target`` (2h, 2w, 3), ``mask`` (2h, 2w) bool, ``id``, and ``jpeg`` (2h, 2w, 3) where present.
@@ -262,8 +290,12 @@ class PackedPairs:
                                     "white balance and colour matrix (use input_space 'raw')") from None
         self.scale = 2 if self.bayer else 1
         self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
-        self._cached_bytes = 0
+        self._cache = _ByteLru(self.cache_bytes)  # decoded targets and masks
+        self._inputs = _ByteLru(self.cache_bytes)  # inputs in a metadata space (raw stays memory-mapped)
+
+    @property
+    def _cached_bytes(self) -> int:
+        return self._cache.used
 
     def __len__(self) -> int:
         return len(self.records)
@@ -272,28 +304,21 @@ class PackedPairs:
         r = self.records[i]
         if not self.bayer:
             return read_image(r.input)
-        return to_input_space(read_packed(r.raw), r.phone_raw, self.input_space)
+        if self.input_space == "raw":
+            return read_packed(r.raw)  # memory-mapped: a crop reads only its own rows
+        # the transform touches every px: once per pair, not once per crop
+        return self._inputs.fetch(i, lambda: (to_input_space(read_packed(r.raw), r.phone_raw, self.input_space),))[0]
 
     def input_shape(self, i: int) -> tuple[int, ...]:
-        """Shape of pair ``i``'s input (packed raw: without decoding any PNG)."""
-        return self._input(i).shape
+        """Shape of pair ``i``'s input (packed raw: without decoding any PNG or applying the input space)."""
+        r = self.records[i]
+        return read_packed(r.raw).shape if self.bayer else read_image(r.input).shape
 
     def _target(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Decoded target and mask of pair ``i``, kept in an LRU cache of at most ``cache_mb``
         (decoding a 16-bit PNG dominates the time of a crop; a small dataset stays decoded)."""
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
         r = self.records[i]
-        value = (read_image(r.target), read_mask(r.mask) if r.mask is not None else None)
-        size = value[0].nbytes + (value[1].nbytes if value[1] is not None else 0)
-        if size <= self.cache_bytes:
-            self._cache[i] = value
-            self._cached_bytes += size
-            while self._cached_bytes > self.cache_bytes:
-                _, (t, m) = self._cache.popitem(last=False)
-                self._cached_bytes -= t.nbytes + (m.nbytes if m is not None else 0)
-        return value
+        return self._cache.fetch(i, lambda: (read_image(r.target), read_mask(r.mask) if r.mask is not None else None))
 
     def load(self, i: int, with_jpeg: bool = False) -> dict:
         r = self.records[i]

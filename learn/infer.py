@@ -139,12 +139,17 @@ def exported_program(model: torch.nn.Module, in_channels: int = 4,
                 raise RuntimeError(f"torch.export could not export {type(model).__name__}: {err}") from err
 
 
-def export_program(model: torch.nn.Module, path: Path | str, in_channels: int = 4) -> Path:
-    """Save :func:`exported_program` of ``model`` to ``path`` (``.pt2``); run it with
-    :func:`load_program`, no isp-rig model code needed."""
+def _as_program(model, in_channels: int) -> "torch.export.ExportedProgram":
+    return model if isinstance(model, torch.export.ExportedProgram) else exported_program(model, in_channels)
+
+
+def export_program(model, path: Path | str, in_channels: int = 4) -> Path:
+    """Save :func:`exported_program` of ``model`` (a module, or the program itself when it
+    was exported already) to ``path`` (``.pt2``); run it with :func:`load_program`, no
+    isp-rig model code needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(exported_program(model, in_channels), str(path))
+    torch.export.save(_as_program(model, in_channels), str(path))
     return path
 
 
@@ -153,16 +158,16 @@ def load_program(path: Path | str) -> torch.nn.Module:
     return torch.export.load(str(path)).module()
 
 
-def export_onnx(model: torch.nn.Module, path: Path | str, in_channels: int = 4) -> Path:
-    """Export ``model`` to ONNX through the ``torch.export``-based exporter (``onnxscript``),
-    from :func:`exported_program`: dynamic batch, height and width; input ``input``
-    (N, C, H, W), output ``rgb``."""
+def export_onnx(model, path: Path | str, in_channels: int = 4) -> Path:
+    """Export ``model`` (a module, or its :func:`exported_program`) to ONNX through the
+    ``torch.export``-based exporter (``onnxscript``): dynamic batch, height and width;
+    input ``input`` (N, C, H, W), output ``rgb``."""
     import logging
     import warnings
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program = exported_program(model, in_channels)
+    program = _as_program(model, in_channels)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed": not ours

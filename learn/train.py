@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import learn.models as models
-from alignment.atomic import is_temporary, write_bytes, write_json, write_text
+from alignment.atomic import foreign_entries, write_bytes, write_json, write_text
 from learn.config import ConfigError, defaults
 from learn.config import validate as validate_config
 from learn.curves import plot_curves
@@ -269,8 +269,7 @@ def _open_run(config: dict, out: Path, rank: int) -> tuple[dict, dict | None]:
     last = out / "checkpoints" / "last.pt"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
-    ours = [p for p in out.iterdir() if not is_temporary(p.name)] if out.is_dir() else []
-    if ours and not last.is_file() and not (out / "config.json").is_file():
+    if foreign_entries(out, lambda name: False) and not last.is_file() and not (out / "config.json").is_file():
         raise ConfigError(f"{out}: not empty and not a training run; give a new or empty folder")
     if not last.is_file():
         return config, None
