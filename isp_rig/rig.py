@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import statistics
 import threading
-import time
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from isp_rig.clock import SYSTEM_CLOCK, Clock
 from isp_rig.devices.base import CapturedFile, Device, DeviceError, DeviceInfo, FireRecord
 from isp_rig.devices.folder import to_host_epoch
 from isp_rig.session import Session, SessionError, ShotRecord
@@ -73,12 +73,14 @@ class Rig:
         schedule_lead_s: in 'scheduled' mode, the common instant is this long
             after the release plus the largest latency.
         max_skew_s: when set, a shot whose trigger skew exceeds it is failed.
+        clock: what the scheduled waits and the collect times run on (the host's by
+            default; tests hand in a virtual one).
     """
 
     def __init__(self, devices: Sequence[Device], *, settings: Mapping[str, Mapping[str, Any]] | None = None,
                  collect_timeout_s: float = 15.0, mode: str = "barrier",
                  latency_s: Mapping[str, float] | None = None, schedule_lead_s: float = 0.01,
-                 max_skew_s: float | None = None) -> None:
+                 max_skew_s: float | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         if not devices:
             raise RigError("a rig needs at least one device")
         names = [d.name for d in devices]
@@ -93,6 +95,7 @@ class Rig:
         self.latency_s = dict(latency_s or {})
         self.schedule_lead_s = schedule_lead_s
         self.max_skew_s = max_skew_s
+        self.clock = clock
         self.info: dict[str, DeviceInfo] = {}
         self.applied: dict[str, dict[str, Any]] = {}
 
@@ -161,22 +164,19 @@ class Rig:
         return results
 
     def _fire_and_collect(self, device: Device, shot: DeviceShot, delay_s: float) -> None:
-        if delay_s > 0:
-            end = time.monotonic() + delay_s
-            while (left := end - time.monotonic()) > 0:
-                time.sleep(min(left, 0.001) if left < 0.002 else left - 0.001)
+        self.clock.sleep(delay_s)
         try:
             shot.fire = device.fire()
         except Exception as err:  # noqa: BLE001  recorded per device
             _record_error(shot, err, "fire")
             return
-        start = time.monotonic()
+        start = self.clock.monotonic_ns()
         try:
             shot.files = device.collect(self.collect_timeout_s)
         except Exception as err:  # noqa: BLE001
             _record_error(shot, err, "collect")
         finally:
-            shot.collect_s = time.monotonic() - start
+            shot.collect_s = (self.clock.monotonic_ns() - start) / 1e9
             # a device may have re-fired inside collect (e.g. reopened after StoreFull)
             shot.fire = getattr(device, "last_fire", None) or shot.fire
 

@@ -14,8 +14,9 @@ A device's life in a capture::
 ``fire`` and ``collect`` are separate so the rig can release every device's
 trigger at one instant (threads behind a barrier) before any slow download.
 
-Times: ``monotonic_ns`` values come from :func:`time.monotonic_ns` on the host
-(comparable within one process only); wall times are host UTC. A device's own
+Times: ``monotonic_ns`` values come from the host clock (:mod:`isp_rig.clock`,
+:func:`time.monotonic_ns` unless a test injects another; comparable within one
+process only); wall times are host UTC. A device's own
 capture time (EXIF, sensor timestamp) is on the device clock, and
 ``DeviceInfo.clock_offset_s`` (device clock minus host clock, seconds) maps it
 onto the host timeline when the device reports its clock.
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from isp_rig.clock import SYSTEM_CLOCK, Clock
 
 
 class DeviceError(Exception):
@@ -149,12 +151,13 @@ def wall_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
-def timed_call(device: str, call, attempts: int = 1, notes: Sequence[str] = ()) -> FireRecord:
-    """Run ``call()`` and return the host times around it as a FireRecord."""
+def timed_call(device: str, call, attempts: int = 1, notes: Sequence[str] = (),
+               clock: Clock = SYSTEM_CLOCK) -> FireRecord:
+    """Run ``call()`` and return the host times around it (``clock``) as a FireRecord."""
     wall = wall_now()
-    start = time.monotonic_ns()
+    start = clock.monotonic_ns()
     call()
-    end = time.monotonic_ns()
+    end = clock.monotonic_ns()
     return FireRecord(device, start, wall, end, attempts, list(notes))
 
 
