@@ -19,7 +19,6 @@ import concurrent.futures as cf
 import csv
 import datetime as _dt
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -43,6 +42,7 @@ from alignment import trust
 from alignment.atomic import write_json
 from alignment.dataset import DatasetError, DatasetMeta, DatasetWriter, warp_to_phone_grid, write_pair_files
 from alignment.scoring import load_truth_map, trust_scores, truth_error
+from alignment.session_manifest import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
 PHONE_RAW_EXTENSIONS = rawio.RAW_EXTENSIONS - {".nef", ".nrw", ".cr2", ".cr3", ".arw"}
@@ -132,15 +132,14 @@ def pairs_from_two_folders(phone_dir: Path | str, dslr_dir: Path | str, match: s
     """Pair phone raws in one folder with DSLR images in another.
 
     match='name': same file stem; match='time': nearest EXIF capture time within
-    ``tolerance_s`` (each DSLR image used once).  Scene = the phone file's stem.
+    ``tolerance_s`` (each DSLR image used once; compared in UTC when every file records
+    its UTC offset, else as the cameras' clock readings).  Scene = the phone file's stem.
     """
     phone_dir, dslr_dir = Path(phone_dir), Path(dslr_dir)
     for d in (phone_dir, dslr_dir):
         if not d.is_dir():
             raise BatchSourceError(f"{d}: no such folder")
-    phones = sorted(p for p in phone_dir.iterdir() if p.suffix.lower() in PHONE_RAW_EXTENSIONS)
-    dslrs = sorted(p for p in dslr_dir.iterdir()
-                   if p.suffix.lower() in rawio.IMAGE_EXTENSIONS | rawio.RAW_EXTENSIONS)
+    phones, dslrs = _two_folder_files(phone_dir, dslr_dir)
     jobs = []
     if match == "name":
         by_stem = {p.stem: p for p in dslrs}
@@ -149,11 +148,13 @@ def pairs_from_two_folders(phone_dir: Path | str, dslr_dir: Path | str, match: s
                 jobs.append(PairJob(ph.stem, ph.resolve(), by_stem[ph.stem].resolve(), ph.stem))
     elif match == "time":
         dslr_times = [(t, p) for p in dslrs if (t := _capture_time(p)) is not None]
+        phone_times = [(t, p) for p in phones if (t := _capture_time(p)) is not None]
+        if any(t.tzinfo is None for t, _ in dslr_times + phone_times):
+            # a camera that records no UTC offset: compare the clocks' readings
+            dslr_times = [(t.replace(tzinfo=None), p) for t, p in dslr_times]
+            phone_times = [(t.replace(tzinfo=None), p) for t, p in phone_times]
         used: set[Path] = set()
-        for ph in phones:
-            t = _capture_time(ph)
-            if t is None:
-                continue
+        for t, ph in phone_times:
             best = min(((abs((dt - t).total_seconds()), p) for dt, p in dslr_times if p not in used), default=None)
             if best and best[0] <= tolerance_s:
                 used.add(best[1])
@@ -178,12 +179,16 @@ def options_that_differ(options: dict[str, Any]) -> dict[str, Any]:
 def unpaired_files(phone_dir: Path | str, dslr_dir: Path | str, jobs: Sequence[PairJob]) -> tuple[list[str], list[str]]:
     """(phone raws, DSLR images) of the two folders that no job of
     :func:`pairs_from_two_folders` uses: sorted file names, what the batch leaves out."""
-    phone_dir, dslr_dir = Path(phone_dir), Path(dslr_dir)
     used = {j.phone for j in jobs} | {j.dslr for j in jobs}
-    phones = sorted(p.name for p in phone_dir.iterdir()
-                    if p.suffix.lower() in PHONE_RAW_EXTENSIONS and p.resolve() not in used)
-    dslrs = sorted(p.name for p in dslr_dir.iterdir()
-                   if p.suffix.lower() in rawio.IMAGE_EXTENSIONS | rawio.RAW_EXTENSIONS and p.resolve() not in used)
+    phones, dslrs = _two_folder_files(Path(phone_dir), Path(dslr_dir))
+    return [p.name for p in phones if p.resolve() not in used], [p.name for p in dslrs if p.resolve() not in used]
+
+
+def _two_folder_files(phone_dir: Path, dslr_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(phone raws, DSLR images or raws) of the two folders, each sorted: what
+    :func:`pairs_from_two_folders` pairs."""
+    phones = sorted(p for p in phone_dir.iterdir() if p.suffix.lower() in PHONE_RAW_EXTENSIONS)
+    dslrs = sorted(p for p in dslr_dir.iterdir() if p.suffix.lower() in rawio.IMAGE_EXTENSIONS | rawio.RAW_EXTENSIONS)
     return phones, dslrs
 
 
@@ -204,24 +209,21 @@ def _device_kinds(session_dir: Path) -> dict[str, str]:
 def pairs_from_session(session_dir: Path | str) -> list[PairJob]:
     """Every shot with status 'ok' of a capture session: the phone's raw (and its JPEG)
     against the DSLR's JPEG (or its raw when it shot no JPEG).  Pair id =
-    ``<shot-id>-<phone device>``; scene = the shot's scene name.  Reads the
-    session folder format directly (manifest.jsonl, session.toml)."""
+    ``<shot-id>-<phone device>``; scene = the shot's scene name.  The manifest is read
+    by the session format's one reader (:func:`alignment.session_manifest.read_manifest`:
+    a torn last line is a shot that was never completed)."""
     session_dir = Path(session_dir)
-    manifest = session_dir / "manifest.jsonl"
+    manifest = session_dir / MANIFEST
     if not manifest.is_file():
-        raise BatchSourceError(f"{session_dir}: not a capture session (no manifest.jsonl)")
+        raise BatchSourceError(f"{session_dir}: not a capture session (no {MANIFEST})")
     kinds = _device_kinds(session_dir)
     jobs = []
-    for line in manifest.read_text().splitlines():
-        try:
-            shot = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line: that shot was never completed
-        if shot.get("status") != "ok":
+    for shot in read_manifest(manifest).records:
+        if shot.status != "ok":
             continue
         by_device: dict[str, list[Path]] = {}
-        for f in shot.get("files", []):
-            by_device.setdefault(f["device"], []).append(session_dir / f["path"])
+        for f in shot.files:
+            by_device.setdefault(f.device, []).append(session_dir / f.path)
         dslr_files = [p for d, ps in by_device.items() if kinds.get(d) == "dslr" for p in ps]
         dslr = next((p for p in dslr_files if p.suffix.lower() in (".jpg", ".jpeg", ".tif", ".tiff")), None) or next(
             (p for p in dslr_files if p.suffix.lower() in rawio.RAW_EXTENSIONS), None)
@@ -233,8 +235,8 @@ def pairs_from_session(session_dir: Path | str) -> list[PairJob]:
             raw = next((p for p in files if p.suffix.lower() in PHONE_RAW_EXTENSIONS), None)
             jpeg = next((p for p in files if p.suffix.lower() in (".jpg", ".jpeg")), None)
             if raw is not None:
-                jobs.append(PairJob(f"{shot['shot_id']}-{device}", raw.resolve(), dslr.resolve(),
-                                    str(shot.get("scene") or shot["shot_id"]), jpeg.resolve() if jpeg else None))
+                jobs.append(PairJob(f"{shot.shot_id}-{device}", raw.resolve(), dslr.resolve(),
+                                    str(shot.scene or shot.shot_id), jpeg.resolve() if jpeg else None))
     if not jobs:
         raise BatchSourceError(f"{session_dir}: no completed shot holds both a phone raw and a DSLR image")
     return jobs

@@ -258,14 +258,18 @@ def _import_files(writer: DatasetWriter, names: list[Path], by_stem: dict[str, P
 def unmatched_files(inputs: Path | str, targets: Path | str) -> tuple[list[str], list[str]]:
     """(input files with no target of the same name, target images with no input) of an
     import, sorted names: what :func:`import_aligned` leaves out."""
-    inputs, targets = Path(inputs), Path(targets)
-    target_stems = {p.stem for p in targets.iterdir() if p.suffix.lower() in rawio.IMAGE_EXTENSIONS}
-    input_files = [p for p in inputs.iterdir() if p.is_file() and p.suffix.lower() != SIDE_FILE_SUFFIX]
+    input_files, by_stem = _import_files_of(Path(inputs), Path(targets))
     input_stems = {p.stem for p in input_files}
-    lonely_inputs = sorted(p.name for p in input_files if p.stem not in target_stems)
-    lonely_targets = sorted(p.name for p in targets.iterdir()
-                            if p.suffix.lower() in rawio.IMAGE_EXTENSIONS and p.stem not in input_stems)
+    lonely_inputs = sorted(p.name for p in input_files if p.stem not in by_stem)
+    lonely_targets = sorted(p.name for stem, p in by_stem.items() if stem not in input_stems)
     return lonely_inputs, lonely_targets
+
+
+def _import_files_of(inputs: Path, targets: Path) -> tuple[list[Path], dict[str, Path]]:
+    """(the input files of an import, sorted, side files left out; target images by stem)."""
+    by_stem = {p.stem: p for p in targets.iterdir() if p.suffix.lower() in rawio.IMAGE_EXTENSIONS}
+    input_files = sorted(p for p in inputs.iterdir() if p.is_file() and p.suffix.lower() != SIDE_FILE_SUFFIX)
+    return input_files, by_stem
 
 
 def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, split: str | None = None,
@@ -291,9 +295,8 @@ def import_aligned(inputs: Path | str, targets: Path | str, out: Path | str, spl
     for d in (inputs, targets):
         if not d.is_dir():
             raise DatasetError(d, "no such folder")
-    by_stem = {p.stem: p for p in targets.iterdir() if p.suffix.lower() in rawio.IMAGE_EXTENSIONS}
-    names = sorted(p for p in inputs.iterdir()
-                   if p.is_file() and p.stem in by_stem and p.suffix.lower() != SIDE_FILE_SUFFIX)
+    input_files, by_stem = _import_files_of(inputs, targets)
+    names = [p for p in input_files if p.stem in by_stem]
     if not names:
         raise DatasetError(inputs, f"no input file has a target of the same name in {targets}")
     with DatasetWriter(out, DatasetMeta(split_seed=seed, test_fraction=test_fraction,

@@ -12,19 +12,12 @@ of the arrays passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
 
-__all__ = ["FeatureMatch", "to_uint8", "match_homography"]
-
-
-class FeatureError(ValueError):
-    """Feature matching could not produce a homography; ``reason`` says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+__all__ = ["FEATURE_METHODS", "FeatureMatch", "to_uint8", "match_homography"]
 
 
 @dataclass
@@ -73,6 +66,49 @@ def _detect(img: np.ndarray, mask: np.ndarray | None, max_features: int):
     return kp, desc
 
 
+def _published_match(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool) -> list:
+    """FLANN (5 KD-trees, 50 checks) and Lowe's ratio 0.7, as published (ratio, mutual unused)."""
+    flann = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 5}, {"checks": 50})
+    return [m[0] for m in flann.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < 0.7 * m[1].distance]
+
+
+def _published_fit(src: np.ndarray, dst: np.ndarray, threshold_px: float, confidence: float, max_iters: int):
+    """OpenCV RANSAC at 5 px with its default confidence and iterations, as published."""
+    return cv2.findHomography(src, dst, cv2.RANSAC, 5.0)
+
+
+def _magsac_match(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool) -> list:
+    """Brute-force L2 with the ratio test, optionally kept only where B's best match points back."""
+    bf = cv2.BFMatcher(cv2.NORM_L2)
+    good = [m[0] for m in bf.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    if mutual and good:
+        best_back = {m.queryIdx: m.trainIdx for m in bf.match(db, da)}
+        good = [m for m in good if best_back.get(m.trainIdx) == m.queryIdx]
+    return good
+
+
+def _magsac_fit(src: np.ndarray, dst: np.ndarray, threshold_px: float, confidence: float, max_iters: int):
+    """OpenCV USAC MAGSAC++ at ``threshold_px``."""
+    return cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold_px, maxIters=max_iters, confidence=confidence)
+
+
+@dataclass(frozen=True)
+class FeatureMethod:
+    """How one feature method matches descriptors and fits a homography; ``layered``:
+    whether further homographies are fitted on what the first one left."""
+
+    match: Callable[[np.ndarray, np.ndarray, float, bool], list]
+    fit: Callable[[np.ndarray, np.ndarray, float, float, int], tuple]
+    layered: bool
+
+
+#: the feature methods by name (``match_homography(method=...)``)
+FEATURE_METHODS: dict[str, FeatureMethod] = {
+    "magsac": FeatureMethod(_magsac_match, _magsac_fit, layered=True),
+    "published": FeatureMethod(_published_match, _published_fit, layered=False),
+}
+
+
 def match_homography(
     img_a: np.ndarray,
     img_b: np.ndarray,
@@ -103,40 +139,29 @@ def match_homography(
     Returns a :class:`FeatureMatch`; ``homography`` is None when fewer than four
     matches survive or the estimator finds nothing.
     """
+    matcher = FEATURE_METHODS.get(method)
+    if matcher is None:
+        raise ValueError(f"unknown feature method {method!r} (choices: {', '.join(map(repr, FEATURE_METHODS))})")
     kpa, da = _detect(img_a, mask_a, max_features)
     kpb, db = _detect(img_b, mask_b, max_features)
     empty = np.zeros((0, 2))
     if da is None or db is None or len(kpa) < 4 or len(kpb) < 4:
         return FeatureMatch(None, len(kpa), len(kpb), 0, 0, empty, empty)
-    if method == "published":
-        flann = cv2.FlannBasedMatcher({"algorithm": 1, "trees": 5}, {"checks": 50})
-        knn = flann.knnMatch(da, db, k=2)
-        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < 0.7 * m[1].distance]
-        est, thr = cv2.RANSAC, 5.0
-    elif method == "magsac":
-        bf = cv2.BFMatcher(cv2.NORM_L2)
-        knn = bf.knnMatch(da, db, k=2)
-        good = [m[0] for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
-        if mutual and good:
-            back = bf.match(db, da)
-            best_back = {m.queryIdx: m.trainIdx for m in back}
-            good = [m for m in good if best_back.get(m.trainIdx) == m.queryIdx]
-        est, thr = cv2.USAC_MAGSAC, threshold_px
-    else:
-        raise ValueError(f"unknown feature method {method!r} (use 'magsac' or 'published')")
+    good = matcher.match(da, db, ratio, mutual)
     if len(good) < 4:
         return FeatureMatch(None, len(kpa), len(kpb), len(good), 0, empty, empty)
     src = np.float64([kpa[m.queryIdx].pt for m in good])
     dst = np.float64([kpb[m.trainIdx].pt for m in good])
-    if method == "published":
-        h, inl = cv2.findHomography(src, dst, est, thr)
-    else:
-        h, inl = cv2.findHomography(src, dst, est, thr, maxIters=max_iters, confidence=confidence)
+
+    def fit(a: np.ndarray, b: np.ndarray):
+        return matcher.fit(a, b, threshold_px, confidence, max_iters)
+
+    h, inl = fit(src, dst)
     if h is None or inl is None:
         return FeatureMatch(None, len(kpa), len(kpb), len(good), 0, empty, empty)
     inl = inl.ravel().astype(bool)
     h = h / h[2, 2]
-    if method != "magsac" or layers <= 1:
+    if not matcher.layered or layers <= 1:
         return FeatureMatch(h, len(kpa), len(kpb), len(good), int(inl.sum()), src[inl], dst[inl])
     shape = img_a.shape[:2]
     candidates = [(h, inl, _cells(src[inl], shape))]
@@ -145,7 +170,7 @@ def match_homography(
         if left.sum() < 20:
             break
         idx = np.nonzero(left)[0]
-        h2, inl2 = cv2.findHomography(src[idx], dst[idx], est, thr, maxIters=max_iters, confidence=confidence)
+        h2, inl2 = fit(src[idx], dst[idx])
         if h2 is None or inl2 is None:
             break
         inl2 = inl2.ravel().astype(bool)

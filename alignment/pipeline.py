@@ -527,14 +527,6 @@ def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
     return trust.dense_residual([p.lum], [warped], [p.valid & seen])
 
 
-def _followers(res: trust.DenseResidual, step: float, max_px: float = 1.0, flat_snr: float = 4.0) -> int:
-    """How many textured working px a model explains: their residual flow (phone px) is
-    at most ``max_px`` and comes back (forward-backward within 1 px)."""
-    mag = np.hypot(res.flow[..., 0], res.flow[..., 1]) * step
-    ok = res.valid & (res.snr >= flat_snr) & (res.fb_error * step <= 1.0) & (mag <= max_px)
-    return int(ok.sum())
-
-
 def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, opt: AlignOptions,
                       rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Where ECC starts, and what it compares: the background.
@@ -569,11 +561,11 @@ def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, op
 def _better_model(p: PreparedImage, d: PreparedImage,
                   candidates: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Of (h_work, radial coefficients) candidates, the one that explains the most
-    textured phone px (:func:`_followers`): ECC on the luminance can be pulled off
+    textured phone px (:func:`trust.explained_px`): ECC on the luminance can be pulled off
     the background by what it cannot tell apart (a near object, a lens model fitted
     to parallax); the first candidate wins ties."""
     step = float(p.to_image[0, 0])
-    scores = [_followers(_luminance_residual(p, d, h, q), step) for h, q in candidates]
+    scores = [trust.explained_px(_luminance_residual(p, d, h, q), step) for h, q in candidates]
     return candidates[int(np.argmax(scores))]
 
 

@@ -203,12 +203,7 @@ def prepare_phone(phone) -> PreparedImage:
             lum, valid, _HALF_TO_FULL.copy(), (w, h), None, obj.exif.focal_length_35mm, "raw", obj.path,
             planes, _plane_matrices(obj.cfa),
         )
-    if isinstance(obj, rawio.RgbImage):
-        p = _from_array(obj.stored if obj.stored is not None else obj.rgb, keep_encoded=False)
-        p.focal_length_35mm = obj.exif.focal_length_35mm
-        p.path = obj.path
-        return p
-    return _from_array(obj, keep_encoded=False)
+    return _from_rgb_or_array(obj, keep_encoded=False)
 
 
 def prepare_dslr(dslr) -> PreparedImage:
@@ -227,12 +222,18 @@ def prepare_dslr(dslr) -> PreparedImage:
         valid = ~(cv2.dilate(sat.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
         h, w = obj.shape
         return PreparedImage(lum, valid, np.eye(3), (w, h), None, obj.exif.focal_length_35mm, "raw", obj.path)
+    return _from_rgb_or_array(obj, keep_encoded=True)
+
+
+def _from_rgb_or_array(obj, keep_encoded: bool) -> PreparedImage:
+    """A decoded ``rawio.RgbImage`` (its stored encoding, EXIF focal length and path
+    kept) or a bare array, through :func:`_from_array`."""
     if isinstance(obj, rawio.RgbImage):
-        p = _from_array(obj.stored if obj.stored is not None else obj.rgb, keep_encoded=True)
+        p = _from_array(obj.stored if obj.stored is not None else obj.rgb, keep_encoded=keep_encoded)
         p.focal_length_35mm = obj.exif.focal_length_35mm
         p.path = obj.path
         return p
-    return _from_array(obj, keep_encoded=True)
+    return _from_array(obj, keep_encoded=keep_encoded)
 
 
 def focal_scale_guess(phone: PreparedImage, dslr: PreparedImage) -> float | None:

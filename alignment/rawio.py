@@ -32,6 +32,8 @@ from typing import Union
 import cv2
 import numpy as np
 
+from alignment import exif as exif_io
+
 PathLike = Union[str, os.PathLike]
 
 #: Every reason an :class:`ImageReadError` can carry.
@@ -79,8 +81,10 @@ class ImageReadError(Exception):
 class ExifInfo:
     """The EXIF facts the later stages use; None where the file has none.
 
-    ``capture_time`` is naive local camera time, with microseconds from
-    SubSecTimeOriginal where the file has them.  ``orientation`` is the EXIF
+    ``capture_time`` is the camera's capture time (:func:`alignment.exif.capture_time`):
+    naive on the camera's clock, or aware where the file records its UTC offset
+    (OffsetTimeOriginal), with microseconds from SubSecTimeOriginal where the file
+    has them.  ``orientation`` is the EXIF
     code 1..8 (1 = as stored); pixels are always returned as stored.
     """
 
@@ -423,31 +427,10 @@ def _ratio(value) -> float | None:
         return None
 
 
-def _text(value) -> str | None:
-    if value is None:
-        return None
-    s = str(value.printable if hasattr(value, "printable") else value).strip().strip("\x00").strip()
-    return s or None
-
-
-def _exif_tags(path: PathLike) -> dict:
-    """exifread's tags of a file ({} when it has no readable EXIF)."""
-    try:
-        import logging
-
-        import exifread
-
-        logging.getLogger("exifread").setLevel(logging.ERROR)  # "no EXIF in PNG" is not news
-        with open(path, "rb") as fh:
-            return dict(exifread.process_file(fh, details=False))
-    except Exception:  # exifread raises many kinds on odd files; EXIF is optional
-        return {}
-
-
 def read_exif(path: PathLike) -> ExifInfo:
     """Read the EXIF facts of a raw or image file (exifread; an empty
     :class:`ExifInfo` when the file has no readable EXIF)."""
-    return _exif_from_tags(_exif_tags(path))
+    return _exif_from_tags(exif_io.read_tags(path))
 
 
 #: EXIF LightSource codes, as DNG's CalibrationIlluminant1/2 use them
@@ -524,30 +507,19 @@ def _exif_from_tags(tags: dict) -> ExifInfo:
     def get(name: str):
         return tags.get(f"EXIF {name}", tags.get(f"Image {name}"))
 
-    capture_time = None
-    stamp = _text(get("DateTimeOriginal")) or _text(get("DateTime"))
-    if stamp:
-        try:
-            capture_time = _dt.datetime.strptime(stamp[:19], "%Y:%m:%d %H:%M:%S")
-            sub = _text(get("SubSecTimeOriginal")) or ""
-            digits = "".join(ch for ch in sub if ch.isdigit())
-            if digits:
-                capture_time = capture_time.replace(microsecond=int((digits + "000000")[:6]))
-        except ValueError:
-            capture_time = None
     orientation = get("Orientation")
     try:
         orientation_code = int(orientation.values[0]) if orientation is not None else 1
     except (TypeError, ValueError, IndexError, AttributeError):
         orientation_code = 1
     return ExifInfo(
-        make=_text(get("Make")),
-        model=_text(get("Model")) or _text(tags.get("Image Tag 0xC614")),  # DNG UniqueCameraModel
+        make=exif_io.text(get("Make")),
+        model=exif_io.text(get("Model")) or exif_io.text(tags.get("Image Tag 0xC614")),  # DNG UniqueCameraModel
         focal_length_mm=_ratio(get("FocalLength")) if get("FocalLength") is not None else None,
         focal_length_35mm=_ratio(get("FocalLengthIn35mmFilm")) if get("FocalLengthIn35mmFilm") is not None else None,
         exposure_time_s=_ratio(get("ExposureTime")) if get("ExposureTime") is not None else None,
         iso=_ratio(get("ISOSpeedRatings")) if get("ISOSpeedRatings") is not None else None,
-        capture_time=capture_time,
+        capture_time=exif_io.capture_time(tags),
         orientation=orientation_code if 1 <= orientation_code <= 8 else 1,
     )
 
@@ -739,7 +711,7 @@ def read_raw(path: PathLike, check_data: bool = True) -> RawImage:
     mosaic = mosaic[: mosaic.shape[0] // 2 * 2, : mosaic.shape[1] // 2 * 2]
     if check_data:
         _check_image_data(p, mosaic, black, white)
-    tags = _exif_tags(p)
+    tags = exif_io.read_tags(p)
     exif = _merge_rawpy_facts(_exif_from_tags(tags), other)
     return RawImage(
         mosaic=mosaic,

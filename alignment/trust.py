@@ -312,12 +312,11 @@ class DominantMotion:
 
     homography: (3,3) working px x -> x + flow(x) of that plane (None when none could
         be fitted); outliers: (h, w) bool, the px that do not follow it (grown by the
-        margin); followers: how many textured, measured px follow it.
+        margin).
     """
 
     homography: np.ndarray | None
     outliers: np.ndarray
-    followers: int = 0
 
 
 def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin_px: float = 8.0,
@@ -354,8 +353,16 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     textured = res.valid & (res.snr >= flat_snr)
     follow = (off <= max_px) & fb_ok
     bad = textured & ~follow
-    return DominantMotion(hom / hom[2, 2], grow(_open(bad, 3.0 / step), margin_px / step),
-                          int((textured & follow).sum()))
+    return DominantMotion(hom / hom[2, 2], grow(_open(bad, 3.0 / step), margin_px / step))
+
+
+def explained_px(res: DenseResidual, step: float, max_px: float = 1.0, flat_snr: float = 4.0) -> int:
+    """How many textured working px the model behind ``res`` explains: their residual
+    flow is at most ``max_px`` phone px and comes back (forward-backward within 1 phone
+    px).  step: phone px per working px."""
+    mag = np.hypot(res.flow[..., 0], res.flow[..., 1]) * step
+    ok = res.valid & (res.snr >= flat_snr) & (res.fb_error * step <= 1.0) & (mag <= max_px)
+    return int(ok.sum())
 
 
 def enclosed(mask: np.ndarray, max_area: float) -> np.ndarray:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
-import json
 import os
 import re
 try:
@@ -41,11 +40,10 @@ from typing import Any, BinaryIO, Mapping
 
 from tqdm import tqdm
 
+from alignment.session_manifest import FORMAT_VERSION, MANIFEST, FileRecord, ShotRecord, read_manifest
 from isp_rig.profiles import tomlw
 
-FORMAT_VERSION = 1
 SESSION_TOML = "session.toml"
-MANIFEST = "manifest.jsonl"
 SHOTS = "shots"
 TMP_PREFIX = ".partial-"
 _SHOT_ID = re.compile(r"^\d{5,}$")
@@ -73,58 +71,6 @@ class SessionWriteError(SessionError):
     def __init__(self, path: Path | str, reason: str, err_no: int | None = None) -> None:
         super().__init__(path, reason)
         self.errno = err_no
-
-
-@dataclass
-class FileRecord:
-    """One stored file of a shot.
-
-    ``path`` is relative to the session folder, POSIX separators.
-    ``size`` in bytes, ``sha256`` lowercase hex. ``capture_time`` is the
-    device's own capture time (ISO 8601, device clock) where known and
-    ``capture_time_source`` says where it came from ('exif', 'sensor',
-    'mtime', ...). ``source`` is where the device held the file.
-    """
-
-    device: str
-    name: str
-    path: str
-    size: int
-    sha256: str
-    source: str | None = None
-    capture_time: str | None = None
-    capture_time_source: str | None = None
-
-
-@dataclass
-class ShotRecord:
-    """One manifest line: everything known about one shot."""
-
-    shot_id: str
-    index: int
-    scene: str
-    status: str  # 'ok' | 'failed'
-    reason: str | None
-    started_wall: str  # ISO 8601 UTC, host clock
-    finished_wall: str
-    fired: dict[str, dict[str, Any]] = field(default_factory=dict)
-    skew: dict[str, Any] = field(default_factory=dict)
-    files: list[FileRecord] = field(default_factory=list)
-    missing: list[dict[str, Any]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        """One line of JSON (no newline), keys in a stable order."""
-        return json.dumps(asdict(self), sort_keys=False, separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ShotRecord":
-        """Build from a parsed manifest line; raises KeyError/TypeError on a malformed one."""
-        values = dict(data)
-        values["files"] = [FileRecord(**f) for f in values.get("files", [])]
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def utc_now_iso() -> str:
@@ -248,34 +194,6 @@ def _os_reason(err: OSError) -> str:
     if err.errno == errno.EDQUOT:
         return "disk quota exceeded (EDQUOT)"
     return f"{type(err).__name__}: {err.strerror or err}"
-
-
-@dataclass
-class ManifestContents:
-    """A parsed manifest: the records and the lines that could not be read."""
-
-    records: list[ShotRecord]
-    bad_lines: list[tuple[int, str]]  # (1-based line number, reason)
-
-
-def read_manifest(path: Path) -> ManifestContents:
-    """Parse ``manifest.jsonl``; a torn or invalid line is reported, not fatal."""
-    records: list[ShotRecord] = []
-    bad: list[tuple[int, str]] = []
-    if not path.exists():
-        return ManifestContents(records, bad)
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    lines = raw.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(ShotRecord.from_dict(json.loads(line.decode("utf-8"))))
-        except (ValueError, KeyError, TypeError) as err:
-            torn = number == len(lines) and not raw.endswith(b"\n")
-            bad.append((number, ("torn last line (no newline): " if torn else "") + f"{type(err).__name__}: {err}"))
-    return ManifestContents(records, bad)
 
 
 class Session:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from alignment.dataset import PAIRS_JSONL, DatasetError, numbered_records, read_meta
+from alignment.dataset import DATASET_JSON, PAIRS_JSONL, DatasetError, numbered_records, read_meta
 from learn.raw_space import MissingMetadata, to_input_space
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -212,10 +212,35 @@ class DatasetFolder:
                 phone_model=rec.get("phone_model") or self.meta.get("phone_profile"), scene=rec.get("scene"),
                 phone_raw=rec.get("phone_raw")))
 
+    @classmethod
+    def read(cls, root: Path | str) -> "DatasetFolder":
+        """The folder at ``root``, parsed once for as long as its ``pairs.jsonl`` and
+        ``dataset.json`` keep their size and modification time (one training run opens
+        its dataset for the train split, the validation split and the checks before them)."""
+        root = Path(root)
+        stamp = tuple(_file_stamp(root / name) for name in (PAIRS_JSONL, DATASET_JSON))
+        key = str(root.resolve())
+        cached = _FOLDERS.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = _FOLDERS[key] = (stamp, cls(root))
+        return cached[1]
+
     def split(self, name: str | Sequence[str]) -> list[PairRecord]:
         """Records of one split (or several)."""
         names = {name} if isinstance(name, str) else set(name)
         return [r for r in self.records if r.split in names]
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+#: DatasetFolder.read's parsed folders: resolved root -> (file stamps, folder)
+_FOLDERS: dict[str, tuple[tuple, DatasetFolder]] = {}
 
 
 class PairSource(Protocol):
@@ -270,7 +295,7 @@ class PackedPairs:
 
     def __init__(self, root: Path | str, split: str | Sequence[str], cache_mb: float = 1024.0,
                  input_space: str = "raw") -> None:
-        self.folder = DatasetFolder(root)
+        self.folder = DatasetFolder.read(root)
         self.records = self.folder.split(split)
         if not self.records:
             raise DataError(self.folder.root / "pairs.jsonl", f"no usable pairs in split {split!r}")
@@ -570,7 +595,7 @@ def open_source(data: dict, split: str) -> PairSource:
     kind = data.get("kind", "dataset")
     if kind == "dataset":
         root = (data.get("val_root") or data["root"]) if split == "val" else data["root"]
-        folder = DatasetFolder(root)
+        folder = DatasetFolder.read(root)
         if split == "val" and not folder.split("val"):
             split = "test"
         return PackedPairs(root, split, input_space=data.get("input_space", "raw"))

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from alignment import exif
 from isp_rig.devices.base import (CaptureTimeout, CapturedFile, ClockSample, Device, DeviceConfigError, DeviceDisconnected,
                                   DeviceError, DeviceInfo, DeviceNotFound, FireRecord, timed_call)
-from isp_rig.devices.exiftime import exif_capture_time
 
 DEFAULT_TRIGGER = (("input", "keyevent", "27"),)  # KEYCODE_CAMERA to the open camera app
 
@@ -246,7 +246,7 @@ class AdbPhone(Device):
             got = hashlib.sha256(data).hexdigest()
             if len(data) == entry.size and got == expected:
                 self._phone_sha[path] = expected
-                when = exif_capture_time(data)
+                when = exif.capture_time(exif.read_tags(data))
                 source = "exif"
                 if when is None:
                     when, source = _dt.datetime.fromtimestamp(entry.mtime, _dt.timezone.utc), "mtime"

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from alignment import exif
 from isp_rig.devices.base import (CaptureTimeout, CapturedFile, Device, DeviceConfigError, DeviceError, DeviceInfo,
                                   DeviceNotFound, FireRecord, timed_call)
-from isp_rig.devices.exiftime import exif_capture_time
 
 RAW_EXTENSIONS = (".dng", ".nef", ".cr2", ".cr3", ".arw", ".raf", ".orf", ".rw2", ".srw")
 COMPANION_EXTENSIONS = (".jpg", ".jpeg", ".heic")
@@ -158,7 +158,7 @@ class WatchedFolder(Device):
 
     def capture_time(self, path: Path) -> tuple[_dt.datetime, str]:
         """(capture time on the device clock, 'exif' or 'mtime') of a file."""
-        when = exif_capture_time(path)
+        when = exif.capture_time(exif.read_tags(path))
         if when is not None:
             return when, "exif"
         return _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc), "mtime"

@@ -31,10 +31,10 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from alignment import exif
 from isp_rig.devices.base import (CaptureTimeout, CapturedFile, Device, DeviceBusy, DeviceConfigError,
                                   DeviceDisconnected, DeviceError, DeviceInfo, DeviceNotFound, FireRecord,
                                   timed_call)
-from isp_rig.devices.exiftime import exif_capture_time
 
 _RAW_WORDS = re.compile(r"raw|nef|cr2|cr3|crw|arw|raf|orf|rw2|pef|dng|srw|x3f", re.IGNORECASE)
 _STOREFULL = re.compile(r"PTP Event 400a\b", re.IGNORECASE)  # PTP 1.0 event code 0x400A: StoreFull
@@ -467,7 +467,7 @@ class GPhotoCamera(Device):
         except gp.GPhoto2Error as err:
             raise DeviceError(self.name, f"download of {folder}/{name} failed: {err} "
                                          "(the file stays on the camera)") from err
-        when = exif_capture_time(data)
+        when = exif.capture_time(exif.read_tags(data))
         source = "exif" if when is not None else None
         if when is None:
             try:

@@ -77,10 +77,10 @@ def test_mask_excludes_keypoints():
     assert m.keypoints_a == 0 and m.homography is None
 
 
-def test_unknown_method_is_an_error():
-    a, b = _warped_pair()
-    with pytest.raises(ValueError, match="unknown feature method"):
-        match_homography(a, b, method="orb")
+def test_unknown_method_is_refused_before_any_detection_with_the_choices():
+    # no images at all: the name is checked before the detector would fail on them
+    with pytest.raises(ValueError, match="unknown feature method 'orb' \\(choices: 'magsac', 'published'\\)"):
+        match_homography(None, None, method="orb")
 
 
 def test_to_uint8_stretches_percentiles_and_encodes():

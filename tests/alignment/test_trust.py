@@ -136,7 +136,17 @@ def test_the_dominant_motion_is_the_background_shift_and_its_outliers_are_the_ob
     outside = np.ones((h, w), bool)
     outside[50:130, 70:160] = False
     assert motion.outliers[outside].mean() < 0.02
-    assert motion.followers > 0.8 * outside.sum()
+
+
+def test_explained_px_counts_the_textured_px_whose_residual_flow_stays_within_the_bound():
+    rng = np.random.default_rng(4)
+    scene = _textured(rng, 140, 180)
+    phone = scene[10:130, 10:170].copy()
+    for shift, lo, hi in [(0, 0.9, 1.0), (3, 0.0, 0.02)]:  # a 3 working px shift = 6 phone px
+        prediction = scene[10:130, 10 + shift:170 + shift].copy()
+        res = trust.dense_residual(_planes(phone, rng), [prediction] * 4, [np.ones(phone.shape, bool)] * 4)
+        textured = int((res.snr >= 4.0).sum())
+        assert lo * textured <= trust.explained_px(res, step=2.0, max_px=1.0) <= hi * textured
 
 
 # --------------------------------------------------------- the whole pipeline

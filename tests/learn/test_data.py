@@ -189,6 +189,15 @@ def test_appended_records_last_one_wins_and_a_torn_last_line_is_ignored(tmp_path
     assert folder.records == [] and folder.skipped == [("a", "rejected")]
 
 
+def test_a_folder_is_parsed_once_until_its_pairs_jsonl_changes(tmp_path):
+    write_pair(tmp_path, "a", np.zeros((4, 4, 4), np.float32), np.zeros((8, 8, 3), np.float32))
+    first = DatasetFolder.read(tmp_path)
+    assert DatasetFolder.read(tmp_path) is first and [r.id for r in first.records] == ["a"]
+    write_pair(tmp_path, "b", np.zeros((4, 4, 4), np.float32), np.zeros((8, 8, 3), np.float32))
+    again = DatasetFolder.read(tmp_path)
+    assert again is not first and [r.id for r in again.records] == ["a", "b"]
+
+
 def test_rgb_input_pairs_of_a_dataset_folder_are_read_at_scale_one(tmp_path):
     write_pair(tmp_path, "a", np.zeros((4, 5, 4), np.float32), np.full((8, 10, 3), 0.5, np.float32))
     write_image(tmp_path / "pairs" / "a" / "input.png", np.full((8, 10, 3), 0.25, np.float32), 16)
