@@ -330,34 +330,7 @@ def gn_refine(
     corr = 0.0
     valid_frac = 0.0
     for it in range(1, max_iter + 1):
-        g = h @ frame.ninv
-        ata = np.zeros((n_par, n_par))
-        atb = np.zeros(n_par)
-        n_tot = n_in_tot = 0
-        sxy = sxx = syy = 0.0
-        for k, sample in enumerate(data):
-            n_tot += len(sample.u)
-            eq = _channel_equations(sample, g, q, photo[k], nr, huber)
-            n_in_tot += eq.n_inside
-            if eq.jtj is None:
-                continue
-            o = 8 + nr + 2 * npb * k
-            idx = np.r_[0 : 8 + nr, o : o + 2 * npb]
-            ata[np.ix_(idx, idx)] += eq.jtj
-            atb[idx] += eq.jtr
-            sxy += eq.sxy
-            sxx += eq.sxx
-            syy += eq.syy
-        valid_frac = n_in_tot / max(n_tot, 1)
-        if n_in_tot < 64:
-            raise ValueError("the warped template leaves the image")
-        corr = sxy / np.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
-        # tiny ridge for channels that dropped out entirely
-        ata[np.diag_indices_from(ata)] += 1e-12 * (np.trace(ata) / n_par + 1e-30)
-        try:
-            dp = np.linalg.solve(ata, atb)
-        except np.linalg.LinAlgError:
-            dp = np.linalg.lstsq(ata, atb, rcond=None)[0]
+        dp, corr, valid_frac = _gn_step(data, h @ frame.ninv, q, photo, nr, huber, n_par)
         for k in range(len(data)):
             o = 8 + nr + 2 * npb * k
             photo[k] = photo[k] + dp[o : o + 2 * npb]
@@ -367,6 +340,42 @@ def gn_refine(
             break
     return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
                      valid_fraction=valid_frac, radial=q)
+
+
+def _gn_step(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarray], nr: int, huber: float | None,
+             n_par: int) -> tuple[np.ndarray, float, float]:
+    """One Gauss-Newton step of :func:`gn_refine`: every channel's equations
+    (:func:`_channel_equations`) summed into the shared normal equations (the 8 + nr
+    geometric parameters shared, each channel's 2 * npb photometric ones its own) and
+    solved.  g: the homography in normalised frame coordinates.  Returns (the
+    parameter update, the correlation pooled over channels, the fraction of samples
+    that land inside the image); ValueError when fewer than 64 do."""
+    npb = len(photo[0]) // 2
+    ata = np.zeros((n_par, n_par))
+    atb = np.zeros(n_par)
+    n_tot = n_in_tot = 0
+    sxy = sxx = syy = 0.0
+    for k, sample in enumerate(data):
+        n_tot += len(sample.u)
+        eq = _channel_equations(sample, g, q, photo[k], nr, huber)
+        n_in_tot += eq.n_inside
+        if eq.jtj is None:
+            continue
+        o = 8 + nr + 2 * npb * k
+        idx = np.r_[0 : 8 + nr, o : o + 2 * npb]
+        ata[np.ix_(idx, idx)] += eq.jtj
+        atb[idx] += eq.jtr
+        sxy, sxx, syy = sxy + eq.sxy, sxx + eq.sxx, syy + eq.syy
+    if n_in_tot < 64:
+        raise ValueError("the warped template leaves the image")
+    corr = sxy / np.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+    # tiny ridge for channels that dropped out entirely
+    ata[np.diag_indices_from(ata)] += 1e-12 * (np.trace(ata) / n_par + 1e-30)
+    try:
+        dp = np.linalg.solve(ata, atb)
+    except np.linalg.LinAlgError:
+        dp = np.linalg.lstsq(ata, atb, rcond=None)[0]
+    return dp, float(corr), n_in_tot / max(n_tot, 1)
 
 
 @dataclass

@@ -370,7 +370,7 @@ def _validation_tiles(data: dict) -> EvalTiles | None:
     """The fixed validation tiles: ``val_root``'s val (else test) split when given, else the
     dataset's own; None (validation off, said in one line) when a dataset folder has neither."""
     if data["kind"] == "dataset" and not data.get("val_root") and \
-            not DatasetFolder(data["root"]).split(("val", "test")):
+            not DatasetFolder.read(data["root"]).split(("val", "test")):
         log.warning("%s has no val or test pairs: training without validation (give --val-data DATASET to "
                     "validate on another folder)", data["root"])
         return None
@@ -383,6 +383,54 @@ def _stop_requested(stop: "_Stop", world: int) -> bool:
     if world > 1:
         dist.all_reduce(flag)
     return flag.item() > 0
+
+
+class _RunLog:
+    """What a run writes as it trains (rank 0 only; other ranks only meet at the barrier):
+    ``config.json``, ``metrics.csv`` (a row every ``log_every`` steps and at every
+    validation), ``checkpoints/last.pt`` and ``curve.png``.  val_psnr / val_ssim: the
+    latest validation (None before the first)."""
+
+    def __init__(self, out: Path, config: dict, proc: _Process, state: _State, start: int,
+                 val_tiles: EvalTiles | None) -> None:
+        self.out, self.config, self.proc, self.state, self.val_tiles = out, config, proc, state, val_tiles
+        self.last, self.metrics_path = out / "checkpoints" / "last.pt", out / "metrics.csv"
+        self.total, self.tc = int(config["optim"]["steps"]), config["train"]
+        self.rows: list[dict] = []
+        self.val_psnr: float | None = None
+        self.val_ssim: float | None = None
+        if proc.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", config, indent=2)
+            self.rows = _read_metrics(self.metrics_path, start)
+
+    def after_step(self, loss_value: float, lr: float, bar: tqdm) -> None:
+        """Log the step just taken, validating when it is due."""
+        step, tc = self.state.step, self.tc
+        if self.proc.rank != 0:
+            return
+        row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.6g}",
+               "elapsed_s": f"{self.state.elapsed:.2f}", "val_psnr": "", "val_ssim": ""}
+        evaluate_now = self.val_tiles is not None and (step % int(tc["eval_every"]) == 0 or step == self.total)
+        if evaluate_now:
+            self.val_psnr, self.val_ssim = validate(self.state.model, self.val_tiles, self.proc.device)
+            row["val_psnr"], row["val_ssim"] = f"{self.val_psnr:.4f}", f"{self.val_ssim:.4f}"
+            bar.write(f"step {step}: loss {loss_value:.4f}, val PSNR {self.val_psnr:.2f} dB, SSIM {self.val_ssim:.4f}")
+        if evaluate_now or step % int(tc["log_every"]) == 0:
+            self.rows.append(row)
+
+    def save(self) -> None:
+        """Checkpoint, metrics and curve (rank 0), then every rank meets."""
+        state = self.state
+        if self.proc.rank == 0:
+            _atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                          "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
+                          "step": state.step, "elapsed_s": state.elapsed, "config": self.config,
+                          "params": models.count_parameters(state.model)}, self.last)
+            _write_metrics(self.metrics_path, self.rows)
+            plot_curves(self.metrics_path, self.out / "curve.png")
+        if self.proc.world > 1:
+            dist.barrier()
 
 
 def train(config: dict, out: Path | str, init_from: Path | str | None = None, progress: bool = True,
@@ -416,25 +464,8 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
     loader = _train_loader(config, train_src, proc, start, end)
     loss_fn = build_loss(config["loss"])
     val_tiles = _validation_tiles(dc) if proc.rank == 0 else None
-    last, metrics_path = out / "checkpoints" / "last.pt", out / "metrics.csv"
-    rows: list[dict] = []
-    if proc.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config, indent=2)
-        rows = _read_metrics(metrics_path, start)
-
-    def save() -> None:
-        if proc.rank == 0:
-            _atomic_save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-                          "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
-                          "step": state.step, "elapsed_s": state.elapsed, "config": config,
-                          "params": models.count_parameters(state.model)}, last)
-            _write_metrics(metrics_path, rows)
-            plot_curves(metrics_path, out / "curve.png")
-        if proc.world > 1:
-            dist.barrier()
-
-    loss_value, stopped, val_psnr, val_ssim = float("nan"), False, None, None
+    log_book = _RunLog(out, config, proc, state, start, val_tiles)
+    loss_value, stopped = float("nan"), False
     bar = tqdm(total=end, initial=start, disable=not progress or proc.rank != 0,
                desc=f"train {config['model']['name']}", unit="step", dynamic_ncols=True)
     state.net.train()
@@ -445,27 +476,19 @@ def train(config: dict, out: Path | str, init_from: Path | str | None = None, pr
             state.elapsed += time.perf_counter() - t_last
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            step = state.step
-            if proc.rank == 0:
-                row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.6g}",
-                       "elapsed_s": f"{state.elapsed:.2f}", "val_psnr": "", "val_ssim": ""}
-                evaluate_now = val_tiles is not None and (step % int(tc["eval_every"]) == 0 or step == total)
-                if evaluate_now:
-                    val_psnr, val_ssim = validate(state.model, val_tiles, proc.device)
-                    row["val_psnr"], row["val_ssim"] = f"{val_psnr:.4f}", f"{val_ssim:.4f}"
-                    bar.write(f"step {step}: loss {loss_value:.4f}, val PSNR {val_psnr:.2f} dB, SSIM {val_ssim:.4f}")
-                if evaluate_now or step % int(tc["log_every"]) == 0:
-                    rows.append(row)
+            log_book.after_step(loss_value, lr, bar)
             t_last = time.perf_counter()  # validation and logging time is not training time
             stopped = _stop_requested(stop, proc.world)
-            if stopped or step % int(tc["ckpt_every"]) == 0 or step == end:
-                save()
+            if stopped or state.step % int(tc["ckpt_every"]) == 0 or state.step == end:
+                log_book.save()
             if stopped:
-                log.warning("interrupted: checkpoint saved at step %d; run the same command again to resume", step)
+                log.warning("interrupted: checkpoint saved at step %d; run the same command again to resume",
+                            state.step)
                 break
     bar.close()
-    if state.step == start and proc.rank == 0 and not last.is_file():
-        save()
+    if state.step == start and proc.rank == 0 and not log_book.last.is_file():
+        log_book.save()
+    val_psnr, val_ssim = log_book.val_psnr, log_book.val_ssim
     return {"step": state.step, "elapsed_s": state.elapsed, "loss": loss_value, "val_psnr": val_psnr,
             "val_ssim": val_ssim, "params": models.count_parameters(state.model),
             "stopped": stopped or state.step < total}
