@@ -312,7 +312,15 @@ def scene_from_source(rng: np.random.Generator, source: np.ndarray, h: int, w: i
 
 @dataclass
 class PhoneModel:
-    """The simulated phone camera."""
+    """The simulated phone camera.
+
+    cfa: its CFA pattern (``RGGB``, ``BGGR``, ``GRBG``, ``GBRG``), or None for a pattern
+    drawn per pair; colour_seed: its colour response (camera from sRGB, white-balanced)
+    is drawn once from this seed, the same for every pair, or None for a response drawn
+    per pair (a different "phone" every pair, the default).  full_well_e: electrons at
+    white (shot noise); read_noise_dn: Gaussian read noise in DN; vignetting: luminance
+    fall-off at the frame corner.
+    """
 
     make: str = "isp-rig"
     model: str = "SimPhone 12"
@@ -322,6 +330,49 @@ class PhoneModel:
     full_well_e: float = 3500.0
     read_noise_dn: float = 1.5
     vignetting: float = 0.3
+    cfa: str | None = None
+    colour_seed: int | None = None
+
+
+#: the keys of a profile's ``[simulation]`` table (besides ``raw_size``), as PhoneModel fields
+_SIMULATION_KEYS = {"focal_length_mm": float, "focal_length_35mm": float, "bits": int, "full_well_e": float,
+                    "read_noise_dn": float, "vignetting": float, "cfa": str, "colour_seed": int}
+
+
+def phone_from_profile(profile: dict, name: str) -> tuple[PhoneModel, tuple[int, int] | None]:
+    """The simulated phone of a device profile's ``[simulation]`` table: (PhoneModel, its
+    raw size (width, height) or None).  Make and model come from ``[profile]``.  Raises
+    :class:`isp_rig.profiles.ProfileError` naming the profile and the key for a profile
+    without the table, an unknown key or a value of the wrong kind."""
+    from isp_rig.profiles import ProfileError
+
+    table = profile.get("simulation")
+    if not isinstance(table, dict):
+        raise ProfileError(name, "has no [simulation] table: nothing says how to simulate this phone")
+    unknown = sorted(set(table) - set(_SIMULATION_KEYS) - {"raw_size"})
+    if unknown:
+        raise ProfileError(name, f"[simulation] has unknown key(s) {', '.join(unknown)} "
+                                 f"(known: raw_size, {', '.join(sorted(_SIMULATION_KEYS))})")
+    values = {}
+    for key, kind in _SIMULATION_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
+            raise ProfileError(name, f"[simulation] {key} = {value!r} is not a {kind.__name__}")
+        values[key] = kind(value)
+    if "cfa" in values and values["cfa"] not in rawio.CFA_PATTERNS:
+        raise ProfileError(name, f"[simulation] cfa = {values['cfa']!r} is not one of {', '.join(rawio.CFA_PATTERNS)}")
+    if "bits" in values and values["bits"] not in (10, 12):
+        raise ProfileError(name, f"[simulation] bits = {values['bits']} (10 or 12)")
+    size = table.get("raw_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 32 and v % 2 == 0 for v in size)):
+        raise ProfileError(name, f"[simulation] raw_size = {size!r} is not [width, height] of even px >= 32")
+    head = profile.get("profile", {})
+    phone = PhoneModel(make=str(head.get("make") or PhoneModel.make), model=str(head.get("model") or PhoneModel.model),
+                       **values)
+    return phone, (tuple(size) if size is not None else None)
 
 
 @dataclass
@@ -638,7 +689,9 @@ def simulate_pair(
 
     # Phone: the sensor behind its own colour filters.
     rgb = render.phone_rgb
-    cam_rgb = _random_colour_response(rng, 0.12)  # camera (white-balanced) from sRGB
+    # camera (white-balanced) from sRGB: the phone model's own, or one drawn for this pair
+    colour_rng = rng if cam.colour_seed is None else np.random.default_rng(cam.colour_seed)
+    cam_rgb = _random_colour_response(colour_rng, 0.12)
     wb = np.array([rng.uniform(1.6, 2.4), 1.0, rng.uniform(1.3, 2.0)])  # as-shot multipliers
     camera = (rgb @ cam_rgb.T) / wb
     if opt.shading:
@@ -660,7 +713,7 @@ def simulate_pair(
                                      order=1, mode="nearest")
         clipped |= finite & (at > 0)
         truth.clipped = clipped
-    cfa = str(rng.choice(rawio.CFA_PATTERNS))
+    cfa = cam.cfa or str(rng.choice(rawio.CFA_PATTERNS))
     signal = _mosaic(camera.astype(np.float64), cfa)
     bits = cam.bits if cam.bits in (10, 12) else 10
     white = 2**bits - 1

@@ -26,12 +26,15 @@ def _size(value: str, hint: str, smallest: int = 32) -> tuple[int, int]:
 @click.option("--source", type=click.Path(path_type=Path),
               help="A real raw or photo, or a folder of them, as the scene (default: procedural scenes).")
 @click.option("--distortion", is_flag=True, help="Give the phone lens radial distortion.")
-@click.option("--phone-size", default="1024x768", show_default=True, help="Phone raw WIDTHxHEIGHT (even).")
+@click.option("--phone-size", help="Phone raw WIDTHxHEIGHT (even).  [default: the profile's raw_size, else 1024x768]")
 @click.option("--dslr-size", default="1536x1024", show_default=True, help="DSLR image WIDTHxHEIGHT.")
 @click.option("--dslr-format", type=click.Choice(["jpg", "tif"]), default="jpg", show_default=True,
               help="DSLR JPEG (quality 92) or 16-bit TIFF.")
-@click.option("--phone-bits", type=click.Choice(["10", "12"]), default="10", show_default=True,
-              help="Phone raw bit depth.")
+@click.option("--phone-bits", type=click.Choice(["10", "12"]),
+              help="Phone raw bit depth.  [default: the profile's bits, else 10]")
+@click.option("--phone-profile", help="Simulate this phone: a profile name or .toml path whose [simulation] table "
+                                      "fixes its CFA, colour response, noise, bit depth and raw size (default: "
+                                      "a generic phone whose CFA and colour response are drawn per pair).")
 @click.option("--parallax", is_flag=True,
               help="2.5D scene: a background plane at 8-30 m and 2-4 textured objects at 1.5-5 m, seen by two "
                    "pinhole cameras BASELINE apart (parallax and occlusion follow from depth).")
@@ -43,9 +46,9 @@ def _size(value: str, hint: str, smallest: int = 32) -> tuple[int, int]:
               help="Distance between the two cameras' centres (layered scenes).")
 @click.option("--force", is_flag=True,
               help="Replace an earlier simulation with other settings in OUT (never a folder of other files).")
-def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distortion: bool, phone_size: str,
-             dslr_size: str, dslr_format: str, phone_bits: str, parallax: bool, motion: bool, clipping: bool,
-             shading: bool, baseline_mm: float, force: bool) -> None:
+def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distortion: bool, phone_size: str | None,
+             dslr_size: str, dslr_format: str, phone_bits: str | None, phone_profile: str | None, parallax: bool,
+             motion: bool, clipping: bool, shading: bool, baseline_mm: float, force: bool) -> None:
     """Simulate phone-raw / DSLR pairs of the same scene with exact ground truth.
 
     OUT is new, empty, or an earlier run of the same simulation (resumed:
@@ -59,9 +62,17 @@ def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distor
     raw pixel's scene point, NaN where the DSLR does not see it) and
     truth_clipped.png (255 where either camera clipped).
     """
-    from isp_rig import simulate as sim
+    from dataclasses import replace
 
-    pw, ph = _size(phone_size, "--phone-size")
+    from isp_rig import simulate as sim
+    from isp_rig.profiles import load_profile
+
+    phone, profile_size = sim.PhoneModel(), None
+    if phone_profile:
+        phone, profile_size = sim.phone_from_profile(load_profile(phone_profile), phone_profile)
+    if phone_bits:
+        phone = replace(phone, bits=int(phone_bits))
+    pw, ph = _size(phone_size, "--phone-size") if phone_size else (profile_size or (1024, 768))
     if pw % 2 or ph % 2:
         raise click.BadParameter("the phone raw size must be even", param_hint="--phone-size")
     dw, dh = _size(dslr_size, "--dslr-size")
@@ -71,7 +82,7 @@ def simulate(out_dir: Path, n_pairs: int, seed: int, source: Path | None, distor
                              clipping=clipping, shading=shading, baseline_mm=baseline_mm)
     try:
         folders = sim.simulate_pairs(out_dir, n_pairs, seed, source=source, options=options,
-                                     phone=sim.PhoneModel(bits=int(phone_bits)), force=force)
+                                     phone=phone, force=force)
     except (sim.SourceError, sim.OutputFolderError) as err:
         raise click.ClickException(str(err)) from None
     except OSError as err:

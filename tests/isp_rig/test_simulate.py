@@ -130,6 +130,48 @@ def test_all_four_cfa_phases_and_both_bit_depths_occur():
     assert sim.simulate_pair(1, options=tiny).phone.white_level == 1023
 
 
+def test_a_phone_profile_fixes_cfa_colour_response_and_bits_for_every_pair_and_two_phones_differ():
+    from isp_rig.profiles import load_profile
+
+    tiny = sim.SimOptions(phone_size=(64, 48), dslr_size=(96, 64))
+    raws = {}
+    for name in ("iphone_6s", "mi_3"):
+        phone, size = sim.phone_from_profile(load_profile(name), name)
+        raws[name] = [sim.simulate_pair(seed, options=tiny, phone=phone).phone for seed in (1, 2, 3)]
+        first = raws[name][0]
+        assert all(r.cfa == first.cfa and np.array_equal(r.color_matrix, first.color_matrix) for r in raws[name])
+        assert len({float(r.camera_wb[0]) for r in raws[name]}) == 3  # the light still changes per shot
+        assert size is not None and size[0] % 2 == 0
+    a, b = raws["iphone_6s"][0], raws["mi_3"][0]
+    assert (a.cfa, a.white_level, a.exif.model) == ("RGGB", 4095.0, "iPhone 6s")
+    assert (b.cfa, b.white_level, b.exif.model) == ("BGGR", 1023.0, "MI 3")
+    assert np.abs(a.color_matrix - b.color_matrix).max() > 0.05
+
+
+@pytest.mark.parametrize("table, match", [
+    (None, "no \\[simulation\\] table"),
+    ({"cfa": "RGBG"}, "cfa = 'RGBG' is not one of"),
+    ({"bits": 14}, "bits = 14"),
+    ({"read_noise": 2.0}, "unknown key\\(s\\) read_noise"),
+    ({"raw_size": [1023, 768]}, "raw_size"),
+    ({"full_well_e": "lots"}, "full_well_e = 'lots' is not a float"),
+])
+def test_a_profile_that_cannot_say_how_to_simulate_its_phone_is_refused_naming_the_key(table, match):
+    from isp_rig.profiles import ProfileError
+
+    profile = {"profile": {"name": "p"}} | ({"simulation": table} if table is not None else {})
+    with pytest.raises(ProfileError, match=match):
+        sim.phone_from_profile(profile, "p")
+
+
+def test_cli_phone_profile_gives_the_raw_size_and_an_explicit_option_wins(tmp_path):
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "a"), "--pairs", "1",
+                                       "--phone-profile", "mi_3", "--dslr-size", "1440x960", "--phone-bits", "12"])
+    assert result.exit_code == 0, result.output
+    raw = rawio.read_raw(tmp_path / "a" / "pair_0000" / "phone.dng")
+    assert raw.shape == (720, 960) and raw.cfa == "BGGR" and raw.white_level == 4095
+
+
 def _digests(folder):
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
