@@ -4,8 +4,8 @@ Data, built through the toolkit's own commands (nothing is shortcut):
 
 1. ``isp-rig simulate --source RAW --pairs P --seed S --out OUT/sim/<raw stem>-s<S>`` for every real raw in
    ../shared/data/raw that alignment.rawio reads (Blackmagic.dng, RAW_KODAK_DC50.KDC; the packed
-   ``phone_patch_x90_rggb_512.npy`` is not a raw file rawio opens and has no scene to re-photograph) and
-   every seed of ``--seeds`` (the seed is offset by 100 x the source's index, so two sources never share
+   ``phone_patch_x90_rggb_512.npy`` is not a raw file rawio opens and has no scene to re-photograph), every
+   real photo of ``--photos`` (other scenes, other cameras) and every seed of ``--seeds`` (the seed is offset by 100 x the source's index, so two sources never share
    a geometry or colour draw). Each pair: a random crop of the real raw's scene seen by a simulated phone
    (1024x768 Bayer DNG, random CFA phase, colour response, white balance, vignetting, Poisson-Gaussian
    noise) and a simulated DSLR (JPEG, its own colour response, exposure and tone curve), with a random
@@ -166,6 +166,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw-dir", type=Path, default=REPO.parent / "shared" / "data" / "raw",
                     help="folder of real raws used as scenes (every file rawio reads)")
+    ap.add_argument("--photos", default="",
+                    help="more real scenes: photos (files, comma-separated) the simulator re-photographs beside "
+                         "the raws, e.g. ../shared/data/pairs/graf/img1.png,../shared/data/pairs/homogr/BostonA.jpg")
     ap.add_argument("--pairs", type=int, default=8, help="pairs per source raw and seed")
     ap.add_argument("--seeds", default="0,1", help="simulator seeds (comma-separated)")
     ap.add_argument("--test-fraction", type=float, default=0.25)
@@ -182,6 +185,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="training seed (same for every model)")
+    ap.add_argument("--second-seed-models", default="",
+                    help="models (comma-separated) trained again, every input space, with training seed --seed + 1: "
+                         "rows '<model> ... seed <s>' that show the seed-to-seed noise")
     ap.add_argument("--out", type=Path, default=None, help="folder for the dataset, the runs and results.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,7 +201,9 @@ def main() -> None:
         print(f"reusing {dataset}", flush=True)
         build = json.loads((out / "build.json").read_text()) if (out / "build.json").is_file() else {}
     else:
-        sources = readable_raws(args.raw_dir)
+        sources = readable_raws(args.raw_dir) + [Path(p).resolve() for p in args.photos.split(",") if p]
+        for photo in sources:
+            load_source(photo)  # an unreadable photo stops here, before any pair is made
         print("sources: " + ", ".join(p.name for p in sources), flush=True)
         build = build_dataset(out, sources, args.pairs, [int(s) for s in args.seeds.split(",")], args.workers,
                               args.test_fraction, args.split_seed)
@@ -238,25 +246,29 @@ def main() -> None:
     train_check = min(4, len(train_src))
     builtin = None
     picture = [test_items[0][0], cmap_test[0]]
-    variants = [(name, space) for name in args.models.split(",") for space in args.input_spaces.split(",")]
-    for name, space in variants:
+    variants = [(name, space, args.seed) for name in args.models.split(",") for space in args.input_spaces.split(",")]
+    variants += [(name, space, args.seed + 1) for name in args.second_seed_models.split(",") if name
+                 for space in args.input_spaces.split(",")]
+    for name, space, seed in variants:
         label = name if space == "raw" else f"{name} ({space} input)"
+        label += f", seed {seed}" if seed != args.seed else ""
         cfg = load_config(overrides={
             "model": {"name": name, "kwargs": {}},
             "data": {**data_cfg, "input_space": space},
             "optim": {"lr": args.lr, "steps": args.steps, "schedule": "cosine"},
             "loss": {"l1": 1.0},
-            "train": {"seed": args.seed, "ckpt_every": max(100, args.steps // 4), "eval_every": args.steps,
+            "train": {"seed": seed, "ckpt_every": max(100, args.steps // 4), "eval_every": args.steps,
                       "log_every": 25, "threads": args.threads},
         })
         run = out / "runs" / (f"{name}_{args.steps}" if space == "raw" else f"{name}_{space}_{args.steps}")
+        run = run.with_name(run.name + (f"_seed{seed}" if seed != args.seed else ""))
         summary = train(cfg, run, progress=False)
         scores = evaluate_run(run, dataset, progress=False)
         builtin = builtin or scores.get("builtin_isp")
         model, _ = load_model(run)
         train_view = PackedPairs(dataset, "train", input_space=space)
         tr = [r["model"] for r in evaluate(model, train_view, progress=False)[:train_check]] if train_check else []
-        row = {"method": label, "model": name, "input_space": space, "psnr": scores["psnr"], "ssim": scores["ssim"],
+        row = {"method": label, "model": name, "input_space": space, "seed": seed, "psnr": scores["psnr"], "ssim": scores["ssim"],
                "params": scores["params"], "train_s": summary["elapsed_s"],
                "train_psnr": mean_scores(tr)["psnr"] if tr else None, "steps": summary["step"]}
         rows.append(row)
@@ -296,7 +308,7 @@ def main() -> None:
             tr = f"{r['train_s'] / peer['train_s']:.3f}" if r["train_s"] and r["params"] != 30 else "-"
         print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r.get('train_psnr'), '.2f')} | "
               f"{fmt(r['params'], ',')} | {fmt(r['train_s'], '.1f')} | {dp} | {ds} | {pr} | {tr} |")
-    print(f"\ndataset, runs, compare.png (plain | colour map | {' | '.join(n if sp == 'raw' else f'{n} ({sp})' for n, sp in variants)} | target, "
+    print(f"\ndataset, runs, compare.png (plain | colour map | {' | '.join(n if sp == 'raw' else f'{n} ({sp})' for n, sp, _ in variants)} | target, "
           f"first test pair) and results.json in {out}")
 
 
