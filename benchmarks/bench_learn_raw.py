@@ -162,6 +162,36 @@ def mean_scores(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
 
 
+def run_pair_psnr(run: Path) -> dict[str, float]:
+    """Pair id -> PSNR of a run's last ``evaluate_run`` (its ``eval/pairs.json``)."""
+    return {r["id"]: r["model"]["psnr"] for r in json.loads((run / "eval" / "pairs.json").read_text())}
+
+
+def source_of(pair_id: str) -> str:
+    """The scene source of a benchmark pair id ``[<phone>-]<source stem>-s<seed>-<index>``."""
+    head = pair_id.rsplit("-", 2)[0]
+    return head.split("-", 1)[1] if head.startswith(("iphone_6s-", "mi_3-")) else head
+
+
+def print_spread(rows: list[dict]) -> None:
+    """Per row: the median, 10th and 90th percentile of the per-pair PSNR over the test pairs,
+    and the median per scene source (pairs in brackets), from each row's ``per_pair``."""
+    rows = [r for r in rows if r.get("per_pair")]
+    if not rows:
+        return
+    sources = sorted({source_of(pid) for r in rows for pid in r["per_pair"]})
+    print("\nPSNR per test pair (dB): median, 10th / 90th percentile, and the median per scene source\n")
+    print("| method | median | p10 | p90 | " + " | ".join(sources) + " |")
+    print("|---" * (4 + len(sources)) + "|")
+    for r in rows:
+        vals = np.array(list(r["per_pair"].values()))
+        by = {s: [v for pid, v in r["per_pair"].items() if source_of(pid) == s] for s in sources}
+        cells = " | ".join(f"{np.median(v):.2f} ({len(v)})" if v else "-" for v in by.values())
+        label = r["method"] + (f" [{r['space']}]" if r.get("space", "-") != "-" else "")
+        print(f"| {label} | {np.median(vals):.2f} | {np.percentile(vals, 10):.2f} | {np.percentile(vals, 90):.2f} | "
+              f"{cells} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw-dir", type=Path, default=REPO.parent / "shared" / "data" / "raw",
@@ -232,9 +262,12 @@ def main() -> None:
     cmap_test = [apply_colour_map(coef, p) for p, _ in test_items]
     cmap_scores = [score_images(to_t(c), to_t(it["target"]), to_t(it["mask"])) for c, (_, it) in
                    zip(cmap_test, test_items)]
+    test_ids = [it["id"] for _, it in test_items]
     rows: list[dict] = [
-        {"method": PLAIN_ROW, **mean_scores(plain_scores), "params": None, "train_s": None},
-        {"method": CMAP_ROW, **mean_scores(cmap_scores), "params": 30, "train_s": fit_s},
+        {"method": PLAIN_ROW, **mean_scores(plain_scores), "params": None, "train_s": None,
+         "per_pair": {i: sc["psnr"] for i, sc in zip(test_ids, plain_scores)}},
+        {"method": CMAP_ROW, **mean_scores(cmap_scores), "params": 30, "train_s": fit_s,
+         "per_pair": {i: sc["psnr"] for i, sc in zip(test_ids, cmap_scores)}},
     ]
     for r in rows:
         print(f"{r['method']}: {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}", flush=True)
@@ -270,7 +303,8 @@ def main() -> None:
         tr = [r["model"] for r in evaluate(model, train_view, progress=False)[:train_check]] if train_check else []
         row = {"method": label, "model": name, "input_space": space, "seed": seed, "psnr": scores["psnr"], "ssim": scores["ssim"],
                "params": scores["params"], "train_s": summary["elapsed_s"],
-               "train_psnr": mean_scores(tr)["psnr"] if tr else None, "steps": summary["step"]}
+               "train_psnr": mean_scores(tr)["psnr"] if tr else None, "steps": summary["step"],
+               "per_pair": run_pair_psnr(run)}
         rows.append(row)
         with torch.inference_mode():
             first = PackedPairs(dataset, "test", input_space=space).load(0)["input"]
@@ -308,6 +342,7 @@ def main() -> None:
             tr = f"{r['train_s'] / peer['train_s']:.3f}" if r["train_s"] and r["params"] != 30 else "-"
         print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r.get('train_psnr'), '.2f')} | "
               f"{fmt(r['params'], ',')} | {fmt(r['train_s'], '.1f')} | {dp} | {ds} | {pr} | {tr} |")
+    print_spread(rows)
     print(f"\ndataset, runs, compare.png (plain | colour map | {' | '.join(n if sp == 'raw' else f'{n} ({sp})' for n, sp, _ in variants)} | target, "
           f"first test pair) and results.json in {out}")
 

@@ -166,6 +166,7 @@ def main() -> None:
                   for it in (b_test_src.load(i) for i in range(len(b_test_src)))]
     few_items = [(blr.plain_rendering(few_records[it["id"]]["phone"]), it)
                  for it in (few_src.load(i) for i in range(len(few_src)))]
+    test_ids = [it["id"] for _, it in test_items]
     plain = [score_images(blr.to_t(p), blr.to_t(it["target"]), blr.to_t(it["mask"])) for p, it in test_items]
     coef, _ = blr.fit_colour_map([p for p, _ in few_items], [it["target"] for _, it in few_items],
                                  [it["mask"] for _, it in few_items])
@@ -173,9 +174,10 @@ def main() -> None:
             for p, it in test_items]
     rows: list[dict] = [
         {"method": "B plain rendering (its DNG's WB and colour matrix)", "space": "-", "pairs": 0, "steps": 0,
-         **blr.mean_scores(plain), "train_s": None},
+         **blr.mean_scores(plain), "train_s": None, "per_pair": {i: sc["psnr"] for i, sc in zip(test_ids, plain)}},
         {"method": f"B plain rendering + colour map fitted on the {len(few_src)} few pairs", "space": "-",
-         "pairs": len(few_src), "steps": 0, **blr.mean_scores(cmap), "train_s": None},
+         "pairs": len(few_src), "steps": 0, **blr.mean_scores(cmap), "train_s": None,
+         "per_pair": {i: sc["psnr"] for i, sc in zip(test_ids, cmap)}},
     ]
     del few_items
     picture = [test_items[0][0]]
@@ -196,7 +198,7 @@ def main() -> None:
     def scored(label: str, run: Path, space: str, pairs: int, train_s: float | None, steps: int | None = None) -> None:
         scores = evaluate_run(run, datasets["B_all"], progress=False)
         rows.append({"method": label, "space": space, "pairs": pairs, "steps": steps or args.steps, "psnr": scores["psnr"],
-                     "ssim": scores["ssim"], "train_s": train_s})
+                     "ssim": scores["ssim"], "train_s": train_s, "per_pair": blr.run_pair_psnr(run)})
         model, _ = load_model(run)
         with torch.inference_mode():
             first = PackedPairs(datasets["B_all"], "test", input_space=space).load(0)["input"]
@@ -244,6 +246,7 @@ def main() -> None:
         t = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
         print(f"| {r['method']} | {r['space']} | {r['pairs']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {t} | {dp} | {ds} |")
     print(f"\n(peer: {PEER}, same input space; the baseline rows against the raw-input peer)")
+    blr.print_spread(rows)
     print(f"datasets, runs, compare.png (B plain | each learned row in order | target, first B test pair) and "
           f"results.json in {out}")
 
