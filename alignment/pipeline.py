@@ -25,6 +25,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from alignment import trust
+from alignment.coarse import coarse_search
 from alignment.ecc import ECC_METHODS, Channel, EccResult, prepare_channels, refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
@@ -99,6 +100,8 @@ class AlignOptions:
     trust_refit: bool = True
     trust_refit_fraction: float = 0.01
     trust_layers: bool = True
+    coarse_start: bool = True
+    coarse_min_score: float = 0.3
     # The verdict's thresholds, defaulting to quality.Thresholds (one home for the values).
     min_inliers: int = Thresholds.min_inliers
     min_inlier_ratio: float = Thresholds.min_inlier_ratio
@@ -156,7 +159,8 @@ _OPTION_KINDS = {
     "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
                                                                                        "0, 1 or 2"),
     "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "trust": _FLAG,
-    "trust_refit": _FLAG, "trust_layers": _FLAG,
+    "trust_refit": _FLAG, "trust_layers": _FLAG, "coarse_start": _FLAG,
+    "coarse_min_score": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "fine": ((str,), lambda v: v in ("planes", "none"), "'planes' or 'none'"),
     "fine_blur_sigma": _POSITIVE, "radial": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"),
     "radial_min_px": ((int, float), lambda v: v >= 0, "a number >= 0"),
@@ -676,13 +680,36 @@ def _features_stage(s: _PairState) -> np.ndarray:
     q.matches, q.inliers, q.inlier_ratio = fm.matches, fm.inliers, fm.inlier_ratio
     s.secs["features"] = time.perf_counter() - t1
     if fm.homography is None or fm.inliers < opt.min_inliers or fm.inlier_ratio < opt.min_inlier_ratio:
-        raise _StageFailed(None)
-    h_work = sb @ fm.homography @ np.linalg.inv(sa)
-    h_work /= h_work[2, 2]
+        h_work = _coarse_start(s, s_guess)
+    else:
+        h_work = sb @ fm.homography @ np.linalg.inv(sa)
+        h_work /= h_work[2, 2]
     q.overlap_fraction = _overlap_fraction(h_work, p.lum.shape, d.lum.shape)
     if q.overlap_fraction < opt.min_overlap:
         raise _StageFailed(h_work)
     return h_work
+
+
+def _coarse_start(s: _PairState, s_guess: float | None) -> np.ndarray:
+    """Too few feature matches agree: the exhaustive low-resolution search over scale
+    and translation (:func:`alignment.coarse.coarse_search`, around the EXIF scale
+    guess when there is one) -> h_work, the start for ECC (``Quality.start`` becomes
+    "coarse"; the verdict keeps the pair only when the tiles confirm the refined
+    model).  Stops the alignment when the option is off or no placement correlates
+    at ``coarse_min_score``."""
+    p, d, opt, q = s.p, s.d, s.opt, s.q
+    if not opt.coarse_start:
+        raise _StageFailed(None)
+    t0 = time.perf_counter()
+    guess = s_guess * s.step if s_guess else None  # DSLR working px per phone working px
+    cm = coarse_search(p.lum, p.valid, d.lum, d.valid, guess)
+    s.secs["coarse_start"] = time.perf_counter() - t0
+    q.coarse_score = float("nan") if cm is None else round(cm.score, 4)
+    if cm is None or cm.score < opt.coarse_min_score:
+        said = "no placement" if cm is None else f"best correlation {cm.score:.2f} < {opt.coarse_min_score}"
+        raise _StageFailed(None, f"the coarse search found no start either: {said}")
+    q.start = "coarse"
+    return cm.homography
 
 
 def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
@@ -774,6 +801,8 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
     tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt)
     # what the final measure drops that the fit still used
     dropped = ((tm.code == trust.MOVED) | (tm.code == trust.OCCLUDED)) & m.fit_channels[0].mask
+    if tm.by_level is not None:
+        dropped &= ~tm.by_level  # flat px of another brightness: nothing for a fit to lose
     if not (opt.trust_refit and dropped.mean() > opt.trust_refit_fraction):
         return tm, res, warped
     # the final measure found more that moved than the first: fit once more without it
@@ -842,6 +871,9 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         hh = s.d.to_image @ h_work @ np.linalg.inv(s.p.to_image)  # DSLR working px -> stored px
         result.homography = hh / hh[2, 2]
     verdict(q, opt.thresholds())
+    if q.reason == "too_few_matches":
+        # neither the features nor a confirmed direct start found the geometry: offer none
+        result.homography = np.full((3, 3), np.nan)
     secs["total"] = time.perf_counter() - t0
     return result
 

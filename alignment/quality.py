@@ -4,7 +4,9 @@ Reasons (``Quality.reason``), checked in this order:
 
 - ``too_few_matches``: fewer than ``min_inliers`` feature matches agree on a
   homography, or their inlier ratio is below ``min_inlier_ratio`` (textureless
-  or different scenes);
+  or different scenes), and the coarse search (:mod:`alignment.coarse`) found no
+  start from which ECC reaches ``min_correlation`` with tiles that pass the
+  reliable, consistent and residual checks;
 - ``overlap_too_small``: the phone frame covers too little of the DSLR frame;
 - ``low_correlation``: after refinement the two images do not look alike
   (correlation of the locally normalised luminances below ``min_correlation``);
@@ -60,7 +62,9 @@ class Quality:
     under the final model (phone px), over reliable tiles; reliable_tiles:
     fraction of tiles with enough texture for a residual; consistent_tiles:
     fraction of textured tiles that agree with the final model within
-    ``max_residual_px``; field_degree: degree
+    ``max_residual_px``; start: where ECC started, "features" (the matches'
+    homography) or "coarse" (too few matches: :mod:`alignment.coarse`, whose best
+    correlation is coarse_score); field_degree: degree
     of the local polynomial field (-1: none); radial_corner_px: displacement of
     the frame corner by the radial lens model kept (phone px, 0: none);
     ok / reason / message: the verdict.
@@ -84,6 +88,8 @@ class Quality:
     dropped: dict = field(default_factory=dict)
     prefit_outliers: float = float("nan")
     trust_refit: bool = False
+    start: str = "features"
+    coarse_score: float = float("nan")
     ok: bool = False
     reason: str | None = None
     message: str = ""
@@ -115,16 +121,19 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     """Set ``q.ok``, ``q.reason`` and ``q.message`` from the numbers and thresholds
     (a note already in ``q.message``, e.g. why a stage failed, is kept after it)."""
     note = q.message
-    geometry_confirmed = (
-        q.inliers >= t.confirm_inliers
-        and q.reliable_tiles >= t.min_reliable_tiles
+    tiles_agree = (
+        q.reliable_tiles >= t.min_reliable_tiles
         and q.consistent_tiles >= t.min_consistent
         and q.residual_p90_px <= t.max_residual_px
     )
+    geometry_confirmed = q.inliers >= t.confirm_inliers and tiles_agree
+    # few matches are no reason when the direct method found the geometry and both the
+    # correlation and the tiles confirm it
+    found_directly = q.start == "coarse" and tiles_agree and q.ecc_correlation >= t.min_correlation
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
     checks = [
         (
-            q.inliers < t.min_inliers or q.inlier_ratio < t.min_inlier_ratio,
+            (q.inliers < t.min_inliers or q.inlier_ratio < t.min_inlier_ratio) and not found_directly,
             "too_few_matches",
             f"{q.inliers} inlier matches of {q.matches} (ratio {q.inlier_ratio:.2f}); "
             f"need >= {t.min_inliers} and ratio >= {t.min_inlier_ratio}",

@@ -74,7 +74,11 @@ class TrustParams:
     which a px that does not fit counts as occluded (fainter ones have no say);
     speckle_px: dropped spots narrower than twice this are noise; max_island: kept
     regions smaller than this share of the frame and enclosed by dropped px (not
-    touching the frame's edge) are dropped with them.
+    touching the frame's edge) are dropped with them; level_tol, level_z,
+    level_grow_px: a px whose brightness departs from the prediction's by more than
+    ``level_z`` times its noise and ``level_tol`` of the level in quadrature (after
+    the smooth gain between the two, see :func:`level_mismatch`) shows something else (inf: no
+    such test); those px grow by ``level_grow_px``.
     """
 
     max_px: float = 1.0
@@ -87,6 +91,10 @@ class TrustParams:
     mismatch_snr: float = 10.0
     speckle_px: float = 3.0
     max_island: float = 0.02
+    level_tol: float = 0.05
+    level_z: float = 3.0
+    level_grow_px: float = 3.0
+    clip_grow_px: float = 0.0
 
 
 @dataclass
@@ -104,6 +112,8 @@ class TrustMap:
         where :mod:`alignment.layers` looks for objects with a model of their own.
     layer: (h, w) int16, the index of the recovered layer whose model maps the px
         (``Alignment.layers``), -1 for the global model.
+    by_level: (h, w) bool, the px dropped (as occluded) by :func:`level_mismatch` alone:
+        flat px of another brightness, no evidence of motion (the refit keeps them).
     """
 
     code: np.ndarray
@@ -113,6 +123,7 @@ class TrustMap:
     to_image: np.ndarray
     moved_core: np.ndarray | None = None
     layer: np.ndarray | None = None
+    by_level: np.ndarray | None = None
 
     def layer_of(self, xy: np.ndarray) -> np.ndarray:
         """(N,) layer index (-1: global model) of (N, 2) phone image px: the working px
@@ -356,6 +367,78 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     return DominantMotion(hom / hom[2, 2], grow(_open(bad, 3.0 / step), margin_px / step))
 
 
+def _smooth_gain(ratio: np.ndarray, use: np.ndarray, block: int, degree: int = 3) -> np.ndarray:
+    """(h, w) smooth map of ``ratio`` (a gain between two images): the median of each
+    ``block`` x ``block`` block over the ``use`` px, and a polynomial of ``degree`` in
+    x and y fitted to their logarithms robustly (Cauchy weights, a few reweighted
+    least-squares passes): vignetting, colour shading and exposure follow it, a
+    region of another brightness (tens of blocks) does not pull it."""
+    h, w = ratio.shape
+    bh, bw = -(-h // block), -(-w // block)
+    pad = np.full((bh * block, bw * block), np.nan, np.float32)
+    pad[:h, :w] = np.where(use & (ratio > 0), ratio, np.nan)
+    cells = pad.reshape(bh, block, bw, block).transpose(0, 2, 1, 3).reshape(bh, bw, -1)
+    has = np.isfinite(cells).sum(-1) >= block * block // 4
+    if has.sum() < 4:
+        return np.ones((h, w), np.float32)
+    by, bx = np.nonzero(has)
+    val = np.log(np.nanmedian(cells[has], axis=-1)).astype(np.float64)
+
+    def design(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        u, v = 2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1
+        return np.stack([u ** i * v ** j for i in range(degree + 1) for j in range(degree + 1 - i)], -1)
+
+    a = design((bx + 0.5) * block - 0.5, (by + 0.5) * block - 0.5)
+    if len(val) < 2 * a.shape[1]:
+        return np.full((h, w), float(np.exp(np.median(val))), np.float32)
+    wgt = np.ones_like(val)
+    for _ in range(6):
+        coef = np.linalg.lstsq(a * wgt[:, None], val * wgt, rcond=None)[0]
+        r = val - a @ coef
+        scale = max(1.4826 * float(np.median(np.abs(r))), 0.01)
+        wgt = 1.0 / np.sqrt(1.0 + (r / (2.5 * scale)) ** 2)  # sqrt of the Cauchy weight
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(design(xx.ravel(), yy.ravel()) @ coef).reshape(h, w).astype(np.float32)
+
+
+def level_mismatch(res: DenseResidual, exclude: np.ndarray, step: float, tol: float = 0.1, z: float = 3.0,
+                   block_px: float = 32.0, smooth_px: float = 3.0) -> np.ndarray:
+    """(h, w) bool, working px whose brightness the prediction does not reach.
+
+    The optical flow and the correlations compare locally normalised images, so a flat
+    px matches any flat px.  Here the phone luminance is compared with the
+    prediction's in level: their ratio's smooth part (the median per ``block_px``
+    block over the px not in ``exclude``: vignetting, colour shading and exposure
+    the fitted prediction leaves) is divided out, both sides are blurred by
+    ``smooth_px`` (phone px) and a px departs where the difference is over ``z`` times
+    the sum in quadrature of its noise (the phone's own noise curve, both sides)
+    and ``tol`` of the level (what a smooth gain leaves: shading, tone).
+    Where the DSLR shows another surface of another brightness (what the phone sees
+    beside an object that the DSLR sees in front of it; the flat inside of an object
+    that moved) this is the only evidence there is.  step: phone px per working px.
+    """
+    if res.lum is None:
+        return np.zeros(res.valid.shape, bool)
+    lum_t, lum_w = res.lum
+    valid = res.valid & (lum_w > 0) & (lum_t > 0)
+    if valid.sum() < 1000:
+        return np.zeros(res.valid.shape, bool)
+    ratio = lum_t / np.maximum(lum_w, 1e-9)
+    gain = _smooth_gain(ratio.astype(np.float32), valid & ~exclude, max(2, int(round(block_px / step))))
+    mf = valid.astype(np.float32)
+    sm = max(1.0, smooth_px / step)
+    fine = (lum_t - cv2.GaussianBlur(lum_t, (0, 0), 1.0)) * 1.5
+    mu, _, _ = _local_moments(lum_t, mf, 3.0)
+    _, var_fine, _ = _local_moments(fine, mf, 3.0)
+    a, b = _noise_curve(mu, var_fine, valid)
+    t = cv2.GaussianBlur(lum_t, (0, 0), sm)
+    p = cv2.GaussianBlur(lum_w * gain, (0, 0), sm)
+    noise_var = 2.0 * (a * np.maximum(t, 0) + b) / (4 * np.pi * sm * sm)  # both sides, after the blur
+    tol_var = (tol * np.maximum(p, 0)) ** 2
+    diff = np.abs(t - p)
+    return valid & (diff * diff > z * z * (noise_var + tol_var))
+
+
 def explained_px(res: DenseResidual, step: float, max_px: float = 1.0, flat_snr: float = 4.0) -> int:
     """How many textured working px the model behind ``res`` explains: their residual
     flow is at most ``max_px`` phone px and comes back (forward-backward within 1 phone
@@ -492,12 +575,17 @@ def assess(
         occluded |= islands & ~moved
     code[grow(occluded, margin)] = OCCLUDED
     code[grow(moved, margin) & ~occluded] = MOVED
-    code[grow(clipped, 1.0)] = CLIPPED
+    by_level = np.zeros((h, w), bool)
+    if np.isfinite(prm.level_z):
+        other = level_mismatch(res, grow(moved | occluded, margin), step, prm.level_tol, prm.level_z)
+        by_level = grow(other, prm.level_grow_px / step) & (code == 0)
+        code[by_level] = OCCLUDED
+    code[grow(clipped, prm.clip_grow_px / step)] = CLIPPED
     code[outside] = OUTSIDE
     residual = np.where(res.valid[..., None], flow_img, np.nan).astype(np.float32)
     ncc = np.where(textured, res.ncc, np.nan).astype(np.float32)
     return TrustMap(code, residual, np.where(res.valid, fb, np.inf).astype(np.float32), ncc, to_image.copy(),
-                    moved_core=moved & ~occluded, layer=np.full((h, w), -1, np.int16))
+                    moved_core=moved & ~occluded, layer=np.full((h, w), -1, np.int16), by_level=by_level)
 
 
 def full_resolution_codes(

@@ -86,6 +86,18 @@ def test_pair_of_different_scenes_is_rejected_with_a_reason():
     assert a.quality.reason in REASONS
 
 
+def test_a_pair_whose_features_fall_short_is_aligned_from_the_coarse_search_and_kept(aligned_sim):
+    pair, by_features = aligned_sim(0, False)
+    # no pair has a million inlier matches: every pair takes the start without features
+    a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb), min_inliers=1_000_000)
+    assert a.quality.start == "coarse" and a.quality.coarse_score > 0.3
+    assert a.ok, a.quality.message
+    assert np.median(corner_errors(a, pair.truth)) < 0.1
+    assert np.abs(corner_errors(a, pair.truth) - corner_errors(by_features, pair.truth)).max() < 0.05
+    off = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb), min_inliers=1_000_000, coarse_start=False)
+    assert not off.ok and off.quality.reason == "too_few_matches" and off.quality.start == "features"
+
+
 def test_align_pair_reads_the_files_and_uses_phone_raw_coordinates(tmp_path):
     pair = sim.simulate_pair(5, None, sim.SimOptions(phone_size=(512, 384), dslr_size=(768, 512)))
     folder = sim.write_pair(pair, tmp_path)

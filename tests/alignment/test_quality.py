@@ -34,6 +34,13 @@ def _good(**changes) -> Quality:
         ({"ecc_correlation": 0.2}, False, "low_correlation"),
         ({"consistent_tiles": 0.5}, False, "residual_too_large"),
         ({"residual_p90_px": 1.5}, False, "residual_too_large"),
+        # few matches, but the coarse search found a start whose refined model the
+        # correlation and the tiles confirm: kept
+        ({"inliers": 10, "start": "coarse"}, True, None),
+        # ... not when the tiles or the correlation do not confirm it
+        ({"inliers": 10, "start": "coarse", "consistent_tiles": 0.5}, False, "too_few_matches"),
+        ({"inliers": 10, "start": "coarse", "reliable_tiles": 0.1}, False, "too_few_matches"),
+        ({"inliers": 10, "start": "coarse", "ecc_correlation": 0.5}, False, "too_few_matches"),
     ],
 )
 def test_verdict_accepts_weak_correlation_only_when_the_geometry_is_confirmed(changes, ok, reason):

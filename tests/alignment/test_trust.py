@@ -55,6 +55,37 @@ def test_a_patch_that_moved_and_a_patch_of_other_content_are_dropped_and_the_res
     assert (tm.code[untouched] == 0).mean() > 0.97
 
 
+def _flat_window_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textured scene with a flat 60 x 80 px window, and a prediction of it under 30 %
+    vignetting in which the window's right half shows a flat surface 25 % darker."""
+    scene = _textured(rng, h, w)
+    scene[60:120, 90:170] = 0.5
+    yy, xx = np.mgrid[0:h, 0:w]
+    vignetting = 1.0 - 0.3 * (((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2) / 2
+    prediction = scene * vignetting.astype(np.float32)
+    prediction[60:120, 130:170] *= 0.75
+    return scene, prediction
+
+
+def test_a_flat_surface_of_another_brightness_is_dropped_and_vignetting_is_not():
+    rng = np.random.default_rng(4)
+    h, w = 192, 256
+    scene, prediction = _flat_window_scene(rng, h, w)
+    res = trust.dense_residual(_planes(scene, rng), [prediction] * 4, [np.ones((h, w), bool)] * 4)
+    to_image = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
+    none = np.zeros((h, w), bool)
+    tm = trust.assess(res, to_image, none, none)
+    # locally normalised, the two flat surfaces match; in level they do not
+    assert (tm.code[66:114, 138:164] == trust.OCCLUDED).all()
+    assert tm.by_level[66:114, 138:164].mean() > 0.3  # much of it: nothing but the level says so
+    assert (tm.code[70:110, 96:116] == 0).all()  # the same flat surface in both
+    untouched = np.ones((h, w), bool)
+    untouched[55:125, 125:175] = False
+    assert (tm.code[untouched] == 0).mean() > 0.99  # a smooth gain is not a mismatch
+    off = trust.assess(res, to_image, none, none, trust.TrustParams(level_z=float("inf")))
+    assert (off.code[66:114, 138:164] == 0).mean() > 0.3 and not off.by_level.any()
+
+
 def test_clipped_and_outside_px_are_dropped_with_their_reason():
     rng = np.random.default_rng(1)
     h, w = 96, 128

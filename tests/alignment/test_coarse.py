@@ -1,0 +1,50 @@
+"""The coarse search: the start without features (scale and translation at low
+resolution) finds where the phone frame lies in the DSLR image, and says so weakly
+for an image of another scene."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from alignment.coarse import coarse_search
+from alignment.geometry import apply_homography
+
+
+def _scene(seed: int, h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 4.0)
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def _pair(scale: float, offset: tuple[float, float], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A DSLR view of a scene and a phone view of part of it: phone px x maps to DSLR
+    px scale * x + offset; the phone has its own tone curve.  -> (phone, dslr, truth)."""
+    dslr = _scene(seed, 600, 900)
+    truth = np.array([[scale, 0, offset[0]], [0, scale, offset[1]], [0, 0, 1.0]])
+    phone = cv2.warpPerspective(dslr, truth, (320, 240), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    return np.sqrt(phone) * 0.7 + 0.1, dslr, truth
+
+
+@pytest.mark.parametrize("scale, offset, guess", [(1.6, (150.0, 120.0), None), (2.1, (80.0, 40.0), 2.0),
+                                                  (1.25, (400.0, 250.0), None)])
+def test_the_search_places_the_phone_frame_within_a_few_px(scale, offset, guess):
+    phone, dslr, truth = _pair(scale, offset)
+    found = coarse_search(phone, None, dslr, None, guess)
+    corners = np.array([[0, 0], [319, 0], [0, 239], [319, 239]], np.float64)
+    err = np.linalg.norm(apply_homography(found.homography, corners) - apply_homography(truth, corners), axis=1)
+    assert found.score > 0.8
+    assert err.max() < 0.03 * 320 * scale  # within ECC's reach from its coarsest level
+    assert abs(found.scale / scale - 1) < 0.03
+
+
+def test_an_image_of_another_scene_scores_low():
+    phone, _, _ = _pair(1.6, (150.0, 120.0))
+    other = _scene(7, 600, 900)
+    assert coarse_search(phone, None, other, None).score < 0.3
+
+
+def test_a_flat_phone_frame_has_no_placement():
+    flat = np.full((240, 320), 0.5, np.float32)
+    assert coarse_search(flat, None, _scene(0, 600, 900), None) is None
