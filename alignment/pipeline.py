@@ -113,6 +113,9 @@ class AlignOptions:
     min_correlation_confirmed: float = Thresholds.min_correlation_confirmed
     confirm_inliers: int = Thresholds.confirm_inliers
     min_trusted: float = Thresholds.min_trusted
+    min_reliable_count: int = Thresholds.min_reliable_count
+    min_reliable_cells: int = Thresholds.min_reliable_cells
+    max_corner_sigma_px: float = Thresholds.max_corner_sigma_px
 
     def thresholds(self) -> Thresholds:
         return Thresholds(**{f.name: getattr(self, f.name) for f in fields(Thresholds)})
@@ -154,7 +157,7 @@ _OPTION_KINDS = {
     "magsac_threshold": _POSITIVE, "feature_layers": _COUNT, "max_features": _COUNT, "feature_max_side": _COUNT,
     "ecc_method": ((str,), lambda v: v in ECC_METHODS, "one of " + ", ".join(map(repr, ECC_METHODS))),
     "ecc_levels": ((int,), lambda v: v >= 1, "a whole number >= 1"),
-    "blur_sigma": _POSITIVE, "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0,
+    "blur_sigma": ((int, float), lambda v: v >= 0, "a number >= 0 (0: no blur)"), "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0,
                                            "a number > 0 or null"),
     "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
                                                                                        "0, 1 or 2"),
@@ -175,6 +178,9 @@ _OPTION_KINDS = {
     "min_correlation": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "min_correlation_confirmed": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "min_inliers": ((int,), lambda v: v >= 4, "a whole number >= 4"),
+    "min_reliable_count": ((int,), lambda v: v >= 1, "a whole number >= 1"),
+    "min_reliable_cells": ((int,), lambda v: 1 <= v <= 9, "a whole number in 1..9"),
+    "max_corner_sigma_px": _POSITIVE,
     "confirm_inliers": ((int,), lambda v: v >= 0, "a whole number >= 0"),
     "max_residual_px": _POSITIVE,
 }
@@ -500,6 +506,13 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         q.reliable_tiles = float(rel.sum() / max(int(in_trust.sum()), 1))
     else:
         q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
+    q.reliable_tile_count = int(rel.sum())
+    if rel.any():
+        w, h = image_size
+        cells = (np.clip((final.centres[rel, 0] * 3 // w), 0, 2) * 3 + np.clip(final.centres[rel, 1] * 3 // h, 0, 2))
+        q.reliable_cells = int(len(np.unique(cells)))
+        q.tile_correlation = float(np.median(final.correlation[rel]))
+        q.corner_sigma_px = corner_uncertainty(final.centres[rel], final.sigma[rel], image_size)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
                            textured)
     q.consistent_tiles = judged.consistent_fraction(max_residual_px)
@@ -508,6 +521,43 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         q.residual_median_px = float(np.median(mag))
         q.residual_p90_px = float(np.percentile(mag, 90))
         q.residual_max_px = float(mag.max())
+
+
+def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple[int, int],
+                       sigma_floor_px: float = 0.05) -> float:
+    """How well tiles pin the frame's corners: the largest standard error (phone px) at
+    the four frame corners of a homography fitted to tile shifts measured at
+    ``centres`` ((N, 2) phone image px) with standard errors ``sigma`` ((N,) px, floored
+    at ``sigma_floor_px``: a tile's own error is optimistic).  A small perturbation of
+    the model, x -> x + (A x + t - x (p . x)) in coordinates centred on the frame and
+    scaled by its half-diagonal, is linear in its 8 parameters; their covariance
+    (J^T W J)^-1 propagated to the corners.  Tiles in one band of the frame leave its
+    corners free (large); tiles spread over it pin them (small).  inf when the tiles
+    cannot fix 8 parameters."""
+    w, h = image_size
+    c0 = np.array([(w - 1) / 2, (h - 1) / 2])
+    scale = float(np.hypot(w, h)) / 2
+
+    def jac(xy: np.ndarray) -> np.ndarray:
+        x, y = ((xy - c0) / scale).T
+        z, o = np.zeros_like(x), np.ones_like(x)
+        jx = np.stack([x, y, o, z, z, z, -x * x, -x * y], 1)
+        jy = np.stack([z, z, z, x, y, o, -x * y, -y * y], 1)
+        return np.stack([jx, jy], 1) * scale  # (N, 2, 8) px per parameter
+
+    if len(centres) < 4:
+        return float("inf")
+    j = jac(np.asarray(centres, np.float64))
+    wgt = 1.0 / np.maximum(np.asarray(sigma, np.float64), sigma_floor_px) ** 2
+    info = np.einsum("nki,n,nkj->ij", j, wgt, j)
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        return float("inf")
+    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
+    jc = jac(corners)
+    var = np.einsum("nki,ij,nkj->n", jc, cov, jc)
+    return float(np.sqrt(max(var.max(), 0.0))) if np.all(np.isfinite(var)) else float("inf")
 
 
 def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,

@@ -9,7 +9,11 @@ Reasons (``Quality.reason``), checked in this order:
   reliable, consistent and residual checks;
 - ``overlap_too_small``: the phone frame covers too little of the DSLR frame;
 - ``low_correlation``: after refinement the two images do not look alike
-  (correlation of the locally normalised luminances below ``min_correlation``);
+  (correlation of the locally normalised luminances below ``min_correlation``),
+  unless the scene has little texture and the few tiles it has confirm the model
+  (``min_reliable_count`` reliable tiles in ``min_reliable_cells`` of the frame's
+  3 x 3 cells, consistent, within ``max_residual_px``, median tile correlation at
+  least ``min_correlation``, pinning the frame corners to ``max_corner_sigma_px``);
 - ``residual_too_large``: tiles still disagree with the model: fewer than
   ``min_consistent`` of the textured tiles agree within ``max_residual_px``
   (phone px), or the 90th percentile of the reliable tiles' residual exceeds it:
@@ -47,6 +51,16 @@ class Thresholds:
     confirm_inliers: int = 100
     #: with a trust map, the least fraction of the phone frame whose target can be trusted
     min_trusted: float = 0.5
+    #: a low-texture scene (a whiteboard, a colour chart, a soft landscape) has few tiles
+    #: with a reliable residual and a low correlation over its flat px; its geometry is
+    #: still confirmed by at least ``min_reliable_count`` reliable tiles spread over at
+    #: least ``min_reliable_cells`` of the frame's 3 x 3 cells that pass the consistent and
+    #: residual checks and whose median correlation reaches ``min_correlation``
+    min_reliable_count: int = 6
+    min_reliable_cells: int = 4
+    #: ... and the homography those tiles fix pins the frame's corners to this standard
+    #: error (phone px; ``Quality.corner_sigma_px``): half the 1 px that makes a wrong keep
+    max_corner_sigma_px: float = 0.5
 
 
 @dataclass
@@ -62,7 +76,12 @@ class Quality:
     under the final model (phone px), over reliable tiles; reliable_tiles:
     fraction of tiles with enough texture for a residual; consistent_tiles:
     fraction of textured tiles that agree with the final model within
-    ``max_residual_px``; start: where ECC started, "features" (the matches'
+    ``max_residual_px``; reliable_tile_count / reliable_cells / tile_correlation:
+    how many tiles have a reliable residual, in how many of the frame's 3 x 3 cells,
+    and their median correlation (the textured evidence of a low-texture scene);
+    corner_sigma_px: the standard error at the frame corners of a homography fixed by
+    those tiles alone (:func:`alignment.pipeline.corner_uncertainty`, phone px);
+    start: where ECC started, "features" (the matches'
     homography) or "coarse" (too few matches: :mod:`alignment.coarse`, whose best
     correlation is coarse_score); field_degree: degree
     of the local polynomial field (-1: none); radial_corner_px: displacement of
@@ -88,6 +107,10 @@ class Quality:
     dropped: dict = field(default_factory=dict)
     prefit_outliers: float = float("nan")
     trust_refit: bool = False
+    reliable_tile_count: int = 0
+    reliable_cells: int = 0
+    tile_correlation: float = float("nan")
+    corner_sigma_px: float = float("nan")
     start: str = "features"
     coarse_score: float = float("nan")
     ok: bool = False
@@ -121,15 +144,22 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     """Set ``q.ok``, ``q.reason`` and ``q.message`` from the numbers and thresholds
     (a note already in ``q.message``, e.g. why a stage failed, is kept after it)."""
     note = q.message
-    tiles_agree = (
-        q.reliable_tiles >= t.min_reliable_tiles
-        and q.consistent_tiles >= t.min_consistent
-        and q.residual_p90_px <= t.max_residual_px
+    residuals_agree = q.consistent_tiles >= t.min_consistent and q.residual_p90_px <= t.max_residual_px
+    tiles_agree = q.reliable_tiles >= t.min_reliable_tiles and residuals_agree
+    # a low-texture scene: few reliable tiles, but spread over the frame, agreeing with
+    # the model and correlating well where there is texture to correlate
+    sparse_confirmed = (
+        q.reliable_tile_count >= t.min_reliable_count
+        and q.reliable_cells >= t.min_reliable_cells
+        and residuals_agree
+        and q.tile_correlation >= t.min_correlation
+        and q.corner_sigma_px <= t.max_corner_sigma_px
     )
     geometry_confirmed = q.inliers >= t.confirm_inliers and tiles_agree
+    correlated = q.ecc_correlation >= t.min_correlation or sparse_confirmed
     # few matches are no reason when the direct method found the geometry and both the
     # correlation and the tiles confirm it
-    found_directly = q.start == "coarse" and tiles_agree and q.ecc_correlation >= t.min_correlation
+    found_directly = q.start == "coarse" and (tiles_agree or sparse_confirmed) and correlated
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
     checks = [
         (
@@ -144,15 +174,17 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             f"phone frame overlap {q.overlap_fraction:.2f} < {t.min_overlap}",
         ),
         (
-            not (q.ecc_correlation >= correlation_floor),
+            not (q.ecc_correlation >= correlation_floor or sparse_confirmed),
             "low_correlation",
             f"correlation {q.ecc_correlation:.3f} < {correlation_floor}"
             + ("" if geometry_confirmed else " (and the tiles do not confirm the geometry)"),
         ),
         (
-            not (q.reliable_tiles >= t.min_reliable_tiles),
+            not (q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed),
             "low_correlation",
-            f"only {q.reliable_tiles:.0%} of tiles have a reliable residual (< {t.min_reliable_tiles:.0%})",
+            f"only {q.reliable_tiles:.0%} of tiles have a reliable residual (< {t.min_reliable_tiles:.0%}), "
+            f"{q.reliable_tile_count} in {q.reliable_cells} of 9 frame cells (need {t.min_reliable_count} in "
+            f"{t.min_reliable_cells}, median tile correlation >= {t.min_correlation})",
         ),
         (
             not (q.consistent_tiles >= t.min_consistent),

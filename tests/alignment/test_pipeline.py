@@ -143,3 +143,16 @@ def test_simulator_targets_at_the_default_size():
         dense.append(dense_errors(a, pair.truth).mean())
     assert np.median(corners) <= 0.03
     assert np.median(dense) <= 0.1
+
+
+def test_corner_uncertainty_is_small_for_tiles_over_the_frame_and_large_for_tiles_in_its_middle():
+    from alignment.pipeline import corner_uncertainty
+
+    xs, ys = np.meshgrid(np.linspace(50, 974, 8), np.linspace(40, 728, 6))
+    spread = np.stack([xs.ravel(), ys.ravel()], 1)
+    middle = spread[(np.abs(spread[:, 0] - 512) < 250) & (np.abs(spread[:, 1] - 384) < 150)]  # 8 central tiles
+    sig = np.full(len(spread), 0.05)
+    over_frame = corner_uncertainty(spread, sig, (1024, 768))
+    in_middle = corner_uncertainty(middle, sig[: len(middle)], (1024, 768))
+    assert over_frame < 0.05 and in_middle > 0.5  # the corners are an extrapolation from the middle
+    assert corner_uncertainty(spread[:3], sig[:3], (1024, 768)) == float("inf")

@@ -18,6 +18,10 @@ def _good(**changes) -> Quality:
     return q
 
 
+_SPARSE = {"ecc_correlation": 0.25, "reliable_tiles": 0.05, "reliable_tile_count": 10, "reliable_cells": 5,
+           "tile_correlation": 0.9, "corner_sigma_px": 0.3}
+
+
 @pytest.mark.parametrize(
     "changes, ok, reason",
     [
@@ -41,6 +45,16 @@ def _good(**changes) -> Quality:
         ({"inliers": 10, "start": "coarse", "consistent_tiles": 0.5}, False, "too_few_matches"),
         ({"inliers": 10, "start": "coarse", "reliable_tiles": 0.1}, False, "too_few_matches"),
         ({"inliers": 10, "start": "coarse", "ecc_correlation": 0.5}, False, "too_few_matches"),
+        # a low-texture scene: a low correlation over its flat px and few reliable tiles,
+        # but enough of them, spread over the frame, agreeing and correlating: kept
+        ({**_SPARSE}, True, None),
+        ({**_SPARSE, "reliable_cells": 2}, False, "low_correlation"),  # texture in one corner only
+        ({**_SPARSE, "reliable_tile_count": 4}, False, "low_correlation"),
+        ({**_SPARSE, "tile_correlation": 0.5}, False, "low_correlation"),
+        ({**_SPARSE, "residual_p90_px": 1.5}, False, "low_correlation"),
+        # tiles that leave the frame's corners free (a whiteboard's strokes in one band)
+        ({**_SPARSE, "corner_sigma_px": 1.5}, False, "low_correlation"),
+        ({**_SPARSE, "inliers": 5, "start": "coarse"}, True, None),  # a colour chart from the coarse search
     ],
 )
 def test_verdict_accepts_weak_correlation_only_when_the_geometry_is_confirmed(changes, ok, reason):

@@ -444,3 +444,41 @@ def test_a_full_disk_leaves_no_pair_folder_and_says_so_in_one_line(tmp_path, mon
     assert result.exit_code == 1
     _one_line_error(result, "disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pair_0000", "simulation.json"]  # nothing half-written
+
+
+def test_hard_photometry_changes_the_responses_not_the_geometry_and_records_its_draws(tmp_path):
+    hard_opts = sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320), photometry="hard")
+    mild, hard = sim.simulate_pair(7, None, SMALL), sim.simulate_pair(7, None, hard_opts)
+    np.testing.assert_array_equal(mild.truth.phone_to_dslr, hard.truth.phone_to_dslr)
+    assert not np.array_equal(mild.phone.mosaic, hard.phone.mosaic)
+    drawn = hard.truth.facts["photometry"]
+    assert -1 <= drawn["dslr_stops"] <= 1 and 80 <= hard.options.jpeg_quality <= 95
+    assert drawn["jpeg_quality"] == hard.options.jpeg_quality
+    crosstalk = np.array(drawn["crosstalk"])
+    np.testing.assert_allclose(crosstalk.sum(axis=1), 1.0)
+    assert (np.diag(crosstalk) < 0.96).all()  # every filter passes some of its neighbours' light
+    assert "photometry" not in mild.truth.facts
+    again = sim.simulate_pair(7, None, hard_opts)
+    np.testing.assert_array_equal(again.phone.mosaic, hard.phone.mosaic)
+    # the camera still correlates with the DSLR through the truth (only photometry changed)
+    folder = sim.write_pair(hard, tmp_path)
+    phone = cv2.GaussianBlur(rawio.luminance(rawio.read_raw(folder / "phone.dng")), (0, 0), 1.0)
+    assert _correlation(phone, cv2.GaussianBlur(_dslr_on_phone_grid(folder), (0, 0), 1.0)) > 0.8
+
+
+def test_one_hard_pair_in_about_four_is_a_night_scene():
+    nights = [sim._hard_photometry(seed)["night"] for seed in range(200)]
+    assert 0.15 < np.mean(nights) < 0.35
+
+
+def test_an_unknown_photometry_is_refused():
+    with pytest.raises(ValueError, match="photometry"):
+        sim.simulate_pair(0, None, sim.SimOptions(phone_size=(320, 240), dslr_size=(480, 320), photometry="harsh"))
+
+
+def test_cli_photometry_hard_records_its_draws_in_the_truth(tmp_path):
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path), "--pairs", "1", "--seed", "2",
+                                       "--phone-size", "128x96", "--dslr-size", "192x128", "--photometry", "hard"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads((tmp_path / "pair_0000" / "truth.json").read_text())
+    assert set(facts["photometry"]) >= {"dslr_stops", "crosstalk", "jpeg_quality", "night"}
