@@ -588,6 +588,17 @@ def _area_down(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
 
 
+def _mask_down(mask: np.ndarray | None, level: int) -> np.ndarray | None:
+    """The mask of pyramid ``level`` from the level below: level 1 keeps a px only when
+    all four px under it are valid; coarser levels when at least half the area is
+    (scattered invalid px would otherwise empty the coarse levels, where only the
+    basin of convergence is at stake; level 1 and the full-resolution stages stay
+    exact)."""
+    if mask is None:
+        return None
+    return _area_down(mask.astype(np.float32)) > (0.999 if level <= 1 else 0.5)
+
+
 def _local_scale(h: np.ndarray, shape: tuple[int, int]) -> float:
     """Geometric-mean linear scale (image px per template px) at the template centre."""
     rows, cols = shape
@@ -710,7 +721,7 @@ def refine_homography(
     tmpyr = [template_mask if template_mask is None else template_mask.astype(bool)]
     while len(tpyr) <= levels and min(tpyr[-1].shape) >= 96:
         tpyr.append(_area_down(tpyr[-1]))
-        tmpyr.append(None if tmpyr[-1] is None else _area_down(tmpyr[-1].astype(np.float32)) > 0.999)
+        tmpyr.append(_mask_down(tmpyr[-1], len(tmpyr)))
     ipyr = [image.astype(np.float32)]
     impyr = [image_mask if image_mask is None else image_mask.astype(bool)]
     iters: list[int] = []
@@ -724,7 +735,7 @@ def refine_homography(
         m = max(0, int(np.floor(np.log2(max(s, 1e-6)))))
         while len(ipyr) <= m and min(ipyr[-1].shape) >= 32:
             ipyr.append(_area_down(ipyr[-1]))
-            impyr.append(None if impyr[-1] is None else _area_down(impyr[-1].astype(np.float32)) > 0.999)
+            impyr.append(_mask_down(impyr[-1], len(impyr)))
         m = min(m, len(ipyr) - 1)
         pi = pyramid_down_matrix(m)
         hl = np.linalg.inv(pi) @ h @ pt

@@ -443,8 +443,9 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
     stored = apply_homography(to_stored, reduced)
     outside = ~((stored[:, 0] >= 1) & (stored[:, 1] >= 1) & (stored[:, 0] <= sw - 2) & (stored[:, 1] <= sh - 2))
     clipped = ~p.valid
-    if not d.valid.all():
-        bad = (~d.valid).astype(np.float32)
+    d_clipped = ~d.valid if d.clipped is None else d.clipped | ~d.valid
+    if d_clipped.any():
+        bad = d_clipped.astype(np.float32)
         at = cv2.remap(bad, reduced[:, 0].astype(np.float32).reshape(shape), reduced[:, 1].astype(np.float32).reshape(shape),
                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         clipped = clipped | (at > 0.01)
@@ -512,7 +513,8 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         cells = (np.clip((final.centres[rel, 0] * 3 // w), 0, 2) * 3 + np.clip(final.centres[rel, 1] * 3 // h, 0, 2))
         q.reliable_cells = int(len(np.unique(cells)))
         q.tile_correlation = float(np.median(final.correlation[rel]))
-        q.corner_sigma_px = corner_uncertainty(final.centres[rel], final.sigma[rel], image_size)
+        q.corner_sigma_px = corner_uncertainty(final.centres[rel], final.sigma[rel], image_size,
+                                               radial=2 if q.radial_corner_px > 0 else 0)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
                            textured)
     q.consistent_tiles = judged.consistent_fraction(max_residual_px)
@@ -524,7 +526,7 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
 
 
 def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple[int, int],
-                       sigma_floor_px: float = 0.05) -> float:
+                       sigma_floor_px: float = 0.05, radial: int = 0) -> float:
     """How well tiles pin the frame's corners: the largest standard error (phone px) at
     the four frame corners of a homography fitted to tile shifts measured at
     ``centres`` ((N, 2) phone image px) with standard errors ``sigma`` ((N,) px, floored
@@ -532,8 +534,9 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     the model, x -> x + (A x + t - x (p . x)) in coordinates centred on the frame and
     scaled by its half-diagonal, is linear in its 8 parameters; their covariance
     (J^T W J)^-1 propagated to the corners.  Tiles in one band of the frame leave its
-    corners free (large); tiles spread over it pin them (small).  inf when the tiles
-    cannot fix 8 parameters."""
+    corners free (large); tiles spread over it pin them (small).  radial: the model
+    also holds that many radial lens terms (n |n|^2, n |n|^4), whose extrapolation to
+    the corners is as uncertain.  inf when the tiles cannot fix the parameters."""
     w, h = image_size
     c0 = np.array([(w - 1) / 2, (h - 1) / 2])
     scale = float(np.hypot(w, h)) / 2
@@ -541,11 +544,12 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     def jac(xy: np.ndarray) -> np.ndarray:
         x, y = ((xy - c0) / scale).T
         z, o = np.zeros_like(x), np.ones_like(x)
-        jx = np.stack([x, y, o, z, z, z, -x * x, -x * y], 1)
-        jy = np.stack([z, z, z, x, y, o, -x * y, -y * y], 1)
-        return np.stack([jx, jy], 1) * scale  # (N, 2, 8) px per parameter
+        r2 = x * x + y * y
+        jx = np.stack([x, y, o, z, z, z, -x * x, -x * y] + [x * r2 ** (k + 1) for k in range(radial)], 1)
+        jy = np.stack([z, z, z, x, y, o, -x * y, -y * y] + [y * r2 ** (k + 1) for k in range(radial)], 1)
+        return np.stack([jx, jy], 1) * scale  # (N, 2, 8 + radial) px per parameter
 
-    if len(centres) < 4:
+    if 2 * len(centres) < 8 + radial:
         return float("inf")
     j = jac(np.asarray(centres, np.float64))
     wgt = 1.0 / np.maximum(np.asarray(sigma, np.float64), sigma_floor_px) ** 2

@@ -45,7 +45,12 @@ class PreparedImage:
     """An image ready for registration.
 
     lum: (h, w) float32 linear luminance on the working grid.
-    valid: (h, w) bool, True where the value is measured and not clipped.
+    valid: (h, w) bool, True where the value is measured and the luminance is not
+        clipped (an encoded RGB image: neither its green nor two of its channels at
+        full scale, dilated 1 px).
+    clipped: (h, w) bool or None, an encoded RGB image's px with any channel at full
+        scale, dilated 2 px (a target px whose colour is not measured: what the
+        trust map drops); None: the complement of ``valid``.
     to_image: (3, 3) working-grid px -> image px (phone: full raw grid; DSLR: as stored).
     image_size: (W, H) of the image in its own px.
     encoded: (h, w, 3) display-encoded RGB as stored (uint8 / uint16) or float32
@@ -66,6 +71,7 @@ class PreparedImage:
     path: Path | None = None
     planes: np.ndarray | None = None
     plane_to_image: list[np.ndarray] | None = None
+    clipped: np.ndarray | None = None
 
     def plane_targets(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """[(values (h, w), valid (h, w), (3,3) px -> image px)]: the Bayer planes at
@@ -119,16 +125,28 @@ def encoded_luminance(enc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(lin @ REC709).astype(np.float32)
 
 
-def _valid_from_encoded(enc: np.ndarray) -> np.ndarray:
-    """(H, W) bool: no channel clipped (>= 99.5 % of full scale), dilated by 2 px."""
+def _masks_from_encoded(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-> (valid, clipped), (H, W) bool each, from channels at >= 99.5 % of full scale.
+
+    valid: the luminance is measured: neither the green channel (71 % of the
+    luminance) nor two channels clipped, dilated by 1 px.  A vivid JPEG clips its red
+    or blue in whole regions while their luminance and structure stay; masking those
+    emptied the registration's coarse levels (a third of a DSLR frame lost to one
+    clipped channel, dilated).  clipped: any channel clipped, dilated by 2 px: the
+    colour there is not measured, so the trust map drops it as a target."""
     limit = np.ceil(0.995 * _full_scale(enc)) if enc.dtype in (np.uint8, np.uint16) else 0.995
     if enc.ndim == 3:
-        sat = np.maximum(np.maximum(enc[..., 0], enc[..., 1]), enc[..., 2]) >= limit
+        at = enc >= limit
+        any_sat = at.any(axis=-1)
+        lum_sat = at[..., 1] | (at.sum(axis=-1) >= 2)
     else:
-        sat = enc >= limit
-    if sat.any():
-        sat = cv2.dilate(sat.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    return ~sat
+        any_sat = lum_sat = enc >= limit
+    if not any_sat.any():
+        none = np.zeros(enc.shape[:2], bool)
+        return ~none, none
+    clipped = cv2.dilate(any_sat.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    valid = ~(cv2.dilate(lum_sat.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    return valid, clipped
 
 
 def _packed_luminance(planes: np.ndarray, wb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,13 +184,15 @@ def _from_array(arr: np.ndarray, keep_encoded: bool) -> PreparedImage:
     if arr.ndim == 3 and arr.shape[2] == 3:
         enc = arr if arr.dtype in (np.uint8, np.uint16) else _as_float_rgb(arr)
         lum = encoded_luminance(enc)
-        return PreparedImage(lum, _valid_from_encoded(enc), np.eye(3), (w, h), enc if keep_encoded else None)
+        valid, clipped = _masks_from_encoded(enc)
+        return PreparedImage(lum, valid, np.eye(3), (w, h), enc if keep_encoded else None, clipped=clipped)
     if arr.ndim == 2:
         if arr.dtype in (np.uint8, np.uint16):
             g = _as_float_rgb(arr)
             lum = rawio.srgb_to_linear(g).astype(np.float32)
             enc = np.repeat(g[..., None], 3, -1) if keep_encoded else None
-            return PreparedImage(lum, _valid_from_encoded(g), np.eye(3), (w, h), enc)
+            valid, clipped = _masks_from_encoded(g)
+            return PreparedImage(lum, valid, np.eye(3), (w, h), enc, clipped=clipped)
         lum = arr.astype(np.float32)
         return PreparedImage(lum, np.isfinite(lum), np.eye(3), (w, h), kind="luminance")
     raise ValueError(
@@ -399,7 +419,8 @@ def fit_radiometric(
         my = (hw[1, 0] * xs + hw[1, 1] * ys + hw[1, 2]) / w
         inside = (w > 0) & (mx >= pad) & (my >= pad) & (mx <= iw - 1 - pad) & (my <= ih - 1 - pad)
         if encoded_grid is None:
-            inside &= sample_points(dslr.valid.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
+            colour_ok = dslr.valid if dslr.clipped is None else dslr.valid & ~dslr.clipped
+            inside &= sample_points(colour_ok.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
         else:
             inside &= np.all(enc[np.round(my).astype(int).clip(0, ih - 1), np.round(mx).astype(int).clip(0, iw - 1)]
                              < np.ceil(0.995 * _full_scale(enc)), axis=-1)

@@ -161,5 +161,10 @@ def crop_and_shrink_dslr(
     lum = np.ascontiguousarray(win.apply(dslr.lum))
     valid = win.apply(dslr.valid.astype(np.float32)) > 0.999 if win.shrunk else win.crop_only(dslr.valid).copy()
     enc = None if dslr.encoded is None else np.ascontiguousarray(win.crop_only(dslr.encoded))
-    reduced = replace(dslr, lum=lum, valid=valid, to_image=dslr.to_image @ win.to_stored, encoded=enc)
+    clipped = None
+    if dslr.clipped is not None:
+        clipped = (win.apply(dslr.clipped.astype(np.float32)) > 0.001 if win.shrunk
+                   else win.crop_only(dslr.clipped).copy())
+    reduced = replace(dslr, lum=lum, valid=valid, to_image=dslr.to_image @ win.to_stored, encoded=enc,
+                      clipped=clipped)
     return reduced, win

@@ -156,3 +156,12 @@ def test_corner_uncertainty_is_small_for_tiles_over_the_frame_and_large_for_tile
     in_middle = corner_uncertainty(middle, sig[: len(middle)], (1024, 768))
     assert over_frame < 0.05 and in_middle > 0.5  # the corners are an extrapolation from the middle
     assert corner_uncertainty(spread[:3], sig[:3], (1024, 768)) == float("inf")
+
+
+def test_a_lens_model_makes_the_corners_less_certain_from_the_same_tiles():
+    from alignment.pipeline import corner_uncertainty
+
+    xs, ys = np.meshgrid(np.linspace(200, 824, 5), np.linspace(150, 618, 4))
+    inner = np.stack([xs.ravel(), ys.ravel()], 1)  # tiles away from the corners
+    sig = np.full(len(inner), 0.05)
+    assert corner_uncertainty(inner, sig, (1024, 768), radial=2) > 1.5 * corner_uncertainty(inner, sig, (1024, 768))

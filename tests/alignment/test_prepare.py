@@ -79,3 +79,15 @@ def test_jpeg_is_kept_as_stored_integers(tmp_path):
     np.testing.assert_array_equal(r.stored, img)
     np.testing.assert_allclose(r.rgb, img / 255.0, atol=1e-7)
     assert r.shape == (30, 40)
+
+
+def test_a_clipped_red_channel_keeps_the_luminance_for_registration_but_is_clipped_for_the_target():
+    from alignment.prepare import prepare_dslr
+
+    rgb = np.full((64, 96, 3), 120, np.uint8)
+    rgb[10:30, 10:30, 0] = 255  # red clipped: a vivid red region
+    rgb[40:60, 60:90, 1] = 255  # green clipped: the luminance is clipped
+    d = prepare_dslr(rgb)
+    assert d.valid[15:25, 15:25].all() and d.clipped[15:25, 15:25].all()
+    assert not d.valid[45:55, 65:85].any() and d.clipped[45:55, 65:85].all()
+    assert d.valid[5:60, 40:55].all() and not d.clipped[5:60, 40:55].any()
