@@ -401,15 +401,15 @@ def _smooth_gain(ratio: np.ndarray, use: np.ndarray, block: int, degree: int = 3
     return np.exp(design(xx.ravel(), yy.ravel()) @ coef).reshape(h, w).astype(np.float32)
 
 
-def level_mismatch(res: DenseResidual, exclude: np.ndarray, step: float, tol: float = 0.1, z: float = 3.0,
+def level_mismatch(res: DenseResidual, exclude: np.ndarray, step: float, tol: float = 0.05, z: float = 3.0,
                    block_px: float = 32.0, smooth_px: float = 3.0) -> np.ndarray:
     """(h, w) bool, working px whose brightness the prediction does not reach.
 
     The optical flow and the correlations compare locally normalised images, so a flat
     px matches any flat px.  Here the phone luminance is compared with the
-    prediction's in level: their ratio's smooth part (the median per ``block_px``
-    block over the px not in ``exclude``: vignetting, colour shading and exposure
-    the fitted prediction leaves) is divided out, both sides are blurred by
+    prediction's in level: their ratio's smooth part (:func:`_smooth_gain`: a robust
+    cubic through the medians per ``block_px`` block over the px not in ``exclude``:
+    vignetting, colour shading and exposure the fitted prediction leaves) is divided out, both sides are blurred by
     ``smooth_px`` (phone px) and a px departs where the difference is over ``z`` times
     the sum in quadrature of its noise (the phone's own noise curve, both sides)
     and ``tol`` of the level (what a smooth gain leaves: shading, tone).
