@@ -157,8 +157,8 @@ _OPTION_KINDS = {
     "magsac_threshold": _POSITIVE, "feature_layers": _COUNT, "max_features": _COUNT, "feature_max_side": _COUNT,
     "ecc_method": ((str,), lambda v: v in ECC_METHODS, "one of " + ", ".join(map(repr, ECC_METHODS))),
     "ecc_levels": ((int,), lambda v: v >= 1, "a whole number >= 1"),
-    "blur_sigma": ((int, float), lambda v: v >= 0, "a number >= 0 (0: no blur)"), "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0,
-                                           "a number > 0 or null"),
+    "blur_sigma": ((int, float), lambda v: v >= 0, "a number >= 0 (0: no blur)"),
+    "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
                                                                                        "0, 1 or 2"),
     "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "trust": _FLAG,
@@ -443,7 +443,7 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
     stored = apply_homography(to_stored, reduced)
     outside = ~((stored[:, 0] >= 1) & (stored[:, 1] >= 1) & (stored[:, 0] <= sw - 2) & (stored[:, 1] <= sh - 2))
     clipped = ~p.valid
-    d_clipped = ~d.valid if d.clipped is None else d.clipped | ~d.valid
+    d_clipped = d.colour_clipped
     if d_clipped.any():
         bad = d_clipped.astype(np.float32)
         at = cv2.remap(bad, reduced[:, 0].astype(np.float32).reshape(shape), reduced[:, 1].astype(np.float32).reshape(shape),

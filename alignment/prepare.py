@@ -73,6 +73,12 @@ class PreparedImage:
     plane_to_image: list[np.ndarray] | None = None
     clipped: np.ndarray | None = None
 
+    @property
+    def colour_clipped(self) -> np.ndarray:
+        """(h, w) bool, px whose colour is not measured: ``clipped``, and every px that is
+        not ``valid``."""
+        return ~self.valid if self.clipped is None else self.clipped | ~self.valid
+
     def plane_targets(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """[(values (h, w), valid (h, w), (3,3) px -> image px)]: the Bayer planes at
         their own sampling positions when known, else the luminance itself."""
@@ -419,8 +425,7 @@ def fit_radiometric(
         my = (hw[1, 0] * xs + hw[1, 1] * ys + hw[1, 2]) / w
         inside = (w > 0) & (mx >= pad) & (my >= pad) & (mx <= iw - 1 - pad) & (my <= ih - 1 - pad)
         if encoded_grid is None:
-            colour_ok = dslr.valid if dslr.clipped is None else dslr.valid & ~dslr.clipped
-            inside &= sample_points(colour_ok.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
+            inside &= sample_points((~dslr.colour_clipped).astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
         else:
             inside &= np.all(enc[np.round(my).astype(int).clip(0, ih - 1), np.round(mx).astype(int).clip(0, iw - 1)]
                              < np.ceil(0.995 * _full_scale(enc)), axis=-1)

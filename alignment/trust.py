@@ -209,11 +209,26 @@ def _texture_snr(planes: list[np.ndarray], mf: np.ndarray, valid: np.ndarray, wi
         hp = (planes[1].astype(np.float32) - planes[2].astype(np.float32)) * 0.5  # var = var(G mean noise)
     else:
         g = np.mean([p.astype(np.float32) for p in planes], axis=0)
-        hp = (g - cv2.GaussianBlur(g, (0, 0), 1.0)) * 1.5
-    mu, var, _ = _local_moments(g, mf, window)
-    _, var_hp, _ = _local_moments(hp, mf, window)
-    a, b = _noise_curve(mu, var_hp, valid)
+        hp = _fine_part(g)
+    mu, var, a, b = _noise_model(g, hp, mf, valid, window)
     return (var / (a * np.maximum(mu, 0) + b)).astype(np.float32)
+
+
+def _fine_part(img: np.ndarray) -> np.ndarray:
+    """What a 1 px Gaussian blur removes, scaled so that its variance is about the px
+    noise variance where the image is smooth: a noise sample of a single image."""
+    return (img - cv2.GaussianBlur(img, (0, 0), 1.0)) * 1.5
+
+
+def _noise_model(signal: np.ndarray, noise_sample: np.ndarray, mf: np.ndarray, valid: np.ndarray,
+                 window: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Local mean and variance of ``signal`` (window ``window``, over mask ``mf``) and the
+    noise curve ``var = a * mean + b`` fitted to the quiet end of ``noise_sample``'s
+    local variance (:func:`_noise_curve`) -> (mean, var, a, b)."""
+    mu, var, _ = _local_moments(signal, mf, window)
+    _, var_noise, _ = _local_moments(noise_sample, mf, window)
+    a, b = _noise_curve(mu, var_noise, valid)
+    return mu, var, a, b
 
 
 @dataclass
@@ -427,10 +442,7 @@ def level_mismatch(res: DenseResidual, exclude: np.ndarray, step: float, tol: fl
     gain = _smooth_gain(ratio.astype(np.float32), valid & ~exclude, max(2, int(round(block_px / step))))
     mf = valid.astype(np.float32)
     sm = max(1.0, smooth_px / step)
-    fine = (lum_t - cv2.GaussianBlur(lum_t, (0, 0), 1.0)) * 1.5
-    mu, _, _ = _local_moments(lum_t, mf, 3.0)
-    _, var_fine, _ = _local_moments(fine, mf, 3.0)
-    a, b = _noise_curve(mu, var_fine, valid)
+    _, _, a, b = _noise_model(lum_t, _fine_part(lum_t), mf, valid, 3.0)
     t = cv2.GaussianBlur(lum_t, (0, 0), sm)
     p = cv2.GaussianBlur(lum_w * gain, (0, 0), sm)
     noise_var = 2.0 * (a * np.maximum(t, 0) + b) / (4 * np.pi * sm * sm)  # both sides, after the blur
