@@ -29,10 +29,11 @@ map template pixel coordinates to image pixel coordinates (3x3, ``H[2,2]=1``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import cv2
 import numpy as np
+
+from alignment.threads import thread_map
 
 __all__ = [
     "Channel",
@@ -46,6 +47,8 @@ __all__ = [
     "spline_coefficients",
     "sample_spline",
     "warp_to_template",
+    "template_positions",
+    "sample_at",
     "pyramid_down_matrix",
     "correlation",
 ]
@@ -125,6 +128,43 @@ def _apply_h(h: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, n
     return (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w, (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w, w
 
 
+def template_positions(
+    h: np.ndarray, shape: tuple[int, int], image_shape: tuple[int, int], displacement: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where every template pixel x samples an image: ``H(x + displacement(x))``.
+
+    h: (3,3) template px -> image px.  shape: template (rows, cols); image_shape: the
+    image's (rows, cols).  displacement: optional (rows, cols, 2) template-px (dx, dy).
+    Returns (x (rows, cols) float64, y (rows, cols) float64 in image px, inside
+    (rows, cols) bool: the point at least 2 px inside the image, so a cubic kernel
+    reads only measured data).
+    """
+    rows, cols = shape
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    if displacement is not None:
+        xx = xx + displacement[..., 0]
+        yy = yy + displacement[..., 1]
+    mx, my, w = _apply_h(h, xx, yy)
+    ih, iw = image_shape
+    inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
+    return mx, my, inside
+
+
+def sample_at(image: np.ndarray, mx: np.ndarray, my: np.ndarray, interpolation: int = cv2.INTER_CUBIC,
+              coefficients: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (h, w) float32 at the positions (mx, my) (any shape, image px) -> float32
+    of their shape: through the exact cubic spline (``coefficients`` when already
+    computed, see :func:`spline_coefficients`) for INTER_CUBIC, else OpenCV's remap
+    (border values replicate)."""
+    ih, iw = image.shape
+    if interpolation == cv2.INTER_CUBIC:
+        # exact cubic spline (OpenCV's INTER_CUBIC rounds positions to 1/32 px)
+        coef = spline_coefficients(image) if coefficients is None else coefficients
+        return sample_spline(coef, np.clip(mx, -1, iw), np.clip(my, -1, ih)).astype(np.float32)
+    return cv2.remap(image, mx.astype(np.float32), my.astype(np.float32), interpolation,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
 def warp_to_template(
     image: np.ndarray,
     h: np.ndarray,
@@ -142,25 +182,8 @@ def warp_to_template(
     Returns (warped (rows, cols) float32, inside (rows, cols) bool: sample point at
     least 2 px inside the image, so the cubic kernel reads only measured data).
     """
-    rows, cols = shape
-    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
-    if displacement is not None:
-        xx = xx + displacement[..., 0]
-        yy = yy + displacement[..., 1]
-    mx, my, w = _apply_h(h, xx, yy)
-    ih, iw = image.shape
-    inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
-    if interpolation == cv2.INTER_CUBIC:
-        # exact cubic spline (OpenCV's INTER_CUBIC rounds positions to 1/32 px)
-        mxc = np.clip(mx, -1, iw)
-        myc = np.clip(my, -1, ih)
-        coef = spline_coefficients(image) if coefficients is None else coefficients
-        warped = sample_spline(coef, mxc, myc).astype(np.float32)
-    else:
-        warped = cv2.remap(
-            image, mx.astype(np.float32), my.astype(np.float32), interpolation, borderMode=cv2.BORDER_REPLICATE
-        )
-    return warped, inside
+    mx, my, inside = template_positions(h, shape, image.shape, displacement)
+    return sample_at(image, mx, my, interpolation, coefficients), inside
 
 
 def spline_coefficients(image: np.ndarray) -> np.ndarray:
@@ -219,35 +242,49 @@ def _poly_basis(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
 
 
 class ImageSamples:
-    """What sampling needs from one filtered DSLR image, computed once on first use:
-    its spline coefficients, its gradients and its mask as a number image.  Channels
-    that compare with the same image share one (e.g. the two green Bayer planes)."""
+    """What sampling needs from one filtered DSLR image, computed once on first use
+    (or all at once by :meth:`compute`): its spline coefficients, its gradients and
+    its mask as a number image.  Channels that compare with the same image share one
+    (e.g. the two green Bayer planes)."""
 
     def __init__(self, image: np.ndarray, image_mask: np.ndarray | None) -> None:
         self.image = image
         self.image_mask = image_mask
+        self.mask_has_holes = image_mask is not None and not bool(image_mask.all())
+        """Whether the image mask excludes any px (an all-true mask need not be sampled)."""
+        self._coefficients: np.ndarray | None = None
+        self._gradients: tuple[np.ndarray, np.ndarray] | None = None
+        self._mask_f32: np.ndarray | None = None
 
-    @cached_property
+    # plain lazy attributes, not functools.cached_property: on Python 3.11 its lock
+    # is shared by every instance and would queue the images computed side by side
+    @property
     def coefficients(self) -> np.ndarray:
         """(h, w) float32 cubic-spline coefficients of the image (see :func:`spline_coefficients`)."""
-        return spline_coefficients(self.image)
+        if self._coefficients is None:
+            self._coefficients = spline_coefficients(self.image)
+        return self._coefficients
 
-    @cached_property
+    @property
     def gradients(self) -> tuple[np.ndarray, np.ndarray]:
         """((h, w), (h, w)) float32 central-difference gradients in image px."""
-        gx = cv2.Sobel(self.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
-        gy = cv2.Sobel(self.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
-        return gx, gy
+        if self._gradients is None:
+            gx = cv2.Sobel(self.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+            gy = cv2.Sobel(self.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+            self._gradients = (gx, gy)
+        return self._gradients
 
-    @cached_property
-    def mask_has_holes(self) -> bool:
-        """Whether the image mask excludes any px (an all-true mask need not be sampled)."""
-        return self.image_mask is not None and not bool(self.image_mask.all())
-
-    @cached_property
+    @property
     def mask_f32(self) -> np.ndarray | None:
         """The image mask as (h, w) float32 (1 = measured), or None."""
-        return None if self.image_mask is None else self.image_mask.astype(np.float32)
+        if self._mask_f32 is None and self.image_mask is not None:
+            self._mask_f32 = self.image_mask.astype(np.float32)
+        return self._mask_f32
+
+    def compute(self) -> "ImageSamples":
+        """Everything at once (what a thread of :func:`prepare_channels` does); returns self."""
+        _ = self.coefficients, self.gradients, self.mask_f32
+        return self
 
 
 @dataclass(eq=False)
@@ -345,7 +382,7 @@ def gn_refine(
 def _gn_step(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarray], nr: int, huber: float | None,
              n_par: int) -> tuple[np.ndarray, float, float]:
     """One Gauss-Newton step of :func:`gn_refine`: every channel's equations
-    (:func:`_channel_equations`) summed into the shared normal equations (the 8 + nr
+    (:func:`_channel_equations`, the channels side by side: :func:`alignment.threads.thread_map`) summed into the shared normal equations (the 8 + nr
     geometric parameters shared, each channel's 2 * npb photometric ones its own) and
     solved.  g: the homography in normalised frame coordinates.  Returns (the
     parameter update, the correlation pooled over channels, the fraction of samples
@@ -355,9 +392,9 @@ def _gn_step(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarray], 
     atb = np.zeros(n_par)
     n_tot = n_in_tot = 0
     sxy = sxx = syy = 0.0
-    for k, sample in enumerate(data):
+    equations = thread_map(lambda k: _channel_equations(data[k], g, q, photo[k], nr, huber), range(len(data)))
+    for k, (sample, eq) in enumerate(zip(data, equations)):
         n_tot += len(sample.u)
-        eq = _channel_equations(sample, g, q, photo[k], nr, huber)
         n_in_tot += eq.n_inside
         if eq.jtj is None:
             continue
@@ -820,18 +857,20 @@ def prepare_channels(
     (sets the matched blur).  The channels' ``to_frame`` is the target's matrix,
     so the homography of :func:`gn_refine` is in phone image px.
     """
-    channels = []
-    filtered: dict[tuple[int, float], tuple[np.ndarray, np.ndarray | None, ImageSamples]] = {}
-    for (values, valid, t_k), img in zip(targets, images):
-        scale = _local_scale(h_image @ t_k, values.shape)
-        t, tm = filter_template(values, valid, blur_sigma, norm_sigma)
-        key = (id(img), round(scale, 3))
-        if key not in filtered:  # the same DSLR image at the same scale is filtered once
-            im, imk = filter_image(img, image_mask, scale, blur_sigma, norm_sigma, aperture)
-            filtered[key] = (im, imk, ImageSamples(im, imk))
-        im, imk, samples = filtered[key]
-        channels.append(Channel(t, tm, im, imk, t_k, samples))
-    return channels
+    scales = [round(_local_scale(h_image @ t_k, values.shape), 3) for values, _, t_k in targets]
+    # the same DSLR image at the same scale is filtered once; the templates, the
+    # images and the images' spline coefficients are made side by side
+    keys = [(id(img), sc) for img, sc in zip(images, scales)]
+    unique = {key: (img, sc) for key, img, sc in zip(keys, images, scales)}
+
+    def image_samples(item: tuple[np.ndarray, float]) -> ImageSamples:
+        im, imk = filter_image(item[0], image_mask, item[1], blur_sigma, norm_sigma, aperture)
+        return ImageSamples(im, imk).compute()
+
+    samples = dict(zip(unique, thread_map(image_samples, unique.values())))
+    filtered = thread_map(lambda tg: filter_template(tg[0], tg[1], blur_sigma, norm_sigma), targets)
+    return [Channel(t, tm, samples[key].image, samples[key].image_mask, t_k, samples[key])
+            for (t, tm), key, (_, _, t_k) in zip(filtered, keys, targets)]
 
 
 def refine_planes(

@@ -17,6 +17,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from alignment.threads import thread_map
+
 __all__ = ["FEATURE_METHODS", "FeatureMatch", "to_uint8", "match_homography"]
 
 
@@ -78,11 +80,15 @@ def _published_fit(src: np.ndarray, dst: np.ndarray, threshold_px: float, confid
 
 
 def _magsac_match(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool) -> list:
-    """Brute-force L2 with the ratio test, optionally kept only where B's best match points back."""
-    bf = cv2.BFMatcher(cv2.NORM_L2)
-    good = [m[0] for m in bf.knnMatch(da, db, k=2) if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    """Brute-force L2 with the ratio test, optionally kept only where B's best match points
+    back (the two directions side by side, :func:`alignment.threads.thread_map`)."""
+    jobs = [lambda: cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)]
+    if mutual:
+        jobs.append(lambda: cv2.BFMatcher(cv2.NORM_L2).match(db, da))
+    found = thread_map(lambda job: job(), jobs)  # both directions side by side
+    good = [m[0] for m in found[0] if len(m) == 2 and m[0].distance < ratio * m[1].distance]
     if mutual and good:
-        best_back = {m.queryIdx: m.trainIdx for m in bf.match(db, da)}
+        best_back = {m.queryIdx: m.trainIdx for m in found[1]}
         good = [m for m in good if best_back.get(m.trainIdx) == m.queryIdx]
     return good
 
@@ -142,8 +148,7 @@ def match_homography(
     matcher = FEATURE_METHODS.get(method)
     if matcher is None:
         raise ValueError(f"unknown feature method {method!r} (choices: {', '.join(map(repr, FEATURE_METHODS))})")
-    kpa, da = _detect(img_a, mask_a, max_features)
-    kpb, db = _detect(img_b, mask_b, max_features)
+    (kpa, da), (kpb, db) = thread_map(lambda im: _detect(*im, max_features), [(img_a, mask_a), (img_b, mask_b)])
     empty = np.zeros((0, 2))
     if da is None or db is None or len(kpa) < 4 or len(kpb) < 4:
         return FeatureMatch(None, len(kpa), len(kpb), 0, 0, empty, empty)

@@ -171,7 +171,7 @@ def recover_layers(
         # the sub-px check the dense measures cannot make: tile-wise Lucas-Kanade (the
         # local stage's) on the owned px; a tile must agree within ``max_tile_px`` and
         # correlate as well as the background's tiles do (a smeared object does not)
-        tiles = measure_tiles([TileChannel(c.template, c.warped, c.mask & full, c.to_image) for c in warped],
+        tiles = measure_tiles([TileChannel(c.template, c.warped, c.mask & full, c.to_image, c.sampled) for c in warped],
                               tile_px)
         measured = np.isfinite(tiles.sigma)
         passed = tiles.reliable & (tiles.magnitude <= max_tile_px) & (tiles.correlation >= reference_correlation - 0.05)

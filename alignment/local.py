@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from alignment.ecc import Channel, local_normalize, prepare_channels, warp_to_template
+from alignment.ecc import Channel, local_normalize, prepare_channels, sample_at, template_positions
+from alignment.threads import thread_map
 
 __all__ = [
     "SmoothField", "TileResiduals", "TileChannel", "measure_tiles", "fit_field", "refine_local", "warp_channels",
-    "model_correlation",
+    "model_correlation", "rewarped_masks",
 ]
 
 
@@ -270,13 +271,27 @@ class TileChannel:
     """One channel for :func:`measure_tiles`: a phone target and the DSLR warped onto it.
 
     template, warped: (rows, cols) float32 filtered alike; mask: bool where both are
-    valid; to_image: (3,3) scale-and-offset, channel px -> phone image px.
+    valid; to_image: (3,3) scale-and-offset, channel px -> phone image px;
+    sampled: (rows, cols) bool where the warped DSLR is measured, whatever the
+    template's mask (None: not known), so the same warp serves channels that differ
+    only in their template masks (:func:`rewarped_masks`).
     """
 
     template: np.ndarray
     warped: np.ndarray
     mask: np.ndarray
     to_image: np.ndarray
+    sampled: np.ndarray | None = None
+
+
+def rewarped_masks(warped: list[TileChannel], channels: list[Channel]) -> list[TileChannel]:
+    """The warp of ``channels``' DSLR images already made for channels that differ from
+    them only in their template masks (the fit's channels, with what moved kept out):
+    the same samples, each mask now ``channel.mask & sampled``."""
+    if len(warped) != len(channels) or any(w.sampled is None for w in warped):
+        raise ValueError("rewarped_masks needs one warp with its sampled mask per channel")
+    return [TileChannel(ch.template, w.warped, ch.mask & w.sampled, w.to_image, w.sampled)
+            for w, ch in zip(warped, channels)]
 
 
 def measure_tiles(
@@ -668,20 +683,21 @@ def warp_channels(channels: list[Channel], h_image: np.ndarray, fld: SmoothField
     channels: from :func:`alignment.ecc.prepare_channels` (``to_frame`` = target px
     -> phone image px); h_image: (3,3) phone image px -> DSLR px; fld: the local
     field in phone image px.  Returns one :class:`TileChannel` per channel whose
-    mask keeps template px that are valid and sample measured DSLR px.
+    mask keeps template px that are valid and sample measured DSLR px.  The
+    channels are warped side by side (:func:`alignment.threads.thread_map`).
     """
-    out = []
-    for ch in channels:
+
+    def warp(ch: Channel) -> TileChannel:
         shape = ch.template.shape
         t_k = ch.to_frame
         disp = None if fld.empty else fld.dense(shape, t_k)
-        hk = h_image @ t_k
-        warped, inside = warp_to_template(ch.image, hk, shape, disp, coefficients=ch.coefficients)
+        mx, my, inside = template_positions(h_image @ t_k, shape, ch.image.shape, disp)
+        warped = sample_at(ch.image, mx, my, coefficients=ch.coefficients)
         if ch.mask_has_holes:
-            mk, _ = warp_to_template(ch.image_mask_f32, hk, shape, disp, cv2.INTER_LINEAR)
-            inside &= mk > 0.999
-        out.append(TileChannel(ch.template, warped, ch.mask & inside, t_k))
-    return out
+            inside &= sample_at(ch.image_mask_f32, mx, my, cv2.INTER_LINEAR) > 0.999
+        return TileChannel(ch.template, warped, ch.mask & inside, t_k, inside)
+
+    return thread_map(warp, channels)
 
 
 def refine_local(
@@ -700,7 +716,7 @@ def refine_local(
     init: SmoothField | None = None,
     spline: bool = True,
     channels: list[Channel] | None = None,
-) -> tuple[SmoothField, TileResiduals, TileResiduals]:
+) -> tuple[SmoothField, TileResiduals, TileResiduals, list[TileChannel]]:
     """Refine what the homography cannot hold.
 
     targets: [(values (h, w), valid, (3,3) px -> phone image px)] (Bayer planes or
@@ -712,7 +728,8 @@ def refine_local(
     with this ``blur_sigma`` / ``norm_sigma``); then ``targets``, ``images`` and
     ``image_mask`` are not used.
     Returns (field in phone image px, tile residuals before any field, tile
-    residuals after the final field).
+    residuals after the final field, the channels warped by the final field: see
+    :func:`warp_channels`).
     """
     if channels is None:
         if targets is None or images is None:
@@ -741,9 +758,10 @@ def refine_local(
         fld = new
         if change < tol_px:
             break
-    final = measure_tiles(warp_channels(channels, h_image, fld), tile_px)
+    warped = warp_channels(channels, h_image, fld)
+    final = measure_tiles(warped, tile_px)
     assert first is not None
-    return fld, first, final
+    return fld, first, final, warped
 
 
 def model_correlation(warped: list[TileChannel], norm_sigma: float | None = 12.0) -> float:
@@ -755,11 +773,11 @@ def model_correlation(warped: list[TileChannel], norm_sigma: float | None = 12.0
     render tones differently still correlate where their structure agrees.
     Pooled over channels, over the valid overlap; in [-1, 1].
     """
-    sxy = sxx = syy = 0.0
-    for ch in warped:
+
+    def sums(ch: TileChannel) -> tuple[float, float, float]:
         m = ch.mask
         if m.sum() < 16:
-            continue
+            return 0.0, 0.0, 0.0
         t, w = ch.template, ch.warped
         if norm_sigma:
             t = local_normalize(t, norm_sigma, m)
@@ -768,7 +786,7 @@ def model_correlation(warped: list[TileChannel], norm_sigma: float | None = 12.0
         b = w[m].astype(np.float64)
         a -= a.mean()
         b -= b.mean()
-        sxy += float(a @ b)
-        sxx += float(a @ a)
-        syy += float(b @ b)
-    return sxy / np.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+        return float(a @ b), float(a @ a), float(b @ b)
+
+    sxy, sxx, syy = np.sum(thread_map(sums, warped), axis=0) if warped else (0.0, 0.0, 0.0)
+    return float(sxy / np.sqrt(sxx * syy)) if sxx > 0 and syy > 0 else 0.0

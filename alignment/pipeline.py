@@ -30,11 +30,13 @@ from alignment.ecc import ECC_METHODS, Channel, EccResult, prepare_channels, ref
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
-from alignment.local import SmoothField, TileChannel, TileResiduals, model_correlation, refine_local, warp_channels
+from alignment.local import (SmoothField, TileChannel, TileResiduals, model_correlation, refine_local,
+                             rewarped_masks, warp_channels)
 from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
 from alignment.reduce import DslrWindow, bin_phone, crop_and_shrink_dslr, phone_bin_factor
+from alignment.threads import thread_map
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
 
@@ -379,8 +381,9 @@ def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
 
 
 def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage,
-                 opt: AlignOptions, coarse: tuple | None = None) -> tuple[SmoothField, TileResiduals]:
-    """The smooth local field (radial part kept) and the tile residuals under it.
+                 opt: AlignOptions, coarse: tuple | None = None) -> tuple[SmoothField, TileResiduals, list[TileChannel]]:
+    """The smooth local field (radial part kept), the tile residuals under it and the
+    channels warped by it (:func:`alignment.local.refine_local`).
     coarse: (targets, images, DSLR mask) for the optional blurred coarse passes."""
     degrees = tuple(opt.local_degrees) if opt.local else (-1,)
     init = _radial_field(q_radial, p) if np.any(q_radial != 0) else None
@@ -392,15 +395,15 @@ def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndar
         # several px (strong lens distortion) that the fine tiles cannot
         targets, images, dslr_mask = coarse
         for factor in (4.0, 2.0):
-            init, _, _ = refine_local(
+            init, _, _, _ = refine_local(
                 targets, images, dslr_mask, h_image, p.image_size, tile_px=factor * tile,
                 blur_sigma=factor, degrees=degrees, iterations=4, spline=False, tol_px=0.05, init=init,
             )
-    fld, _first, final = refine_local(
+    fld, _first, final, warped = refine_local(
         None, None, None, h_image, p.image_size, tile_px=tile, degrees=degrees,
         iterations=6 if opt.local else 1, init=init, channels=channels,
     )
-    return fld, final
+    return fld, final, warped
 
 
 def _radial_field(q_radial: np.ndarray, p: PreparedImage) -> SmoothField:
@@ -623,7 +626,7 @@ def _better_model(p: PreparedImage, d: PreparedImage,
     the background by what it cannot tell apart (a near object, a lens model fitted
     to parallax); the first candidate wins ties."""
     step = float(p.to_image[0, 0])
-    scores = [trust.explained_px(_luminance_residual(p, d, h, q), step) for h, q in candidates]
+    scores = thread_map(lambda c: trust.explained_px(_luminance_residual(p, d, *c), step), candidates)
     return candidates[int(np.argmax(scores))]
 
 
@@ -686,8 +689,9 @@ class _GlobalModel:
     h_image: (3,3) phone image px (undistorted by ``q_radial``) -> DSLR working px;
     q_radial: (2,) radial lens coefficients; targets / images: the phone planes and
     their DSLR predictions; channels: every phone px; fit_channels: the px the fit
-    uses (what moved kept out); fld / final: the local field and the tile residuals
-    under the whole model (after :func:`_local_fit`)."""
+    uses (what moved kept out); fld / final / warped: the local field, the tile
+    residuals under the whole model and the fit channels warped by it (after
+    :func:`_local_fit`)."""
 
     h_image: np.ndarray
     q_radial: np.ndarray
@@ -697,6 +701,7 @@ class _GlobalModel:
     fit_channels: list[Channel]
     fld: SmoothField = field(default_factory=SmoothField)
     final: TileResiduals | None = None
+    warped: list[TileChannel] = field(default_factory=list)
 
     def h_work(self, s: _PairState) -> np.ndarray:
         """(3,3) phone working px -> DSLR working px."""
@@ -838,8 +843,8 @@ def _local_fit(s: _PairState, m: _GlobalModel) -> None:
     """The local field and the tile residuals under the model (:func:`_local_stage`, with
     its optional blurred coarse passes), into ``m``."""
     try:
-        m.fld, m.final = _local_stage(m.fit_channels, m.h_image, m.q_radial, s.p, s.opt,
-                                      (m.targets, m.images, s.d.valid))
+        m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, s.p, s.opt,
+                                                (m.targets, m.images, s.d.valid))
     except (ValueError, np.linalg.LinAlgError) as err:
         raise _StageFailed(m.h_work(s), f"local refinement failed: {err}") from err
 
@@ -866,10 +871,10 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
         if opt.fine == "planes":
             m.h_image, m.q_radial = _fine_stage(m.fit_channels, m.h_image, m.q_radial, p.image_size, opt)
             q.radial_corner_px = _corner_px(m.q_radial, p.image_size)
-        m.fld, m.final = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt)
+        m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt)
     except (ValueError, np.linalg.LinAlgError) as err:
         raise _StageFailed(h_before, f"refit on the trusted px failed: {err}") from err
-    warped = warp_channels(m.channels, m.h_image, m.fld)
+    warped = rewarped_masks(m.warped, m.channels)
     tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt)
     q.trust_refit = True
     return tm, res, warped
@@ -895,7 +900,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         t3 = time.perf_counter()
         _local_fit(s, m)
         secs["local"] = time.perf_counter() - t3
-        warped = warp_channels(m.channels, m.h_image, m.fld)
+        warped = rewarped_masks(m.warped, m.channels)  # every px, not only the fit's
         if opt.trust:
             t4 = time.perf_counter()
             tm, res, warped = _trust_refit_stage(s, m, warped)
@@ -915,7 +920,7 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         _tile_quality(q, m.final, result.trust, s.p.image_size, opt.max_residual_px)
         if result.trust is not None:
             keep = result.trust.trusted
-            warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image) for c in warped]
+            warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image, c.sampled) for c in warped]
         q.ecc_correlation = model_correlation(warped, opt.norm_sigma)
     except _StageFailed as stop:
         h_work = stop.h_work

@@ -140,18 +140,21 @@ def _masks_from_encoded(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     emptied the registration's coarse levels (a third of a DSLR frame lost to one
     clipped channel, dilated).  clipped: any channel clipped, dilated by 2 px: the
     colour there is not measured, so the trust map drops it as a target."""
-    limit = np.ceil(0.995 * _full_scale(enc)) if enc.dtype in (np.uint8, np.uint16) else 0.995
+    limit = float(np.ceil(0.995 * _full_scale(enc)) if enc.dtype in (np.uint8, np.uint16) else 0.995)
+    # OpenCV's per-channel compares and bitwise ops (255 = clipped): a 24 MP JPEG in
+    # tens of ms, where numpy's boolean sums over the channel axis took over a second
+    enc = np.ascontiguousarray(enc)
     if enc.ndim == 3:
-        at = enc >= limit
-        any_sat = at.any(axis=-1)
-        lum_sat = at[..., 1] | (at.sum(axis=-1) >= 2)
+        r, g, b = (cv2.compare(cv2.extractChannel(enc, k), limit, cv2.CMP_GE) for k in range(3))
+        any_sat = cv2.bitwise_or(cv2.bitwise_or(r, g), b)
+        lum_sat = cv2.bitwise_or(g, cv2.bitwise_and(r, b))  # green, or two channels
     else:
-        any_sat = lum_sat = enc >= limit
-    if not any_sat.any():
+        any_sat = lum_sat = cv2.compare(enc, limit, cv2.CMP_GE)
+    if not cv2.countNonZero(any_sat):
         none = np.zeros(enc.shape[:2], bool)
         return ~none, none
-    clipped = cv2.dilate(any_sat.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    valid = ~(cv2.dilate(lum_sat.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    clipped = cv2.dilate(any_sat, np.ones((5, 5), np.uint8)) > 0
+    valid = cv2.dilate(lum_sat, np.ones((3, 3), np.uint8)) == 0
     return valid, clipped
 
 

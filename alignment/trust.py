@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from alignment.threads import thread_map
+
 __all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residual", "assess", "evidence", "Evidence", "grow", "dominant_motion", "DominantMotion",
            "upsample_codes", "full_resolution_codes", "fractions"]
 
@@ -300,7 +302,8 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     every plane's px (i, j) is the same CFA cell or binning block).  The planes are
     summed into one luminance per side, locally normalised (window ``norm_sigma``:
     a local gain and offset, so vignetting, colour shading and tone do not count)
-    and compared with DIS optical flow both ways.  window: Gaussian sigma (working
+    and compared with DIS optical flow both ways (the two flows side by side:
+    :func:`alignment.threads.thread_map`).  window: Gaussian sigma (working
     px) of the local correlation and of the texture measure.
     Returns a :class:`DenseResidual` in working px.
     """
@@ -311,10 +314,15 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     mf = valid.astype(np.float32)
     lum_t = np.sum([t.astype(np.float32) for t in templates], axis=0)
     lum_w = np.sum([x.astype(np.float32) for x in warped], axis=0)
-    a = _to_u8(lum_t, valid, norm_sigma)
-    b = _to_u8(lum_w, valid, norm_sigma)
-    fwd = optical_flow(a, b)
-    bwd = optical_flow(b, a)
+    a, b = thread_map(lambda lum: _to_u8(lum, valid, norm_sigma), [lum_t, lum_w])
+
+    def model_only() -> tuple:
+        # what does not need the flow, beside the two flows
+        mu_0, var_0, _ = _local_moments(lum_w, mf, window)
+        return mu_0, var_0, _texture_snr(templates, mf, valid, window), _picture(templates, valid)
+
+    fwd, bwd, (mu_0, var_0, snr, picture) = thread_map(
+        lambda job: job(), [lambda: optical_flow(a, b), lambda: optical_flow(b, a), model_only])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     fb_error = np.hypot(fwd[..., 0] + back[..., 0], fwd[..., 1] + back[..., 1])
@@ -324,12 +332,10 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     mu_m, var_m, _ = _local_moments(moved, mf, window)
     cov = _gauss(lum_t * moved * mf, window) / wsum - mu_t * mu_m
     ncc = cov / np.sqrt(np.maximum(var_t * var_m, 1e-20))
-    mu_0, var_0, _ = _local_moments(lum_w, mf, window)
     cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
     ncc_model = cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
-    snr = _texture_snr(templates, mf, valid, window)
     return DenseResidual(fwd, fb_error.astype(np.float32), ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
-                         valid, _picture(templates, valid), (lum_t, lum_w))
+                         valid, picture, (lum_t, lum_w))
 
 
 @dataclass
@@ -412,8 +418,16 @@ def _smooth_gain(ratio: np.ndarray, use: np.ndarray, block: int, degree: int = 3
         r = val - a @ coef
         scale = max(1.4826 * float(np.median(np.abs(r))), 0.01)
         wgt = 1.0 / np.sqrt(1.0 + (r / (2.5 * scale)) ** 2)  # sqrt of the Cauchy weight
-    yy, xx = np.mgrid[0:h, 0:w]
-    return np.exp(design(xx.ravel(), yy.ravel()) @ coef).reshape(h, w).astype(np.float32)
+    # the polynomial on the whole grid, separably: sum_ij c_ij u^i v^j = V C^T U^T
+    powers = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+    cmat = np.zeros((degree + 1, degree + 1))
+    for (i, j), c in zip(powers, coef):
+        cmat[i, j] = c
+    u = 2 * np.arange(w) / max(w - 1, 1) - 1
+    v = 2 * np.arange(h) / max(h - 1, 1) - 1
+    pu = u[:, None] ** np.arange(degree + 1)[None, :]
+    pv = v[:, None] ** np.arange(degree + 1)[None, :]
+    return np.exp(pv @ cmat.T @ pu.T).astype(np.float32)
 
 
 def level_mismatch(res: DenseResidual, exclude: np.ndarray, step: float, tol: float = 0.05, z: float = 3.0,

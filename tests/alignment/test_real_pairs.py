@@ -61,8 +61,8 @@ def test_graf_pair_is_within_a_pixel_or_rejected(shared_data, n):
 
     p, d = prepare_phone(img1), prepare_dslr(_read(folder / f"img{n}.png"))
     images = fit_radiometric(p.plane_targets(), d, truth)
-    _, under_truth, _ = refine_local(p.plane_targets(), images, d.valid, truth, p.image_size, iterations=1,
-                                     degrees=(-1,), spline=False)
+    _, under_truth, _, _ = refine_local(p.plane_targets(), images, d.valid, truth, p.image_size, iterations=1,
+                                        degrees=(-1,), spline=False)
     ours = a.residuals
     assert np.median(ours.magnitude[ours.reliable]) < np.median(under_truth.magnitude[under_truth.reliable])
 
