@@ -37,14 +37,13 @@ def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_loc
     printed), 1 when a file cannot be read.
     """
     from alignment import rawio
-    from alignment.pipeline import align_images
+    from alignment.pipeline import align_images, read_pair
 
     options = parse_options(align_options)
     if no_local:
         options["local"] = False
     try:
-        ph = rawio.read_any(phone)
-        ds = rawio.read_any(dslr)
+        ph, ds = read_pair(phone, dslr)
     except rawio.ImageReadError as err:
         raise click.ClickException(str(err)) from None
     try:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from alignment.threads import thread_map
 
@@ -192,15 +193,11 @@ def spline_coefficients(image: np.ndarray) -> np.ndarray:
     OpenCV's INTER_CUBIC rounds sub-pixel positions to 1/32 px; an alignment
     aiming at hundredths of a pixel samples through exact cubic splines instead.
     """
-    from scipy import ndimage
-
     return ndimage.spline_filter(np.asarray(image, np.float32), order=3, mode="mirror", output=np.float32)
 
 
 def sample_spline(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Evaluate cubic-spline coefficients (from :func:`spline_coefficients`) at points (x, y)."""
-    from scipy import ndimage
-
     return ndimage.map_coordinates(coef, [np.ravel(y), np.ravel(x)], order=3, prefilter=False, mode="mirror").reshape(
         np.shape(x)
     )
@@ -517,7 +514,7 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     iv = sample_spline(ch.coefficients, mxi, myi).astype(np.float64)
     gxv, gyv = (sample_points(g_img, mxi, myi, cv2.INTER_LINEAR).astype(np.float64) for g_img in ch.gradients)
     uu, vv, ww = u[inside], v[inside], w[inside]
-    X, Y = mx[inside], my[inside]
+    X, Y = mxi, myi
     pbi = pb[inside]
     gain, offset = photo[:npb], photo[npb:]
     a = pbi @ gain
@@ -533,23 +530,25 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     hx = ag_x * j00 + ag_y * j10
     hy = ag_x * j01 + ag_y * j11
     s = hx * uu + hy * vv
-    jac = np.empty((n_in, 8 + nr + 2 * npb))
-    jac[:, 0] = hx * uu
-    jac[:, 1] = hx * vv
-    jac[:, 2] = hx
-    jac[:, 3] = hy * uu
-    jac[:, 4] = hy * vv
-    jac[:, 5] = hy
-    jac[:, 6] = -s * uu
-    jac[:, 7] = -s * vv
+    # the Jacobian transposed, one parameter per row: its rows are written and its
+    # normal equations multiplied along contiguous memory
+    jac = np.empty((8 + nr + 2 * npb, n_in))
+    jac[0] = hx * uu
+    jac[1] = hx * vv
+    jac[2] = hx
+    jac[3] = hy * uu
+    jac[4] = hy * vv
+    jac[5] = hy
+    jac[6] = -s * uu
+    jac[7] = -s * vv
     if nr:
         r2i = rho2[inside]
         base = hx * u0[inside] + hy * v0[inside]
-        jac[:, 8] = base * r2i
+        jac[8] = base * r2i
         if nr > 1:
-            jac[:, 9] = base * r2i * r2i
-    jac[:, 8 + nr : 8 + nr + npb] = pbi * iv[:, None]
-    jac[:, 8 + nr + npb :] = pbi
+            jac[9] = base * r2i * r2i
+    jac[8 + nr : 8 + nr + npb] = pbi.T * iv
+    jac[8 + nr + npb :] = pbi.T
     if huber is not None:
         scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-12
         kk = huber * scale
@@ -557,10 +556,10 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
         wts = np.where(ar <= kk, 1.0, kk / np.maximum(ar, 1e-12))
     else:
         wts = np.ones_like(r)
-    jw = jac * wts[:, None]
+    jw = jac * wts
     tc = t_in - t_in.mean()
     pc = pred - pred.mean()
-    return _ChannelEquations(n_in, jw.T @ jac, jw.T @ r, float(tc @ pc), float(tc @ tc), float(pc @ pc))
+    return _ChannelEquations(n_in, jw @ jac.T, jw @ r, float(tc @ pc), float(tc @ tc), float(pc @ pc))
 
 
 def _apply_update(h: np.ndarray, q: np.ndarray, dp: np.ndarray, nr: int,

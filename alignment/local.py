@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import spsolve
 
 from alignment.ecc import Channel, local_normalize, prepare_channels, sample_at, template_positions
 from alignment.threads import thread_map
@@ -94,8 +96,6 @@ class SmoothField:
                            self.grid_step, None, self.hull)
 
     def _grid_eval(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        from scipy import ndimage
-
         gy, gx = self.grid.shape[:2]
         j = np.clip((x - self.grid_origin[0]) / self.grid_step[0], 0, gx - 1)
         i = np.clip((y - self.grid_origin[1]) / self.grid_step[1], 0, gy - 1)
@@ -108,8 +108,6 @@ class SmoothField:
         """(n, nodes) weights of the grid nodes along one axis (0 = x, 1 = y) at image px
         ``pos``: interpolating each unit node vector exactly as :meth:`_grid_eval`
         does, so that grid values at a tensor of points are ``Wy @ grid @ Wx.T``."""
-        from scipy import ndimage
-
         n_nodes = self.grid.shape[1 - axis]
         t = np.clip((pos - self.grid_origin[axis]) / self.grid_step[axis], 0, n_nodes - 1)
         eye = np.eye(n_nodes)
@@ -592,8 +590,6 @@ def _tame(f: SmoothField, values: np.ndarray, slack: float = 1.5, margin_px: flo
 
 
 def _second_differences(gy: int, gx: int):
-    from scipy import sparse
-
     idx = np.arange(gy * gx).reshape(gy, gx)
     rows, cols, vals = [], [], []
     r = 0
@@ -627,9 +623,6 @@ def _fit_spline(
     robust_k: float,
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]] | None:
     """Smoothing spline of tile values on the tile grid; None when 'no grid' cross-validates best."""
-    from scipy import sparse
-    from scipy.sparse.linalg import spsolve
-
     gy, gx = grid_shape
     if gy < 3 or gx < 3 or sel.sum() < 12:
         return None
@@ -645,7 +638,7 @@ def _fit_spline(
         u = np.zeros_like(values)
         for _ in range(3):
             a = sparse.diags(wts) + lam * w_med * pen + sparse.identity(gy * gx) * 1e-9 * w_med
-            u = np.stack([spsolve(a.tocsc(), wts * values[:, c]) for c in range(2)], 1)
+            u = np.asarray(spsolve(a.tocsc(), wts[:, None] * values)).reshape(values.shape)  # x and y, one factorisation
             z = np.hypot(*(values - u).T) * np.sqrt(w)
             wts = w * np.where(z < robust_k, (1 - (z / robust_k) ** 2) ** 2, 0.0)
         return u
@@ -658,12 +651,17 @@ def _fit_spline(
     for f in range(4):
         best_loss += loss(np.zeros_like(values), idx[folds == f])
     best_loss *= 1.02  # the spline must earn its place
-    for lam in lambdas:
-        cv = 0.0
-        for f in range(4):
-            w = w_all.copy()
-            w[idx[folds == f]] = 0.0
-            cv += loss(solve(lam, w), idx[folds == f])
+    def held_out_loss(job: tuple[float, int]) -> float:
+        lam, f = job
+        w = w_all.copy()
+        w[idx[folds == f]] = 0.0
+        return loss(solve(lam, w), idx[folds == f])
+
+    # every (weight, fold) fit side by side
+    jobs = [(lam, f) for lam in lambdas for f in range(4)]
+    losses = thread_map(held_out_loss, jobs)
+    for i, lam in enumerate(lambdas):
+        cv = float(sum(losses[4 * i : 4 * i + 4]))
         if cv < best_loss:
             best_lam, best_loss = lam, cv
     if best_lam is None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from alignment import rawio
 from alignment.ecc import _gauss, _local_scale, sample_points
+from alignment.threads import thread_map
 
 __all__ = [
     "PreparedImage",
@@ -117,6 +118,25 @@ def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0) -> np
     out = np.asarray(out, np.float32).reshape(enc.shape[:2])
     if offset:
         out += np.float32(offset)
+    return out
+
+
+def curves_on_grid(enc: np.ndarray, curves: np.ndarray, offset: float, size: tuple[int, int],
+                   strip_blocks: int = 64) -> np.ndarray:
+    """``shrink(apply_curves(enc, curves, offset), size)`` in strips of ``strip_blocks``
+    output rows: the same block means, without the full-size float image (64 MB for a
+    16 MP crop, and three times that of per-channel intermediates).
+
+    enc: (H, W, 3) display-encoded RGB whose size is an integer multiple of
+    ``size`` = (W', H'); returns (H', W') float32."""
+    w_out, h_out = size
+    f = enc.shape[1] // w_out
+    if enc.shape[1] != f * w_out or enc.shape[0] != f * h_out:
+        raise ValueError(f"curves_on_grid needs an integer factor: {enc.shape[1]}x{enc.shape[0]} -> {w_out}x{h_out}")
+    out = np.empty((h_out, w_out), np.float32)
+    for r0 in range(0, h_out, strip_blocks):
+        r1 = min(h_out, r0 + strip_blocks)
+        out[r0:r1] = shrink(apply_curves(enc[r0 * f : r1 * f], curves, offset), (w_out, r1 - r0))
     return out
 
 
@@ -413,16 +433,21 @@ def fit_radiometric(
     rng = np.random.default_rng(0)
     to_enc = np.eye(3) if encoded_grid is None else encoded_grid[0]
     groups = list(range(len(targets))) if groups is None else list(groups)
-    samples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for (values, valid, t_k), g in zip(targets, groups):
-        hw = to_enc @ h_image @ t_k
-        s = _local_scale(hw, values.shape)
-        sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
-        pad = int(np.ceil(5 * sig_img)) + 4  # the neighbourhood of blurred_hat_features
+    # the targets' samples are drawn in order (one random stream), read side by side
+    draws = []
+    for values, valid, t_k in targets:
         ys, xs = np.nonzero(valid)
         if len(xs) > max_samples:
             sel = rng.choice(len(xs), max_samples, replace=False)
             xs, ys = xs[sel], ys[sel]
+        draws.append((values, t_k, xs, ys))
+
+    def target_samples(draw: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        values, t_k, xs, ys = draw
+        hw = to_enc @ h_image @ t_k
+        s = _local_scale(hw, values.shape)
+        sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
+        pad = int(np.ceil(5 * sig_img)) + 4  # the neighbourhood of blurred_hat_features
         w = hw[2, 0] * xs + hw[2, 1] * ys + hw[2, 2]
         mx = (hw[0, 0] * xs + hw[0, 1] * ys + hw[0, 2]) / w
         my = (hw[1, 0] * xs + hw[1, 1] * ys + hw[1, 2]) / w
@@ -437,7 +462,14 @@ def fit_radiometric(
         xs, ys, mx, my = xs[inside], ys[inside], mx[inside], my[inside]
         target = _gauss(values.astype(np.float32), blur_sigma)[ys, xs].astype(np.float64)
         a = np.concatenate([blurred_hat_features(enc, mx, my, sig_img, n_knots), np.ones((len(mx), 1))], 1)
-        samples.setdefault(g, []).append((a, target, _gain_basis(t_k, xs, ys, frame)))
+        return a, target, _gain_basis(t_k, xs, ys, frame)
+
+    drawn = thread_map(target_samples, draws)
+    if any(d is None for d in drawn):
+        return None
+    samples: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for d, g in zip(drawn, groups):
+        samples.setdefault(g, []).append(d)
     n_par = 3 * n_knots + 1
     rows_p = []
     for c in range(3):
@@ -446,8 +478,8 @@ def fit_radiometric(
             r[c * n_knots + k - 1 : c * n_knots + k + 2] = [1.0, -2.0, 1.0]
             rows_p.append(r)
     p = np.array(rows_p)
-    images: dict[int, np.ndarray] = {}
-    for g, parts in samples.items():
+
+    def group_image(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         a = np.concatenate([x for x, _, _ in parts])
         target = np.concatenate([t for _, t, _ in parts])
         gains = np.concatenate([b for _, _, b in parts])
@@ -472,8 +504,10 @@ def fit_radiometric(
                 mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
                 z = resid / (robust_k * mad)
                 wts = np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
-        image = apply_curves(enc, coef[:-1].reshape(3, n_knots), float(coef[-1]))
-        if encoded_grid is not None:
-            image = shrink(image, tuple(encoded_grid[1]))  # block mean onto the working grid
-        images[g] = image
+        curves, offset = coef[:-1].reshape(3, n_knots), float(coef[-1])
+        if encoded_grid is None:
+            return apply_curves(enc, curves, offset)
+        return curves_on_grid(enc, curves, offset, tuple(encoded_grid[1]))  # block mean onto the working grid
+
+    images = dict(zip(samples, thread_map(group_image, samples.values())))  # the colour filters side by side
     return [images[g] for g in groups]

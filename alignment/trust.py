@@ -33,7 +33,7 @@ working px to phone image px (the full raw grid).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -243,9 +243,9 @@ class DenseResidual:
     the phone with the prediction moved by d; ncc_model: (h, w) the same without the
     flow (how well the model alone explains the px); snr: (h, w) local contrast of the phone
     over its own noise (variance ratio); valid: (h, w) bool, every plane measured;
-    image: (h, w, 3) uint8 the phone planes as a picture (R, mean G, B,
-    percentile-stretched, gamma-encoded) whose edges bound flat regions;
+    planes: the phone planes (h, w) the residual was measured on, or None;
     lum: the two luminances compared (phone, prediction), (h, w) float32 each.
+    :attr:`image` is made from ``planes`` when first asked for.
     """
 
     flow: np.ndarray
@@ -254,8 +254,18 @@ class DenseResidual:
     ncc_model: np.ndarray
     snr: np.ndarray
     valid: np.ndarray
-    image: np.ndarray | None = None
+    planes: list[np.ndarray] | None = None
     lum: tuple[np.ndarray, np.ndarray] | None = None
+    _image: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """(h, w, 3) uint8 the phone planes as a picture (R, mean G, B, percentile-stretched,
+        gamma-encoded) whose edges bound flat regions; None without planes.  Made on first
+        use: only the trust map's flat regions need it, not every residual measured."""
+        if self._image is None and self.planes is not None:
+            self._image = _picture(self.planes, self.valid)
+        return self._image
 
 
 def _picture(planes: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
@@ -319,9 +329,9 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     def model_only() -> tuple:
         # what does not need the flow, beside the two flows
         mu_0, var_0, _ = _local_moments(lum_w, mf, window)
-        return mu_0, var_0, _texture_snr(templates, mf, valid, window), _picture(templates, valid)
+        return mu_0, var_0, _texture_snr(templates, mf, valid, window)
 
-    fwd, bwd, (mu_0, var_0, snr, picture) = thread_map(
+    fwd, bwd, (mu_0, var_0, snr) = thread_map(
         lambda job: job(), [lambda: optical_flow(a, b), lambda: optical_flow(b, a), model_only])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -335,7 +345,7 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
     ncc_model = cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
     return DenseResidual(fwd, fb_error.astype(np.float32), ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
-                         valid, picture, (lum_t, lum_w))
+                         valid, planes=list(templates), lum=(lum_t, lum_w))
 
 
 @dataclass
