@@ -79,6 +79,8 @@ class EccResult:
     valid_fraction: fraction of template pixels that took part at the finest level.
     radial: (2,) radial distortion coefficients (q1, q2) of the frame (zeros when
         not estimated), see :func:`gn_refine`.
+    photometric: :func:`gn_refine`'s per-channel gain and offset coefficients at the
+        end (a start for another run on the same channels), or None.
     """
 
     homography: np.ndarray
@@ -87,6 +89,7 @@ class EccResult:
     converged: bool = False
     valid_fraction: float = 0.0
     radial: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    photometric: list[np.ndarray] | None = None
 
 
 def _gauss(img: np.ndarray, sigma: float, border: int = cv2.BORDER_REFLECT) -> np.ndarray:
@@ -250,7 +253,7 @@ class ImageSamples:
         self.mask_has_holes = image_mask is not None and not bool(image_mask.all())
         """Whether the image mask excludes any px (an all-true mask need not be sampled)."""
         self._coefficients: np.ndarray | None = None
-        self._gradients: tuple[np.ndarray, np.ndarray] | None = None
+        self._gradients: np.ndarray | None = None
         self._mask_f32: np.ndarray | None = None
 
     # plain lazy attributes, not functools.cached_property: on Python 3.11 its lock
@@ -263,12 +266,13 @@ class ImageSamples:
         return self._coefficients
 
     @property
-    def gradients(self) -> tuple[np.ndarray, np.ndarray]:
-        """((h, w), (h, w)) float32 central-difference gradients in image px."""
+    def gradients(self) -> np.ndarray:
+        """(h, w, 2) float32 central-difference gradients (d/dx, d/dy) in image px, as
+        one two-channel image: one bilinear read gives both."""
         if self._gradients is None:
             gx = cv2.Sobel(self.image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
             gy = cv2.Sobel(self.image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
-            self._gradients = (gx, gy)
+            self._gradients = np.ascontiguousarray(np.stack([gx, gy], -1))
         return self._gradients
 
     @property
@@ -312,7 +316,7 @@ class Channel:
         return self.samples.coefficients  # type: ignore[union-attr]
 
     @property
-    def gradients(self) -> tuple[np.ndarray, np.ndarray]:
+    def gradients(self) -> np.ndarray:
         return self.samples.gradients  # type: ignore[union-attr]
 
     @property
@@ -335,6 +339,7 @@ def gn_refine(
     max_pixels: int | None = 400_000,
     radial: int = 0,
     q0: np.ndarray | None = None,
+    photo0: list[np.ndarray] | None = None,
 ) -> EccResult:
     """Gauss-Newton on a homography (and radial distortion) shared by several template channels.
 
@@ -348,7 +353,9 @@ def gn_refine(
     the frame point z is first undistorted, ``n = (z - c) / s``,
     ``n_u = n (1 + q1 |n|^2 + q2 |n|^4)`` with c the frame centre and s half its
     longer side, so q is dimensionless and the same at every pyramid level;
-    q0: the starting coefficients.
+    q0: the starting coefficients.  photo0: the starting gain and offset coefficients
+    (``EccResult.photometric`` of an earlier run on the same channels; None: gain 1,
+    offset 0).
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
     """
@@ -359,6 +366,8 @@ def gn_refine(
     nr = int(radial)
     n_par = 8 + nr + 2 * npb * len(data)
     photo = [np.concatenate([[1.0], np.zeros(npb - 1), np.zeros(npb)]) for _ in data]
+    if photo0 is not None and len(photo0) == len(photo) and all(len(a) == len(b) for a, b in zip(photo0, photo)):
+        photo = [np.array(a, np.float64) for a in photo0]
     converged = False
     it = 0
     corr = 0.0
@@ -373,7 +382,7 @@ def gn_refine(
             converged = True
             break
     return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
-                     valid_fraction=valid_frac, radial=q)
+                     valid_fraction=valid_frac, radial=q, photometric=photo)
 
 
 def _gn_step(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarray], nr: int, huber: float | None,
@@ -512,7 +521,7 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     # the value through the exact cubic spline (the residual decides where GN
     # converges); the Jacobian's gradients bilinearly (they only steer the steps)
     iv = sample_spline(ch.coefficients, mxi, myi).astype(np.float64)
-    gxv, gyv = (sample_points(g_img, mxi, myi, cv2.INTER_LINEAR).astype(np.float64) for g_img in ch.gradients)
+    gxv, gyv = sample_points(ch.gradients, mxi, myi, cv2.INTER_LINEAR).astype(np.float64).T
     uu, vv, ww = u[inside], v[inside], w[inside]
     X, Y = mxi, myi
     pbi = pb[inside]
@@ -890,6 +899,7 @@ def refine_planes(
     radial: int = 0,
     q0: np.ndarray | None = None,
     channels: list[Channel] | None = None,
+    photo0: list[np.ndarray] | None = None,
 ) -> EccResult:
     """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
 
@@ -899,7 +909,8 @@ def refine_planes(
     DSLR px; frame_shape: (rows, cols) of the phone image grid.  Each plane is
     compared at its own sampling positions, so a colour edge seen by one plane
     only does not move the estimate.  radial / q0: radial distortion of the phone
-    image frame estimated with H (see :func:`gn_refine`).  channels: the
+    image frame estimated with H (see :func:`gn_refine`); photo0: the channels'
+    starting gain and offset (see :func:`gn_refine`).  channels: the
     channels already prepared by :func:`prepare_channels` (then ``targets``,
     ``images``, ``image_mask``, ``blur_sigma``, ``norm_sigma`` and ``aperture``
     are not used), so that repeated refinements filter the images once.
@@ -912,4 +923,5 @@ def refine_planes(
         channels = prepare_channels(
             targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma, aperture=aperture
         )
-    return gn_refine(channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0)
+    return gn_refine(channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0,
+                     photo0)

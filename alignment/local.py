@@ -70,6 +70,9 @@ class SmoothField:
     grid_step: tuple[float, float] = (1.0, 1.0)
     radial: tuple[float, float, float, float, float] | None = None
     hull: np.ndarray | None = None
+    #: the spline part's smoothing weight that :func:`fit_field` chose (a detail of the
+    #: fit, for refitting with the same structure; not part of the model, not saved)
+    smoothing: float | None = None
 
     @property
     def empty(self) -> bool:
@@ -445,6 +448,7 @@ def fit_field(
     robust_k: float = 4.0,
     grid_shape: tuple[int, int] | None = None,
     lambdas: tuple[float, ...] = (100.0, 10.0, 1.0, 0.1),
+    like: SmoothField | None = None,
 ) -> SmoothField:
     """Fit a polynomial displacement field to tile values, choosing the degree by cross-validation.
 
@@ -458,6 +462,9 @@ def fit_field(
     (thin-plate penalty, weight chosen among ``lambdas`` or none by the same
     cross-validation): it holds parallax and anything not polynomial, and unlike
     a high-degree polynomial it cannot swing between sparse tiles.
+    like: a field fitted before: its structure (degree; spline or not, and its weight
+    ``smoothing``) is refitted to the new measurements without cross-validation
+    (chosen afresh only when too few tiles are left for its degree).
     """
     sel = reliable & np.isfinite(sigma) & (sigma > 0)
     if sel.sum() < 6:
@@ -502,8 +509,9 @@ def fit_field(
 
     # 4-fold cross-validation of the degree on held-out tiles: noise and oscillation
     # between sparse tiles both show up as held-out error
-    best: tuple[float, int] | None = None
-    for deg in degrees:
+    select = like is None or (like.degree >= 0 and n < 3 * len(_monomials(like.degree)))
+    best: tuple[float, int] | None = None if select else (0.0, like.degree)
+    for deg in degrees if select else ():
         n_par = len(_monomials(deg)) if deg >= 0 else 0
         if deg >= 0 and 0.75 * n < 3 * n_par:
             continue
@@ -523,13 +531,16 @@ def fit_field(
     else:
         deg = best[1]
         out = SmoothField(deg, centre, scale, solve(deg, np.arange(n)), bounds, hull=hull)
+    if not select:
+        grid_shape = grid_shape if like.grid is not None else None
+        lambdas = (like.smoothing or lambdas[0],)
     if grid_shape is not None and len(centres) == grid_shape[0] * grid_shape[1]:
         s_all = np.full(len(centres), np.inf)
         s_all[sel] = s
         resid = values - out(centres)
-        grid = _fit_spline(centres, resid, s_all, sel, grid_shape, lambdas, robust_k)
+        grid = _fit_spline(centres, resid, s_all, sel, grid_shape, lambdas, robust_k, select)
         if grid is not None:
-            out.grid, out.grid_origin, out.grid_step = grid
+            out.grid, out.grid_origin, out.grid_step, out.smoothing = grid
     return out
 
 
@@ -621,8 +632,11 @@ def _fit_spline(
     grid_shape: tuple[int, int],
     lambdas: tuple[float, ...],
     robust_k: float,
-) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]] | None:
-    """Smoothing spline of tile values on the tile grid; None when 'no grid' cross-validates best."""
+    select: bool = True,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], float] | None:
+    """Smoothing spline of tile values on the tile grid -> (node values, origin, step, the
+    weight); None when 'no grid' cross-validates best.  select: False takes
+    ``lambdas[0]`` without cross-validation."""
     gy, gx = grid_shape
     if gy < 3 or gx < 3 or sel.sum() < 12:
         return None
@@ -647,10 +661,11 @@ def _fit_spline(
         z2 = np.sum((values[te] - u[te]) ** 2, axis=1) * w_all[te]
         return float(np.sum(np.minimum(z2, robust_k**2)))
 
-    best_lam, best_loss = None, 0.0
-    for f in range(4):
+    best_lam, best_loss = (None, 0.0) if select else (lambdas[0], 0.0)
+    for f in range(4 if select else 0):
         best_loss += loss(np.zeros_like(values), idx[folds == f])
     best_loss *= 1.02  # the spline must earn its place
+
     def held_out_loss(job: tuple[float, int]) -> float:
         lam, f = job
         w = w_all.copy()
@@ -658,9 +673,9 @@ def _fit_spline(
         return loss(solve(lam, w), idx[folds == f])
 
     # every (weight, fold) fit side by side
-    jobs = [(lam, f) for lam in lambdas for f in range(4)]
+    jobs = [(lam, f) for lam in lambdas for f in range(4)] if select else []
     losses = thread_map(held_out_loss, jobs)
-    for i, lam in enumerate(lambdas):
+    for i, lam in enumerate(lambdas if select else ()):
         cv = float(sum(losses[4 * i : 4 * i + 4]))
         if cv < best_loss:
             best_lam, best_loss = lam, cv
@@ -672,7 +687,7 @@ def _fit_spline(
         float(centres[1, 0] - centres[0, 0]) if gx > 1 else 1.0,
         float(centres[gx, 1] - centres[0, 1]) if gy > 1 else 1.0,
     )
-    return u, origin, step
+    return u, origin, step, float(best_lam)
 
 
 def warp_channels(channels: list[Channel], h_image: np.ndarray, fld: SmoothField) -> list[TileChannel]:
@@ -738,6 +753,7 @@ def refine_local(
     scale = max(w_img, h_img) / 2.0
     fld = init if init is not None else SmoothField(-1, centre, scale)
     first: TileResiduals | None = None
+    chosen: SmoothField | None = None
     for _ in range(iterations):
         res = measure_tiles(warp_channels(channels, h_image, fld), tile_px)
         if first is None:
@@ -746,10 +762,13 @@ def refine_local(
         # centres; the radial part (a global lens model) stays, the rest is refitted
         rad = fld.radial_part(res.centres[:, 0], res.centres[:, 1])
         target = fld(res.centres) + res.shifts - rad
-        new = fit_field(
-            res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
-            grid_shape=res.grid_shape if spline else None,
-        )
+        # after the first fit its structure (degree, spline and its weight) is refitted
+        # to the new measurements: chosen afresh each time, two structures that
+        # cross-validate alike took turns and the field never settled
+        new = fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
+                        grid_shape=res.grid_shape if spline else None, like=chosen)
+        if chosen is None:
+            chosen = new
         new.radial = fld.radial
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres
         change = float(np.max(np.hypot(*(new(grid) - fld(grid)).T))) if len(grid) else 0.0

@@ -368,21 +368,25 @@ _FINE_TOL_PX = 1e-3  # the fine stage's stopping rule: the last step moved no fr
 
 
 def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],
-                opt: AlignOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Per-plane Gauss-Newton on H (and the radial lens model) -> (H, radial coefficients).
-    The lens model is dropped when it moves the frame corner by less than ``radial_min_px``."""
+                opt: AlignOptions, photo0: list[np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+    """Per-plane Gauss-Newton on H (and the radial lens model) -> (H, radial coefficients,
+    the channels' gains and offsets: a start for another fine stage on the same channels,
+    ``photo0``).  The lens model is dropped when it moves the frame corner by less than
+    ``radial_min_px``."""
     frame = (image_size[1], image_size[0])
     # steps stop under a thousandth of a px at the frame corners: ten times finer
     # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
     rf = refine_planes(None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
-                       radial=opt.radial, q0=q_radial, channels=channels, tol_px=_FINE_TOL_PX)
+                       radial=opt.radial, q0=q_radial, channels=channels, tol_px=_FINE_TOL_PX, photo0=photo0)
     h_image, q_radial = rf.homography, rf.radial
     if opt.radial and _corner_px(q_radial, image_size) < opt.radial_min_px:
         # no lens distortion worth modelling: two fewer parameters, less variance
         rf = refine_planes(None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree,
-                           max_pixels=opt.max_pixels, channels=channels, tol_px=_FINE_TOL_PX)
+                           max_pixels=opt.max_pixels, channels=channels, tol_px=_FINE_TOL_PX,
+                           photo0=rf.photometric)  # the same channels: their gains carry over
         h_image, q_radial = rf.homography, np.zeros(2)
-    return h_image, q_radial
+    return h_image, q_radial, rf.photometric
 
 
 def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage,
@@ -696,7 +700,8 @@ class _GlobalModel:
     their DSLR predictions; channels: every phone px; fit_channels: the px the fit
     uses (what moved kept out); fld / final / warped: the local field, the tile
     residuals under the whole model and the fit channels warped by it (after
-    :func:`_local_fit`)."""
+    :func:`_local_fit`); photometric: the fine stage's per-channel gains and offsets
+    (a start for the refit's fine stage)."""
 
     h_image: np.ndarray
     q_radial: np.ndarray
@@ -707,6 +712,7 @@ class _GlobalModel:
     fld: SmoothField = field(default_factory=SmoothField)
     final: TileResiduals | None = None
     warped: list[TileChannel] = field(default_factory=list)
+    photometric: list[np.ndarray] | None = None
 
     def h_work(self, s: _PairState) -> np.ndarray:
         """(3,3) phone working px -> DSLR working px."""
@@ -825,6 +831,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
         fit_channels = channels
+        photo = None
         if opt.trust:
             # what does not follow the dominant motion (objects nearer or moving) stays
             # out of the fine stage and the local field: the background must win
@@ -836,12 +843,12 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             q.prefit_outliers = round(float(outliers.mean()), 5)
             s.secs["trust_prefit"] = time.perf_counter() - t_pre
         if opt.fine == "planes":
-            h_image, q_radial = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)
+            h_image, q_radial, photo = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)
             q.radial_corner_px = _corner_px(q_radial, p.image_size)
     except (ValueError, np.linalg.LinAlgError) as err:
         q.ecc_correlation = 0.0
         raise _StageFailed(h_work, f"ECC failed: {err}") from err
-    model = _GlobalModel(h_image, q_radial, targets, images, channels, fit_channels)
+    model = _GlobalModel(h_image, q_radial, targets, images, channels, fit_channels, photometric=photo)
     s.secs["ecc"] = time.perf_counter() - t2
     q.overlap_fraction = _overlap_fraction(model.h_work(s), p.lum.shape, d.lum.shape)
     return model
@@ -877,7 +884,8 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
     try:
         m.fit_channels = _masked(m.fit_channels, ~trust.grow(dropped, opt.trust_margin_px / s.step))
         if opt.fine == "planes":
-            m.h_image, m.q_radial = _fine_stage(m.fit_channels, m.h_image, m.q_radial, p.image_size, opt)
+            m.h_image, m.q_radial, m.photometric = _fine_stage(m.fit_channels, m.h_image, m.q_radial, p.image_size,
+                                                               opt, m.photometric)
             q.radial_corner_px = _corner_px(m.q_radial, p.image_size)
         m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt)
     except (ValueError, np.linalg.LinAlgError) as err:

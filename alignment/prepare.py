@@ -343,19 +343,35 @@ def blurred_hat_features(
     taps = 2 * r // stride + 2
     out = np.empty((len(x), 3 * n_knots))
     off = np.arange(taps) * stride
+    if enc.dtype == np.uint8:
+        # 256 levels: a weighted histogram of each point's neighbourhood per channel,
+        # times the table of every level's two hat weights (the same sums, one pass)
+        levels = np.arange(256) * ((n_knots - 1) / full)
+        lower = np.clip(np.floor(levels), 0, n_knots - 2).astype(np.int64)
+        table = np.zeros((256, n_knots))
+        table[np.arange(256), lower] = 1.0 - (levels - lower)
+        table[np.arange(256), lower + 1] = levels - lower
     for i in range(0, len(x), chunk):
         xs, ys = x[i : i + chunk], y[i : i + chunk]
         x0 = np.floor(xs).astype(np.int64) - r
         y0 = np.floor(ys).astype(np.int64) - r
         wx = _gaussian_weights(xs, x0.astype(float), taps, sigma, stride)
         wy = _gaussian_weights(ys, y0.astype(float), taps, sigma, stride)
-        patch = enc[(y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]].astype(np.float32)
-        v = patch * np.float32((n_knots - 1) / full)  # (n, taps, taps, 3) in knot units
+        w2 = (wy[:, :, None] * wx[:, None, :])[..., None]  # (n, taps, taps, 1)
+        patch = enc[(y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]]
+        n = len(xs)
+        if enc.dtype == np.uint8:
+            weights = w2.ravel()
+            first = (np.arange(n) * 256)[:, None, None]
+            for c in range(3):
+                hist = np.bincount((first + patch[..., c]).ravel(), weights, n * 256).reshape(n, 256)
+                out[i : i + chunk, c * n_knots : (c + 1) * n_knots] = hist @ table
+            continue
+        v = patch.astype(np.float32) * np.float32((n_knots - 1) / full)  # (n, taps, taps, 3) in knot units
         j = np.clip(np.floor(v), 0, n_knots - 2).astype(np.int64)
         frac = v - j
-        w2 = (wy[:, :, None] * wx[:, None, :]).astype(np.float32)[..., None]
+        w2 = w2.astype(np.float32)
         # each px adds (1 - frac) to its lower hat and frac to the upper one
-        n = len(xs)
         base = (np.arange(n)[:, None, None, None] * 3 + np.arange(3)) * n_knots + j
         size = n * 3 * n_knots
         feats = np.bincount(base.ravel(), (w2 * (1.0 - frac)).ravel(), size)
