@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from alignment import rawio
+from alignment.malloc import relax_malloc_trim
 
 try:
     import tomllib
@@ -447,37 +448,6 @@ def stop_with_driver(driver_pid: int, period_s: float = 0.5) -> threading.Thread
     thread = threading.Thread(target=watch, name="isp-rig-driver-watch", daemon=True)
     thread.start()
     return thread
-
-
-def relax_malloc_trim(trim_bytes: int = 256 << 20, mmap_bytes: int = 64 << 20) -> bool:
-    """Undo a tiny glibc trim threshold in this process (Linux/glibc only).
-
-    Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also
-    turns off glibc's adaptive mmap threshold: every array above 128 KiB is then a
-    fresh mapping whose pages are faulted in and zeroed again, and a pair takes
-    about 45 % more CPU (measured: 8.5 s against 5.8 s for one default-size pair).
-    When that variable is set below ``trim_bytes``, ``mallopt`` raises the trim
-    threshold to ``trim_bytes`` and the mmap threshold to ``mmap_bytes``.  Returns
-    whether it changed anything.
-    """
-    import ctypes
-    import ctypes.util
-
-    value = os.environ.get("MALLOC_TRIM_THRESHOLD_")
-    if value is None or not value.isdigit() or int(value) >= trim_bytes:
-        return False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_trim_threshold, trim_bytes) == 1 and libc.mallopt(m_mmap_threshold, mmap_bytes) == 1
-    except (OSError, AttributeError):  # not glibc
-        return False
-    if ok:
-        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(trim_bytes)
-    return ok
 
 
 def available_memory_bytes() -> int:

@@ -37,8 +37,10 @@ def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_loc
     printed), 1 when a file cannot be read.
     """
     from alignment import rawio
+    from alignment.malloc import keep_large_arrays
     from alignment.pipeline import align_images, read_pair
 
+    keep_large_arrays()  # this process aligns one pair: large arrays stay in the heap
     options = parse_options(align_options)
     if no_local:
         options["local"] = False

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess,
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
 from alignment.reduce import DslrWindow, bin_phone, crop_and_shrink_dslr, phone_bin_factor
-from alignment.threads import thread_map
+from alignment.threads import submit, thread_map
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
 
@@ -450,7 +451,9 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
     ys, xs = np.mgrid[0:rows, 0:cols]
     work = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
     img = apply_homography(p.to_image, work)
-    reduced = apply_homography(h_image, img + fld(img))
+    if not fld.empty:  # the field on the working grid, separably (the same values as fld(img))
+        img = img + (fld.dense(shape, p.to_image) * np.diag(p.to_image)[:2]).reshape(-1, 2)
+    reduced = apply_homography(h_image, img)
     to_stored, (sw, sh) = dslr_stored
     stored = apply_homography(to_stored, reduced)
     outside = ~((stored[:, 0] >= 1) & (stored[:, 1] >= 1) & (stored[:, 0] <= sw - 2) & (stored[:, 1] <= sh - 2))
@@ -628,15 +631,24 @@ def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, op
     return h_work, mask
 
 
-def _better_model(p: PreparedImage, d: PreparedImage,
-                  candidates: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def _explained(p: PreparedImage, d: PreparedImage, model: tuple[np.ndarray, np.ndarray]) -> int:
+    """How many textured phone px the (h_work, radial coefficients) model explains
+    (:func:`trust.explained_px` of :func:`_luminance_residual`)."""
+    return trust.explained_px(_luminance_residual(p, d, *model), float(p.to_image[0, 0]))
+
+
+def _better_model(p: PreparedImage, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
+                  scores: list[Future | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Of (h_work, radial coefficients) candidates, the one that explains the most
-    textured phone px (:func:`trust.explained_px`): ECC on the luminance can be pulled off
+    textured phone px (:func:`_explained`): ECC on the luminance can be pulled off
     the background by what it cannot tell apart (a near object, a lens model fitted
-    to parallax); the first candidate wins ties."""
-    step = float(p.to_image[0, 0])
-    scores = thread_map(lambda c: trust.explained_px(_luminance_residual(p, d, *c), step), candidates)
-    return candidates[int(np.argmax(scores))]
+    to parallax); the first candidate wins ties.  scores: per candidate, its score
+    already started (:func:`alignment.threads.submit`) or None."""
+    started = scores or [None] * len(candidates)
+    fresh = thread_map(lambda c: _explained(p, d, c), [c for c, f in zip(candidates, started) if f is None])
+    it = iter(fresh)
+    found = [next(it) if f is None else f.result() for f in started]
+    return candidates[int(np.argmax(found))]
 
 
 def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine) -> EccResult:
@@ -803,10 +815,13 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                   gain_degree=opt.gain_degree, gauss_filt_size=opt.gauss_filt_size)
     targets = p.plane_targets()
     starts = [(h_work, p.valid)]
+    start_score = None
     if opt.trust:
         t_bg = time.perf_counter()
         starts.insert(0, _background_start(p, d, h_work, opt))
         s.secs["background_start"] = time.perf_counter() - t_bg
+        # what the start explains is measured while ECC runs from it (see _better_model)
+        start_score = submit(lambda: _explained(p, d, (starts[0][0], np.zeros(2))))
     try:
         r = _ecc_from(starts, lambda h, mask: refine_homography(
             p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
@@ -814,7 +829,8 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         ))
         h_work, q_radial = r.homography / r.homography[2, 2], r.radial
         if opt.trust:
-            h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))])
+            h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
+                                             [None, start_score])
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
         images = [d.lum] * len(targets)
@@ -836,7 +852,9 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             # what does not follow the dominant motion (objects nearer or moving) stays
             # out of the fine stage and the local field: the background must win
             t_pre = time.perf_counter()
-            pre = trust.dense_residual(*_channel_lists(warp_channels(channels, h_image, _radial_field(q_radial, p))))
+            # (bilinear: what does not follow is px off, not hundredths)
+            pre = trust.dense_residual(*_channel_lists(
+                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)))
             outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
             if outliers.any() and outliers.mean() < 0.8:
                 fit_channels = _masked(channels, ~outliers)

@@ -93,6 +93,9 @@ def _full_scale(enc: np.ndarray) -> float:
     return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(enc.dtype, 1.0)
 
 
+_STRIP_ROWS = 256  # rows per strip of apply_curves on a uint8 image
+
+
 def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0) -> np.ndarray:
     """``offset + sum_c curves[c](enc[..., c])`` as (H, W) float32.
 
@@ -109,8 +112,16 @@ def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0) -> np
         grid = np.arange(full + 1) / full
         luts = np.stack([np.interp(grid, levels, curves[c]) for c in range(3)], 1).astype(np.float32)
         if enc.dtype == np.uint8:
-            mapped = cv2.LUT(enc, luts.reshape(256, 1, 3))
-            out = cv2.transform(mapped, np.ones((1, 3), np.float32))
+            # in strips of rows, side by side: the (rows, W, 3) float tables' output of a
+            # whole 24 MP image would be a 290 MB intermediate
+            out = np.empty(enc.shape[:2], np.float32)
+            ones = np.ones((1, 3), np.float32)
+
+            def strip(r0: int) -> None:
+                mapped = cv2.LUT(enc[r0 : r0 + _STRIP_ROWS], luts.reshape(256, 1, 3))
+                out[r0 : r0 + _STRIP_ROWS] = cv2.transform(mapped, ones).reshape(-1, enc.shape[1])
+
+            thread_map(strip, range(0, enc.shape[0], _STRIP_ROWS))
         else:
             out = luts[enc[..., 0], 0] + luts[enc[..., 1], 1] + luts[enc[..., 2], 2]
     else:

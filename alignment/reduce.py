@@ -30,6 +30,7 @@ import numpy as np
 
 from alignment.ecc import _local_scale
 from alignment.prepare import PreparedImage, shrink
+from alignment.threads import thread_map
 
 __all__ = ["phone_bin_factor", "bin_phone", "DslrWindow", "crop_and_shrink_dslr", "shrink"]
 
@@ -158,13 +159,16 @@ def crop_and_shrink_dslr(
         x1 = x0 + (x1 - x0) // factor * factor
         y1 = y0 + (y1 - y0) // factor * factor
     win = DslrWindow((x0, y0, x1, y1), ((x1 - x0) // factor, (y1 - y0) // factor))
-    lum = np.ascontiguousarray(win.apply(dslr.lum))
-    valid = win.apply(dslr.valid.astype(np.float32)) > 0.999 if win.shrunk else win.crop_only(dslr.valid).copy()
-    enc = None if dslr.encoded is None else np.ascontiguousarray(win.crop_only(dslr.encoded))
-    clipped = None
-    if dslr.clipped is not None:
-        clipped = (win.apply(dslr.clipped.astype(np.float32)) > 0.001 if win.shrunk
-                   else win.crop_only(dslr.clipped).copy())
+
+    def mask(m: np.ndarray, above: float) -> np.ndarray:
+        # cropped before it becomes a number image: a 24 MP mask as float32 is 96 MB
+        crop = win.crop_only(m)
+        return shrink(crop.astype(np.float32), win.size) > above if win.shrunk else crop.copy()
+
+    jobs = [lambda: np.ascontiguousarray(win.apply(dslr.lum)), lambda: mask(dslr.valid, 0.999),
+            lambda: None if dslr.encoded is None else np.ascontiguousarray(win.crop_only(dslr.encoded)),
+            lambda: None if dslr.clipped is None else mask(dslr.clipped, 0.001)]
+    lum, valid, enc, clipped = thread_map(lambda job: job(), jobs)
     reduced = replace(dslr, lum=lum, valid=valid, to_image=dslr.to_image @ win.to_stored, encoded=enc,
                       clipped=clipped)
     return reduced, win

@@ -8,13 +8,15 @@ many threads as OpenCV's own (``cv2.getNumThreads()``), so the batch's workers,
 which pin OpenCV to one thread (:func:`alignment.batch.pin_threads`), run every
 piece in turn and do not oversubscribe the cores their processes already share.
 A piece that itself asks for a map runs it in turn (no pool inside the pool).
+:func:`submit` starts one piece that the caller needs only later (the caller goes
+on meanwhile).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import cv2
@@ -72,3 +74,17 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         if err is not None:
             raise err
     return [f.result() for f in futures]
+
+
+def submit(fn: Callable[[], R]) -> Future:
+    """Start ``fn()`` on the pool and return its ``Future`` (the caller goes on and asks
+    for ``.result()`` when it needs it); with one worker, or from inside the pool,
+    ``fn`` runs now and the returned future is already done."""
+    if workers() <= 1 or getattr(_inside, "active", False):
+        done: Future = Future()
+        try:
+            done.set_result(fn())
+        except Exception as err:  # noqa: BLE001 - handed to the caller through the future
+            done.set_exception(err)
+        return done
+    return _executor(workers()).submit(_marked(lambda _: fn()), None)

@@ -183,12 +183,19 @@ def _noise_curve(mean: np.ndarray, var: np.ndarray, ok: np.ndarray, bins: int = 
     if mu.size < 1000:
         return 0.0, float(np.median(v)) if v.size else 1e-6
     edges = np.unique(np.percentile(mu, np.linspace(1, 99, bins + 1)))
+    # each px's bin [lo, hi) (-1: outside), the px grouped by bin with one radix sort of
+    # the small bin numbers (the same sets as a mask per bin, without the masks)
+    which = np.searchsorted(edges, mu, side="right") - 1
+    which[which == len(edges) - 1] = -1
+    which = which.astype(np.int8)
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(edges)))
+    mu_in, v_in = mu[order], v[order]
     xs, ys = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (mu >= lo) & (mu < hi)
-        if sel.sum() >= 50:
-            xs.append(float(np.median(mu[sel])))
-            ys.append(float(np.percentile(v[sel], 10)))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi - lo >= 50:
+            xs.append(float(np.median(mu_in[lo:hi])))
+            ys.append(float(np.percentile(v_in[lo:hi], 10)))
     if len(xs) < 3:
         return 0.0, float(np.percentile(v, 10))
     a, b = np.polyfit(xs, ys, 1)

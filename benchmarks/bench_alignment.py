@@ -317,6 +317,9 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "PAIR_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
+        from alignment.malloc import keep_large_arrays
+
+        keep_large_arrays()  # every method's process as `isp-rig align pair` sets up its own
         print(json.dumps(one_method(args.one[0], Path(args.one[1])), default=float))
         return
 

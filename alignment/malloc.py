@@ -1,0 +1,69 @@
+"""glibc's malloc thresholds in a process that aligns large images (Linux/glibc only).
+
+An alignment allocates and frees arrays of one to a hundred MB many times.  glibc
+serves every block above its mmap threshold with a fresh mapping, whose pages the
+kernel faults in and zeroes again on each use; the threshold adapts upwards only
+to 32 MB and not at all once ``MALLOC_TRIM_THRESHOLD_`` or
+``MALLOC_MMAP_THRESHOLD_`` is set.  Two cases:
+
+- :func:`relax_malloc_trim`: Dask's nannies start workers with
+  ``MALLOC_TRIM_THRESHOLD_=65536``, which turns the adaptation off (a pair took
+  about 45 % more CPU); the batch's tasks raise the thresholds again.
+- :func:`keep_large_arrays`: ``isp-rig align pair`` (one real-size pair in a fresh
+  process) keeps blocks up to 64 MB in the heap: about 0.3 s of 5.5 on a 12 MP +
+  24 MP pair, measured interleaved over 8 fresh processes.
+
+Both leave alone what the user set in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["relax_malloc_trim", "keep_large_arrays"]
+
+
+def _mallopt(trim_bytes: int, mmap_bytes: int) -> bool:
+    """M_TRIM_THRESHOLD and M_MMAP_THRESHOLD through glibc's ``mallopt``; False where
+    there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return libc.mallopt(m_trim_threshold, trim_bytes) == 1 and libc.mallopt(m_mmap_threshold, mmap_bytes) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def relax_malloc_trim(trim_bytes: int = 256 << 20, mmap_bytes: int = 64 << 20) -> bool:
+    """Undo a tiny glibc trim threshold in this process.
+
+    Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also
+    turns off glibc's adaptive mmap threshold: every array above 128 KiB is then a
+    fresh mapping whose pages are faulted in and zeroed again, and a pair takes
+    about 45 % more CPU (measured: 8.5 s against 5.8 s for one default-size pair).
+    When that variable is set below ``trim_bytes``, ``mallopt`` raises the trim
+    threshold to ``trim_bytes`` and the mmap threshold to ``mmap_bytes``.  Returns
+    whether it changed anything.
+    """
+    value = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    if value is None or not value.isdigit() or int(value) >= trim_bytes:
+        return False
+    ok = _mallopt(trim_bytes, mmap_bytes)
+    if ok:
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(trim_bytes)
+    return ok
+
+
+def keep_large_arrays(trim_bytes: int = 256 << 20, mmap_bytes: int = 64 << 20) -> bool:
+    """Serve blocks up to ``mmap_bytes`` from the heap and return freed memory to the
+    system only above ``trim_bytes`` (for a process that aligns one large pair),
+    unless the environment sets either threshold.  Returns whether it changed anything."""
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return _mallopt(trim_bytes, mmap_bytes)
