@@ -123,3 +123,20 @@ def test_refine_planes_recovers_radial_distortion_with_the_homography():
                       norm_sigma=None, gain_degree=0, huber=None)
     assert abs(r.radial[0] - q_true[0]) < 1e-3
     assert _corner_error(r.homography) < 0.05
+
+
+def test_a_second_run_from_the_fitted_gains_converges_in_fewer_steps_to_the_same_model():
+    template, image = _analytic_pair()
+    rng = np.random.default_rng(0)
+    # a gain, an offset and noise for the photometric model; an occluder for the Huber weights
+    template = 0.6 * template + 0.1 + rng.normal(0, 0.02, template.shape).astype(np.float32)
+    template[50:120, 60:160] = rng.random((70, 100)).astype(np.float32)
+    planes = [(template, np.ones(template.shape, bool), np.eye(3))]
+    start = _A @ np.array([[1.002, 0.0, 0.3], [0.0, 0.998, -0.2], [0, 0, 1.0]])
+    kwargs = dict(norm_sigma=None, gain_degree=1, tol_px=1e-4)
+    first = refine_planes(planes, [image], None, start, template.shape, **kwargs)
+    assert first.photometric is not None and abs(first.photometric[0][0] - 0.6) < 0.02
+    cold = refine_planes(planes, [image], None, first.homography, template.shape, **kwargs)
+    warm = refine_planes(planes, [image], None, first.homography, template.shape, photo0=first.photometric, **kwargs)
+    assert warm.iterations[0] < cold.iterations[0]
+    assert abs(_corner_error(warm.homography) - _corner_error(cold.homography)) < 1e-3

@@ -107,3 +107,42 @@ def test_measure_tiles_finds_a_known_shift_in_all_channels():
     med = np.median(res.shifts[res.reliable], axis=0)
     assert np.allclose(med, shift, atol=0.01)
     assert res.consistent_fraction(1.0) > 0.9
+
+
+def test_a_field_refitted_like_another_keeps_its_structure():
+    rng = np.random.default_rng(6)
+
+    def truth(c):
+        n = (c - [511.5, 383.5]) / 512.0
+        return 512.0 * n * (0.01 * (n**2).sum(1, keepdims=True)) + [0.3, -0.2]
+
+    c, v = _tile_values(truth)
+    sig, rel = np.full(len(c), 0.02), np.ones(len(c), bool)
+    first = fit_field(c, v + rng.normal(0, 0.02, v.shape), sig, rel, (511.5, 383.5), 512.0)
+    # new measurements that would cross-validate to another structure: pure noise
+    again = fit_field(c, v + rng.normal(0, 0.02, v.shape), sig, rel, (511.5, 383.5), 512.0, like=first)
+    assert again.degree == first.degree and (again.grid is None) == (first.grid is None)
+    assert np.abs(again(c) - truth(c)).max() < 0.05
+    noise = rng.normal(0, 0.02, v.shape)
+    assert fit_field(c, noise, sig, rel, (511.5, 383.5), 512.0).degree == -1  # chosen afresh: none
+    assert fit_field(c, noise, sig, rel, (511.5, 383.5), 512.0, like=first).degree == first.degree
+
+
+def test_rewarped_masks_keep_the_samples_and_take_the_new_template_masks():
+    from alignment.ecc import Channel
+
+    rng = np.random.default_rng(7)
+    image = rng.random((80, 90)).astype(np.float32)
+    template = rng.random((60, 70)).astype(np.float32)
+    everything = Channel(template, np.ones((60, 70), bool), image)
+    less = Channel(template, np.arange(60 * 70).reshape(60, 70) % 3 > 0, image, samples=everything.samples)
+    shift = np.array([[1.0, 0, 5.3], [0, 1.0, 4.1], [0, 0, 1]])
+    from alignment.local import SmoothField, rewarped_masks, warp_channels
+
+    once = warp_channels([less], shift, SmoothField())
+    again = rewarped_masks(once, [everything])[0]
+    direct = warp_channels([everything], shift, SmoothField())[0]
+    np.testing.assert_array_equal(again.warped, direct.warped)
+    np.testing.assert_array_equal(again.mask, direct.mask)
+    with pytest.raises(ValueError):
+        rewarped_masks([TileChannel(template, template, everything.mask, np.eye(3))], [everything])

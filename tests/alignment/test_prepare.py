@@ -8,7 +8,7 @@ import pytest
 
 from alignment import rawio
 from alignment.ecc import _gauss
-from alignment.prepare import REC709, apply_curves, blurred_hat_features, encoded_luminance
+from alignment.prepare import REC709, apply_curves, blurred_hat_features, curves_on_grid, encoded_luminance, shrink
 
 
 def _encoded(dtype, shape=(40, 50, 3), seed=0) -> np.ndarray:
@@ -91,3 +91,36 @@ def test_a_clipped_red_channel_keeps_the_luminance_for_registration_but_is_clipp
     assert d.valid[15:25, 15:25].all() and d.clipped[15:25, 15:25].all()
     assert not d.valid[45:55, 65:85].any() and d.clipped[45:55, 65:85].all()
     assert d.valid[5:60, 40:55].all() and not d.clipped[5:60, 40:55].any()
+
+
+def test_hat_features_of_8_bit_levels_equal_the_general_path():
+    # the uint8 path sums a weighted histogram of the 256 levels; the same values
+    # scaled to 16 bits go through the per-px hat weights
+    enc = _encoded(np.uint8, (120, 140, 3), seed=3)
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(30, 110, 200), rng.uniform(30, 90, 200)
+    eight = blurred_hat_features(enc, x, y, 2.8, 9)
+    sixteen = blurred_hat_features(enc.astype(np.uint16) * 257, x, y, 2.8, 9)
+    np.testing.assert_allclose(eight, sixteen, atol=1e-6)
+
+
+def test_curves_of_a_tall_image_in_strips_equal_the_curves_at_once():
+    enc = _encoded(np.uint8, (700, 90, 3), seed=5)  # several strips of rows
+    curves = np.random.default_rng(6).random((3, 9))
+    levels = np.linspace(0, 1, 9)
+    unit = _as_unit(enc)
+    expected = sum(np.interp(unit[..., c], levels, curves[c]) for c in range(3))
+    np.testing.assert_allclose(apply_curves(enc, curves), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strip_blocks", [1, 7, 64])
+def test_curves_on_grid_equal_the_curves_then_the_block_mean(strip_blocks):
+    enc = _encoded(np.uint8, (300, 240, 3), seed=7)
+    curves = np.random.default_rng(8).random((3, 9))
+    expected = shrink(apply_curves(enc, curves, 0.1), (80, 100))
+    np.testing.assert_array_equal(curves_on_grid(enc, curves, 0.1, (80, 100), strip_blocks), expected)
+
+
+def test_curves_on_grid_refuses_a_size_that_is_no_integer_factor():
+    with pytest.raises(ValueError, match="integer factor"):
+        curves_on_grid(_encoded(np.uint8, (100, 100, 3)), np.ones((3, 9)), 0.0, (30, 30))

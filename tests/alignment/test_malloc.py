@@ -1,0 +1,29 @@
+"""glibc's malloc thresholds: set for a process that aligns large images, unless the
+environment chose them (each case in a fresh interpreter: mallopt is process-wide)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CODE = "from alignment.malloc import keep_large_arrays as k; print(k())"
+
+
+def _run(env_changes: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(env_changes)
+    return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_large_arrays_sets_the_thresholds_when_the_environment_does_not():
+    assert _run({}) == "True"
+
+
+@pytest.mark.parametrize("variable", ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"])
+def test_keep_large_arrays_leaves_thresholds_the_user_set(variable):
+    assert _run({variable: "131072"}) == "False"
