@@ -165,3 +165,20 @@ def test_a_lens_model_makes_the_corners_less_certain_from_the_same_tiles():
     inner = np.stack([xs.ravel(), ys.ravel()], 1)  # tiles away from the corners
     sig = np.full(len(inner), 0.05)
     assert corner_uncertainty(inner, sig, (1024, 768), radial=2) > 1.5 * corner_uncertainty(inner, sig, (1024, 768))
+
+
+@pytest.mark.parametrize("scatter_px, factor", [(0.02, 1.0), (0.15, 2.5)])
+def test_tiles_that_scatter_more_than_their_errors_widen_the_corner_uncertainty(scatter_px, factor):
+    from alignment.pipeline import corner_uncertainty
+
+    xs, ys = np.meshgrid(np.linspace(200, 824, 5), np.linspace(150, 618, 4))
+    inner = np.stack([xs.ravel(), ys.ravel()], 1)
+    sig = np.full(len(inner), 0.05)
+    angles = np.linspace(0, 2 * np.pi, len(inner), endpoint=False)
+    residuals = scatter_px * np.stack([np.cos(angles), np.sin(angles)], 1)  # |r| = scatter_px for every tile
+    plain = corner_uncertainty(inner, sig, (1024, 768), radial=2)
+    scaled = corner_uncertainty(inner, sig, (1024, 768), radial=2, residuals=residuals)
+    # scaled by sqrt(median chi-square / 1.386) when that is over 1: 0.15 px at 0.05 px errors is 2.5x
+    expected = max(1.0, np.sqrt((scatter_px / 0.05) ** 2 / 1.3863))
+    assert scaled == pytest.approx(plain * expected, rel=1e-6)
+    assert expected == pytest.approx(factor, rel=0.02)
