@@ -763,7 +763,8 @@ def refine_local(
     scale = max(w_img, h_img) / 2.0
     fld = init if init is not None else SmoothField(-1, centre, scale)
     first: TileResiduals | None = None
-    chosen: SmoothField | None = None
+    fits: list[SmoothField] = []
+    locked: SmoothField | None = None
     for _ in range(iterations):
         res = measure_tiles(warp_channels(channels, h_image, fld), tile_px)
         if first is None:
@@ -772,13 +773,17 @@ def refine_local(
         # centres; the radial part (a global lens model) stays, the rest is refitted
         rad = fld.radial_part(res.centres[:, 0], res.centres[:, 1])
         target = fld(res.centres) + res.shifts - rad
-        # after the first fit its structure (degree, spline and its weight) is refitted
-        # to the new measurements: chosen afresh each time, two structures that
-        # cross-validate alike took turns and the field never settled
+        # the structure (degree, spline and its weight) is chosen afresh each round until
+        # two structures that cross-validate alike take turns (A, B, A): then the simpler
+        # of the two is kept and refitted, or the field never settles
         new = fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
-                        grid_shape=res.grid_shape if spline else None, like=chosen)
-        if chosen is None:
-            chosen = new
+                        grid_shape=res.grid_shape if spline else None, like=locked)
+        if locked is None and len(fits) >= 2 and _structure(new) == _structure(fits[-2]) != _structure(fits[-1]):
+            locked = min(new, fits[-1], key=_complexity)
+            if locked is not new:
+                new = fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
+                                grid_shape=res.grid_shape if spline else None, like=locked)
+        fits.append(new)
         new.radial = fld.radial
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres
         change = float(np.max(np.hypot(*(new(grid) - fld(grid)).T))) if len(grid) else 0.0
@@ -789,6 +794,18 @@ def refine_local(
     final = measure_tiles(warped, tile_px)
     assert first is not None
     return fld, first, final, warped
+
+
+def _structure(f: SmoothField) -> tuple:
+    """What :func:`fit_field` chose: (degree, spline or not, the spline's weight)."""
+    return f.degree, f.grid is not None, f.smoothing
+
+
+def _complexity(f: SmoothField) -> tuple[int, int, float]:
+    """Orders structures from the simplest: polynomial terms, then a spline, then a
+    looser one (a smaller weight bends more)."""
+    terms = len(_monomials(f.degree)) if f.degree >= 0 else 0
+    return terms, int(f.grid is not None), -(f.smoothing or 0.0)
 
 
 def model_correlation(warped: list[TileChannel], norm_sigma: float | None = 12.0) -> float:
