@@ -146,3 +146,17 @@ def test_rewarped_masks_keep_the_samples_and_take_the_new_template_masks():
     np.testing.assert_array_equal(again.mask, direct.mask)
     with pytest.raises(ValueError):
         rewarped_masks([TileChannel(template, template, everything.mask, np.eye(3))], [everything])
+
+
+def test_structures_order_from_no_field_to_a_loose_spline():
+    from alignment.local import _complexity
+
+    grid = np.zeros((3, 3, 2))
+    ordered = [
+        SmoothField(-1),
+        SmoothField(1, coef=np.zeros((3, 2))),
+        SmoothField(2, coef=np.zeros((6, 2))),
+        SmoothField(2, coef=np.zeros((6, 2)), grid=grid, smoothing=100.0),
+        SmoothField(2, coef=np.zeros((6, 2)), grid=grid, smoothing=1.0),
+    ]
+    assert [id(f) for f in sorted(ordered[::-1], key=_complexity)] == [id(f) for f in ordered]
