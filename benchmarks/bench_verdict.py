@@ -80,7 +80,8 @@ def main() -> None:
     ap.add_argument("--pairs-per-source", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=Path("bench-out/trust"))
+    ap.add_argument("--work", type=Path, default=bt.REPO / "bench-out" / "trust",
+                    help="the folder bench_trust.py simulates into (default: the repository's bench-out/trust)")
     ap.add_argument("--out", type=Path, default=None, help="write every row as JSON here")
     args = ap.parse_args()
     sizes = ((1024, 768), (1536, 1024))
