@@ -250,8 +250,8 @@ class ImageSamples:
     def __init__(self, image: np.ndarray, image_mask: np.ndarray | None) -> None:
         self.image = image
         self.image_mask = image_mask
+        # whether the image mask excludes any px (an all-true mask need not be sampled)
         self.mask_has_holes = image_mask is not None and not bool(image_mask.all())
-        """Whether the image mask excludes any px (an all-true mask need not be sampled)."""
         self._coefficients: np.ndarray | None = None
         self._gradients: np.ndarray | None = None
         self._mask_f32: np.ndarray | None = None

@@ -60,8 +60,8 @@ def _marked(fn: Callable[[T], R]) -> Callable[[T], R]:
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[fn(x) for x in items]``, the calls spread over :func:`workers` threads.
 
-    Results come back in the order of ``items``; the first exception raised by a
-    call is raised here (after every call has ended).  Serial with one worker, with
+    Results come back in the order of ``items``; of the calls that raise, the first
+    in the order of ``items`` has its exception raised here (after every call has ended).  Serial with one worker, with
     one item, or when called from inside another map.
     """
     items = list(items)
