@@ -25,7 +25,7 @@ Baseline rows, scored with the same function (learn.evaluate.score_images) on th
   instead the phone DNG through alignment.rawio (bilinear demosaic, the as-shot white balance and colour
   matrix from the DNG, sRGB curve, clipped), what a phone gives with no tuning (the demo's baseline).
   It uses the DNG's white balance and colour matrix, which the learned models see only with a metadata
-  input stage (``--input-spaces``: ``white_balanced``, ``linear_srgb``, learn.raw_space; a row per model
+  input stage (``--input-spaces``: ``white_balanced``, ``linear_srgb``, ``srgb``, learn.raw_space; a row per model
   and space, ``<model> (<space> input)``).
 * **global colour map**: a second-order polynomial (10 terms -> RGB) from that plain rendering to the
   target, fitted by least squares on the valid pixels of the training pairs.
@@ -206,9 +206,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="alignment worker processes")
     ap.add_argument("--reuse-data", action="store_true", help="keep OUT/dataset if it exists (skip simulate + build)")
     ap.add_argument("--models", default="ckisp,plain,pac,unet")
-    ap.add_argument("--input-spaces", default="raw",
+    ap.add_argument("--input-spaces", default="raw,srgb",
                     help="metadata input stages to train each model with (learn.raw_space.INPUT_SPACES, "
-                         "comma-separated): raw, white_balanced, linear_srgb")
+                         "comma-separated): raw, white_balanced, linear_srgb, srgb")
+    ap.add_argument("--model-kwargs", default="{}",
+                    help="JSON constructor arguments for every model (model.kwargs), e.g. '{\"colour_hidden\": 0}'")
+    ap.add_argument("--tag", default="", help="suffix of the run folders and row labels (a variant of the same models)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--crop", type=int, default=64, help="training crop in packed positions (target 2x)")
@@ -284,9 +287,10 @@ def main() -> None:
                  for space in args.input_spaces.split(",")]
     for name, space, seed in variants:
         label = name if space == "raw" else f"{name} ({space} input)"
+        label += f" [{args.tag}]" if args.tag else ""
         label += f", seed {seed}" if seed != args.seed else ""
         cfg = load_config(overrides={
-            "model": {"name": name, "kwargs": {}},
+            "model": {"name": name, "kwargs": json.loads(args.model_kwargs)},
             "data": {**data_cfg, "input_space": space},
             "optim": {"lr": args.lr, "steps": args.steps, "schedule": "cosine"},
             "loss": {"l1": 1.0},
@@ -294,7 +298,7 @@ def main() -> None:
                       "log_every": 25, "threads": args.threads},
         })
         run = out / "runs" / (f"{name}_{args.steps}" if space == "raw" else f"{name}_{space}_{args.steps}")
-        run = run.with_name(run.name + (f"_seed{seed}" if seed != args.seed else ""))
+        run = run.with_name(run.name + (f"_{args.tag}" if args.tag else "") + (f"_seed{seed}" if seed != args.seed else ""))
         summary = train(cfg, run, progress=False)
         scores = evaluate_run(run, dataset, progress=False)
         builtin = builtin or scores.get("builtin_isp")

@@ -6,15 +6,20 @@ Two simulated phones with fixed, different sensors (``isp-rig simulate --phone-p
 * phone A, ``iphone_6s``: 1024x768, RGGB, 12 bit, its own colour response and noise;
 * phone B, ``mi_3``: 960x720, BGGR, 10 bit, another colour response, more noise and vignetting.
 
-Scenes: crops of the real raws in ../shared/data/raw (every file alignment.rawio reads), drawn with
-other seeds for A and for B, so no B pair shows a crop that A trained on.  Data through the
+Scenes: crops of the real raws in ../shared/data/raw (every file alignment.rawio reads) and of the real
+photos of ``--photos`` (other cameras and scenes), drawn with other seeds for A and for B, so no B pair
+shows a crop that A trained on.  Phone A's dataset covers every source; the new phone's few pairs come
+from the first ``--few-sources`` sources only, as a first short capture with a new phone covers a few
+scenes, while B's test pairs (and the ceiling's training pairs) span every source: what the few pairs
+cannot teach about scenes, A's model may bring.  ``--few-sources 0`` draws the few pairs from every
+source (the layout of the first runs of this benchmark).  Data through the
 toolkit's own commands: ``isp-rig simulate`` then ``isp-rig dataset build`` (the real alignment):
 
 * ``A``: every A pair (its own by-scene split; its test pairs only validate A's run);
 * ``B_all``: every B pair, split by scene (``--test-fraction``): the B test pairs every row is scored on;
-* ``B_few``: the same B test pairs plus ``--few`` B training pairs spread evenly over B's training pairs
-  (every source in about its share; the split is a hash of the scene, so the test pairs are the same
-  pairs, aligned again by the same code).
+* ``B_few``: the same B test pairs plus ``--few`` B training pairs spread evenly over the B training
+  pairs of the first ``--few-sources`` sources (each of them in about its share; the split is a hash of
+  the scene, so the test pairs are the same pairs, aligned again by the same code).
 
 Rows, all scored on B's test pairs with learn.evaluate (masked PSNR / SSIM on whole images):
 
@@ -23,7 +28,8 @@ Rows, all scored on B's test pairs with learn.evaluate (masked PSNR / SSIM on wh
 * **B plain rendering + colour map fitted on the few pairs** (the metadata baseline of
   bench_learn_raw, fitted on the same ``--few`` pairs the learned rows get);
 * per input space (``--input-spaces``, learn.raw_space; ``raw`` = the packed raw only,
-  ``linear_srgb`` = white-balanced and colour-transformed with each raw's own metadata):
+  ``linear_srgb`` = white-balanced and colour-transformed with each raw's own metadata, ``srgb`` = that
+  through the sRGB curve, the default of training):
   **A's model as is**; **B from scratch on the few pairs**; **A's model fine-tuned on the same few
   pairs** (``train --init-from``, the same steps); **B from scratch on all B training pairs** (the
   ceiling).  The peer for the ratios is "B from scratch on the few pairs": what a user does
@@ -32,7 +38,10 @@ Rows, all scored on B's test pairs with learn.evaluate (masked PSNR / SSIM on wh
 Every run has the same model, optimiser, crops, seed and steps (``--steps``); runs already in
 OUT/runs are resumed or only scored again.
 
-    nice -n 19 python benchmarks/bench_new_phone.py --steps 300 --out /tmp/bench_new_phone
+    S=../shared/data
+    nice -n 19 python benchmarks/bench_new_phone.py --steps 1000 --a-pairs 8 --b-pairs 8 \
+        --photos $S/pairs/graf/img1.png,$S/pairs/homogr/BostonA.jpg,$S/phone_vs_dslr/hd/0.png,$S/pairs/homogr/EiffelA.png \
+        --out /tmp/bench_new_phone
 """
 
 from __future__ import annotations
@@ -82,9 +91,14 @@ def simulate_phone(out: Path, profile: str, sources: list[Path], pairs: int, see
     return rows
 
 
-def few_of(rows: list[dict], n: int) -> list[dict]:
-    """``n`` of ``rows`` spread evenly over the list (the sources follow one another in it), so the
-    few pairs hold every source in about its share."""
+def few_of(rows: list[dict], n: int, sources: list[Path], n_sources: int = 0) -> list[dict]:
+    """``n`` of ``rows`` spread evenly over the rows of the first ``n_sources`` of ``sources`` (0: all;
+    the sources follow one another in the list), so the few pairs hold each of them in about its share."""
+    keep = {p.stem for p in (sources[:n_sources] if n_sources else sources)}
+    rows = [r for r in rows if blr.source_of(r["id"]) in keep]
+    if len(rows) < n:
+        raise SystemExit(f"{len(rows)} B training pairs in the first {n_sources} sources, {n} wanted: "
+                         "raise --b-pairs or --few-sources")
     return [rows[int(k * len(rows) / n)] for k in range(n)]
 
 
@@ -105,14 +119,17 @@ def build(out: Path, name: str, rows: list[dict], profile: str, workers: int, te
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw-dir", type=Path, default=BENCH.parent.parent / "shared" / "data" / "raw")
+    ap.add_argument("--photos", default="", help="more real scenes (photos, comma-separated), as in bench_learn_raw")
     ap.add_argument("--a-pairs", type=int, default=12, help="phone A pairs per source raw")
     ap.add_argument("--b-pairs", type=int, default=12, help="phone B pairs per source raw")
     ap.add_argument("--few", type=int, default=10, help="B training pairs of the few-pair rows")
+    ap.add_argument("--few-sources", type=int, default=2,
+                    help="the few pairs come from the first N sources (raws, then photos); 0: every source")
     ap.add_argument("--test-fraction", type=float, default=0.3)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", default="ckisp")
-    ap.add_argument("--input-spaces", default="raw,linear_srgb")
+    ap.add_argument("--input-spaces", default="srgb,raw")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--finetune-lr", type=float, default=None,
@@ -135,7 +152,7 @@ def main() -> None:
         builds = json.loads(builds_path.read_text())
         print(f"reusing the datasets in {out}", flush=True)
     else:
-        sources = blr.readable_raws(args.raw_dir)
+        sources = blr.readable_raws(args.raw_dir) + [Path(p).resolve() for p in args.photos.split(",") if p]
         print("sources: " + ", ".join(p.name for p in sources), flush=True)
         a_rows = simulate_phone(out, PHONE_A, sources, args.a_pairs, [0])
         b_rows = simulate_phone(out, PHONE_B, sources, args.b_pairs, [50])
@@ -145,9 +162,10 @@ def main() -> None:
             raise SystemExit(f"{len(b_train)} B training / {len(b_test)} test pairs: raise --b-pairs")
         builds = {"A": build(out, "A", a_rows, PHONE_A, args.workers, args.test_fraction, args.split_seed),
                   "B_all": build(out, "B_all", b_rows, PHONE_B, args.workers, args.test_fraction, args.split_seed),
-                  "B_few": build(out, "B_few", b_test + few_of(b_train, args.few), PHONE_B, args.workers,
+                  "B_few": build(out, "B_few", b_test + few_of(b_train, args.few, sources, args.few_sources), PHONE_B, args.workers,
                                  args.test_fraction, args.split_seed),
-                  "data_seconds": time.perf_counter() - t0}
+                  "data_seconds": time.perf_counter() - t0,
+                  "sources": [p.name for p in sources], "few_sources": args.few_sources}
         builds_path.write_text(json.dumps(builds, indent=1))
     datasets = {k: out / k for k in ("A", "B_all", "B_few")}
     b_test_src = PackedPairs(datasets["B_all"], "test")

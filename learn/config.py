@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from learn.raw_space import INPUT_SPACES
+from learn.raw_space import AUTO, INPUT_SPACES
 
 
 class ConfigError(Exception):
@@ -58,8 +58,10 @@ class DataSection:
     the global batch (divided among DDP processes); min_valid: least share of
     trusted target px in a crop; eval_tile: validation tile side (null: whole images);
     input_space: the metadata input stage for raw pairs (:data:`learn.raw_space.INPUT_SPACES`:
-    "raw" as recorded, "white_balanced", "linear_srgb"), applied with each pair's
-    ``phone_raw`` metadata and again by evaluation and ``isp-rig render``.
+    "raw" as recorded, "white_balanced", "linear_srgb", "srgb"), applied with each pair's
+    ``phone_raw`` metadata and again by evaluation and ``isp-rig render``; "auto" (the
+    default) is "srgb" when every training pair carries the metadata, else "raw"
+    (:func:`learn.raw_space.auto_input_space`), and the run stores what it became.
     """
 
     kind: str = _spec("dataset", kind="str", choices=("dataset", "rgb_folders"))
@@ -76,7 +78,7 @@ class DataSection:
     exclude: list = _spec(kind="list", factory=list)
     drop_identical: bool = _spec(True, kind="bool")
     test_every: int = _spec(5, kind="int", lo=2)
-    input_space: str = _spec("raw", kind="str", choices=INPUT_SPACES)
+    input_space: str = _spec(AUTO, kind="str", choices=(AUTO, *INPUT_SPACES))
 
 
 @dataclass

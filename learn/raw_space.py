@@ -18,15 +18,26 @@ subtracted, divided by the white level, see :meth:`RawImage.packed`):
 - ``linear_srgb``: white-balanced, then the colour matrix (``color_matrix``: white-
   balanced camera RGB -> linear sRGB, rows = sRGB R, G, B) per CFA cell: R and B out
   of (R, mean G, B), each green plane out of (R, its own G, B), so the two greens stay
-  two samples.  The planes keep their positions (no demosaicking).
+  two samples.  The planes keep their positions (no demosaicking);
+- ``srgb``: ``linear_srgb`` through the sRGB transfer curve (IEC 61966-2-1), the tone
+  the phone's plain rendering starts from, so the colour path's polynomial works on
+  display-referred values as a global colour map does.  The curve is mirrored below 0
+  (noise around black keeps its sign and mean) and continued above 1 with its slope
+  there (1.055 / 2.4), so no highlight the white balance lifts past 1 is clipped.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from alignment.rawio import linear_to_srgb
+
 #: the input spaces, in order of how much of the metadata they use
-INPUT_SPACES = ("raw", "white_balanced", "linear_srgb")
+INPUT_SPACES = ("raw", "white_balanced", "linear_srgb", "srgb")
+
+#: what ``input_space = "auto"`` (the training default) becomes when every training pair carries the
+#: metadata: the space the raw benchmark measured best (docs/learning.md); ``raw`` otherwise
+AUTO, METADATA_DEFAULT = "auto", "srgb"
 
 
 class MissingMetadata(ValueError):
@@ -55,7 +66,45 @@ def to_input_space(packed: np.ndarray, metadata: dict | None, space: str) -> np.
                     m[1, 0] * r + m[1, 1] * g1 + m[1, 2] * b,
                     m[1, 0] * r + m[1, 1] * g2 + m[1, 2] * b,
                     m[2, 0] * r + m[2, 1] * g + m[2, 2] * b], axis=-1)
+    if space == "srgb":
+        out = encode_srgb(out)
     return out.astype(np.float32)
+
+
+#: slope of the sRGB transfer curve at 1, the continuation of :func:`encode_srgb` above 1
+_SRGB_SLOPE_AT_1 = 1.055 / 2.4
+
+
+def encode_srgb(x: np.ndarray) -> np.ndarray:
+    """The sRGB transfer curve on any real values: mirrored below 0, continued linearly above 1.
+
+    On [0, 1] it equals :func:`alignment.rawio.linear_to_srgb`; it is continuous with a
+    continuous slope, so a value past 1 or under 0 keeps its order and distance.
+    """
+    x = np.asarray(x, np.float32)
+    a = np.abs(x)
+    inside = linear_to_srgb(np.minimum(a, 1.0))
+    out = np.where(a > 1.0, 1.0 + _SRGB_SLOPE_AT_1 * (a - 1.0), inside)
+    return (np.sign(x) * out).astype(np.float32)
+
+
+def auto_input_space(packed_pairs: bool, metadata: list[dict | None], ids: list[str]) -> tuple[str, str]:
+    """What ``input_space = "auto"`` means for a training split: ``(space, why)``.
+
+    packed_pairs: the split holds packed raws (RGB inputs have no input stage: ``raw``);
+    metadata / ids: each training pair's ``phone_raw`` record and id.  The space is
+    :data:`METADATA_DEFAULT` when every pair carries what it needs, else ``raw``, and
+    ``why`` names the first pair that lacks it.
+    """
+    if not packed_pairs:
+        return "raw", "RGB inputs have no metadata stage"
+    probe = np.zeros((1, 1, 4), np.float32)
+    for meta, pid in zip(metadata, ids):
+        try:
+            to_input_space(probe, meta, METADATA_DEFAULT)
+        except MissingMetadata as err:
+            return "raw", f"pair {pid!r}: {err}"
+    return METADATA_DEFAULT, f"every training pair carries its white balance and colour matrix"
 
 
 def _field(metadata: dict | None, key: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -48,6 +48,7 @@ from learn.curves import plot_curves
 from learn.data import DataError, DatasetFolder, EvalTiles, RandomCrops, open_source
 from learn.losses import build_loss
 from learn.metrics import psnr, ssim
+from learn.raw_space import AUTO, auto_input_space
 
 DEFAULTS: dict[str, Any] = defaults()
 METRIC_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_psnr", "val_ssim"]
@@ -267,6 +268,7 @@ def _open_run(config: dict, out: Path, rank: int) -> tuple[dict, dict | None]:
     if missing:
         raise ConfigError(f"{', '.join(missing)}: not given (the {data['kind']!r} data kind needs it)")
     last = out / "checkpoints" / "last.pt"
+    _resolve_auto_input_space(data, rank)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
     if foreign_entries(out, lambda name: False) and not last.is_file() and not (out / "config.json").is_file():
@@ -274,6 +276,7 @@ def _open_run(config: dict, out: Path, rank: int) -> tuple[dict, dict | None]:
     if not last.is_file():
         return config, None
     resume = load_checkpoint(last)
+    resume["config"].setdefault("data", {}).setdefault("input_space", "raw")  # saved before the key existed
     stored = merge(DEFAULTS, resume["config"])  # a run saved before a key existed gets its default
     changed = config_differences(stored, config)
     if changed:
@@ -286,6 +289,23 @@ def _open_run(config: dict, out: Path, rank: int) -> tuple[dict, dict | None]:
     if rank == 0:
         log.info("resuming %s from step %d of %d", out, int(resume["step"]), config["optim"]["steps"])
     return config, resume
+
+
+def _resolve_auto_input_space(data: dict, rank: int) -> None:
+    """Replace ``data.input_space = "auto"`` by the space it means for this training data
+    (:func:`learn.raw_space.auto_input_space`), with one line saying which and why; the
+    run then stores, evaluates and renders with that space."""
+    if data.get("input_space", AUTO) != AUTO:
+        return
+    if data["kind"] != "dataset":
+        data["input_space"] = "raw"
+        return
+    records = DatasetFolder.read(data["root"]).split("train")
+    space, why = auto_input_space(all(r.raw is not None for r in records), [r.phone_raw for r in records],
+                                  [r.id for r in records])
+    data["input_space"] = space
+    if rank == 0:
+        log.info("input space auto -> %s (%s)", space, why)
 
 
 @dataclass

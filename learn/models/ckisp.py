@@ -58,7 +58,8 @@ class ColourPath(nn.Module):
     """Per-image second-order colour map: ``(N, C, H, W) -> (N, 3, H, W)``.
 
     Coefficients = base (3 x T) + MLP(image statistics), the MLP's last layer
-    starting at zero so training begins from the base map.
+    starting at zero so training begins from the base map; ``hidden=0`` keeps the
+    base alone (one global map for every image, as a fitted colour map).
     """
 
     def __init__(self, in_channels: int, hidden: int = 64) -> None:
@@ -72,12 +73,16 @@ class ColourPath(nn.Module):
         else:  # packed raw R, G1, G2, B: a rough linear start, learning shapes the rest
             base[0, 1], base[1, 2], base[1, 3], base[2, 4] = 1.0, 0.5, 0.5, 1.0
         self.base = nn.Parameter(base)
-        self.mlp = nn.Sequential(nn.Linear(t - 1, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 3 * t))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.mlp = None
+        if hidden > 0:
+            self.mlp = nn.Sequential(nn.Linear(t - 1, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 3 * t))
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def coefficients(self, stats: torch.Tensor) -> torch.Tensor:
         """``(N, T-1)`` image statistics -> ``(N, 3, T)`` colour-map coefficients."""
+        if self.mlp is None:
+            return self.base.expand(stats.shape[0], -1, -1)
         return self.base + self.mlp(stats).view(-1, 3, self.terms)
 
     def forward(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -97,6 +102,7 @@ class CKISP(nn.Module):
         n_basis: M, the number of basis kernels mixed per position.
         width: encoder-decoder width (channels at 1/2 resolution).
         colour_path: keep the global colour path beside the kernels.
+        colour_hidden: width of the colour path's per-image correction (0: one global map).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class CKISP(nn.Module):
         n_basis: int = 8,
         width: int = 16,
         colour_path: bool = True,
+        colour_hidden: int = 64,
     ) -> None:
         super().__init__()
         k = kernel_size if kernel_size is not None else (3 if upscale > 1 else 5)
@@ -118,7 +125,7 @@ class CKISP(nn.Module):
         nn.init.normal_(self.basis.weight, std=0.01)
         nn.init.zeros_(self.basis.bias)
         self.mixer = EncoderDecoder(in_channels, n_basis, width)
-        self.colour = ColourPath(in_channels) if colour_path else None
+        self.colour = ColourPath(in_channels, colour_hidden) if colour_path else None
         self.register_buffer("pairs", quad_index(in_channels), persistent=False)
         self.size_multiple = EncoderDecoder.stride
         self.receptive_radius = EncoderDecoder.receptive_radius + k // 2

@@ -113,6 +113,18 @@ def test_ckisp_output_is_kernel_path_plus_colour_path():
         torch.testing.assert_close(model(x), y.clamp(0, 1))
 
 
+def test_ckisp_without_a_per_image_correction_applies_one_colour_map_to_every_image():
+    torch.manual_seed(4)
+    model = lm.create("ckisp", colour_hidden=0).eval()
+    with torch.no_grad():
+        model.colour.base.normal_()
+        dark, bright = torch.rand(1, 4, 8, 8) * 0.1, torch.rand(1, 4, 8, 8) * 0.1 + 0.8
+        same = model.colour.coefficients(torch.cat([model.statistics(dark), model.statistics(bright)]))
+    torch.testing.assert_close(same[0], same[1])
+    torch.testing.assert_close(same[0], model.colour.base)
+    assert lm.count_parameters(model) < lm.count_parameters(lm.create("ckisp"))
+
+
 def test_pac_with_constant_guidance_is_an_ordinary_convolution():
     torch.manual_seed(4)
     x, weight, bias = torch.rand(1, 3, 10, 12), torch.randn(5, 3, 5, 5), torch.randn(5)

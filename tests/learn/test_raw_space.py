@@ -10,7 +10,7 @@ import pytest
 from alignment import rawio
 from learn.cli import _read_input
 from learn.data import DataError, PackedPairs, write_pair
-from learn.raw_space import INPUT_SPACES, MissingMetadata, to_input_space
+from learn.raw_space import INPUT_SPACES, MissingMetadata, encode_srgb, to_input_space
 
 META = {"as_shot_wb": [2.0, 1.0, 1.5],
         "color_matrix": [[1.6, -0.4, -0.2], [-0.2, 1.4, -0.2], [0.0, -0.5, 1.5]]}
@@ -33,6 +33,22 @@ def test_linear_srgb_planes_agree_with_the_toolkits_own_rendering_of_a_real_raw(
     np.testing.assert_allclose(out[..., 0], half[..., 0], atol=1e-5)
     np.testing.assert_allclose(0.5 * (out[..., 1] + out[..., 2]), half[..., 1], atol=1e-5)
     np.testing.assert_allclose(out[..., 3], half[..., 2], atol=1e-5)
+
+
+def test_srgb_space_is_the_srgb_curve_on_linear_srgb_and_keeps_values_outside_the_unit_range():
+    rng = np.random.default_rng(1)
+    packed = (rng.random((6, 5, 4)) * 1.4 - 0.1).astype(np.float32)  # some px under 0 and over 1 after WB
+    linear = to_input_space(packed, META, "linear_srgb")
+    out = to_input_space(packed, META, "srgb")
+    inside = (linear >= 0) & (linear <= 1)
+    assert inside.any() and (~inside).any()
+    np.testing.assert_allclose(out[inside], rawio.linear_to_srgb(linear[inside]), atol=1e-6)
+    np.testing.assert_allclose(encode_srgb(-linear), -encode_srgb(linear), atol=1e-7)  # mirrored under 0
+    x = np.array([0.999, 1.0, 1.001, 2.0], np.float32)  # continued above 1 with the slope at 1
+    y = encode_srgb(x)
+    np.testing.assert_allclose(np.diff(y[:3]), 0.001 * 1.055 / 2.4, rtol=2e-2)
+    assert np.all(np.diff(y) > 0) and y[-1] > 1.4
+    assert np.all(np.diff(encode_srgb(np.linspace(-2, 2, 401, dtype=np.float32))) > 0)  # order kept
 
 
 @pytest.mark.parametrize("meta, match", [
@@ -82,3 +98,30 @@ def test_a_run_is_evaluated_on_another_dataset_in_the_input_space_it_was_trained
     assert run_data_config(config, "/b") == {"kind": "dataset", "root": "/b", "input_space": "linear_srgb"}
     assert run_data_config(config, {"kind": "dataset", "root": "/b"})["input_space"] == "linear_srgb"
     assert run_data_config(config, {"root": "/b", "input_space": "raw"})["input_space"] == "raw"
+
+
+@pytest.mark.parametrize("with_metadata, expected", [(True, "srgb"), (False, "raw")])
+def test_auto_input_space_is_srgb_only_when_every_training_pair_carries_the_metadata(tmp_path, caplog, with_metadata,
+                                                                                    expected):
+    import json
+    import logging
+
+    from learn.train import load_config, train
+
+    rng = np.random.default_rng(2)
+    for k, split in enumerate(("train", "train", "test")):
+        meta = META if (with_metadata or k == 0) else None  # without: the second training pair lacks it
+        write_pair(tmp_path / "data", f"p{k}", (rng.random((16, 16, 4)) * 0.5).astype(np.float32),
+                   rng.random((32, 32, 3)).astype(np.float32), split=split, phone_raw=meta)
+    cfg = load_config(overrides={"model": {"name": "ckisp", "kwargs": {"width": 8, "n_basis": 4}},
+                                 "data": {"root": str(tmp_path / "data"), "crop": 8, "batch_size": 2,
+                                          "eval_tile": 16},
+                                 "optim": {"steps": 1}, "train": {"ckpt_every": 1, "eval_every": 1, "threads": 1}})
+    assert cfg["data"]["input_space"] == "auto"
+    with caplog.at_level(logging.INFO, logger="learn.train"):
+        train(cfg, tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["data"]["input_space"] == expected
+    assert f"input space auto -> {expected}" in caplog.text
+    if not with_metadata:
+        assert "pair 'p1': no as_shot_wb" in caplog.text
