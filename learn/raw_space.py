@@ -104,7 +104,7 @@ def auto_input_space(packed_pairs: bool, metadata: list[dict | None], ids: list[
             to_input_space(probe, meta, METADATA_DEFAULT)
         except MissingMetadata as err:
             return "raw", f"pair {pid!r}: {err}"
-    return METADATA_DEFAULT, f"every training pair carries its white balance and colour matrix"
+    return METADATA_DEFAULT, "every training pair carries its white balance and colour matrix"
 
 
 def _field(metadata: dict | None, key: str, shape: tuple[int, ...]) -> np.ndarray:
