@@ -31,8 +31,11 @@ Rows, all scored on B's test pairs with learn.evaluate (masked PSNR / SSIM on wh
   ``linear_srgb`` = white-balanced and colour-transformed with each raw's own metadata, ``srgb`` = that
   through the sRGB curve, the default of training):
   **A's model as is**; **B from scratch on the few pairs**; **A's model fine-tuned on the same few
-  pairs** (``train --init-from``, the same steps); **B from scratch on all B training pairs** (the
-  ceiling).  The peer for the ratios is "B from scratch on the few pairs": what a user does
+  pairs** (``train --init-from``, the same steps); **the same with A's training pairs beside the few**
+  (``train --init-from --also-data A``: in a metadata input space both phones' pairs are camera-
+  independent, so the new phone's model keeps seeing the scenes A was trained on; docs/new-phone.md has
+  what it gave); **B from scratch on
+  all B training pairs** (the ceiling).  The peer for the ratios is "B from scratch on the few pairs": what a user does
   without isp-rig's fine-tuning path.
 
 Every run has the same model, optimiser, crops, seed and steps (``--steps``); runs already in
@@ -201,12 +204,13 @@ def main() -> None:
     picture = [test_items[0][0]]
 
     # ---------------------------------------------------------- learned rows
-    def config(dataset: Path, space: str, lr: float | None = None, steps: int | None = None) -> dict:
+    def config(dataset: Path, space: str, lr: float | None = None, steps: int | None = None,
+               also: list[Path] = ()) -> dict:
         lr, steps = lr or args.lr, steps or args.steps
         return load_config(overrides={
             "model": {"name": args.model, "kwargs": {}},
             "data": {"kind": "dataset", "root": str(dataset), "crop": args.crop, "batch_size": args.batch,
-                     "eval_tile": 256, "input_space": space},
+                     "eval_tile": 256, "input_space": space, "also_roots": [str(p) for p in also]},
             "optim": {"lr": lr, "steps": steps, "schedule": "cosine"},
             "loss": {"l1": 1.0},
             "train": {"seed": args.seed, "ckpt_every": max(100, steps // 4), "eval_every": steps,
@@ -236,6 +240,12 @@ def main() -> None:
                       init_from=runs / "A" / "checkpoints" / "last.pt", progress=False)
         scored(f"A's model fine-tuned on the few pairs (--init-from, lr {ft_lr:g}, {ft_steps} steps)",
                runs / f"A_to_B_few{recipe}", space, counts["B train (few)"], tuned["elapsed_s"], ft_steps)
+        mixed = train(config(datasets["B_few"], space, ft_lr, ft_steps, also=[datasets["A"]]),
+                      runs / f"A_to_B_few_with_A{recipe}", init_from=runs / "A" / "checkpoints" / "last.pt",
+                      progress=False)
+        scored(f"A's model fine-tuned on the few pairs with A's pairs beside them (--also-data A, lr {ft_lr:g}, "
+               f"{ft_steps} steps)", runs / f"A_to_B_few_with_A{recipe}", space, counts["B train (few)"],
+               mixed["elapsed_s"], ft_steps)
         full = train(config(datasets["B_all"], space), runs / "B_all", progress=False)
         scored("B from scratch on all B training pairs (ceiling)", runs / "B_all", space, counts["B train (all)"],
                full["elapsed_s"])

@@ -143,22 +143,25 @@ def learn_and_render(dataset_dir: Path, runs_dir: Path, out: Path, models: list[
         results["models"][name] = {"psnr": scores["psnr"], "ssim": scores["ssim"], "params": scores["params"],
                                    "train_seconds": round(time.perf_counter() - started, 1),
                                    "curve": str((runs_dir / name / "curve.png").relative_to(out))}
+    model, config = load_model(runs_dir / models[0])
+    space = config["data"].get("input_space", "raw")  # what "auto" became for this dataset
+    test_src = open_source({"kind": "dataset", "root": str(dataset_dir), "input_space": space}, "test")
     torch.manual_seed(seed)
     untrained = registry.create(models[0])
-    rows = evaluate(untrained, open_source({"kind": "dataset", "root": str(dataset_dir)}, "test"), progress=False)
+    rows = evaluate(untrained, test_src, progress=False)
     results["untrained"] = {k: float(np.mean([r["model"][k] for r in rows])) for k in ("psnr", "ssim")}
 
     tests = [r for r in latest_records(dataset_dir).values() if r.get("status") == "ok" and r.get("split") == "test"]
     plain_scores = []
     picture = None
-    model, _ = load_model(runs_dir / models[0])
+    inputs = {test_src.records[i].id: i for i in range(len(test_src))}
     for rec in tests:
         target = cv2.imread(str(dataset_dir / rec["files"]["target"]), cv2.IMREAD_UNCHANGED)[..., ::-1] / 65535.0
         mask = cv2.imread(str(dataset_dir / rec["files"]["mask"]), cv2.IMREAD_GRAYSCALE) > 127
         plain = _phone_rendering(rec)
         plain_scores.append(_score(plain, target, mask))
         if picture is None:
-            packed = np.load(dataset_dir / rec["files"]["raw"])
+            packed = test_src.load(inputs[rec["id"]])["input"]  # in the run's input space
             rendered = np.clip(render(model, packed), 0, 1)
             write_image(out / "render.png", np.round(rendered[..., ::-1] * 255).astype(np.uint8))
             gap = np.ones((target.shape[0], 8, 3))

@@ -26,6 +26,9 @@ def _data_config(data: Path | None, config: dict) -> dict:
 @click.option("--val-data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder whose val (else test) split validates the run instead of --data's own "
                    "(needed for a dataset without one).")
+@click.option("--also-data", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Another dataset folder whose train pairs join the training pairs (e.g. another phone's, "
+                   "with a metadata input space); repeatable.")
 @click.option("--model", "model_name", help="Model name (learn.models.available()); overrides the config.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder; an existing run is resumed from its last checkpoint.")
@@ -36,7 +39,7 @@ def _data_config(data: Path | None, config: dict) -> dict:
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path),
               help="Checkpoint or run folder whose weights start this run (fine-tuning for a new phone).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(data: Path | None, val_data: Path | None, model_name: str | None, out: Path, steps: int | None,
+def train(data: Path | None, val_data: Path | None, also_data: tuple[Path, ...], model_name: str | None, out: Path, steps: int | None,
           config_path: Path | None, seed: int | None, init_from: Path | None, no_progress: bool) -> None:
     """Train a model on a dataset folder; resume a killed run by running the same command again."""
     from learn import models
@@ -54,6 +57,8 @@ def train(data: Path | None, val_data: Path | None, model_name: str | None, out:
     cfg["data"] = _data_config(data, cfg)
     if val_data is not None:
         cfg["data"]["val_root"] = str(val_data)
+    if also_data:
+        cfg["data"]["also_roots"] = [str(p) for p in also_data]
     if steps is not None:
         cfg["optim"]["steps"] = steps
     if seed is not None:

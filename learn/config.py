@@ -51,7 +51,9 @@ class DataSection:
     """Where the pairs come from and how they are cut.
 
     kind "dataset": ``root`` is an ``isp-rig dataset build`` folder (validation on
-    ``val_root``'s val, else test, split when given, else on its own, else off); kind
+    ``val_root``'s val, else test, split when given, else on its own, else off);
+    ``also_roots``: more dataset folders whose train pairs join the training pairs
+    (another phone's, in a camera-independent input space); kind
     "rgb_folders": ``input_dir`` / ``target_dir`` hold same-named RGB images, every
     ``test_every``-th name (sorted) is held out, ``exclude`` names are skipped.
     crop: training crop side in input positions (packed raw cells); batch_size:
@@ -67,6 +69,7 @@ class DataSection:
     kind: str = _spec("dataset", kind="str", choices=("dataset", "rgb_folders"))
     root: str | None = _spec(None, kind="str", optional=True)
     val_root: str | None = _spec(None, kind="str", optional=True)
+    also_roots: list = _spec(kind="list", factory=list)
     crop: int = _spec(64, kind="int", lo=8)
     batch_size: int = _spec(16, kind="int", lo=1)
     workers: int = _spec(0, kind="int", lo=0)

@@ -583,12 +583,42 @@ class EvalTiles(Dataset):
         return out
 
 
+class PairsUnion:
+    """Several :class:`PackedPairs` drawn from as one source (training on more than one folder).
+
+    Pair ``i`` is pair ``i - offset`` of the part it falls in, in the order given; every
+    part must hold the same kind of input (packed raw or RGB) at the same scale.
+    """
+
+    def __init__(self, parts: Sequence[PackedPairs]) -> None:
+        kinds = {(p.bayer, p.scale, p.input_space) for p in parts}
+        if len(kinds) > 1:
+            raise DataError(parts[0].folder.root, "the training folders mix inputs (packed raw and RGB, or "
+                                                  "input spaces): they cannot be trained on together")
+        self.parts = list(parts)
+        self.bayer, self.scale, self.input_space = kinds.pop()
+        self.records = [r for p in self.parts for r in p.records]
+        self._where = [(k, i) for k, p in enumerate(self.parts) for i in range(len(p))]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def input_shape(self, i: int) -> tuple[int, ...]:
+        k, j = self._where[i]
+        return self.parts[k].input_shape(j)
+
+    def load(self, i: int, with_jpeg: bool = False) -> dict:
+        k, j = self._where[i]
+        return self.parts[k].load(j, with_jpeg)
+
+
 def open_source(data: dict, split: str) -> PairSource:
     """The pair source a data config describes.
 
     ``{"kind": "dataset", "root": DIR}`` -> :class:`PackedPairs` of split ``split``
     (``"train"`` or ``"test"``; ``"val"`` falls back to test when the folder has no val split,
-    and is read from ``val_root`` (another dataset folder) when the config gives one);
+    and is read from ``val_root`` (another dataset folder) when the config gives one; the train
+    split of ``also_roots`` joins the train split as a :class:`PairsUnion`);
     ``{"kind": "rgb_folders", "input_dir": A, "target_dir": B, "exclude": [...], "test_every": 5}``
     -> :class:`RgbFolderPairs` over the deterministic split of :func:`split_names`.
     """
@@ -598,7 +628,10 @@ def open_source(data: dict, split: str) -> PairSource:
         folder = DatasetFolder.read(root)
         if split == "val" and not folder.split("val"):
             split = "test"
-        return PackedPairs(root, split, input_space=data.get("input_space", "raw"))
+        space = data.get("input_space", "raw")
+        if split == "train" and data.get("also_roots"):
+            return PairsUnion([PackedPairs(r, "train", input_space=space) for r in [root, *data["also_roots"]]])
+        return PackedPairs(root, split, input_space=space)
     if kind == "rgb_folders":
         names = list_rgb_pairs(data["input_dir"], data["target_dir"], data.get("exclude", ()),
                                data.get("drop_identical", True))

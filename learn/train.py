@@ -300,7 +300,8 @@ def _resolve_auto_input_space(data: dict, rank: int) -> None:
     if data["kind"] != "dataset":
         data["input_space"] = "raw"
         return
-    records = DatasetFolder.read(data["root"]).split("train")
+    roots = [data["root"], *data.get("also_roots", [])]
+    records = [r for root in roots for r in DatasetFolder.read(root).split("train")]
     space, why = auto_input_space(all(r.raw is not None for r in records), [r.phone_raw for r in records],
                                   [r.id for r in records])
     data["input_space"] = space
@@ -331,7 +332,12 @@ def _build_state(config: dict, proc: _Process, resume: dict | None, init_from: P
     memory_format = torch.channels_last if tc.get("channels_last", True) else torch.contiguous_format
     model = build_model(config).to(proc.device).to(memory_format=memory_format)  # NHWC: faster CPU convolutions
     if resume is None and init_from is not None:
-        model.load_state_dict(load_checkpoint(init_from)["model"])
+        start = load_checkpoint(init_from)
+        model.load_state_dict(start["model"])
+        was = start["config"].get("data", {}).get("input_space", "raw")
+        if was != config["data"]["input_space"] and proc.rank == 0:
+            log.warning("%s was trained on input space %r, this run uses %r: the weights start from another "
+                        "input (set data.input_space to keep it)", init_from, was, config["data"]["input_space"])
     optimizer = torch.optim.Adam(model.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"]))
     use_amp = bool(tc.get("amp", True)) and proc.device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

@@ -12,10 +12,12 @@ from learn.data import (
     DatasetFolder,
     EvalTiles,
     PackedPairs,
+    PairsUnion,
     RandomCrops,
     RgbFolderPairs,
     bayer_augment,
     list_rgb_pairs,
+    open_source,
     split_names,
     write_image,
     write_pair,
@@ -212,6 +214,30 @@ def test_rgb_input_pairs_of_a_dataset_folder_are_read_at_scale_one(tmp_path):
     assert item["input"].shape == item["target"].shape == (8, 10, 3)
     crop = RandomCrops(src, crop=4, seed=0)[0]
     assert tuple(crop["input"].shape) == (3, 4, 4) and tuple(crop["target"].shape) == (3, 4, 4)
+
+
+def test_training_on_also_roots_draws_from_the_train_pairs_of_every_folder(tiny_dataset, tmp_path):
+    rng = np.random.default_rng(5)
+    write_pair(tmp_path / "other", "o0", (rng.random((24, 32, 4)) * 0.5).astype(np.float32),
+               rng.random((48, 64, 3)).astype(np.float32))
+    data = {"kind": "dataset", "root": str(tiny_dataset), "also_roots": [str(tmp_path / "other")]}
+    train = open_source(data, "train")
+    assert isinstance(train, PairsUnion) and len(train) == 4 + 1
+    assert [train.load(i)["id"] for i in range(5)] == ["p0", "p1", "p2", "p3", "o0"]
+    assert train.input_shape(4) == (24, 32, 4)
+    assert {RandomCrops(train, crop=8, seed=0)[k]["input"].shape[0] for k in range(3)} == {4}
+    assert len(open_source(data, "test")) == 2  # the other folders only add training pairs
+
+
+def test_folders_of_raw_and_rgb_inputs_are_not_trained_on_together(tiny_dataset, tmp_path):
+    write_pair(tmp_path, "a", np.zeros((4, 5, 4), np.float32), np.full((8, 10, 3), 0.5, np.float32))
+    write_image(tmp_path / "pairs" / "a" / "input.png", np.full((8, 10, 3), 0.25, np.float32), 16)
+    rec = json.loads((tmp_path / "pairs.jsonl").read_text())
+    rec["files"].pop("raw")
+    rec["files"]["input"] = "pairs/a/input.png"
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(DataError, match="mix inputs"):
+        open_source({"kind": "dataset", "root": str(tiny_dataset), "also_roots": [str(tmp_path)]}, "train")
 
 
 def test_decoded_targets_stay_cached_within_the_byte_budget(tiny_dataset):

@@ -278,3 +278,14 @@ def test_train_on_a_train_only_dataset_says_validation_is_off_or_validates_on_va
     res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--val-data", str(tiny_dataset)])
     assert res.exit_code == 0, res.output
     assert "val PSNR" in res.output and "without validation" not in res.output
+
+
+def test_train_with_also_data_stores_the_extra_folders_in_the_run(tiny_dataset, tmp_path):
+    other = _train_only(tiny_dataset, tmp_path / "other")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--also-data", str(other), "--config",
+                                    str(tmp_path / "tiny.toml"), "--steps", "1", "--no-progress", "--out",
+                                    str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["data"]["also_roots"] == [str(other)]

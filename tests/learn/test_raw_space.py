@@ -100,23 +100,33 @@ def test_a_run_is_evaluated_on_another_dataset_in_the_input_space_it_was_trained
     assert run_data_config(config, {"root": "/b", "input_space": "raw"})["input_space"] == "raw"
 
 
+def _tiny_metadata_dataset(root, with_metadata: bool) -> None:
+    """2 train + 1 test pair; without metadata, the second training pair lacks it."""
+    rng = np.random.default_rng(2)
+    for k, split in enumerate(("train", "train", "test")):
+        meta = META if (with_metadata or k == 0) else None
+        write_pair(root, f"p{k}", (rng.random((16, 16, 4)) * 0.5).astype(np.float32),
+                   rng.random((32, 32, 3)).astype(np.float32), split=split, phone_raw=meta)
+
+
+def _tiny_config(root) -> dict:
+    from learn.train import load_config
+
+    return load_config(overrides={"model": {"name": "ckisp", "kwargs": {"width": 8, "n_basis": 4}},
+                                  "data": {"root": str(root), "crop": 8, "batch_size": 2, "eval_tile": 16},
+                                  "optim": {"steps": 1}, "train": {"ckpt_every": 1, "eval_every": 1, "threads": 1}})
+
+
 @pytest.mark.parametrize("with_metadata, expected", [(True, "srgb"), (False, "raw")])
 def test_auto_input_space_is_srgb_only_when_every_training_pair_carries_the_metadata(tmp_path, caplog, with_metadata,
                                                                                     expected):
     import json
     import logging
 
-    from learn.train import load_config, train
+    from learn.train import train
 
-    rng = np.random.default_rng(2)
-    for k, split in enumerate(("train", "train", "test")):
-        meta = META if (with_metadata or k == 0) else None  # without: the second training pair lacks it
-        write_pair(tmp_path / "data", f"p{k}", (rng.random((16, 16, 4)) * 0.5).astype(np.float32),
-                   rng.random((32, 32, 3)).astype(np.float32), split=split, phone_raw=meta)
-    cfg = load_config(overrides={"model": {"name": "ckisp", "kwargs": {"width": 8, "n_basis": 4}},
-                                 "data": {"root": str(tmp_path / "data"), "crop": 8, "batch_size": 2,
-                                          "eval_tile": 16},
-                                 "optim": {"steps": 1}, "train": {"ckpt_every": 1, "eval_every": 1, "threads": 1}})
+    _tiny_metadata_dataset(tmp_path / "data", with_metadata)
+    cfg = _tiny_config(tmp_path / "data")
     assert cfg["data"]["input_space"] == "auto"
     with caplog.at_level(logging.INFO, logger="learn.train"):
         train(cfg, tmp_path / "run", progress=False)
@@ -125,3 +135,16 @@ def test_auto_input_space_is_srgb_only_when_every_training_pair_carries_the_meta
     assert f"input space auto -> {expected}" in caplog.text
     if not with_metadata:
         assert "pair 'p1': no as_shot_wb" in caplog.text
+
+
+def test_fine_tuning_from_a_run_of_another_input_space_says_so(tmp_path, caplog):
+    import logging
+
+    from learn.train import train
+
+    _tiny_metadata_dataset(tmp_path / "a", True)
+    _tiny_metadata_dataset(tmp_path / "b", False)
+    train(_tiny_config(tmp_path / "a"), tmp_path / "run_a", progress=False)  # srgb
+    with caplog.at_level(logging.WARNING, logger="learn.train"):
+        train(_tiny_config(tmp_path / "b"), tmp_path / "run_b", init_from=tmp_path / "run_a", progress=False)
+    assert "was trained on input space 'srgb', this run uses 'raw'" in caplog.text
