@@ -228,7 +228,7 @@ def main() -> None:
         print(f"{label} [{space}]: {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}", flush=True)
 
     for space in args.input_spaces.split(","):
-        runs = out / "runs" / f"{args.model}_{space}_{args.steps}"
+        runs = out / "runs" / (f"{args.model}_{space}_{args.steps}" + (f"_seed{args.seed}" if args.seed else ""))
         a = train(config(datasets["A"], space), runs / "A", progress=False)
         scored("A's model as is", runs / "A", space, 0, None)
         rows[-1]["a_train_s"] = a["elapsed_s"]  # trained on A's pairs, none of B's
