@@ -23,6 +23,7 @@ from learn.data import EvalTiles, PackedPairs, RgbFolderPairs, open_source
 from learn.infer import render_tensor
 from learn.metrics import load_lpips, psnr, ssim
 from learn.models import count_parameters
+from learn.raw_space import AUTO
 from learn.train import load_model
 
 
@@ -111,12 +112,12 @@ def write_table(table: list[dict], out_dir: Path | str) -> tuple[Path, Path]:
 def run_data_config(config: dict, data: Path | str | dict | None = None) -> dict:
     """The data config to evaluate a run's model on: the run's own (``data`` None), another
     dataset folder or data config, which takes the run's ``input_space`` unless it names
-    one (the model only understands the input it was trained on)."""
+    one other than ``auto`` (the model only understands the input it was trained on)."""
     if data is None:
         return config["data"]
     own = {"input_space": config.get("data", {}).get("input_space", "raw")}
     if isinstance(data, dict):
-        return {**own, **data}
+        return {**data, **own} if data.get("input_space", AUTO) == AUTO else {**own, **data}
     return {"kind": "dataset", "root": str(data), **own}
 
 

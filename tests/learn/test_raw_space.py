@@ -98,6 +98,7 @@ def test_a_run_is_evaluated_on_another_dataset_in_the_input_space_it_was_trained
     assert run_data_config(config, "/b") == {"kind": "dataset", "root": "/b", "input_space": "linear_srgb"}
     assert run_data_config(config, {"kind": "dataset", "root": "/b"})["input_space"] == "linear_srgb"
     assert run_data_config(config, {"root": "/b", "input_space": "raw"})["input_space"] == "raw"
+    assert run_data_config(config, {"root": "/b", "input_space": "auto"})["input_space"] == "linear_srgb"
 
 
 def _tiny_metadata_dataset(root, with_metadata: bool) -> None:
