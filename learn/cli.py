@@ -39,8 +39,9 @@ def _data_config(data: Path | None, config: dict) -> dict:
 @click.option("--init-from", type=click.Path(exists=True, path_type=Path),
               help="Checkpoint or run folder whose weights start this run (fine-tuning for a new phone).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(data: Path | None, val_data: Path | None, also_data: tuple[Path, ...], model_name: str | None, out: Path, steps: int | None,
-          config_path: Path | None, seed: int | None, init_from: Path | None, no_progress: bool) -> None:
+def train(data: Path | None, val_data: Path | None, also_data: tuple[Path, ...], model_name: str | None, out: Path,
+          steps: int | None, config_path: Path | None, seed: int | None, init_from: Path | None,
+          no_progress: bool) -> None:
     """Train a model on a dataset folder; resume a killed run by running the same command again."""
     from learn import models
     from learn.train import load_config

@@ -587,7 +587,7 @@ class PairsUnion:
     """Several :class:`PackedPairs` drawn from as one source (training on more than one folder).
 
     Pair ``i`` is pair ``i - offset`` of the part it falls in, in the order given; every
-    part must hold the same kind of input (packed raw or RGB) at the same scale.
+    part must hold the same kind of input (packed raw or RGB) in the same input space.
     """
 
     def __init__(self, parts: Sequence[PackedPairs]) -> None:

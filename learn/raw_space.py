@@ -22,7 +22,7 @@ subtracted, divided by the white level, see :meth:`RawImage.packed`):
 - ``srgb``: ``linear_srgb`` through the sRGB transfer curve (IEC 61966-2-1), the tone
   the phone's plain rendering starts from, so the colour path's polynomial works on
   display-referred values as a global colour map does.  The curve is mirrored below 0
-  (noise around black keeps its sign and mean) and continued above 1 with its slope
+  (noise around black keeps its sign; the curve is linear there) and continued above 1 with its slope
   there (1.055 / 2.4), so no highlight the white balance lifts past 1 is clipped.
 """
 
