@@ -163,10 +163,10 @@ def main() -> None:
         b_train = [r for r in b_rows if r not in b_test]
         if len(b_train) < args.few or not b_test:
             raise SystemExit(f"{len(b_train)} B training / {len(b_test)} test pairs: raise --b-pairs")
-        few = few_of(b_train, args.few, sources, args.few_sources)
+        few_rows = few_of(b_train, args.few, sources, args.few_sources)
         builds = {"A": build(out, "A", a_rows, PHONE_A, args.workers, args.test_fraction, args.split_seed),
                   "B_all": build(out, "B_all", b_rows, PHONE_B, args.workers, args.test_fraction, args.split_seed),
-                  "B_few": build(out, "B_few", b_test + few, PHONE_B, args.workers, args.test_fraction,
+                  "B_few": build(out, "B_few", b_test + few_rows, PHONE_B, args.workers, args.test_fraction,
                                  args.split_seed),
                   "data_seconds": time.perf_counter() - t0,
                   "sources": [p.name for p in sources], "few_sources": args.few_sources}
