@@ -776,13 +776,15 @@ def refine_local(
         # the structure (degree, spline and its weight) is chosen afresh each round until
         # two structures that cross-validate alike take turns (A, B, A): then the simpler
         # of the two is kept and refitted, or the field never settles
-        new = fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
-                        grid_shape=res.grid_shape if spline else None, like=locked)
+        def fit(like: SmoothField | None) -> SmoothField:
+            return fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
+                             grid_shape=res.grid_shape if spline else None, like=like)
+
+        new = fit(locked)
         if locked is None and len(fits) >= 2 and _structure(new) == _structure(fits[-2]) != _structure(fits[-1]):
             locked = min(new, fits[-1], key=_complexity)
             if locked is not new:
-                new = fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
-                                grid_shape=res.grid_shape if spline else None, like=locked)
+                new = fit(locked)
         fits.append(new)
         new.radial = fld.radial
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres

@@ -61,8 +61,9 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[fn(x) for x in items]``, the calls spread over :func:`workers` threads.
 
     Results come back in the order of ``items``; of the calls that raise, the first
-    in the order of ``items`` has its exception raised here (after every call has ended).  Serial with one worker, with
-    one item, or when called from inside another map.
+    in the order of ``items`` has its exception raised here (after every call has
+    ended).  Serial with one worker, with one item, or when called from inside
+    another map.
     """
     items = list(items)
     n = min(workers(), len(items))

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from alignment.dataset import DATASET_JSON, PAIRS_JSONL, DatasetError, numbered_records, read_meta
-from learn.raw_space import MissingMetadata, to_input_space
+from learn.raw_space import metadata_problem, to_input_space
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -305,14 +305,12 @@ class PackedPairs:
         self.bayer = kinds.pop()
         self.input_space = input_space if self.bayer else "raw"
         if self.input_space != "raw":
-            probe = np.zeros((1, 1, 4), np.float32)
             for r in self.records:
-                try:
-                    to_input_space(probe, r.phone_raw, self.input_space)
-                except MissingMetadata as err:
+                problem = metadata_problem(r.phone_raw, self.input_space)
+                if problem:
                     raise DataError(self.folder.root / "pairs.jsonl",
-                                    f"pair {r.id!r}: {err}; input space {self.input_space!r} needs the raw's "
-                                    "white balance and colour matrix (use input_space 'raw')") from None
+                                    f"pair {r.id!r}: {problem}; input space {self.input_space!r} needs the raw's "
+                                    "white balance and colour matrix (use input_space 'raw')")
         self.scale = 2 if self.bayer else 1
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache = _ByteLru(self.cache_bytes)  # decoded targets and masks

@@ -88,6 +88,15 @@ def encode_srgb(x: np.ndarray) -> np.ndarray:
     return (np.sign(x) * out).astype(np.float32)
 
 
+def metadata_problem(metadata: dict | None, space: str) -> str | None:
+    """Why a raw's ``phone_raw`` record cannot be brought into ``space`` (None: it can)."""
+    try:
+        to_input_space(np.zeros((1, 1, 4), np.float32), metadata, space)
+    except MissingMetadata as err:
+        return str(err)
+    return None
+
+
 def auto_input_space(packed_pairs: bool, metadata: list[dict | None], ids: list[str]) -> tuple[str, str]:
     """What ``input_space = "auto"`` means for a training split: ``(space, why)``.
 
@@ -98,12 +107,10 @@ def auto_input_space(packed_pairs: bool, metadata: list[dict | None], ids: list[
     """
     if not packed_pairs:
         return "raw", "RGB inputs have no metadata stage"
-    probe = np.zeros((1, 1, 4), np.float32)
     for meta, pid in zip(metadata, ids):
-        try:
-            to_input_space(probe, meta, METADATA_DEFAULT)
-        except MissingMetadata as err:
-            return "raw", f"pair {pid!r}: {err}"
+        problem = metadata_problem(meta, METADATA_DEFAULT)
+        if problem:
+            return "raw", f"pair {pid!r}: {problem}"
     return METADATA_DEFAULT, "every training pair carries its white balance and colour matrix"
 
 
