@@ -53,7 +53,9 @@ class AlignOptions:
     Coarse ECC (mean luminance, locally normalised): ``ecc_method`` ("gn" or
     "opencv"), ``ecc_levels``, ``blur_sigma`` and ``norm_sigma`` (working px),
     ``gain_degree``, ``gauss_filt_size`` (OpenCV's pre-filter, "opencv" only).
-    ``radiometric``: fit the DSLR response per phone target (Bayer plane).
+    ``radiometric``: fit the DSLR response per phone target (Bayer plane), trying the
+    saturation boosts ``dslr_saturations`` of the DSLR's rendering (see
+    :func:`alignment.prepare.fit_radiometric`; ``(1.0,)``: none).
     ``fine``: "planes" (a final Gauss-Newton with one channel per Bayer plane at
     its own sampling position, smooth polynomial gain of degree
     ``fine_gain_degree``, pre-blur ``fine_blur_sigma``, at most ``max_pixels``)
@@ -84,6 +86,7 @@ class AlignOptions:
     gauss_filt_size: int = 1
     radiometric: bool = True
     radiometric_gain: bool = True
+    dslr_saturations: tuple[float, ...] = (1.0, 1.15, 1.3, 1.45, 1.6)
     fine: str = "planes"
     fine_blur_sigma: float = 0.5
     fine_gain_degree: int = 2
@@ -186,6 +189,8 @@ _OPTION_KINDS = {
     "max_corner_sigma_px": _POSITIVE,
     "confirm_inliers": ((int,), lambda v: v >= 0, "a whole number >= 0"),
     "max_residual_px": _POSITIVE,
+    "dslr_saturations": ((tuple, list), lambda v: len(v) >= 1 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v), "a list of numbers > 0"),
 }
 
 
@@ -850,7 +855,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             fitted = fit_radiometric(
                 targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
                 groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
-                frame=p.image_size if opt.radiometric_gain else None,
+                frame=p.image_size if opt.radiometric_gain else None, saturations=tuple(opt.dslr_saturations),
             )
             if fitted is not None:
                 images = fitted

@@ -96,8 +96,28 @@ def _full_scale(enc: np.ndarray) -> float:
 _STRIP_ROWS = 256  # rows per strip of apply_curves on a uint8 image
 
 
-def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0) -> np.ndarray:
-    """``offset + sum_c curves[c](enc[..., c])`` as (H, W) float32.
+def desaturation(saturation: float) -> np.ndarray | None:
+    """(3, 3) float32 matrix that undoes a saturation boost of display-encoded RGB about
+    its channel mean, ``E' = mean(E) + (E - mean(E)) / saturation`` (what a camera's
+    JPEG rendering applies after its tone curve, a colour mix no per-channel curve can
+    undo); None for a saturation of 1 (nothing to undo).  For ``cv2.transform``."""
+    if saturation == 1.0:
+        return None
+    return (np.eye(3) / saturation + (1.0 - 1.0 / saturation) / 3.0).astype(np.float32)
+
+
+def _mixed(enc: np.ndarray, mix: np.ndarray | None) -> np.ndarray:
+    """(..., 3) encoded RGB through the 3 x 3 colour ``mix`` (None: as is), in its own
+    dtype (integers rounded and saturated, as cv2.transform does)."""
+    if mix is None:
+        return enc
+    flat = np.ascontiguousarray(enc).reshape(-1, 1, 3)
+    return cv2.transform(flat, mix).reshape(enc.shape[:-1] + (mix.shape[0],))
+
+
+def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0, mix: np.ndarray | None = None) -> np.ndarray:
+    """``offset + sum_c curves[c](E[..., c])`` as (H, W) float32, E = ``enc`` through the
+    colour ``mix`` (:func:`desaturation`; None: ``enc`` itself).
 
     enc: (H, W, 3) display-encoded RGB, uint8, uint16 or float in [0, 1].
     curves: (3, n) values of one curve per channel on n equally spaced levels
@@ -105,27 +125,30 @@ def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0) -> np
     through a look-up table of every level, so a 24 MP image costs a few table
     reads per pixel instead of a curve evaluation.
     """
-    n = curves.shape[1]
+    if mix is not None and enc.dtype != np.uint8:
+        enc = _mixed(enc, mix)
+        mix = None
+    nch, n = curves.shape
     levels = np.linspace(0.0, 1.0, n)
     if enc.dtype in (np.uint8, np.uint16):
         full = int(_full_scale(enc))
         grid = np.arange(full + 1) / full
-        luts = np.stack([np.interp(grid, levels, curves[c]) for c in range(3)], 1).astype(np.float32)
+        luts = np.stack([np.interp(grid, levels, curves[c]) for c in range(nch)], 1).astype(np.float32)
         if enc.dtype == np.uint8:
             # in strips of rows, side by side: the (rows, W, 3) float tables' output of a
             # whole 24 MP image would be a 290 MB intermediate
             out = np.empty(enc.shape[:2], np.float32)
-            ones = np.ones((1, 3), np.float32)
+            ones = np.ones((1, nch), np.float32)
 
             def strip(r0: int) -> None:
-                mapped = cv2.LUT(enc[r0 : r0 + _STRIP_ROWS], luts.reshape(256, 1, 3))
+                mapped = cv2.LUT(_mixed(enc[r0 : r0 + _STRIP_ROWS], mix), luts.reshape(256, 1, nch))
                 out[r0 : r0 + _STRIP_ROWS] = cv2.transform(mapped, ones).reshape(-1, enc.shape[1])
 
             thread_map(strip, range(0, enc.shape[0], _STRIP_ROWS))
         else:
-            out = luts[enc[..., 0], 0] + luts[enc[..., 1], 1] + luts[enc[..., 2], 2]
+            out = sum(luts[enc[..., c], c] for c in range(nch))
     else:
-        out = sum(np.interp(enc[..., c], levels, curves[c]).astype(np.float32) for c in range(3))
+        out = sum(np.interp(enc[..., c], levels, curves[c]).astype(np.float32) for c in range(nch))
     out = np.asarray(out, np.float32).reshape(enc.shape[:2])
     if offset:
         out += np.float32(offset)
@@ -133,8 +156,8 @@ def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0) -> np
 
 
 def curves_on_grid(enc: np.ndarray, curves: np.ndarray, offset: float, size: tuple[int, int],
-                   strip_blocks: int = 64) -> np.ndarray:
-    """``shrink(apply_curves(enc, curves, offset), size)`` in strips of ``strip_blocks``
+                   strip_blocks: int = 64, mix: np.ndarray | None = None) -> np.ndarray:
+    """``shrink(apply_curves(enc, curves, offset, mix), size)`` in strips of ``strip_blocks``
     output rows: the same block means, without the full-size float image (64 MB for a
     16 MP crop, and three times that of per-channel intermediates).
 
@@ -147,7 +170,7 @@ def curves_on_grid(enc: np.ndarray, curves: np.ndarray, offset: float, size: tup
     out = np.empty((h_out, w_out), np.float32)
     for r0 in range(0, h_out, strip_blocks):
         r1 = min(h_out, r0 + strip_blocks)
-        out[r0:r1] = shrink(apply_curves(enc[r0 * f : r1 * f], curves, offset), (w_out, r1 - r0))
+        out[r0:r1] = shrink(apply_curves(enc[r0 * f : r1 * f], curves, offset, mix), (w_out, r1 - r0))
     return out
 
 
@@ -335,11 +358,13 @@ def _gaussian_weights(pos: np.ndarray, start: np.ndarray, taps: int, sigma: floa
 
 
 def blurred_hat_features(
-    enc: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float, n_knots: int, chunk: int = 4096
+    enc: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float, n_knots: int, chunk: int = 4096,
+    mix: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gaussian-weighted means of the hat-basis images of each channel at points (x, y).
 
-    enc: (H, W, 3) display-encoded RGB (uint8, uint16 or float).  x, y: (n,) DSLR
+    enc: (H, W, 3) display-encoded RGB (uint8, uint16 or float), read through the
+    colour ``mix`` (:func:`desaturation`; None: as is).  x, y: (n,) DSLR
     px (inside the image by at least ``3 sigma + 1``).  The hats are the
     piecewise-linear partition of unity on ``n_knots`` levels over [0, full scale].
     Returns (n, 3 * n_knots) float64, channel-major: what blurring each basis image
@@ -352,7 +377,8 @@ def blurred_hat_features(
     stride = max(1, int(sigma / 1.5))
     r = int(np.ceil(3 * sigma / stride)) * stride
     taps = 2 * r // stride + 2
-    out = np.empty((len(x), 3 * n_knots))
+    nch = 3 if mix is None else mix.shape[0]
+    out = np.empty((len(x), nch * n_knots))
     off = np.arange(taps) * stride
     if enc.dtype == np.uint8:
         # 256 levels: a weighted histogram of each point's neighbourhood per channel,
@@ -369,12 +395,12 @@ def blurred_hat_features(
         wx = _gaussian_weights(xs, x0.astype(float), taps, sigma, stride)
         wy = _gaussian_weights(ys, y0.astype(float), taps, sigma, stride)
         w2 = (wy[:, :, None] * wx[:, None, :])[..., None]  # (n, taps, taps, 1)
-        patch = enc[(y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]]
+        patch = _mixed(enc[(y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]], mix)
         n = len(xs)
         if enc.dtype == np.uint8:
             weights = w2.ravel()
             first = (np.arange(n) * 256)[:, None, None]
-            for c in range(3):
+            for c in range(nch):
                 hist = np.bincount((first + patch[..., c]).ravel(), weights, n * 256).reshape(n, 256)
                 out[i : i + chunk, c * n_knots : (c + 1) * n_knots] = hist @ table
             continue
@@ -383,8 +409,8 @@ def blurred_hat_features(
         frac = v - j
         w2 = w2.astype(np.float32)
         # each px adds (1 - frac) to its lower hat and frac to the upper one
-        base = (np.arange(n)[:, None, None, None] * 3 + np.arange(3)) * n_knots + j
-        size = n * 3 * n_knots
+        base = (np.arange(n)[:, None, None, None] * nch + np.arange(nch)) * n_knots + j
+        size = n * nch * n_knots
         feats = np.bincount(base.ravel(), (w2 * (1.0 - frac)).ravel(), size)
         feats += np.bincount((base + 1).ravel(), (w2 * frac).ravel(), size)
         out[i : i + chunk] = feats.reshape(len(xs), -1)
@@ -404,6 +430,16 @@ def _gain_basis(t_k: np.ndarray, xs: np.ndarray, ys: np.ndarray, frame: tuple[in
     return np.stack([u, v, u * u, u * v, v * v, r2 * r2], 1)
 
 
+def _second_differences(curves: int, n_knots: int) -> np.ndarray:
+    """(curves * (n_knots - 2), curves * n_knots + 1) rows of the second differences of
+    each curve's knot values (the last column, the offset, is not penalised)."""
+    rows = np.zeros((curves * (n_knots - 2), curves * n_knots + 1))
+    for c in range(curves):
+        for k in range(1, n_knots - 1):
+            rows[c * (n_knots - 2) + k - 1, c * n_knots + k - 1 : c * n_knots + k + 2] = [1.0, -2.0, 1.0]
+    return rows
+
+
 def fit_radiometric(
     targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     dslr: PreparedImage,
@@ -417,11 +453,13 @@ def fit_radiometric(
     frame: tuple[int, int] | None = None,
     gain_rounds: int = 3,
     robust_k: float | None = 9.0,
+    saturations: tuple[float, ...] = (1.0,),
+    search_samples: int = 1_000,
 ) -> list[np.ndarray] | None:
     """Fit DSLR response curves that predict each phone target (Bayer plane or luminance).
 
     Model for target k: ``t_k(x) ~ c_k + sum_c sum_j a_kcj * B[hat_j(E_c)](H T_k x)``
-    with E_c the display-encoded DSLR channel, hat_j piecewise-linear hats on
+    with E_c the display-encoded DSLR channel (after undoing the saturation, below), hat_j piecewise-linear hats on
     ``n_knots`` levels over [0, full scale] (so each sum over j is a curve), B the
     anti-alias filter matched to the local scale (linear, so it acts on each basis
     image; evaluated at the sample points only, see :func:`blurred_hat_features`),
@@ -449,6 +487,13 @@ def fit_radiometric(
     the 36 pairs of ``benchmarks/bench_trust.py``: 9 sigmas gave pooled precision
     0.984 at 0.5 px against 0.979 for fitting again without the pre-fit outliers;
     4.7 sigmas drops informative samples of soft scenes.)
+    saturations: the saturation boosts of the DSLR rendering to try (:func:`desaturation`):
+    a JPEG's saturation mixes the channels after the tone curve, so per-channel curves
+    of the encoded channels cannot predict a phone plane (the misfit follows colour
+    edges and biases the registration); the curves are fitted on the encoded RGB
+    with each boost undone, and the one with the smallest robust residual (the
+    geometric mean of the groups' MADs, on every few-th sample: about ``search_samples``
+    per target) is kept.
     Returns, per target, the float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)`` on
     the working grid, in the target's units (through look-up tables, see
     :func:`apply_curves`), or None without an encoded DSLR image or overlap.
@@ -469,7 +514,7 @@ def fit_radiometric(
             xs, ys = xs[sel], ys[sel]
         draws.append((values, t_k, xs, ys))
 
-    def target_samples(draw: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def target_samples(draw: tuple, mix: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         values, t_k, xs, ys = draw
         hw = to_enc @ h_image @ t_k
         s = _local_scale(hw, values.shape)
@@ -488,29 +533,16 @@ def fit_radiometric(
             return None
         xs, ys, mx, my = xs[inside], ys[inside], mx[inside], my[inside]
         target = _gauss(values.astype(np.float32), blur_sigma)[ys, xs].astype(np.float64)
-        a = np.concatenate([blurred_hat_features(enc, mx, my, sig_img, n_knots), np.ones((len(mx), 1))], 1)
+        a = np.concatenate([blurred_hat_features(enc, mx, my, sig_img, n_knots, mix=mix), np.ones((len(mx), 1))], 1)
         return a, target, _gain_basis(t_k, xs, ys, frame)
 
-    drawn = thread_map(target_samples, draws)
-    if any(d is None for d in drawn):
-        return None
-    samples: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-    for d, g in zip(drawn, groups):
-        samples.setdefault(g, []).append(d)
-    n_par = 3 * n_knots + 1
-    rows_p = []
-    for c in range(3):
-        for k in range(1, n_knots - 1):
-            r = np.zeros(n_par)
-            r[c * n_knots + k - 1 : c * n_knots + k + 2] = [1.0, -2.0, 1.0]
-            rows_p.append(r)
-    p = np.array(rows_p)
-
-    def group_image(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    def group_fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
+        """-> (curve coefficients then offset, the robust scale of the last residual)."""
         a = np.concatenate([x for x, _, _ in parts])
         target = np.concatenate([t for _, t, _ in parts])
         gains = np.concatenate([b for _, _, b in parts])
         scale = float(np.mean(a[:, :-1] ** 2)) * len(target)
+        p = _second_differences(a.shape[1] // n_knots, n_knots)
         lhs_p = smooth * scale * p.T @ p
         # t ~ gain(x) * curves(E): the phone's vignetting and colour shading are a smooth
         # gain over the frame; left in the curves, they bend them, and a curve that is
@@ -518,6 +550,7 @@ def fit_radiometric(
         # bias of ~0.1 % measured).  Curves and gain are fitted in turn.
         gain = np.ones(len(target))
         wts = np.ones(len(target))
+        mad = float("inf")
         for _ in range(gain_rounds + 1):
             aw = a * wts[:, None]
             coef = np.linalg.lstsq(aw.T @ a + lhs_p * wts.mean(), aw.T @ (target / gain), rcond=None)[0]
@@ -526,15 +559,46 @@ def fit_radiometric(
                 gw = gains * (pred * wts)[:, None]
                 beta = np.linalg.lstsq(gw.T @ (gains * pred[:, None]), gw.T @ (target - pred), rcond=None)[0]
                 gain = np.clip(1.0 + gains @ beta, 0.2, 5.0)
+            resid = target - gain * pred
+            mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
             if robust_k is not None:
-                resid = target - gain * pred
-                mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
                 z = resid / (robust_k * mad)
                 wts = np.where(np.abs(z) < 1, (1 - z * z) ** 2, 0.0)
-        curves, offset = coef[:-1].reshape(3, n_knots), float(coef[-1])
-        if encoded_grid is None:
-            return apply_curves(enc, curves, offset)
-        return curves_on_grid(enc, curves, offset, tuple(encoded_grid[1]))  # block mean onto the working grid
+        return coef, mad
 
-    images = dict(zip(samples, thread_map(group_image, samples.values())))  # the colour filters side by side
+    def fit_at(saturation: float, chosen: list[tuple]) -> tuple[float, np.ndarray | None, dict] | None:
+        """The curves on the samples ``chosen`` with the boost ``saturation`` undone ->
+        (score: the mean log MAD of the groups, the colour mix, {group: coefficients}),
+        None when a target has too few samples inside the DSLR image."""
+        mix = desaturation(saturation)
+        drawn = thread_map(lambda d: target_samples(d, mix), chosen)
+        if any(d is None for d in drawn):
+            return None
+        samples: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for d, g in zip(drawn, groups):
+            samples.setdefault(g, []).append(d)
+        fits = dict(zip(samples, thread_map(group_fit, samples.values())))  # the colour filters side by side
+        return float(np.mean([np.log(mad) for _, mad in fits.values()])), mix, {g: c for g, (c, _) in fits.items()}
+
+    saturation = saturations[0]
+    if len(saturations) > 1:
+        # the boost is chosen on every few-th sample (most of the cost is reading the
+        # samples' neighbourhoods), the curves are then fitted on all of them
+        few = [(v, t, xs[:: max(1, len(xs) // search_samples)], ys[:: max(1, len(xs) // search_samples)])
+               for v, t, xs, ys in draws]
+        scored = [(r[0], sat) for sat in saturations if (r := fit_at(sat, few)) is not None]
+        if scored:
+            saturation = min(scored)[1]
+    fitted = fit_at(saturation, draws)
+    if fitted is None:
+        return None
+    _, mix, coefs = fitted
+
+    def group_image(coef: np.ndarray) -> np.ndarray:
+        curves, offset = coef[:-1].reshape(-1, n_knots), float(coef[-1])
+        if encoded_grid is None:
+            return apply_curves(enc, curves, offset, mix)
+        return curves_on_grid(enc, curves, offset, tuple(encoded_grid[1]), mix=mix)  # block mean onto the working grid
+
+    images = dict(zip(coefs, thread_map(group_image, coefs.values())))
     return [images[g] for g in groups]

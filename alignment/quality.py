@@ -17,7 +17,9 @@ Reasons (``Quality.reason``), checked in this order:
 - ``residual_too_large``: tiles still disagree with the model: fewer than
   ``min_consistent`` of the textured tiles agree within ``max_residual_px``
   (phone px), or the 90th percentile of the reliable tiles' residual exceeds it:
-  parallax, a non-planar scene, moving objects or a wrong model.
+  parallax, a non-planar scene, moving objects or a wrong model;
+- ``too_little_trusted``: with a trust map, less than ``min_trusted`` of the phone
+  frame's measurable px (neither outside the DSLR frame nor clipped) can be trusted.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ class Thresholds:
     #: their structure agrees everywhere)
     min_correlation_confirmed: float = 0.3
     confirm_inliers: int = 100
-    #: with a trust map, the least fraction of the phone frame whose target can be trusted
+    #: with a trust map, the least fraction of the phone frame's measurable px (those
+    #: neither outside the DSLR frame nor clipped) whose target can be trusted: what
+    #: moved, is occluded or cannot be verified counts against the geometry; a DSLR
+    #: clipped in half the frame does not (it has no colour there to be wrong about)
     min_trusted: float = 0.5
     #: a low-texture scene (a whiteboard, a colour chart, a soft landscape) has few tiles
     #: with a reliable residual and a low correlation over its flat px; its geometry is
@@ -161,6 +166,10 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     # correlation and the tiles confirm it
     found_directly = q.start == "coarse" and (tiles_agree or sparse_confirmed) and correlated
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
+    # the px a target could be measured at: the trust map's other reasons (moved, occluded,
+    # unverified) are the geometry's to answer for
+    measurable = max(0.0, 1.0 - q.dropped.get("outside", 0.0) - q.dropped.get("clipped", 0.0))
+    trusted_share = q.trusted_fraction / measurable if measurable > 0 else 0.0
     checks = [
         (
             (q.inliers < t.min_inliers or q.inlier_ratio < t.min_inlier_ratio) and not found_directly,
@@ -198,9 +207,10 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             f"90th-percentile tile residual {q.residual_p90_px:.3f} px > {t.max_residual_px} px",
         ),
         (
-            bool(np.isfinite(q.trusted_fraction)) and q.trusted_fraction < t.min_trusted,
+            bool(np.isfinite(q.trusted_fraction)) and q.trusted_fraction < t.min_trusted * measurable,
             "too_little_trusted",
-            f"only {q.trusted_fraction:.0%} of the phone frame can be trusted (need {t.min_trusted:.0%}); "
+            f"only {q.trusted_fraction:.0%} of the phone frame can be trusted, {trusted_share:.0%} of its "
+            f"{measurable:.0%} neither outside the DSLR frame nor clipped (need {t.min_trusted:.0%}); "
             + ", ".join(f"{k} {v:.0%}" for k, v in sorted(q.dropped.items(), key=lambda kv: -kv[1]) if v >= 0.005),
         ),
     ]

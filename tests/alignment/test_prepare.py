@@ -1,14 +1,17 @@
 """Photometric preparation: look-up tables equal the curves, point-wise blurred hat
-features equal blurring the hat images, and integer images stay integers."""
+features equal blurring the hat images, integer images stay integers, and the
+radiometric fit undoes the saturation boost of a DSLR's rendering."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from alignment import rawio
 from alignment.ecc import _gauss
-from alignment.prepare import REC709, apply_curves, blurred_hat_features, curves_on_grid, encoded_luminance, shrink
+from alignment.prepare import (REC709, _mixed, apply_curves, blurred_hat_features, curves_on_grid, desaturation,
+                               encoded_luminance, fit_radiometric, prepare_dslr, shrink)
 
 
 def _encoded(dtype, shape=(40, 50, 3), seed=0) -> np.ndarray:
@@ -124,3 +127,48 @@ def test_curves_on_grid_equal_the_curves_then_the_block_mean(strip_blocks):
 def test_curves_on_grid_refuses_a_size_that_is_no_integer_factor():
     with pytest.raises(ValueError, match="integer factor"):
         curves_on_grid(_encoded(np.uint8, (100, 100, 3)), np.ones((3, 9)), 0.0, (30, 30))
+
+
+def _boosted(unit: np.ndarray, saturation: float) -> np.ndarray:
+    """Display RGB in [0, 1] with its saturation boosted about the channel mean."""
+    grey = unit.mean(axis=-1, keepdims=True)
+    return grey + saturation * (unit - grey)
+
+
+def test_desaturation_undoes_a_saturation_boost():
+    unit = 0.3 + 0.4 * np.random.default_rng(3).random((20, 30, 3)).astype(np.float32)
+    undone = _mixed(_boosted(unit, 1.4).astype(np.float32), desaturation(1.4))
+    np.testing.assert_allclose(undone, unit, atol=1e-5)
+    assert desaturation(1.0) is None
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_curves_and_hat_features_through_a_colour_mix_equal_those_of_the_mixed_image(dtype):
+    enc = _encoded(dtype, (60, 70, 3))
+    mix = desaturation(1.3)
+    curves = np.random.default_rng(1).random((3, 9))
+    np.testing.assert_allclose(apply_curves(enc, curves, 0.1, mix), apply_curves(_mixed(enc, mix), curves, 0.1),
+                               rtol=1e-5, atol=1e-5)
+    x, y = np.array([20.3, 35.8, 40.0]), np.array([22.1, 30.5, 37.2])
+    np.testing.assert_allclose(blurred_hat_features(enc, x, y, 2.0, 9, mix=mix),
+                               blurred_hat_features(_mixed(enc, mix), x, y, 2.0, 9), atol=1e-6)
+
+
+def test_radiometric_fit_undoes_the_saturation_boost_of_the_dslr_rendering():
+    # a colourful linear scene; the phone target is its red channel, the DSLR an sRGB
+    # JPEG-like rendering whose saturation was boosted 1.4x after the tone curve
+    rng = np.random.default_rng(5)
+    small = rng.random((12, 16, 3)).astype(np.float32)
+    scene = cv2.resize(small, (320, 240), interpolation=cv2.INTER_CUBIC).clip(0.02, 1)
+    display = _boosted(rawio.linear_to_srgb(scene), 1.4).clip(0, 1)
+    dslr = prepare_dslr((display * 255 + 0.5).astype(np.uint8))
+    target = (scene[..., 0], np.ones(scene.shape[:2], bool), np.eye(3))
+
+    def misfit(saturations: tuple) -> float:
+        predicted = fit_radiometric([target], dslr, np.eye(3), saturations=saturations)[0]
+        inner = (slice(20, -20), slice(20, -20))
+        return float(np.median(np.abs(predicted[inner] - scene[..., 0][inner])))
+
+    per_channel = misfit((1.0,))
+    searched = misfit((1.0, 1.2, 1.4, 1.6))
+    assert searched < 0.5 * per_channel

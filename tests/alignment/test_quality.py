@@ -67,3 +67,18 @@ def test_verdict_accepts_weak_correlation_only_when_the_geometry_is_confirmed(ch
 def test_rejection_message_says_the_tiles_did_not_confirm():
     q = verdict(_good(ecc_correlation=0.42, inliers=60), Thresholds())
     assert "do not confirm" in q.message
+
+
+@pytest.mark.parametrize(
+    "trusted, dropped, ok",
+    [
+        (0.44, {"clipped": 0.53, "occluded": 0.03}, True),  # a clipped half costs the pair nothing
+        (0.44, {"moved": 0.53, "occluded": 0.03}, False),  # a moved half is the geometry's failure
+        (0.30, {"outside": 0.2, "clipped": 0.2, "moved": 0.3}, False),  # 30 % of the measurable 60 %
+        (0.35, {"outside": 0.2, "clipped": 0.2, "moved": 0.25}, True),
+    ],
+)
+def test_too_little_trusted_counts_only_the_measurable_px(trusted, dropped, ok):
+    q = verdict(_good(trusted_fraction=trusted, dropped=dropped), Thresholds())
+    assert q.ok is ok
+    assert ok or (q.reason == "too_little_trusted" and "nor clipped" in q.message)
