@@ -340,6 +340,7 @@ def gn_refine(
     radial: int = 0,
     q0: np.ndarray | None = None,
     photo0: list[np.ndarray] | None = None,
+    lens_centre: bool = False,
 ) -> EccResult:
     """Gauss-Newton on a homography (and radial distortion) shared by several template channels.
 
@@ -353,18 +354,26 @@ def gn_refine(
     the frame point z is first undistorted, ``n = (z - c) / s``,
     ``n_u = n (1 + q1 |n|^2 + q2 |n|^4)`` with c the frame centre and s half its
     longer side, so q is dimensionless and the same at every pyramid level;
-    q0: the starting coefficients.  photo0: the starting gain and offset coefficients
+    q0: the starting coefficients, (q1, q2) or (q1, q2, eu, ev) with the lens centre
+    e in the same normalised units (:func:`lens_undistort`).  lens_centre: estimate
+    that centre too (with ``radial``; q then has four entries).  A lens centre away
+    from the frame's leaves a radial model fitted about the frame centre up to 0.9 px
+    off at the frame corners (the simulator's 1 % decentring).
+    photo0: the starting gain and offset coefficients
     (``EccResult.photometric`` of an earlier run on the same channels; None: gain 1,
     offset 0).
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
     """
     q = np.zeros(2) if q0 is None else np.asarray(q0, np.float64).copy()
+    nr = int(radial)
+    nc = 2 if lens_centre and nr else 0
+    if nc and len(q) < 4:
+        q = np.r_[q, np.zeros(4 - len(q))]
     frame = _Frame.of(frame_shape)
     data = _channel_samples(channels, frame, gain_degree, max_pixels)
     npb = data[0].basis.shape[1]
-    nr = int(radial)
-    n_par = 8 + nr + 2 * npb * len(data)
+    n_par = 8 + nr + nc + 2 * npb * len(data)
     photo = [np.concatenate([[1.0], np.zeros(npb - 1), np.zeros(npb)]) for _ in data]
     if photo0 is not None and len(photo0) == len(photo) and all(len(a) == len(b) for a, b in zip(photo0, photo)):
         photo = [np.array(a, np.float64) for a in photo0]
@@ -373,11 +382,11 @@ def gn_refine(
     corr = 0.0
     valid_frac = 0.0
     for it in range(1, max_iter + 1):
-        dp, corr, valid_frac = _gn_step(data, h @ frame.ninv, q, photo, nr, huber, n_par)
+        dp, corr, valid_frac = _gn_step(data, h @ frame.ninv, q, photo, nr, huber, n_par, nc)
         for k in range(len(data)):
-            o = 8 + nr + 2 * npb * k
+            o = 8 + nr + nc + 2 * npb * k
             photo[k] = photo[k] + dp[o : o + 2 * npb]
-        h, q, moved = _apply_update(h, q, dp, nr, frame)
+        h, q, moved = _apply_update(h, q, dp, nr, frame, nc)
         if moved < tol_px:
             converged = True
             break
@@ -386,7 +395,7 @@ def gn_refine(
 
 
 def _gn_step(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarray], nr: int, huber: float | None,
-             n_par: int) -> tuple[np.ndarray, float, float]:
+             n_par: int, nc: int = 0) -> tuple[np.ndarray, float, float]:
     """One Gauss-Newton step of :func:`gn_refine`: every channel's equations
     (:func:`_channel_equations`, the channels side by side: :func:`alignment.threads.thread_map`) summed into the shared normal equations (the 8 + nr
     geometric parameters shared, each channel's 2 * npb photometric ones its own) and
@@ -398,14 +407,14 @@ def _gn_step(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarray], 
     atb = np.zeros(n_par)
     n_tot = n_in_tot = 0
     sxy = sxx = syy = 0.0
-    equations = thread_map(lambda k: _channel_equations(data[k], g, q, photo[k], nr, huber), range(len(data)))
+    equations = thread_map(lambda k: _channel_equations(data[k], g, q, photo[k], nr, huber, nc), range(len(data)))
     for k, (sample, eq) in enumerate(zip(data, equations)):
         n_tot += len(sample.u)
         n_in_tot += eq.n_inside
         if eq.jtj is None:
             continue
-        o = 8 + nr + 2 * npb * k
-        idx = np.r_[0 : 8 + nr, o : o + 2 * npb]
+        o = 8 + nr + nc + 2 * npb * k
+        idx = np.r_[0 : 8 + nr + nc, o : o + 2 * npb]
         ata[np.ix_(idx, idx)] += eq.jtj
         atb[idx] += eq.jtr
         sxy, sxx, syy = sxy + eq.sxy, sxx + eq.sxx, syy + eq.syy
@@ -498,7 +507,7 @@ class _ChannelEquations:
 
 
 def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, photo: np.ndarray, nr: int,
-                       huber: float | None) -> _ChannelEquations:
+                       huber: float | None, nc: int = 0) -> _ChannelEquations:
     """Linearise one channel's model ``a(x) * I(H x) + b(x)`` at the current homography
     (g: normalised frame -> image px), radial coefficients q and photometric parameters
     ``photo`` (gain then offset coefficients); no equations (``jtj`` None) when fewer
@@ -507,9 +516,11 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     u0, v0, pb = sample.u, sample.v, sample.basis
     npb = pb.shape[1]
     ih, iw = ch.image.shape[:2]
-    rho2 = u0 * u0 + v0 * v0
+    eu, ev = (float(q[2]), float(q[3])) if len(q) > 3 else (0.0, 0.0)
+    du0, dv0 = u0 - eu, v0 - ev
+    rho2 = du0 * du0 + dv0 * dv0
     fac = 1.0 + q[0] * rho2 + q[1] * rho2 * rho2
-    u, v = u0 * fac, v0 * fac
+    u, v = eu + du0 * fac, ev + dv0 * fac
     mx, my, w = _apply_h(g, u, v)
     inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
     if ch.mask_has_holes:
@@ -541,7 +552,7 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     s = hx * uu + hy * vv
     # the Jacobian transposed, one parameter per row: its rows are written and its
     # normal equations multiplied along contiguous memory
-    jac = np.empty((8 + nr + 2 * npb, n_in))
+    jac = np.empty((8 + nr + nc + 2 * npb, n_in))
     jac[0] = hx * uu
     jac[1] = hx * vv
     jac[2] = hx
@@ -550,14 +561,24 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     jac[5] = hy
     jac[6] = -s * uu
     jac[7] = -s * vv
-    if nr:
+    if nr or nc:
         r2i = rho2[inside]
-        base = hx * u0[inside] + hy * v0[inside]
+        dui, dvi = du0[inside], dv0[inside]
+    if nr:
+        base = hx * dui + hy * dvi
         jac[8] = base * r2i
         if nr > 1:
             jac[9] = base * r2i * r2i
-    jac[8 + nr : 8 + nr + npb] = pbi.T * iv
-    jac[8 + nr + npb :] = pbi.T
+    if nc:
+        # the undistorted point's derivatives along the lens centre
+        one_minus = 1.0 - fac[inside]
+        slope = 2.0 * (q[0] + 2.0 * q[1] * r2i)
+        duu, dvv, duv = one_minus - slope * dui * dui, one_minus - slope * dvi * dvi, -slope * dui * dvi
+        jac[8 + nr] = hx * duu + hy * duv
+        jac[8 + nr + 1] = hx * duv + hy * dvv
+    o = 8 + nr + nc
+    jac[o : o + npb] = pbi.T * iv
+    jac[o + npb :] = pbi.T
     if huber is not None:
         scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-12
         kk = huber * scale
@@ -571,21 +592,32 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     return _ChannelEquations(n_in, jw @ jac.T, jw @ r, float(tc @ pc), float(tc @ tc), float(pc @ pc))
 
 
+def lens_undistort(q: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised frame points (u, v) undistorted by the lens model ``q`` = (q1, q2[, eu,
+    ev]): about the centre e = (eu, ev) (normalised units; 0 when absent), ``n = z - e``,
+    ``z_u = e + n (1 + q1 |n|^2 + q2 |n|^4)``."""
+    eu, ev = (float(q[2]), float(q[3])) if len(q) > 3 else (0.0, 0.0)
+    du, dv = u - eu, v - ev
+    r2 = du * du + dv * dv
+    fac = 1.0 + q[0] * r2 + q[1] * r2 * r2
+    return eu + du * fac, ev + dv * fac
+
+
 def _apply_update(h: np.ndarray, q: np.ndarray, dp: np.ndarray, nr: int,
-                  frame: _Frame) -> tuple[np.ndarray, np.ndarray, float]:
-    """The step ``dp`` applied to the homography (composed in the normalised frame) and
-    the radial coefficients -> (H, q, how far the step moved a frame corner in image px)."""
+                  frame: _Frame, nc: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """The step ``dp`` applied to the homography (composed in the normalised frame), the
+    radial coefficients and (``nc`` = 2) the lens centre -> (H, q, how far the step moved
+    a frame corner in image px)."""
     d = np.array([[dp[0], dp[1], dp[2]], [dp[3], dp[4], dp[5]], [dp[6], dp[7], 0.0]])
     q_new = q.copy()
     q_new[:nr] += dp[8 : 8 + nr]
+    if nc:
+        q_new[2:4] += dp[8 + nr : 8 + nr + nc]
     h_new = h @ frame.ninv @ (np.eye(3) + d) @ frame.nmat
     h_new /= h_new[2, 2]
     cu, cv_ = frame.corners_u, frame.corners_v
-    c2 = cu**2 + cv_**2
-    f0 = 1 + q[0] * c2 + q[1] * c2 * c2
-    f1 = 1 + q_new[0] * c2 + q_new[1] * c2 * c2
-    x0, y0, _ = _apply_h(h @ frame.ninv, cu * f0, cv_ * f0)
-    x1, y1, _ = _apply_h(h_new @ frame.ninv, cu * f1, cv_ * f1)
+    x0, y0, _ = _apply_h(h @ frame.ninv, *lens_undistort(q, cu, cv_))
+    x1, y1, _ = _apply_h(h_new @ frame.ninv, *lens_undistort(q_new, cu, cv_))
     return h_new, q_new, float(np.max(np.hypot(x1 - x0, y1 - y0)))
 
 
@@ -902,6 +934,7 @@ def refine_planes(
     q0: np.ndarray | None = None,
     channels: list[Channel] | None = None,
     photo0: list[np.ndarray] | None = None,
+    lens_centre: bool = False,
 ) -> EccResult:
     """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
 
@@ -911,7 +944,8 @@ def refine_planes(
     DSLR px; frame_shape: (rows, cols) of the phone image grid.  Each plane is
     compared at its own sampling positions, so a colour edge seen by one plane
     only does not move the estimate.  radial / q0: radial distortion of the phone
-    image frame estimated with H (see :func:`gn_refine`); photo0: the channels'
+    image frame estimated with H (see :func:`gn_refine`; ``lens_centre``: its centre
+    too); photo0: the channels'
     starting gain and offset (see :func:`gn_refine`).  channels: the
     channels already prepared by :func:`prepare_channels` (then ``targets``,
     ``images``, ``image_mask``, ``blur_sigma``, ``norm_sigma`` and ``aperture``
@@ -926,4 +960,4 @@ def refine_planes(
             targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma, aperture=aperture
         )
     return gn_refine(channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0,
-                     photo0)
+                     photo0, lens_centre)

@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from alignment import trust
 from alignment.coarse import coarse_search
-from alignment.ecc import ECC_METHODS, Channel, EccResult, prepare_channels, refine_homography, refine_planes
+from alignment.ecc import lens_undistort, ECC_METHODS, Channel, EccResult, prepare_channels, refine_homography, refine_planes
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
@@ -63,7 +63,8 @@ class AlignOptions:
     with the homography in both ECC stages (the phone lens); when the fine
     stage's model moves the frame corner by less than ``radial_min_px`` (phone
     px), the fine stage is run again without it (fewer parameters, less variance)
-    and the local field takes whatever is left.  Local: ``local``,
+    and the local field takes whatever is left; ``lens_centre``: the fine stage also
+    estimates the lens model's centre (else the frame centre).  Local: ``local``,
     ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
     clamped to 8..48 working px), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
     EXIF.  Working size (see :mod:`alignment.reduce`): ``max_plane_pixels`` bins the
@@ -93,6 +94,7 @@ class AlignOptions:
     max_pixels: int | None = 250_000
     radial: int = 2
     radial_min_px: float = 1.0
+    lens_centre: bool = True
     coarse_local: bool = False
     local: bool = True
     tile_px: float | None = None
@@ -168,7 +170,7 @@ _OPTION_KINDS = {
     "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
                                                                                        "0, 1 or 2"),
     "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "trust": _FLAG,
-    "trust_refit": _FLAG, "trust_layers": _FLAG, "coarse_start": _FLAG,
+    "trust_refit": _FLAG, "trust_layers": _FLAG, "coarse_start": _FLAG, "lens_centre": _FLAG,
     "coarse_min_score": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "fine": ((str,), lambda v: v in ("planes", "none"), "'planes' or 'none'"),
     "fine_blur_sigma": _POSITIVE, "radial": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"),
@@ -365,9 +367,13 @@ def align_images(phone, dslr, **options) -> Alignment:
 
 
 def _corner_px(q_radial: np.ndarray, image_size: tuple[int, int]) -> float:
-    """Displacement of the frame corner by the radial model (phone image px)."""
-    rho = float(np.hypot(*image_size) / max(image_size))
-    return float(abs(q_radial[0] * rho**3 + q_radial[1] * rho**5) * max(image_size) / 2.0)
+    """The largest displacement of a frame corner by the lens model (phone image px)."""
+    w, h = image_size
+    half = max(w, h) / 2.0
+    u = np.array([-1.0, 1.0, 1.0, -1.0]) * ((w - 1) / 2.0 / half)
+    v = np.array([-1.0, -1.0, 1.0, 1.0]) * ((h - 1) / 2.0 / half)
+    uu, vv = lens_undistort(np.asarray(q_radial, np.float64), u, v)
+    return float(np.max(np.hypot(uu - u, vv - v)) * half)
 
 
 _FINE_TOL_PX = 1e-3  # the fine stage's stopping rule: the last step moved no frame corner more (phone px)
@@ -384,7 +390,9 @@ def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
     # steps stop under a thousandth of a px at the frame corners: ten times finer
     # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
     rf = refine_planes(None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
-                       radial=opt.radial, q0=q_radial, channels=channels, tol_px=_FINE_TOL_PX, photo0=photo0)
+                       radial=opt.radial, q0=q_radial, channels=channels, tol_px=_FINE_TOL_PX, photo0=photo0,
+                       # the centre is fixed by the radial terms alone: only with a lens model already there
+                       lens_centre=opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px)
     h_image, q_radial = rf.homography, rf.radial
     if opt.radial and _corner_px(q_radial, image_size) < opt.radial_min_px:
         # no lens distortion worth modelling: two fewer parameters, less variance
@@ -401,7 +409,7 @@ def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndar
     channels warped by it (:func:`alignment.local.refine_local`).
     coarse: (targets, images, DSLR mask) for the optional blurred coarse passes."""
     degrees = tuple(opt.local_degrees) if opt.local else (-1,)
-    init = _radial_field(q_radial, p) if np.any(q_radial != 0) else None
+    init = _radial_field(q_radial, p) if np.any(q_radial[:2] != 0) else None
     # about 20 tiles across, of 8 to 48 working px (a binned phone has coarser working px)
     step = float(p.to_image[0, 0])
     tile = opt.tile_px or float(np.clip(max(p.image_size) / 20.0, 8.0 * step, 48.0 * step))
@@ -422,13 +430,16 @@ def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndar
 
 
 def _radial_field(q_radial: np.ndarray, p: PreparedImage) -> SmoothField:
-    """The field holding only the radial lens model (zero when there is none)."""
-    if not np.any(q_radial != 0):
+    """The field holding only the lens model (zero when there is none): q_radial = (q1, q2)
+    about the frame centre, or (q1, q2, eu, ev) about a lens centre e (frame centre +
+    e times half the longer side, :func:`alignment.ecc.lens_undistort`)."""
+    if not np.any(q_radial[:2] != 0):
         return SmoothField()
     w_img, h_img = p.image_size
+    half = max(w_img, h_img) / 2.0
     centre = ((w_img - 1) / 2.0, (h_img - 1) / 2.0)
-    return SmoothField(-1, centre, max(w_img, h_img) / 2.0,
-                       radial=(*centre, max(w_img, h_img) / 2.0, float(q_radial[0]), float(q_radial[1])))
+    lens = centre if len(q_radial) < 4 else (centre[0] + half * float(q_radial[2]), centre[1] + half * float(q_radial[3]))
+    return SmoothField(-1, centre, half, radial=(*lens, half, float(q_radial[0]), float(q_radial[1])))
 
 
 def _channel_lists(warped: list[TileChannel]) -> tuple[list, list, list]:

@@ -46,7 +46,8 @@ class Thresholds:
     min_consistent: float = 0.8
     #: a correlation between this floor and ``min_correlation`` is accepted when the
     #: geometry is confirmed independently: at least ``confirm_inliers`` feature
-    #: inliers and tiles that pass the reliable, consistent and residual checks
+    #: inliers and tiles that pass the reliable, consistent and residual checks and
+    #: pin the frame corners to ``max_corner_sigma_px``
     #: (two exposures of one scene under different light correlate weakly, yet
     #: their structure agrees everywhere)
     min_correlation_confirmed: float = 0.3
@@ -160,7 +161,11 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
         and q.tile_correlation >= t.min_correlation
         and q.corner_sigma_px <= t.max_corner_sigma_px
     )
-    geometry_confirmed = q.inliers >= t.confirm_inliers and tiles_agree
+    # ... and the tiles must pin the frame's corners: a model right where the texture is
+    # can be pixels off in a flat sky (a sky-heavy pair with parallax was kept 3.3 px off
+    # at its corners, correlation 0.56, its lens model fitted to the near buildings)
+    geometry_confirmed = (q.inliers >= t.confirm_inliers and tiles_agree
+                          and q.corner_sigma_px <= t.max_corner_sigma_px)
     correlated = q.ecc_correlation >= t.min_correlation or sparse_confirmed
     # few matches are no reason when the direct method found the geometry and both the
     # correlation and the tiles confirm it

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from alignment.ecc import local_normalize, refine_homography, refine_planes, warp_to_template
+from alignment.ecc import lens_undistort, local_normalize, refine_homography, refine_planes, warp_to_template
 from alignment.pipeline import AlignOptions
 
 # A band-limited analytic scene sampled exactly on two grids related by a known
@@ -123,6 +123,38 @@ def test_refine_planes_recovers_radial_distortion_with_the_homography():
                       norm_sigma=None, gain_degree=0, huber=None)
     assert abs(r.radial[0] - q_true[0]) < 1e-3
     assert _corner_error(r.homography) < 0.05
+
+
+def test_refine_planes_recovers_the_lens_centre_of_a_decentred_distortion():
+    rows, cols = _T_SHAPE
+    q_true = np.array([0.06, 0.0, 0.08, -0.05])  # centre 13 and 8 px off the frame's
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    c = np.array([(cols - 1) / 2, (rows - 1) / 2])
+    s = max(rows, cols) / 2
+    uu, vv = lens_undistort(q_true, (xx - c[0]) / s, (yy - c[1]) / s)
+    template = _scene(c[0] + s * uu, c[1] + s * vv)
+    _, image = _analytic_pair()
+    valid = np.ones(template.shape, bool)
+    kw = dict(radial=2, q0=np.array([0.06, 0.0]), norm_sigma=None, gain_degree=0, huber=None)
+    centred = refine_planes([(template, valid, np.eye(3))], [image], None, _A, template.shape, **kw)
+    free = refine_planes([(template, valid, np.eye(3))], [image], None, _A, template.shape, lens_centre=True, **kw)
+    assert np.abs(free.radial[2:] - q_true[2:]).max() * s < 1.0  # the centre to a px
+    assert _corner_error(free.homography) < 0.1 < _corner_error(centred.homography)
+
+
+def test_lens_undistort_keeps_its_centre_and_matches_the_fields_radial_part():
+    q = np.array([0.05, -0.01, 0.1, -0.04])
+    u, v = lens_undistort(q, np.array([0.1]), np.array([-0.04]))
+    assert (u[0], v[0]) == pytest.approx((0.1, -0.04))
+    from alignment.pipeline import _radial_field
+    from alignment.prepare import PreparedImage
+
+    p = PreparedImage(np.zeros((3, 4), np.float32), np.ones((3, 4), bool), np.eye(3), (400, 300))
+    corners = np.array([[0.0, 0.0], [399.0, 0.0], [0.0, 299.0], [399.0, 299.0]])
+    c, half = np.array([199.5, 149.5]), 200.0
+    uu, vv = lens_undistort(q, (corners[:, 0] - c[0]) / half, (corners[:, 1] - c[1]) / half)
+    expected = np.stack([c[0] + half * uu, c[1] + half * vv], 1)
+    np.testing.assert_allclose(corners + _radial_field(q, p)(corners), expected, atol=1e-9)
 
 
 def test_a_second_run_from_the_fitted_gains_converges_in_fewer_steps_to_the_same_model():

@@ -11,7 +11,7 @@ def _good(**changes) -> Quality:
     q = Quality(
         keypoints_phone=2000, keypoints_dslr=3000, matches=500, inliers=400, inlier_ratio=0.8, ecc_correlation=0.9,
         overlap_fraction=1.0, residual_median_px=0.05, residual_p90_px=0.2, residual_max_px=0.4, reliable_tiles=0.7,
-        consistent_tiles=0.98,
+        consistent_tiles=0.98, corner_sigma_px=0.2,
     )
     for k, v in changes.items():
         setattr(q, k, v)
@@ -34,6 +34,8 @@ _SPARSE = {"ecc_correlation": 0.25, "reliable_tiles": 0.05, "reliable_tile_count
         ({"ecc_correlation": 0.42, "inliers": 60}, False, "low_correlation"),
         ({"ecc_correlation": 0.42, "consistent_tiles": 0.5}, False, "low_correlation"),
         ({"ecc_correlation": 0.42, "reliable_tiles": 0.1}, False, "low_correlation"),
+        # ... or with tiles that leave the frame corners free (a flat sky beyond them)
+        ({"ecc_correlation": 0.42, "corner_sigma_px": 0.8}, False, "low_correlation"),
         # below the confirmed floor nothing is accepted
         ({"ecc_correlation": 0.2}, False, "low_correlation"),
         ({"consistent_tiles": 0.5}, False, "residual_too_large"),
