@@ -516,11 +516,7 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     u0, v0, pb = sample.u, sample.v, sample.basis
     npb = pb.shape[1]
     ih, iw = ch.image.shape[:2]
-    eu, ev = (float(q[2]), float(q[3])) if len(q) > 3 else (0.0, 0.0)
-    du0, dv0 = u0 - eu, v0 - ev
-    rho2 = du0 * du0 + dv0 * dv0
-    fac = 1.0 + q[0] * rho2 + q[1] * rho2 * rho2
-    u, v = eu + du0 * fac, ev + dv0 * fac
+    (u, v), (du0, dv0, rho2, fac) = _lens_terms(q, u0, v0)
     mx, my, w = _apply_h(g, u, v)
     inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
     if ch.mask_has_holes:
@@ -596,11 +592,21 @@ def lens_undistort(q: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndar
     """Normalised frame points (u, v) undistorted by the lens model ``q`` = (q1, q2[, eu,
     ev]): about the centre e = (eu, ev) (normalised units; 0 when absent), ``n = z - e``,
     ``z_u = e + n (1 + q1 |n|^2 + q2 |n|^4)``."""
-    eu, ev = (float(q[2]), float(q[3])) if len(q) > 3 else (0.0, 0.0)
-    du, dv = u - eu, v - ev
+    return _lens_terms(q, u, v)[0]
+
+
+def _lens_terms(q: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[tuple, tuple]:
+    """:func:`lens_undistort` and its intermediates -> ((u_u, v_u), (n_u, n_v, |n|^2, the
+    factor 1 + q1 |n|^2 + q2 |n|^4)) for the Jacobian."""
+    if len(q) > 3 and (q[2] or q[3]):
+        eu, ev = float(q[2]), float(q[3])
+        du, dv = u - eu, v - ev
+    else:
+        eu = ev = 0.0
+        du, dv = u, v
     r2 = du * du + dv * dv
     fac = 1.0 + q[0] * r2 + q[1] * r2 * r2
-    return eu + du * fac, ev + dv * fac
+    return (eu + du * fac, ev + dv * fac), (du, dv, r2, fac)
 
 
 def _apply_update(h: np.ndarray, q: np.ndarray, dp: np.ndarray, nr: int,

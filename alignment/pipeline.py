@@ -27,7 +27,8 @@ from threadpoolctl import threadpool_limits
 
 from alignment import trust
 from alignment.coarse import coarse_search
-from alignment.ecc import lens_undistort, ECC_METHODS, Channel, EccResult, prepare_channels, refine_homography, refine_planes
+from alignment.ecc import (ECC_METHODS, Channel, EccResult, lens_undistort, prepare_channels, refine_homography,
+                           refine_planes)
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio

@@ -112,7 +112,7 @@ def _mixed(enc: np.ndarray, mix: np.ndarray | None) -> np.ndarray:
     if mix is None:
         return enc
     flat = np.ascontiguousarray(enc).reshape(-1, 1, 3)
-    return cv2.transform(flat, mix).reshape(enc.shape[:-1] + (mix.shape[0],))
+    return cv2.transform(flat, mix).reshape(enc.shape)
 
 
 def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0, mix: np.ndarray | None = None) -> np.ndarray:
@@ -128,27 +128,27 @@ def apply_curves(enc: np.ndarray, curves: np.ndarray, offset: float = 0.0, mix: 
     if mix is not None and enc.dtype != np.uint8:
         enc = _mixed(enc, mix)
         mix = None
-    nch, n = curves.shape
+    n = curves.shape[1]
     levels = np.linspace(0.0, 1.0, n)
     if enc.dtype in (np.uint8, np.uint16):
         full = int(_full_scale(enc))
         grid = np.arange(full + 1) / full
-        luts = np.stack([np.interp(grid, levels, curves[c]) for c in range(nch)], 1).astype(np.float32)
+        luts = np.stack([np.interp(grid, levels, curves[c]) for c in range(3)], 1).astype(np.float32)
         if enc.dtype == np.uint8:
             # in strips of rows, side by side: the (rows, W, 3) float tables' output of a
             # whole 24 MP image would be a 290 MB intermediate
             out = np.empty(enc.shape[:2], np.float32)
-            ones = np.ones((1, nch), np.float32)
+            ones = np.ones((1, 3), np.float32)
 
             def strip(r0: int) -> None:
-                mapped = cv2.LUT(_mixed(enc[r0 : r0 + _STRIP_ROWS], mix), luts.reshape(256, 1, nch))
+                mapped = cv2.LUT(_mixed(enc[r0 : r0 + _STRIP_ROWS], mix), luts.reshape(256, 1, 3))
                 out[r0 : r0 + _STRIP_ROWS] = cv2.transform(mapped, ones).reshape(-1, enc.shape[1])
 
             thread_map(strip, range(0, enc.shape[0], _STRIP_ROWS))
         else:
-            out = sum(luts[enc[..., c], c] for c in range(nch))
+            out = luts[enc[..., 0], 0] + luts[enc[..., 1], 1] + luts[enc[..., 2], 2]
     else:
-        out = sum(np.interp(enc[..., c], levels, curves[c]).astype(np.float32) for c in range(nch))
+        out = sum(np.interp(enc[..., c], levels, curves[c]).astype(np.float32) for c in range(3))
     out = np.asarray(out, np.float32).reshape(enc.shape[:2])
     if offset:
         out += np.float32(offset)
@@ -377,8 +377,7 @@ def blurred_hat_features(
     stride = max(1, int(sigma / 1.5))
     r = int(np.ceil(3 * sigma / stride)) * stride
     taps = 2 * r // stride + 2
-    nch = 3 if mix is None else mix.shape[0]
-    out = np.empty((len(x), nch * n_knots))
+    out = np.empty((len(x), 3 * n_knots))
     off = np.arange(taps) * stride
     if enc.dtype == np.uint8:
         # 256 levels: a weighted histogram of each point's neighbourhood per channel,
@@ -400,7 +399,7 @@ def blurred_hat_features(
         if enc.dtype == np.uint8:
             weights = w2.ravel()
             first = (np.arange(n) * 256)[:, None, None]
-            for c in range(nch):
+            for c in range(3):
                 hist = np.bincount((first + patch[..., c]).ravel(), weights, n * 256).reshape(n, 256)
                 out[i : i + chunk, c * n_knots : (c + 1) * n_knots] = hist @ table
             continue
@@ -409,8 +408,8 @@ def blurred_hat_features(
         frac = v - j
         w2 = w2.astype(np.float32)
         # each px adds (1 - frac) to its lower hat and frac to the upper one
-        base = (np.arange(n)[:, None, None, None] * nch + np.arange(nch)) * n_knots + j
-        size = n * nch * n_knots
+        base = (np.arange(n)[:, None, None, None] * 3 + np.arange(3)) * n_knots + j
+        size = n * 3 * n_knots
         feats = np.bincount(base.ravel(), (w2 * (1.0 - frac)).ravel(), size)
         feats += np.bincount((base + 1).ravel(), (w2 * frac).ravel(), size)
         out[i : i + chunk] = feats.reshape(len(xs), -1)
@@ -536,21 +535,22 @@ def fit_radiometric(
         a = np.concatenate([blurred_hat_features(enc, mx, my, sig_img, n_knots, mix=mix), np.ones((len(mx), 1))], 1)
         return a, target, _gain_basis(t_k, xs, ys, frame)
 
+    second = _second_differences(3, n_knots)
+    penalty = second.T @ second
+
     def group_fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
         """-> (curve coefficients then offset, the robust scale of the last residual)."""
         a = np.concatenate([x for x, _, _ in parts])
         target = np.concatenate([t for _, t, _ in parts])
         gains = np.concatenate([b for _, _, b in parts])
         scale = float(np.mean(a[:, :-1] ** 2)) * len(target)
-        p = _second_differences(a.shape[1] // n_knots, n_knots)
-        lhs_p = smooth * scale * p.T @ p
+        lhs_p = smooth * scale * penalty
         # t ~ gain(x) * curves(E): the phone's vignetting and colour shading are a smooth
         # gain over the frame; left in the curves, they bend them, and a curve that is
         # wrong differently at the centre and at the rim moves edges radially (a scale
         # bias of ~0.1 % measured).  Curves and gain are fitted in turn.
         gain = np.ones(len(target))
         wts = np.ones(len(target))
-        mad = float("inf")
         for _ in range(gain_rounds + 1):
             aw = a * wts[:, None]
             coef = np.linalg.lstsq(aw.T @ a + lhs_p * wts.mean(), aw.T @ (target / gain), rcond=None)[0]
@@ -584,8 +584,8 @@ def fit_radiometric(
     if len(saturations) > 1:
         # the boost is chosen on every few-th sample (most of the cost is reading the
         # samples' neighbourhoods), the curves are then fitted on all of them
-        few = [(v, t, xs[:: max(1, len(xs) // search_samples)], ys[:: max(1, len(xs) // search_samples)])
-               for v, t, xs, ys in draws]
+        few = [(v, t, xs[::step], ys[::step]) for v, t, xs, ys in draws
+               for step in [max(1, len(xs) // search_samples)]]
         scored = [(r[0], sat) for sat in saturations if (r := fit_at(sat, few)) is not None]
         if scored:
             saturation = min(scored)[1]
@@ -595,7 +595,7 @@ def fit_radiometric(
     _, mix, coefs = fitted
 
     def group_image(coef: np.ndarray) -> np.ndarray:
-        curves, offset = coef[:-1].reshape(-1, n_knots), float(coef[-1])
+        curves, offset = coef[:-1].reshape(3, n_knots), float(coef[-1])
         if encoded_grid is None:
             return apply_curves(enc, curves, offset, mix)
         return curves_on_grid(enc, curves, offset, tuple(encoded_grid[1]), mix=mix)  # block mean onto the working grid
