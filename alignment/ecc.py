@@ -92,14 +92,26 @@ class EccResult:
     photometric: list[np.ndarray] | None = None
 
 
-def _gauss(img: np.ndarray, sigma: float, border: int = cv2.BORDER_REFLECT) -> np.ndarray:
+def _gauss(img: np.ndarray, sigma: float, border: int = cv2.BORDER_REFLECT, coarse: bool = False) -> np.ndarray:
+    """Gaussian blur of (H, W) ``img`` (sigma in its px).  coarse: for windows of 8 px or
+    more, blur a copy shrunk by f = sigma // 4 (area mean) and enlarge it back
+    (bilinear): about the same window at a tenth of the work, for measures (scores)
+    rather than fits."""
     if sigma <= 0.05:
         return img
-    return cv2.GaussianBlur(img, (0, 0), sigma, borderType=border)
+    f = int(sigma // 4) if coarse else 1
+    h, w = img.shape[:2]
+    if f < 2 or min(h, w) < 8 * f:
+        return cv2.GaussianBlur(img, (0, 0), sigma, borderType=border)
+    small = cv2.resize(img, (-(-w // f), -(-h // f)), interpolation=cv2.INTER_AREA)
+    # the area mean adds about f^2/12 px^2 of variance, the bilinear enlargement f^2/6
+    s_small = float(np.sqrt(max(sigma * sigma - f * f / 4.0, 1.0))) / f
+    small = cv2.GaussianBlur(small, (0, 0), s_small, borderType=border)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def local_normalize(
-    img: np.ndarray, sigma: float, mask: np.ndarray | None = None, eps: float = 1e-3
+    img: np.ndarray, sigma: float, mask: np.ndarray | None = None, eps: float = 1e-3, coarse: bool = False
 ) -> np.ndarray:
     """Subtract the local mean and divide by the local standard deviation.
 
@@ -107,6 +119,7 @@ def local_normalize(
     mask: (H, W) bool of measured pixels; the local moments are normalised
     convolutions over the mask only.  eps: floor of the local std relative to
     the global std (keeps flat regions from being amplified into noise).
+    coarse: the local moments through :func:`_gauss`'s coarse path (scores, not fits).
     Returns (H, W) float32, about zero mean and unit variance locally.
     """
     img = img.astype(np.float32)
@@ -116,10 +129,10 @@ def local_normalize(
         w = mask.astype(np.float32)
     # normalised convolution with zero outside the image: only measured data enter
     zb = cv2.BORDER_CONSTANT
-    wsum = _gauss(w, sigma, zb) + 1e-6
-    mu = _gauss(img * w, sigma, zb) / wsum
+    wsum = _gauss(w, sigma, zb, coarse) + 1e-6
+    mu = _gauss(img * w, sigma, zb, coarse) / wsum
     d = img - mu
-    var = _gauss(d * d * w, sigma, zb) / wsum
+    var = _gauss(d * d * w, sigma, zb, coarse) / wsum
     floor = (eps * float(np.std(img[w > 0])) if np.any(w > 0) else eps) ** 2 + 1e-12
     out = d / np.sqrt(var + floor)
     if mask is not None:

@@ -79,18 +79,44 @@ def _published_fit(src: np.ndarray, dst: np.ndarray, threshold_px: float, confid
     return cv2.findHomography(src, dst, cv2.RANSAC, 5.0)
 
 
-def _magsac_match(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool) -> list:
-    """Brute-force L2 with the ratio test, optionally kept only where B's best match points
-    back (the two directions side by side, :func:`alignment.threads.thread_map`)."""
-    jobs = [lambda: cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)]
+def _magsac_match(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool, rows: int = 1024) -> list:
+    """Exhaustive L2 matching with the ratio test, optionally kept only where B's best
+    match points back.  One squared-distance matrix, |a|^2 + |b|^2 - 2 a.b (BLAS, in
+    blocks of ``rows`` descriptors of A), serves both directions: a brute-force
+    matcher computes the distances once per direction.
+    Returns cv2.DMatch (queryIdx in A, trainIdx in B, distance)."""
+    a = np.asarray(da, np.float32)
+    b = np.asarray(db, np.float32)
+    if len(a) == 0 or len(b) < 2:
+        return []
+    nb = np.einsum("ij,ij->i", b, b)
+    back_best = np.zeros(len(b), np.int64)  # B's nearest in A
+    back_d2 = np.full(len(b), np.inf, np.float32)
+    found = []
+    cols = np.arange(len(b))
+    for r0 in range(0, len(a), rows):
+        blk = a[r0:r0 + rows]
+        d2 = blk @ b.T
+        d2 *= -2.0
+        d2 += nb[None, :]
+        d2 += np.einsum("ij,ij->i", blk, blk)[:, None]
+        np.maximum(d2, 0.0, out=d2)
+        if mutual:
+            near = d2.argmin(axis=0)
+            near_d2 = d2[near, cols]
+            closer = near_d2 < back_d2
+            back_d2[closer] = near_d2[closer]
+            back_best[closer] = r0 + near[closer]
+        at = np.arange(len(blk))
+        first = d2.argmin(axis=1)
+        d_first = d2[at, first]
+        d2[at, first] = np.inf  # the second nearest is the nearest of the rest
+        d_second = d2.min(axis=1)
+        keep = d_first < ratio * ratio * d_second  # the ratio test on distances, squared
+        found += [(r0 + i, int(first[i]), float(np.sqrt(d_first[i]))) for i in np.nonzero(keep)[0]]
     if mutual:
-        jobs.append(lambda: cv2.BFMatcher(cv2.NORM_L2).match(db, da))
-    found = thread_map(lambda job: job(), jobs)  # both directions side by side
-    good = [m[0] for m in found[0] if len(m) == 2 and m[0].distance < ratio * m[1].distance]
-    if mutual and good:
-        best_back = {m.queryIdx: m.trainIdx for m in found[1]}
-        good = [m for m in good if best_back.get(m.trainIdx) == m.queryIdx]
-    return good
+        found = [m for m in found if back_best[m[1]] == m[0]]
+    return [cv2.DMatch(q, t, d) for q, t, d in found]
 
 
 def _magsac_fit(src: np.ndarray, dst: np.ndarray, threshold_px: float, confidence: float, max_iters: int):

@@ -18,7 +18,7 @@ raw phone image); x = column, y = row, pixel centres at integers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -752,7 +752,10 @@ def refine_local(
     ``image_mask`` are not used.
     Returns (field in phone image px, tile residuals before any field, tile
     residuals after the final field, the channels warped by the final field: see
-    :func:`warp_channels`).
+    :func:`warp_channels`).  When the field converged (its last change under
+    ``tol_px`` at every tile centre), the last measurement stands for the final one:
+    its shifts less that change, and its warped channels (under a field less than
+    ``tol_px`` from the returned one), which saves a warp of every channel.
     """
     if channels is None:
         if targets is None or images is None:
@@ -765,8 +768,10 @@ def refine_local(
     first: TileResiduals | None = None
     fits: list[SmoothField] = []
     locked: SmoothField | None = None
+    warped: list[TileChannel] = []
     for _ in range(iterations):
-        res = measure_tiles(warp_channels(channels, h_image, fld), tile_px)
+        warped = warp_channels(channels, h_image, fld)
+        res = measure_tiles(warped, tile_px)
         if first is None:
             first = res
         # the new field must explain the old field plus the measured residual at tile
@@ -789,9 +794,15 @@ def refine_local(
         new.radial = fld.radial
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres
         change = float(np.max(np.hypot(*(new(grid) - fld(grid)).T))) if len(grid) else 0.0
-        fld = new
         if change < tol_px:
-            break
+            # converged: the last measurement, under a field less than tol_px from the
+            # new one, stands for the final one (its shifts less the field's change:
+            # the linearisation the fit itself uses); no further warp
+            moved = new(res.centres) - fld(res.centres)
+            final = replace(res, shifts=res.shifts - moved)
+            assert first is not None
+            return new, first, final, warped
+        fld = new
     warped = warp_channels(channels, h_image, fld)
     final = measure_tiles(warped, tile_px)
     assert first is not None
@@ -826,8 +837,8 @@ def model_correlation(warped: list[TileChannel], norm_sigma: float | None = 12.0
             return 0.0, 0.0, 0.0
         t, w = ch.template, ch.warped
         if norm_sigma:
-            t = local_normalize(t, norm_sigma, m)
-            w = local_normalize(w, norm_sigma, m)
+            t = local_normalize(t, norm_sigma, m, coarse=True)
+            w = local_normalize(w, norm_sigma, m, coarse=True)
         a = t[m].astype(np.float64)
         b = w[m].astype(np.float64)
         a -= a.mean()

@@ -385,23 +385,38 @@ def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
     """Per-plane Gauss-Newton on H (and the radial lens model) -> (H, radial coefficients,
     the channels' gains and offsets: a start for another fine stage on the same channels,
-    ``photo0``).  The lens model is dropped when it moves the frame corner by less than
-    ``radial_min_px``."""
+    ``photo0``).  Whether the lens model stays is decided first, on a quarter of the
+    samples: it is dropped when it moves the frame corner by less than ``radial_min_px``;
+    the model kept is then refined once on all ``max_pixels`` samples from there (and
+    dropped after all, with one more pass, when all the samples put it under that)."""
     frame = (image_size[1], image_size[0])
-    # steps stop under a thousandth of a px at the frame corners: ten times finer
-    # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
-    rf = refine_planes(None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree, max_pixels=opt.max_pixels,
-                       radial=opt.radial, q0=q_radial, channels=channels, tol_px=_FINE_TOL_PX, photo0=photo0,
-                       # the centre is fixed by the radial terms alone: only with a lens model already there
-                       lens_centre=opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px)
-    h_image, q_radial = rf.homography, rf.radial
-    if opt.radial and _corner_px(q_radial, image_size) < opt.radial_min_px:
+    # the centre is fixed by the radial terms alone: only with a lens model already there
+    centre = opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px
+
+    def refine(h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None, max_pixels: int | None,
+               with_centre: bool):
+        # steps stop under a thousandth of a px at the frame corners: ten times finer
+        # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
+        return refine_planes(None, None, None, h, frame, gain_degree=opt.fine_gain_degree, max_pixels=max_pixels,
+                             radial=opt.radial if q is not None else 0, q0=q, channels=channels,
+                             tol_px=_FINE_TOL_PX, photo0=photo, lens_centre=with_centre and q is not None)
+
+    if opt.radial:
+        samples = sum(int(c.mask.sum()) for c in channels)
+        quarter = max(1000, min(samples, opt.max_pixels or samples) // 4)
+        # the trial keeps the centre where it is: a centre is barely defined by a weak
+        # lens model, and on a quarter of the samples its steps can run off the frame
+        trial = refine(h_image, q_radial, photo0, quarter, False)
+        h_image, photo0 = trial.homography, trial.photometric
         # no lens distortion worth modelling: two fewer parameters, less variance
-        rf = refine_planes(None, None, None, h_image, frame, gain_degree=opt.fine_gain_degree,
-                           max_pixels=opt.max_pixels, channels=channels, tol_px=_FINE_TOL_PX,
-                           photo0=rf.photometric)  # the same channels: their gains carry over
-        h_image, q_radial = rf.homography, np.zeros(2)
-    return h_image, q_radial, rf.photometric
+        q_radial = trial.radial if _corner_px(trial.radial, image_size) >= opt.radial_min_px else None
+    else:
+        q_radial = None
+    rf = refine(h_image, q_radial, photo0, opt.max_pixels, centre)  # the same channels: their gains carry over
+    if q_radial is not None and _corner_px(rf.radial, image_size) < opt.radial_min_px:
+        # all the samples do not confirm the trial's lens model (a weak scene): without it
+        rf, q_radial = refine(rf.homography, None, rf.photometric, opt.max_pixels, False), None
+    return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
 
 
 def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage,
@@ -610,7 +625,8 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
 def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
                         q_radial: np.ndarray | None = None) -> trust.DenseResidual:
     """The phone luminance against the DSLR luminance under a model, densely
-    (:func:`trust.dense_residual` on the phone's working grid).
+    (:func:`trust.dense_residual` on the phone's working grid, without the local
+    correlations: for the dominant motion and what a model explains).
 
     h_work: (3,3) phone working px -> DSLR working px, applied to the phone points
     undistorted by the radial lens model ``q_radial`` (None or zeros: none)."""
@@ -625,7 +641,7 @@ def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
     warped = cv2.remap(d.lum.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     seen = cv2.remap(d.valid.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                      borderValue=0) > 0
-    return trust.dense_residual([p.lum], [warped], [p.valid & seen])
+    return trust.dense_residual([p.lum], [warped], [p.valid & seen], correlations=False)
 
 
 def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, opt: AlignOptions,
@@ -882,7 +898,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             t_pre = time.perf_counter()
             # (bilinear: what does not follow is px off, not hundredths)
             pre = trust.dense_residual(*_channel_lists(
-                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)))
+                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False)
             outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
             if outliers.any() and outliers.mean() < 0.8:
                 fit_channels = _masked(channels, ~outliers)

@@ -248,7 +248,8 @@ class DenseResidual:
     prediction shows at x + d (forward optical flow); fb_error: (h, w) forward-
     backward inconsistency |d(x) + d_back(x + d(x))|; ncc: (h, w) local correlation of
     the phone with the prediction moved by d; ncc_model: (h, w) the same without the
-    flow (how well the model alone explains the px); snr: (h, w) local contrast of the phone
+    flow (how well the model alone explains the px); both None when the residual was
+    measured without them (``dense_residual(correlations=False)``); snr: (h, w) local contrast of the phone
     over its own noise (variance ratio); valid: (h, w) bool, every plane measured;
     planes: the phone planes (h, w) the residual was measured on, or None;
     lum: the two luminances compared (phone, prediction), (h, w) float32 each.
@@ -257,8 +258,8 @@ class DenseResidual:
 
     flow: np.ndarray
     fb_error: np.ndarray
-    ncc: np.ndarray
-    ncc_model: np.ndarray
+    ncc: np.ndarray | None
+    ncc_model: np.ndarray | None
     snr: np.ndarray
     valid: np.ndarray
     planes: list[np.ndarray] | None = None
@@ -312,7 +313,7 @@ def optical_flow(a: np.ndarray, b: np.ndarray, patch: int = 8) -> np.ndarray:
 
 
 def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks: list[np.ndarray],
-                   window: float = 3.0, norm_sigma: float = 4.0) -> DenseResidual:
+                   window: float = 3.0, norm_sigma: float = 4.0, correlations: bool = True) -> DenseResidual:
     """The phone against the DSLR prediction under the model, densely.
 
     templates, warped, masks: per plane (h, w) arrays on one grid (the working grid:
@@ -321,7 +322,10 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     a local gain and offset, so vignetting, colour shading and tone do not count)
     and compared with DIS optical flow both ways (the two flows side by side:
     :func:`alignment.threads.thread_map`).  window: Gaussian sigma (working
-    px) of the local correlation and of the texture measure.
+    px) of the local correlation and of the texture measure.  correlations: False
+    leaves out the local correlations (``ncc``, ``ncc_model`` None), which only the
+    trust map needs: what follows a motion (:func:`dominant_motion`) and what a model
+    explains (:func:`explained_px`) need the flows and the texture alone.
     Returns a :class:`DenseResidual` in working px.
     """
     h, w = templates[0].shape
@@ -335,6 +339,8 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
 
     def model_only() -> tuple:
         # what does not need the flow, beside the two flows
+        if not correlations:
+            return None, None, _texture_snr(templates, mf, valid, window)
         mu_0, var_0, _ = _local_moments(lum_w, mf, window)
         return mu_0, var_0, _texture_snr(templates, mf, valid, window)
 
@@ -342,7 +348,9 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
         lambda job: job(), [lambda: optical_flow(a, b), lambda: optical_flow(b, a), model_only])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    fb_error = np.hypot(fwd[..., 0] + back[..., 0], fwd[..., 1] + back[..., 1])
+    fb_error = np.hypot(fwd[..., 0] + back[..., 0], fwd[..., 1] + back[..., 1]).astype(np.float32)
+    if not correlations:
+        return DenseResidual(fwd, fb_error, None, None, snr, valid, planes=list(templates), lum=(lum_t, lum_w))
     # local agreement after the flow: the prediction moved onto the phone
     moved = cv2.remap(lum_w, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     mu_t, var_t, wsum = _local_moments(lum_t, mf, window)
@@ -351,7 +359,7 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     ncc = cov / np.sqrt(np.maximum(var_t * var_m, 1e-20))
     cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
     ncc_model = cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
-    return DenseResidual(fwd, fb_error.astype(np.float32), ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
+    return DenseResidual(fwd, fb_error, ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
                          valid, planes=list(templates), lum=(lum_t, lum_w))
 
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from alignment.ecc import lens_undistort, local_normalize, refine_homography, refine_planes, warp_to_template
+from alignment.ecc import _gauss, lens_undistort, local_normalize, refine_homography, refine_planes, warp_to_template
 from alignment.pipeline import AlignOptions
 
 # A band-limited analytic scene sampled exactly on two grids related by a known
@@ -97,6 +97,21 @@ def test_local_normalize_gives_zero_mean_unit_variance_locally():
     centre = out[50:150, 50:150]
     assert abs(float(centre.mean())) < 0.1
     assert 0.7 < float(centre[:, :20].std()) < 1.3 and 0.7 < float(centre[:, -20:].std()) < 1.3
+
+
+@pytest.mark.parametrize("sigma", [8.0, 12.0, 20.0])
+def test_the_coarse_blur_is_about_the_exact_window(sigma):
+    rng = np.random.default_rng(1)
+    img = cv2.GaussianBlur(rng.normal(size=(300, 400)).astype(np.float32), (0, 0), 2.0)
+    img[:, :150] *= 3.0  # a contrast step
+    exact, coarse = _gauss(img, sigma), _gauss(img, sigma, coarse=True)
+    assert coarse.shape == exact.shape
+    assert float(np.std(coarse - exact)) < 0.01 * float(np.std(exact))
+    mask = np.ones(img.shape, bool)
+    mask[:40] = False
+    a, b = local_normalize(img, sigma, mask), local_normalize(img, sigma, mask, coarse=True)
+    assert np.corrcoef(a[mask], b[mask])[0, 1] > 0.999
+    assert (b[~mask] == 0).all()
 
 
 def test_warp_to_template_samples_the_image_at_the_homography():

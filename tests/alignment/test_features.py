@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from alignment.features import match_homography, to_uint8
+from alignment.features import _magsac_match, match_homography, to_uint8
 
 
 def _texture(seed: int = 0, size: tuple[int, int] = (480, 640)) -> np.ndarray:
@@ -49,6 +49,30 @@ def test_match_homography_recovers_a_known_warp(method):
     assert m.inliers >= 50 and m.inlier_ratio > 0.5
     assert _corner_error(m.homography, a.shape) < 1.0
     assert m.src.shape == m.dst.shape == (m.inliers, 2)
+
+
+def _opencv_brute_force(da: np.ndarray, db: np.ndarray, ratio: float, mutual: bool) -> set:
+    """OpenCV's BFMatcher (L2): knn 2 with the ratio test, and B's best match back."""
+    good = [m[0] for m in cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
+            if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    if mutual:
+        back = {m.queryIdx: m.trainIdx for m in cv2.BFMatcher(cv2.NORM_L2).match(db, da)}
+        good = [m for m in good if back.get(m.trainIdx) == m.queryIdx]
+    return {(m.queryIdx, m.trainIdx) for m in good}
+
+
+@pytest.mark.parametrize("mutual", [True, False])
+def test_one_distance_matrix_keeps_the_matches_that_opencvs_brute_force_keeps(mutual):
+    a, b = _warped_pair()
+    sift = cv2.SIFT_create(3000)
+    _, da = sift.detectAndCompute(a, None)
+    _, db = sift.detectAndCompute(b, None)
+    # blocks of 100 rows: B's best match back is carried across blocks
+    ours = _magsac_match(da, db, 0.8, mutual, rows=100)
+    assert {(m.queryIdx, m.trainIdx) for m in ours} == _opencv_brute_force(da, db, 0.8, mutual)
+    assert len(ours) > 100
+    m = ours[0]
+    assert m.distance == pytest.approx(float(np.linalg.norm(da[m.queryIdx] - db[m.trainIdx])), rel=1e-3)
 
 
 def test_magsac_inliers_agree_with_the_homography():

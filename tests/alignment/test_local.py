@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from alignment.local import SmoothField, TileChannel, fit_field, measure_tiles
+from alignment.ecc import prepare_channels
+from alignment.local import SmoothField, TileChannel, fit_field, measure_tiles, refine_local, warp_channels
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 
@@ -107,6 +108,26 @@ def test_measure_tiles_finds_a_known_shift_in_all_channels():
     med = np.median(res.shifts[res.reliable], axis=0)
     assert np.allclose(med, shift, atol=0.01)
     assert res.consistent_fraction(1.0) > 0.9
+
+
+def test_a_converged_field_reports_what_a_fresh_measurement_under_it_finds():
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur(rng.normal(size=(240, 320)).astype(np.float32), (0, 0), 1.5)
+    shift = (0.3, -0.2)  # the template shows the image at x + shift
+    template = ndimage.shift(base, (-shift[1], -shift[0]), order=3, mode="mirror")
+    targets = [(template, np.ones(base.shape, bool), np.eye(3))]
+    fld, first, final, warped = refine_local(targets, [base], None, np.eye(3), (320, 240), tile_px=32.0,
+                                             degrees=(-1, 0))
+    centres = final.centres[final.reliable]
+    assert np.abs(fld(centres) - shift).max() < 0.02
+    # the last measurement stood in for the final one: it agrees with a measurement
+    # under the returned field to within the stopping tolerance (0.01 px)
+    channels = prepare_channels(targets, [base], None, np.eye(3), blur_sigma=0.5)
+    fresh = measure_tiles(warp_channels(channels, np.eye(3), fld), 32.0)
+    both = final.reliable & fresh.reliable
+    assert both.mean() > 0.8
+    assert np.abs(final.shifts[both] - fresh.shifts[both]).max() < 0.01
+    assert len(warped) == 1 and warped[0].warped.shape == template.shape
 
 
 def test_a_field_refitted_like_another_keeps_its_structure():

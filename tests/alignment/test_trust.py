@@ -55,6 +55,21 @@ def test_a_patch_that_moved_and_a_patch_of_other_content_are_dropped_and_the_res
     assert (tm.code[untouched] == 0).mean() > 0.97
 
 
+def test_a_residual_without_the_correlations_has_the_same_flows_and_texture():
+    rng = np.random.default_rng(2)
+    h, w = 128, 160
+    scene = _textured(rng, h, w)
+    prediction = np.roll(scene, 2, axis=1)
+    planes = _planes(scene, rng)
+    masks = [np.ones((h, w), bool)] * 4
+    full = trust.dense_residual(planes, [prediction] * 4, masks)
+    light = trust.dense_residual(planes, [prediction] * 4, masks, correlations=False)
+    assert light.ncc is None and light.ncc_model is None and full.ncc is not None
+    for name in ("flow", "fb_error", "snr", "valid"):
+        assert np.array_equal(getattr(light, name), getattr(full, name)), name
+    assert trust.explained_px(light, 2.0) == trust.explained_px(full, 2.0)
+
+
 def _flat_window_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """A textured scene with a flat 60 x 80 px window, and a prediction of it under 30 %
     vignetting in which the window's right half shows a flat surface 25 % darker."""
