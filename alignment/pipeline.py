@@ -458,6 +458,13 @@ def _radial_field(q_radial: np.ndarray, p: PreparedImage) -> SmoothField:
     return SmoothField(-1, centre, half, radial=(*lens, half, float(q_radial[0]), float(q_radial[1])))
 
 
+def _undistortion(q_radial: np.ndarray, p: PreparedImage):
+    """(N, 2) phone image px -> undistorted by the lens model ``q_radial`` (what the
+    homography applies to), or None when there is no lens model."""
+    lens = _radial_field(q_radial, p)
+    return None if lens.empty else (lambda xy: xy + lens(xy))
+
+
 def _channel_lists(warped: list[TileChannel]) -> tuple[list, list, list]:
     return [c.template for c in warped], [c.warped for c in warped], [c.mask for c in warped]
 
@@ -884,6 +891,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                 targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
                 groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
                 frame=p.image_size if opt.radiometric_gain else None, saturations=tuple(opt.dslr_saturations),
+                undistort=_undistortion(q_radial, p),
             )
             if fitted is not None:
                 images = fitted

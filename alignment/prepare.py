@@ -18,6 +18,7 @@ Coordinates: x = column, y = row, pixel centres at integers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -454,6 +455,7 @@ def fit_radiometric(
     robust_k: float | None = 9.0,
     saturations: tuple[float, ...] = (1.0,),
     search_samples: int = 1_000,
+    undistort: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[np.ndarray] | None:
     """Fit DSLR response curves that predict each phone target (Bayer plane or luminance).
 
@@ -493,6 +495,11 @@ def fit_radiometric(
     with each boost undone, and the one with the smallest robust residual (the
     geometric mean of the groups' MADs, on every few-th sample: about ``search_samples``
     per target) is kept.
+    undistort: (N, 2) phone image px -> the same points undistorted (the lens model
+    the homography applies to; None: none): the samples pair each phone px with the
+    DSLR px the whole model maps it to (a lens that moves the frame corners by tens of
+    px otherwise pairs the rim with the wrong DSLR px, and the curves fitted to them
+    biased a distortion pair's geometry by 1 to 2 px).
     Returns, per target, the float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)`` on
     the working grid, in the target's units (through look-up tables, see
     :func:`apply_curves`), or None without an encoded DSLR image or overlap.
@@ -519,9 +526,14 @@ def fit_radiometric(
         s = _local_scale(hw, values.shape)
         sig_img = float(np.sqrt((blur_sigma * s) ** 2 + max(s * s - 1, 0) / 12.0))
         pad = int(np.ceil(5 * sig_img)) + 4  # the neighbourhood of blurred_hat_features
-        w = hw[2, 0] * xs + hw[2, 1] * ys + hw[2, 2]
-        mx = (hw[0, 0] * xs + hw[0, 1] * ys + hw[0, 2]) / w
-        my = (hw[1, 0] * xs + hw[1, 1] * ys + hw[1, 2]) / w
+        if undistort is None:
+            px, py, m = xs, ys, hw
+        else:  # target px -> phone image px -> undistorted, then the homography
+            img = undistort(np.stack([xs, ys, np.ones(len(xs))], 1) @ t_k.T[:, :2])
+            px, py, m = img[:, 0], img[:, 1], to_enc @ h_image
+        w = m[2, 0] * px + m[2, 1] * py + m[2, 2]
+        mx = (m[0, 0] * px + m[0, 1] * py + m[0, 2]) / w
+        my = (m[1, 0] * px + m[1, 1] * py + m[1, 2]) / w
         inside = (w > 0) & (mx >= pad) & (my >= pad) & (mx <= iw - 1 - pad) & (my <= ih - 1 - pad)
         if encoded_grid is None:
             inside &= sample_points((~dslr.colour_clipped).astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0

@@ -172,3 +172,34 @@ def test_radiometric_fit_undoes_the_saturation_boost_of_the_dslr_rendering():
     per_channel = misfit((1.0,))
     searched = misfit((1.0, 1.2, 1.4, 1.6))
     assert searched < 0.5 * per_channel
+
+
+def test_radiometric_fit_pairs_the_samples_through_the_lens_model():
+    # a phone whose lens moves the frame corners by about 10 px: its px x show the
+    # scene at u(x) = x + k (x - c) |x - c|^2; the DSLR shows the scene on its own grid
+    rng = np.random.default_rng(8)
+    small = rng.random((30, 40)).astype(np.float32)
+    scene = cv2.resize(small, (320, 240), interpolation=cv2.INTER_CUBIC).clip(0.02, 1)
+    dslr = prepare_dslr((np.repeat(rawio.linear_to_srgb(scene)[..., None], 3, 2) * 255 + 0.5).astype(np.uint8))
+    c, k = np.array([159.5, 119.5]), 1.6e-4
+
+    def undistort(xy: np.ndarray) -> np.ndarray:
+        d = xy - c
+        return xy + k * d * (d * d).sum(1, keepdims=True) / 100.0
+
+    ys, xs = np.mgrid[0:240, 0:320].astype(np.float64)
+    u = undistort(np.stack([xs.ravel(), ys.ravel()], 1))
+    phone = cv2.remap(scene, u[:, 0].reshape(240, 320).astype(np.float32), u[:, 1].reshape(240, 320).astype(np.float32),
+                      cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    target = (phone, np.ones(phone.shape, bool), np.eye(3))
+    assert np.abs(u - np.stack([xs.ravel(), ys.ravel()], 1)).max() > 10
+
+    def misfit(undo) -> float:
+        predicted = fit_radiometric([target], dslr, np.eye(3), undistort=undo, robust_k=None)[0]
+        # the prediction lives on the DSLR grid: compare it where the phone px land
+        at = cv2.remap(predicted, u[:, 0].reshape(240, 320).astype(np.float32),
+                       u[:, 1].reshape(240, 320).astype(np.float32), cv2.INTER_LINEAR)
+        inner = (slice(30, -30), slice(30, -30))
+        return float(np.median(np.abs(at[inner] - phone[inner])))
+
+    assert misfit(undistort) < 0.01 < misfit(None)
