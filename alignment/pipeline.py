@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -394,7 +395,7 @@ def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
     centre = opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px
 
     def refine(h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None, max_pixels: int | None,
-               with_centre: bool):
+               with_centre: bool) -> EccResult:
         # steps stop under a thousandth of a px at the frame corners: ten times finer
         # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
         return refine_planes(None, None, None, h, frame, gain_degree=opt.fine_gain_degree, max_pixels=max_pixels,
@@ -458,7 +459,7 @@ def _radial_field(q_radial: np.ndarray, p: PreparedImage) -> SmoothField:
     return SmoothField(-1, centre, half, radial=(*lens, half, float(q_radial[0]), float(q_radial[1])))
 
 
-def _undistortion(q_radial: np.ndarray, p: PreparedImage):
+def _undistortion(q_radial: np.ndarray, p: PreparedImage) -> Callable[[np.ndarray], np.ndarray] | None:
     """(N, 2) phone image px -> undistorted by the lens model ``q_radial`` (what the
     homography applies to), or None when there is no lens model."""
     lens = _radial_field(q_radial, p)
@@ -545,10 +546,11 @@ def _layers_stage(tm: TrustMap, res: trust.DenseResidual, channels: list[Channel
 
 
 def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, image_size: tuple[int, int],
-                  max_residual_px: float) -> None:
+                  max_residual_px: float, corners: np.ndarray | None = None) -> None:
     """The tile figures of the verdict (reliable and consistent shares, residual percentiles);
     with a trust map, over the tiles whose centre is trusted: the model is judged where
-    the scene agrees with it."""
+    the scene agrees with it.  corners: where the corner uncertainty is evaluated (see
+    :func:`corner_uncertainty`)."""
     rel = final.reliable
     textured = final.textured
     if trust_map is not None:
@@ -570,7 +572,7 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         lens = q.radial_corner_px > 0
         q.corner_sigma_px = corner_uncertainty(final.centres[rel], final.sigma[rel], image_size,
                                                radial=2 if lens else 0,
-                                               residuals=final.shifts[rel] if lens else None)
+                                               residuals=final.shifts[rel] if lens else None, corners=corners)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
                            textured)
     q.consistent_tiles = judged.consistent_fraction(max_residual_px)
@@ -582,7 +584,8 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
 
 
 def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple[int, int],
-                       sigma_floor_px: float = 0.05, radial: int = 0, residuals: np.ndarray | None = None) -> float:
+                       sigma_floor_px: float = 0.05, radial: int = 0, residuals: np.ndarray | None = None,
+                       corners: np.ndarray | None = None) -> float:
     """How well tiles pin the frame's corners: the largest standard error (phone px) at
     the four frame corners of a homography fitted to tile shifts measured at
     ``centres`` ((N, 2) phone image px) with standard errors ``sigma`` ((N,) px, floored
@@ -597,8 +600,10 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     when it is over 1 (the tiles scatter more than their errors say).  The pipeline
     gives them when a lens model is kept: two low-texture pairs with one were kept at
     0.43 and 0.50 px by this estimate and were 2.2 and 0.94 px off; without a lens
-    model the plain estimate held (no wrong keep among 36 homography pairs).  inf when the tiles
-    cannot fix the parameters."""
+    model the plain estimate held (no wrong keep among 36 homography pairs).  corners: (K, 2)
+    phone image px where the error is evaluated (None: the frame's four corners; the
+    pipeline gives the corners of the part of the frame the DSLR sees, see
+    :func:`overlap_corners`).  inf when the tiles cannot fix the parameters."""
     w, h = image_size
     c0 = np.array([(w - 1) / 2, (h - 1) / 2])
     scale = float(np.hypot(w, h)) / 2
@@ -623,10 +628,31 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     if residuals is not None and len(residuals):
         z2 = np.sum(np.asarray(residuals, np.float64) ** 2, axis=1) * wgt
         cov = cov * max(1.0, float(np.median(z2)) / 1.3863)  # the median of a chi-square with 2 dof
-    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
-    jc = jac(corners)
+    if corners is None:
+        corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
+    jc = jac(np.asarray(corners, np.float64).reshape(-1, 2))
     var = np.einsum("nki,ij,nkj->n", jc, cov, jc)
     return float(np.sqrt(max(var.max(), 0.0))) if np.all(np.isfinite(var)) else float("inf")
+
+
+def overlap_corners(h_stored: np.ndarray, phone_size: tuple[int, int], dslr_size: tuple[int, int]) -> np.ndarray:
+    """The corners of the part of the phone frame that the DSLR frame covers: (K, 2)
+    phone image px, the vertices of the phone frame intersected with the DSLR frame
+    mapped back through ``h_stored`` ((3,3) phone image px -> DSLR stored px; the lens
+    model left out: a few px at most at the rim).  The phone frame's four corners when
+    the DSLR covers it whole or the intersection cannot be formed."""
+    w, h = phone_size
+    frame = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    dw, dh = dslr_size
+    dslr = np.array([[0, 0], [dw - 1, 0], [dw - 1, dh - 1], [0, dh - 1]], np.float64)
+    try:
+        back = np.c_[dslr, np.ones(4)] @ np.linalg.inv(h_stored).T
+    except np.linalg.LinAlgError:
+        return frame
+    if np.any(back[:, 2] <= 0):  # the DSLR frame's edge crosses the phone's horizon: no convex image
+        return frame
+    area, poly = cv2.intersectConvexConvex(frame.astype(np.float32), (back[:, :2] / back[:, 2:]).astype(np.float32))
+    return poly.reshape(-1, 2).astype(np.float64) if area > 0 and poly is not None and len(poly) >= 3 else frame
 
 
 def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
@@ -1003,7 +1029,10 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         result.field = m.fld
         result.residuals = m.final
         q.field_degree = m.fld.degree
-        _tile_quality(q, m.final, result.trust, s.p.image_size, opt.max_residual_px)
+        # the corners that matter are those of what the DSLR sees: a frame corner outside
+        # the DSLR frame has no target to be wrong about
+        _tile_quality(q, m.final, result.trust, s.p.image_size, opt.max_residual_px,
+                      overlap_corners(s.d.to_image @ m.h_image, s.p.image_size, s.stored_size))
         if result.trust is not None:
             keep = result.trust.trusted
             warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image, c.sampled) for c in warped]

@@ -182,3 +182,22 @@ def test_tiles_that_scatter_more_than_their_errors_widen_the_corner_uncertainty(
     expected = max(1.0, np.sqrt((scatter_px / 0.05) ** 2 / 1.3863))
     assert scaled == pytest.approx(plain * expected, rel=1e-6)
     assert expected == pytest.approx(factor, rel=0.02)
+
+
+def test_a_frame_half_outside_the_dslr_is_judged_at_the_corners_of_what_the_dslr_sees():
+    from alignment.pipeline import corner_uncertainty, overlap_corners
+
+    # the DSLR (2000 x 1500) sees the phone frame's (1024 x 768) left half: x < 512
+    h_stored = np.array([[1.0, 0, 1488.0], [0, 1.0, 300.0], [0, 0, 1.0]])
+    corners = overlap_corners(h_stored, (1024, 768), (2000, 1500))
+    assert corners[:, 0].max() == pytest.approx(511.0, abs=0.5) and corners[:, 0].min() == pytest.approx(0.0)
+    assert corners[:, 1].min() == pytest.approx(0.0) and corners[:, 1].max() == pytest.approx(767.0)
+    # tiles over that half pin its corners, not the far ones of the whole frame
+    xs, ys = np.meshgrid(np.linspace(30, 480, 5), np.linspace(40, 728, 6))
+    tiles = np.stack([xs.ravel(), ys.ravel()], 1)
+    sig = np.full(len(tiles), 0.05)
+    assert corner_uncertainty(tiles, sig, (1024, 768), corners=corners) < 0.1
+    assert corner_uncertainty(tiles, sig, (1024, 768)) > 2 * corner_uncertainty(tiles, sig, (1024, 768), corners=corners)
+    # a DSLR that sees the whole frame: its four corners
+    whole = overlap_corners(np.array([[1.0, 0, 300.0], [0, 1.0, 200.0], [0, 0, 1.0]]), (1024, 768), (2000, 1500))
+    assert sorted(map(tuple, np.round(whole))) == [(0, 0), (0, 767), (1023, 0), (1023, 767)]
