@@ -95,7 +95,7 @@ class EccResult:
 def _gauss(img: np.ndarray, sigma: float, border: int = cv2.BORDER_REFLECT, coarse: bool = False) -> np.ndarray:
     """Gaussian blur of (H, W) ``img`` (sigma in its px).  coarse: for windows of 8 px or
     more, blur a copy shrunk by f = sigma // 4 (area mean) and enlarge it back
-    (bilinear): about the same window at a tenth of the work, for measures (scores)
+    (bilinear): about the same window at a third of the time, for measures (scores)
     rather than fits."""
     if sigma <= 0.05:
         return img
