@@ -217,3 +217,6 @@ def test_a_frame_half_outside_the_dslr_is_judged_at_the_corners_of_what_the_dslr
     # a DSLR that sees the whole frame: its four corners
     whole = overlap_corners(np.array([[1.0, 0, 300.0], [0, 1.0, 200.0], [0, 0, 1.0]]), (1024, 768), (2000, 1500))
     assert sorted(map(tuple, np.round(whole))) == [(0, 0), (0, 767), (1023, 0), (1023, 767)]
+    # a model whose inverse sends DSLR corners behind the phone: no polygon, the frame's corners
+    behind = overlap_corners(np.array([[1.0, 0, 0], [0, 1.0, 0], [0.002, 0, 1.0]]), (1024, 768), (2000, 1500))
+    assert sorted(map(tuple, np.round(behind))) == [(0, 0), (0, 767), (1023, 0), (1023, 767)]
