@@ -175,7 +175,7 @@ def test_radiometric_fit_undoes_the_saturation_boost_of_the_dslr_rendering():
 
 
 def test_radiometric_fit_pairs_the_samples_through_the_lens_model():
-    # a phone whose lens moves the frame corners by about 10 px: its px x show the
+    # a phone whose lens moves the frame corners by about 13 px: its px x show the
     # scene at u(x) = x + k (x - c) |x - c|^2; the DSLR shows the scene on its own grid
     rng = np.random.default_rng(8)
     small = rng.random((30, 40)).astype(np.float32)
