@@ -666,9 +666,9 @@ def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
     rows, cols = p.lum.shape
     ys, xs = np.mgrid[0:rows, 0:cols]
     img = apply_homography(p.to_image, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64))
-    lens = _radial_field(np.zeros(2) if q_radial is None else q_radial, p)
-    if not lens.empty:
-        img = img + lens(img)
+    undistort = None if q_radial is None else _undistortion(q_radial, p)
+    if undistort is not None:
+        img = undistort(img)
     at = apply_homography(h_work @ np.linalg.inv(p.to_image), img).astype(np.float32)
     map_x, map_y = at[:, 0].reshape(rows, cols), at[:, 1].reshape(rows, cols)
     warped = cv2.remap(d.lum.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
