@@ -66,10 +66,10 @@ def colour_map(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor) -> tuple
     return out, fit
 
 
-def render_seconds(name: str, threads: int, fraction: float) -> float:
+def render_seconds(name: str, threads: int, fraction: float, kwargs: dict | None = None) -> float:
     """Seconds to render a 12 MP raw (or ``fraction`` of it, scaled up) with the raw-input architecture."""
     torch.set_num_threads(threads)
-    model = lm.create(name).eval()
+    model = lm.create(name, **(kwargs or {})).eval()
     h, w = 1500, 2000
     hh = int(round(h * fraction / 8)) * 8 if fraction < 1 else h
     raw = np.random.default_rng(0).random((hh, w, 4), dtype=np.float32) * 0.5
@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-kwargs", default="{}",
+                    help="JSON constructor arguments for every model beside the RGB ones, e.g. '{\"colour_quantiles\": []}'")
+    ap.add_argument("--tag", default="", help="suffix of the run folders and row labels (a variant of the same models)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the runs and results.json")
     ap.add_argument("--no-render", action="store_true", help="skip the 12 MP render timing")
     args = ap.parse_args()
@@ -115,24 +118,24 @@ def main() -> None:
                 "test_every": 5, "crop": 64, "batch_size": 16, "eval_tile": None}
     for name in args.models.split(","):
         cfg = load_config(overrides={
-            "model": {"name": name, "kwargs": {"in_channels": 3, "upscale": 1}},
+            "model": {"name": name, "kwargs": {**json.loads(args.model_kwargs), "in_channels": 3, "upscale": 1}},
             "data": data_cfg,
             "optim": {"lr": args.lr, "steps": args.steps, "schedule": "cosine"},
             "loss": {"l1": 1.0},
             "train": {"seed": args.seed, "ckpt_every": max(100, args.steps // 4), "eval_every": args.steps,
                       "log_every": 25, "threads": args.threads},
         })
-        run = out / f"{name}_{args.steps}"
+        run = out / (f"{name}_{args.steps}" + (f"_{args.tag}" if args.tag else ""))
         summary = train(cfg, run, progress=False)
         model, _ = load_model(run)
         with torch.inference_mode():
             pred = model(xte)
             pred_tr = model(xtr[:64])
-        row = {"method": name, **scores(pred, yte), "train_psnr": float(psnr(pred_tr, ytr[:64]).mean()),
+        row = {"method": name + (f" [{args.tag}]" if args.tag else ""), **scores(pred, yte), "train_psnr": float(psnr(pred_tr, ytr[:64]).mean()),
                "params": lm.count_parameters(model), "train_s": summary["elapsed_s"], "render_s": None}
         if not args.no_render:
             frac = 1.0 if name in ("ckisp", "plain") else 0.1
-            row["render_s"] = render_seconds(name, args.threads, frac)
+            row["render_s"] = render_seconds(name, args.threads, frac, json.loads(args.model_kwargs))
             row["render_note"] = "" if frac == 1.0 else f" (x{1 / frac:.0f} from {frac:.2f} of the image)"
         rows.append(row)
         print(f"{name}: {row['psnr']:.2f} dB (train {row['train_psnr']:.2f}), SSIM {row['ssim']:.3f}, "
@@ -149,7 +152,7 @@ def main() -> None:
         print(f"| {r['method']} | {r['psnr']:.2f} | {r['psnr_median']:.2f} | {r['ssim']:.3f} | "
               f"{fmt(r['params'], ',')} | {fmt(r['train_s'], '.0f')} | {fmt(r['render_s'], '.2f')}"
               f"{r.get('render_note', '')} |")
-    ck = next((r for r in rows if r["method"] == "ckisp"), None)
+    ck = next((r for r in rows if r["method"].startswith("ckisp")), None)
     if ck is not None:
         print("\nckisp against each peer (same run): PSNR difference, parameter ratio, render-time ratio")
         for r in rows:

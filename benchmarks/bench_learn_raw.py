@@ -211,6 +211,8 @@ def main() -> None:
                          "comma-separated): raw, white_balanced, linear_srgb, srgb")
     ap.add_argument("--model-kwargs", default="{}",
                     help="JSON constructor arguments for every model (model.kwargs), e.g. '{\"colour_hidden\": 0}'")
+    ap.add_argument("--loss", default='{"l1": 1.0}',
+                    help='JSON loss table for every model (learn.losses), e.g. \'{"l2": 1.0}\'')
     ap.add_argument("--tag", default="", help="suffix of the run folders and row labels (a variant of the same models)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -293,7 +295,7 @@ def main() -> None:
             "model": {"name": name, "kwargs": json.loads(args.model_kwargs)},
             "data": {**data_cfg, "input_space": space},
             "optim": {"lr": args.lr, "steps": args.steps, "schedule": "cosine"},
-            "loss": {"l1": 1.0},
+            "loss": json.loads(args.loss),
             "train": {"seed": seed, "ckpt_every": max(100, args.steps // 4), "eval_every": args.steps,
                       "log_every": 25, "threads": args.threads},
         })

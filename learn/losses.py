@@ -5,6 +5,7 @@ marks valid target pixels (1) so pixels outside the warped DSLR frame or
 flagged by alignment never count.
 
 * ``l1``: masked mean absolute error.
+* ``l2``: masked mean squared error, the loss PSNR measures (PSNR = -10 log10 of it).
 * ``ssim``: 1 - SSIM;  ``ms_ssim``: 1 - MS-SSIM (as many scales as the crop allows, at most 5).
 * ``colour``: mean angle (radians) between blurred RGB vectors: colour, not detail.
 * ``shift_l1``: misalignment-tolerant L1, per image the minimum over integer
@@ -39,6 +40,11 @@ def _mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Masked L1."""
     return _mean((pred - target).abs(), mask)
+
+
+def l2_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Masked mean squared error (the quantity PSNR is a logarithm of)."""
+    return _mean((pred - target).square(), mask)
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,6 +115,7 @@ def shift_l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor |
 
 LOSSES: dict[str, LossFn] = {
     "l1": l1_loss,
+    "l2": l2_loss,
     "ssim": ssim_loss,
     "ms_ssim": ms_ssim_loss,
     "colour": colour_loss,

@@ -129,3 +129,29 @@ def image_statistics(x: torch.Tensor, pairs: torch.Tensor | None = None) -> torc
     flat = x.flatten(2)  # (N, C, HW)
     gram = torch.bmm(flat, flat.transpose(1, 2)) / flat.shape[-1]  # (N, C, C) means of x_a * x_b
     return torch.cat([flat.mean(-1), gram[:, pairs[0], pairs[1]]], 1)
+
+
+def cumulative_histogram(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Share of all values of each image (channels pooled) at or below each threshold: ``(N, C, H, W) -> (N, K)``.
+
+    ``thresholds`` (K,) ascending.  Each entry is a mean of indicators, so, like
+    :func:`image_statistics`, it is additive over disjoint tiles weighted by their pixel count.
+    """
+    flat = x.flatten(1)
+    bins = torch.bucketize(flat, thresholds)  # index of the first threshold >= the value
+    counts = torch.zeros(flat.shape[0], thresholds.numel() + 1, dtype=x.dtype, device=x.device)
+    counts.scatter_add_(1, bins, torch.ones_like(flat))
+    return counts[:, :-1].cumsum(1) / flat.shape[1]
+
+
+def quantiles_from_histogram(cdf: torch.Tensor, thresholds: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Quantiles ``(N, Q)`` at ``levels`` (Q,) in (0, 1) from a cumulative histogram ``(N, K)`` at ``thresholds``.
+
+    Linear interpolation between the two thresholds whose shares bracket the level; a level
+    below the first share gives the first threshold, above the last share the last.
+    """
+    k = (cdf[:, None, :] < levels[None, :, None]).sum(-1).clamp(1, thresholds.numel() - 1)  # (N, Q)
+    lo, hi = cdf.gather(1, k - 1), cdf.gather(1, k)
+    frac = ((levels[None] - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    t0, t1 = thresholds[k - 1], thresholds[k]
+    return t0 + frac * (t1 - t0)

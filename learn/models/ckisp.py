@@ -25,13 +25,15 @@ replicate padding at the image border (tested against the explicit sum).
 Beside the per-pixel kernels runs a *global colour path*: a second-order
 polynomial colour map of each position's channels (1, x, x_a x_b) whose
 3 x T coefficient matrix is a learned base plus a correction predicted per
-image from the image's channel statistics (means of the polynomial terms),
-like an automatic white balance / tone choice. The output is
+image from the image's statistics (means of the polynomial terms, and the
+median, 90th, 99th and 99.5th percentile of its values, read off a cumulative
+histogram), like an automatic white balance / tone choice: a camera's auto
+exposure is set on the highlights, which the means hardly see. The output is
 
     image = clamp(pixel_shuffle(Y_kernel + repeat(colour(X))), 0, 1).
 
-The statistics are means, so a tiled renderer computes them exactly for the
-whole image (:func:`learn.infer.render`). Default sizes: about 0.11 M
+The statistics are means (the histogram is a mean of indicators), so a tiled
+renderer computes them exactly for the whole image (:func:`learn.infer.render`). Default sizes: about 0.11 M
 parameters (raw) / 0.10 M (RGB).
 """
 
@@ -44,29 +46,42 @@ import torch.nn.functional as F
 from learn.models import register
 from learn.models.blocks import (
     EncoderDecoder,
+    cumulative_histogram,
     crop_to,
     image_statistics,
     n_poly_terms,
     pad_to_multiple,
     poly_terms,
     quad_index,
+    quantiles_from_histogram,
     to_image,
 )
+
+#: where the cumulative histogram of the input is taken (covers every input space: sRGB-encoded
+#: values run a little past 1 where the white balance lifts a highlight, and below 0 in noise)
+HISTOGRAM_THRESHOLDS = torch.linspace(-0.05, 1.55, 129)
+
+#: the quantiles of the input the colour path's correction reads beside the means: the median
+#: and the highlights an auto exposure is set for (the raw benchmark of docs/learning.md)
+DEFAULT_QUANTILES = (0.5, 0.9, 0.99, 0.995)
 
 
 class ColourPath(nn.Module):
     """Per-image second-order colour map: ``(N, C, H, W) -> (N, 3, H, W)``.
 
-    Coefficients = base (3 x T) + MLP(image statistics), the MLP's last layer
+    Coefficients = base (3 x T) + MLP(image statistics and ``quantiles`` of the values), the MLP's last layer
     starting at zero so training begins from the base map; ``hidden=0`` keeps the
     base alone (one global map for every image, as a fitted colour map).
     """
 
-    def __init__(self, in_channels: int, hidden: int = 64) -> None:
+    def __init__(self, in_channels: int, hidden: int = 64, quantiles: tuple[float, ...] = ()) -> None:
         super().__init__()
         t = n_poly_terms(in_channels)
+        quantiles = quantiles if hidden > 0 else ()  # one global map reads no statistics
         self.in_channels, self.terms = in_channels, t
         self.register_buffer("pairs", quad_index(in_channels), persistent=False)
+        self.register_buffer("levels", torch.tensor(quantiles, dtype=torch.float32), persistent=False)
+        self.register_buffer("thresholds", HISTOGRAM_THRESHOLDS.clone(), persistent=False)
         base = torch.zeros(3, t)
         if in_channels == 3:
             base[:, 1:4] = torch.eye(3)  # identity on RGB
@@ -75,15 +90,28 @@ class ColourPath(nn.Module):
         self.base = nn.Parameter(base)
         self.mlp = None
         if hidden > 0:
-            self.mlp = nn.Sequential(nn.Linear(t - 1, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 3 * t))
+            self.mlp = nn.Sequential(nn.Linear(t - 1 + len(quantiles), hidden), nn.LeakyReLU(0.2),
+                                     nn.Linear(hidden, 3 * t))
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
 
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (N, S)``: means of the polynomial terms, then (with quantiles) the
+        cumulative histogram at :data:`HISTOGRAM_THRESHOLDS`; every entry additive over tiles."""
+        means = image_statistics(x, self.pairs)
+        if not self.levels.numel():
+            return means
+        return torch.cat([means, cumulative_histogram(x, self.thresholds)], 1)
+
     def coefficients(self, stats: torch.Tensor) -> torch.Tensor:
-        """``(N, T-1)`` image statistics -> ``(N, 3, T)`` colour-map coefficients."""
+        """``(N, S)`` image statistics -> ``(N, 3, T)`` colour-map coefficients."""
         if self.mlp is None:
             return self.base.expand(stats.shape[0], -1, -1)
-        return self.base + self.mlp(stats).view(-1, 3, self.terms)
+        features = stats[:, : self.terms - 1]
+        if self.levels.numel():
+            q = quantiles_from_histogram(stats[:, self.terms - 1:], self.thresholds, self.levels)
+            features = torch.cat([features, q], 1)
+        return self.base + self.mlp(features).view(-1, 3, self.terms)
 
     def forward(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         coef = self.coefficients(stats)
@@ -103,6 +131,9 @@ class CKISP(nn.Module):
         width: encoder-decoder width (channels at 1/2 resolution).
         colour_path: keep the global colour path beside the kernels.
         colour_hidden: width of the colour path's per-image correction (0: one global map).
+        colour_quantiles: the quantiles of the input's values (all planes pooled) the correction
+            reads beside the means; () for the means alone (checkpoints from before the
+            quantiles load that way).
     """
 
     def __init__(
@@ -114,6 +145,7 @@ class CKISP(nn.Module):
         width: int = 16,
         colour_path: bool = True,
         colour_hidden: int = 64,
+        colour_quantiles: tuple[float, ...] = DEFAULT_QUANTILES,
     ) -> None:
         super().__init__()
         k = kernel_size if kernel_size is not None else (3 if upscale > 1 else 5)
@@ -125,15 +157,27 @@ class CKISP(nn.Module):
         nn.init.normal_(self.basis.weight, std=0.01)
         nn.init.zeros_(self.basis.bias)
         self.mixer = EncoderDecoder(in_channels, n_basis, width)
-        self.colour = ColourPath(in_channels, colour_hidden) if colour_path else None
+        self.colour = ColourPath(in_channels, colour_hidden, tuple(colour_quantiles)) if colour_path else None
         self.register_buffer("pairs", quad_index(in_channels), persistent=False)
         self.size_multiple = EncoderDecoder.stride
         self.receptive_radius = EncoderDecoder.receptive_radius + k // 2
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A checkpoint trained before the histogram quantiles (its colour MLP reads the means
+        # alone) is loaded into a colour path without them, so it renders as it was trained.
+        first = state_dict.get(prefix + "colour.mlp.0.weight")
+        path = self.colour
+        if first is not None and path is not None and path.mlp is not None and path.levels.numel() \
+                and first.shape[1] == path.terms - 1:
+            self.colour = ColourPath(path.in_channels, path.mlp[0].out_features, ()).to(first.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the pieces of the formula, exposed for tests and analysis ---------------------------
 
     def statistics(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image statistics ``(N, S)`` the colour path is conditioned on (additive over tiles)."""
+        if self.colour is not None:
+            return self.colour.statistics(x)
         return image_statistics(x, self.pairs)
 
     def mixing_weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learn.data import DataError
-from learn.losses import build_loss, colour_loss, l1_loss, ms_ssim_loss, shift_l1_loss, ssim_loss
+from learn.losses import build_loss, colour_loss, l1_loss, l2_loss, ms_ssim_loss, shift_l1_loss, ssim_loss
 from learn.metrics import LPIPS, load_lpips, psnr, ssim
 
 
@@ -70,14 +70,22 @@ def test_missing_lpips_weights_file_is_a_clear_error(tmp_path):
         load_lpips(tmp_path / "nope.pth")
 
 
-def test_l1_ignores_pixels_outside_the_mask():
+@pytest.mark.parametrize("fn", [l1_loss, l2_loss])
+def test_pixel_losses_ignore_pixels_outside_the_mask(fn):
     t = torch.zeros(1, 3, 8, 8)
     p = t.clone()
     p[..., 4:] = 1.0
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., :4] = 1
-    assert float(l1_loss(p, t, mask)) == 0.0
-    assert float(l1_loss(p, t)) == pytest.approx(0.5)
+    assert float(fn(p, t, mask)) == 0.0
+    assert float(fn(p, t)) == pytest.approx(0.5)
+
+
+def test_l2_loss_is_the_mean_squared_error_psnr_measures():
+    t = torch.full((1, 3, 8, 8), 0.5)
+    p = t + 0.1
+    assert float(l2_loss(p, t)) == pytest.approx(0.01)
+    assert float(psnr(p, t)[0]) == pytest.approx(-10 * math.log10(float(l2_loss(p, t))), abs=1e-4)
 
 
 def test_shift_tolerant_l1_forgives_a_small_misalignment_that_l1_punishes():

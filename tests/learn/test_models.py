@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import learn.models as lm
+from learn.models.blocks import cumulative_histogram, quantiles_from_histogram
 from learn.models.pac import pac_conv2d
 
 MODES = [pytest.param({}, 4, 2, id="raw"), pytest.param({"in_channels": 3, "upscale": 1}, 3, 1, id="rgb")]
@@ -123,6 +124,55 @@ def test_ckisp_without_a_per_image_correction_applies_one_colour_map_to_every_im
     torch.testing.assert_close(same[0], same[1])
     torch.testing.assert_close(same[0], model.colour.base)
     assert lm.count_parameters(model) < lm.count_parameters(lm.create("ckisp"))
+
+
+def test_cumulative_histogram_is_additive_over_tiles():
+    torch.manual_seed(5)
+    x = torch.rand(2, 4, 10, 16) * 1.4 - 0.1
+    th = torch.linspace(-0.05, 1.55, 129)
+    left, right = cumulative_histogram(x[..., :6], th), cumulative_histogram(x[..., 6:], th)
+    torch.testing.assert_close((6 * left + 10 * right) / 16, cumulative_histogram(x, th))
+    assert torch.all(cumulative_histogram(x, th).diff(dim=1) >= 0)
+
+
+@pytest.mark.parametrize("levels", [(0.5,), (0.1, 0.9, 0.99, 0.995)])
+def test_quantiles_from_the_histogram_are_the_image_quantiles_within_a_threshold_step(levels):
+    torch.manual_seed(6)
+    x = torch.rand(3, 4, 40, 40) ** torch.tensor([0.5, 1.0, 3.0])[:, None, None, None]
+    th = torch.linspace(-0.05, 1.55, 129)
+    q = quantiles_from_histogram(cumulative_histogram(x, th), th, torch.tensor(levels))
+    exact = torch.quantile(x.flatten(1), torch.tensor(levels), dim=1).T
+    assert torch.all((q - exact).abs() <= float(th[1] - th[0]))
+
+
+def test_ckisp_colour_correction_reads_the_quantiles_beside_the_means():
+    torch.manual_seed(7)
+    model = lm.create("ckisp", colour_quantiles=(0.5, 0.995)).eval()
+    t = model.colour.terms
+    with torch.no_grad():
+        model.colour.mlp[-1].weight.normal_()
+        x = torch.full((1, 4, 32, 32), 0.3)
+        lit = x.clone()
+        lit[..., :1, :8] = 1.2  # 0.8 % of the values: past the 99.5th percentile
+        plain, bright = model.colour.statistics(x), model.colour.statistics(lit)
+        same_means = torch.cat([plain[:, : t - 1], bright[:, t - 1:]], 1)  # only the histogram differs
+        q = quantiles_from_histogram(bright[:, t - 1:], model.colour.thresholds, model.colour.levels)
+        coef_plain, coef_bright = model.colour.coefficients(plain), model.colour.coefficients(same_means)
+    assert float(q[0, 1]) > 1.0  # the highlight is the 99.5th percentile
+    assert (coef_plain - coef_bright).abs().max() > 1e-3
+
+
+def test_a_ckisp_checkpoint_without_quantiles_loads_and_renders_as_trained():
+    torch.manual_seed(8)
+    old = lm.create("ckisp", colour_quantiles=()).eval()
+    with torch.no_grad():
+        old.colour.mlp[-1].weight.normal_(0, 0.1)
+    new = lm.create("ckisp", colour_quantiles=(0.5, 0.99)).eval()
+    new.load_state_dict(old.state_dict())
+    x = torch.rand(1, 4, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x))
+    assert new.colour.levels.numel() == 0
 
 
 def test_pac_with_constant_guidance_is_an_ordinary_convolution():
