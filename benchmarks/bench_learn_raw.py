@@ -29,6 +29,9 @@ Baseline rows, scored with the same function (learn.evaluate.score_images) on th
   and space, ``<model> (<space> input)``).
 * **global colour map**: a second-order polynomial (10 terms -> RGB) from that plain rendering to the
   target, fitted by least squares on the valid pixels of the training pairs.
+* **the same colour map on the exposed rendering**: the plain rendering first scaled (in linear light) so
+  its 99.5th percentile is 0.8, an auto exposure set on the highlights, then the colour map fitted on
+  those: the strongest global baseline here, since the simulated cameras expose on that percentile.
 
 If the dataset ever carries phone JPEGs, evaluate_run's built-in-ISP row is printed as well.
 The peer for the ratios is the SID U-Net (``unet``). Runs already in OUT/runs/<model>[_<space>]_<steps> are resumed
@@ -71,6 +74,9 @@ from learn.train import load_config, load_model, train  # noqa: E402
 PEER = "unet"
 PLAIN_ROW = "phone plain rendering (rawio: demosaic, as-shot WB, colour matrix, sRGB)"
 CMAP_ROW = "global 2nd-order colour map on the plain rendering (least squares)"
+EXPOSED_CMAP_ROW = "the same colour map on the plain rendering exposed to its 99.5th percentile"
+#: where the exposed rendering puts the 99.5th percentile of its linear values (an auto exposure)
+EXPOSURE_LEVEL = 0.8
 
 
 def isp_rig(*args: str) -> str:
@@ -124,10 +130,15 @@ def build_dataset(out: Path, sources: list[Path], pairs: int, seeds: list[int], 
     return json.loads(summary)
 
 
-def plain_rendering(phone_path: str) -> np.ndarray:
-    """(H, W, 3) float32 sRGB in [0, 1]: the phone raw through the plain rawio pipeline, on the raw grid."""
-    raw = rawio.read_raw(phone_path)
-    return np.clip(rawio.linear_to_srgb(np.clip(rawio.raw_to_linear_rgb(raw), 0, None)), 0, 1).astype(np.float32)
+def plain_rendering(phone_path: str, exposed: bool = False) -> np.ndarray:
+    """(H, W, 3) float32 sRGB in [0, 1]: the phone raw through the plain rawio pipeline, on the raw grid.
+
+    exposed: first scale the linear image so its 99.5th percentile is :data:`EXPOSURE_LEVEL`
+    (an auto exposure set on the highlights, as ckisp's colour path can learn from its quantiles)."""
+    lin = np.clip(rawio.raw_to_linear_rgb(rawio.read_raw(phone_path)), 0, None)
+    if exposed:
+        lin = lin * (EXPOSURE_LEVEL / max(float(np.percentile(lin, 99.5)), 1e-6))
+    return np.clip(rawio.linear_to_srgb(lin), 0, 1).astype(np.float32)
 
 
 def to_t(a: np.ndarray) -> torch.Tensor:
@@ -252,38 +263,37 @@ def main() -> None:
           flush=True)
 
     # ------------------------------------------------------ baseline rows
-    def baseline_items(src: PackedPairs, limit: int | None = None) -> list[tuple[np.ndarray, dict]]:
-        items = []
-        for i in range(len(src) if limit is None else min(limit, len(src))):
-            it = src.load(i)
-            items.append((plain_rendering(records[it["id"]]["phone"]), it))
-        return items
+    def renderings(src: PackedPairs, exposed: bool) -> list[tuple[np.ndarray, dict]]:
+        return [(plain_rendering(records[it["id"]]["phone"], exposed), it) for it in map(src.load, range(len(src)))]
 
-    test_items = baseline_items(test_src)
-    train_items = baseline_items(train_src)
-    plain_scores = [score_images(to_t(p), to_t(it["target"]), to_t(it["mask"])) for p, it in test_items]
-    coef, fit_s = fit_colour_map([p for p, _ in train_items], [it["target"] for _, it in train_items],
-                                 [it["mask"] for _, it in train_items])
-    cmap_test = [apply_colour_map(coef, p) for p, _ in test_items]
-    cmap_scores = [score_images(to_t(c), to_t(it["target"]), to_t(it["mask"])) for c, (_, it) in
-                   zip(cmap_test, test_items)]
-    test_ids = [it["id"] for _, it in test_items]
-    rows: list[dict] = [
-        {"method": PLAIN_ROW, **mean_scores(plain_scores), "params": None, "train_s": None,
-         "per_pair": {i: sc["psnr"] for i, sc in zip(test_ids, plain_scores)}},
-        {"method": CMAP_ROW, **mean_scores(cmap_scores), "params": 30, "train_s": fit_s,
-         "per_pair": {i: sc["psnr"] for i, sc in zip(test_ids, cmap_scores)}},
-    ]
+    def per_pair(images: list[np.ndarray], items: list[dict]) -> list[dict]:
+        return [score_images(to_t(p), to_t(it["target"]), to_t(it["mask"])) for p, it in zip(images, items)]
+
+    rows: list[dict] = []
+    for exposed in (False, True):
+        test_items, train_items = renderings(test_src, exposed), renderings(train_src, exposed)
+        coef, fit_s = fit_colour_map([p for p, _ in train_items], [it["target"] for _, it in train_items],
+                                     [it["mask"] for _, it in train_items])
+        del train_items
+        items = [it for _, it in test_items]
+        cmap_test = [apply_colour_map(coef, p) for p, _ in test_items]
+        if not exposed:
+            rows.append({"method": PLAIN_ROW, "scores": per_pair([p for p, _ in test_items], items), "params": None,
+                         "train_s": None})
+            picture = [test_items[0][0], cmap_test[0]]
+        rows.append({"method": EXPOSED_CMAP_ROW if exposed else CMAP_ROW, "scores": per_pair(cmap_test, items),
+                     "params": 30, "train_s": fit_s})
+    test_ids = [it["id"] for it in items]
     for r in rows:
+        scores = r.pop("scores")
+        r.update(mean_scores(scores), per_pair={i: sc["psnr"] for i, sc in zip(test_ids, scores)})
         print(f"{r['method']}: {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}", flush=True)
-    del train_items
 
     # ---------------------------------------------------------- learned models
     data_cfg = {"kind": "dataset", "root": str(dataset), "crop": args.crop, "batch_size": args.batch,
                 "eval_tile": 256}
     train_check = min(4, len(train_src))
     builtin = None
-    picture = [test_items[0][0], cmap_test[0]]
     variants = [(name, space, args.seed) for name in args.models.split(",") for space in args.input_spaces.split(",")]
     variants += [(name, space, args.seed + 1) for name in args.second_seed_models.split(",") if name
                  for space in args.input_spaces.split(",")]
@@ -325,7 +335,7 @@ def main() -> None:
         rows.insert(0, {"method": "built-in ISP (phone JPEG)", **builtin, "params": None, "train_s": None})
 
     # A picture: plain rendering | colour map | each model | target, first test pair, half size.
-    picture.append(test_items[0][1]["target"])
+    picture.append(items[0]["target"])
     gap = np.ones((picture[0].shape[0], 8, 3), np.float32)
     strip = np.concatenate([a for p in picture for a in (p, gap)][:-1], axis=1)
     strip = cv2.resize(strip, (strip.shape[1] // 2, strip.shape[0] // 2), interpolation=cv2.INTER_AREA)

@@ -123,7 +123,7 @@ TINY = ('[model]\nname = "ckisp"\n[model.kwargs]\nwidth = 8\nn_basis = 4\n'
     ('[optim]\nsteps = "five"\n', "optim.steps: expected an integer, got 'five'"),
     ("[optim]\nsteps = 0\n", "optim.steps: 0 is below"),
     ("[optim]\nschedule = \"linear\"\n", "optim.schedule: 'linear' is not one of 'cosine', 'constant'"),
-    ("[loss]\nl2 = 1.0\n", "loss.l2: unknown loss"),
+    ("[loss]\nl3 = 1.0\n", "loss.l3: unknown loss"),
     ("[trian]\nseed = 1\n", "trian: unknown section (did you mean 'train'?)"),
 ])
 def test_train_config_errors_name_the_key_before_any_work(tiny_dataset, tmp_path, extra, named):
