@@ -57,8 +57,9 @@ from learn.models.blocks import (
     to_image,
 )
 
-#: where the cumulative histogram of the input is taken (covers every input space: sRGB-encoded
-#: values run a little past 1 where the white balance lifts a highlight, and below 0 in noise)
+#: where the cumulative histogram of the input is taken: sRGB-encoded values run a little past 1
+#: where the white balance lifts a highlight, and below 0 in noise; a quantile that falls past the
+#: last threshold (a white-balanced highlight of the linear spaces can reach 2.4) reads as 1.55
 HISTOGRAM_THRESHOLDS = torch.linspace(-0.05, 1.55, 129)
 
 #: the quantiles of the input the colour path's correction reads beside the means: the median
