@@ -88,7 +88,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-kwargs", default="{}",
-                    help="JSON constructor arguments for every model beside the RGB ones, e.g. '{\"colour_quantiles\": []}'")
+                    help="JSON constructor arguments for every model beside the RGB ones, "
+                         "e.g. '{\"colour_quantiles\": []}'")
     ap.add_argument("--tag", default="", help="suffix of the run folders and row labels (a variant of the same models)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the runs and results.json")
     ap.add_argument("--no-render", action="store_true", help="skip the 12 MP render timing")
@@ -131,7 +132,8 @@ def main() -> None:
         with torch.inference_mode():
             pred = model(xte)
             pred_tr = model(xtr[:64])
-        row = {"method": name + (f" [{args.tag}]" if args.tag else ""), **scores(pred, yte), "train_psnr": float(psnr(pred_tr, ytr[:64]).mean()),
+        row = {"method": name + (f" [{args.tag}]" if args.tag else ""), **scores(pred, yte),
+               "train_psnr": float(psnr(pred_tr, ytr[:64]).mean()),
                "params": lm.count_parameters(model), "train_s": summary["elapsed_s"], "render_s": None}
         if not args.no_render:
             frac = 1.0 if name in ("ckisp", "plain") else 0.1

@@ -130,15 +130,26 @@ def build_dataset(out: Path, sources: list[Path], pairs: int, seeds: list[int], 
     return json.loads(summary)
 
 
-def plain_rendering(phone_path: str, exposed: bool = False) -> np.ndarray:
-    """(H, W, 3) float32 sRGB in [0, 1]: the phone raw through the plain rawio pipeline, on the raw grid.
+def phone_linear(phone_path: str) -> np.ndarray:
+    """(H, W, 3) float32 linear sRGB >= 0: the phone raw through rawio (bilinear demosaic, the as-shot
+    white balance and colour matrix), on the raw grid."""
+    return np.clip(rawio.raw_to_linear_rgb(rawio.read_raw(phone_path)), 0, None)
+
+
+def display(lin: np.ndarray, exposed: bool = False) -> np.ndarray:
+    """(H, W, 3) float32 sRGB in [0, 1] of a :func:`phone_linear` image.
 
     exposed: first scale the linear image so its 99.5th percentile is :data:`EXPOSURE_LEVEL`
     (an auto exposure set on the highlights, as ckisp's colour path can learn from its quantiles)."""
-    lin = np.clip(rawio.raw_to_linear_rgb(rawio.read_raw(phone_path)), 0, None)
     if exposed:
         lin = lin * (EXPOSURE_LEVEL / max(float(np.percentile(lin, 99.5)), 1e-6))
     return np.clip(rawio.linear_to_srgb(lin), 0, 1).astype(np.float32)
+
+
+def plain_rendering(phone_path: str, exposed: bool = False) -> np.ndarray:
+    """(H, W, 3) float32 sRGB in [0, 1]: the phone raw through the plain rawio pipeline, on the raw grid
+    (``exposed``: see :func:`display`)."""
+    return display(phone_linear(phone_path), exposed)
 
 
 def to_t(a: np.ndarray) -> torch.Tensor:
@@ -263,26 +274,30 @@ def main() -> None:
           flush=True)
 
     # ------------------------------------------------------ baseline rows
-    def renderings(src: PackedPairs, exposed: bool) -> list[tuple[np.ndarray, dict]]:
-        return [(plain_rendering(records[it["id"]]["phone"], exposed), it) for it in map(src.load, range(len(src)))]
+    def renderings(src: PackedPairs) -> tuple[list[np.ndarray], list[np.ndarray], list[dict]]:
+        """Each pair's plain and exposed renderings (one raw decode each) and its loaded item."""
+        plain, exposed, items = [], [], []
+        for it in map(src.load, range(len(src))):
+            lin = phone_linear(records[it["id"]]["phone"])
+            plain.append(display(lin))
+            exposed.append(display(lin, exposed=True))
+            items.append(it)
+        return plain, exposed, items
 
     def per_pair(images: list[np.ndarray], items: list[dict]) -> list[dict]:
         return [score_images(to_t(p), to_t(it["target"]), to_t(it["mask"])) for p, it in zip(images, items)]
 
-    rows: list[dict] = []
-    for exposed in (False, True):
-        test_items, train_items = renderings(test_src, exposed), renderings(train_src, exposed)
-        coef, fit_s = fit_colour_map([p for p, _ in train_items], [it["target"] for _, it in train_items],
-                                     [it["mask"] for _, it in train_items])
-        del train_items
-        items = [it for _, it in test_items]
-        cmap_test = [apply_colour_map(coef, p) for p, _ in test_items]
-        if not exposed:
-            rows.append({"method": PLAIN_ROW, "scores": per_pair([p for p, _ in test_items], items), "params": None,
-                         "train_s": None})
-            picture = [test_items[0][0], cmap_test[0]]
-        rows.append({"method": EXPOSED_CMAP_ROW if exposed else CMAP_ROW, "scores": per_pair(cmap_test, items),
-                     "params": 30, "train_s": fit_s})
+    test_plain, test_exposed, items = renderings(test_src)
+    train_plain, train_exposed, train_items = renderings(train_src)
+    rows: list[dict] = [{"method": PLAIN_ROW, "scores": per_pair(test_plain, items), "params": None, "train_s": None}]
+    for label, train_in, test_in in ((CMAP_ROW, train_plain, test_plain),
+                                     (EXPOSED_CMAP_ROW, train_exposed, test_exposed)):
+        coef, fit_s = fit_colour_map(train_in, [it["target"] for it in train_items], [it["mask"] for it in train_items])
+        cmap_test = [apply_colour_map(coef, p) for p in test_in]
+        if label == CMAP_ROW:
+            picture = [test_plain[0], cmap_test[0]]
+        rows.append({"method": label, "scores": per_pair(cmap_test, items), "params": 30, "train_s": fit_s})
+    del train_plain, train_exposed, train_items
     test_ids = [it["id"] for it in items]
     for r in rows:
         scores = r.pop("scores")

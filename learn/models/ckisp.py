@@ -159,7 +159,6 @@ class CKISP(nn.Module):
         nn.init.zeros_(self.basis.bias)
         self.mixer = EncoderDecoder(in_channels, n_basis, width)
         self.colour = ColourPath(in_channels, colour_hidden, tuple(colour_quantiles)) if colour_path else None
-        self.register_buffer("pairs", quad_index(in_channels), persistent=False)
         self.size_multiple = EncoderDecoder.stride
         self.receptive_radius = EncoderDecoder.receptive_radius + k // 2
 
@@ -177,9 +176,7 @@ class CKISP(nn.Module):
 
     def statistics(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image statistics ``(N, S)`` the colour path is conditioned on (additive over tiles)."""
-        if self.colour is not None:
-            return self.colour.statistics(x)
-        return image_statistics(x, self.pairs)
+        return image_statistics(x) if self.colour is None else self.colour.statistics(x)
 
     def mixing_weights(self, x: torch.Tensor) -> torch.Tensor:
         """a(i): ``(N, C, H, W) -> (N, M, H, W)``, H and W multiples of 8."""
