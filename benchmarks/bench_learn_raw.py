@@ -65,8 +65,9 @@ sys.path.insert(0, str(REPO))
 from alignment import rawio  # noqa: E402
 from alignment.dataset import latest_records  # noqa: E402
 from isp_rig.simulate import SourceError, list_sources, load_source  # noqa: E402
-from learn.data import PackedPairs  # noqa: E402
-from learn.evaluate import evaluate, evaluate_run, score_images  # noqa: E402
+from learn.cfa_phase import crop_to_raw  # noqa: E402
+from learn.data import PackedPairs, open_source  # noqa: E402
+from learn.evaluate import evaluate, evaluate_run, run_data_config, score_images  # noqa: E402
 from learn.infer import render  # noqa: E402
 from learn.models.blocks import poly_terms  # noqa: E402
 from learn.train import load_config, load_model, train  # noqa: E402
@@ -329,8 +330,8 @@ def main() -> None:
         summary = train(cfg, run, progress=False)
         scores = evaluate_run(run, dataset, progress=False)
         builtin = builtin or scores.get("builtin_isp")
-        model, _ = load_model(run)
-        train_view = PackedPairs(dataset, "train", input_space=space)
+        model, stored = load_model(run)
+        train_view = open_source(run_data_config(stored, dataset), "train")  # its input space and CFA phase
         tr = [r["model"] for r in evaluate(model, train_view, progress=False)[:train_check]] if train_check else []
         row = {"method": label, "model": name, "input_space": space, "seed": seed, "psnr": scores["psnr"], "ssim": scores["ssim"],
                "params": scores["params"], "train_s": summary["elapsed_s"],
@@ -338,8 +339,9 @@ def main() -> None:
                "per_pair": run_pair_psnr(run)}
         rows.append(row)
         with torch.inference_mode():
-            first = PackedPairs(dataset, "test", input_space=space).load(0)["input"]
-            picture.append(np.clip(render(model, first), 0, 1))
+            test_view = open_source(run_data_config(stored, dataset), "test")
+            first = render(model, test_view.load(0)["input"])
+            picture.append(np.clip(crop_to_raw(first, test_view.shifted_pattern(0)), 0, 1))
         print(f"{label}: {row['psnr']:.2f} dB (train {row['train_psnr']:.2f}), SSIM {row['ssim']:.3f}, "
               f"{row['params']:,} params, {row['train_s']:.0f} s training", flush=True)
         (out / "results.json").write_text(json.dumps({

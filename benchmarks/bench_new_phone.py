@@ -68,8 +68,9 @@ sys.path.insert(0, str(BENCH.parent))
 
 import bench_learn_raw as blr  # noqa: E402  the raw benchmark's data and baseline helpers
 from alignment.dataset import latest_records, scene_split  # noqa: E402
-from learn.data import PackedPairs  # noqa: E402
-from learn.evaluate import evaluate_run, score_images  # noqa: E402
+from learn.cfa_phase import crop_to_raw  # noqa: E402
+from learn.data import PackedPairs, open_source  # noqa: E402
+from learn.evaluate import evaluate_run, run_data_config, score_images  # noqa: E402
 from learn.infer import render  # noqa: E402
 from learn.train import load_config, load_model, train  # noqa: E402
 
@@ -222,10 +223,11 @@ def main() -> None:
         scores = evaluate_run(run, datasets["B_all"], progress=False)
         rows.append({"method": label, "space": space, "pairs": pairs, "steps": steps or args.steps, "psnr": scores["psnr"],
                      "ssim": scores["ssim"], "train_s": train_s, "per_pair": blr.run_pair_psnr(run)})
-        model, _ = load_model(run)
+        model, stored = load_model(run)
         with torch.inference_mode():
-            first = PackedPairs(datasets["B_all"], "test", input_space=space).load(0)["input"]
-            picture.append(np.clip(render(model, first), 0, 1))
+            test_view = open_source(run_data_config(stored, datasets["B_all"]), "test")
+            first = render(model, test_view.load(0)["input"])
+            picture.append(np.clip(crop_to_raw(first, test_view.shifted_pattern(0)), 0, 1))
         print(f"{label} [{space}]: {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}", flush=True)
 
     for space in args.input_spaces.split(","):

@@ -269,7 +269,7 @@ def train_and_score(view: Path, run: Path, test_frame: Path, test_trust: Path, a
     cfg = load_config(overrides={
         "model": {"name": "ckisp", "kwargs": {}},
         "data": {"kind": "dataset", "root": str(view), "crop": args.crop, "batch_size": args.batch,
-                 "min_valid": 0.5, "eval_tile": 256, "input_space": "raw"},  # as its published figures
+                 "min_valid": 0.5, "eval_tile": 256, "input_space": "raw", "cfa_phase": "packed"},  # as its published figures
         "optim": {"lr": 1e-3, "steps": args.steps, "schedule": "cosine"},
         "loss": {"l1": 1.0},
         "train": {"seed": seed, "ckpt_every": max(100, args.steps // 4), "eval_every": args.steps,

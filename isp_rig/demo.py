@@ -130,7 +130,8 @@ def learn_and_render(dataset_dir: Path, runs_dir: Path, out: Path, models: list[
     from alignment.dataset import latest_records
     from learn import models as registry
     from learn.data import open_source
-    from learn.evaluate import evaluate, evaluate_run
+    from learn.cfa_phase import crop_to_raw
+    from learn.evaluate import evaluate, evaluate_run, run_data_config
     from learn.infer import render
     from learn.train import load_model, train
 
@@ -144,8 +145,7 @@ def learn_and_render(dataset_dir: Path, runs_dir: Path, out: Path, models: list[
                                    "train_seconds": round(time.perf_counter() - started, 1),
                                    "curve": str((runs_dir / name / "curve.png").relative_to(out))}
     model, config = load_model(runs_dir / models[0])
-    space = config["data"].get("input_space", "raw")  # what "auto" became for this dataset
-    test_src = open_source({"kind": "dataset", "root": str(dataset_dir), "input_space": space}, "test")
+    test_src = open_source(run_data_config(config, dataset_dir), "test")  # the input space "auto" became, the CFA phase
     torch.manual_seed(seed)
     untrained = registry.create(models[0])
     rows = evaluate(untrained, test_src, progress=False)
@@ -161,8 +161,8 @@ def learn_and_render(dataset_dir: Path, runs_dir: Path, out: Path, models: list[
         plain = _phone_rendering(rec)
         plain_scores.append(_score(plain, target, mask))
         if picture is None:
-            packed = test_src.load(inputs[rec["id"]])["input"]  # in the run's input space
-            rendered = np.clip(render(model, packed), 0, 1)
+            packed = test_src.load(inputs[rec["id"]])["input"]  # in the run's input space and CFA phase
+            rendered = crop_to_raw(np.clip(render(model, packed), 0, 1), test_src.shifted_pattern(inputs[rec["id"]]))
             write_image(out / "render.png", np.round(rendered[..., ::-1] * 255).astype(np.uint8))
             gap = np.ones((target.shape[0], 8, 3))
             picture = np.concatenate([plain, gap, rendered, gap, target], axis=1)

@@ -94,24 +94,29 @@ def evaluate(data: Path | None, run: Path, as_json: bool, lpips_weights: Path | 
         click.echo(f"written: {run / 'eval' / 'table.md'}, {run / 'eval' / 'table.csv'}")
 
 
-def _read_input(path: Path, in_channels: int, input_space: str = "raw") -> np.ndarray:
-    """The model's input from a file: a packed .npy, an RGB image (3-channel models) or a
-    camera raw brought into the run's ``input_space`` with the raw's own metadata."""
+def _read_input(path: Path, in_channels: int, input_space: str = "raw",
+                cfa_phase: str = "packed") -> tuple[np.ndarray, str | None]:
+    """The model's input from a file: a packed .npy (taken as RGGB), an RGB image (3-channel
+    models) or a camera raw brought into the run's ``input_space`` with the raw's own metadata
+    and, for ``cfa_phase`` ``rggb``, shifted so R is first in every cell; with the CFA pattern
+    it was shifted from (None: not shifted) for :func:`learn.cfa_phase.crop_to_raw`."""
+    from learn.cfa_phase import to_rggb
     from learn.data import read_image, read_packed
     from learn.raw_space import MissingMetadata, to_input_space
 
     if in_channels == 3 and path.suffix.lower() != ".npy":
-        return read_image(path)
+        return read_image(path), None
     if path.suffix.lower() == ".npy":
         if input_space != "raw" and in_channels != 3:
             raise click.ClickException(f"{path}: a packed .npy carries no white balance or colour matrix, and the "
                                        f"model was trained on input space {input_space!r}: render the camera raw")
-        return np.asarray(read_packed(path))
+        return np.asarray(read_packed(path)), None
     from alignment.rawio import ImageReadError, read_raw
 
     try:
         raw = read_raw(path)
-        return to_input_space(raw.packed(), raw.metadata(), input_space)
+        cfa = raw.cfa if cfa_phase == "rggb" else None
+        return to_input_space(to_rggb(raw.packed(), cfa), raw.metadata(), input_space), cfa
     except ImageReadError as err:
         raise click.ClickException(str(err)) from None
     except MissingMetadata as err:
@@ -138,6 +143,7 @@ def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int |
     """Render a full-resolution phone RAW (any LibRaw format, or a packed .npy) to an sRGB PNG."""
     import time
 
+    from learn.cfa_phase import LEGACY_PHASE, crop_to_raw
     from learn.data import write_image
     from learn.infer import export_onnx as to_onnx
     from learn.infer import export_program as to_program
@@ -147,9 +153,10 @@ def render(raw: Path, run: Path, out: Path, tile: int, bits: str, threads: int |
 
     model, config = load_model(run)
     in_ch = int(config["model"].get("kwargs", {}).get("in_channels", 4))
-    image = _read_input(raw, in_ch, config.get("data", {}).get("input_space", "raw"))
+    data = config.get("data", {})
+    image, shifted = _read_input(raw, in_ch, data.get("input_space", "raw"), data.get("cfa_phase", LEGACY_PHASE))
     t = time.perf_counter()
-    rgb = render_image(model, image, tile=tile, threads=threads, progress=True)
+    rgb = crop_to_raw(render_image(model, image, tile=tile, threads=threads, progress=True), shifted)
     dt = time.perf_counter() - t
     write_image(out, rgb, int(bits))
     click.echo(f"{out}: {rgb.shape[1]}x{rgb.shape[0]} rendered in {dt:.2f} s")

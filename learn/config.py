@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from learn.cfa_phase import CFA_PHASES
 from learn.raw_space import AUTO, INPUT_SPACES
 
 
@@ -63,7 +64,10 @@ class DataSection:
     "raw" as recorded, "white_balanced", "linear_srgb", "srgb"), applied with each pair's
     ``phone_raw`` metadata and again by evaluation and ``isp-rig render``; "auto" (the
     default) is "srgb" when every training pair carries the metadata, else "raw"
-    (:func:`learn.raw_space.auto_input_space`), and the run stores what it became.
+    (:func:`learn.raw_space.auto_input_space`), and the run stores what it became;
+    cfa_phase: "rggb" (default) shifts every packed raw by its CFA pattern so that R is first in
+    every cell (:mod:`learn.cfa_phase`; evaluation and ``isp-rig render`` shift alike and crop back),
+    "packed" keeps each pattern's own cells (runs stored without the key were trained so).
     """
 
     kind: str = _spec("dataset", kind="str", choices=("dataset", "rgb_folders"))
@@ -82,6 +86,7 @@ class DataSection:
     drop_identical: bool = _spec(True, kind="bool")
     test_every: int = _spec(5, kind="int", lo=2)
     input_space: str = _spec(AUTO, kind="str", choices=(AUTO, *INPUT_SPACES))
+    cfa_phase: str = _spec("rggb", kind="str", choices=CFA_PHASES)
 
 
 @dataclass

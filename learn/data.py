@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from alignment.dataset import DATASET_JSON, PAIRS_JSONL, DatasetError, numbered_records, read_meta
+from learn.cfa_phase import CFA_PHASES, LEGACY_PHASE, pad_like_raw, red_offset, to_rggb
 from learn.raw_space import metadata_problem, to_input_space
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -291,10 +292,14 @@ class PackedPairs:
     metadata (:func:`learn.raw_space.to_input_space`; RGB inputs are left as they are);
     a pair without the metadata the space needs is a :class:`DataError` here, before
     any training.
+    cfa_phase: ``rggb`` shifts every packed raw by its pattern (``phone_raw["cfa"]``; none
+    recorded: taken as RGGB) so R is first in every cell, padding the target and mask alike
+    (:mod:`learn.cfa_phase`; ``input`` is then (h + dy, w + dx, 4), the target and mask
+    (2h + 2dy, 2w + 2dx)); ``packed`` leaves the cells as the pattern gives them.
     """
 
     def __init__(self, root: Path | str, split: str | Sequence[str], cache_mb: float = 1024.0,
-                 input_space: str = "raw") -> None:
+                 input_space: str = "raw", cfa_phase: str = LEGACY_PHASE) -> None:
         self.folder = DatasetFolder.read(root)
         self.records = self.folder.split(split)
         if not self.records:
@@ -311,10 +316,28 @@ class PackedPairs:
                     raise DataError(self.folder.root / "pairs.jsonl",
                                     f"pair {r.id!r}: {problem}; input space {self.input_space!r} needs the raw's "
                                     "white balance and colour matrix (use input_space 'raw')")
+        if cfa_phase not in CFA_PHASES:
+            raise ValueError(f"unknown cfa_phase {cfa_phase!r} (choices: {', '.join(CFA_PHASES)})")
+        self.cfa_phase = cfa_phase if self.bayer else LEGACY_PHASE
+        self._cfa = [self._pattern(r) for r in self.records] if self.cfa_phase == "rggb" else [None] * len(self.records)
         self.scale = 2 if self.bayer else 1
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache = _ByteLru(self.cache_bytes)  # decoded targets and masks
         self._inputs = _ByteLru(self.cache_bytes)  # inputs in a metadata space (raw stays memory-mapped)
+
+    def _pattern(self, r: PairRecord) -> str | None:
+        """The CFA pattern pair ``r``'s packed raw was packed from (None: none recorded, taken as RGGB)."""
+        cfa = (r.phone_raw or {}).get("cfa")
+        try:
+            red_offset(cfa)
+        except ValueError as err:
+            raise DataError(self.folder.root / "pairs.jsonl", f"pair {r.id!r}: {err}") from None
+        return cfa
+
+    def shifted_pattern(self, i: int) -> str | None:
+        """The CFA pattern pair ``i`` was shifted from (None: not shifted): give it to
+        :func:`learn.cfa_phase.crop_to_raw` to bring a rendering of ``load(i)["input"]`` back onto the raw's grid."""
+        return self._cfa[i]
 
     @property
     def _cached_bytes(self) -> int:
@@ -327,21 +350,36 @@ class PackedPairs:
         r = self.records[i]
         if not self.bayer:
             return read_image(r.input)
-        if self.input_space == "raw":
+        cfa = self._cfa[i]
+        if self.input_space == "raw" and red_offset(cfa) == (0, 0):
             return read_packed(r.raw)  # memory-mapped: a crop reads only its own rows
-        # the transform touches every px: once per pair, not once per crop
-        return self._inputs.fetch(i, lambda: (to_input_space(read_packed(r.raw), r.phone_raw, self.input_space),))[0]
+        # the shift and the transform touch every px: once per pair, not once per crop
+        return self._inputs.fetch(i, lambda: (
+            to_input_space(to_rggb(read_packed(r.raw), cfa), r.phone_raw, self.input_space),))[0]
 
     def input_shape(self, i: int) -> tuple[int, ...]:
         """Shape of pair ``i``'s input (packed raw: without decoding any PNG or applying the input space)."""
         r = self.records[i]
-        return read_packed(r.raw).shape if self.bayer else read_image(r.input).shape
+        if not self.bayer:
+            return read_image(r.input).shape
+        h, w, c = read_packed(r.raw).shape
+        dy, dx = red_offset(self._cfa[i])
+        return h + dy, w + dx, c
 
     def _target(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decoded target and mask of pair ``i``, kept in an LRU cache of at most ``cache_mb``
-        (decoding a 16-bit PNG dominates the time of a crop; a small dataset stays decoded)."""
+        """Decoded target and mask of pair ``i`` (padded as its input is shifted), kept in an LRU
+        cache of at most ``cache_mb`` (decoding a 16-bit PNG dominates the time of a crop; a small
+        dataset stays decoded)."""
         r = self.records[i]
-        return self._cache.fetch(i, lambda: (read_image(r.target), read_mask(r.mask) if r.mask is not None else None))
+
+        def decode() -> tuple[np.ndarray, np.ndarray | None]:
+            target = read_image(r.target)
+            mask = read_mask(r.mask) if r.mask is not None else None
+            if red_offset(self._cfa[i]) == (0, 0):
+                return target, mask
+            return pad_like_raw(target, np.ones(target.shape[:2], bool) if mask is None else mask, self._cfa[i])
+
+        return self._cache.fetch(i, decode)
 
     def load(self, i: int, with_jpeg: bool = False) -> dict:
         r = self.records[i]
@@ -589,12 +627,12 @@ class PairsUnion:
     """
 
     def __init__(self, parts: Sequence[PackedPairs]) -> None:
-        kinds = {(p.bayer, p.scale, p.input_space) for p in parts}
+        kinds = {(p.bayer, p.scale, p.input_space, p.cfa_phase) for p in parts}
         if len(kinds) > 1:
             raise DataError(parts[0].folder.root, "the training folders mix inputs (packed raw and RGB, or "
                                                   "input spaces): they cannot be trained on together")
         self.parts = list(parts)
-        self.bayer, self.scale, self.input_space = kinds.pop()
+        self.bayer, self.scale, self.input_space, self.cfa_phase = kinds.pop()
         self.records = [r for p in self.parts for r in p.records]
         self._where = [(k, i) for k, p in enumerate(self.parts) for i in range(len(p))]
 
@@ -626,10 +664,11 @@ def open_source(data: dict, split: str) -> PairSource:
         folder = DatasetFolder.read(root)
         if split == "val" and not folder.split("val"):
             split = "test"
-        space = data.get("input_space", "raw")
+        space, phase = data.get("input_space", "raw"), data.get("cfa_phase", LEGACY_PHASE)
         if split == "train" and data.get("also_roots"):
-            return PairsUnion([PackedPairs(r, "train", input_space=space) for r in [root, *data["also_roots"]]])
-        return PackedPairs(root, split, input_space=space)
+            return PairsUnion([PackedPairs(r, "train", input_space=space, cfa_phase=phase)
+                               for r in [root, *data["also_roots"]]])
+        return PackedPairs(root, split, input_space=space, cfa_phase=phase)
     if kind == "rgb_folders":
         names = list_rgb_pairs(data["input_dir"], data["target_dir"], data.get("exclude", ()),
                                data.get("drop_identical", True))

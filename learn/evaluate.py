@@ -23,6 +23,7 @@ from learn.data import EvalTiles, PackedPairs, RgbFolderPairs, open_source
 from learn.infer import render_tensor
 from learn.metrics import load_lpips, psnr, ssim
 from learn.models import count_parameters
+from learn.cfa_phase import LEGACY_PHASE
 from learn.raw_space import AUTO
 from learn.train import load_model
 
@@ -112,12 +113,15 @@ def write_table(table: list[dict], out_dir: Path | str) -> tuple[Path, Path]:
 def run_data_config(config: dict, data: Path | str | dict | None = None) -> dict:
     """The data config to evaluate a run's model on: the run's own (``data`` None), another
     dataset folder or data config, which takes the run's ``input_space`` unless it names
-    one other than ``auto`` (the model only understands the input it was trained on)."""
+    one other than ``auto`` (the model only understands the input it was trained on), and
+    always the run's ``cfa_phase`` (``packed`` for a run stored before the key)."""
+    stored = config.get("data", {})
+    phase = {"cfa_phase": stored.get("cfa_phase", LEGACY_PHASE)}
     if data is None:
-        return config["data"]
-    own = {"input_space": config.get("data", {}).get("input_space", "raw")}
+        return {**stored, **phase}
+    own = {"input_space": stored.get("input_space", "raw"), **phase}
     if isinstance(data, dict):
-        return {**data, **own} if data.get("input_space", AUTO) == AUTO else {**own, **data}
+        return {**data, **own} if data.get("input_space", AUTO) == AUTO else {**own, **data, **phase}
     return {"kind": "dataset", "root": str(data), **own}
 
 

@@ -48,6 +48,7 @@ from learn.curves import plot_curves
 from learn.data import DataError, DatasetFolder, EvalTiles, RandomCrops, open_source
 from learn.losses import build_loss
 from learn.metrics import psnr, ssim
+from learn.cfa_phase import LEGACY_PHASE
 from learn.raw_space import AUTO, auto_input_space
 
 DEFAULTS: dict[str, Any] = defaults()
@@ -277,6 +278,7 @@ def _open_run(config: dict, out: Path, rank: int) -> tuple[dict, dict | None]:
         return config, None
     resume = load_checkpoint(last)
     resume["config"].setdefault("data", {}).setdefault("input_space", "raw")  # saved before the key existed
+    resume["config"]["data"].setdefault("cfa_phase", LEGACY_PHASE)  # likewise
     stored = merge(DEFAULTS, resume["config"])  # a run saved before a key existed gets its default
     changed = config_differences(stored, config)
     if changed:
@@ -334,10 +336,12 @@ def _build_state(config: dict, proc: _Process, resume: dict | None, init_from: P
     if resume is None and init_from is not None:
         start = load_checkpoint(init_from)
         model.load_state_dict(start["model"])
-        was = start["config"].get("data", {}).get("input_space", "raw")
-        if was != config["data"]["input_space"] and proc.rank == 0:
-            log.warning("%s was trained on input space %r, this run uses %r: the weights start from another "
-                        "input (set data.input_space to keep it)", init_from, was, config["data"]["input_space"])
+        was = start["config"].get("data", {})
+        for key, old in (("input_space", "raw"), ("cfa_phase", LEGACY_PHASE)):
+            if was.get(key, old) != config["data"].get(key, old) and proc.rank == 0:
+                log.warning("%s was trained with data.%s = %r, this run uses %r: the weights start from another "
+                            "input (set data.%s to keep it)", init_from, key, was.get(key, old),
+                            config["data"].get(key, old), key)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(oc["lr"]), weight_decay=float(oc["weight_decay"]))
     use_amp = bool(tc.get("amp", True)) and proc.device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

@@ -82,23 +82,31 @@ def test_the_dataset_applies_each_pairs_metadata_and_refuses_pairs_without_it(tm
 def test_render_reads_the_metadata_of_the_raw_it_renders_and_refuses_a_bare_npy(tmp_path, shared_data):
     path = shared_data / "raw" / "Blackmagic.dng"
     raw = rawio.read_raw(path)
-    got = _read_input(path, 4, "white_balanced")
+    got, _ = _read_input(path, 4, "white_balanced")
     np.testing.assert_allclose(got, to_input_space(raw.packed(), raw.metadata(), "white_balanced"))
     np.save(tmp_path / "x.npy", raw.packed()[:8, :8])
     with pytest.raises(click.ClickException, match="carries no white balance"):
         _read_input(tmp_path / "x.npy", 4, "white_balanced")
-    assert _read_input(tmp_path / "x.npy", 4, "raw").shape == (8, 8, 4)
+    assert _read_input(tmp_path / "x.npy", 4, "raw")[0].shape == (8, 8, 4)
 
 
-def test_a_run_is_evaluated_on_another_dataset_in_the_input_space_it_was_trained_on():
+def test_a_run_is_evaluated_on_another_dataset_in_the_input_space_and_cfa_phase_it_was_trained_on():
     from learn.evaluate import run_data_config
 
-    config = {"data": {"kind": "dataset", "root": "/a", "input_space": "linear_srgb"}}
+    config = {"data": {"kind": "dataset", "root": "/a", "input_space": "linear_srgb", "cfa_phase": "rggb"}}
     assert run_data_config(config) == config["data"]
-    assert run_data_config(config, "/b") == {"kind": "dataset", "root": "/b", "input_space": "linear_srgb"}
+    assert run_data_config(config, "/b") == {"kind": "dataset", "root": "/b", "input_space": "linear_srgb",
+                                             "cfa_phase": "rggb"}
     assert run_data_config(config, {"kind": "dataset", "root": "/b"})["input_space"] == "linear_srgb"
     assert run_data_config(config, {"root": "/b", "input_space": "raw"})["input_space"] == "raw"
     assert run_data_config(config, {"root": "/b", "input_space": "auto"})["input_space"] == "linear_srgb"
+    assert run_data_config(config, {"root": "/b", "cfa_phase": "packed"})["cfa_phase"] == "rggb"
+
+
+def test_a_run_stored_before_the_cfa_phase_is_evaluated_on_the_cells_as_packed():
+    from learn.evaluate import run_data_config
+
+    assert run_data_config({"data": {"kind": "dataset", "root": "/a"}}, "/b")["cfa_phase"] == "packed"
 
 
 def _tiny_metadata_dataset(root, with_metadata: bool) -> None:
@@ -148,4 +156,4 @@ def test_fine_tuning_from_a_run_of_another_input_space_says_so(tmp_path, caplog)
     train(_tiny_config(tmp_path / "a"), tmp_path / "run_a", progress=False)  # srgb
     with caplog.at_level(logging.WARNING, logger="learn.train"):
         train(_tiny_config(tmp_path / "b"), tmp_path / "run_b", init_from=tmp_path / "run_a", progress=False)
-    assert "was trained on input space 'srgb', this run uses 'raw'" in caplog.text
+    assert "was trained with data.input_space = 'srgb', this run uses 'raw'" in caplog.text
