@@ -181,6 +181,14 @@ def apply_colour_map(coef: torch.Tensor, x: np.ndarray) -> np.ndarray:
     return (terms @ coef).clamp(0, 1).numpy()
 
 
+def first_test_rendering(model: torch.nn.Module, stored: dict, dataset: Path) -> np.ndarray:
+    """(H, W, 3) in [0, 1]: ``model``'s rendering of the first test pair of ``dataset`` in the input space and
+    CFA phase of its run's stored config, on the raw's own grid."""
+    view = open_source(run_data_config(stored, dataset), "test")
+    with torch.inference_mode():
+        return np.clip(crop_to_raw(render(model, view.load(0)["input"]), view.shifted_pattern(0)), 0, 1)
+
+
 def mean_scores(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
 
@@ -338,10 +346,7 @@ def main() -> None:
                "train_psnr": mean_scores(tr)["psnr"] if tr else None, "steps": summary["step"],
                "per_pair": run_pair_psnr(run)}
         rows.append(row)
-        with torch.inference_mode():
-            test_view = open_source(run_data_config(stored, dataset), "test")
-            first = render(model, test_view.load(0)["input"])
-            picture.append(np.clip(crop_to_raw(first, test_view.shifted_pattern(0)), 0, 1))
+        picture.append(first_test_rendering(model, stored, dataset))
         print(f"{label}: {row['psnr']:.2f} dB (train {row['train_psnr']:.2f}), SSIM {row['ssim']:.3f}, "
               f"{row['params']:,} params, {row['train_s']:.0f} s training", flush=True)
         (out / "results.json").write_text(json.dumps({

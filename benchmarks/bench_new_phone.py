@@ -68,10 +68,8 @@ sys.path.insert(0, str(BENCH.parent))
 
 import bench_learn_raw as blr  # noqa: E402  the raw benchmark's data and baseline helpers
 from alignment.dataset import latest_records, scene_split  # noqa: E402
-from learn.cfa_phase import crop_to_raw  # noqa: E402
-from learn.data import PackedPairs, open_source  # noqa: E402
-from learn.evaluate import evaluate_run, run_data_config, score_images  # noqa: E402
-from learn.infer import render  # noqa: E402
+from learn.data import PackedPairs  # noqa: E402
+from learn.evaluate import evaluate_run, score_images  # noqa: E402
 from learn.train import load_config, load_model, train  # noqa: E402
 
 PHONE_A, PHONE_B = "iphone_6s", "mi_3"
@@ -224,10 +222,7 @@ def main() -> None:
         rows.append({"method": label, "space": space, "pairs": pairs, "steps": steps or args.steps, "psnr": scores["psnr"],
                      "ssim": scores["ssim"], "train_s": train_s, "per_pair": blr.run_pair_psnr(run)})
         model, stored = load_model(run)
-        with torch.inference_mode():
-            test_view = open_source(run_data_config(stored, datasets["B_all"]), "test")
-            first = render(model, test_view.load(0)["input"])
-            picture.append(np.clip(crop_to_raw(first, test_view.shifted_pattern(0)), 0, 1))
+        picture.append(blr.first_test_rendering(model, stored, datasets["B_all"]))
         print(f"{label} [{space}]: {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f}", flush=True)
 
     for space in args.input_spaces.split(","):
