@@ -630,7 +630,7 @@ class PairsUnion:
         kinds = {(p.bayer, p.scale, p.input_space, p.cfa_phase) for p in parts}
         if len(kinds) > 1:
             raise DataError(parts[0].folder.root, "the training folders mix inputs (packed raw and RGB, or "
-                                                  "input spaces): they cannot be trained on together")
+                                                  "input spaces, or CFA phases): they cannot be trained on together")
         self.parts = list(parts)
         self.bayer, self.scale, self.input_space, self.cfa_phase = kinds.pop()
         self.records = [r for p in self.parts for r in p.records]

@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from alignment.atomic import write_json, write_text
+from learn.cfa_phase import LEGACY_PHASE
 from learn.data import EvalTiles, PackedPairs, RgbFolderPairs, open_source
 from learn.infer import render_tensor
 from learn.metrics import load_lpips, psnr, ssim
 from learn.models import count_parameters
-from learn.cfa_phase import LEGACY_PHASE
 from learn.raw_space import AUTO
 from learn.train import load_model
 
