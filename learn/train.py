@@ -42,9 +42,9 @@ from tqdm import tqdm
 
 import learn.models as models
 from alignment.atomic import foreign_entries, write_bytes, write_json, write_text
+from learn.cfa_phase import LEGACY_PHASE
 from learn.config import ConfigError, defaults
 from learn.config import validate as validate_config
-from learn.cfa_phase import LEGACY_PHASE
 from learn.curves import plot_curves
 from learn.data import DataError, DatasetFolder, EvalTiles, RandomCrops, open_source
 from learn.losses import build_loss
