@@ -78,3 +78,17 @@ def test_a_recorded_pattern_that_is_not_a_bayer_pattern_is_a_data_error(tmp_path
                phone_raw={"cfa": "XTRANS"})
     with pytest.raises(DataError, match="XTRANS"):
         PackedPairs(tmp_path, "train", cfa_phase="rggb")
+
+
+@pytest.mark.parametrize("cfa", rawio.CFA_PATTERNS)
+def test_flipped_training_crops_keep_every_sample_on_its_own_target_pixel_for_every_pattern(tmp_path, cfa):
+    """Before the shift, the Bayer flips took every crop as RGGB: on a GRBG raw they put the R sample at
+    (0, 1), (1, 0), (0, -1) or (-1, 0) of its target cell depending on the flip, even for one phone."""
+    mosaic = (np.arange(16 * 20, dtype=np.float32).reshape(16, 20) + 1) / 1000  # one value per raw pixel
+    write_pair(tmp_path, "p0", rawio.pack(mosaic, cfa), np.repeat(mosaic[..., None], 3, -1), phone_raw={"cfa": cfa})
+    crops = RandomCrops(PackedPairs(tmp_path, "train", cfa_phase="rggb"), crop=4, seed=0, min_valid=0.0)
+    for k in range(16):  # every flip / turn is drawn among 16 crops
+        c = crops[k]
+        samples = rawio.unpack(c["input"].permute(1, 2, 0).numpy(), "RGGB")
+        valid = c["mask"][0].numpy() > 0
+        np.testing.assert_allclose(samples[valid], c["target"][0].numpy()[valid], atol=1e-4)
