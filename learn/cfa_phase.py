@@ -33,13 +33,10 @@ LEGACY_PHASE = "packed"
 def red_offset(cfa: str | None) -> tuple[int, int]:
     """(row, col) of the R pixel in the 2x2 cell of ``cfa`` (``RGGB`` ... ``BGGR``); (0, 0) for None.
 
-    Raises ValueError for a pattern that is not one of :data:`alignment.rawio.CFA_PATTERNS`.
+    Raises ValueError (:func:`alignment.rawio.cfa_positions`'s check) for a pattern that is not one of
+    :data:`alignment.rawio.CFA_PATTERNS`.
     """
-    if cfa is None:
-        return 0, 0
-    if cfa not in rawio.CFA_PATTERNS:
-        raise ValueError(f"CFA pattern {cfa!r} is not one of {', '.join(rawio.CFA_PATTERNS)}")
-    return tuple(rawio.cfa_positions(cfa)[0])
+    return (0, 0) if cfa is None else tuple(rawio.cfa_positions(cfa)[0])
 
 
 def to_rggb(packed: np.ndarray, cfa: str | None) -> np.ndarray:
