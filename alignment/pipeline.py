@@ -16,6 +16,7 @@ field u.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,7 +36,7 @@ from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
 from alignment.local import (SmoothField, TileChannel, TileResiduals, model_correlation, refine_local,
                              rewarped_masks, warp_channels)
-from alignment.prepare import PreparedImage, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
+from alignment.prepare import PreparedImage, RadiometricFit, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
 from alignment.reduce import DslrWindow, bin_phone, crop_and_shrink_dslr, phone_bin_factor
@@ -57,7 +58,9 @@ class AlignOptions:
     ``gain_degree``, ``gauss_filt_size`` (OpenCV's pre-filter, "opencv" only).
     ``radiometric``: fit the DSLR response per phone target (Bayer plane), trying the
     saturation boosts ``dslr_saturations`` of the DSLR's rendering (see
-    :func:`alignment.prepare.fit_radiometric`; ``(1.0,)``: none).
+    :func:`alignment.prepare.fit_radiometric`; ``(1.0,)``: none), and fitted again
+    at the fine stage's first model when that moved the frame's corners or edge
+    midpoints more than ``radiometric_refit_px`` (phone px; None: never).
     ``fine``: "planes" (a final Gauss-Newton with one channel per Bayer plane at
     its own sampling position, smooth polynomial gain of degree
     ``fine_gain_degree``, pre-blur ``fine_blur_sigma``, at most ``max_pixels``)
@@ -90,6 +93,7 @@ class AlignOptions:
     radiometric: bool = True
     radiometric_gain: bool = True
     dslr_saturations: tuple[float, ...] = (1.0, 1.15, 1.3, 1.45, 1.6)
+    radiometric_refit_px: float | None = 0.05
     fine: str = "planes"
     fine_blur_sigma: float = 0.5
     fine_gain_degree: int = 2
@@ -177,6 +181,7 @@ _OPTION_KINDS = {
     "fine": ((str,), lambda v: v in ("planes", "none"), "'planes' or 'none'"),
     "fine_blur_sigma": _POSITIVE, "radial": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"),
     "radial_min_px": ((int, float), lambda v: v >= 0, "a number >= 0"),
+    "radiometric_refit_px": ((int, float, type(None)), lambda v: v is None or v >= 0, "a number >= 0 or null"),
     "max_pixels": ((int, type(None)), lambda v: v is None or v >= 1000, "a whole number >= 1000 or null"),
     "max_plane_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
     "dslr_oversample": ((int, float, type(None)), lambda v: v is None or v >= 1, "a number >= 1 or null"),
@@ -381,43 +386,88 @@ def _corner_px(q_radial: np.ndarray, image_size: tuple[int, int]) -> float:
 _FINE_TOL_PX = 1e-3  # the fine stage's stopping rule: the last step moved no frame corner more (phone px)
 
 
+@dataclass
+class _FineTrial:
+    """The fine stage's first pass (:func:`_fine_trial`): its homography (phone image px,
+    undistorted by ``q_radial`` -> DSLR working px), the lens model kept (None: dropped),
+    the channels' gains and offsets, and whether the final pass estimates the lens centre."""
+
+    h_image: np.ndarray
+    q_radial: np.ndarray | None
+    photometric: list[np.ndarray] | None
+    centre: bool
+    samples: int = 0  # how many it was fitted on
+
+
+def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None,
+                 max_pixels: int | None, with_centre: bool, image_size: tuple[int, int], opt: AlignOptions) -> EccResult:
+    """One per-plane Gauss-Newton pass of the fine stage (``q`` None: no lens model)."""
+    # steps stop under a thousandth of a px at the frame corners: ten times finer
+    # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
+    return refine_planes(None, None, None, h, (image_size[1], image_size[0]), gain_degree=opt.fine_gain_degree,
+                         max_pixels=max_pixels, radial=opt.radial if q is not None else 0, q0=q, channels=channels,
+                         tol_px=_FINE_TOL_PX, photo0=photo, lens_centre=with_centre and q is not None)
+
+
+def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],
+                opt: AlignOptions, photo0: list[np.ndarray] | None = None) -> _FineTrial:
+    """The fine stage's first pass, on a quarter of the samples (with the lens model when
+    ``opt.radial``): it decides whether the lens model stays (dropped when it moves the
+    frame corner by less than ``radial_min_px``) and gives the final pass, and a
+    radiometric fit done again (:func:`_global_stage`), a model near the fine one."""
+    # the centre is fixed by the radial terms alone: only with a lens model already there
+    centre = opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px
+    samples = sum(int(c.mask.sum()) for c in channels)
+    quarter = max(1000, min(samples, opt.max_pixels or samples) // 4)
+    # the trial keeps the centre where it is: a centre is barely defined by a weak
+    # lens model, and on a quarter of the samples its steps can run off the frame
+    trial = _fine_refine(channels, h_image, q_radial if opt.radial else None, photo0, quarter, False, image_size, opt)
+    # no lens distortion worth modelling: two fewer parameters, less variance
+    lens = opt.radial and _corner_px(trial.radial, image_size) >= opt.radial_min_px
+    return _FineTrial(trial.homography, trial.radial if lens else None, trial.photometric, centre, quarter)
+
+
+def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[int, int], opt: AlignOptions,
+                max_pixels: int | None = -1) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+    """The fine stage's last pass, on all ``max_pixels`` samples (-1: ``opt.max_pixels``)
+    from the trial's model (and without the lens model after all, with one more pass,
+    when all the samples put it under ``radial_min_px``) -> (H, radial coefficients, the
+    channels' gains and offsets)."""
+    q_radial = trial.q_radial
+    n = opt.max_pixels if max_pixels == -1 else max_pixels
+    rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, n, trial.centre, image_size, opt)
+    if q_radial is not None and _corner_px(rf.radial, image_size) < opt.radial_min_px:
+        # all the samples do not confirm the trial's lens model (a weak scene): without it
+        rf, q_radial = _fine_refine(channels, rf.homography, None, rf.photometric, n, False, image_size, opt), None
+    return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
+
+
 def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],
                 opt: AlignOptions, photo0: list[np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
     """Per-plane Gauss-Newton on H (and the radial lens model) -> (H, radial coefficients,
     the channels' gains and offsets: a start for another fine stage on the same channels,
-    ``photo0``).  Whether the lens model stays is decided first, on a quarter of the
-    samples: it is dropped when it moves the frame corner by less than ``radial_min_px``;
-    the model kept is then refined once on all ``max_pixels`` samples from there (and
-    dropped after all, with one more pass, when all the samples put it under that)."""
-    frame = (image_size[1], image_size[0])
-    # the centre is fixed by the radial terms alone: only with a lens model already there
-    centre = opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px
+    ``photo0``): :func:`_fine_trial`, then :func:`_fine_final`."""
+    return _fine_final(channels, _fine_trial(channels, h_image, q_radial, image_size, opt, photo0), image_size, opt)
 
-    def refine(h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None, max_pixels: int | None,
-               with_centre: bool) -> EccResult:
-        # steps stop under a thousandth of a px at the frame corners: ten times finer
-        # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
-        return refine_planes(None, None, None, h, frame, gain_degree=opt.fine_gain_degree, max_pixels=max_pixels,
-                             radial=opt.radial if q is not None else 0, q0=q, channels=channels,
-                             tol_px=_FINE_TOL_PX, photo0=photo, lens_centre=with_centre and q is not None)
 
-    if opt.radial:
-        samples = sum(int(c.mask.sum()) for c in channels)
-        quarter = max(1000, min(samples, opt.max_pixels or samples) // 4)
-        # the trial keeps the centre where it is: a centre is barely defined by a weak
-        # lens model, and on a quarter of the samples its steps can run off the frame
-        trial = refine(h_image, q_radial, photo0, quarter, False)
-        h_image, photo0 = trial.homography, trial.photometric
-        # no lens distortion worth modelling: two fewer parameters, less variance
-        q_radial = trial.radial if _corner_px(trial.radial, image_size) >= opt.radial_min_px else None
-    else:
-        q_radial = None
-    rf = refine(h_image, q_radial, photo0, opt.max_pixels, centre)  # the same channels: their gains carry over
-    if q_radial is not None and _corner_px(rf.radial, image_size) < opt.radial_min_px:
-        # all the samples do not confirm the trial's lens model (a weak scene): without it
-        rf, q_radial = refine(rf.homography, None, rf.photometric, opt.max_pixels, False), None
-    return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
+def _model_moved_px(before: tuple[np.ndarray, np.ndarray | None], after: tuple[np.ndarray, np.ndarray | None],
+                    p: PreparedImage) -> float:
+    """How far (phone image px) two (h_image, radial coefficients or None) models move
+    the phone frame's corners and edge midpoints apart from each other: the largest
+    distance in DSLR working px over the DSLR's working px per phone image px."""
+    w, h = p.image_size
+    xs = np.array([0, (w - 1) / 2, w - 1, w - 1, w - 1, (w - 1) / 2, 0, 0], float)
+    ys = np.array([0, 0, 0, (h - 1) / 2, h - 1, h - 1, h - 1, (h - 1) / 2], float)
+    pts = np.stack([xs, ys], 1)
+
+    def mapped(model: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
+        undistort = None if model[1] is None else _undistortion(model[1], p)
+        return apply_homography(model[0], pts if undistort is None else undistort(pts))
+
+    a = after[0] / after[0][2, 2]
+    dslr_per_phone = math.sqrt(abs(np.linalg.det(a[:2, :2])))
+    return float(np.max(np.linalg.norm(mapped(after) - mapped(before), axis=1))) / max(dslr_per_phone, 1e-12)
 
 
 def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage,
@@ -882,6 +932,23 @@ def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
     return h_work / h_work[2, 2]
 
 
+def _fit_response(s: _PairState, targets: list, h_image: np.ndarray, q_radial: np.ndarray | None,
+                  saturations: tuple[float, ...]) -> RadiometricFit | None:
+    """The DSLR's response fitted per phone plane at the model (h_image, q_radial)
+    (:func:`alignment.prepare.fit_radiometric`, step 6), trying the saturation boosts
+    ``saturations``; None when the options or the DSLR image allow none."""
+    p, d, opt = s.p, s.d, s.opt
+    if not opt.radiometric or d.encoded is None:
+        return None
+    window = s.window
+    return fit_radiometric(
+        targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
+        groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
+        frame=p.image_size if opt.radiometric_gain else None, saturations=saturations,
+        undistort=None if q_radial is None else _undistortion(q_radial, p),
+    )
+
+
 def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
     """The background start, coarse-to-fine ECC on the luminance, the radiometric fit,
     the fine channels, the pre-fit outlier mask and the per-plane fine stage (steps 4
@@ -910,22 +977,12 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                                              [None, start_score])
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
-        images = [d.lum] * len(targets)
-        if opt.radiometric and d.encoded is not None:
-            window = s.window
-            fitted = fit_radiometric(
-                targets, d, h_image, encoded_grid=None if window is None else (window.to_crop, window.size),
-                groups=[0, 1, 1, 2] if len(targets) == 4 else None,  # R, G1, G2, B: one green filter
-                frame=p.image_size if opt.radiometric_gain else None, saturations=tuple(opt.dslr_saturations),
-                undistort=_undistortion(q_radial, p),
-            )
-            if fitted is not None:
-                images = fitted
+        fitted = _fit_response(s, targets, h_image, q_radial, tuple(opt.dslr_saturations))
+        images = [d.lum] * len(targets) if fitted is None else fitted.images
         # the fine channels (filtered once, spline coefficients kept) serve the fine
         # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
-        fit_channels = channels
-        photo = None
+        keep = None
         if opt.trust:
             # what does not follow the dominant motion (objects nearer or moving) stays
             # out of the fine stage and the local field: the background must win
@@ -935,11 +992,37 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                 warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False)
             outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
             if outliers.any() and outliers.mean() < 0.8:
-                fit_channels = _masked(channels, ~outliers)
+                keep = ~outliers
             q.prefit_outliers = round(float(outliers.mean()), 5)
             s.secs["trust_prefit"] = time.perf_counter() - t_pre
+        fit_channels = channels if keep is None else _masked(channels, keep)
+        photo = None
         if opt.fine == "planes":
-            h_image, q_radial, photo = _fine_stage(fit_channels, h_image, q_radial, p.image_size, opt)
+            trial = _fine_trial(fit_channels, h_image, q_radial, p.image_size, opt)
+            again = fitted is not None and opt.radiometric_refit_px is not None and _model_moved_px(
+                (h_image, q_radial), (trial.h_image, trial.q_radial), p) > opt.radiometric_refit_px
+            # a pass that only places the samples of the response's second fit needs no more
+            # samples than the trial; the pass after that fit uses them all
+            h_fine, q_fine, photo = _fine_final(fit_channels, trial, p.image_size, opt, trial.samples if again else -1)
+            if again:
+                # the response was fitted at the coarse model: samples paired a fraction
+                # of a px off blur the curves differently at the centre and the rim, and
+                # the fine stage measured against them keeps part of that error (a scale
+                # bias of ~1e-4 on a night Eiffel pair, 0.10 px at the corners; 0.03 px
+                # once fitted again at the fine model); the boost chosen stays, and so
+                # does the lens model the fine stage kept or dropped
+                t_re = time.perf_counter()
+                lens = q_fine if np.any(q_fine != 0) else None
+                second = _fit_response(s, targets, h_fine, lens, (fitted.saturation,))
+                if second is not None:
+                    images = second.images
+                    channels = prepare_channels(targets, images, d.valid, h_fine, blur_sigma=opt.fine_blur_sigma)
+                    fit_channels = channels if keep is None else _masked(channels, keep)
+                    q.radiometric_refit = True
+                h_fine, q_fine, photo = _fine_final(
+                    fit_channels, _FineTrial(h_fine, lens, photo, trial.centre and lens is not None), p.image_size, opt)
+                s.secs["radiometric_refit"] = time.perf_counter() - t_re
+            h_image, q_radial = h_fine, q_fine
             q.radial_corner_px = _corner_px(q_radial, p.image_size)
     except (ValueError, np.linalg.LinAlgError) as err:
         q.ecc_correlation = 0.0

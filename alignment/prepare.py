@@ -440,6 +440,16 @@ def _second_differences(curves: int, n_knots: int) -> np.ndarray:
     return rows
 
 
+@dataclass
+class RadiometricFit:
+    """What :func:`fit_radiometric` fitted: per target, the DSLR image predicting it
+    (float32, the working grid, the target's units), and the saturation boost of the
+    DSLR rendering that was undone (one of the ``saturations`` tried)."""
+
+    images: list[np.ndarray]
+    saturation: float
+
+
 def fit_radiometric(
     targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     dslr: PreparedImage,
@@ -456,7 +466,7 @@ def fit_radiometric(
     saturations: tuple[float, ...] = (1.0,),
     search_samples: int = 1_000,
     undistort: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> list[np.ndarray] | None:
+) -> RadiometricFit | None:
     """Fit DSLR response curves that predict each phone target (Bayer plane or luminance).
 
     Model for target k: ``t_k(x) ~ c_k + sum_c sum_j a_kcj * B[hat_j(E_c)](H T_k x)``
@@ -500,9 +510,10 @@ def fit_radiometric(
     DSLR px the whole model maps it to (a lens that moves the frame corners by tens of
     px otherwise pairs the rim with the wrong DSLR px, and the curves fitted to them
     biased a distortion pair's geometry by 1 to 2 px).
-    Returns, per target, the float32 DSLR image ``c_k + sum a_kcj hat_j(E_c)`` on
-    the working grid, in the target's units (through look-up tables, see
-    :func:`apply_curves`), or None without an encoded DSLR image or overlap.
+    Returns a :class:`RadiometricFit`: per target, the float32 DSLR image ``c_k +
+    sum a_kcj hat_j(E_c)`` on the working grid, in the target's units (through
+    look-up tables, see :func:`apply_curves`), and the boost chosen; None without an
+    encoded DSLR image or overlap.
     """
     if dslr.encoded is None:
         return None
@@ -613,4 +624,4 @@ def fit_radiometric(
         return curves_on_grid(enc, curves, offset, tuple(encoded_grid[1]), mix=mix)  # block mean onto the working grid
 
     images = dict(zip(coefs, thread_map(group_image, coefs.values())))
-    return [images[g] for g in groups]
+    return RadiometricFit([images[g] for g in groups], float(saturation))

@@ -112,6 +112,7 @@ class Quality:
     trusted_fraction: float = float("nan")
     dropped: dict = field(default_factory=dict)
     prefit_outliers: float = float("nan")
+    radiometric_refit: bool = False
     trust_refit: bool = False
     reliable_tile_count: int = 0
     reliable_cells: int = 0

@@ -165,7 +165,7 @@ def test_radiometric_fit_undoes_the_saturation_boost_of_the_dslr_rendering():
     target = (scene[..., 0], np.ones(scene.shape[:2], bool), np.eye(3))
 
     def misfit(saturations: tuple) -> float:
-        predicted = fit_radiometric([target], dslr, np.eye(3), saturations=saturations)[0]
+        predicted = fit_radiometric([target], dslr, np.eye(3), saturations=saturations).images[0]
         inner = (slice(20, -20), slice(20, -20))
         return float(np.median(np.abs(predicted[inner] - scene[..., 0][inner])))
 
@@ -195,7 +195,7 @@ def test_radiometric_fit_pairs_the_samples_through_the_lens_model():
     assert np.abs(u - np.stack([xs.ravel(), ys.ravel()], 1)).max() > 10
 
     def misfit(undo) -> float:
-        predicted = fit_radiometric([target], dslr, np.eye(3), undistort=undo, robust_k=None)[0]
+        predicted = fit_radiometric([target], dslr, np.eye(3), undistort=undo, robust_k=None).images[0]
         # the prediction lives on the DSLR grid: compare it where the phone px land
         at = cv2.remap(predicted, u[:, 0].reshape(240, 320).astype(np.float32),
                        u[:, 1].reshape(240, 320).astype(np.float32), cv2.INTER_LINEAR)

@@ -60,7 +60,7 @@ def test_graf_pair_is_within_a_pixel_or_rejected(shared_data, n):
     from alignment.prepare import fit_radiometric, prepare_dslr, prepare_phone
 
     p, d = prepare_phone(img1), prepare_dslr(_read(folder / f"img{n}.png"))
-    images = fit_radiometric(p.plane_targets(), d, truth)
+    images = fit_radiometric(p.plane_targets(), d, truth).images
     _, under_truth, _, _ = refine_local(p.plane_targets(), images, d.valid, truth, p.image_size, iterations=1,
                                         degrees=(-1,), spline=False)
     ours = a.residuals
