@@ -909,6 +909,7 @@ def prepare_channels(
     blur_sigma: float = 0.7,
     norm_sigma: float | None = None,
     aperture: float = 1.0,
+    templates: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[Channel]:
     """One filtered :class:`Channel` per phone target (see :func:`prepare_level_pair`).
 
@@ -916,7 +917,10 @@ def prepare_channels(
     images: per target, the (H, W) DSLR image predicting it; image_mask: (H, W)
     bool of measured DSLR px or None; h_image: (3,3) phone image px -> DSLR px
     (sets the matched blur).  The channels' ``to_frame`` is the target's matrix,
-    so the homography of :func:`gn_refine` is in phone image px.
+    so the homography of :func:`gn_refine` is in phone image px.  templates: the
+    filtered (template, mask) of each target from an earlier call with the same
+    targets, ``blur_sigma`` and ``norm_sigma`` (they do not depend on the images),
+    or None to filter them here.
     """
     scales = [round(_local_scale(h_image @ t_k, values.shape), 3) for values, _, t_k in targets]
     # the same DSLR image at the same scale is filtered once; the templates, the
@@ -929,7 +933,8 @@ def prepare_channels(
         return ImageSamples(im, imk).compute()
 
     samples = dict(zip(unique, thread_map(image_samples, unique.values())))
-    filtered = thread_map(lambda tg: filter_template(tg[0], tg[1], blur_sigma, norm_sigma), targets)
+    filtered = templates if templates is not None else thread_map(
+        lambda tg: filter_template(tg[0], tg[1], blur_sigma, norm_sigma), targets)
     return [Channel(t, tm, samples[key].image, samples[key].image_mask, t_k, samples[key])
             for (t, tm), key, (_, _, t_k) in zip(filtered, keys, targets)]
 

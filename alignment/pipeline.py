@@ -991,6 +991,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             pre = trust.dense_residual(*_channel_lists(
                 warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False)
             outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
+            del pre  # its flows and warped planes: not needed past the mask (memory at 12 MP)
             if outliers.any() and outliers.mean() < 0.8:
                 keep = ~outliers
             q.prefit_outliers = round(float(outliers.mean()), 5)
@@ -1013,12 +1014,16 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                 # does the lens model the fine stage kept or dropped
                 t_re = time.perf_counter()
                 lens = q_fine if np.any(q_fine != 0) else None
-                second = _fit_response(s, targets, h_fine, lens, (fitted.saturation,))
+                saturation, fitted = fitted.saturation, None
+                templates = [(c.template, c.mask) for c in channels]  # the phone side stays as it was
+                channels = fit_channels = None  # the first channels' filtered images go before the second's come
+                second = _fit_response(s, targets, h_fine, lens, (saturation,))
                 if second is not None:
                     images = second.images
-                    channels = prepare_channels(targets, images, d.valid, h_fine, blur_sigma=opt.fine_blur_sigma)
-                    fit_channels = channels if keep is None else _masked(channels, keep)
                     q.radiometric_refit = True
+                channels = prepare_channels(targets, images, d.valid, h_fine, blur_sigma=opt.fine_blur_sigma,
+                                            templates=templates)
+                fit_channels = channels if keep is None else _masked(channels, keep)
                 h_fine, q_fine, photo = _fine_final(
                     fit_channels, _FineTrial(h_fine, lens, photo, trial.centre and lens is not None), p.image_size, opt)
                 s.secs["radiometric_refit"] = time.perf_counter() - t_re
