@@ -128,8 +128,7 @@ def recover_layers(
         fit_mask = region & ~core
         if fit_mask.sum() < 100:
             continue
-        fitted = [Channel(ch.template, ch.mask & fit_mask, ch.image, ch.image_mask, ch.to_frame, ch.samples)
-                  for ch in channels]
+        fitted = [ch.with_mask(ch.mask & fit_mask) for ch in channels]
         try:
             refined = refine_planes(None, None, None, hom / hom[2, 2], (image_size[1], image_size[0]),
                                     gain_degree=gain_degree, max_pixels=60_000, radial=0, q0=q_radial,

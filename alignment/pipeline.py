@@ -522,7 +522,7 @@ def _channel_lists(warped: list[TileChannel]) -> tuple[list, list, list]:
 
 def _masked(channels: list[Channel], keep: np.ndarray) -> list[Channel]:
     """The channels with their template masks limited to ``keep`` (working grid)."""
-    return [Channel(ch.template, ch.mask & keep, ch.image, ch.image_mask, ch.to_frame, ch.samples) for ch in channels]
+    return [ch.with_mask(ch.mask & keep) for ch in channels]
 
 
 def _trust_params(opt: AlignOptions) -> trust.TrustParams:

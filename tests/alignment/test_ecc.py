@@ -187,3 +187,23 @@ def test_a_second_run_from_the_fitted_gains_converges_in_fewer_steps_to_the_same
     warm = refine_planes(planes, [image], None, first.homography, template.shape, photo0=first.photometric, **kwargs)
     assert warm.iterations[0] < cold.iterations[0]
     assert abs(_corner_error(warm.homography) - _corner_error(cold.homography)) < 1e-3
+
+
+def test_samples_beyond_the_budget_take_the_strongest_gradients_and_a_random_rest():
+    # a flat template with one textured band: the budget's informative half lies in the
+    # band (where the geometry is measured), the random half is spread over the frame
+    from alignment.ecc import INFORMATIVE_SHARE, Channel, _sample_subset
+
+    rng = np.random.default_rng(3)
+    template = np.full((60, 80), 0.5, np.float32)
+    template[20:30] = rng.random((10, 80)).astype(np.float32)
+    ch = Channel(template, np.ones_like(template, bool), template)
+    ys, xs = np.nonzero(ch.mask)
+    n = 400
+    sel = _sample_subset(ch, ys, xs, n, np.random.default_rng(0))
+    assert len(sel) == n and len(np.unique(sel)) == n and np.all(np.diff(sel) > 0)
+    in_band = (ys[sel] >= 19) & (ys[sel] <= 30)  # the band and the rows its gradient reaches
+    assert in_band.sum() >= n * INFORMATIVE_SHARE
+    assert (~in_band).sum() >= 0.3 * n  # the random half mostly lands in the flat rest
+    # the mask-changed copy keeps the gradient once computed
+    assert ch.with_mask(ch.mask).energy is ch.gradient_energy
