@@ -413,8 +413,8 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
                 opt: AlignOptions, photo0: list[np.ndarray] | None = None) -> _FineTrial:
     """The fine stage's first pass, on a quarter of the samples (with the lens model when
     ``opt.radial``): it decides whether the lens model stays (dropped when it moves the
-    frame corner by less than ``radial_min_px``) and gives the final pass, and a
-    radiometric fit done again (:func:`_global_stage`), a model near the fine one."""
+    frame corner by less than ``radial_min_px``) and gives :func:`_fine_final` its start
+    (and :func:`_global_stage` the measure of how far the fine stage moves the model)."""
     # the centre is fixed by the radial terms alone: only with a lens model already there
     centre = opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px
     samples = sum(int(c.mask.sum()) for c in channels)
