@@ -396,7 +396,7 @@ class _FineTrial:
     q_radial: np.ndarray | None
     photometric: list[np.ndarray] | None
     centre: bool
-    samples: int = 0  # how many it was fitted on
+    samples: int  # how many samples the first pass used
 
 
 def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None,
@@ -428,17 +428,17 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
 
 
 def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[int, int], opt: AlignOptions,
-                max_pixels: int | None = -1) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
-    """The fine stage's last pass, on all ``max_pixels`` samples (-1: ``opt.max_pixels``)
-    from the trial's model (and without the lens model after all, with one more pass,
-    when all the samples put it under ``radial_min_px``) -> (H, radial coefficients, the
-    channels' gains and offsets)."""
+                max_pixels: int | None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+    """The fine stage's last pass, on at most ``max_pixels`` samples (None: all), from the
+    trial's model (and without the lens model after all, with one more pass, when the
+    samples put it under ``radial_min_px``) -> (H, radial coefficients, the channels'
+    gains and offsets)."""
     q_radial = trial.q_radial
-    n = opt.max_pixels if max_pixels == -1 else max_pixels
-    rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, n, trial.centre, image_size, opt)
+    rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, max_pixels, trial.centre, image_size, opt)
     if q_radial is not None and _corner_px(rf.radial, image_size) < opt.radial_min_px:
         # all the samples do not confirm the trial's lens model (a weak scene): without it
-        rf, q_radial = _fine_refine(channels, rf.homography, None, rf.photometric, n, False, image_size, opt), None
+        rf, q_radial = _fine_refine(channels, rf.homography, None, rf.photometric, max_pixels, False, image_size,
+                                    opt), None
     return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
 
 
@@ -448,7 +448,8 @@ def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
     """Per-plane Gauss-Newton on H (and the radial lens model) -> (H, radial coefficients,
     the channels' gains and offsets: a start for another fine stage on the same channels,
     ``photo0``): :func:`_fine_trial`, then :func:`_fine_final`."""
-    return _fine_final(channels, _fine_trial(channels, h_image, q_radial, image_size, opt, photo0), image_size, opt)
+    trial = _fine_trial(channels, h_image, q_radial, image_size, opt, photo0)
+    return _fine_final(channels, trial, image_size, opt, opt.max_pixels)
 
 
 def _model_moved_px(before: tuple[np.ndarray, np.ndarray | None], after: tuple[np.ndarray, np.ndarray | None],
@@ -1004,7 +1005,8 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                 (h_image, q_radial), (trial.h_image, trial.q_radial), p) > opt.radiometric_refit_px
             # a pass that only places the samples of the response's second fit needs no more
             # samples than the trial; the pass after that fit uses them all
-            h_fine, q_fine, photo = _fine_final(fit_channels, trial, p.image_size, opt, trial.samples if again else -1)
+            h_fine, q_fine, photo = _fine_final(fit_channels, trial, p.image_size, opt,
+                                                trial.samples if again else opt.max_pixels)
             if again:
                 # the response was fitted at the coarse model: samples paired a fraction
                 # of a px off blur the curves differently at the centre and the rim, and
@@ -1024,8 +1026,8 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                 channels = prepare_channels(targets, images, d.valid, h_fine, blur_sigma=opt.fine_blur_sigma,
                                             templates=templates)
                 fit_channels = channels if keep is None else _masked(channels, keep)
-                h_fine, q_fine, photo = _fine_final(
-                    fit_channels, _FineTrial(h_fine, lens, photo, trial.centre and lens is not None), p.image_size, opt)
+                start = _FineTrial(h_fine, lens, photo, trial.centre and lens is not None, trial.samples)
+                h_fine, q_fine, photo = _fine_final(fit_channels, start, p.image_size, opt, opt.max_pixels)
                 s.secs["radiometric_refit"] = time.perf_counter() - t_re
             h_image, q_radial = h_fine, q_fine
             q.radial_corner_px = _corner_px(q_radial, p.image_size)
