@@ -254,6 +254,47 @@ def _poly_basis(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+def photometric_maps(channels: list[Channel], photo: list[np.ndarray] | None,
+                     frame_shape: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """:func:`gn_refine`'s photometric model on each channel's template grid: per channel
+    (gain, offset), two (h, w) float32 maps with ``template ~ gain * DSLR + offset``
+    (the phone's vignetting and colour shading against the DSLR's, polynomial in the
+    normalised frame).  channels: those ``photo`` was fitted on (``to_frame`` = template
+    px -> frame px, axis-aligned); photo: ``EccResult.photometric``; frame_shape: (rows,
+    cols) of the frame gn_refine was given.  None when there is no model or it does not
+    match the channels (a channel gn_refine skipped)."""
+    if photo is None or len(photo) != len(channels):
+        return None
+    frame = _Frame.of(frame_shape)
+    degrees = {1: 0, 3: 1, 6: 2}
+    out = []
+    for ch, coef in zip(channels, photo):
+        npb = len(coef) // 2
+        tf = ch.to_frame
+        if npb not in degrees or abs(tf[0, 1]) > 1e-9 or abs(tf[1, 0]) > 1e-9:
+            return None
+        rows, cols = ch.template.shape
+        u = ((tf[0, 0] * np.arange(cols) + tf[0, 2] - frame.cx) / frame.sc)[None, :]
+        v = ((tf[1, 1] * np.arange(rows) + tf[1, 2] - frame.cy) / frame.sc)[:, None]
+        out.append((_poly_grid(u, v, coef[:npb]), _poly_grid(u, v, coef[npb:])))
+    return out
+
+
+def _poly_grid(u: np.ndarray, v: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """The polynomial of :func:`_poly_basis` with coefficients ``coef`` on the grid of
+    (1, cols) ``u`` and (rows, 1) ``v``, evaluated by rows and columns (no (px, terms)
+    basis: a 12 MP phone's plane would need 60 MB for it) -> (rows, cols) float32."""
+    out = np.full((v.shape[0], u.shape[1]), coef[0], np.float32)
+    if len(coef) >= 3:
+        out += (coef[1] * u).astype(np.float32)
+        out += (coef[2] * v).astype(np.float32)
+    if len(coef) >= 6:
+        out += (coef[3] * u * u).astype(np.float32)
+        out += (coef[4] * v * u).astype(np.float32)
+        out += (coef[5] * v * v).astype(np.float32)
+    return out
+
+
 class ImageSamples:
     """What sampling needs from one filtered DSLR image, computed once on first use
     (or all at once by :meth:`compute`): its spline coefficients, its gradients and

@@ -240,7 +240,12 @@ class TileResiduals:
     reliable: (N,) bool, tiles with texture, a sane fit and not outliers;
     grid_shape: (rows, cols) of the tile grid (N = rows * cols);
     textured: (N,) bool, tiles inside the overlap with enough texture for a
-    shift to be measured (reliable or not): the denominator of consistency.
+    shift to be measured (reliable or not): the denominator of consistency;
+    edge: (N,) bool, tiles that are not reliable because their texture runs one
+    way (one straight edge: a chart patch's side, a line of text) but whose shift
+    across it is measured as well as a reliable tile's; normal: (N, 2) unit
+    vector across which such a tile measures (its best-measured direction, every
+    tile); normal_sigma: (N,) standard error of the shift along ``normal`` (px).
     """
 
     centres: np.ndarray
@@ -250,6 +255,9 @@ class TileResiduals:
     reliable: np.ndarray
     grid_shape: tuple[int, int]
     textured: np.ndarray | None = None
+    edge: np.ndarray | None = None
+    normal: np.ndarray | None = None
+    normal_sigma: np.ndarray | None = None
 
     def consistent_fraction(self, max_shift_px: float) -> float:
         """Fraction of textured tiles that are reliable with a residual <= ``max_shift_px``."""
@@ -382,6 +390,7 @@ def measure_tiles(
     ok = fill.ravel().copy()
     sol = np.zeros_like(flat_b)
     sigma = np.full(ny * nx, np.inf)
+    cov = np.zeros((ny * nx, 2, 2))  # of the shift, phone image px^2
     corr = np.zeros(ny * nx)
     eye = np.eye(npar)
     for i in np.nonzero(ok)[0]:
@@ -396,8 +405,13 @@ def measure_tiles(
         rss = max(tt.ravel()[i] - q @ flat_b[i], 0.0)
         var = rss / max(n_all.ravel()[i] - npar, 1)
         sigma[i] = float(np.sqrt(max(var * (inv[-2, -2] + inv[-1, -1]), 0.0)))
+        cov[i] = var * inv[-2:, -2:]
         corr[i] = float(np.sqrt(max(1.0 - rss / max(sst.ravel()[i], 1e-30), 0.0))) if sst.ravel()[i] > 0 else 0.0
     shifts = sol[:, -2:].copy()
+    # the shift's best-measured direction: the covariance's smaller principal axis
+    evals, evecs = np.linalg.eigh(cov)
+    normal = evecs[:, :, 0]
+    normal_sigma = np.where(ok, np.sqrt(np.maximum(evals[:, 0], 0.0)), np.inf)
     cy, cx = np.mgrid[0:ny, 0:nx].astype(np.float64)
     cxw = cx.ravel() * tile + (tile - 1) / 2.0
     cyw = cy.ravel() * tile + (tile - 1) / 2.0
@@ -415,13 +429,19 @@ def measure_tiles(
         noise = float(np.median(var_px[textured]))
         signal = sst.ravel() / np.maximum(n_all.ravel(), 1)
         textured |= ok & (corr < min_correlation) & (signal >= 10.0 * noise)
+    sigma_max = min(max_sigma_px, max(4.0 * sig_ref, 0.02))
     reliable = (
         finite
         & (np.hypot(shifts[:, 0], shifts[:, 1]) < tile * sx0 / 4)
-        & (sigma <= min(max_sigma_px, max(4.0 * sig_ref, 0.02)))
+        & (sigma <= sigma_max)
         & (corr >= min_correlation)
     )
-    return TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx), textured)
+    # one straight edge: measured across as well as a reliable tile is in each of its
+    # two directions (whose sigma adds both variances), the shift across it sane
+    across = np.abs(np.einsum("ij,ij->i", normal, shifts))
+    edge = (ok & ~reliable & (np.sqrt(2.0) * normal_sigma <= sigma_max) & (corr >= min_correlation)
+            & (across < tile * sx0 / 4))
+    return TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx), textured, edge, normal, normal_sigma)
 
 
 def _noise_scale(
@@ -737,6 +757,7 @@ def refine_local(
     tol_px: float = 1e-2,
     degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6),
     init: SmoothField | None = None,
+    shading: list[tuple[np.ndarray, np.ndarray]] | None = None,
     spline: bool = True,
     channels: list[Channel] | None = None,
 ) -> tuple[SmoothField, TileResiduals, TileResiduals, list[TileChannel]]:
@@ -749,7 +770,11 @@ def refine_local(
     spline: also fit a smoothing spline to what the polynomial leaves.
     channels: already prepared channels (:func:`alignment.ecc.prepare_channels`
     with this ``blur_sigma`` / ``norm_sigma``); then ``targets``, ``images`` and
-    ``image_mask`` are not used.
+    ``image_mask`` are not used.  shading: per channel, the (gain, offset) maps of a
+    photometric model on its template grid (:func:`alignment.ecc.photometric_maps`):
+    the tiles then compare ``(template - offset) / gain`` with the DSLR, so a smooth
+    gain over the frame (vignetting) does not pass for a shift in smooth tiles (whose
+    own gain and offset are constant over the tile).  None: the templates as they are.
     Returns (field in phone image px, tile residuals before any field, tile
     residuals after the final field, the channels warped by the final field: see
     :func:`warp_channels`).  When the field converged (its last change under
@@ -769,9 +794,18 @@ def refine_local(
     fits: list[SmoothField] = []
     locked: SmoothField | None = None
     warped: list[TileChannel] = []
+    # the templates as the DSLR would show them: a tile then sees no shading slope
+    shaded = None if shading is None else [(ch.template - offset) / np.maximum(gain, 1e-3)
+                                           for ch, (gain, offset) in zip(channels, shading)]
+
+    def measure(warped: list[TileChannel]) -> TileResiduals:
+        if shaded is not None:
+            warped = [replace(c, template=t) for c, t in zip(warped, shaded)]
+        return measure_tiles(warped, tile_px)
+
     for _ in range(iterations):
         warped = warp_channels(channels, h_image, fld)
-        res = measure_tiles(warped, tile_px)
+        res = measure(warped)
         if first is None:
             first = res
         # the new field must explain the old field plus the measured residual at tile
@@ -804,7 +838,7 @@ def refine_local(
             return new, first, final, warped
         fld = new
     warped = warp_channels(channels, h_image, fld)
-    final = measure_tiles(warped, tile_px)
+    final = measure(warped)
     assert first is not None
     return fld, first, final, warped
 

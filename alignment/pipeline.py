@@ -29,8 +29,8 @@ from threadpoolctl import threadpool_limits
 
 from alignment import trust
 from alignment.coarse import coarse_search
-from alignment.ecc import (ECC_METHODS, Channel, EccResult, lens_undistort, prepare_channels, refine_homography,
-                           refine_planes)
+from alignment.ecc import (ECC_METHODS, Channel, EccResult, lens_undistort, photometric_maps, prepare_channels,
+                           refine_homography, refine_planes)
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
@@ -472,10 +472,13 @@ def _model_moved_px(before: tuple[np.ndarray, np.ndarray | None], after: tuple[n
 
 
 def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage,
-                 opt: AlignOptions, coarse: tuple | None = None) -> tuple[SmoothField, TileResiduals, list[TileChannel]]:
+                 opt: AlignOptions, coarse: tuple | None = None,
+                 photometric: list[np.ndarray] | None = None) -> tuple[SmoothField, TileResiduals, list[TileChannel]]:
     """The smooth local field (radial part kept), the tile residuals under it and the
     channels warped by it (:func:`alignment.local.refine_local`).
-    coarse: (targets, images, DSLR mask) for the optional blurred coarse passes."""
+    coarse: (targets, images, DSLR mask) for the optional blurred coarse passes.
+    photometric: the fine stage's gains and offsets on ``channels``: the tiles measure
+    under its shading (None: without)."""
     degrees = tuple(opt.local_degrees) if opt.local else (-1,)
     init = _radial_field(q_radial, p) if np.any(q_radial[:2] != 0) else None
     # about 20 tiles across, of 8 to 48 working px (a binned phone has coarser working px)
@@ -490,9 +493,10 @@ def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndar
                 targets, images, dslr_mask, h_image, p.image_size, tile_px=factor * tile,
                 blur_sigma=factor, degrees=degrees, iterations=4, spline=False, tol_px=0.05, init=init,
             )
+    shading = photometric_maps(channels, photometric, (p.image_size[1], p.image_size[0]))
     fld, _first, final, warped = refine_local(
         None, None, None, h_image, p.image_size, tile_px=tile, degrees=degrees,
-        iterations=6 if opt.local else 1, init=init, channels=channels,
+        iterations=6 if opt.local else 1, init=init, channels=channels, shading=shading,
     )
     return fld, final, warped
 
@@ -604,6 +608,7 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
     :func:`corner_uncertainty`)."""
     rel = final.reliable
     textured = final.textured
+    one_way = final.edge if final.edge is not None else np.zeros_like(rel)
     if trust_map is not None:
         codes = trust_map.full((image_size[1], image_size[0]))
         cx = np.clip(np.round(final.centres[:, 0]).astype(int), 0, image_size[0] - 1)
@@ -611,19 +616,29 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         in_trust = codes[cy, cx] == 0
         rel = rel & in_trust
         textured = None if textured is None else textured & in_trust
+        one_way = one_way & in_trust
         q.reliable_tiles = float(rel.sum() / max(int(in_trust.sum()), 1))
     else:
         q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
     q.reliable_tile_count = int(rel.sum())
+    q.edge_tile_count = int(one_way.sum())
+    if one_way.any():
+        across = np.abs(np.einsum("ij,ij->i", final.normal[one_way], final.shifts[one_way]))
+        q.edge_residual_p90_px = float(np.percentile(across, 90))
     if rel.any():
         w, h = image_size
         cells = (np.clip((final.centres[rel, 0] * 3 // w), 0, 2) * 3 + np.clip(final.centres[rel, 1] * 3 // h, 0, 2))
         q.reliable_cells = int(len(np.unique(cells)))
         q.tile_correlation = float(np.median(final.correlation[rel]))
         lens = q.radial_corner_px > 0
-        q.corner_sigma_px = corner_uncertainty(final.centres[rel], final.sigma[rel], image_size,
-                                               radial=2 if lens else 0,
-                                               residuals=final.shifts[rel] if lens else None, corners=corners)
+        # the reliable tiles and those measured across one straight edge (a chart's
+        # patch sides, lines of text) fix the model together
+        ev = rel | one_way
+        normals = np.where(one_way[:, None], final.normal, 0.0)[ev] if final.normal is not None else None
+        sigma = np.where(one_way, np.sqrt(2.0) * final.normal_sigma, final.sigma)[ev] if one_way.any() else final.sigma[ev]
+        q.corner_sigma_px = corner_uncertainty(final.centres[ev], sigma, image_size, radial=2 if lens else 0,
+                                               residuals=final.shifts[ev] if lens else None, corners=corners,
+                                               normals=normals)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
                            textured)
     q.consistent_tiles = judged.consistent_fraction(max_residual_px)
@@ -636,7 +651,7 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
 
 def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple[int, int],
                        sigma_floor_px: float = 0.05, radial: int = 0, residuals: np.ndarray | None = None,
-                       corners: np.ndarray | None = None) -> float:
+                       corners: np.ndarray | None = None, normals: np.ndarray | None = None) -> float:
     """How well tiles pin the frame's corners: the largest standard error (phone px) at
     the four frame corners of a homography fitted to tile shifts measured at
     ``centres`` ((N, 2) phone image px) with standard errors ``sigma`` ((N,) px, floored
@@ -654,7 +669,10 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     model the plain estimate held (no wrong keep among 36 homography pairs).  corners: (K, 2)
     phone image px where the error is evaluated (None: the frame's four corners; the
     pipeline gives the corners of the part of the frame the DSLR sees, see
-    :func:`overlap_corners`).  inf when the tiles cannot fix the parameters."""
+    :func:`overlap_corners`).  normals: (N, 2) unit vectors, or zeros: a tile with a
+    normal measures the shift across one straight edge only (its weight n n^T / sigma^2,
+    nothing along the edge); zeros: both directions (weight I / sigma^2).  inf when the
+    tiles cannot fix the parameters."""
     w, h = image_size
     c0 = np.array([(w - 1) / 2, (h - 1) / 2])
     scale = float(np.hypot(w, h)) / 2
@@ -671,13 +689,22 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
         return float("inf")
     j = jac(np.asarray(centres, np.float64))
     wgt = 1.0 / np.maximum(np.asarray(sigma, np.float64), sigma_floor_px) ** 2
-    info = np.einsum("nki,n,nkj->ij", j, wgt, j)
+    metric = np.broadcast_to(np.eye(2), (len(wgt), 2, 2)).copy()
+    if normals is not None:
+        nrm = np.asarray(normals, np.float64).reshape(-1, 2)
+        one_way = np.hypot(nrm[:, 0], nrm[:, 1]) > 0
+        metric[one_way] = np.einsum("nk,nl->nkl", nrm[one_way], nrm[one_way])
+    wmat = metric * wgt[:, None, None]  # (N, 2, 2) each tile's weight
+    info = np.einsum("nki,nkl,nlj->ij", j, wmat, j)
     try:
         cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:
         return float("inf")
     if residuals is not None and len(residuals):
-        z2 = np.sum(np.asarray(residuals, np.float64) ** 2, axis=1) * wgt
+        r = np.asarray(residuals, np.float64)
+        z2 = np.einsum("nk,nkl,nl->n", r, wmat, r)
+        if normals is not None and one_way.any():  # a chi-square with 1 dof there: scale to 2
+            z2[one_way] *= 1.3863 / 0.4549
         cov = cov * max(1.0, float(np.median(z2)) / 1.3863)  # the median of a chi-square with 2 dof
     if corners is None:
         corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
@@ -1045,7 +1072,7 @@ def _local_fit(s: _PairState, m: _GlobalModel) -> None:
     its optional blurred coarse passes), into ``m``."""
     try:
         m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, s.p, s.opt,
-                                                (m.targets, m.images, s.d.valid))
+                                                (m.targets, m.images, s.d.valid), m.photometric)
     except (ValueError, np.linalg.LinAlgError) as err:
         raise _StageFailed(m.h_work(s), f"local refinement failed: {err}") from err
 
@@ -1073,7 +1100,8 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
             m.h_image, m.q_radial, m.photometric = _fine_stage(m.fit_channels, m.h_image, m.q_radial, p.image_size,
                                                                opt, m.photometric)
             q.radial_corner_px = _corner_px(m.q_radial, p.image_size)
-        m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt)
+        m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt,
+                                                photometric=m.photometric)
     except (ValueError, np.linalg.LinAlgError) as err:
         raise _StageFailed(h_before, f"refit on the trusted px failed: {err}") from err
     warped = rewarped_masks(m.warped, m.channels)

@@ -118,6 +118,8 @@ class Quality:
     reliable_cells: int = 0
     tile_correlation: float = float("nan")
     corner_sigma_px: float = float("nan")
+    edge_tile_count: int = 0
+    edge_residual_p90_px: float = float("nan")
     start: str = "features"
     coarse_score: float = float("nan")
     ok: bool = False
@@ -151,7 +153,10 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     """Set ``q.ok``, ``q.reason`` and ``q.message`` from the numbers and thresholds
     (a note already in ``q.message``, e.g. why a stage failed, is kept after it)."""
     note = q.message
-    residuals_agree = q.consistent_tiles >= t.min_consistent and q.residual_p90_px <= t.max_residual_px
+    # the tiles measured across one straight edge only must agree across it as well
+    edges_agree = not (q.edge_residual_p90_px > t.max_residual_px)
+    residuals_agree = (q.consistent_tiles >= t.min_consistent and q.residual_p90_px <= t.max_residual_px
+                       and edges_agree)
     tiles_agree = q.reliable_tiles >= t.min_reliable_tiles and residuals_agree
     # a low-texture scene: few reliable tiles, but spread over the frame, agreeing with
     # the model and correlating well where there is texture to correlate

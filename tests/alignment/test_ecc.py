@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from alignment.ecc import _gauss, lens_undistort, local_normalize, refine_homography, refine_planes, warp_to_template
+from alignment.ecc import (_gauss, lens_undistort, local_normalize, photometric_maps, prepare_channels,
+                           refine_homography, refine_planes, warp_to_template)
 from alignment.pipeline import AlignOptions
 
 # A band-limited analytic scene sampled exactly on two grids related by a known
@@ -187,6 +188,23 @@ def test_a_second_run_from_the_fitted_gains_converges_in_fewer_steps_to_the_same
     warm = refine_planes(planes, [image], None, first.homography, template.shape, photo0=first.photometric, **kwargs)
     assert warm.iterations[0] < cold.iterations[0]
     assert abs(_corner_error(warm.homography) - _corner_error(cold.homography)) < 1e-3
+
+
+def test_the_fitted_shading_maps_give_the_gain_over_the_frame():
+    template, image = _analytic_pair()
+    rows, cols = template.shape
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    r2 = ((xx - (cols - 1) / 2) ** 2 + (yy - (rows - 1) / 2) ** 2) / (cols / 2) ** 2
+    shading = 0.9 * (1.0 - 0.25 * r2)  # vignetting: a quadratic gain over the frame
+    planes = [((template * shading + 0.05).astype(np.float32), np.ones(template.shape, bool), np.eye(3))]
+    channels = prepare_channels(planes, [image], None, _A, blur_sigma=0.7)
+    res = refine_planes(None, None, None, _A, template.shape, gain_degree=2, channels=channels, tol_px=1e-4)
+    maps = photometric_maps(channels, res.photometric, template.shape)
+    assert maps is not None and len(maps) == 1
+    gain, offset = maps[0]
+    assert gain.shape == template.shape
+    assert np.abs(gain - shading).max() < 0.02 and np.abs(offset - 0.05).max() < 0.02
+    assert photometric_maps(channels, None, template.shape) is None
 
 
 def test_samples_beyond_the_budget_take_the_strongest_gradients_and_a_random_rest():

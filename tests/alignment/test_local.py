@@ -110,6 +110,58 @@ def test_measure_tiles_finds_a_known_shift_in_all_channels():
     assert res.consistent_fraction(1.0) > 0.9
 
 
+@pytest.mark.parametrize("angle_deg", [0.0, 90.0, 30.0])
+def test_a_tile_on_one_straight_edge_measures_the_shift_across_it_only(angle_deg):
+    # the left two thirds textured, the rest straight edges (a sawtooth across n, one
+    # edge per 32 px tile), both with a little noise: the edges' tiles cannot be
+    # measured along their edge (only the noise's gradients say anything there), so
+    # they are not reliable, yet each measures the shift across it as well as a
+    # reliable tile does
+    rows, cols = 192, 576
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    n = np.array([np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))])
+    shift = np.array([0.12, -0.08])  # phone image px (the template shows the image at x + shift)
+    rng = np.random.default_rng(1)
+    texture = cv2.GaussianBlur(rng.normal(size=(rows, cols)).astype(np.float32), (0, 0), 2.0) * 4.0
+    right = xx >= 2 * cols // 3
+
+    def image(offset: np.ndarray) -> np.ndarray:
+        s = (xx + offset[0]) * n[0] + (yy + offset[1]) * n[1]
+        edges = np.tanh(np.sin(2 * np.pi * s / 32.0) * 1.5)
+        tex = ndimage.shift(texture, (-offset[1], -offset[0]), order=3, mode="mirror")
+        return (np.where(right, edges, tex) + rng.normal(0, 0.01, s.shape)).astype(np.float32)
+
+    ones = np.ones((rows, cols), bool)
+    res = measure_tiles([TileChannel(image(shift), image(np.zeros(2)), ones, np.eye(3))], 32.0)
+    on_edges = res.centres[:, 0] > 2 * cols // 3 + 16  # tiles wholly in the edges' part
+    assert res.reliable[res.centres[:, 0] < 2 * cols // 3 - 16].mean() > 0.9
+    assert not res.reliable[on_edges].any()
+    edge = res.edge & on_edges
+    assert edge.sum() > 0.8 * on_edges.sum()
+    assert np.allclose(np.abs(res.normal[edge] @ n), 1.0, atol=0.01)  # across the edge
+    across = np.einsum("ij,ij->i", res.normal[edge], res.shifts[edge]) * np.sign(res.normal[edge] @ n)
+    assert np.allclose(across, shift @ n, atol=0.01)
+
+
+def test_tiles_measured_under_the_fitted_shading_do_not_take_vignetting_for_a_shift():
+    # a soft scene (clouds) seen through 30 % vignetting, no shift at all: a tile's own
+    # gain and offset are constant over it, so in a smooth tile the vignetting's slope
+    # passes for a shift unless the tiles compare the template with the shading divided out
+    rng = np.random.default_rng(4)
+    rows, cols = 240, 320
+    base = cv2.GaussianBlur(rng.normal(size=(rows, cols)).astype(np.float32), (0, 0), 10.0) * 20.0 + 1.0
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    gain = (1.0 - 0.3 * ((xx - (cols - 1) / 2) ** 2 + (yy - (rows - 1) / 2) ** 2) / (cols / 2) ** 2).astype(np.float32)
+    targets = [(base * gain, np.ones(base.shape, bool), np.eye(3))]
+    kw = dict(tile_px=32.0, degrees=(-1,), iterations=1, spline=False)
+    plain = refine_local(targets, [base], None, np.eye(3), (cols, rows), **kw)[2]
+    shaded = refine_local(targets, [base], None, np.eye(3), (cols, rows),
+                          shading=[(gain, np.zeros_like(gain))], **kw)[2]
+    assert np.median(plain.magnitude[plain.reliable]) > 0.05
+    assert np.median(shaded.magnitude[shaded.reliable]) < 0.01
+    assert shaded.reliable.sum() >= 0.8 * plain.reliable.sum()
+
+
 def test_a_converged_field_reports_what_a_fresh_measurement_under_it_finds():
     rng = np.random.default_rng(3)
     base = cv2.GaussianBlur(rng.normal(size=(240, 320)).astype(np.float32), (0, 0), 1.5)

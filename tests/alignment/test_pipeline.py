@@ -193,6 +193,22 @@ def test_corner_uncertainty_is_small_for_tiles_over_the_frame_and_large_for_tile
     assert corner_uncertainty(spread[:3], sig[:3], (1024, 768)) == float("inf")
 
 
+def test_tiles_on_straight_edges_pin_the_corners_only_with_edges_of_two_directions():
+    from alignment.pipeline import corner_uncertainty
+
+    xs, ys = np.meshgrid(np.linspace(50, 974, 8), np.linspace(40, 728, 6))
+    spread = np.stack([xs.ravel(), ys.ravel()], 1)
+    sig = np.full(len(spread), 0.05)
+    vertical_edges = np.tile([1.0, 0.0], (len(spread), 1))  # every tile measures x only
+    crossed = vertical_edges.copy()
+    crossed[::2] = [0.0, 1.0]  # half of them y only
+    both_ways = corner_uncertainty(spread, sig, (1024, 768))
+    one_way = corner_uncertainty(spread, sig, (1024, 768), normals=vertical_edges)
+    two_ways = corner_uncertainty(spread, sig, (1024, 768), normals=crossed)
+    assert one_way == float("inf") or one_way > 100  # nothing fixes a shift along y
+    assert both_ways < two_ways < 2.5 * both_ways  # a tile measured one way is worth half of one measured both ways
+
+
 def test_a_lens_model_makes_the_corners_less_certain_from_the_same_tiles():
     from alignment.pipeline import corner_uncertainty
 

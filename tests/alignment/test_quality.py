@@ -57,6 +57,10 @@ _SPARSE = {"ecc_correlation": 0.25, "reliable_tiles": 0.05, "reliable_tile_count
         # tiles that leave the frame's corners free (a whiteboard's strokes in one band)
         ({**_SPARSE, "corner_sigma_px": 1.5}, False, "low_correlation"),
         ({**_SPARSE, "inliers": 5, "start": "coarse"}, True, None),  # a colour chart from the coarse search
+        # tiles on one straight edge that agree across it confirm; ones that do not, reject
+        ({**_SPARSE, "edge_tile_count": 20, "edge_residual_p90_px": 0.3}, True, None),
+        ({**_SPARSE, "edge_tile_count": 20, "edge_residual_p90_px": 1.5}, False, "low_correlation"),
+        ({"ecc_correlation": 0.42, "edge_tile_count": 20, "edge_residual_p90_px": 1.5}, False, "low_correlation"),
     ],
 )
 def test_verdict_accepts_weak_correlation_only_when_the_geometry_is_confirmed(changes, ok, reason):
