@@ -632,11 +632,14 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         q.tile_correlation = float(np.median(final.correlation[rel]))
         lens = q.radial_corner_px > 0
         # the reliable tiles and those measured across one straight edge (a chart's
-        # patch sides, lines of text) fix the model together
+        # patch sides, lines of text) fix the model together; a one-way tile's sigma as
+        # a reliable tile's (whose sigma adds its two directions' variances)
         ev = rel | one_way
-        normals = np.where(one_way[:, None], final.normal, 0.0)[ev] if final.normal is not None else None
-        sigma = np.where(one_way, np.sqrt(2.0) * final.normal_sigma, final.sigma)[ev] if one_way.any() else final.sigma[ev]
-        q.corner_sigma_px = corner_uncertainty(final.centres[ev], sigma, image_size, radial=2 if lens else 0,
+        sigma, normals = final.sigma, None
+        if one_way.any():
+            sigma = np.where(one_way, np.sqrt(2.0) * final.normal_sigma, final.sigma)
+            normals = np.where(one_way[:, None], final.normal, 0.0)[ev]
+        q.corner_sigma_px = corner_uncertainty(final.centres[ev], sigma[ev], image_size, radial=2 if lens else 0,
                                                residuals=final.shifts[ev] if lens else None, corners=corners,
                                                normals=normals)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,

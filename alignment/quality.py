@@ -86,7 +86,11 @@ class Quality:
     how many tiles have a reliable residual, in how many of the frame's 3 x 3 cells,
     and their median correlation (the textured evidence of a low-texture scene);
     corner_sigma_px: the standard error at the frame corners of a homography fixed by
-    those tiles alone (:func:`alignment.pipeline.corner_uncertainty`, phone px);
+    those tiles and the tiles measured across one straight edge
+    (:func:`alignment.pipeline.corner_uncertainty`, phone px); edge_tile_count /
+    edge_residual_p90_px: how many such one-way tiles, and the 90th percentile of
+    their residual across their edge (phone px; the confirmations need it within
+    ``max_residual_px``);
     start: where ECC started, "features" (the matches'
     homography) or "coarse" (too few matches: :mod:`alignment.coarse`, whose best
     correlation is coarse_score); field_degree: degree
