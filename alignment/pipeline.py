@@ -71,7 +71,9 @@ class AlignOptions:
     and the local field takes whatever is left; ``lens_centre``: the fine stage also
     estimates the lens model's centre (else the frame centre).  Local: ``local``,
     ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
-    clamped to 8..48 working px), ``local_degrees``.  ``scale_guess``: DSLR px per phone image px, overriding
+    clamped to 8..48 working px), ``local_degrees``, ``tile_shading`` (the tiles measure
+    with the fine stage's gain and offset divided out of the phone template; off by
+    default: see docs/alignment.md, step 9, for what it fixes and what it breaks).  ``scale_guess``: DSLR px per phone image px, overriding
     EXIF.  Working size (see :mod:`alignment.reduce`): ``max_plane_pixels`` bins the
     phone's working planes until each has at most this many px (None: never);
     ``dslr_oversample``: after the features, the DSLR is cropped to the phone
@@ -105,6 +107,7 @@ class AlignOptions:
     local: bool = True
     tile_px: float | None = None
     local_degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6)
+    tile_shading: bool = False
     scale_guess: float | None = None
     max_plane_pixels: int | None = 800_000
     dslr_oversample: float | None = 2.5
@@ -175,7 +178,7 @@ _OPTION_KINDS = {
     "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
                                                                                        "0, 1 or 2"),
-    "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "trust": _FLAG,
+    "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "tile_shading": _FLAG, "trust": _FLAG,
     "trust_refit": _FLAG, "trust_layers": _FLAG, "coarse_start": _FLAG, "lens_centre": _FLAG,
     "coarse_min_score": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "fine": ((str,), lambda v: v in ("planes", "none"), "'planes' or 'none'"),
@@ -493,7 +496,7 @@ def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndar
                 targets, images, dslr_mask, h_image, p.image_size, tile_px=factor * tile,
                 blur_sigma=factor, degrees=degrees, iterations=4, spline=False, tol_px=0.05, init=init,
             )
-    shading = photometric_maps(channels, photometric, (p.image_size[1], p.image_size[0]))
+    shading = photometric_maps(channels, photometric, (p.image_size[1], p.image_size[0])) if opt.tile_shading else None
     fld, _first, final, warped = refine_local(
         None, None, None, h_image, p.image_size, tile_px=tile, degrees=degrees,
         iterations=6 if opt.local else 1, init=init, channels=channels, shading=shading,

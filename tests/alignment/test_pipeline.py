@@ -25,6 +25,17 @@ def test_homography_pair_is_aligned_to_hundredths_of_a_pixel(aligned_sim, seed):
     assert dense_errors(a, pair.truth).mean() < 0.05
 
 
+def test_the_tiles_under_the_fitted_shading_align_a_pair_as_well():
+    # the option is off by default (docs/alignment.md, step 9); when on, its path runs
+    # through the whole pipeline and holds the accuracy of the default
+    pair = make_sim(0, False)
+    a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb), tile_shading=True)
+    assert a.ok, a.quality.message
+    assert a.options["tile_shading"] is True
+    assert np.median(corner_errors(a, pair.truth)) < 0.1
+    assert dense_errors(a, pair.truth).mean() < 0.05
+
+
 def test_lens_distortion_pair_is_aligned_densely(aligned_sim):
     pair, a = aligned_sim(0, True)
     assert a.ok, a.quality.message
