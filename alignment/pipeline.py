@@ -73,9 +73,9 @@ class AlignOptions:
     ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
     clamped to 8..48 working px), ``local_degrees``, ``tile_shading`` (the tiles measure
     with the fine stage's gain and offset divided out of the phone template; off by
-    default: see docs/alignment.md, step 9, for what it fixes and what it breaks).  ``scale_guess``: DSLR px per phone image px, overriding
-    EXIF.  Working size (see :mod:`alignment.reduce`): ``max_plane_pixels`` bins the
-    phone's working planes until each has at most this many px (None: never);
+    default: see docs/alignment.md, step 9, for what it fixes and what it breaks).
+    ``scale_guess``: DSLR px per phone image px, overriding EXIF.  Working size (see
+    :mod:`alignment.reduce`): ``max_plane_pixels`` bins the phone's working planes until each has at most this many px (None: never);
     ``dslr_oversample``: after the features, the DSLR is cropped to the phone
     frame's footprint and averaged in integer blocks to about this many px per
     phone working px (None: cropped only).  Thresholds: see :class:`alignment.quality.Thresholds`.
@@ -178,7 +178,8 @@ _OPTION_KINDS = {
     "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
                                                                                        "0, 1 or 2"),
-    "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "tile_shading": _FLAG, "trust": _FLAG,
+    "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "tile_shading": _FLAG,
+    "trust": _FLAG,
     "trust_refit": _FLAG, "trust_layers": _FLAG, "coarse_start": _FLAG, "lens_centre": _FLAG,
     "coarse_min_score": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "fine": ((str,), lambda v: v in ("planes", "none"), "'planes' or 'none'"),
