@@ -75,7 +75,8 @@ class AlignOptions:
     with the fine stage's gain and offset divided out of the phone template; off by
     default: see docs/alignment.md, step 9, for what it fixes and what it breaks).
     ``scale_guess``: DSLR px per phone image px, overriding EXIF.  Working size (see
-    :mod:`alignment.reduce`): ``max_plane_pixels`` bins the phone's working planes until each has at most this many px (None: never);
+    :mod:`alignment.reduce`): ``max_plane_pixels`` bins the phone's working planes
+    until each has at most this many px (None: never);
     ``dslr_oversample``: after the features, the DSLR is cropped to the phone
     frame's footprint and averaged in integer blocks to about this many px per
     phone working px (None: cropped only).  Thresholds: see :class:`alignment.quality.Thresholds`.
