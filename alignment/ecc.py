@@ -245,13 +245,19 @@ def correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 0 else 0.0
 
 
+#: the photometric polynomial's terms in (u, v), in order, for degrees 0, 1 and 2
+_POLY_TERMS = ((lambda u, v: np.ones_like(u * v),), (lambda u, v: u, lambda u, v: v),
+               (lambda u, v: u * u, lambda u, v: u * v, lambda u, v: v * v))
+
+
+def _poly_terms(degree: int) -> list:
+    """The terms of :data:`_POLY_TERMS` up to ``degree``, as functions of (u, v)."""
+    return [term for group in _POLY_TERMS[: degree + 1] for term in group]
+
+
 def _poly_basis(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
-    cols = [np.ones_like(u)]
-    if degree >= 1:
-        cols += [u, v]
-    if degree >= 2:
-        cols += [u * u, u * v, v * v]
-    return np.stack(cols, axis=1)
+    """(N,) u, v -> (N, terms) the photometric polynomial's basis."""
+    return np.stack([term(u, v) for term in _poly_terms(degree)], axis=1)
 
 
 def photometric_maps(channels: list[Channel], photo: list[np.ndarray] | None,
@@ -266,7 +272,7 @@ def photometric_maps(channels: list[Channel], photo: list[np.ndarray] | None,
     if photo is None or len(photo) != len(channels):
         return None
     frame = _Frame.of(frame_shape)
-    degrees = {1: 0, 3: 1, 6: 2}
+    degrees = {len(_poly_terms(d)): d for d in range(len(_POLY_TERMS))}
     out = []
     for ch, coef in zip(channels, photo):
         npb = len(coef) // 2
@@ -276,22 +282,18 @@ def photometric_maps(channels: list[Channel], photo: list[np.ndarray] | None,
         rows, cols = ch.template.shape
         u = ((tf[0, 0] * np.arange(cols) + tf[0, 2] - frame.cx) / frame.sc)[None, :]
         v = ((tf[1, 1] * np.arange(rows) + tf[1, 2] - frame.cy) / frame.sc)[:, None]
-        out.append((_poly_grid(u, v, coef[:npb]), _poly_grid(u, v, coef[npb:])))
+        terms = _poly_terms(degrees[npb])
+        out.append(tuple(_poly_grid(u, v, terms, c) for c in (coef[:npb], coef[npb:])))
     return out
 
 
-def _poly_grid(u: np.ndarray, v: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """The polynomial of :func:`_poly_basis` with coefficients ``coef`` on the grid of
-    (1, cols) ``u`` and (rows, 1) ``v``, evaluated by rows and columns (no (px, terms)
+def _poly_grid(u: np.ndarray, v: np.ndarray, terms: list, coef: np.ndarray) -> np.ndarray:
+    """The polynomial of ``terms`` (:func:`_poly_terms`) with coefficients ``coef`` on the
+    grid of (1, cols) ``u`` and (rows, 1) ``v``, term by term over the grid (no (px, terms)
     basis: a 12 MP phone's plane would need 60 MB for it) -> (rows, cols) float32."""
-    out = np.full((v.shape[0], u.shape[1]), coef[0], np.float32)
-    if len(coef) >= 3:
-        out += (coef[1] * u).astype(np.float32)
-        out += (coef[2] * v).astype(np.float32)
-    if len(coef) >= 6:
-        out += (coef[3] * u * u).astype(np.float32)
-        out += (coef[4] * v * u).astype(np.float32)
-        out += (coef[5] * v * v).astype(np.float32)
+    out = np.zeros((v.shape[0], u.shape[1]), np.float32)
+    for term, c in zip(terms, coef):
+        out += (c * term(u, v)).astype(np.float32)
     return out
 
 

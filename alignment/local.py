@@ -271,6 +271,11 @@ class TileResiduals:
     def magnitude(self) -> np.ndarray:
         return np.hypot(self.shifts[:, 0], self.shifts[:, 1])
 
+    @property
+    def across(self) -> np.ndarray:
+        """(N,) |shift . normal|: the shift across each tile's best-measured direction (px)."""
+        return np.abs(np.einsum("ij,ij->i", self.normal, self.shifts))
+
 
 def _tile_sum(a: np.ndarray, t: int, ny: int, nx: int) -> np.ndarray:
     return a[: ny * t, : nx * t].reshape(ny, t, nx, t).sum(axis=(1, 3))
@@ -436,12 +441,12 @@ def measure_tiles(
         & (sigma <= sigma_max)
         & (corr >= min_correlation)
     )
+    res = TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx), textured, None, normal, normal_sigma)
     # one straight edge: measured across as well as a reliable tile is in each of its
     # two directions (whose sigma adds both variances), the shift across it sane
-    across = np.abs(np.einsum("ij,ij->i", normal, shifts))
-    edge = (ok & ~reliable & (np.sqrt(2.0) * normal_sigma <= sigma_max) & (corr >= min_correlation)
-            & (across < tile * sx0 / 4))
-    return TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx), textured, edge, normal, normal_sigma)
+    res.edge = (ok & ~reliable & (np.sqrt(2.0) * normal_sigma <= sigma_max) & (corr >= min_correlation)
+                & (res.across < tile * sx0 / 4))
+    return res
 
 
 def _noise_scale(

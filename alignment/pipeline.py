@@ -628,8 +628,7 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
     q.reliable_tile_count = int(rel.sum())
     q.edge_tile_count = int(one_way.sum())
     if one_way.any():
-        across = np.abs(np.einsum("ij,ij->i", final.normal[one_way], final.shifts[one_way]))
-        q.edge_residual_p90_px = float(np.percentile(across, 90))
+        q.edge_residual_p90_px = float(np.percentile(final.across[one_way], 90))
     if rel.any():
         w, h = image_size
         cells = (np.clip((final.centres[rel, 0] * 3 // w), 0, 2) * 3 + np.clip(final.centres[rel, 1] * 3 // h, 0, 2))
