@@ -72,8 +72,8 @@ class AlignOptions:
     estimates the lens model's centre (else the frame centre).  Local: ``local``,
     ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
     clamped to 8..48 working px), ``local_degrees``, ``tile_shading`` (the tiles measure
-    with the fine stage's gain and offset divided out of the phone template; off by
-    default: see docs/alignment.md, step 9, for what it fixes and what it breaks).
+    with the fine stage's gain and offset divided out of the phone template, so that
+    vignetting in a smooth tile is not taken for a shift; docs/alignment.md, step 9).
     ``scale_guess``: DSLR px per phone image px, overriding EXIF.  Working size (see
     :mod:`alignment.reduce`): ``max_plane_pixels`` bins the phone's working planes
     until each has at most this many px (None: never);
@@ -108,7 +108,7 @@ class AlignOptions:
     local: bool = True
     tile_px: float | None = None
     local_degrees: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 6)
-    tile_shading: bool = False
+    tile_shading: bool = True
     scale_guess: float | None = None
     max_plane_pixels: int | None = 800_000
     dslr_oversample: float | None = 2.5
@@ -605,12 +605,30 @@ def _layers_stage(tm: TrustMap, res: trust.DenseResidual, channels: list[Channel
     return _adopt_layers(tm, found, lens, p, to_stored, stored_size)
 
 
+#: a lens centre the fine stage moved further than this from the frame centre (a
+#: fraction of half the longer side) is not taken as known by the corner test: a phone
+#: lens sits within 2 or 3 % of it (the simulator draws 1 % per axis), and a centre
+#: out at the frame's edge says the lens model bends the frame to fit something else
+#: (a sky-heavy pair with parallax: a centre 470 px out, 26 px of "lens" at its corners)
+PLAUSIBLE_LENS_OFFSET = 0.1
+
+
+def _lens_centre_is_free(lens: tuple[float, float, float, float, float], image_size: tuple[int, int]) -> bool:
+    """True when the fitted lens centre (``lens`` as in :attr:`SmoothField.radial`) lies
+    beyond :data:`PLAUSIBLE_LENS_OFFSET` of the frame centre."""
+    w, h = image_size
+    offset = np.hypot(lens[0] - (w - 1) / 2.0, lens[1] - (h - 1) / 2.0)
+    return bool(offset > PLAUSIBLE_LENS_OFFSET * max(w, h) / 2.0)
+
+
 def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, image_size: tuple[int, int],
-                  max_residual_px: float, corners: np.ndarray | None = None) -> None:
+                  max_residual_px: float, corners: np.ndarray | None = None,
+                  lens: tuple[float, float, float, float, float] | None = None) -> None:
     """The tile figures of the verdict (reliable and consistent shares, residual percentiles);
     with a trust map, over the tiles whose centre is trusted: the model is judged where
     the scene agrees with it.  corners: where the corner uncertainty is evaluated (see
-    :func:`corner_uncertainty`)."""
+    :func:`corner_uncertainty`); lens: the lens model kept (:attr:`SmoothField.radial`)
+    or None."""
     rel = final.reliable
     textured = final.textured
     one_way = final.edge if final.edge is not None else np.zeros_like(rel)
@@ -634,7 +652,6 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         cells = (np.clip((final.centres[rel, 0] * 3 // w), 0, 2) * 3 + np.clip(final.centres[rel, 1] * 3 // h, 0, 2))
         q.reliable_cells = int(len(np.unique(cells)))
         q.tile_correlation = float(np.median(final.correlation[rel]))
-        lens = q.radial_corner_px > 0
         # the reliable tiles and those measured across one straight edge (a chart's
         # patch sides, lines of text) fix the model together; a one-way tile's sigma as
         # a reliable tile's (whose sigma adds its two directions' variances)
@@ -643,9 +660,13 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         if one_way.any():
             sigma = np.where(one_way, np.sqrt(2.0) * final.normal_sigma, final.sigma)
             normals = np.where(one_way[:, None], final.normal, 0.0)[ev]
-        q.corner_sigma_px = corner_uncertainty(final.centres[ev], sigma[ev], image_size, radial=2 if lens else 0,
-                                               residuals=final.shifts[ev] if lens else None, corners=corners,
-                                               normals=normals)
+        # a lens whose centre is plausible: two radial terms about the frame centre; one
+        # whose centre is not: its own terms and its centre's
+        free = lens is not None and _lens_centre_is_free(lens, image_size)
+        q.corner_sigma_px = corner_uncertainty(
+            final.centres[ev], sigma[ev], image_size, radial=0 if lens is None else 2,
+            residuals=None if lens is None else final.shifts[ev], corners=corners, normals=normals,
+            lens=lens if free else None, lens_centre=free)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
                            textured)
     q.consistent_tiles = judged.consistent_fraction(max_residual_px)
@@ -658,7 +679,9 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
 
 def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple[int, int],
                        sigma_floor_px: float = 0.05, radial: int = 0, residuals: np.ndarray | None = None,
-                       corners: np.ndarray | None = None, normals: np.ndarray | None = None) -> float:
+                       corners: np.ndarray | None = None, normals: np.ndarray | None = None,
+                       lens: tuple[float, float, float, float, float] | None = None,
+                       lens_centre: bool = False) -> float:
     """How well tiles pin the frame's corners: the largest standard error (phone px) at
     the four frame corners of a homography fitted to tile shifts measured at
     ``centres`` ((N, 2) phone image px) with standard errors ``sigma`` ((N,) px, floored
@@ -678,8 +701,12 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     pipeline gives the corners of the part of the frame the DSLR sees, see
     :func:`overlap_corners`).  normals: (N, 2) unit vectors, or zeros: a tile with a
     normal measures the shift across one straight edge only (its weight n n^T / sigma^2,
-    nothing along the edge); zeros: both directions (weight I / sigma^2).  inf when the
-    tiles cannot fix the parameters."""
+    nothing along the edge); zeros: both directions (weight I / sigma^2).  lens: the
+    model's lens (cx, cy, s, q1, q2) as in :attr:`SmoothField.radial`: its own two
+    terms about its own centre replace ``radial``'s; lens_centre: its centre is a free
+    parameter too (two more terms: a centre that the tiles do not fix swings the
+    corners by what the lens bends there).  inf when the tiles cannot fix the
+    parameters."""
     w, h = image_size
     c0 = np.array([(w - 1) / 2, (h - 1) / 2])
     scale = float(np.hypot(w, h)) / 2
@@ -688,10 +715,14 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
         x, y = ((xy - c0) / scale).T
         z, o = np.zeros_like(x), np.ones_like(x)
         r2 = x * x + y * y
-        jx = np.stack([x, y, o, z, z, z, -x * x, -x * y] + [x * r2 ** (k + 1) for k in range(radial)], 1)
-        jy = np.stack([z, z, z, x, y, o, -x * y, -y * y] + [y * r2 ** (k + 1) for k in range(radial)], 1)
-        return np.stack([jx, jy], 1) * scale  # (N, 2, 8 + radial) px per parameter
+        free_radial = 0 if lens is not None else radial
+        jx = np.stack([x, y, o, z, z, z, -x * x, -x * y] + [x * r2 ** (k + 1) for k in range(free_radial)], 1)
+        jy = np.stack([z, z, z, x, y, o, -x * y, -y * y] + [y * r2 ** (k + 1) for k in range(free_radial)], 1)
+        j = np.stack([jx, jy], 1) * scale  # (N, 2, 8 + radial) px per parameter
+        return j if lens is None else np.concatenate([j, _lens_jacobian(xy, lens, lens_centre)], 2)
 
+    if lens is not None:
+        radial = 2 + (2 if lens_centre else 0)
     if 2 * len(centres) < 8 + radial:
         return float("inf")
     j = jac(np.asarray(centres, np.float64))
@@ -718,6 +749,24 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     jc = jac(np.asarray(corners, np.float64).reshape(-1, 2))
     var = np.einsum("nki,ij,nkj->n", jc, cov, jc)
     return float(np.sqrt(max(var.max(), 0.0))) if np.all(np.isfinite(var)) else float("inf")
+
+
+def _lens_jacobian(xy: np.ndarray, lens: tuple[float, float, float, float, float], centre: bool) -> np.ndarray:
+    """(N, 2, 2 or 4) px of displacement per unit change of the lens model (cx, cy, s, q1,
+    q2) of :meth:`SmoothField.radial_part` at ``xy`` ((N, 2) phone px): its two
+    coefficients, and with ``centre`` its centre (px per px)."""
+    cx, cy, s, q1, q2 = lens
+    d = np.asarray(xy, np.float64) - np.array([cx, cy])
+    rho2 = (d * d).sum(1) / (s * s)
+    cols = [d * rho2[:, None], d * (rho2 * rho2)[:, None]]
+    if centre:
+        f = q1 * rho2 + q2 * rho2 * rho2
+        slope = (q1 + 2.0 * q2 * rho2) * 2.0 / (s * s)
+        for k in range(2):
+            col = -d * (slope * d[:, k])[:, None]
+            col[:, k] -= f
+            cols.append(col)
+    return np.stack(cols, 2)
 
 
 def overlap_corners(h_stored: np.ndarray, phone_size: tuple[int, int], dslr_size: tuple[int, int]) -> np.ndarray:
@@ -1157,7 +1206,8 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         # the corners that matter are those of what the DSLR sees: a frame corner outside
         # the DSLR frame has no target to be wrong about
         _tile_quality(q, m.final, result.trust, s.p.image_size, opt.max_residual_px,
-                      overlap_corners(s.d.to_image @ m.h_image, s.p.image_size, s.stored_size))
+                      overlap_corners(s.d.to_image @ m.h_image, s.p.image_size, s.stored_size),
+                      _radial_field(m.q_radial, s.p).radial)
         if result.trust is not None:
             keep = result.trust.trusted
             warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image, c.sampled) for c in warped]

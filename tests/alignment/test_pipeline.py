@@ -25,13 +25,24 @@ def test_homography_pair_is_aligned_to_hundredths_of_a_pixel(aligned_sim, seed):
     assert dense_errors(a, pair.truth).mean() < 0.05
 
 
-def test_the_tiles_under_the_fitted_shading_align_a_pair_as_well():
-    # the option is off by default (docs/alignment.md, step 9); when on, its path runs
-    # through the whole pipeline and holds the accuracy of the default
+@pytest.mark.parametrize("shading", [True, False])
+def test_the_tiles_measure_under_the_fitted_shading_by_default_and_align_as_well_without(shading, monkeypatch):
+    from alignment import pipeline
+
+    built = []
+    real = pipeline.photometric_maps
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(pipeline, "photometric_maps", spy)
     pair = make_sim(0, False)
-    a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb), tile_shading=True)
+    a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb), **({} if shading else {"tile_shading": False}))
     assert a.ok, a.quality.message
-    assert a.options["tile_shading"] is True
+    assert a.options["tile_shading"] is shading
+    # with the option (the default) every local stage measures under the fine stage's maps
+    assert (len(built) > 0 and all(m is not None for m in built)) if shading else built == []
     assert np.median(corner_errors(a, pair.truth)) < 0.1
     assert dense_errors(a, pair.truth).mean() < 0.05
 
@@ -227,6 +238,52 @@ def test_a_lens_model_makes_the_corners_less_certain_from_the_same_tiles():
     inner = np.stack([xs.ravel(), ys.ravel()], 1)  # tiles away from the corners
     sig = np.full(len(inner), 0.05)
     assert corner_uncertainty(inner, sig, (1024, 768), radial=2) > 1.5 * corner_uncertainty(inner, sig, (1024, 768))
+
+
+def test_the_lens_jacobian_is_the_derivative_of_the_fields_radial_part():
+    from alignment.local import SmoothField
+    from alignment.pipeline import _lens_jacobian
+
+    lens = (530.0, 370.0, 512.0, 0.04, -0.01)
+    xy = np.array([[0.0, 0.0], [1023.0, 50.0], [300.0, 700.0], [530.0, 370.0]])
+
+    def radial(params):
+        return SmoothField(radial=tuple(params)).radial_part(xy[:, 0], xy[:, 1])
+
+    jac = _lens_jacobian(xy, lens, centre=True)
+    for col, k in enumerate([3, 4, 0, 1]):  # q1, q2, cx, cy
+        step = 1e-4 if k >= 3 else 1e-3
+        up, down = list(lens), list(lens)
+        up[k] += step
+        down[k] -= step
+        assert np.allclose(jac[:, :, col], (radial(up) - radial(down)) / (2 * step), atol=1e-6)
+
+
+def test_a_lens_with_a_fitted_centre_leaves_the_corners_less_pinned_than_one_about_a_fixed_centre():
+    from alignment.pipeline import corner_uncertainty
+
+    # tiles over the lower right of the frame only (a sky or a near object hides the rest),
+    # under a strong lens model (about 20 px at the corners)
+    xs, ys = np.meshgrid(np.linspace(400, 974, 6), np.linspace(300, 728, 5))
+    tiles = np.stack([xs.ravel(), ys.ravel()], 1)
+    sig = np.full(len(tiles), 0.03)
+    lens = (520.0, 390.0, 512.0, 0.03, 0.0)
+    fixed = corner_uncertainty(tiles, sig, (1024, 768), lens=lens)
+    free = corner_uncertainty(tiles, sig, (1024, 768), lens=lens, lens_centre=True)
+    assert free > 1.5 * fixed
+    # without a lens (q = 0) the centre is not a parameter: its terms vanish
+    assert corner_uncertainty(tiles, sig, (1024, 768), lens=lens[:3] + (0.0, 0.0), lens_centre=True) == float("inf")
+
+
+@pytest.mark.parametrize("centre, free", [
+    ((511.5, 383.5), False),  # the frame centre
+    ((540.0, 400.0), False),  # 33 px out: a phone lens's principal point can be there
+    ((981.8, 189.1), True),  # 509 px out: what a sky-heavy pair with parallax fitted
+])
+def test_only_a_lens_centre_far_from_the_frame_centre_counts_as_unknown_in_the_corner_test(centre, free):
+    from alignment.pipeline import _lens_centre_is_free
+
+    assert _lens_centre_is_free((*centre, 512.0, 0.01, 0.0), (1024, 768)) is free
 
 
 @pytest.mark.parametrize("scatter_px, factor", [(0.02, 1.0), (0.15, 2.5)])
