@@ -711,19 +711,19 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
     c0 = np.array([(w - 1) / 2, (h - 1) / 2])
     scale = float(np.hypot(w, h)) / 2
 
+    centred_terms = radial if lens is None else 0  # radial terms about the frame centre
+
     def jac(xy: np.ndarray) -> np.ndarray:
         x, y = ((xy - c0) / scale).T
         z, o = np.zeros_like(x), np.ones_like(x)
         r2 = x * x + y * y
-        free_radial = 0 if lens is not None else radial
-        jx = np.stack([x, y, o, z, z, z, -x * x, -x * y] + [x * r2 ** (k + 1) for k in range(free_radial)], 1)
-        jy = np.stack([z, z, z, x, y, o, -x * y, -y * y] + [y * r2 ** (k + 1) for k in range(free_radial)], 1)
-        j = np.stack([jx, jy], 1) * scale  # (N, 2, 8 + radial) px per parameter
+        jx = np.stack([x, y, o, z, z, z, -x * x, -x * y] + [x * r2 ** (k + 1) for k in range(centred_terms)], 1)
+        jy = np.stack([z, z, z, x, y, o, -x * y, -y * y] + [y * r2 ** (k + 1) for k in range(centred_terms)], 1)
+        j = np.stack([jx, jy], 1) * scale  # (N, 2, 8 + centred_terms) px per parameter
         return j if lens is None else np.concatenate([j, _lens_jacobian(xy, lens, lens_centre)], 2)
 
-    if lens is not None:
-        radial = 2 + (2 if lens_centre else 0)
-    if 2 * len(centres) < 8 + radial:
+    n_params = 8 + (centred_terms if lens is None else 2 + 2 * lens_centre)
+    if 2 * len(centres) < n_params:
         return float("inf")
     j = jac(np.asarray(centres, np.float64))
     wgt = 1.0 / np.maximum(np.asarray(sigma, np.float64), sigma_floor_px) ** 2
