@@ -359,7 +359,7 @@ def _gaussian_weights(pos: np.ndarray, start: np.ndarray, taps: int, sigma: floa
 
 
 def blurred_hat_features(
-    enc: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float, n_knots: int, chunk: int = 4096,
+    enc: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float, n_knots: int, chunk: int = 1024,
     mix: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gaussian-weighted means of the hat-basis images of each channel at points (x, y).
@@ -380,6 +380,11 @@ def blurred_hat_features(
     taps = 2 * r // stride + 2
     out = np.empty((len(x), 3 * n_knots))
     off = np.arange(taps) * stride
+    # the neighbourhoods are read as rows of the (H W, 3) image: one gather of flat
+    # indices is twice as fast as indexing rows and columns (a chunk of 1024 points
+    # keeps the per-point histograms below in the cache)
+    width = enc.shape[1]
+    flat = enc.reshape(-1, 3) if enc.flags.c_contiguous else np.ascontiguousarray(enc).reshape(-1, 3)
     if enc.dtype == np.uint8:
         # 256 levels: a weighted histogram of each point's neighbourhood per channel,
         # times the table of every level's two hat weights (the same sums, one pass)
@@ -395,8 +400,9 @@ def blurred_hat_features(
         wx = _gaussian_weights(xs, x0.astype(float), taps, sigma, stride)
         wy = _gaussian_weights(ys, y0.astype(float), taps, sigma, stride)
         w2 = (wy[:, :, None] * wx[:, None, :])[..., None]  # (n, taps, taps, 1)
-        patch = _mixed(enc[(y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]], mix)
         n = len(xs)
+        rows = ((y0[:, None] + off) * width)[:, :, None] + (x0[:, None] + off)[:, None, :]
+        patch = _mixed(np.take(flat, rows.ravel(), axis=0).reshape(n, taps, taps, 3), mix)
         if enc.dtype == np.uint8:
             weights = w2.ravel()
             first = (np.arange(n) * 256)[:, None, None]
