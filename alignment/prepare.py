@@ -527,7 +527,7 @@ def fit_radiometric(
     """
     if dslr.encoded is None:
         return None
-    enc = dslr.encoded
+    enc = np.ascontiguousarray(dslr.encoded)  # (no copy when it is; blurred_hat_features reads its rows)
     ih, iw = enc.shape[:2]
     rng = np.random.default_rng(0)
     to_enc = np.eye(3) if encoded_grid is None else encoded_grid[0]
