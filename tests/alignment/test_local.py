@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from alignment.ecc import prepare_channels
-from alignment.local import SmoothField, TileChannel, fit_field, measure_tiles, refine_local, warp_channels
+from alignment.local import (SmoothField, TileChannel, _fit_spline, _second_differences, fit_field, measure_tiles,
+                             refine_local, warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 
@@ -82,6 +83,26 @@ def test_fit_field_recovers_a_smooth_distortion_field():
                   (511.5, 383.5), 512.0)
     assert f.degree >= 3
     assert np.abs(f(c) - truth(c)).max() < 0.05
+
+
+@pytest.mark.parametrize("grid_shape", [(5, 7), (9, 4)], ids=["wide", "tall"])
+def test_the_spline_grid_solves_its_penalised_normal_equations(grid_shape):
+    # the banded solve must give what the dense system gives: (W + lam w_med P + eps) u = W v
+    gy, gx = grid_shape
+    rng = np.random.default_rng(6)
+    ys, xs = np.mgrid[0:gy, 0:gx] * 40.0 + 20.0
+    centres = np.stack([xs.ravel(), ys.ravel()], 1)
+    values = rng.normal(0, 0.3, (gy * gx, 2))
+    sigma = rng.uniform(0.02, 0.2, gy * gx)
+    sel = rng.random(gy * gx) > 0.3
+    lam = 3.0
+    # robust_k so large that no node is reweighted: the last of the three solves is the plain one
+    u = _fit_spline(centres, values, sigma, sel, grid_shape, (lam,), robust_k=1e12, select=False)[0]
+    w = np.where(sel, 1.0 / sigma**2, 0.0)
+    w_med = float(np.median(w[sel]))
+    d2 = _second_differences(gy, gx).toarray()
+    lhs = np.diag(w + 1e-9 * w_med) + lam * w_med * d2.T @ d2
+    np.testing.assert_allclose(u.reshape(-1, 2), np.linalg.solve(lhs, w[:, None] * values), atol=1e-9)
 
 
 def test_fit_field_ignores_outlier_tiles():

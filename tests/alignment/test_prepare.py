@@ -60,6 +60,20 @@ def test_blurred_hat_features_equal_blurring_each_hat_image(sigma):
     np.testing.assert_allclose(feats.reshape(-1, 3, 9).sum(-1), 1.0, atol=1e-9)  # hats: a partition of unity
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_blurred_hat_features_do_not_depend_on_chunks_or_memory_layout(dtype):
+    enc = _encoded(dtype, (120, 140, 3))
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(30, 110, 300), rng.uniform(30, 90, 300)
+    whole = blurred_hat_features(enc, x, y, 2.0, 9)
+    np.testing.assert_allclose(blurred_hat_features(enc, x, y, 2.0, 9, chunk=64), whole, atol=1e-12)
+    # a view with its channels reversed (as cv2.imread(...)[..., ::-1] gives) reads the same px
+    flipped = enc[..., ::-1]
+    assert not flipped.flags.c_contiguous
+    np.testing.assert_allclose(blurred_hat_features(flipped, x, y, 2.0, 9).reshape(-1, 3, 9),
+                               whole.reshape(-1, 3, 9)[:, ::-1], atol=1e-12)
+
+
 def test_wide_blur_on_a_lattice_keeps_the_mean_of_a_smooth_image():
     yy, xx = np.mgrid[0:200, 0:200]
     enc = np.repeat(((xx + yy) * 0.6).astype(np.uint8)[..., None], 3, -1)
