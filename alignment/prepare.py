@@ -384,7 +384,7 @@ def blurred_hat_features(
     # the neighbourhoods are read as rows of the (H W, 3) image: one gather of flat
     # indices is twice as fast as indexing rows and columns
     width = enc.shape[1]
-    flat = enc.reshape(-1, 3) if enc.flags.c_contiguous else np.ascontiguousarray(enc).reshape(-1, 3)
+    flat = np.ascontiguousarray(enc).reshape(-1, 3)  # (a copy only for a view that is not contiguous)
     if enc.dtype == np.uint8:
         # 256 levels: a weighted histogram of each point's neighbourhood per channel,
         # times the table of every level's two hat weights (the same sums, one pass)
