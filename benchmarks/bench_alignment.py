@@ -40,6 +40,10 @@ Real size (``--real-size``): one homography pair of a 12 MP phone raw (4032x3024
 and a 24 MP DSLR JPEG (6048x4024, the Nikon Z6), each method in its own process:
 median corner and dense error, wall seconds (decoding included), peak RSS.
 
+``--real-size-sources NAME...``: one such pair per named source, with the run's
+photometry (hard by default), each method in its own process (``--pairs 0 --no-real``
+runs these alone).
+
 Run: ``python benchmarks/bench_alignment.py --pairs 2 --no-real --out bench_alignment.json`` (add ``--real-size``
 for the 12 MP pair, ``--photometry mild --sources procedural blackmagic graf`` for the earlier table)
 """
@@ -134,6 +138,9 @@ def ours(phone_path: Path, dslr_path: Path):
         return a.quality.reason
     return a.map_points
 
+
+#: (phone raw, DSLR JPEG) sizes of the real-size pairs: a 12 MP phone and the Nikon Z6
+REAL_SIZE = ((4032, 3024), (6048, 4024))
 
 METHODS = {"ours": ours, "published": peer_published, "zoom2learn": peer_zoom2learn, "sift+ecc": peer_sift_ecc}
 
@@ -278,15 +285,37 @@ def one_method(method: str, folder: Path) -> dict:
 
 def real_size(methods: list[str], cache: Path, seed: int) -> dict:
     """A 12 MP phone raw (4032x3024, 10-bit DNG) against a 24 MP DSLR JPEG (6048x4024, q92),
-    homography variant: each method in a fresh process (decoding included, peak RSS of
-    that process, imports excluded from the seconds)."""
+    homography variant, the procedural scene and the simulator's default photometry:
+    each method in a fresh process (:func:`methods_apart`)."""
+    folder = cache / "real_size_pair"
+    if not (folder / "truth.json").exists():
+        opts = sim.SimOptions(phone_size=REAL_SIZE[0], dslr_size=REAL_SIZE[1])
+        sim.write_pair(sim.simulate_pair(seed, None, opts, pair_id="real_size_pair"), cache)
+    return methods_apart(methods, folder)
+
+
+def real_size_sources(methods: list[str], names: list[str], cache: Path, seed: int, photometry: str) -> dict:
+    """One real-size homography pair per source of ``names`` with the run's photometry
+    (kept in ``cache`` between runs: simulating one takes about a minute), each method
+    in a fresh process -> {source: {method: result}}."""
+    out = {}
+    for name in tqdm(names, desc="real size", unit="pair"):
+        pair_id = f"real_size_{name}_{photometry}_{seed}"
+        folder = cache / pair_id
+        if not (folder / "truth.json").exists():
+            pair_seed = int(np.random.SeedSequence([seed, 1000, zlib.crc32(name.encode())]).generate_state(1)[0])
+            opts = sim.SimOptions(phone_size=REAL_SIZE[0], dslr_size=REAL_SIZE[1], photometry=photometry)
+            sim.write_pair(sim.simulate_pair(pair_seed, source_scene(name, pair_seed, {}), opts, pair_id=pair_id), cache)
+        out[name] = methods_apart(methods, folder)
+    return out
+
+
+def methods_apart(methods: list[str], folder: Path) -> dict:
+    """Each method on the pair in ``folder`` in its own process (decoding included,
+    imports excluded from the seconds; peak RSS of that process) -> {method: result}."""
     import subprocess
     import sys
 
-    folder = cache / "real_size_pair"
-    if not (folder / "truth.json").exists():
-        opts = sim.SimOptions(phone_size=(4032, 3024), dslr_size=(6048, 4024))
-        sim.write_pair(sim.simulate_pair(seed, None, opts, pair_id="real_size_pair"), cache)
     out = {}
     for m in methods:
         proc = subprocess.run(
@@ -297,6 +326,39 @@ def real_size(methods: list[str], cache: Path, seed: int) -> dict:
         except (IndexError, json.JSONDecodeError):
             out[m] = {"ok": False, "reason": f"crashed: {proc.stderr.strip()[-300:]}"}
     return out
+
+
+def print_real_size_sources(per_source: dict, methods: list[str], photometry: str) -> None:
+    """The real-size pairs of several sources: per source, then the median and 90th
+    percentile of the pairs' median corner error over the accepted ones, per method."""
+    print(f"\n### Real size, one pair per source (photometry {photometry}), each method in its own process\n")
+    print("| source (half) | " + " | ".join(f"{m}: median corner / dense px, s, MB" for m in methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    for name, row in per_source.items():
+        cells = []
+        for m in methods:
+            r = row.get(m, {})
+            cells.append(f"{r['corner_median']:.3f} / {r['dense_mean']:.3f}, {r['seconds']:.1f}, {r['peak_mb']:.0f}"
+                         if r.get("ok") else f"rejected: {r.get('reason')}, {r.get('seconds', float('nan')):.1f}")
+        print(f"| {name} ({SOURCES[name][1]}) | " + " | ".join(cells) + " |")
+    ours_s = np.mean([row["ours"]["seconds"] for row in per_source.values() if "ours" in row]) if "ours" in methods \
+        else float("nan")
+    print("\n| method | sources | accepted | kept > 1 px off | median corner px | p90 corner px | mean s | peak MB (max) "
+          "| time vs ours |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m in methods:
+        for half in ("all", "tune", "holdout"):
+            rows = [row[m] for n, row in per_source.items() if m in row and half in ("all", SOURCES[n][1])]
+            if not rows:
+                continue
+            ok = [r for r in rows if r.get("ok")]
+            cm = np.array([r["corner_median"] for r in ok]) if ok else np.array([np.nan])
+            secs = float(np.mean([r.get("seconds", np.nan) for r in rows]))
+            peak = max((r.get("peak_mb", float("nan")) for r in rows), default=float("nan"))
+            ratio = "" if m == "ours" or half != "all" else f"{secs / ours_s:.2f}x"
+            print(f"| {m} | {half} | {len(ok)}/{len(rows)} | {int(np.sum(cm > 1.0))} | {np.median(cm):.3f} | "
+                  f"{np.percentile(cm, 90):.3f} | "
+                  f"{secs:.1f} | {peak:.0f} | {ratio} |")
 
 
 def main() -> None:
@@ -312,6 +374,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write all numbers as JSON here")
     ap.add_argument("--real-size", action="store_true",
                     help="also time a 12 MP raw + 24 MP JPEG pair (wall time and peak memory per method)")
+    ap.add_argument("--real-size-sources", nargs="*", default=[], metavar="SOURCE",
+                    help="also one real-size pair per named source (of SOURCES) with --photometry, each method "
+                         "in its own process; e.g. blackmagic boston kodak eiffel phone-hd0 foliage")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "isp-rig-bench-alignment",
                     help="where the real-size pair is kept between runs (simulating it takes about a minute)")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "PAIR_DIR"), help=argparse.SUPPRESS)
@@ -325,15 +390,18 @@ def main() -> None:
 
     names = args.sources or [n for n in SOURCES if (SOURCES[n][0] is None or callable(SOURCES[n][0])
                                                    or (SHARED / SOURCES[n][0]).exists())]
-    unknown = sorted(set(names) - set(SOURCES))
+    unknown = sorted((set(names) | set(args.real_size_sources)) - set(SOURCES))
     if unknown:
         ap.error(f"unknown source(s): {', '.join(unknown)} (known: {', '.join(SOURCES)})")
+    missing = [n for n in args.real_size_sources if isinstance(SOURCES[n][0], str) and not (SHARED / SOURCES[n][0]).exists()]
+    if missing:
+        ap.error(f"real-size source(s) {', '.join(missing)}: their files are not under {SHARED}")
     cache: dict = {}
     results: dict = {"command": "python benchmarks/bench_alignment.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "methods"),
         "variants": {}, "sources": {n: {"half": SOURCES[n][1], "kind": SOURCES[n][2]} for n in names}}
     with tempfile.TemporaryDirectory(prefix="bench_align_") as tmp:
-        for variant in ("homography", "distortion"):
+        for variant in ("homography", "distortion") if args.pairs > 0 else ():
             rows = {m: [] for m in args.methods}
             jobs = [(name, i) for name in names for i in range(args.pairs)]
             for name, i in tqdm(jobs, desc=f"simulator {variant}", unit="pair"):
@@ -358,6 +426,10 @@ def main() -> None:
     if args.real_size:
         args.cache.mkdir(parents=True, exist_ok=True)
         results["real_size"] = real_size(args.methods, args.cache, args.seed)
+    if args.real_size_sources:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        results["real_size_sources"] = real_size_sources(args.methods, args.real_size_sources, args.cache, args.seed,
+                                                         args.photometry)
 
     # ---- print
     for variant, per in results["variants"].items():
@@ -406,6 +478,8 @@ def main() -> None:
                 continue
             ratio = "" if m == "ours" else f"{r['seconds'] / ours_s:.2f}x"
             print(f"| {m} | {r['corner_median']:.4f} | {r['dense_mean']:.4f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {ratio} |")
+    if results.get("real_size_sources"):
+        print_real_size_sources(results["real_size_sources"], args.methods, args.photometry)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float))
         print(f"\nwrote {args.out}")
