@@ -547,15 +547,39 @@ class _ChannelSamples:
 INFORMATIVE_SHARE = 0.5
 
 
+#: the informative samples are chosen per cell of a SAMPLE_GRID x SAMPLE_GRID grid over
+#: the channel, each cell's share in proportion to its px: chosen over the whole frame,
+#: they left a flat corner to the random half alone, and at 12 MP (a twelfth of the px
+#: sampled) the homography tilted there (a Boston pair 1.6 px off in its sky corner
+#: before the local field, 0.71 px with the grid, 0.24 px with every px sampled; a soft
+#: Blackmagic landscape kept 1.28 px off, now 0.60).  1 (one cell) chooses over the frame.
+SAMPLE_GRID = 16
+
+
 def _sample_subset(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Indices (sorted) of ``n`` of the channel's masked px (ys, xs): the
-    ``INFORMATIVE_SHARE`` with the largest squared template gradient, the rest at random."""
+    ``INFORMATIVE_SHARE`` with the largest squared template gradient, chosen in each cell
+    of the ``SAMPLE_GRID`` over the channel's grid (each cell's share in proportion to
+    its px, rounded down), the rest at random."""
     n_top = int(n * INFORMATIVE_SHARE)
     energy = ch.gradient_energy[ys, xs]
-    top = np.argpartition(-energy, n_top)[:n_top]
+    if SAMPLE_GRID > 1:
+        h, w = ch.gradient_energy.shape
+        cell = ((ys * SAMPLE_GRID) // h * SAMPLE_GRID + (xs * SAMPLE_GRID) // w).astype(np.uint16)
+        order = np.argsort(cell, kind="stable")  # a radix sort for 16-bit keys
+        counts = np.bincount(cell, minlength=SAMPLE_GRID * SAMPLE_GRID)
+        quota = (counts * (n_top / len(xs))).astype(np.int64)
+        picks = [np.zeros(0, np.int64)]
+        for end, count, q in zip(np.cumsum(counts), counts, quota):
+            if q > 0:
+                members = order[end - count : end]  # this cell's px
+                picks.append(members[np.argpartition(-energy[members], q - 1)[:q]])
+        top = np.concatenate(picks)
+    else:
+        top = np.argpartition(-energy, n_top)[:n_top]
     others = np.ones(len(xs), bool)
     others[top] = False
-    return np.sort(np.concatenate([top, rng.choice(np.flatnonzero(others), n - n_top, replace=False)]))
+    return np.sort(np.concatenate([top, rng.choice(np.flatnonzero(others), n - len(top), replace=False)]))
 
 
 def _channel_samples(channels: list[Channel], frame: _Frame, gain_degree: int,

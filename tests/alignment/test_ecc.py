@@ -207,21 +207,28 @@ def test_the_fitted_shading_maps_give_the_gain_over_the_frame():
     assert photometric_maps(channels, None, template.shape) is None
 
 
-def test_samples_beyond_the_budget_take_the_strongest_gradients_and_a_random_rest():
-    # a flat template with one textured band: the budget's informative half lies in the
-    # band (where the geometry is measured), the random half is spread over the frame
+def test_samples_beyond_the_budget_take_the_strongest_gradients_of_every_region_and_a_random_rest():
+    # strong texture in the top half, faint texture in the bottom half (a flat sky): the
+    # informative half is chosen region by region, so the faint half gets its share, and
+    # there its strongest px; the random half is spread over the frame
     from alignment.ecc import INFORMATIVE_SHARE, Channel, _sample_subset
 
     rng = np.random.default_rng(3)
-    template = np.full((60, 80), 0.5, np.float32)
-    template[20:30] = rng.random((10, 80)).astype(np.float32)
+    template = (0.5 + 0.4 * rng.random((64, 64))).astype(np.float32)
+    template[32:] = 0.5 + 0.02 * rng.random((32, 64)).astype(np.float32)
     ch = Channel(template, np.ones_like(template, bool), template)
     ys, xs = np.nonzero(ch.mask)
-    n = 400
+    n = 800
     sel = _sample_subset(ch, ys, xs, n, np.random.default_rng(0))
     assert len(sel) == n and len(np.unique(sel)) == n and np.all(np.diff(sel) > 0)
-    in_band = (ys[sel] >= 19) & (ys[sel] <= 30)  # the band and the rows its gradient reaches
-    assert in_band.sum() >= n * INFORMATIVE_SHARE
-    assert (~in_band).sum() >= 0.3 * n  # the random half mostly lands in the flat rest
+    faint = ys[sel] >= 33  # the rows the strong half's gradient does not reach
+    assert faint.sum() >= 0.45 * n * 31 / 64  # its share of both halves, near enough
+    energy = ch.gradient_energy[ys, xs]
+    faint_px = ys >= 33
+    chosen = np.zeros(len(xs), bool)
+    chosen[sel] = True
+    # where the texture is faint, the chosen px are its stronger ones
+    assert energy[chosen & faint_px].mean() > 1.3 * energy[faint_px].mean()
+    assert (chosen & faint_px).sum() >= n * INFORMATIVE_SHARE * 31 / 64 * 0.9
     # the mask-changed copy keeps the gradient once computed
     assert ch.with_mask(ch.mask).energy is ch.gradient_energy
