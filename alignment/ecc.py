@@ -563,20 +563,17 @@ def _sample_subset(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int, rng: np.
     its px, rounded down: up to SAMPLE_GRID^2 fewer), and ``n`` less that share at random."""
     n_top = int(n * INFORMATIVE_SHARE)
     energy = ch.gradient_energy[ys, xs]
-    if SAMPLE_GRID > 1:
-        h, w = ch.gradient_energy.shape
-        cell = ((ys * SAMPLE_GRID) // h * SAMPLE_GRID + (xs * SAMPLE_GRID) // w).astype(np.uint16)
-        order = np.argsort(cell, kind="stable")  # a radix sort for 16-bit keys
-        counts = np.bincount(cell, minlength=SAMPLE_GRID * SAMPLE_GRID)
-        quota = (counts * (n_top / len(xs))).astype(np.int64)
-        picks = [np.zeros(0, np.int64)]
-        for end, count, q in zip(np.cumsum(counts), counts, quota):
-            if q > 0:
-                members = order[end - count : end]  # this cell's px
-                picks.append(members[np.argpartition(-energy[members], q - 1)[:q]])
-        top = np.concatenate(picks)
-    else:
-        top = np.argpartition(-energy, n_top)[:n_top]
+    h, w = ch.gradient_energy.shape
+    cell = ((ys * SAMPLE_GRID) // h * SAMPLE_GRID + (xs * SAMPLE_GRID) // w).astype(np.uint16)
+    order = np.argsort(cell, kind="stable")  # a radix sort for 16-bit keys
+    counts = np.bincount(cell, minlength=SAMPLE_GRID * SAMPLE_GRID)
+    quota = (counts * (n_top / len(xs))).astype(np.int64)
+    picks = [np.zeros(0, np.int64)]
+    for end, count, q in zip(np.cumsum(counts), counts, quota):
+        if q > 0:
+            members = order[end - count : end]  # this cell's px
+            picks.append(members[np.argpartition(-energy[members], q - 1)[:q]])
+    top = np.concatenate(picks)
     others = np.ones(len(xs), bool)
     others[top] = False
     # (the random half keeps its size: refilling the cells' rounding deficit with random

@@ -343,7 +343,7 @@ def print_real_size_sources(per_source: dict, methods: list[str], photometry: st
         print(f"| {name} ({SOURCES[name][1]}) | " + " | ".join(cells) + " |")
     ours_s = np.mean([row["ours"]["seconds"] for row in per_source.values() if "ours" in row]) if "ours" in methods \
         else float("nan")
-    print("\n| method | sources | accepted | kept > 1 px off | median corner px | p90 corner px | mean s | peak MB (max) "
+    print("\n| method | sources | accepted | kept, median corner > 1 px | median corner px | p90 corner px | mean s | peak MB (max) "
           "| time vs ours |")
     print("|---|---|---|---|---|---|---|---|---|")
     for m in methods:

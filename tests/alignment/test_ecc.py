@@ -211,7 +211,7 @@ def test_samples_beyond_the_budget_take_the_strongest_gradients_of_every_region_
     # strong texture in the top half, faint texture in the bottom half (a flat sky): the
     # informative half is chosen region by region, so the faint half gets its share, and
     # there its strongest px; the random half is spread over the frame
-    from alignment.ecc import INFORMATIVE_SHARE, Channel, _sample_subset
+    from alignment.ecc import INFORMATIVE_SHARE, SAMPLE_GRID, Channel, _sample_subset
 
     rng = np.random.default_rng(3)
     template = (0.5 + 0.4 * rng.random((64, 64))).astype(np.float32)
@@ -220,7 +220,7 @@ def test_samples_beyond_the_budget_take_the_strongest_gradients_of_every_region_
     ys, xs = np.nonzero(ch.mask)
     n = 800
     sel = _sample_subset(ch, ys, xs, n, np.random.default_rng(0))
-    assert n - 16 * 16 <= len(sel) <= n and len(np.unique(sel)) == len(sel) and np.all(np.diff(sel) > 0)
+    assert n - SAMPLE_GRID**2 <= len(sel) <= n and len(np.unique(sel)) == len(sel) and np.all(np.diff(sel) > 0)
     faint = ys[sel] >= 33  # the rows the strong half's gradient does not reach
     assert faint.sum() >= 0.45 * n * 31 / 64  # its share of both halves, near enough
     energy = ch.gradient_energy[ys, xs]
