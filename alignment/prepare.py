@@ -584,14 +584,35 @@ def fit_radiometric(
         # bias of ~0.1 % measured).  Curves and gain are fitted in turn.
         gain = np.ones(len(target))
         wts = np.ones(len(target))
-        for _ in range(gain_rounds + 1):
-            aw = a * wts[:, None]
-            coef = np.linalg.lstsq(aw.T @ a + lhs_p * wts.mean(), aw.T @ (target / gain), rcond=None)[0]
-            pred = a @ coef
-            if frame is not None:
-                gw = gains * (pred * wts)[:, None]
-                beta = np.linalg.lstsq(gw.T @ (gains * pred[:, None]), gw.T @ (target - pred), rcond=None)[0]
+        m = a.shape[1]
+        beta = np.zeros(gains.shape[1])
+        coef = np.zeros(m)
+        for r in range(gain_rounds + 1):
+            if r == 0 or frame is None:
+                # the start: the curves alone, then the gain under them
+                aw = a * wts[:, None]
+                coef = np.linalg.lstsq(aw.T @ a + lhs_p * wts.mean(), aw.T @ target, rcond=None)[0]
+                if frame is not None:
+                    pred = a @ coef
+                    gw = gains * (pred * wts)[:, None]
+                    beta = np.linalg.lstsq(gw.T @ (gains * pred[:, None]), gw.T @ (target - pred), rcond=None)[0]
+                    gain = np.clip(1.0 + gains @ beta, 0.2, 5.0)
+            else:
+                # curves and gain together: a Gauss-Newton step on t ~ gain(x) * curves(E),
+                # bilinear in the two.  Fitting them in turn converged slowly: under 30 %
+                # vignetting three alternations left part of the gain in the curves (a
+                # soft lake landscape 0.085 px off at the corners; 0.036 once converged)
+                pred = a @ coef
+                jac = np.concatenate([a * gain[:, None], gains * pred[:, None]], 1)
+                jw = jac * wts[:, None]
+                lhs = jw.T @ jac
+                lhs[:m, :m] += lhs_p * wts.mean()
+                rhs = jw.T @ (target - gain * pred)
+                rhs[:m] -= lhs_p * wts.mean() @ coef
+                step = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+                coef, beta = coef + step[:m], beta + step[m:]
                 gain = np.clip(1.0 + gains @ beta, 0.2, 5.0)
+            pred = a @ coef
             resid = target - gain * pred
             mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
             if robust_k is not None:
