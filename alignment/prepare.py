@@ -500,7 +500,8 @@ def fit_radiometric(
     frame: (W, H) of the phone image: the model becomes ``t_k(x) ~ gain_k(x) *
     (c_k + sum ...)`` with a smooth gain over the frame (quadratic in position
     plus the fourth power of the radius: vignetting and colour shading), fitted
-    in ``gain_rounds`` alternations with the curves; the images returned hold
+    jointly with the curves: one alternation for a start, then ``gain_rounds``
+    Gauss-Newton steps on both (each after the robust reweighting); the images returned hold
     the curves only (the fine stage fits its own gain).  None: no gain.
     robust_k: every round reweights the samples (Tukey, that many robust sigmas),
     so samples the first model maps wrongly (objects in front, motion,
@@ -581,7 +582,7 @@ def fit_radiometric(
         # t ~ gain(x) * curves(E): the phone's vignetting and colour shading are a smooth
         # gain over the frame; left in the curves, they bend them, and a curve that is
         # wrong differently at the centre and at the rim moves edges radially (a scale
-        # bias of ~0.1 % measured).  Curves and gain are fitted in turn.
+        # bias of ~0.1 % measured).  Curves and gain are fitted together.
         gain = np.ones(len(target))
         wts = np.ones(len(target))
         m = a.shape[1]
