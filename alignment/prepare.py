@@ -586,8 +586,6 @@ def fit_radiometric(
         gain = np.ones(len(target))
         wts = np.ones(len(target))
         m = a.shape[1]
-        beta = np.zeros(gains.shape[1])
-        coef = np.zeros(m)
         for r in range(gain_rounds + 1):
             if r == 0 or frame is None:
                 # the start: the curves alone, then the gain under them
