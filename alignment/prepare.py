@@ -587,31 +587,32 @@ def fit_radiometric(
         wts = np.ones(len(target))
         m = a.shape[1]
         for r in range(gain_rounds + 1):
+            penalty_w = lhs_p * wts.mean()
             if r == 0 or frame is None:
                 # the start: the curves alone, then the gain under them
                 aw = a * wts[:, None]
-                coef = np.linalg.lstsq(aw.T @ a + lhs_p * wts.mean(), aw.T @ target, rcond=None)[0]
+                coef = np.linalg.lstsq(aw.T @ a + penalty_w, aw.T @ target, rcond=None)[0]
+                pred = a @ coef
                 if frame is not None:
-                    pred = a @ coef
                     gw = gains * (pred * wts)[:, None]
                     beta = np.linalg.lstsq(gw.T @ (gains * pred[:, None]), gw.T @ (target - pred), rcond=None)[0]
                     gain = np.clip(1.0 + gains @ beta, 0.2, 5.0)
             else:
-                # curves and gain together: a Gauss-Newton step on t ~ gain(x) * curves(E),
-                # bilinear in the two.  Fitting them in turn converged slowly: under 30 %
-                # vignetting three alternations left part of the gain in the curves (a
-                # soft lake landscape 0.085 px off at the corners; 0.036 once converged)
-                pred = a @ coef
+                # curves and gain together: a Gauss-Newton step on t ~ gain(x) * curves(E)
+                # from the last round's (pred, gain), bilinear in the two.  Fitting them in
+                # turn converged slowly: under 30 % vignetting three alternations left part
+                # of the gain in the curves (a soft lake landscape 0.085 px off at the
+                # corners; 0.036 once converged)
                 jac = np.concatenate([a * gain[:, None], gains * pred[:, None]], 1)
                 jw = jac * wts[:, None]
                 lhs = jw.T @ jac
-                lhs[:m, :m] += lhs_p * wts.mean()
+                lhs[:m, :m] += penalty_w
                 rhs = jw.T @ (target - gain * pred)
-                rhs[:m] -= lhs_p * wts.mean() @ coef
+                rhs[:m] -= penalty_w @ coef
                 step = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
                 coef, beta = coef + step[:m], beta + step[m:]
                 gain = np.clip(1.0 + gains @ beta, 0.2, 5.0)
-            pred = a @ coef
+                pred = a @ coef
             resid = target - gain * pred
             mad = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) + 1e-12
             if robust_k is not None:
