@@ -184,6 +184,48 @@ def test_the_dominant_motion_is_the_background_shift_and_its_outliers_are_the_ob
     assert motion.outliers[outside].mean() < 0.02
 
 
+def _chart(h: int, w: int, dx: int = 0, dy: int = 0) -> np.ndarray:
+    """Flat patches of different greys with straight edges on a grey card (a colour
+    chart), shifted by (dx, dy) whole px: edges only, no texture along them."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.full((h, w), 0.45, np.float32)
+    levels = np.linspace(0.1, 0.9, 12)
+    for k, level in enumerate(levels):
+        r, c = divmod(k, 4)
+        x0, y0 = 12 + c * 60 + dx, 12 + r * 60 + dy
+        inside = (xx >= x0) & (xx < x0 + 44) & (yy >= y0) & (yy < y0 + 44)
+        img[inside] = level
+    return cv2.GaussianBlur(img, (0, 0), 1.0)
+
+
+def test_a_model_off_on_a_scene_of_straight_edges_is_one_motion_not_edges_that_moved():
+    # the prediction a model 2 px off gives: every patch edge's flow is fixed across it and
+    # free along it (the aperture problem); what slides along an edge did not move
+    rng = np.random.default_rng(5)
+    h, w = 196, 256
+    phone = _chart(h, w)
+    prediction = _chart(h, w, dx=-2, dy=1)
+    res = trust.dense_residual(_planes(phone, rng, noise=0.002), [prediction] * 4, [np.ones((h, w), bool)] * 4)
+    motion = trust.dominant_motion(res, step=2.0, margin_px=4.0)
+    pts = np.array([[40.0, 40.0], [200.0, 40.0], [40.0, 150.0], [200.0, 150.0]])
+    moved = cv2.perspectiveTransform(pts[None], motion.homography)[0]
+    np.testing.assert_allclose(moved - pts, np.tile([-2.0, 1.0], (4, 1)), atol=0.15)
+    assert motion.outliers.mean() < 0.02
+
+
+def test_measurable_length_keeps_the_part_across_an_edge_and_all_of_it_in_texture():
+    h, w = 64, 64
+    edge = np.zeros((h, w), np.float32)
+    edge[:, 32:] = 1.0  # a vertical edge: x is fixed, y is free
+    tensor = trust.structure_tensor(cv2.GaussianBlur(edge, (0, 0), 1.0), np.ones((h, w), bool))
+    vec = np.zeros((h, w, 2), np.float32)
+    vec[..., 0], vec[..., 1] = 0.6, 0.8
+    np.testing.assert_allclose(trust.measurable_length(vec, tensor)[32, 32], 0.6, atol=0.01)
+    texture = _textured(np.random.default_rng(6), h, w)
+    length = trust.measurable_length(vec, trust.structure_tensor(texture, np.ones((h, w), bool)))
+    assert 0.5 < np.median(length[8:-8, 8:-8]) <= 1.0
+
+
 def test_explained_px_counts_the_textured_px_whose_residual_flow_stays_within_the_bound():
     rng = np.random.default_rng(4)
     scene = _textured(rng, 140, 180)
