@@ -906,7 +906,10 @@ def refine_homography(
     stage such as :func:`refine_planes` follows).
     radial / q0: radial distortion coefficients estimated with H (see
     :func:`gn_refine`; the template grid is the frame).
-    Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
+    A level coarser than the finest that fails (its samples leave the image) is
+    skipped, the next level starting from the same model.
+    Returns an :class:`EccResult`; raises ValueError when the overlap vanishes at
+    the finest level.
     """
     level = ECC_METHODS.get(method)
     if level is None:
@@ -945,8 +948,17 @@ def refine_homography(
         )
         # (1e-2 here cost a sky-heavy Boston pair of the trust benchmark its background:
         # precision 0.96 -> 0.34; the later stages do not always recover a coarse start)
-        r = level(t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
-                  None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size)
+        try:
+            r = level(t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
+                      None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size)
+        except ValueError:
+            if lvl == min(min_level, len(tpyr) - 1):
+                raise
+            # a coarse level that throws the model off the image (a page of text on paper
+            # the DSLR clipped: its coarse levels keep 6 % of the samples, a few blurred
+            # strokes, and one step from them left a 222-inlier start): the finer level
+            # starts from the same model
+            continue
         iters += r.iterations
         converged, corr, valid, q = r.converged, r.correlation, r.valid_fraction, r.radial
         h = pi @ r.homography @ np.linalg.inv(pt)
