@@ -259,12 +259,18 @@ class TileResiduals:
     normal: np.ndarray | None = None
     normal_sigma: np.ndarray | None = None
 
-    def consistent_fraction(self, max_shift_px: float) -> float:
-        """Fraction of textured tiles that are reliable with a residual <= ``max_shift_px``."""
+    def consistent_fraction(self, max_shift_px: float, one_way: np.ndarray | None = None) -> float:
+        """Fraction of textured tiles that are reliable with a residual <= ``max_shift_px``;
+        with ``one_way`` ((N,) bool: tiles measured across one straight edge, see
+        ``edge``) those count as textured too, and agree when their residual across
+        their edge is <= ``max_shift_px``."""
         tex = self.textured if self.textured is not None else self.reliable
+        good = self.reliable & (self.magnitude <= max_shift_px)
+        if one_way is not None and self.normal is not None:
+            tex = tex | one_way
+            good = good | (one_way & (self.across <= max_shift_px))
         if not tex.any():
             return 0.0
-        good = self.reliable & (self.magnitude <= max_shift_px)
         return float((good & tex).sum() / tex.sum())
 
     @property

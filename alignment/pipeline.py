@@ -640,9 +640,9 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         rel = rel & in_trust
         textured = None if textured is None else textured & in_trust
         one_way = one_way & in_trust
-        q.reliable_tiles = float(rel.sum() / max(int(in_trust.sum()), 1))
+        q.reliable_tiles = float((rel | one_way).sum() / max(int(in_trust.sum()), 1))
     else:
-        q.reliable_tiles = float(rel.mean()) if rel.size else 0.0
+        q.reliable_tiles = float((rel | one_way).mean()) if rel.size else 0.0
     q.reliable_tile_count = int(rel.sum())
     q.edge_tile_count = int(one_way.sum())
     if one_way.any():
@@ -668,8 +668,10 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
             residuals=None if lens is None else final.shifts[ev], corners=corners, normals=normals,
             lens=lens if free else None, lens_centre=free)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
-                           textured)
-    q.consistent_tiles = judged.consistent_fraction(max_residual_px)
+                           textured, normal=final.normal)
+    # a tile measured across one straight edge agrees when its shift across it does (a
+    # page of text on paper the DSLR clipped has few tiles reliable both ways)
+    q.consistent_tiles = judged.consistent_fraction(max_residual_px, one_way)
     if rel.any():
         mag = judged.magnitude[rel]
         q.residual_median_px = float(np.median(mag))

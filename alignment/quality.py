@@ -80,9 +80,10 @@ class Quality:
     overlap; overlap_fraction: fraction of the phone frame that lands inside the
     DSLR frame; residual_*_px: magnitude of the tile-wise residual displacement
     under the final model (phone px), over reliable tiles; reliable_tiles:
-    fraction of tiles with enough texture for a residual; consistent_tiles:
-    fraction of textured tiles that agree with the final model within
-    ``max_residual_px``; reliable_tile_count / reliable_cells / tile_correlation:
+    fraction of tiles with enough texture for a residual (both ways, or across one
+    straight edge: the edge tiles below); consistent_tiles: fraction of textured
+    tiles that agree with the final model within ``max_residual_px`` (an edge tile:
+    across its edge); reliable_tile_count / reliable_cells / tile_correlation:
     how many tiles have a reliable residual, in how many of the frame's 3 x 3 cells,
     and their median correlation (the textured evidence of a low-texture scene);
     corner_sigma_px: the standard error at the frame corners of a homography fixed by

@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from alignment.ecc import prepare_channels
-from alignment.local import (SmoothField, TileChannel, _fit_spline, _second_differences, fit_field, measure_tiles,
-                             refine_local, warp_channels)
+from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _second_differences, fit_field,
+                             measure_tiles, refine_local, warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 
@@ -129,6 +129,22 @@ def test_measure_tiles_finds_a_known_shift_in_all_channels():
     med = np.median(res.shifts[res.reliable], axis=0)
     assert np.allclose(med, shift, atol=0.01)
     assert res.consistent_fraction(1.0) > 0.9
+
+
+@pytest.mark.parametrize("across_px, expected", [(0.05, 1.0), (3.0, 0.1)], ids=["edges agree", "edges disagree"])
+def test_tiles_measured_across_one_edge_count_as_consistent_by_their_shift_across_it(across_px, expected):
+    # one tile reliable both ways, nine only across a horizontal edge (lines of text on
+    # clipped paper) that slid 2 px along it: only the shift across the edge is evidence
+    n = 10
+    shifts = np.tile([2.0, across_px], (n, 1))
+    shifts[0] = [0.05, 0.0]
+    reliable = np.zeros(n, bool)
+    reliable[0] = True
+    one_way = ~reliable
+    res = TileResiduals(np.zeros((n, 2)), shifts, np.full(n, 0.05), np.ones(n), reliable, (1, n), reliable.copy(),
+                        normal=np.tile([0.0, 1.0], (n, 1)))
+    assert res.consistent_fraction(1.0) == 1.0  # the reliable tile alone
+    assert res.consistent_fraction(1.0, one_way) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("angle_deg", [0.0, 90.0, 30.0])
