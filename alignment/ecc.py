@@ -889,6 +889,7 @@ def refine_homography(
     min_level: int = 0,
     radial: int = 0,
     q0: np.ndarray | None = None,
+    skip_failed_levels: bool = False,
 ) -> EccResult:
     """Refine ``h0`` (template px -> image px) coarse to fine.
 
@@ -906,10 +907,10 @@ def refine_homography(
     stage such as :func:`refine_planes` follows).
     radial / q0: radial distortion coefficients estimated with H (see
     :func:`gn_refine`; the template grid is the frame).
-    A level coarser than the finest that fails (its samples leave the image) is
-    skipped, the next level starting from the same model.
-    Returns an :class:`EccResult`; raises ValueError when the overlap vanishes at
-    the finest level.
+    skip_failed_levels: a level coarser than the finest that fails (its samples leave
+    the image) is skipped, the next level starting from the same model (False: the
+    failure is raised, so that a caller with other starts tries those first).
+    Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
     level = ECC_METHODS.get(method)
     if level is None:
@@ -952,7 +953,7 @@ def refine_homography(
             r = level(t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
                       None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size)
         except ValueError:
-            if lvl == min(min_level, len(tpyr) - 1):
+            if not skip_failed_levels or lvl == min(min_level, len(tpyr) - 1):
                 raise
             # a coarse level that throws the model off the image (a page of text on paper
             # the DSLR clipped: its coarse levels keep 6 % of the samples, a few blurred

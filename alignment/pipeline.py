@@ -865,15 +865,19 @@ def _better_model(p: PreparedImage, d: PreparedImage, candidates: list[tuple[np.
 
 
 def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine) -> EccResult:
-    """``refine(h, mask)`` from the first start (homography, template mask) where it
-    succeeds; the last failure is raised when none does."""
-    for i, (h, mask) in enumerate(starts):
-        try:
-            return refine(h, mask)
-        except (ValueError, np.linalg.LinAlgError):
-            if i == len(starts) - 1:
-                raise
-    raise ValueError("no start for ECC")
+    """``refine(h, mask, skip)`` from the first start (homography, template mask) where it
+    succeeds with every pyramid level (skip False); when none does, the starts again in
+    order with the failing coarse levels skipped (skip True: a page of text on paper the
+    DSLR clipped keeps too few samples at its coarse levels, see
+    :func:`alignment.ecc.refine_homography`); the last failure is raised when none does."""
+    failure: Exception = ValueError("no start for ECC")
+    for skip in (False, True):
+        for h, mask in starts:
+            try:
+                return refine(h, mask, skip)
+            except (ValueError, np.linalg.LinAlgError) as err:
+                failure = err
+    raise failure
 
 
 class _StageFailed(Exception):
@@ -1053,9 +1057,10 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         # what the start explains is measured while ECC runs from it (see _better_model)
         start_score = submit(lambda: _explained(p, d, (starts[0][0], np.zeros(2))))
     try:
-        r = _ecc_from(starts, lambda h, mask: refine_homography(
+        r = _ecc_from(starts, lambda h, mask, skip: refine_homography(
             p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
-            min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0, **eccopt
+            min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0,
+            skip_failed_levels=skip, **eccopt
         ))
         h_work, q_radial = r.homography / r.homography[2, 2], r.radial
         if opt.trust:

@@ -53,19 +53,23 @@ def test_gauss_newton_converges_from_a_perturbed_start():
     assert r.correlation > 0.99 and r.converged
 
 
-def test_a_coarse_level_whose_masks_leave_too_few_samples_is_skipped_not_fatal():
+def test_a_coarse_level_whose_masks_leave_too_few_samples_can_be_skipped():
     # the DSLR measured only in 10 px bands (the rest clipped, like the paper around
     # text): the coarse levels' masks keep too little for a step, the full level does not
     template, image = _analytic_pair()
     yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
     bands = ((xx % 30) < 10) | ((yy % 30) < 10)
     start = _A @ np.array([[1.0, 0.0, 0.8], [0.0, 1.0, -0.6], [0, 0, 1.0]])
-    r = refine_homography(template, image, start, image_mask=bands, levels=3, norm_sigma=None, huber=None)
+    with pytest.raises(ValueError, match="leaves the image"):  # by default a failing level is raised
+        refine_homography(template, image, start, image_mask=bands, levels=3, norm_sigma=None, huber=None)
+    r = refine_homography(template, image, start, image_mask=bands, levels=3, norm_sigma=None, huber=None,
+                          skip_failed_levels=True)
     assert _corner_error(start) > 0.7
     assert _corner_error(r.homography) < 0.005
     assert len(r.iterations) < 4  # some levels did not run
     with pytest.raises(ValueError, match="leaves the image"):  # the finest level still may not fail
-        refine_homography(template, image, start, image_mask=np.zeros_like(bands), levels=3, norm_sigma=None)
+        refine_homography(template, image, start, image_mask=np.zeros_like(bands), levels=3, norm_sigma=None,
+                          skip_failed_levels=True)
 
 
 def test_stock_opencv_prefilter_biases_scale_and_ours_does_not():

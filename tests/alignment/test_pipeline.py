@@ -323,3 +323,28 @@ def test_a_frame_half_outside_the_dslr_is_judged_at_the_corners_of_what_the_dslr
     # a model whose inverse sends DSLR corners behind the phone: no polygon, the frame's corners
     behind = overlap_corners(np.array([[1.0, 0, 0], [0, 1.0, 0], [0.002, 0, 1.0]]), (1024, 768), (2000, 1500))
     assert sorted(map(tuple, np.round(behind))) == [(0, 0), (0, 767), (1023, 0), (1023, 767)]
+
+
+def test_ecc_tries_every_start_with_all_levels_before_it_skips_failing_levels():
+    from alignment.pipeline import _ecc_from
+
+    calls = []
+
+    def refine(h, mask, skip):
+        calls.append((h, skip))
+        if not skip:
+            raise ValueError("the warped template leaves the image")
+        return h
+
+    assert _ecc_from([("background", None), ("features", None)], refine) == "background"
+    assert calls == [("background", False), ("features", False), ("background", True)]
+    calls.clear()
+    # a start that succeeds with every level wins over one that needs a level skipped
+    assert _ecc_from([("background", None), ("features", None)],
+                     lambda h, mask, skip: refine(h, mask, skip or h == "features")) == "features"
+
+    def never(h, mask, skip):
+        raise ValueError("no overlap")
+
+    with pytest.raises(ValueError, match="no overlap"):
+        _ecc_from([("background", None)], never)
