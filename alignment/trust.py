@@ -395,22 +395,21 @@ def structure_tensor(lum: np.ndarray, valid: np.ndarray, window: float = 3.0) ->
     return sxx, sxy, syy, lmax
 
 
-def measurable_length(vec: np.ndarray, tensor: tuple[np.ndarray, ...]) -> np.ndarray:
-    """(h, w) length of the displacements ``vec`` ((h, w, 2), any unit) in the directions
-    the texture fixes: sqrt(v' S v / lambda_max) with S the structure tensor
+def measurable_length(vx: np.ndarray, vy: np.ndarray, tensor: tuple[np.ndarray, ...]) -> np.ndarray:
+    """(h, w) length of the displacements (vx, vy) (each (h, w), any unit) in the
+    directions the texture fixes: sqrt(v' S v / lambda_max) with S the structure tensor
     (:func:`structure_tensor`).  Across an edge the full length, along it nothing, in
     texture that varies both ways (corners, foliage) about the full length."""
     sxx, sxy, syy, lmax = tensor
-    vx, vy = vec[..., 0], vec[..., 1]
     q = (sxx * vx * vx + 2.0 * sxy * vx * vy + syy * vy * vy) / np.maximum(lmax, 1e-20)
     return np.sqrt(np.maximum(q, 0.0))
 
 
-def _departure(vec: np.ndarray, tensor: tuple[np.ndarray, ...] | None) -> np.ndarray:
-    """:func:`measurable_length` of ``vec``, or its plain length without a tensor."""
+def _departure(vx: np.ndarray, vy: np.ndarray, tensor: tuple[np.ndarray, ...] | None) -> np.ndarray:
+    """:func:`measurable_length` of (vx, vy), or their plain length without a tensor."""
     if tensor is None:
-        return np.hypot(vec[..., 0], vec[..., 1])
-    return measurable_length(vec, tensor)
+        return np.hypot(vx, vy)
+    return measurable_length(vx, vy, tensor)
 
 
 def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin_px: float = 8.0,
@@ -457,10 +456,10 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     den = hom[2, 0] * xx + hom[2, 1] * yy + hom[2, 2]
     px = (hom[0, 0] * xx + hom[0, 1] * yy + hom[0, 2]) / den - xx
     py = (hom[1, 0] * xx + hom[1, 1] * yy + hom[1, 2]) / den - yy
-    off = _departure(np.stack([res.flow[..., 0] - px, res.flow[..., 1] - py], -1), tensor) * step
+    off = _departure(res.flow[..., 0] - px, res.flow[..., 1] - py, tensor) * step
     # only textured px can say that they do not follow (a flat px's flow is guesswork)
     textured = res.valid & (res.snr >= flat_snr)
-    fb = res.fb_error if res.fb_vector is None else _departure(res.fb_vector, tensor)
+    fb = res.fb_error if res.fb_vector is None else _departure(res.fb_vector[..., 0], res.fb_vector[..., 1], tensor)
     follow = (off <= max_px) & (fb * step <= 1.0)
     bad = textured & ~follow
     return DominantMotion(hom / hom[2, 2], grow(_open(bad, 3.0 / step), margin_px / step))

@@ -218,11 +218,10 @@ def test_measurable_length_keeps_the_part_across_an_edge_and_all_of_it_in_textur
     edge = np.zeros((h, w), np.float32)
     edge[:, 32:] = 1.0  # a vertical edge: x is fixed, y is free
     tensor = trust.structure_tensor(cv2.GaussianBlur(edge, (0, 0), 1.0), np.ones((h, w), bool))
-    vec = np.zeros((h, w, 2), np.float32)
-    vec[..., 0], vec[..., 1] = 0.6, 0.8
-    np.testing.assert_allclose(trust.measurable_length(vec, tensor)[32, 32], 0.6, atol=0.01)
+    vx, vy = np.full((h, w), 0.6, np.float32), np.full((h, w), 0.8, np.float32)
+    np.testing.assert_allclose(trust.measurable_length(vx, vy, tensor)[32, 32], 0.6, atol=0.01)
     texture = _textured(np.random.default_rng(6), h, w)
-    length = trust.measurable_length(vec, trust.structure_tensor(texture, np.ones((h, w), bool)))
+    length = trust.measurable_length(vx, vy, trust.structure_tensor(texture, np.ones((h, w), bool)))
     assert 0.5 < np.median(length[8:-8, 8:-8]) <= 1.0
 
 
