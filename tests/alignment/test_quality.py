@@ -47,6 +47,8 @@ _SPARSE = {"ecc_correlation": 0.25, "reliable_tiles": 0.05, "reliable_tile_count
         ({"inliers": 10, "start": "coarse", "consistent_tiles": 0.5}, False, "too_few_matches"),
         ({"inliers": 10, "start": "coarse", "reliable_tiles": 0.1}, False, "too_few_matches"),
         ({"inliers": 10, "start": "coarse", "ecc_correlation": 0.5}, False, "too_few_matches"),
+        # ... nor when they leave the frame's corners free (a lens model swinging them)
+        ({"inliers": 10, "start": "coarse", "corner_sigma_px": 1.7}, False, "too_few_matches"),
         # a low-texture scene: a low correlation over its flat px and few reliable tiles,
         # but enough of them, spread over the frame, agreeing and correlating: kept
         ({**_SPARSE}, True, None),
