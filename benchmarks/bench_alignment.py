@@ -187,9 +187,10 @@ def source_scene(name: str, seed: int, cache: dict) -> np.ndarray | None:
 
 
 def library_versions() -> dict[str, str]:
-    """The versions of the libraries the figures depend on.  The simulated pairs (JPEG
-    encoding, resampling) and the alignment (SIFT, MAGSAC) both change with OpenCV: the
-    hard sources' corner errors moved by up to 0.09 px between OpenCV 4.14 and 5.0."""
+    """The versions of the libraries the figures depend on: the same code and seeds gave a
+    hard source's pair 0.094 px off under OpenCV 5.0 and 0.181 under 4.14 (whose simulated
+    files differ too), and a few verdicts near their thresholds change with the environment
+    (docs/alignment.md, #11's thirteenth stop)."""
     import platform
 
     import PIL
