@@ -8,6 +8,15 @@ slid over the DSLR image at every scale of a log-spaced range by OpenCV's
 ``matchTemplate`` (normalised correlation coefficient).  The best scale and
 offset, refined to a fraction of a coarse px by a parabola through the peak, is
 a similarity without rotation: the start that coarse-to-fine ECC then refines.
+
+A periodic scene (a colour chart's grid of patches, windows, tiles) places the
+locally normalised frame almost as well one period off: local normalisation keeps
+the patches' edges and drops their levels.  Every placement whose score comes
+within ``contenders`` of the best (a local maximum of its scale's map) is therefore
+also scored by the plain correlation of the shrunk luminances, levels kept (the
+two cameras' tone curves differ, but a brighter patch stays brighter); the
+placement with the highest sum of the two scores wins.  A scene without a
+repeated structure has one such placement and is unchanged.
 Rotation is not searched: the cameras of a rig are mounted level to within a few
 degrees, which ECC's coarsest level takes.  Whether the result holds is not
 decided here: the verdict keeps such a pair only when the refined model's
@@ -32,11 +41,16 @@ __all__ = ["CoarseMatch", "coarse_search"]
 class CoarseMatch:
     """homography: (3,3) phone px -> DSLR px of the grids searched (scale and
     translation); scale: DSLR px per phone px; score: the normalised correlation
-    of the best placement in [-1, 1]."""
+    of the locally normalised luminances at that placement, in [-1, 1];
+    level_score: the plain correlation of the shrunk luminances there (levels kept);
+    contenders: how many placements came within ``contenders`` of the best score
+    (1: the placement was unambiguous)."""
 
     homography: np.ndarray
     scale: float
     score: float
+    level_score: float = float("nan")
+    contenders: int = 1
 
 
 def _resize_matrix(f: float) -> np.ndarray:
@@ -44,11 +58,20 @@ def _resize_matrix(f: float) -> np.ndarray:
     return np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]])
 
 
-def _prepare(lum: np.ndarray, valid: np.ndarray | None, f: float) -> np.ndarray:
+def _prepare(lum: np.ndarray, valid: np.ndarray | None, f: float) -> tuple[np.ndarray, np.ndarray]:
+    """lum shrunk by factor f -> (locally normalised, plain) float32 images."""
     size = (max(1, int(round(lum.shape[1] * f))), max(1, int(round(lum.shape[0] * f))))
     small = cv2.resize(lum.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     mask = None if valid is None else cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-    return local_normalize(small, 2.0, mask).astype(np.float32)
+    return local_normalize(small, 2.0, mask).astype(np.float32), small
+
+
+def _plain_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equal-shaped images (0 when either is flat)."""
+    a = a.ravel() - a.mean()
+    b = b.ravel() - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
 
 
 def _subpixel(c: np.ndarray, y: int, x: int) -> tuple[float, float]:
@@ -65,7 +88,7 @@ def _subpixel(c: np.ndarray, y: int, x: int) -> tuple[float, float]:
 def coarse_search(phone: np.ndarray, phone_valid: np.ndarray | None, dslr: np.ndarray, dslr_valid: np.ndarray | None,
                   scale_guess: float | None = None, *, side: int = 160, template_share: float = 0.6,
                   search: float = 1.3, scale_range: tuple[float, float] = (0.25, 4.0),
-                  step: float = 0.02) -> CoarseMatch | None:
+                  step: float = 0.02, contenders: float = 0.7) -> CoarseMatch | None:
     """The scale and translation that best place the phone frame in the DSLR image.
 
     phone, dslr: (h, w) luminances (any linear or encoded scale); *_valid: (h, w) bool
@@ -73,40 +96,69 @@ def coarse_search(phone: np.ndarray, phone_valid: np.ndarray | None, dslr: np.nd
     lengths' guess), searched within ``search`` times either way; without it every
     scale of ``scale_range`` is searched.  The phone is shrunk to ``side`` px on its
     long side and its central ``template_share`` slid over the DSLR shrunk by the
-    same factor over the scale, scales ``step`` apart (log).  Returns the best
-    :class:`CoarseMatch` (phone px -> DSLR px of the full grids given), or None when
-    the phone frame is flat or no scale fits the template inside the DSLR image.
+    same factor over the scale, scales ``step`` apart (log).  contenders: placements
+    scoring at least this share of the best are told apart by their plain
+    correlation too (a periodic scene, see the module's docstring).  Returns the
+    chosen :class:`CoarseMatch` (phone px -> DSLR px of the full grids given), or None
+    when the phone frame is flat or no scale fits the template inside the DSLR image.
     """
     ph, pw = phone.shape
     f_p = min(1.0, side / max(ph, pw))
-    tmpl_full = _prepare(phone, phone_valid, f_p)
+    tmpl_full, plain_full = _prepare(phone, phone_valid, f_p)
     th, tw = tmpl_full.shape
     mh, mw = int(round(th * (1 - template_share) / 2)), int(round(tw * (1 - template_share) / 2))
     tmpl = np.ascontiguousarray(tmpl_full[mh:th - mh, mw:tw - mw])
+    plain_tmpl = plain_full[mh:th - mh, mw:tw - mw]
     if float(tmpl.std()) < 0.05:
         return None  # a flat phone frame (local normalisation leaves it near zero): nothing to place
     lo, hi = (scale_guess / search, scale_guess * search) if scale_guess else scale_range
     scales = np.exp(np.arange(np.log(lo), np.log(hi) + 1e-9, np.log1p(step)))
-    best: tuple[float, float, float, float, float] | None = None
+    # (score, level score, scale, f_d, x, y): each scale's local maxima above the floor
+    peaks: list[tuple[float, float, float, float, float, float]] = []
+    floor = -1.0
+    nms = np.ones((2 * (min(tmpl.shape) // 8) + 1,) * 2, np.uint8)  # peaks an eighth of the template apart
     for s in scales:
         f_d = f_p / s  # DSLR px shrunk so that it shows the scene at the phone template's scale
         if f_d > 1.0:
             continue
         if dslr.shape[0] * f_d < tmpl.shape[0] + 2 or dslr.shape[1] * f_d < tmpl.shape[1] + 2:
             continue
-        img = _prepare(dslr, dslr_valid, f_d)
+        img, plain = _prepare(dslr, dslr_valid, f_d)
         if img.shape[0] < tmpl.shape[0] or img.shape[1] < tmpl.shape[1]:
             continue
         c = cv2.matchTemplate(img, tmpl, cv2.TM_CCOEFF_NORMED)
         c = np.nan_to_num(c, nan=-1.0, posinf=-1.0, neginf=-1.0)
-        _, score, _, (x, y) = cv2.minMaxLoc(c)
-        if best is None or score > best[0]:
-            xs, ys = _subpixel(c, y, x)
-            best = (float(score), float(s), f_d, xs, ys)
-    if best is None:
+        top = float(c.max())
+        floor = max(floor, contenders * top)
+        if top < floor:
+            continue
+        ys, xs = np.nonzero((c >= floor) & (c >= cv2.dilate(c, nms)))
+        for y, x in zip(ys.tolist(), xs.tolist()):
+            level = _plain_correlation(plain_tmpl, plain[y:y + tmpl.shape[0], x:x + tmpl.shape[1]])
+            xs_, ys_ = _subpixel(c, y, x)
+            peaks.append((float(c[y, x]), level, float(s), f_d, xs_, ys_))
+    if not peaks:
         return None
-    score, s, f_d, x0, y0 = best
-    # phone px -> shrunk phone px -> template px -> shrunk DSLR px -> DSLR px
-    shift = np.array([[1.0, 0, x0 - mw], [0, 1.0, y0 - mh], [0, 0, 1.0]])
-    hom = np.linalg.inv(_resize_matrix(f_d)) @ shift @ _resize_matrix(f_p)
-    return CoarseMatch(hom / hom[2, 2], s, score)
+
+    def homography(peak: tuple[float, float, float, float, float, float]) -> np.ndarray:
+        # phone px -> shrunk phone px -> template px -> shrunk DSLR px -> DSLR px
+        f_d, x0, y0 = peak[3:]
+        shift = np.array([[1.0, 0, x0 - mw], [0, 1.0, y0 - mh], [0, 0, 1.0]])
+        hom = np.linalg.inv(_resize_matrix(f_d)) @ shift @ _resize_matrix(f_p)
+        return hom / hom[2, 2]
+
+    # one placement per place: the best-scoring scale of the peaks whose phone-frame
+    # centres land within an eighth of the template's width of each other
+    centre = np.array([(pw - 1) / 2, (ph - 1) / 2, 1.0])
+    rivals: list[tuple[tuple, np.ndarray]] = []
+    best_score = max(p[0] for p in peaks)
+    for peak in sorted(peaks, reverse=True):
+        if peak[0] < contenders * best_score:
+            break
+        hom = homography(peak)
+        at = hom @ centre
+        at = at[:2] / at[2]
+        if all(np.hypot(*(at - other)) > tmpl.shape[1] / (8 * peak[3]) for _, other in rivals):
+            rivals.append((peak, at))
+    chosen = max((peak for peak, _ in rivals), key=lambda p: p[0] + p[1])
+    return CoarseMatch(homography(chosen), chosen[2], chosen[0], chosen[1], len(rivals))

@@ -6,8 +6,8 @@ Reasons (``Quality.reason``), checked in this order:
   homography, or their inlier ratio is below ``min_inlier_ratio`` (textureless
   or different scenes), and the coarse search (:mod:`alignment.coarse`) found no
   start from which ECC reaches ``min_correlation`` with tiles that pass the
-  reliable, consistent and residual checks and pin the frame corners to
-  ``max_corner_sigma_px``;
+  reliable, consistent and residual checks (as a start from the features must), nor
+  one whose few tiles confirm it as a low-texture scene's do (below);
 - ``overlap_too_small``: the phone frame covers too little of the DSLR frame;
 - ``low_correlation``: after refinement the two images do not look alike
   (correlation of the locally normalised luminances below ``min_correlation``),
@@ -178,13 +178,15 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     # at its corners, correlation 0.56, its lens model fitted to the near buildings)
     geometry_confirmed = (q.inliers >= t.confirm_inliers and tiles_agree
                           and q.corner_sigma_px <= t.max_corner_sigma_px)
-    correlated = q.ecc_correlation >= t.min_correlation or sparse_confirmed
     # few matches are no reason when the direct method found the geometry and both the
-    # correlation and the tiles confirm it, the tiles pinning the corners as above (a
-    # distortion chart whose lens model swung its unseen corners 400 px was kept on tiles
-    # that agreed, most of them measured across one edge, corner standard error 1.7 px)
-    found_directly = (q.start == "coarse" and ((tiles_agree and q.corner_sigma_px <= t.max_corner_sigma_px)
-                                               or sparse_confirmed) and correlated)
+    # correlation and the tiles confirm it, as they confirm a start from the features;
+    # or, correlating weakly, when the sparse tiles pin the corners as above.  (A colour
+    # chart placed one patch off by the coarse search was kept 400 px off on tiles that
+    # agreed: its edges repeat.  The search tells such placements apart by their levels,
+    # alignment.coarse; the corner test that stood here in the meantime rejected
+    # charts 0.4 px off, their lens terms unpinned at the corners.)
+    found_directly = q.start == "coarse" and ((tiles_agree and q.ecc_correlation >= t.min_correlation)
+                                              or sparse_confirmed)
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
     # the px a target could be measured at: the trust map's other reasons (moved, occluded,
     # unverified) are the geometry's to answer for

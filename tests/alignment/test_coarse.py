@@ -39,6 +39,30 @@ def test_the_search_places_the_phone_frame_within_a_few_px(scale, offset, guess)
     assert abs(found.scale / scale - 1) < 0.03
 
 
+def _chart(seed: int = 3) -> np.ndarray:
+    """A colour chart's luminance: 6 x 4 patches of distinct levels, 120 px apart, on
+    a dark ground (a periodic scene: every patch has the same edges, brighter than the
+    ground)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((520, 760), 0.08, np.float32)
+    for i, level in enumerate(rng.permutation(np.linspace(0.2, 0.95, 24))):
+        r, c = divmod(i, 6)
+        img[30 + 120 * r:130 + 120 * r, 30 + 120 * c:130 + 120 * c] = level
+    return cv2.GaussianBlur(img, (0, 0), 1.5)
+
+
+def test_a_periodic_scene_is_placed_at_its_levels_not_one_period_off():
+    dslr = _chart()
+    truth = np.array([[1.5, 0, 160.0], [0, 1.5, 100.0], [0, 0, 1.0]])
+    phone = np.sqrt(cv2.warpPerspective(dslr, truth, (280, 200), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
+    found = coarse_search(phone, None, dslr, None, 1.5)
+    centre = np.array([[139.5, 99.5]])
+    err = np.linalg.norm(apply_homography(found.homography, centre) - apply_homography(truth, centre))
+    assert found.contenders >= 2  # the edges alone place it about as well one patch off
+    assert err < 10.0
+    assert found.level_score > 0.9
+
+
 def test_an_image_of_another_scene_scores_low():
     phone, _, _ = _pair(1.6, (150.0, 120.0))
     other = _scene(7, 600, 900)

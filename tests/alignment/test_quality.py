@@ -47,8 +47,9 @@ _SPARSE = {"ecc_correlation": 0.25, "reliable_tiles": 0.05, "reliable_tile_count
         ({"inliers": 10, "start": "coarse", "consistent_tiles": 0.5}, False, "too_few_matches"),
         ({"inliers": 10, "start": "coarse", "reliable_tiles": 0.1}, False, "too_few_matches"),
         ({"inliers": 10, "start": "coarse", "ecc_correlation": 0.5}, False, "too_few_matches"),
-        # ... nor when they leave the frame's corners free (a lens model swinging them)
-        ({"inliers": 10, "start": "coarse", "corner_sigma_px": 1.7}, False, "too_few_matches"),
+        # ... kept as a start from the features is when both confirm it, however loosely
+        # the tiles alone pin the corners (a colour chart's lens terms)
+        ({"inliers": 10, "start": "coarse", "corner_sigma_px": 1.7}, True, None),
         # a low-texture scene: a low correlation over its flat px and few reliable tiles,
         # but enough of them, spread over the frame, agreeing and correlating: kept
         ({**_SPARSE}, True, None),
@@ -59,6 +60,8 @@ _SPARSE = {"ecc_correlation": 0.25, "reliable_tiles": 0.05, "reliable_tile_count
         # tiles that leave the frame's corners free (a whiteboard's strokes in one band)
         ({**_SPARSE, "corner_sigma_px": 1.5}, False, "low_correlation"),
         ({**_SPARSE, "inliers": 5, "start": "coarse"}, True, None),  # a colour chart from the coarse search
+        # ... but not, correlating weakly, on tiles that leave the corners free
+        ({**_SPARSE, "inliers": 5, "start": "coarse", "corner_sigma_px": 1.5}, False, "too_few_matches"),
         # tiles on one straight edge that agree across it confirm; ones that do not, reject
         ({**_SPARSE, "edge_tile_count": 20, "edge_residual_p90_px": 0.3}, True, None),
         ({**_SPARSE, "edge_tile_count": 20, "edge_residual_p90_px": 1.5}, False, "low_correlation"),
