@@ -78,7 +78,7 @@ def recover_layers(
     max_layers: int = 6,
     gain_degree: int = 1,
     tile_px: float = 24.0,
-    max_tile_px: float = 0.3,
+    max_tile_px: float = 0.2,
     reference_correlation: float = 0.9,
     background_sharpness: float = 1.0,
     min_sharpness: float = 0.85,
@@ -91,7 +91,10 @@ def recover_layers(
     px through the global model; lens: the global model's radial lens field (may be
     empty); q_radial: its coefficients for the Gauss-Newton; image_size: (W, H).
     tile_px / max_tile_px: side (phone px) and largest residual (phone px) of the
-    tiles that verify a layer; reference_correlation: the background tiles' median
+    tiles that verify a layer (a tile's residual is the mean over its px: where the
+    layer's map is off by a slope, or the tile holds the edge of a touching object
+    whose own motion differs, its far px are off by more; a layer's px are trusted at
+    half a DSLR px, so the mean must stay well below it); reference_correlation: the background tiles' median
     correlation under the global model; background_sharpness: the background's
     :func:`sharpness_ratio`; a layer below ``min_sharpness`` times it is smeared.
     Returns the kept layers, largest first.
