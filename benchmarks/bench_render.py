@@ -8,7 +8,7 @@ in this process (best of --repeat, after a warm-up):
 - decode: `alignment.rawio.read_raw` (LibRaw via rawpy, with the data checks);
 - input stage: the packed raw shifted to one CFA phase (`learn.cfa_phase.to_rggb`) and brought into
   the default metadata input space `srgb` with the raw's own white balance and colour matrix
-  (`learn.raw_space.to_input_space`);
+  (`learn.raw_space.raw_to_model_input`, the function `isp-rig render` calls);
 - model: ckisp (raw variant, default arguments; the weights do not change the time) through the
   tiled renderer (`learn.infer.render`, tile 768), on --threads threads.
 
@@ -38,9 +38,8 @@ sys.path.insert(0, str(REPO))
 import learn.models as lm  # noqa: E402
 from alignment import rawio  # noqa: E402
 from isp_rig.simulate import write_dng  # noqa: E402
-from learn.cfa_phase import to_rggb  # noqa: E402
 from learn.infer import render  # noqa: E402
-from learn.raw_space import to_input_space  # noqa: E402
+from learn.raw_space import raw_to_model_input  # noqa: E402
 
 SIZE = (3024, 4032)  # (H, W) raw px: a 12 MP phone
 
@@ -78,8 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
         dng = twelve_mp_dng(args.raw, Path(tmp) / "phone_12mp.dng")
         t_decode, raw = best_of(lambda: rawio.read_raw(dng), args.repeat)
-        meta = raw.metadata()
-        t_input, x = best_of(lambda: to_input_space(to_rggb(raw.packed(), raw.cfa), meta, "srgb"), args.repeat)
+        t_input, (x, _) = best_of(lambda: raw_to_model_input(raw, "srgb", "rggb"), args.repeat)
         model = lm.create("ckisp").eval()
         t_model, y = best_of(lambda: render(model, x, tile=args.tile), args.repeat)
         t_plain, _ = best_of(lambda: rawio.linear_to_srgb(np.clip(rawio.raw_to_linear_rgb(raw), 0, 1)), args.repeat)

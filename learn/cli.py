@@ -100,9 +100,8 @@ def _read_input(path: Path, in_channels: int, input_space: str = "raw",
     models) or a camera raw brought into the run's ``input_space`` with the raw's own metadata
     and, for ``cfa_phase`` ``rggb``, shifted so R is first in every cell; with the CFA pattern
     it was shifted from (None: not shifted) for :func:`learn.cfa_phase.crop_to_raw`."""
-    from learn.cfa_phase import to_rggb
     from learn.data import read_image, read_packed
-    from learn.raw_space import MissingMetadata, to_input_space
+    from learn.raw_space import MissingMetadata, raw_to_model_input
 
     if in_channels == 3 and path.suffix.lower() != ".npy":
         return read_image(path), None
@@ -114,9 +113,7 @@ def _read_input(path: Path, in_channels: int, input_space: str = "raw",
     from alignment.rawio import ImageReadError, read_raw
 
     try:
-        raw = read_raw(path)
-        cfa = raw.cfa if cfa_phase == "rggb" else None
-        return to_input_space(to_rggb(raw.packed(), cfa), raw.metadata(), input_space), cfa
+        return raw_to_model_input(read_raw(path), input_space, cfa_phase)
     except ImageReadError as err:
         raise click.ClickException(str(err)) from None
     except MissingMetadata as err:

@@ -75,6 +75,20 @@ def to_input_space(packed: np.ndarray, metadata: dict | None, space: str) -> np.
 _SRGB_SLOPE_AT_1 = 1.055 / 2.4
 
 
+def raw_to_model_input(raw, space: str, cfa_phase: str = "packed") -> tuple[np.ndarray, str | None]:
+    """A decoded camera raw (:class:`alignment.rawio.RawImage`) -> (the model's input, the
+    CFA pattern it was shifted from).
+
+    The (h, w, 4) float32 packed raw, shifted so R is first in every cell when
+    ``cfa_phase`` is ``rggb`` (:func:`learn.cfa_phase.to_rggb`; the pattern is returned
+    for :func:`learn.cfa_phase.crop_to_raw`, else None), brought into ``space`` with the
+    raw's own metadata (:func:`to_input_space`; raises :class:`MissingMetadata`)."""
+    from learn.cfa_phase import to_rggb
+
+    cfa = raw.cfa if cfa_phase == "rggb" else None
+    return to_input_space(to_rggb(raw.packed(), cfa), raw.metadata(), space), cfa
+
+
 def encode_srgb(x: np.ndarray) -> np.ndarray:
     """The sRGB transfer curve on any real values: mirrored below 0, continued linearly above 1.
 
