@@ -1007,6 +1007,7 @@ def _coarse_start(s: _PairState, s_guess: float | None) -> np.ndarray:
     cm = coarse_search(p.lum, p.valid, d.lum, d.valid, guess)
     s.secs["coarse_start"] = time.perf_counter() - t0
     q.coarse_score = float("nan") if cm is None else round(cm.score, 4)
+    q.coarse_contenders = 0 if cm is None else cm.contenders
     if cm is None or cm.score < opt.coarse_min_score:
         said = "no placement" if cm is None else f"best correlation {cm.score:.2f} < {opt.coarse_min_score}"
         raise _StageFailed(None, f"the coarse search found no start either: {said}")

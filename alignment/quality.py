@@ -94,8 +94,10 @@ class Quality:
     their residual across their edge (phone px; the confirmations need it within
     ``max_residual_px``);
     start: where ECC started, "features" (the matches'
-    homography) or "coarse" (too few matches: :mod:`alignment.coarse`, whose best
-    correlation is coarse_score); field_degree: degree
+    homography) or "coarse" (too few matches: :mod:`alignment.coarse`, whose
+    correlation at the chosen placement is coarse_score); coarse_contenders: how many
+    placements that search weighed by their levels as well (2 or more: a periodic
+    scene; 0: no search); field_degree: degree
     of the local polynomial field (-1: none); radial_corner_px: displacement of
     the frame corner by the radial lens model kept (phone px, 0: none);
     ok / reason / message: the verdict.
@@ -128,6 +130,7 @@ class Quality:
     edge_residual_p90_px: float = float("nan")
     start: str = "features"
     coarse_score: float = float("nan")
+    coarse_contenders: int = 0
     ok: bool = False
     reason: str | None = None
     message: str = ""
