@@ -9,6 +9,11 @@ slid over the DSLR image at every scale of a log-spaced range by OpenCV's
 offset, refined to a fraction of a coarse px by a parabola through the peak, is
 a similarity without rotation: the start that coarse-to-fine ECC then refines.
 
+Rotation is not searched: the cameras of a rig are mounted level to within a few
+degrees, which ECC's coarsest level takes.  Whether the result holds is not
+decided here: the verdict keeps such a pair only when the refined model's
+correlation and its tiles confirm it (:func:`alignment.quality.verdict`).
+
 A periodic scene (a colour chart's grid of patches, windows, tiles) places the
 locally normalised frame almost as well one period off: local normalisation keeps
 the patches' edges and drops their levels.  Every placement whose score comes
@@ -17,10 +22,6 @@ also scored by the plain correlation of the shrunk luminances, levels kept (the
 two cameras' tone curves differ, but a brighter patch stays brighter); the
 placement with the highest sum of the two scores wins.  A scene without a
 repeated structure has one such placement and is unchanged.
-Rotation is not searched: the cameras of a rig are mounted level to within a few
-degrees, which ECC's coarsest level takes.  Whether the result holds is not
-decided here: the verdict keeps such a pair only when the refined model's
-correlation and its tiles confirm it (:func:`alignment.quality.verdict`).
 
 Coordinates: x = column, y = row, pixel centres at integers.
 """

@@ -94,8 +94,8 @@ def recover_layers(
     tiles that verify a layer (a tile's residual is the mean over its px: where the
     layer's map is off by a slope, or the tile holds the edge of a touching object
     whose own motion differs, its far px are off by more; a layer's px are trusted at
-    half a DSLR px, so the mean must stay well below it); reference_correlation: the background tiles' median
-    correlation under the global model; background_sharpness: the background's
+    half a DSLR px, so the mean must stay well below it); reference_correlation: the
+    background tiles' median correlation under the global model; background_sharpness: the background's
     :func:`sharpness_ratio`; a layer below ``min_sharpness`` times it is smeared.
     Returns the kept layers, largest first.
     """

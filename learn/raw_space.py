@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignment.rawio import linear_to_srgb
+from alignment.rawio import RawImage, linear_to_srgb
 
 #: the input spaces, in order of how much of the metadata they use
 INPUT_SPACES = ("raw", "white_balanced", "linear_srgb", "srgb")
@@ -75,7 +75,7 @@ def to_input_space(packed: np.ndarray, metadata: dict | None, space: str) -> np.
 _SRGB_SLOPE_AT_1 = 1.055 / 2.4
 
 
-def raw_to_model_input(raw, space: str, cfa_phase: str = "packed") -> tuple[np.ndarray, str | None]:
+def raw_to_model_input(raw: RawImage, space: str, cfa_phase: str = "packed") -> tuple[np.ndarray, str | None]:
     """A decoded camera raw (:class:`alignment.rawio.RawImage`) -> (the model's input, the
     CFA pattern it was shifted from).
 
