@@ -143,6 +143,33 @@ def test_pair_of_different_scenes_is_rejected_with_a_reason():
     assert a.quality.reason in REASONS
 
 
+def _benchmark_scenes():
+    """benchmarks/bench_scenes.py, the broadened benchmark's own scene material."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_scenes.py"
+    spec = importlib.util.spec_from_file_location("bench_scenes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_colour_chart_under_a_strong_lens_is_placed_at_its_patches_and_kept(tmp_path):
+    # the broadened benchmark's distortion colour chart pair 2: too few matches, and the
+    # coarse search placed the chart one patch (400 px) off, where its edges repeat; the
+    # pair was then rejected only because its tiles left the corners loosely pinned
+    seed = int(np.random.SeedSequence([2026, 2, zlib.crc32(b"colour-chart")]).generate_state(1)[0])
+    scene = _benchmark_scenes().colour_chart(seed)
+    pair = sim.simulate_pair(seed, scene, sim.SimOptions(distortion=True, photometry="hard"), pair_id="chart")
+    folder = sim.write_pair(pair, tmp_path)
+    a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
+    assert a.quality.start == "coarse" and a.quality.coarse_contenders >= 2
+    assert a.ok, a.quality.message
+    assert corner_errors(a, pair.truth).max() < 0.6
+    assert dense_errors(a, pair.truth).mean() < 0.1
+
+
 def test_a_pair_whose_features_fall_short_is_aligned_from_the_coarse_search_and_kept(aligned_sim):
     pair, by_features = aligned_sim(0, False)
     # no pair has a million inlier matches: every pair takes the start without features
