@@ -546,25 +546,33 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
 
     dslr_stored: ((3,3) reduced DSLR px -> stored px, stored (W, H))."""
     shape = p.lum.shape
+
+    def outside_and_clipped() -> tuple[np.ndarray, np.ndarray]:
+        # where each working px lands in the DSLR: outside its frame, or on clipped colour
+        rows, cols = shape
+        ys, xs = np.mgrid[0:rows, 0:cols]
+        work = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+        img = apply_homography(p.to_image, work)
+        if not fld.empty:  # the field on the working grid, separably (the same values as fld(img))
+            img = img + (fld.dense(shape, p.to_image) * np.diag(p.to_image)[:2]).reshape(-1, 2)
+        reduced = apply_homography(h_image, img)
+        to_stored, (sw, sh) = dslr_stored
+        stored = apply_homography(to_stored, reduced)
+        outside = ~((stored[:, 0] >= 1) & (stored[:, 1] >= 1) & (stored[:, 0] <= sw - 2) & (stored[:, 1] <= sh - 2))
+        clipped = ~p.valid
+        d_clipped = d.colour_clipped
+        if d_clipped.any():
+            bad = d_clipped.astype(np.float32)
+            at = cv2.remap(bad, reduced[:, 0].astype(np.float32).reshape(shape),
+                           reduced[:, 1].astype(np.float32).reshape(shape),
+                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            clipped = clipped | (at > 0.01)
+        return outside.reshape(shape), clipped
+
+    geometry = submit(outside_and_clipped)  # beside the dense residual's flows
     res = trust.dense_residual(*_channel_lists(warped))
-    rows, cols = shape
-    ys, xs = np.mgrid[0:rows, 0:cols]
-    work = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
-    img = apply_homography(p.to_image, work)
-    if not fld.empty:  # the field on the working grid, separably (the same values as fld(img))
-        img = img + (fld.dense(shape, p.to_image) * np.diag(p.to_image)[:2]).reshape(-1, 2)
-    reduced = apply_homography(h_image, img)
-    to_stored, (sw, sh) = dslr_stored
-    stored = apply_homography(to_stored, reduced)
-    outside = ~((stored[:, 0] >= 1) & (stored[:, 1] >= 1) & (stored[:, 0] <= sw - 2) & (stored[:, 1] <= sh - 2))
-    clipped = ~p.valid
-    d_clipped = d.colour_clipped
-    if d_clipped.any():
-        bad = d_clipped.astype(np.float32)
-        at = cv2.remap(bad, reduced[:, 0].astype(np.float32).reshape(shape), reduced[:, 1].astype(np.float32).reshape(shape),
-                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        clipped = clipped | (at > 0.01)
-    return trust.assess(res, p.to_image, outside.reshape(shape), clipped, _trust_params(opt)), res
+    outside, clipped = geometry.result()
+    return trust.assess(res, p.to_image, outside, clipped, _trust_params(opt)), res
 
 
 def _adopt_layers(tm: TrustMap, found: list, lens: SmoothField, p: PreparedImage, to_stored: np.ndarray,
@@ -844,24 +852,29 @@ def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, op
     return h_work, mask
 
 
-def _explained(p: PreparedImage, d: PreparedImage, model: tuple[np.ndarray, np.ndarray]) -> int:
+def _explained(p: PreparedImage, d: PreparedImage,
+               model: tuple[np.ndarray, np.ndarray]) -> tuple[int, trust.DenseResidual]:
     """How many textured phone px the (h_work, radial coefficients) model explains
-    (:func:`trust.explained_px` of :func:`_luminance_residual`)."""
-    return trust.explained_px(_luminance_residual(p, d, *model), float(p.to_image[0, 0]))
+    (:func:`trust.explained_px` of :func:`_luminance_residual`), and that residual."""
+    res = _luminance_residual(p, d, *model)
+    return trust.explained_px(res, float(p.to_image[0, 0])), res
 
 
 def _better_model(p: PreparedImage, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
-                  scores: list[Future | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  scores: list[Future | None] | None = None
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], trust.DenseResidual]:
     """Of (h_work, radial coefficients) candidates, the one that explains the most
     textured phone px (:func:`_explained`): ECC on the luminance can be pulled off
     the background by what it cannot tell apart (a near object, a lens model fitted
-    to parallax); the first candidate wins ties.  scores: per candidate, its score
-    already started (:func:`alignment.threads.submit`) or None."""
+    to parallax); the first candidate wins ties.  scores: per candidate, its
+    :func:`_explained` already started (:func:`alignment.threads.submit`) or None.
+    Returns (the candidate, the luminance residual under it)."""
     started = scores or [None] * len(candidates)
     fresh = thread_map(lambda c: _explained(p, d, c), [c for c, f in zip(candidates, started) if f is None])
     it = iter(fresh)
     found = [next(it) if f is None else f.result() for f in started]
-    return candidates[int(np.argmax(found))]
+    best = int(np.argmax([n for n, _ in found]))
+    return candidates[best], found[best][1]
 
 
 def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine) -> EccResult:
@@ -974,8 +987,9 @@ def _features_stage(s: _PairState) -> np.ndarray:
         f_dslr = min(1.0, f_phone / (s_guess * s.step))
     else:
         f_dslr = min(1.0, opt.feature_max_side / max(dh, dw))
-    fa, ma, sa = _feature_image(p.lum, p.valid, f_phone)
-    fb, mb, sb = _feature_image(d.lum, d.valid, f_dslr)
+    # the two sides side by side (the DSLR's is a 24 MP shrink at real size)
+    (fa, ma, sa), (fb, mb, sb) = thread_map(lambda side: _feature_image(*side),
+                                            [(p.lum, p.valid, f_phone), (d.lum, d.valid, f_dslr)])
     fm = match_homography(fa, fb, ma, mb, ratio=opt.ratio, threshold_px=opt.magsac_threshold,
                           max_features=opt.max_features, layers=opt.feature_layers)
     q.keypoints_phone, q.keypoints_dslr = fm.keypoints_a, fm.keypoints_b
@@ -1064,9 +1078,20 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             skip_failed_levels=skip, **eccopt
         ))
         h_work, q_radial = r.homography / r.homography[2, 2], r.radial
+        prefit = None
         if opt.trust:
-            h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
-                                             [None, start_score])
+            (h_work, q_radial), chosen = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
+                                                       [None, start_score])
+            # what does not follow the dominant motion (objects nearer or moving) stays
+            # out of the fine stage and the local field: the background must win.  It is
+            # read off the luminance residual that chose the model (the flows of the
+            # phone luminance against the DSLR's under it): the fitted planes' residual
+            # measured the same motion again (0.45 s at 12 MP; trust benchmark in
+            # docs/alignment.md, #11's fifteenth stop)
+            t_pre = time.perf_counter()
+            prefit = trust.dominant_motion(chosen, s.step, margin_px=opt.trust_margin_px).outliers
+            del chosen, start_score  # flows and warped luminance: not needed past the mask (memory at 12 MP)
+            s.secs["trust_prefit"] = time.perf_counter() - t_pre
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
         fitted = _fit_response(s, targets, h_image, q_radial, tuple(opt.dslr_saturations))
@@ -1075,19 +1100,10 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
         keep = None
-        if opt.trust:
-            # what does not follow the dominant motion (objects nearer or moving) stays
-            # out of the fine stage and the local field: the background must win
-            t_pre = time.perf_counter()
-            # (bilinear: what does not follow is px off, not hundredths)
-            pre = trust.dense_residual(*_channel_lists(
-                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False)
-            outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
-            del pre  # its flows and warped planes: not needed past the mask (memory at 12 MP)
-            if outliers.any() and outliers.mean() < 0.8:
-                keep = ~outliers
-            q.prefit_outliers = round(float(outliers.mean()), 5)
-            s.secs["trust_prefit"] = time.perf_counter() - t_pre
+        if prefit is not None:
+            if prefit.any() and prefit.mean() < 0.8:
+                keep = ~prefit
+            q.prefit_outliers = round(float(prefit.mean()), 5)
         fit_channels = channels if keep is None else _masked(channels, keep)
         photo = None
         if opt.fine == "planes":

@@ -340,15 +340,23 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     lum_w = np.sum([x.astype(np.float32) for x in warped], axis=0)
     a, b = thread_map(lambda lum: _to_u8(lum, valid, norm_sigma), [lum_t, lum_w])
 
-    def model_only() -> tuple:
-        # what does not need the flow, beside the two flows
-        if not correlations:
-            return None, None, _texture_snr(templates, mf, valid, window)
-        mu_0, var_0, _ = _local_moments(lum_w, mf, window)
-        return mu_0, var_0, _texture_snr(templates, mf, valid, window)
+    def texture() -> np.ndarray:
+        return _texture_snr(templates, mf, valid, window)
 
-    fwd, bwd, (mu_0, var_0, snr) = thread_map(
-        lambda job: job(), [lambda: optical_flow(a, b), lambda: optical_flow(b, a), model_only])
+    def model_only() -> tuple:
+        # what the trust map needs that does not need the flow: the phone's local moments
+        # and its correlation with the prediction as the model places it
+        mu_t, var_t, wsum = _local_moments(lum_t, mf, window)
+        mu_0, var_0, _ = _local_moments(lum_w, mf, window)
+        cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
+        return mu_t, var_t, wsum, cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
+
+    # the two flows and what does not need them, side by side (the phone as a picture
+    # too when the trust map will ask for it)
+    jobs = [lambda: optical_flow(a, b), lambda: optical_flow(b, a), texture]
+    if correlations:
+        jobs += [model_only, lambda: _picture(templates, valid)]
+    fwd, bwd, snr, *more = thread_map(lambda job: job(), jobs)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     fb_vector = (fwd + back).astype(np.float32)
@@ -356,16 +364,14 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     if not correlations:
         return DenseResidual(fwd, fb_error, None, None, snr, valid, planes=list(templates), lum=(lum_t, lum_w),
                              fb_vector=fb_vector)
+    (mu_t, var_t, wsum, ncc_model), image = more
     # local agreement after the flow: the prediction moved onto the phone
     moved = cv2.remap(lum_w, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    mu_t, var_t, wsum = _local_moments(lum_t, mf, window)
     mu_m, var_m, _ = _local_moments(moved, mf, window)
     cov = _gauss(lum_t * moved * mf, window) / wsum - mu_t * mu_m
     ncc = cov / np.sqrt(np.maximum(var_t * var_m, 1e-20))
-    cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
-    ncc_model = cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
     return DenseResidual(fwd, fb_error, ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
-                         valid, planes=list(templates), lum=(lum_t, lum_w), fb_vector=fb_vector)
+                         valid, planes=list(templates), lum=(lum_t, lum_w), fb_vector=fb_vector, _image=image)
 
 
 @dataclass
