@@ -556,11 +556,12 @@ INFORMATIVE_SHARE = 0.5
 SAMPLE_GRID = 16
 
 
-def _sample_subset(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices (sorted) of up to ``n`` of the channel's masked px (ys, xs): the
-    ``INFORMATIVE_SHARE`` with the largest squared template gradient, chosen in each cell
-    of the ``SAMPLE_GRID`` over the channel's grid (each cell's share in proportion to
-    its px, rounded down: up to SAMPLE_GRID^2 fewer), and ``n`` less that share at random."""
+def _informative_samples(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic part of :func:`_sample_subset`: the indices (into ys, xs) of the
+    ``INFORMATIVE_SHARE`` of ``n`` with the largest squared template gradient, chosen in
+    each cell of the ``SAMPLE_GRID`` over the channel's grid (each cell's share in
+    proportion to its px, rounded down: up to SAMPLE_GRID^2 fewer), and the indices of
+    the others (the pool the rest is drawn from) -> (top, others)."""
     n_top = int(n * INFORMATIVE_SHARE)
     energy = ch.gradient_energy[ys, xs]
     h, w = ch.gradient_energy.shape
@@ -576,34 +577,59 @@ def _sample_subset(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int, rng: np.
     top = np.concatenate(picks)
     others = np.ones(len(xs), bool)
     others[top] = False
+    return top, np.flatnonzero(others)
+
+
+def _sample_subset(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices (sorted) of up to ``n`` of the channel's masked px (ys, xs): the
+    informative share (:func:`_informative_samples`) and ``n`` less that share at random."""
+    top, others = _informative_samples(ch, ys, xs, n)
+    return _with_random(top, others, n, rng)
+
+
+def _with_random(top: np.ndarray, others: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     # (the random half keeps its size: refilling the cells' rounding deficit with random
     # px changes every random draw, and a distortion colour-chart pair of the 1 MP
     # benchmark flips to a rejection on such a draw)
-    return np.sort(np.concatenate([top, rng.choice(np.flatnonzero(others), n - n_top, replace=False)]))
+    return np.sort(np.concatenate([top, rng.choice(others, n - int(n * INFORMATIVE_SHARE), replace=False)]))
 
 
 def _channel_samples(channels: list[Channel], frame: _Frame, gain_degree: int,
                      max_pixels: int | None) -> list[_ChannelSamples]:
     """The template px of every channel with at least 64 in its mask, at most
     ``max_pixels`` in all (a fixed subset of each channel beyond that, see
-    :func:`_sample_subset`)."""
+    :func:`_sample_subset`).  The channels' px and informative samples are found side by
+    side (:func:`alignment.threads.thread_map`); the random draws are made in channel
+    order from one stream, so the subsets do not depend on the threads."""
     rng = np.random.default_rng(12345)
     per_channel = None if max_pixels is None else max(64, max_pixels // max(len(channels), 1))
-    data = []
-    for ch in channels:
+
+    def candidates(ch: Channel) -> tuple | None:
         ys, xs = np.nonzero(ch.mask)
         if len(xs) < 64:
-            continue
+            return None
+        pools = _informative_samples(ch, ys, xs, per_channel) if per_channel is not None and len(xs) > per_channel \
+            else None
+        return ys, xs, pools
+
+    found = thread_map(candidates, channels)
+    # the draws in channel order, as one stream
+    chosen = [None if c is None or c[2] is None else _with_random(*c[2], per_channel, rng) for c in found]
+
+    def samples(ch: Channel, c: tuple, sel: np.ndarray | None) -> _ChannelSamples:
+        ys, xs, _ = c
+        if sel is not None:
+            ys, xs = ys[sel], xs[sel]
         tvals = ch.template[ys, xs].astype(np.float64)
-        if per_channel is not None and len(xs) > per_channel:
-            sel = _sample_subset(ch, ys, xs, per_channel, rng)
-            ys, xs, tvals = ys[sel], xs[sel], tvals[sel]
         tf = ch.to_frame
         fx = tf[0, 0] * xs + tf[0, 1] * ys + tf[0, 2]
         fy = tf[1, 0] * xs + tf[1, 1] * ys + tf[1, 2]
         u = (fx - frame.cx) / frame.sc
         v = (fy - frame.cy) / frame.sc
-        data.append(_ChannelSamples(u, v, tvals, _poly_basis(u, v, gain_degree), ch))
+        return _ChannelSamples(u, v, tvals, _poly_basis(u, v, gain_degree), ch)
+
+    data = thread_map(lambda k: samples(channels[k], found[k], chosen[k]),
+                      [k for k, c in enumerate(found) if c is not None])
     if not data:
         raise ValueError("too few template pixels inside the mask")
     return data
