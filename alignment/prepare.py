@@ -165,15 +165,33 @@ def curves_on_grid(enc: np.ndarray, curves: np.ndarray, offset: float, size: tup
 
     enc: (H, W, 3) display-encoded RGB whose size is an integer multiple of
     ``size`` = (W', H'); returns (H', W') float32."""
+    return curves_on_grid_many(enc, [(curves, offset)], size, strip_blocks, mix)[0]
+
+
+def curves_on_grid_many(enc: np.ndarray, curves_offsets: list[tuple[np.ndarray, float]], size: tuple[int, int],
+                        strip_blocks: int = 64, mix: np.ndarray | None = None) -> list[np.ndarray]:
+    """:func:`curves_on_grid` for several (curves, offset) on one image: each strip is
+    read through the colour ``mix`` once for all of them, the strips side by side
+    (:func:`alignment.threads.thread_map`).  Returns one (H', W') float32 per item."""
     w_out, h_out = size
     f = enc.shape[1] // w_out
     if enc.shape[1] != f * w_out or enc.shape[0] != f * h_out:
         raise ValueError(f"curves_on_grid needs an integer factor: {enc.shape[1]}x{enc.shape[0]} -> {w_out}x{h_out}")
-    out = np.empty((h_out, w_out), np.float32)
-    for r0 in range(0, h_out, strip_blocks):
+    outs = [np.empty((h_out, w_out), np.float32) for _ in curves_offsets]
+
+    def strip(r0: int) -> None:
         r1 = min(h_out, r0 + strip_blocks)
-        out[r0:r1] = shrink(apply_curves(enc[r0 * f : r1 * f], curves, offset, mix), (w_out, r1 - r0))
-    return out
+        part = enc[r0 * f : r1 * f]
+        if mix is not None and enc.dtype == np.uint8:  # (apply_curves mixes other dtypes first itself)
+            part = _mixed(part, mix)
+            part_mix = None
+        else:
+            part_mix = mix
+        for out, (curves, offset) in zip(outs, curves_offsets):
+            out[r0:r1] = shrink(apply_curves(part, curves, offset, part_mix), (w_out, r1 - r0))
+
+    thread_map(strip, range(0, h_out, strip_blocks))
+    return outs
 
 
 def encoded_luminance(enc: np.ndarray) -> np.ndarray:
@@ -648,11 +666,10 @@ def fit_radiometric(
         return None
     _, mix, coefs = fitted
 
-    def group_image(coef: np.ndarray) -> np.ndarray:
-        curves, offset = coef[:-1].reshape(3, n_knots), float(coef[-1])
-        if encoded_grid is None:
-            return apply_curves(enc, curves, offset, mix)
-        return curves_on_grid(enc, curves, offset, tuple(encoded_grid[1]), mix=mix)  # block mean onto the working grid
-
-    images = dict(zip(coefs, thread_map(group_image, coefs.values())))
+    curves_offsets = [(coef[:-1].reshape(3, n_knots), float(coef[-1])) for coef in coefs.values()]
+    if encoded_grid is None:
+        made = thread_map(lambda co: apply_curves(enc, co[0], co[1], mix), curves_offsets)
+    else:  # block means onto the working grid, the image read once for every group
+        made = curves_on_grid_many(enc, curves_offsets, tuple(encoded_grid[1]), mix=mix)
+    images = dict(zip(coefs, made))
     return RadiometricFit([images[g] for g in groups], float(saturation))

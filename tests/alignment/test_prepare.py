@@ -10,8 +10,8 @@ import pytest
 
 from alignment import rawio
 from alignment.ecc import _gauss
-from alignment.prepare import (REC709, _mixed, apply_curves, blurred_hat_features, curves_on_grid, desaturation,
-                               encoded_luminance, fit_radiometric, prepare_dslr, shrink)
+from alignment.prepare import (REC709, _mixed, apply_curves, blurred_hat_features, curves_on_grid, curves_on_grid_many,
+                               desaturation, encoded_luminance, fit_radiometric, prepare_dslr, shrink)
 
 
 def _encoded(dtype, shape=(40, 50, 3), seed=0) -> np.ndarray:
@@ -136,6 +136,18 @@ def test_curves_on_grid_equal_the_curves_then_the_block_mean(strip_blocks):
     curves = np.random.default_rng(8).random((3, 9))
     expected = shrink(apply_curves(enc, curves, 0.1), (80, 100))
     np.testing.assert_array_equal(curves_on_grid(enc, curves, 0.1, (80, 100), strip_blocks), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_several_curves_on_grid_through_one_mix_equal_each_on_its_own(dtype):
+    enc = _encoded(dtype, (300, 240, 3), seed=9)
+    mix = desaturation(1.3)
+    rng = np.random.default_rng(10)
+    items = [(rng.random((3, 9)), 0.1 * k) for k in range(3)]
+    many = curves_on_grid_many(enc, items, (80, 100), 7, mix=mix)
+    for (curves, offset), got in zip(items, many):
+        np.testing.assert_array_equal(got, curves_on_grid(enc, curves, offset, (80, 100), 64, mix=mix))
+        np.testing.assert_array_equal(got, shrink(apply_curves(enc, curves, offset, mix), (80, 100)))
 
 
 def test_curves_on_grid_refuses_a_size_that_is_no_integer_factor():
