@@ -35,7 +35,7 @@ from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
 from alignment.local import (SmoothField, TileChannel, TileResiduals, model_correlation, refine_local,
-                             rewarped_masks, warp_channels)
+                             rewarped_masks)
 from alignment.prepare import PreparedImage, RadiometricFit, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
