@@ -35,7 +35,7 @@ from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography
 from alignment.layers import recover_layers, sharpness_ratio
 from alignment.local import (SmoothField, TileChannel, TileResiduals, model_correlation, refine_local,
-                             rewarped_masks)
+                             rewarped_masks, warp_channels)
 from alignment.prepare import PreparedImage, RadiometricFit, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
@@ -852,29 +852,24 @@ def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, op
     return h_work, mask
 
 
-def _explained(p: PreparedImage, d: PreparedImage,
-               model: tuple[np.ndarray, np.ndarray]) -> tuple[int, trust.DenseResidual]:
+def _explained(p: PreparedImage, d: PreparedImage, model: tuple[np.ndarray, np.ndarray]) -> int:
     """How many textured phone px the (h_work, radial coefficients) model explains
-    (:func:`trust.explained_px` of :func:`_luminance_residual`), and that residual."""
-    res = _luminance_residual(p, d, *model)
-    return trust.explained_px(res, float(p.to_image[0, 0])), res
+    (:func:`trust.explained_px` of :func:`_luminance_residual`)."""
+    return trust.explained_px(_luminance_residual(p, d, *model), float(p.to_image[0, 0]))
 
 
 def _better_model(p: PreparedImage, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
-                  scores: list[Future | None] | None = None
-                  ) -> tuple[tuple[np.ndarray, np.ndarray], trust.DenseResidual]:
+                  scores: list[Future | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Of (h_work, radial coefficients) candidates, the one that explains the most
     textured phone px (:func:`_explained`): ECC on the luminance can be pulled off
     the background by what it cannot tell apart (a near object, a lens model fitted
-    to parallax); the first candidate wins ties.  scores: per candidate, its
-    :func:`_explained` already started (:func:`alignment.threads.submit`) or None.
-    Returns (the candidate, the luminance residual under it)."""
+    to parallax); the first candidate wins ties.  scores: per candidate, its score
+    already started (:func:`alignment.threads.submit`) or None."""
     started = scores or [None] * len(candidates)
     fresh = thread_map(lambda c: _explained(p, d, c), [c for c, f in zip(candidates, started) if f is None])
     it = iter(fresh)
     found = [next(it) if f is None else f.result() for f in started]
-    best = int(np.argmax([n for n, _ in found]))
-    return candidates[best], found[best][1]
+    return candidates[int(np.argmax(found))]
 
 
 def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine) -> EccResult:
@@ -1078,20 +1073,9 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             skip_failed_levels=skip, **eccopt
         ))
         h_work, q_radial = r.homography / r.homography[2, 2], r.radial
-        prefit = None
         if opt.trust:
-            (h_work, q_radial), chosen = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
-                                                       [None, start_score])
-            # what does not follow the dominant motion (objects nearer or moving) stays
-            # out of the fine stage and the local field: the background must win.  It is
-            # read off the luminance residual that chose the model (the flows of the
-            # phone luminance against the DSLR's under it): the fitted planes' residual
-            # measured the same motion again (0.45 s at 12 MP; trust benchmark in
-            # docs/alignment.md, #11's fifteenth stop)
-            t_pre = time.perf_counter()
-            prefit = trust.dominant_motion(chosen, s.step, margin_px=opt.trust_margin_px).outliers
-            del chosen, start_score  # flows and warped luminance: not needed past the mask (memory at 12 MP)
-            s.secs["trust_prefit"] = time.perf_counter() - t_pre
+            h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
+                                             [None, start_score])
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
         fitted = _fit_response(s, targets, h_image, q_radial, tuple(opt.dslr_saturations))
@@ -1100,10 +1084,19 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
         keep = None
-        if prefit is not None:
-            if prefit.any() and prefit.mean() < 0.8:
-                keep = ~prefit
-            q.prefit_outliers = round(float(prefit.mean()), 5)
+        if opt.trust:
+            # what does not follow the dominant motion (objects nearer or moving) stays
+            # out of the fine stage and the local field: the background must win
+            t_pre = time.perf_counter()
+            # (bilinear: what does not follow is px off, not hundredths)
+            pre = trust.dense_residual(*_channel_lists(
+                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False)
+            outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
+            del pre  # its flows and warped planes: not needed past the mask (memory at 12 MP)
+            if outliers.any() and outliers.mean() < 0.8:
+                keep = ~outliers
+            q.prefit_outliers = round(float(outliers.mean()), 5)
+            s.secs["trust_prefit"] = time.perf_counter() - t_pre
         fit_channels = channels if keep is None else _masked(channels, keep)
         photo = None
         if opt.fine == "planes":
