@@ -570,7 +570,7 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
         return outside.reshape(shape), clipped
 
     geometry = submit(outside_and_clipped)  # beside the dense residual's flows
-    res = trust.dense_residual(*_channel_lists(warped))
+    res = trust.dense_residual(*_channel_lists(warped), picture=True)  # (the watershed's picture too)
     outside, clipped = geometry.result()
     return trust.assess(res, p.to_image, outside, clipped, _trust_params(opt)), res
 

@@ -235,11 +235,15 @@ def _masks_from_encoded(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _packed_luminance(planes: np.ndarray, wb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (lum (h, w), valid (h, w), white-balanced planes (h, w, 4))."""
     planes = planes.astype(np.float32, copy=False)
-    sat = planes.max(axis=-1) >= 0.98
+    # per plane with OpenCV (numpy's reductions over a last axis of 4 are slow: 0.2 s at
+    # 12 MP); the same values as planes.max(axis=-1) and (planes * w).mean(axis=-1)
+    split = cv2.split(np.ascontiguousarray(planes))
+    sat = cv2.max(cv2.max(split[0], split[1]), cv2.max(split[2], split[3])) >= 0.98
     if wb is not None:
         w = np.array([wb[0], wb[1], wb[1], wb[2]], np.float32)
         planes = planes * w
-    lum = planes.mean(axis=-1)
+        split = [cv2.multiply(c, float(k)) for c, k in zip(split, w)]
+    lum = cv2.add(cv2.add(cv2.add(split[0], split[1]), split[2]), split[3]) * np.float32(0.25)
     if sat.any():
         sat = cv2.dilate(sat.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     return np.ascontiguousarray(lum), ~sat, planes

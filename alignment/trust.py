@@ -255,7 +255,8 @@ class DenseResidual:
     lum: the two luminances compared (phone, prediction), (h, w) float32 each;
     fb_vector: (h, w, 2) the forward-backward inconsistency as a vector (fb_error is
     its length), or None.
-    :attr:`image` is made from ``planes`` when first asked for.
+    :attr:`image` is made from ``planes`` when first asked for (or beside the flows:
+    ``dense_residual(picture=True)``).
     """
 
     flow: np.ndarray
@@ -316,7 +317,8 @@ def optical_flow(a: np.ndarray, b: np.ndarray, patch: int = 8) -> np.ndarray:
 
 
 def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks: list[np.ndarray],
-                   window: float = 3.0, norm_sigma: float = 4.0, correlations: bool = True) -> DenseResidual:
+                   window: float = 3.0, norm_sigma: float = 4.0, correlations: bool = True,
+                   picture: bool = False) -> DenseResidual:
     """The phone against the DSLR prediction under the model, densely.
 
     templates, warped, masks: per plane (h, w) arrays on one grid (the working grid:
@@ -329,6 +331,8 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     leaves out the local correlations (``ncc``, ``ncc_model`` None), which only the
     trust map needs: what follows a motion (:func:`dominant_motion`) and what a model
     explains (:func:`explained_px`) need the flows and the texture alone.
+    picture: also make the phone picture (:attr:`DenseResidual.image`, which the
+    trust map's watershed needs) beside the flows rather than on first use.
     Returns a :class:`DenseResidual` in working px.
     """
     h, w = templates[0].shape
@@ -352,19 +356,22 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
         return mu_t, var_t, wsum, cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
 
     # the two flows and what does not need them, side by side (the phone as a picture
-    # too when the trust map will ask for it)
+    # too when asked for)
     jobs = [lambda: optical_flow(a, b), lambda: optical_flow(b, a), texture]
     if correlations:
-        jobs += [model_only, lambda: _picture(templates, valid)]
+        jobs.append(model_only)
+    if picture:
+        jobs.append(lambda: _picture(templates, valid))
     fwd, bwd, snr, *more = thread_map(lambda job: job(), jobs)
+    image = more.pop() if picture else None
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     fb_vector = (fwd + back).astype(np.float32)
     fb_error = np.hypot(fb_vector[..., 0], fb_vector[..., 1])
     if not correlations:
         return DenseResidual(fwd, fb_error, None, None, snr, valid, planes=list(templates), lum=(lum_t, lum_w),
-                             fb_vector=fb_vector)
-    (mu_t, var_t, wsum, ncc_model), image = more
+                             fb_vector=fb_vector, _image=image)
+    mu_t, var_t, wsum, ncc_model = more[0]
     # local agreement after the flow: the prediction moved onto the phone
     moved = cv2.remap(lum_w, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     mu_m, var_m, _ = _local_moments(moved, mf, window)
