@@ -43,7 +43,8 @@ def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_loc
 
     keep_large_arrays()  # this process aligns one pair: large arrays stay in the heap
     # the two files are decoded (in C, the GIL released) while the pipeline's modules are
-    # imported (about 0.6 s, scipy's half of it): the first 0.2 s of a 12 MP + 24 MP pair
+    # imported (about 0.6 s, scipy's half of it): a 12 MP + 24 MP pair's decoding, about
+    # 0.2 s, no longer waits for them
     with ThreadPoolExecutor(2) as pool:
         reading = [pool.submit(rawio.read_any, path) for path in (phone, dslr)]
         from alignment.pipeline import align_images

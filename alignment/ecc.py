@@ -588,6 +588,8 @@ def _sample_subset(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int, rng: np.
 
 
 def _with_random(top: np.ndarray, others: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The informative indices ``top`` and ``n`` less the informative share drawn from
+    ``others`` without replacement (one ``rng.choice``), sorted."""
     # (the random half keeps its size: refilling the cells' rounding deficit with random
     # px changes every random draw, and a distortion colour-chart pair of the 1 MP
     # benchmark flips to a rejection on such a draw)
