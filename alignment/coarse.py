@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from alignment.ecc import local_normalize
+from alignment.ecc import correlation, local_normalize
 
 __all__ = ["CoarseMatch", "coarse_search"]
 
@@ -65,14 +65,6 @@ def _prepare(lum: np.ndarray, valid: np.ndarray | None, f: float) -> tuple[np.nd
     small = cv2.resize(lum.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     mask = None if valid is None else cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
     return local_normalize(small, 2.0, mask).astype(np.float32), small
-
-
-def _plain_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two equal-shaped images (0 when either is flat)."""
-    a = a.ravel() - a.mean()
-    b = b.ravel() - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
 
 
 def _subpixel(c: np.ndarray, y: int, x: int) -> tuple[float, float]:
@@ -110,6 +102,7 @@ def coarse_search(phone: np.ndarray, phone_valid: np.ndarray | None, dslr: np.nd
     mh, mw = int(round(th * (1 - template_share) / 2)), int(round(tw * (1 - template_share) / 2))
     tmpl = np.ascontiguousarray(tmpl_full[mh:th - mh, mw:tw - mw])
     plain_tmpl = plain_full[mh:th - mh, mw:tw - mw]
+    whole = np.ones(plain_tmpl.shape, bool)  # the plain correlation over every template px
     if float(tmpl.std()) < 0.05:
         return None  # a flat phone frame (local normalisation leaves it near zero): nothing to place
     lo, hi = (scale_guess / search, scale_guess * search) if scale_guess else scale_range
@@ -135,7 +128,7 @@ def coarse_search(phone: np.ndarray, phone_valid: np.ndarray | None, dslr: np.nd
             continue
         ys, xs = np.nonzero((c >= floor) & (c >= cv2.dilate(c, nms)))
         for y, x in zip(ys.tolist(), xs.tolist()):
-            level = _plain_correlation(plain_tmpl, plain[y:y + tmpl.shape[0], x:x + tmpl.shape[1]])
+            level = correlation(plain_tmpl, plain[y:y + tmpl.shape[0], x:x + tmpl.shape[1]], whole)
             xs_, ys_ = _subpixel(c, y, x)
             peaks.append((float(c[y, x]), level, float(s), f_d, xs_, ys_))
     if not peaks:

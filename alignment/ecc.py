@@ -557,7 +557,7 @@ SAMPLE_GRID = 16
 
 
 def _informative_samples(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The deterministic part of :func:`_sample_subset`: the indices (into ys, xs) of the
+    """The deterministic half of a channel's sample subset: the indices (into ys, xs) of the
     ``INFORMATIVE_SHARE`` of ``n`` with the largest squared template gradient, chosen in
     each cell of the ``SAMPLE_GRID`` over the channel's grid (each cell's share in
     proportion to its px, rounded down: up to SAMPLE_GRID^2 fewer), and the indices of
@@ -580,13 +580,6 @@ def _informative_samples(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int) ->
     return top, np.flatnonzero(others)
 
 
-def _sample_subset(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices (sorted) of up to ``n`` of the channel's masked px (ys, xs): the
-    informative share (:func:`_informative_samples`) and ``n`` less that share at random."""
-    top, others = _informative_samples(ch, ys, xs, n)
-    return _with_random(top, others, n, rng)
-
-
 def _with_random(top: np.ndarray, others: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """The informative indices ``top`` and ``n`` less the informative share drawn from
     ``others`` without replacement (one ``rng.choice``), sorted."""
@@ -599,8 +592,8 @@ def _with_random(top: np.ndarray, others: np.ndarray, n: int, rng: np.random.Gen
 def _channel_samples(channels: list[Channel], frame: _Frame, gain_degree: int,
                      max_pixels: int | None) -> list[_ChannelSamples]:
     """The template px of every channel with at least 64 in its mask, at most
-    ``max_pixels`` in all (a fixed subset of each channel beyond that, see
-    :func:`_sample_subset`).  The channels' px and informative samples are found side by
+    ``max_pixels`` in all (a fixed subset of each channel beyond that: its informative
+    samples, :func:`_informative_samples`, and a random rest, :func:`_with_random`).  The channels' px and informative samples are found side by
     side (:func:`alignment.threads.thread_map`); the random draws are made in channel
     order from one stream, so the subsets do not depend on the threads."""
     rng = np.random.default_rng(12345)

@@ -141,6 +141,7 @@ def ours(phone_path: Path, dslr_path: Path):
 
 #: (phone raw, DSLR JPEG) sizes of the real-size pairs: a 12 MP phone and the Nikon Z6
 REAL_SIZE = ((4032, 3024), (6048, 4024))
+DEFAULT_SEED = 2026  # --seed
 
 METHODS = {"ours": ours, "published": peer_published, "zoom2learn": peer_zoom2learn, "sift+ecc": peer_sift_ecc}
 
@@ -298,15 +299,21 @@ def one_method(method: str, folder: Path) -> dict:
     return r
 
 
-def real_size(methods: list[str], cache: Path, seed: int) -> dict:
-    """A 12 MP phone raw (4032x3024, 10-bit DNG) against a 24 MP DSLR JPEG (6048x4024, q92),
-    homography variant, the procedural scene and the simulator's default photometry:
-    each method in a fresh process (:func:`methods_apart`)."""
+def real_size_pair(cache: Path, seed: int) -> Path:
+    """The folder of a 12 MP phone raw (4032x3024, 10-bit DNG) against a 24 MP DSLR JPEG
+    (6048x4024, q92), homography variant, the procedural scene and the simulator's default
+    photometry, kept in ``cache`` (simulated there first when absent, about a minute)."""
     folder = cache / "real_size_pair"
     if not (folder / "truth.json").exists():
+        cache.mkdir(parents=True, exist_ok=True)
         opts = sim.SimOptions(phone_size=REAL_SIZE[0], dslr_size=REAL_SIZE[1])
         sim.write_pair(sim.simulate_pair(seed, None, opts, pair_id="real_size_pair"), cache)
-    return methods_apart(methods, folder)
+    return folder
+
+
+def real_size(methods: list[str], cache: Path, seed: int) -> dict:
+    """:func:`real_size_pair`, each method in a fresh process (:func:`methods_apart`)."""
+    return methods_apart(methods, real_size_pair(cache, seed))
 
 
 def real_size_sources(methods: list[str], names: list[str], cache: Path, seed: int, photometry: str) -> dict:
@@ -379,7 +386,7 @@ def print_real_size_sources(per_source: dict, methods: list[str], photometry: st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=3, help="simulator pairs per (variant, source)")
-    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--sources", nargs="*", default=None,
                     help="scene sources by name (default: every one of SOURCES whose file is there)")
     ap.add_argument("--photometry", choices=["mild", "hard"], default="hard",

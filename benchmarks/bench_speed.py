@@ -53,19 +53,13 @@ def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> t
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_mb": peak, "status": proc.returncode}, text
 
 
-def real_size_pair(cache: Path) -> Path:
-    """The real-size pair of ``bench_alignment.py`` (simulated into ``cache`` when absent)."""
+def default_pair(cache: Path) -> Path:
+    """The real-size pair of ``bench_alignment.py`` (its default seed), simulated into
+    ``cache`` when absent."""
     sys.path.insert(0, str(HERE))
     import bench_alignment
 
-    cache.mkdir(parents=True, exist_ok=True)
-    folder = cache / "real_size_pair"
-    if not (folder / "truth.json").exists():
-        from isp_rig import simulate as sim
-
-        opts = sim.SimOptions(phone_size=bench_alignment.REAL_SIZE[0], dslr_size=bench_alignment.REAL_SIZE[1])
-        sim.write_pair(sim.simulate_pair(2026, None, opts, pair_id="real_size_pair"), cache)
-    return folder
+    return bench_alignment.real_size_pair(cache, bench_alignment.DEFAULT_SEED)
 
 
 def command_variant(name: str, pythonpath: str | None, pair: Path) -> dict:
@@ -93,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    pair = args.pair or real_size_pair(args.cache)
+    pair = args.pair or default_pair(args.cache)
     if not (pair / "phone.dng").exists() or not (pair / "dslr.jpg").exists():
         ap.error(f"--pair {pair}: no phone.dng and dslr.jpg there")
     if not args.no_peer and not (pair / "truth.json").exists():

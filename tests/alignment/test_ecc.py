@@ -230,7 +230,7 @@ def test_samples_beyond_the_budget_take_the_strongest_gradients_of_every_region_
     # strong texture in the top half, faint texture in the bottom half (a flat sky): the
     # informative half is chosen region by region, so the faint half gets its share, and
     # there its strongest px; the random half is spread over the frame
-    from alignment.ecc import INFORMATIVE_SHARE, SAMPLE_GRID, Channel, _sample_subset
+    from alignment.ecc import INFORMATIVE_SHARE, SAMPLE_GRID, Channel, _informative_samples, _with_random
 
     rng = np.random.default_rng(3)
     template = (0.5 + 0.4 * rng.random((64, 64))).astype(np.float32)
@@ -238,7 +238,7 @@ def test_samples_beyond_the_budget_take_the_strongest_gradients_of_every_region_
     ch = Channel(template, np.ones_like(template, bool), template)
     ys, xs = np.nonzero(ch.mask)
     n = 800
-    sel = _sample_subset(ch, ys, xs, n, np.random.default_rng(0))
+    sel = _with_random(*_informative_samples(ch, ys, xs, n), n, np.random.default_rng(0))
     assert n - SAMPLE_GRID**2 <= len(sel) <= n and len(np.unique(sel)) == len(sel) and np.all(np.diff(sel) > 0)
     faint = ys[sel] >= 33  # the rows the strong half's gradient does not reach
     assert faint.sum() >= 0.45 * n * 31 / 64  # its share of both halves, near enough
