@@ -733,25 +733,36 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
         return j if lens is None else np.concatenate([j, _lens_jacobian(xy, lens, lens_centre)], 2)
 
     n_params = 8 + (centred_terms if lens is None else 2 + 2 * lens_centre)
-    if 2 * len(centres) < n_params:
+    one_way = np.zeros(len(centres), bool)
+    if normals is not None:
+        nrm = np.asarray(normals, np.float64).reshape(-1, 2)
+        one_way = np.hypot(nrm[:, 0], nrm[:, 1]) > 0
+    # a tile measured both ways gives two equations, one across a straight edge one
+    if 2 * len(centres) - int(one_way.sum()) < n_params:
         return float("inf")
     j = jac(np.asarray(centres, np.float64))
     wgt = 1.0 / np.maximum(np.asarray(sigma, np.float64), sigma_floor_px) ** 2
     metric = np.broadcast_to(np.eye(2), (len(wgt), 2, 2)).copy()
-    if normals is not None:
-        nrm = np.asarray(normals, np.float64).reshape(-1, 2)
-        one_way = np.hypot(nrm[:, 0], nrm[:, 1]) > 0
+    if one_way.any():
         metric[one_way] = np.einsum("nk,nl->nkl", nrm[one_way], nrm[one_way])
     wmat = metric * wgt[:, None, None]  # (N, 2, 2) each tile's weight
     info = np.einsum("nki,nkl,nlj->ij", j, wmat, j)
+    # the inverse through the eigenvalues: a direction the tiles do not fix (an eigenvalue
+    # at rounding level: edges all one way, too few tiles for the lens terms) leaves the
+    # corners free.  np.linalg.inv returned rounding noise there, and a corner variance
+    # below zero read as 0 px: a document page 1.8 px off (one reliable tile, six edges
+    # on text lines, two lens terms) was "pinned to 0.0 px"
     try:
-        cov = np.linalg.inv(info)
+        evals, evecs = np.linalg.eigh(info)
     except np.linalg.LinAlgError:
         return float("inf")
+    if not np.all(np.isfinite(evals)) or evals[0] <= 1e-9 * max(evals[-1], 0.0):
+        return float("inf")
+    cov = (evecs / evals) @ evecs.T
     if residuals is not None and len(residuals):
         r = np.asarray(residuals, np.float64)
         z2 = np.einsum("nk,nkl,nl->n", r, wmat, r)
-        if normals is not None and one_way.any():  # a chi-square with 1 dof there: scale to 2
+        if one_way.any():  # a chi-square with 1 dof there: scale to 2
             z2[one_way] *= 1.3863 / 0.4549
         cov = cov * max(1.0, float(np.median(z2)) / 1.3863)  # the median of a chi-square with 2 dof
     if corners is None:
