@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from alignment.ecc import (_gauss, lens_undistort, local_normalize, photometric_maps, prepare_channels,
-                           refine_homography, refine_planes, warp_to_template)
+                           refine_homography, refine_planes, sample_spline, spline_coefficients, warp_to_template)
 from alignment.pipeline import AlignOptions
 
 # A band-limited analytic scene sampled exactly on two grids related by a known
@@ -132,6 +132,22 @@ def test_the_coarse_blur_is_about_the_exact_window(sigma):
     a, b = local_normalize(img, sigma, mask), local_normalize(img, sigma, mask, coarse=True)
     assert np.corrcoef(a[mask], b[mask])[0, 1] > 0.999
     assert (b[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(240, 320), (9, 40)])  # (9, 40): too small for the 25-tap filter
+def test_spline_coefficients_are_scipys_and_interpolate_the_image_through_its_own_px(shape):
+    from scipy import ndimage
+
+    image = _RNG.random(shape).astype(np.float32)
+    coef = spline_coefficients(image[:, ::1])
+    exact = ndimage.spline_filter(image.astype(np.float64), order=3, mode="mirror")
+    assert coef.dtype == np.float32 and coef.shape == image.shape
+    assert np.abs(coef - exact).max() < 2e-6  # noise at float32's rounding, borders included
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    assert np.abs(sample_spline(coef, xx, yy) - image).max() < 2e-6  # a spline through the px
+    # a view with strides (a colour channel of an image) gives the same
+    rgb = np.dstack([image, image * 0.5, image * 0.25])
+    assert np.array_equal(spline_coefficients(rgb[..., 1]), spline_coefficients(np.ascontiguousarray(rgb[..., 1])))
 
 
 def test_warp_to_template_samples_the_image_at_the_homography():
