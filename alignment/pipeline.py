@@ -641,10 +641,9 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
     textured = final.textured
     one_way = final.edge if final.edge is not None else np.zeros_like(rel)
     if trust_map is not None:
-        codes = trust_map.full((image_size[1], image_size[0]))
         cx = np.clip(np.round(final.centres[:, 0]).astype(int), 0, image_size[0] - 1)
         cy = np.clip(np.round(final.centres[:, 1]).astype(int), 0, image_size[1] - 1)
-        in_trust = codes[cy, cx] == 0
+        in_trust = trust_map.code_at(np.stack([cx, cy], 1)) == 0
         rel = rel & in_trust
         textured = None if textured is None else textured & in_trust
         one_way = one_way & in_trust

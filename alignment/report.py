@@ -105,7 +105,7 @@ def write_pair_report(alignment, phone, dslr, out_dir: str | Path, max_side: int
         # the trust map over the phone preview: dropped px tinted by reason
         rows = np.clip(np.round(pts[:, 1]).astype(int), 0, ph - 1)
         cols = np.clip(np.round(pts[:, 0]).astype(int), 0, pw - 1)
-        code = alignment.trust.full((ph, pw))[rows, cols].reshape(dh, dw)
+        code = alignment.trust.code_at(np.stack([cols, rows], 1)).reshape(dh, dw)
         tinted = trust.overlay(prev.astype(np.float32) / 255.0, code)
         paths["trust"] = out / "trust.png"
         _save(paths["trust"], np.round(tinted * 255).astype(np.uint8))

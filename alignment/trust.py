@@ -127,16 +127,26 @@ class TrustMap:
     layer: np.ndarray | None = None
     by_level: np.ndarray | None = None
 
+    def _cells(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) of the working px whose block holds each of (N, 2) phone image px
+        (clipped to the grid; at integer px the cells :meth:`full` gives them)."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        h, w = self.code.shape
+        col = np.clip(np.floor((xy[:, 0] - self.to_image[0, 2]) / self.to_image[0, 0] + 0.5).astype(int), 0, w - 1)
+        row = np.clip(np.floor((xy[:, 1] - self.to_image[1, 2]) / self.to_image[1, 1] + 0.5).astype(int), 0, h - 1)
+        return row, col
+
     def layer_of(self, xy: np.ndarray) -> np.ndarray:
         """(N,) layer index (-1: global model) of (N, 2) phone image px: the working px
         whose block holds each point."""
         if self.layer is None:
             return np.full(len(xy), -1, np.int16)
-        xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        h, w = self.layer.shape
-        col = np.clip(np.floor((xy[:, 0] - self.to_image[0, 2]) / self.to_image[0, 0] + 0.5).astype(int), 0, w - 1)
-        row = np.clip(np.floor((xy[:, 1] - self.to_image[1, 2]) / self.to_image[1, 1] + 0.5).astype(int), 0, h - 1)
-        return self.layer[row, col]
+        return self.layer[self._cells(xy)]
+
+    def code_at(self, xy: np.ndarray) -> np.ndarray:
+        """(N,) uint8 codes of (N, 2) phone image px: ``full(shape)[y, x]`` at integer
+        points inside the frame, without making the full-resolution array."""
+        return self.code[self._cells(xy)]
 
     @property
     def trusted(self) -> np.ndarray:
