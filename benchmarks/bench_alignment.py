@@ -34,7 +34,12 @@ dense error (mean DSLR px over the truth's phone grid: the whole phone frame,
 which lies inside the DSLR frame), success at 1 px and at 0.1 px (median corner
 error of the pair), seconds per pair (decoding included), and for ``ours`` the
 pairs it rejected (a rejection counts as a failure in the success rates and is
-left out of the error statistics, which are over accepted pairs).
+left out of the error statistics, which are over accepted pairs). The verdicts
+against the truth (issue #11, item 3): a rejected pair is scored at the model
+the pipeline had when it rejected it, a **false rejection** when that model is
+within 1 px (median corner error), a right one when it is further off, and
+"without a model" when the pipeline stopped before it had one (a coarse search
+that found no start); a **wrong keep** is a kept pair more than 1 px off.
 
 Real size (``--real-size``): one homography pair of a 12 MP phone raw (4032x3024)
 and a 24 MP DSLR JPEG (6048x4024, the Nikon Z6), each method in its own process:
@@ -132,10 +137,24 @@ def peer_sift_ecc(phone_path: Path, dslr_path: Path):
     return a.map_points
 
 
+class Rejection(str):
+    """A method's rejection reason (a str, as a peer's failure is) that carries the
+    model it had when it rejected the pair (``mapper``: phone raw px -> DSLR px, None
+    when it had none), so that the benchmark can tell a false rejection from a right one."""
+
+    mapper = None
+
+    @classmethod
+    def of(cls, reason: str, mapper) -> "Rejection":
+        r = cls(reason)
+        r.mapper = mapper
+        return r
+
+
 def ours(phone_path: Path, dslr_path: Path):
     a = align_pair(phone_path, dslr_path)
     if not a.ok:
-        return a.quality.reason
+        return Rejection.of(str(a.quality.reason), a.map_points if np.isfinite(a.homography).all() else None)
     return a.map_points
 
 
@@ -210,10 +229,14 @@ def score_sim(fn, folder: Path) -> dict:
     except Exception as err:  # a peer that crashes is a failure, not a crashed benchmark
         mapper = f"error: {err}"
     secs = time.perf_counter() - t0
-    if mapper is None or isinstance(mapper, str):
-        return {"ok": False, "reason": mapper or "no result", "seconds": secs}
     w, h = truth.phone_size
     c = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
+    if mapper is None or isinstance(mapper, str):
+        row = {"ok": False, "reason": str(mapper or "no result"), "seconds": secs}
+        if getattr(mapper, "mapper", None) is not None:  # the model it rejected, against the truth
+            row["rejected_corner_median"] = float(np.median(np.linalg.norm(mapper.mapper(c) - truth.map_points(c),
+                                                                           axis=1)))
+        return row
     ce = np.linalg.norm(mapper(c) - truth.map_points(c), axis=1)
     g = truth.grid
     de = np.linalg.norm(mapper(g[:, :2]) - g[:, 2:], axis=1)
@@ -236,6 +259,11 @@ def summarise(rows: list[dict]) -> dict:
         "success_0.1px": sum(1 for r in ok if r["corner_median"] <= 0.1) / max(n, 1),
         "seconds": float(np.mean([r["seconds"] for r in rows])),
         "rejected": sorted({str(r["reason"]) for r in rows if not r["ok"]}),
+        # the verdicts against the truth (module docstring)
+        "false_rejections": sum(1 for r in rows if not r["ok"] and r.get("rejected_corner_median", np.inf) <= 1.0),
+        "right_rejections": sum(1 for r in rows if not r["ok"] and r.get("rejected_corner_median", 0.0) > 1.0),
+        "rejected_without_model": sum(1 for r in rows if not r["ok"] and "rejected_corner_median" not in r),
+        "wrong_keeps": sum(1 for r in ok if r["corner_median"] > 1.0),
     }
 
 
@@ -472,6 +500,11 @@ def main() -> None:
         rej = per.get("ours", {}).get("summary", {}).get("rejected")
         if rej:
             print(f"\nours rejected: {', '.join(rej)}")
+        if "ours" in per:
+            s = per["ours"]["summary"]
+            print(f"ours against the truth: {s['false_rejections']} false rejections of {s['pairs']} pairs (the model "
+                  f"it rejected within 1 px), {s['right_rejections']} right, {s['rejected_without_model']} without a "
+                  f"model; {s['wrong_keeps']} wrong keeps (kept, over 1 px off)")
         print("\n| group | " + " | ".join(f"{m} accepted, median / p90 corner px" for m in per) + " |")
         print("|---|" + "---|" * len(per))
         groups = [(f"half {h}", lambda v, h=h: v["halves"][h]) for h in ("tune", "holdout")]
