@@ -746,18 +746,24 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
         metric[one_way] = np.einsum("nk,nl->nkl", nrm[one_way], nrm[one_way])
     wmat = metric * wgt[:, None, None]  # (N, 2, 2) each tile's weight
     info = np.einsum("nki,nkl,nlj->ij", j, wmat, j)
-    # the inverse through the eigenvalues: a direction the tiles do not fix (an eigenvalue
-    # at rounding level: edges all one way, too few tiles for the lens terms) leaves the
-    # corners free.  np.linalg.inv returned rounding noise there, and a corner variance
-    # below zero read as 0 px: a document page 1.8 px off (one reliable tile, six edges
-    # on text lines, two lens terms) was "pinned to 0.0 px"
+    # the inverse through the eigenvalues of the matrix scaled to a unit diagonal (the lens
+    # centre's terms are 1e-3 px per px where the others are a half-diagonal per unit, so
+    # unscaled a well-fixed centre looks singular): a direction the tiles do not fix (edges
+    # all one way, too few tiles for the lens terms) has an eigenvalue under a billionth of
+    # the largest and leaves the corners free.  np.linalg.inv returned rounding noise there,
+    # and a corner variance below zero read as 0 px: a document page 1.8 px off (one
+    # reliable tile, six edges on text lines, two lens terms) was "pinned to 0.0 px"
+    diag = np.diag(info)
+    if not (np.all(np.isfinite(diag)) and np.all(diag > 0)):
+        return float("inf")
+    unit = np.sqrt(diag)
     try:
-        evals, evecs = np.linalg.eigh(info)
+        evals, evecs = np.linalg.eigh(info / np.outer(unit, unit))
     except np.linalg.LinAlgError:
         return float("inf")
-    if not np.all(np.isfinite(evals)) or evals[0] <= 1e-9 * max(evals[-1], 0.0):
+    if not np.all(np.isfinite(evals)) or evals[0] <= 1e-9 * evals[-1]:
         return float("inf")
-    cov = (evecs / evals) @ evecs.T
+    cov = ((evecs / evals) @ evecs.T) / np.outer(unit, unit)
     if residuals is not None and len(residuals):
         r = np.asarray(residuals, np.float64)
         z2 = np.einsum("nk,nkl,nl->n", r, wmat, r)

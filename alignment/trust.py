@@ -132,9 +132,8 @@ class TrustMap:
         (clipped to the grid; at integer px the cells :meth:`full` gives them)."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         h, w = self.code.shape
-        col = np.clip(np.floor((xy[:, 0] - self.to_image[0, 2]) / self.to_image[0, 0] + 0.5).astype(int), 0, w - 1)
-        row = np.clip(np.floor((xy[:, 1] - self.to_image[1, 2]) / self.to_image[1, 1] + 0.5).astype(int), 0, h - 1)
-        return row, col
+        return (_cell_index(xy[:, 1], self.to_image[1, 1], self.to_image[1, 2], h),
+                _cell_index(xy[:, 0], self.to_image[0, 0], self.to_image[0, 2], w))
 
     def layer_of(self, xy: np.ndarray) -> np.ndarray:
         """(N,) layer index (-1: global model) of (N, 2) phone image px: the working px
@@ -166,11 +165,15 @@ def upsample_codes(code: np.ndarray, to_image: np.ndarray, shape: tuple[int, int
     """Nearest working px of every image px: working px j covers image px
     ``to_image`` maps j - 0.5 .. j + 0.5 onto (a binning block or a CFA cell)."""
     h, w = shape
-    sx, ox = to_image[0, 0], to_image[0, 2]
-    sy, oy = to_image[1, 1], to_image[1, 2]
-    cols = np.clip(np.floor((np.arange(w) - ox) / sx + 0.5).astype(int), 0, code.shape[1] - 1)
-    rows = np.clip(np.floor((np.arange(h) - oy) / sy + 0.5).astype(int), 0, code.shape[0] - 1)
+    cols = _cell_index(np.arange(w), to_image[0, 0], to_image[0, 2], code.shape[1])
+    rows = _cell_index(np.arange(h), to_image[1, 1], to_image[1, 2], code.shape[0])
     return code[rows[:, None], cols[None, :]]
+
+
+def _cell_index(coord: np.ndarray, scale: float, offset: float, n: int) -> np.ndarray:
+    """The working px (0 .. n - 1) whose block holds each image px coordinate along one
+    axis, the axis's working px -> image px being ``scale * j + offset``."""
+    return np.clip(np.floor((coord - offset) / scale + 0.5).astype(int), 0, n - 1)
 
 
 def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:

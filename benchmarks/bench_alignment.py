@@ -38,8 +38,10 @@ left out of the error statistics, which are over accepted pairs). The verdicts
 against the truth (issue #11, item 3): a rejected pair is scored at the model
 the pipeline had when it rejected it, a **false rejection** when that model is
 within 1 px (median corner error), a right one when it is further off, and
-"without a model" when the pipeline stopped before it had one (a coarse search
-that found no start); a **wrong keep** is a kept pair more than 1 px off.
+"without a model" when the pipeline offers none (the verdict ``too_few_matches``:
+the features failed and the coarse search's start, if any, was not confirmed, so
+the geometry found from it is withheld); crashes are counted apart; a **wrong
+keep** is a kept pair more than 1 px off.
 
 Real size (``--real-size``): one homography pair of a 12 MP phone raw (4032x3024)
 and a 24 MP DSLR JPEG (6048x4024, the Nikon Z6), each method in its own process:
@@ -234,8 +236,9 @@ def score_sim(fn, folder: Path) -> dict:
     if mapper is None or isinstance(mapper, str):
         row = {"ok": False, "reason": str(mapper or "no result"), "seconds": secs}
         if getattr(mapper, "mapper", None) is not None:  # the model it rejected, against the truth
-            row["rejected_corner_median"] = float(np.median(np.linalg.norm(mapper.mapper(c) - truth.map_points(c),
-                                                                           axis=1)))
+            err = float(np.median(np.linalg.norm(mapper.mapper(c) - truth.map_points(c), axis=1)))
+            if np.isfinite(err):
+                row["rejected_corner_median"] = err
         return row
     ce = np.linalg.norm(mapper(c) - truth.map_points(c), axis=1)
     g = truth.grid
@@ -262,7 +265,9 @@ def summarise(rows: list[dict]) -> dict:
         # the verdicts against the truth (module docstring)
         "false_rejections": sum(1 for r in rows if not r["ok"] and r.get("rejected_corner_median", np.inf) <= 1.0),
         "right_rejections": sum(1 for r in rows if not r["ok"] and r.get("rejected_corner_median", 0.0) > 1.0),
-        "rejected_without_model": sum(1 for r in rows if not r["ok"] and "rejected_corner_median" not in r),
+        "rejected_without_model": sum(1 for r in rows if not r["ok"] and "rejected_corner_median" not in r
+                                     and not str(r["reason"]).startswith("error:")),
+        "crashed": sum(1 for r in rows if not r["ok"] and str(r["reason"]).startswith("error:")),
         "wrong_keeps": sum(1 for r in ok if r["corner_median"] > 1.0),
     }
 
@@ -504,7 +509,7 @@ def main() -> None:
             s = per["ours"]["summary"]
             print(f"ours against the truth: {s['false_rejections']} false rejections of {s['pairs']} pairs (the model "
                   f"it rejected within 1 px), {s['right_rejections']} right, {s['rejected_without_model']} without a "
-                  f"model; {s['wrong_keeps']} wrong keeps (kept, over 1 px off)")
+                  f"model, {s['crashed']} crashed; {s['wrong_keeps']} wrong keeps (kept, over 1 px off)")
         print("\n| group | " + " | ".join(f"{m} accepted, median / p90 corner px" for m in per) + " |")
         print("|---|" + "---|" * len(per))
         groups = [(f"half {h}", lambda v, h=h: v["halves"][h]) for h in ("tune", "holdout")]

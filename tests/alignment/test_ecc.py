@@ -134,12 +134,13 @@ def test_the_coarse_blur_is_about_the_exact_window(sigma):
     assert (b[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("shape", [(240, 320), (9, 40)])  # (9, 40): too small for the 25-tap filter
+# (13, 13): the smallest that OpenCV's 25-tap filter takes; (9, 40) and (1, 40): scipy's
+@pytest.mark.parametrize("shape", [(240, 320), (13, 13), (9, 40), (1, 40)])
 def test_spline_coefficients_are_scipys_and_interpolate_the_image_through_its_own_px(shape):
     from scipy import ndimage
 
     image = _RNG.random(shape).astype(np.float32)
-    coef = spline_coefficients(image[:, ::1])
+    coef = spline_coefficients(image)
     exact = ndimage.spline_filter(image.astype(np.float64), order=3, mode="mirror")
     assert coef.dtype == np.float32 and coef.shape == image.shape
     assert np.abs(coef - exact).max() < 2e-6  # noise at float32's rounding, borders included
@@ -148,6 +149,11 @@ def test_spline_coefficients_are_scipys_and_interpolate_the_image_through_its_ow
     # a view with strides (a colour channel of an image) gives the same
     rgb = np.dstack([image, image * 0.5, image * 0.25])
     assert np.array_equal(spline_coefficients(rgb[..., 1]), spline_coefficients(np.ascontiguousarray(rgb[..., 1])))
+
+
+def test_spline_coefficients_refuse_an_image_with_channels():
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        spline_coefficients(np.zeros((20, 30, 3), np.float32))
 
 
 def test_warp_to_template_samples_the_image_at_the_homography():

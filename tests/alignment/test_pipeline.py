@@ -259,13 +259,13 @@ def test_tiles_on_straight_edges_pin_the_corners_only_with_edges_of_two_directio
 
 
 @pytest.mark.parametrize("radial", [0, 2])
-def test_tiles_too_few_for_the_models_parameters_leave_the_corners_free_not_pinned(radial):
+def test_tiles_that_cannot_fix_the_model_leave_the_corners_free_not_pinned(radial):
     from alignment.pipeline import corner_uncertainty
 
     # a page of text whose trusted tiles are one measured both ways and six across
-    # horizontal text lines: 8 equations.  With two lens terms (10 parameters) the
-    # corners were "pinned to 0.0 px" (a negative variance from inverting a singular
-    # matrix) on a pair 1.8 px off; without them the tiles leave x free at the corners
+    # horizontal text lines: one equation along x for the model's x terms.  Under two
+    # lens terms (8 equations for 10 parameters) this read "pinned to 0.0 px" (a
+    # negative variance from inverting a singular matrix) on a distortion pair 1.8 px off
     rng = np.random.default_rng(3)
     both = np.array([[300.0, 400.0]])
     lines = np.stack([np.linspace(100, 900, 6), np.linspace(80, 700, 6)], 1)
@@ -274,7 +274,7 @@ def test_tiles_too_few_for_the_models_parameters_leave_the_corners_free_not_pinn
     sig = np.full(len(centres), 0.05)
     residuals = rng.normal(0, 0.05, (len(centres), 2))
     got = corner_uncertainty(centres, sig, (1024, 768), radial=radial, normals=normals, residuals=residuals)
-    assert got == float("inf") or got > 10.0
+    assert got == float("inf")
 
 
 def test_a_lens_model_makes_the_corners_less_certain_from_the_same_tiles():
@@ -316,7 +316,9 @@ def test_a_lens_with_a_fitted_centre_leaves_the_corners_less_pinned_than_one_abo
     lens = (520.0, 390.0, 512.0, 0.03, 0.0)
     fixed = corner_uncertainty(tiles, sig, (1024, 768), lens=lens)
     free = corner_uncertainty(tiles, sig, (1024, 768), lens=lens, lens_centre=True)
-    assert free > 1.5 * fixed
+    # (0.45 and 0.68 px: a centre fixed by the tiles is a finite, if wider, uncertainty;
+    # its terms are 1e-3 px per px, which an unscaled singularity test took for none)
+    assert np.isfinite(free) and 1.2 * fixed < free < 3.0 * fixed
     # without a lens (q = 0) the centre is not a parameter: its terms vanish
     assert corner_uncertainty(tiles, sig, (1024, 768), lens=lens[:3] + (0.0, 0.0), lens_centre=True) == float("inf")
 

@@ -116,19 +116,23 @@ def test_clipped_and_outside_px_are_dropped_with_their_reason():
     assert tm.fractions()["trusted"] > 0.85
 
 
-@pytest.mark.parametrize("to_image", [
-    [[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]],  # packed planes of a raw
-    [[4.0, 0, 1.5], [0, 4.0, 1.5], [0, 0, 1]],  # ... binned 2x2 (a 12 MP raw)
+@pytest.mark.parametrize("to_image, shape", [
+    ([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]], (60, 80)),  # packed planes of a raw
+    ([[4.0, 0, 1.5], [0, 4.0, 1.5], [0, 0, 1]], (120, 160)),  # ... binned 2x2 (a 12 MP raw)
+    ([[4.0, 0, 1.5], [0, 4.0, 1.5], [0, 0, 1]], (125, 163)),  # a frame past the last block
 ])
-def test_the_code_at_points_is_the_full_resolution_maps(to_image):
+def test_the_code_at_points_is_the_full_resolution_maps(to_image, shape):
     rng = np.random.default_rng(5)
     code = rng.integers(0, len(trust.REASONS), (30, 40)).astype(np.uint8)
     tm = trust.TrustMap(code, np.zeros((30, 40, 2), np.float32), np.zeros((30, 40)), np.zeros((30, 40)),
                         np.array(to_image))
-    shape = (int(30 * to_image[1][1]), int(40 * to_image[0][0]))
     full = tm.full(shape)
     ys, xs = rng.integers(0, shape[0], 500), rng.integers(0, shape[1], 500)
     assert np.array_equal(tm.code_at(np.stack([xs, ys], 1)), full[ys, xs])
+    # points off the frame take the nearest block, as the frame's edge px do
+    off = np.array([[-3, 5], [shape[1] + 7, 9], [11, shape[0] + 2]])
+    edge = full[np.clip(off[:, 1], 0, shape[0] - 1), np.clip(off[:, 0], 0, shape[1] - 1)]
+    assert np.array_equal(tm.code_at(off), edge)
 
 
 def test_full_resolution_codes_put_the_frame_first_then_clipping_of_either_camera():
