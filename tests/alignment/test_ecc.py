@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from alignment.ecc import (_gauss, lens_undistort, local_normalize, photometric_maps, prepare_channels,
-                           refine_homography, refine_planes, sample_spline, spline_coefficients, warp_to_template)
+import alignment.ecc as ecc
+from alignment.ecc import (Channel, _gauss, gn_refine, lens_undistort, local_normalize, photometric_maps,
+                           prepare_channels, refine_homography, refine_planes, sample_spline, sample_spline_gradient,
+                           spline_coefficients, warp_to_template)
 from alignment.pipeline import AlignOptions
 
 # A band-limited analytic scene sampled exactly on two grids related by a known
@@ -149,6 +151,81 @@ def test_spline_coefficients_are_scipys_and_interpolate_the_image_through_its_ow
     # a view with strides (a colour channel of an image) gives the same
     rgb = np.dstack([image, image * 0.5, image * 0.25])
     assert np.array_equal(spline_coefficients(rgb[..., 1]), spline_coefficients(np.ascontiguousarray(rgb[..., 1])))
+
+
+def test_the_spline_gradient_is_the_derivative_of_the_spline_it_samples():
+    rng = np.random.default_rng(1)
+    image = _gauss(rng.random((60, 80)).astype(np.float32), 0.8)  # texture near the blur's limit
+    coef = spline_coefficients(image)
+    x, y = rng.uniform(1, 80 - 2.0001, 5000), rng.uniform(1, 60 - 2.0001, 5000)
+    x[:2], y[:2] = [1.0, 77.999], [1.0, 57.999]  # the extremes it allows
+    value, gx, gy = sample_spline_gradient(coef, x, y)
+    assert np.abs(value - sample_spline(coef, x, y)).max() < 1e-6
+    e = 1e-3
+    assert np.abs(gx - (sample_spline(coef, x + e, y) - sample_spline(coef, x - e, y)) / (2 * e)).max() < 1e-4
+    assert np.abs(gy - (sample_spline(coef, x, y + e) - sample_spline(coef, x, y - e)) / (2 * e)).max() < 1e-4
+    # what the Jacobian read before: central differences of the image, bilinearly, a third short
+    central = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+    short = ecc.sample_points(central, x, y, cv2.INTER_LINEAR)
+    assert (short @ gx) / (gx @ gx) < 0.8
+
+
+def _aliased_level() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A coarse pyramid level of fine texture: a 48 x 64 template cut from a noise image
+    blurred by 0.8 px, and the template-to-image homography."""
+    rng = np.random.default_rng(3)
+    image = _gauss(rng.random((400, 520)).astype(np.float32), 0.8)
+    truth = np.array([[1.0, 0.02, 30.0], [-0.02, 1.0, 25.0], [0, 0, 1.0]])
+    yy, xx = np.mgrid[0:48, 0:64].astype(np.float64)
+    template = sample_spline(spline_coefficients(image), truth[0, 0] * xx + truth[0, 1] * yy + truth[0, 2],
+                             truth[1, 0] * xx + truth[1, 1] * yy + truth[1, 2]).astype(np.float32)
+    return template, image, truth
+
+
+def _robust_cost(template: np.ndarray, image: np.ndarray, h: np.ndarray, thresholds: list | None = None):
+    """(gn_refine's robust cost per sample of a one-channel pass at ``h``, gain 1 and offset 0,
+    under ``thresholds``: None, its own; its thresholds)."""
+    frame = ecc._Frame.of(template.shape)
+    data = ecc._channel_samples([Channel(template, np.ones(template.shape, bool), image, None)], frame, 1, None)
+    eq = ecc._gn_equations(data, h @ frame.ninv, np.zeros(2), [np.r_[1.0, 0, 0, 0, 0, 0]], 0, 3.0, 14, 0, thresholds)
+    return (eq.cost if thresholds is None else eq.cost_before), eq.thresholds
+
+
+@pytest.mark.parametrize("offset_px", [0.5, 1.0, 1.5])
+def test_gauss_newton_on_fine_texture_converges_in_few_steps_to_the_truth(offset_px):
+    template, image, truth = _aliased_level()
+    start = truth @ np.array([[1, 0, offset_px], [0, 1, -offset_px], [0, 0, 1.0]])
+    r = gn_refine([Channel(template, np.ones(template.shape, bool), image, None)], start, template.shape,
+                  tol_px=1e-3, max_pixels=None)
+    # (with the bilinear central differences: 13, 15 and 30 steps, the last not converged)
+    assert r.converged and r.iterations[0] <= 10
+    assert np.abs(r.homography / r.homography[2, 2] - truth)[:2, 2].max() < 0.02
+
+
+def test_gauss_newton_keeps_no_step_that_raises_the_cost(monkeypatch):
+    # from 3 px off on fine texture, undamped steps overshoot: uphill, into other minima
+    template, image, truth = _aliased_level()
+    start = truth @ np.array([[1, 0, 3.0], [0, 1, -3.0], [0, 0, 1.0]])
+    measured = []
+    original = ecc._gn_equations
+
+    def measuring(*args, **kwargs):
+        measured.append(original(*args, **kwargs))
+        return measured[-1]
+
+    monkeypatch.setattr(ecc, "_gn_equations", measuring)
+    r = gn_refine([Channel(template, np.ones(template.shape, bool), image, None)], start, template.shape,
+                  tol_px=1e-3, max_pixels=None)
+    monkeypatch.undo()
+    at, refused = measured[0], 0
+    for trial in measured[1:]:
+        if trial.cost_before <= at.cost:
+            at = trial
+        else:
+            refused += 1
+    assert refused > 0
+    cost_start, thresholds = _robust_cost(template, image, start)
+    assert _robust_cost(template, image, r.homography, thresholds)[0] < cost_start
 
 
 def test_spline_coefficients_refuse_an_image_with_channels():

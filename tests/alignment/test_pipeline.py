@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 
@@ -73,23 +74,64 @@ def test_a_lens_that_moves_the_corners_30_px_is_held_on_a_real_photo(shared_data
     assert dense_errors(a, pair.truth).mean() < 0.15
 
 
-@pytest.mark.parametrize("refit_px, refit, most_px", [(0.05, True, 0.05), (None, False, 0.2)])
-def test_the_response_fitted_again_at_the_fine_model_leaves_no_scale_bias(shared_data, tmp_path, refit_px, refit,
-                                                                          most_px):
-    # the broadened benchmark's Eiffel homography pair 0 (a night scene, hard photometry):
-    # the response fitted at the coarse ECC model (0.35 px off) pulled all four corners
-    # inwards and the fine stage kept 0.10 px of it; fitted again at the fine model, 0.03
-    seed = int(np.random.SeedSequence([2026, 0, zlib.crc32(b"eiffel")]).generate_state(1)[0])
-    scene = sim.load_source(shared_data / "pairs" / "homogr" / "EiffelA.png")
-    pair = sim.simulate_pair(seed, scene, sim.SimOptions(photometry="hard"), pair_id="night_eiffel")
-    folder = sim.write_pair(pair, tmp_path)
+def _hard_pair(shared_data, tmp_path, name: str, index: int, source: str):
+    """The broadened benchmark's homography pair ``index`` of source ``name`` (hard
+    photometry), written to ``tmp_path`` -> (pair, folder)."""
+    seed = int(np.random.SeedSequence([2026, index, zlib.crc32(name.encode())]).generate_state(1)[0])
+    pair = sim.simulate_pair(seed, sim.load_source(shared_data / "pairs" / "homogr" / source),
+                             sim.SimOptions(photometry="hard"), pair_id=f"{name}_{index}")
+    return pair, sim.write_pair(pair, tmp_path)
+
+
+@pytest.mark.parametrize("refit_px, refit", [(0.05, True), (None, False)])
+def test_the_response_fitted_again_at_the_fine_model_leaves_no_scale_bias(shared_data, tmp_path, refit_px, refit):
+    # the broadened benchmark's CapitalRegion homography pair 1: the response fitted at
+    # the coarse ECC model pairs samples a fraction of a px off, and the fine stage
+    # measured against that prediction keeps part of the error (0.117 px, corners
+    # 0.07 to 0.17 px); fitted again at the fine model, 0.044
+    pair, folder = _hard_pair(shared_data, tmp_path, "capital-region", 1, "CapitalRegionA.jpg")
     a = align_pair(folder / "phone.dng", folder / "dslr.jpg", radiometric_refit_px=refit_px)
     assert a.ok, a.quality.message
     assert a.quality.radiometric_refit is refit
     errors = corner_errors(a, pair.truth)
-    assert np.median(errors) < most_px
-    if not refit:
-        assert np.median(errors) > 0.08  # the bias this protects against is still there without the refit
+    if refit:
+        assert np.median(errors) < 0.07
+    else:
+        assert np.median(errors) > 0.09  # the bias this protects against is still there without the refit
+
+
+def _central_difference_gradients(coef: np.ndarray, x: np.ndarray, y: np.ndarray):
+    """What the fine stage's Jacobian read before #11's seventeenth stop: the spline's
+    value, and central differences of the image (the spline at its px) read bilinearly."""
+    from alignment import ecc
+
+    taps = np.array([1 / 6, 4 / 6, 1 / 6], np.float32)
+    image = cv2.sepFilter2D(coef, cv2.CV_32F, taps, taps, borderType=cv2.BORDER_REFLECT_101)
+    gradients = np.dstack([cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=1, scale=0.5),
+                           cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)])
+    gx, gy = ecc.sample_points(gradients, x, y, cv2.INTER_LINEAR).astype(np.float64).T
+    return ecc.sample_spline(coef, x, y).astype(np.float64), gx, gy
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_an_exact_jacobian_leaves_no_scale_bias_where_central_differences_did(shared_data, tmp_path, monkeypatch,
+                                                                            exact):
+    # the broadened benchmark's Eiffel homography pair 0 (a night scene), the response
+    # fitted once: with the gradients a third short on fine texture, Gauss-Newton stopped
+    # where the short Jacobian, not the cost, is flat: all four corners pulled inwards,
+    # 0.083 px (the response fitted again was first built for this pair); exact, 0.019
+    from alignment import ecc
+
+    if not exact:
+        monkeypatch.setattr(ecc, "sample_spline_gradient", _central_difference_gradients)
+    pair, folder = _hard_pair(shared_data, tmp_path, "eiffel", 0, "EiffelA.png")
+    a = align_pair(folder / "phone.dng", folder / "dslr.jpg", radiometric_refit_px=None)
+    assert a.ok, a.quality.message
+    errors = corner_errors(a, pair.truth)
+    if exact:
+        assert np.median(errors) < 0.04
+    else:
+        assert np.median(errors) > 0.06
 
 
 def test_map_points_lands_on_the_true_dslr_points_of_a_distorted_pair(aligned_sim):
