@@ -442,11 +442,11 @@ class Channel:
         return self.samples.mask_has_holes  # type: ignore[union-attr]
 
 
-#: :func:`gn_refine` stops when a step would raise the robust cost by less than this
-#: fraction of it (or a damped step lowers it by less): near the optimum a step of the
-#: reweighted problem raises it by 1e-7 to 3e-5 (the broadened benchmark's pairs), and
-#: damped steps from there creep for a few 1e-5; a step that overshoots raises it by
-#: 1e-4 to 1e-1.  (1e-5 here: the same verdicts, a luminance level 21 steps instead of 10.)
+#: :func:`gn_refine` stops when a step that raised the robust cost had been promised, by
+#: the linearisation, a fall of no more than this fraction of the cost: near the optimum
+#: Gauss-Newton steps of the reweighted problem raise it by 1e-7 to 3e-5 (the broadened
+#: benchmark's pairs), and damping them only creeps; a step that overshoots raises it by
+#: 1e-4 to 1e-1, far from the optimum, where a fall is promised and damping finds it.
 COST_FLOOR = 1e-4
 
 
@@ -485,9 +485,12 @@ def gn_refine(
     (``EccResult.photometric`` of an earlier run on the same channels; None: gain 1,
     offset 0).
     A step that raises the robust cost is damped and tried again (Levenberg-Marquardt);
-    the pass ends when a step moves no frame corner by ``tol_px`` (image px) or the
-    cost cannot fall by more than :data:`COST_FLOOR` of itself (``converged``), or
-    after ``max_iter`` steps.  The Jacobian takes the exact derivatives of the
+    the pass ends (``converged``) when a step moves no frame corner by ``tol_px``
+    (image px; a Gauss-Newton step that small is taken unmeasured, a damped one is
+    not taken) or when a step that raised the cost was promised a fall of no more
+    than :data:`COST_FLOOR` of it, else after ``max_iter`` trials (refused ones
+    included).  The correlation and the fraction inside are those of the last
+    point measured.  The Jacobian takes the exact derivatives of the
     image's cubic spline (:func:`sample_spline_gradient`).
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
@@ -520,32 +523,29 @@ def gn_refine(
     damping, grow = 0.0, 2.0
     for it in range(1, max_iter + 1):
         dp = _gn_solve(eq, damping)
+        # the fall the linearisation promises (per sample, as the cost)
+        promised = float(dp @ eq.atb - 0.5 * dp @ eq.ata @ dp) / max(eq.n_cost, 1)
         photo_t = [photo[k] + dp[8 + nr + nc + 2 * npb * k : 8 + nr + nc + 2 * npb * (k + 1)] for k in range(len(data))]
         h_t, q_t, moved = _apply_update(h, q, dp, nr, frame, nc)
         if moved < tol_px:
-            # a step this small is taken without measuring where it lands
-            h, q, photo, converged = h_t, q_t, photo_t, True
+            # a Gauss-Newton step this small is taken without measuring where it lands; a
+            # damped one this small means no step of any length lowers the cost: stay
+            if damping == 0.0:
+                h, q, photo = h_t, q_t, photo_t
+            converged = True
             break
         trial = _gn_equations(data, g_of(h_t), q_t, photo_t, nr, huber, n_par, nc, eq.thresholds)
-        inside = trial.n_inside >= 64
-        if inside and trial.cost_before <= eq.cost:
+        if trial.n_inside >= 64 and trial.cost_before <= eq.cost:
             gain = eq.cost - trial.cost_before
-            # the fall the linearisation promised (Nielsen's damping schedule)
-            promised = float(dp @ eq.atb - 0.5 * dp @ eq.ata @ dp) / max(eq.n_inside, 1)
             h, q, photo, eq = h_t, q_t, photo_t, trial
-            if damping > 0.0:
-                if gain <= COST_FLOOR * eq.cost:
-                    # a damped step that gains no more than the cost's noise: the undamped
-                    # one overshot, the damped ones creep; where the cost is lowest is here
-                    converged = True
-                    break
+            if damping > 0.0:  # Nielsen's schedule
                 rho = gain / promised if promised > 0 else 0.0
                 damping *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
                 damping = 0.0 if damping < 1e-6 else damping
                 grow = 2.0
-        elif inside and trial.cost_before <= eq.cost * (1.0 + COST_FLOOR):
-            # the cost rises by less than its own noise (the spline's, the thresholds'):
-            # nothing left to gain; the point stays where the cost was lowest
+        elif promised <= COST_FLOOR * eq.cost:
+            # refused, and the linearisation promised no more than the cost's own noise
+            # (the spline's, the thresholds'): the point stays where the cost was lowest
             converged = True
             break
         else:
@@ -558,10 +558,12 @@ def gn_refine(
 @dataclass
 class _SummedEquations:
     """The normal equations of one Gauss-Newton point of :func:`gn_refine`, summed over the
-    channels: ``ata`` / ``atb``, the robust cost there per sample inside the image
-    (``cost``, under its own Huber thresholds ``thresholds``, one per channel) and
-    under the thresholds of the point a step started from (``cost_before``), the
-    correlation pooled over channels and the fraction of samples inside the image."""
+    channels: ``ata`` / ``atb``, the robust cost there per sample inside the image of
+    the channels with equations (``n_cost`` of them; ``cost``, under its own Huber
+    thresholds ``thresholds``, one per channel, None for a channel without equations)
+    and under the thresholds of the point a step started from (``cost_before``), the
+    correlation pooled over channels, the fraction of samples inside the image and
+    how many are (``n_inside``, every channel's)."""
 
     ata: np.ndarray
     atb: np.ndarray
@@ -571,6 +573,7 @@ class _SummedEquations:
     correlation: float
     valid_fraction: float
     n_inside: int
+    n_cost: int
 
 
 def _gn_equations(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarray], nr: int, huber: float | None,
@@ -583,7 +586,7 @@ def _gn_equations(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarr
     npb = len(photo[0]) // 2
     ata = np.zeros((n_par, n_par))
     atb = np.zeros(n_par)
-    n_tot = n_in_tot = 0
+    n_tot = n_in_tot = n_cost = 0
     sxy = sxx = syy = cost = cost_before = 0.0
     before = thresholds_before or [None] * len(data)
     equations = thread_map(lambda k: _channel_equations(data[k], g, q, photo[k], nr, huber, nc, before[k]),
@@ -599,10 +602,12 @@ def _gn_equations(data: list, g: np.ndarray, q: np.ndarray, photo: list[np.ndarr
         atb[idx] += eq.jtr
         sxy, sxx, syy = sxy + eq.sxy, sxx + eq.sxx, syy + eq.syy
         cost, cost_before = cost + eq.cost, cost_before + eq.cost_before
+        n_cost += eq.n_inside
     corr = sxy / np.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
-    per = 1.0 / max(n_in_tot, 1)
+    # per sample of the channels with equations (one with too few px inside has no cost)
+    per = 1.0 / max(n_cost, 1)
     return _SummedEquations(ata, atb, cost * per, cost_before * per, [eq.threshold for eq in equations], float(corr),
-                            n_in_tot / max(n_tot, 1), n_in_tot)
+                            n_in_tot / max(n_tot, 1), n_in_tot, n_cost)
 
 
 def _gn_solve(eq: _SummedEquations, damping: float = 0.0) -> np.ndarray:
@@ -845,7 +850,7 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     tc = t_in - t_in.mean()
     pc = pred - pred.mean()
     cost = _huber_cost(r, kk)
-    cost_before = cost if threshold_before == kk else _huber_cost(r, threshold_before)
+    cost_before = cost if threshold_before is None or threshold_before == kk else _huber_cost(r, threshold_before)
     return _ChannelEquations(n_in, jw @ jac.T, jw @ r, float(tc @ pc), float(tc @ tc), float(pc @ pc), cost,
                              cost_before, kk)
 
@@ -1062,9 +1067,11 @@ def refine_homography(
     stage such as :func:`refine_planes` follows).
     radial / q0: radial distortion coefficients estimated with H (see
     :func:`gn_refine`; the template grid is the frame).
-    skip_failed_levels: a level coarser than the finest that fails (its samples leave
-    the image) is skipped, the next level starting from the same model (False: the
-    failure is raised, so that a caller with other starts tries those first).
+    skip_failed_levels: a level coarser than the finest that fails (too few of its
+    samples land in the image at the level's start; a step that would throw them off
+    is refused since #11's seventeenth stop, :func:`gn_refine`) is skipped, the next
+    level starting from the same model (False: the failure is raised, so that a caller
+    with other starts tries those first).
     Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
     level = ECC_METHODS.get(method)
@@ -1110,10 +1117,10 @@ def refine_homography(
         except ValueError:
             if not skip_failed_levels or lvl == min(min_level, len(tpyr) - 1):
                 raise
-            # a coarse level that throws the model off the image (a page of text on paper
-            # the DSLR clipped: its coarse levels keep 6 % of the samples, a few blurred
-            # strokes, and one step from them left a 222-inlier start): the finer level
-            # starts from the same model
+            # a coarse level whose samples miss the image from its start (a page of text on
+            # paper the DSLR clipped: its coarse levels keep 6 % of the samples, a few
+            # blurred strokes; before steps that raise the cost were refused, one step from
+            # them also left a 222-inlier start): the finer level starts from the same model
             continue
         iters += r.iterations
         converged, corr, valid, q = r.converged, r.correlation, r.valid_fraction, r.radial
