@@ -14,7 +14,12 @@ Reasons (``Quality.reason``), checked in this order:
   unless the scene has little texture and the few tiles it has confirm the model
   (``min_reliable_count`` reliable tiles in ``min_reliable_cells`` of the frame's
   3 x 3 cells, consistent, within ``max_residual_px``, median tile correlation at
-  least ``min_correlation``, pinning the frame corners to ``max_corner_sigma_px``);
+  least ``min_correlation``, pinning the frame corners to ``max_corner_sigma_px``), or
+  the model is a homography (no lens model) started from the features whose tiles
+  agree with it, correlate at ``min_correlation`` and pin it within
+  ``max_corner_sigma_px`` over at least ``min_trusted`` of the measurable frame
+  (``pinned_fraction``; the px they leave unpinned are unverified in the trust map)
+  while the whole correlates at ``min_correlation_confirmed``;
 - ``residual_too_large``: tiles still disagree with the model: fewer than
   ``min_consistent`` of the textured tiles agree within ``max_residual_px``
   (phone px), or the 90th percentile of the reliable tiles' residual exceeds it:
@@ -89,7 +94,11 @@ class Quality:
     and their median correlation (the textured evidence of a low-texture scene);
     corner_sigma_px: the standard error at the frame corners of a homography fixed by
     those tiles and the tiles measured across one straight edge
-    (:func:`alignment.pipeline.corner_uncertainty`, phone px); edge_tile_count /
+    (:func:`alignment.pipeline.corner_uncertainty`, phone px); pinned_fraction: for a
+    model without a lens whose corners those tiles leave over ``max_corner_sigma_px``,
+    the share of the frame's measurable px where they pin it within that bound (the
+    rest is unverified in the trust map, :func:`alignment.pipeline._mark_unpinned`;
+    NaN otherwise); edge_tile_count /
     edge_residual_p90_px: how many such one-way tiles, and the 90th percentile of
     their residual across their edge (phone px; the confirmations need it within
     ``max_residual_px``);
@@ -126,6 +135,7 @@ class Quality:
     reliable_cells: int = 0
     tile_correlation: float = float("nan")
     corner_sigma_px: float = float("nan")
+    pinned_fraction: float = float("nan")
     edge_tile_count: int = 0
     edge_residual_p90_px: float = float("nan")
     start: str = "features"
@@ -190,6 +200,20 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     # charts 0.4 px off, their lens terms unpinned at the corners.)
     found_directly = q.start == "coarse" and ((tiles_agree and q.ecc_correlation >= t.min_correlation)
                                               or sparse_confirmed)
+    # a homography the tiles pin over part of the frame only (a soft landscape at night,
+    # its texture below a flat sky; a page's lines of text): kept for that part when the
+    # tiles there agree with it and correlate, the rest of its px unverified in the trust
+    # map (pinned_fraction: what they pin, at least min_trusted of the measurable frame);
+    # a start from the features only, and no lens model (whose corner test stays: over px
+    # pinned by its tiles a lens model was 1.6 px off its truth, a homography 0.61 px)
+    pinned_in_part = (
+        q.start == "features"
+        and q.pinned_fraction >= t.min_trusted
+        and q.reliable_tile_count + q.edge_tile_count >= t.min_reliable_count
+        and residuals_agree
+        and q.tile_correlation >= t.min_correlation
+        and q.ecc_correlation >= t.min_correlation_confirmed
+    )
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
     # the px a target could be measured at: the trust map's other reasons (moved, occluded,
     # unverified) are the geometry's to answer for
@@ -208,13 +232,13 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             f"phone frame overlap {q.overlap_fraction:.2f} < {t.min_overlap}",
         ),
         (
-            not (q.ecc_correlation >= correlation_floor or sparse_confirmed),
+            not (q.ecc_correlation >= correlation_floor or sparse_confirmed or pinned_in_part),
             "low_correlation",
             f"correlation {q.ecc_correlation:.3f} < {correlation_floor}"
             + ("" if geometry_confirmed else " (and the tiles do not confirm the geometry)"),
         ),
         (
-            not (q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed),
+            not (q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed or pinned_in_part),
             "low_correlation",
             f"only {q.reliable_tiles:.0%} of tiles have a reliable residual (< {t.min_reliable_tiles:.0%}), "
             f"{q.reliable_tile_count} in {q.reliable_cells} of 9 frame cells (need {t.min_reliable_count} in "

@@ -284,6 +284,62 @@ def test_corner_uncertainty_is_small_for_tiles_over_the_frame_and_large_for_tile
     assert corner_uncertainty(spread[:3], sig[:3], (1024, 768)) == float("inf")
 
 
+def test_position_uncertainty_grows_away_from_the_tiles_and_is_the_corner_figure_at_the_corners():
+    from alignment.pipeline import corner_uncertainty, position_uncertainty
+
+    xs, ys = np.meshgrid(np.linspace(50, 974, 8), np.linspace(600, 728, 3))  # texture in the bottom fifth
+    below = np.stack([xs.ravel(), ys.ravel()], 1)
+    sig = np.full(len(below), 0.1)
+    corners = np.array([[0, 0], [1023, 0], [0, 767], [1023, 767]], float)
+    column = np.stack([np.full(5, 512.0), np.linspace(664, 0, 5)], 1)  # from the tiles up into the sky
+    along = position_uncertainty(below, sig, (1024, 768), column)
+    assert along[0] < 0.05 and np.all(np.diff(along) > 0) and along[-1] > 0.5
+    at_corners = position_uncertainty(below, sig, (1024, 768), corners)
+    assert corner_uncertainty(below, sig, (1024, 768)) == pytest.approx(at_corners.max())
+    assert np.all(np.isinf(position_uncertainty(below[:3], sig[:3], (1024, 768), corners)))
+
+
+def _trust_map_of(code: np.ndarray, step: float = 8.0):
+    from alignment import trust
+
+    shape = code.shape
+    to_image = np.array([[step, 0, (step - 1) / 2], [0, step, (step - 1) / 2], [0, 0, 1]])
+    return trust.TrustMap(code.copy(), np.zeros((*shape, 2), np.float32), np.zeros(shape, np.float32),
+                          np.zeros(shape, np.float32), to_image, layer=np.full(shape, -1, np.int16))
+
+
+def test_px_a_lens_free_model_leaves_unpinned_become_unverified_and_the_rest_stays():
+    from alignment import trust
+    from alignment.pipeline import _mark_unpinned
+    from alignment.quality import Quality
+
+    code = np.zeros((96, 128), np.uint8)  # a 1024 x 768 phone frame on a grid of 8 px
+    code[:, :16] = trust.CLIPPED  # the left eighth: no colour to judge
+    tm = _trust_map_of(code)
+    tm.layer[40:50, 60:70] = 0  # an object with a homography of its own
+    q = Quality(trusted_fraction=float(tm.trusted.mean()), dropped=tm.fractions())
+    # a standard error that grows upwards from the frame's bottom: 0.1 px there, 1.0 px at the top
+    _mark_unpinned(q, tm, lambda xy: 0.1 + 0.9 * (767 - xy[:, 1]) / 767, bound_px=0.5)
+    rows = np.arange(96)[:, None] * 8 + 3.5
+    pinned_rows = (0.1 + 0.9 * (767 - rows) / 767 <= 0.5).ravel()
+    assert np.all(tm.code[pinned_rows, 16:][tm.layer[pinned_rows, 16:] < 0] == 0)
+    assert np.all(tm.code[~pinned_rows, 16:][tm.layer[~pinned_rows, 16:] < 0] == trust.UNVERIFIED)
+    assert np.all(tm.code[:, :16] == trust.CLIPPED) and np.all(tm.code[40:50, 60:70] == 0)
+    assert q.pinned_fraction == pytest.approx(pinned_rows.mean())  # of the measurable px
+    assert q.trusted_fraction == pytest.approx(tm.trusted.mean())
+    assert q.dropped["unverified"] == pytest.approx((tm.code == trust.UNVERIFIED).mean(), abs=1e-5)
+
+
+def test_tiles_that_fix_the_model_nowhere_leave_the_trust_map_as_it_was():
+    from alignment.pipeline import _mark_unpinned
+    from alignment.quality import Quality
+
+    tm = _trust_map_of(np.zeros((96, 128), np.uint8))
+    q = Quality(trusted_fraction=1.0, dropped=tm.fractions())
+    _mark_unpinned(q, tm, lambda xy: np.full(len(xy), np.inf), bound_px=0.5)
+    assert q.pinned_fraction == 0.0 and q.trusted_fraction == 1.0 and np.all(tm.code == 0)
+
+
 def test_tiles_on_straight_edges_pin_the_corners_only_with_edges_of_two_directions():
     from alignment.pipeline import corner_uncertainty
 
