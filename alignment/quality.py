@@ -18,8 +18,9 @@ Reasons (``Quality.reason``), checked in this order:
   the model is a homography (no lens model) started from the features whose tiles
   agree with it, correlate at ``min_correlation`` and pin it within
   ``max_corner_sigma_px`` over at least ``min_trusted`` of the measurable frame
-  (``pinned_fraction``; the px they leave unpinned are unverified in the trust map)
-  while the whole correlates at ``min_correlation_confirmed``;
+  (``pinned_fraction``; the px they leave unpinned are unverified in the trust map),
+  ``min_reliable_count`` of them at least (reliable both ways or across one straight
+  edge), while the whole correlates at ``min_correlation_confirmed``;
 - ``residual_too_large``: tiles still disagree with the model: fewer than
   ``min_consistent`` of the textured tiles agree within ``max_residual_px``
   (phone px), or the 90th percentile of the reliable tiles' residual exceeds it:
@@ -95,10 +96,10 @@ class Quality:
     corner_sigma_px: the standard error at the frame corners of a homography fixed by
     those tiles and the tiles measured across one straight edge
     (:func:`alignment.pipeline.corner_uncertainty`, phone px); pinned_fraction: for a
-    model without a lens whose corners those tiles leave over ``max_corner_sigma_px``,
-    the share of the frame's measurable px where they pin it within that bound (the
-    rest is unverified in the trust map, :func:`alignment.pipeline._mark_unpinned`;
-    NaN otherwise); edge_tile_count /
+    model without a lens, the share of the frame's measurable px where those tiles
+    pin it within ``max_corner_sigma_px`` (the rest is unverified in the trust map,
+    :func:`alignment.pipeline._mark_unpinned`; 0 when they fix it nowhere; NaN with a
+    lens model or without reliable tiles); edge_tile_count /
     edge_residual_p90_px: how many such one-way tiles, and the 90th percentile of
     their residual across their edge (phone px; the confirmations need it within
     ``max_residual_px``);
@@ -215,6 +216,9 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
         and q.ecc_correlation >= t.min_correlation_confirmed
     )
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
+    in_part = "" if not np.isfinite(q.pinned_fraction) else (
+        f"; the tiles pin the homography within {t.max_corner_sigma_px} px over {q.pinned_fraction:.0%} of the "
+        f"measurable frame (need {t.min_trusted:.0%})")
     # the px a target could be measured at: the trust map's other reasons (moved, occluded,
     # unverified) are the geometry's to answer for
     measurable = max(0.0, 1.0 - q.dropped.get("outside", 0.0) - q.dropped.get("clipped", 0.0))
@@ -235,14 +239,14 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             not (q.ecc_correlation >= correlation_floor or sparse_confirmed or pinned_in_part),
             "low_correlation",
             f"correlation {q.ecc_correlation:.3f} < {correlation_floor}"
-            + ("" if geometry_confirmed else " (and the tiles do not confirm the geometry)"),
+            + ("" if geometry_confirmed else " (and the tiles do not confirm the geometry)") + in_part,
         ),
         (
             not (q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed or pinned_in_part),
             "low_correlation",
             f"only {q.reliable_tiles:.0%} of tiles have a reliable residual (< {t.min_reliable_tiles:.0%}), "
             f"{q.reliable_tile_count} in {q.reliable_cells} of 9 frame cells (need {t.min_reliable_count} in "
-            f"{t.min_reliable_cells}, median tile correlation >= {t.min_correlation})",
+            f"{t.min_reliable_cells}, median tile correlation >= {t.min_correlation})" + in_part,
         ),
         (
             not (q.consistent_tiles >= t.min_consistent),
@@ -268,8 +272,12 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             q.ok, q.reason, q.message = False, reason, f"{message} ({note})" if note else message
             return q
     q.ok, q.reason = True, None
+    by_part = not (q.ecc_correlation >= correlation_floor or sparse_confirmed) or not (
+        q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed)
     q.message = (
         f"ok: {q.inliers} inliers, correlation {q.ecc_correlation:.3f}, "
         f"residual median {q.residual_median_px:.3f} px, p90 {q.residual_p90_px:.3f} px"
+        + (f"; kept for the {q.pinned_fraction:.0%} of the measurable frame its tiles pin within "
+           f"{t.max_corner_sigma_px} px, the rest unverified" if by_part else "")
     )
     return q

@@ -81,7 +81,11 @@ _PINNED_IN_PART = {"ecc_correlation": 0.41, "reliable_tiles": 0.16, "reliable_ti
         ({**_PINNED_IN_PART, "ecc_correlation": 0.25}, False, "low_correlation"),  # the whole must correlate too
         ({**_PINNED_IN_PART, "reliable_tile_count": 2, "edge_tile_count": 3}, False, "low_correlation"),
         ({**_PINNED_IN_PART, "reliable_tile_count": 2, "edge_tile_count": 40}, True, None),  # a page's text lines
-        ({**_PINNED_IN_PART, "inliers": 10, "start": "coarse"}, False, "too_few_matches"),
+        ({**_PINNED_IN_PART, "start": "coarse"}, False, "low_correlation"),  # a start from the features only
+        # tiles that pin the corners as well pin the part: no worse a verdict for a better pinned pair
+        ({**_PINNED_IN_PART, "corner_sigma_px": 0.4, "pinned_fraction": 1.0}, True, None),
+        # what the tiles leave unpinned is unverified, and the trust map must keep enough
+        ({**_PINNED_IN_PART, "trusted_fraction": 0.3, "dropped": {"unverified": 0.7}}, False, "too_little_trusted"),
     ],
 )
 def test_verdict_accepts_weak_correlation_only_when_the_geometry_is_confirmed(changes, ok, reason):
@@ -89,6 +93,14 @@ def test_verdict_accepts_weak_correlation_only_when_the_geometry_is_confirmed(ch
     assert q.ok is ok
     assert q.reason == reason
     assert q.message
+
+
+def test_the_messages_say_how_much_of_the_frame_the_tiles_pin():
+    kept = verdict(_good(**_PINNED_IN_PART), Thresholds())
+    assert kept.ok and "kept for the 97% of the measurable frame" in kept.message
+    short = verdict(_good(**{**_PINNED_IN_PART, "pinned_fraction": 0.3}), Thresholds())
+    assert not short.ok and "over 30% of the measurable frame (need 50%)" in short.message
+    assert "pin" not in verdict(_good(), Thresholds()).message
 
 
 def test_rejection_message_says_the_tiles_did_not_confirm():
