@@ -719,10 +719,10 @@ def _mark_unpinned(q: Quality, trust_map: TrustMap, uncertainty: Callable[[np.nd
     gy, gx = np.meshgrid(np.linspace(0, rows - 1, ny), np.linspace(0, cols - 1, nx), indexing="ij")
     at = np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)], 1) @ trust_map.to_image.T
     var = uncertainty(at[:, :2]).reshape(ny, nx) ** 2
-    measurable = ~np.isin(code, (trust.OUTSIDE, trust.CLIPPED))
     if not np.all(np.isfinite(var)):  # (inf is all or nothing: the tiles fix the model or not)
         q.pinned_fraction = 0.0
         return
+    measurable = ~np.isin(code, (trust.OUTSIDE, trust.CLIPPED))
     along = var[:, ix] * (1.0 - fx) + var[:, ix + 1] * fx  # (ny, cols)
     var_px = along[iy] * (1.0 - fy)[:, None] + along[iy + 1] * fy[:, None]  # (rows, cols)
     pinned = var_px <= bound_px * bound_px

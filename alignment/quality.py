@@ -216,6 +216,10 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
         and q.ecc_correlation >= t.min_correlation_confirmed
     )
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
+    # the two low_correlation checks without the pinned-in-part path (a pair that needs it
+    # is told so when kept)
+    correlates = q.ecc_correlation >= correlation_floor or sparse_confirmed
+    tiles_usable = q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed
     in_part = "" if not np.isfinite(q.pinned_fraction) else (
         f"; the tiles pin the homography within {t.max_corner_sigma_px} px over {q.pinned_fraction:.0%} of the "
         f"measurable frame (need {t.min_trusted:.0%})")
@@ -236,13 +240,13 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             f"phone frame overlap {q.overlap_fraction:.2f} < {t.min_overlap}",
         ),
         (
-            not (q.ecc_correlation >= correlation_floor or sparse_confirmed or pinned_in_part),
+            not (correlates or pinned_in_part),
             "low_correlation",
             f"correlation {q.ecc_correlation:.3f} < {correlation_floor}"
             + ("" if geometry_confirmed else " (and the tiles do not confirm the geometry)") + in_part,
         ),
         (
-            not (q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed or pinned_in_part),
+            not (tiles_usable or pinned_in_part),
             "low_correlation",
             f"only {q.reliable_tiles:.0%} of tiles have a reliable residual (< {t.min_reliable_tiles:.0%}), "
             f"{q.reliable_tile_count} in {q.reliable_cells} of 9 frame cells (need {t.min_reliable_count} in "
@@ -272,8 +276,7 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
             q.ok, q.reason, q.message = False, reason, f"{message} ({note})" if note else message
             return q
     q.ok, q.reason = True, None
-    by_part = not (q.ecc_correlation >= correlation_floor or sparse_confirmed) or not (
-        q.reliable_tiles >= t.min_reliable_tiles or sparse_confirmed)
+    by_part = not (correlates and tiles_usable)
     q.message = (
         f"ok: {q.inliers} inliers, correlation {q.ecc_correlation:.3f}, "
         f"residual median {q.residual_median_px:.3f} px, p90 {q.residual_p90_px:.3f} px"
