@@ -421,8 +421,6 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
     ``opt.radial``): it decides whether the lens model stays (dropped when it moves the
     frame corner by less than ``radial_min_px``) and gives :func:`_fine_final` its start
     (and :func:`_global_stage` the measure of how far the fine stage moves the model)."""
-    # the centre is fixed by the radial terms alone: only with a lens model already there
-    centre = opt.lens_centre and _corner_px(q_radial, image_size) >= opt.radial_min_px
     samples = sum(int(c.mask.sum()) for c in channels)
     quarter = max(1000, min(samples, opt.max_pixels or samples) // 4)
     # the trial keeps the centre where it is: a centre is barely defined by a weak
@@ -430,7 +428,12 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
     trial = _fine_refine(channels, h_image, q_radial if opt.radial else None, photo0, quarter, False, image_size, opt)
     # no lens distortion worth modelling: two fewer parameters, less variance
     lens = opt.radial and _corner_px(trial.radial, image_size) >= opt.radial_min_px
-    return _FineTrial(trial.homography, trial.radial if lens else None, trial.photometric, centre, quarter)
+    # the centre is fixed by the radial terms alone: the final pass estimates it with the
+    # lens model the trial kept (not only with one ECC's luminance stage had found: a
+    # low-texture scene starts from the background's homography, no lens, and its lens
+    # model held at the frame centre was up to 1.2 px off at the corners of a whiteboard)
+    return _FineTrial(trial.homography, trial.radial if lens else None, trial.photometric,
+                      bool(opt.lens_centre and lens), quarter)
 
 
 def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[int, int], opt: AlignOptions,
@@ -614,31 +617,16 @@ def _layers_stage(tm: TrustMap, res: trust.DenseResidual, channels: list[Channel
     return _adopt_layers(tm, found, lens, p, to_stored, stored_size)
 
 
-#: a lens centre the fine stage moved further than this from the frame centre (a
-#: fraction of half the longer side) is not taken as known by the corner test: a phone
-#: lens sits within 2 or 3 % of it (the simulator draws 1 % per axis), and a centre
-#: out at the frame's edge says the lens model bends the frame to fit something else
-#: (a sky-heavy pair with parallax: a centre 509 px out, 26 px of "lens" at its corners)
-PLAUSIBLE_LENS_OFFSET = 0.1
-
-
-def _lens_centre_is_free(lens: tuple[float, float, float, float, float], image_size: tuple[int, int]) -> bool:
-    """True when the fitted lens centre (``lens`` as in :attr:`SmoothField.radial`) lies
-    beyond :data:`PLAUSIBLE_LENS_OFFSET` of the frame centre."""
-    w, h = image_size
-    offset = np.hypot(lens[0] - (w - 1) / 2.0, lens[1] - (h - 1) / 2.0)
-    return bool(offset > PLAUSIBLE_LENS_OFFSET * max(w, h) / 2.0)
-
-
 def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, image_size: tuple[int, int],
                   max_residual_px: float, corners: np.ndarray | None = None,
-                  lens: tuple[float, float, float, float, float] | None = None
+                  lens: tuple[float, float, float, float, float] | None = None, lens_centre: bool = False
                   ) -> Callable[[np.ndarray], np.ndarray] | None:
     """The tile figures of the verdict (reliable and consistent shares, residual percentiles);
     with a trust map, over the tiles whose centre is trusted: the model is judged where
     the scene agrees with it.  corners: where the corner uncertainty is evaluated (see
     :func:`corner_uncertainty`); lens: the lens model kept (:attr:`SmoothField.radial`)
-    or None.  Returns how well the same tiles pin the model at other points ((K, 2)
+    or None; lens_centre: the fine stage estimated that lens's centre (its two terms
+    are then parameters of the model the tiles must fix as well).  Returns how well the same tiles pin the model at other points ((K, 2)
     phone image px -> (K,) standard errors, :func:`position_uncertainty`), None
     without reliable tiles."""
     rel = final.reliable
@@ -671,11 +659,10 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         if one_way.any():
             sigma = np.where(one_way, np.sqrt(2.0) * final.normal_sigma, final.sigma)
             normals = np.where(one_way[:, None], final.normal, 0.0)[ev]
-        # a lens whose centre is plausible: two radial terms about the frame centre; one
-        # whose centre is not: its own terms and its centre's
-        free = lens is not None and _lens_centre_is_free(lens, image_size)
-        evidence = dict(radial=0 if lens is None else 2, residuals=None if lens is None else final.shifts[ev],
-                        normals=normals, lens=lens if free else None, lens_centre=free)
+        # a lens model: its two terms about its own centre, and the centre's two when the
+        # fine stage estimated it (the parameters the model has are the ones to pin)
+        evidence = dict(residuals=None if lens is None else final.shifts[ev], normals=normals, lens=lens,
+                        lens_centre=lens is not None and lens_centre)
         q.corner_sigma_px = corner_uncertainty(final.centres[ev], sigma[ev], image_size, corners=corners, **evidence)
         uncertainty = partial(position_uncertainty, final.centres[ev], sigma[ev], image_size, **evidence)
     judged = TileResiduals(final.centres, final.shifts, final.sigma, final.correlation, rel, final.grid_shape,
@@ -694,11 +681,12 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
 
 def _mark_unpinned(q: Quality, trust_map: TrustMap, uncertainty: Callable[[np.ndarray], np.ndarray],
                    bound_px: float, lattice: int = 4) -> None:
-    """Where the tiles leave a model without a lens unpinned, its px are unverified.
+    """Where the tiles leave the global model unpinned, its px are unverified.
 
-    A homography fixed by tiles in part of the frame (the texture of a soft landscape
-    at night below a flat sky, a page's lines of text) is known well near them and
-    less so the farther it extrapolates.  Every trusted px of the global model whose
+    A model fixed by tiles in part of the frame (the texture of a soft landscape at
+    night below a flat sky, a page's lines of text, a whiteboard's strokes) is known
+    well near them and less so the farther it extrapolates, a lens model's terms
+    most of all.  Every trusted px of the global model whose
     own standard error (:func:`position_uncertainty` at its centre, phone px) is over
     ``bound_px`` becomes :data:`alignment.trust.UNVERIFIED`, in ``trust_map`` and in
     ``q``'s trusted share and dropped shares, however the pair is kept.
@@ -711,8 +699,10 @@ def _mark_unpinned(q: Quality, trust_map: TrustMap, uncertainty: Callable[[np.nd
     and its square interpolated linearly in between (a 12 MP phone's 750 000 working
     px in about 50 000 evaluations).  (Measured on the 144 pairs of the broadened
     benchmark: over the px pinned to 0.5 px, the models without a lens were at most
-    0.61 px off their truth; with a lens, 1.6 px, so a lens model stays judged at its
-    corners.)"""
+    0.61 px off their truth; with a lens whose centre the fine stage estimates, and
+    the centre's terms in the covariance, 0.52 px.  With the centre held at the frame
+    centre a lens model was 1.6 px off there: that model cannot follow a decentred
+    lens, and no covariance sees such a bias.)"""
     code = trust_map.code
     rows, cols = code.shape
     (iy, fy, ny), (ix, fx, nx) = (_lattice_weights(n, lattice) for n in (rows, cols))
@@ -783,9 +773,8 @@ def position_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tup
     0.43 and 0.50 px by this estimate and were 2.2 and 0.94 px off; without a lens
     model the plain estimate held (no wrong keep among 36 homography pairs).  The
     pipeline evaluates it at the corners of the part of the frame the DSLR sees
-    (:func:`corner_uncertainty` at :func:`overlap_corners`) and, for a model without
-    a lens, over the working grid (:func:`_mark_unpinned`: the trust map's
-    ``unverified``).  normals: (N, 2) unit vectors, or zeros: a tile with a
+    (:func:`corner_uncertainty` at :func:`overlap_corners`) and over the working grid
+    (:func:`_mark_unpinned`: the trust map's ``unverified``).  normals: (N, 2) unit vectors, or zeros: a tile with a
     normal measures the shift across one straight edge only (its weight n n^T / sigma^2,
     nothing along the edge); zeros: both directions (weight I / sigma^2).  lens: the
     model's lens (cx, cy, s, q1, q2) as in :attr:`SmoothField.radial`: its own two
@@ -1316,13 +1305,14 @@ def _align(phone, dslr, opt: AlignOptions) -> Alignment:
         # the DSLR frame has no target to be wrong about
         lens = _radial_field(m.q_radial, s.p).radial
         uncertainty = _tile_quality(q, m.final, result.trust, s.p.image_size, opt.max_residual_px,
-                                    overlap_corners(s.d.to_image @ m.h_image, s.p.image_size, s.stored_size), lens)
+                                    overlap_corners(s.d.to_image @ m.h_image, s.p.image_size, s.stored_size), lens,
+                                    lens_centre=len(m.q_radial) == 4)
         if result.trust is not None:
             keep = result.trust.trusted
             warped = [TileChannel(c.template, c.warped, c.mask & keep, c.to_image, c.sampled) for c in warped]
         q.ecc_correlation = model_correlation(warped, opt.norm_sigma)
         # (the correlation over every trusted px: the verdict weighs the whole as well)
-        if result.trust is not None and uncertainty is not None and lens is None:
+        if result.trust is not None and uncertainty is not None:
             _mark_unpinned(q, result.trust, uncertainty, opt.thresholds().max_corner_sigma_px)
     except _StageFailed as stop:
         h_work = stop.h_work

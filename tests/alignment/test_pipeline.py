@@ -231,6 +231,28 @@ def test_a_page_of_text_pinned_in_part_is_kept_with_its_unpinned_px_unverified(t
     assert corner_errors(a, pair.truth).max() < 0.3
 
 
+def test_a_whiteboard_under_a_lens_gets_its_lens_centre_and_is_kept_for_the_part_its_strokes_pin(tmp_path):
+    # the broadened benchmark's distortion whiteboard pair 1: strokes in the upper two
+    # thirds of the board, blank below, a correlation of 0.24 over the whole (noise).
+    # ECC's luminance stage kept the background start's homography (no lens), so the
+    # lens centre stayed at the frame centre, where no radial model can follow the
+    # simulator's decentred lens; and its tiles pin the corners to 0.64 px only: rejected
+    # (low_correlation) until #11's nineteenth stop
+    seed = int(np.random.SeedSequence([2026, 1, zlib.crc32(b"whiteboard")]).generate_state(1)[0])
+    pair = sim.simulate_pair(seed, _benchmark_scenes().whiteboard(seed),
+                             sim.SimOptions(distortion=True, photometry="hard"), pair_id="whiteboard")
+    folder = sim.write_pair(pair, tmp_path)
+    a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
+    q = a.quality
+    assert a.ok, q.message
+    w, h = pair.truth.phone_size
+    assert np.hypot(a.field.radial[0] - (w - 1) / 2, a.field.radial[1] - (h - 1) / 2) > 1.0  # the centre estimated
+    assert q.ecc_correlation < 0.3 and q.corner_sigma_px > 0.5 and 0.5 <= q.pinned_fraction < 1.0
+    assert q.dropped["unverified"] > 0.0  # the corners the strokes leave unpinned
+    assert np.median(corner_errors(a, pair.truth)) < 0.5
+    assert dense_errors(a, pair.truth).mean() < 0.1
+
+
 def test_a_pair_whose_features_fall_short_is_aligned_from_the_coarse_search_and_kept(aligned_sim):
     pair, by_features = aligned_sim(0, False)
     # no pair has a million inlier matches: every pair takes the start without features
@@ -458,17 +480,6 @@ def test_a_lens_with_a_fitted_centre_leaves_the_corners_less_pinned_than_one_abo
     assert np.isfinite(free) and 1.2 * fixed < free < 3.0 * fixed
     # without a lens (q = 0) the centre is not a parameter: its terms vanish
     assert corner_uncertainty(tiles, sig, (1024, 768), lens=lens[:3] + (0.0, 0.0), lens_centre=True) == float("inf")
-
-
-@pytest.mark.parametrize("centre, free", [
-    ((511.5, 383.5), False),  # the frame centre
-    ((540.0, 400.0), False),  # 33 px out: a phone lens's principal point can be there
-    ((981.8, 189.1), True),  # 509 px out: what a sky-heavy pair with parallax fitted
-])
-def test_only_a_lens_centre_far_from_the_frame_centre_counts_as_unknown_in_the_corner_test(centre, free):
-    from alignment.pipeline import _lens_centre_is_free
-
-    assert _lens_centre_is_free((*centre, 512.0, 0.01, 0.0), (1024, 768)) is free
 
 
 @pytest.mark.parametrize("scatter_px, factor", [(0.02, 1.0), (0.15, 2.5)])

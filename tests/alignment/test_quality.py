@@ -75,10 +75,12 @@ _PINNED_IN_PART = {"ecc_correlation": 0.41, "reliable_tiles": 0.16, "reliable_ti
         # texture below a flat sky): kept for that part, the rest unverified in the trust map
         ({**_PINNED_IN_PART}, True, None),
         ({**_PINNED_IN_PART, "pinned_fraction": 0.3}, False, "low_correlation"),  # pinned in a band only
-        ({**_PINNED_IN_PART, "pinned_fraction": float("nan")}, False, "low_correlation"),  # a lens model
+        ({**_PINNED_IN_PART, "pinned_fraction": float("nan")}, False, "low_correlation"),  # not measured
         ({**_PINNED_IN_PART, "tile_correlation": 0.5}, False, "low_correlation"),
         ({**_PINNED_IN_PART, "consistent_tiles": 0.5}, False, "low_correlation"),
-        ({**_PINNED_IN_PART, "ecc_correlation": 0.25}, False, "low_correlation"),  # the whole must correlate too
+        # a whiteboard under a lens: its blank px correlate as noise, its strokes' tiles
+        # pin the model over most of the frame (distortion pair 1: 0.34 px off at the corners)
+        ({**_PINNED_IN_PART, "ecc_correlation": 0.24, "radial_corner_px": 23.6, "pinned_fraction": 0.98}, True, None),
         ({**_PINNED_IN_PART, "reliable_tile_count": 2, "edge_tile_count": 3}, False, "low_correlation"),
         ({**_PINNED_IN_PART, "reliable_tile_count": 2, "edge_tile_count": 40}, True, None),  # a page's text lines
         ({**_PINNED_IN_PART, "start": "coarse"}, False, "low_correlation"),  # a start from the features only
