@@ -70,7 +70,8 @@ class AlignOptions:
     stage's model moves the frame corner by less than ``radial_min_px`` (phone
     px), the fine stage is run again without it (fewer parameters, less variance)
     and the local field takes whatever is left; ``lens_centre``: the fine stage also
-    estimates the lens model's centre (else the frame centre).  Local: ``local``,
+    estimates the lens model's centre whenever it keeps a lens model (else the frame
+    centre).  Local: ``local``,
     ``coarse_local`` (blurred passes with larger tiles first), ``tile_px`` (phone px; default: the longer side / 20,
     clamped to 8..48 working px), ``local_degrees``, ``tile_shading`` (the tiles measure
     with the fine stage's gain and offset divided out of the phone template, so that
@@ -419,8 +420,10 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
                 opt: AlignOptions, photo0: list[np.ndarray] | None = None) -> _FineTrial:
     """The fine stage's first pass, on a quarter of the samples (with the lens model when
     ``opt.radial``): it decides whether the lens model stays (dropped when it moves the
-    frame corner by less than ``radial_min_px``) and gives :func:`_fine_final` its start
-    (and :func:`_global_stage` the measure of how far the fine stage moves the model)."""
+    frame corner by less than ``radial_min_px``), and with it whether the final pass
+    estimates the lens centre (``opt.lens_centre`` and a lens model kept), and gives
+    :func:`_fine_final` its start (and :func:`_global_stage` the measure of how far the
+    fine stage moves the model)."""
     samples = sum(int(c.mask.sum()) for c in channels)
     quarter = max(1000, min(samples, opt.max_pixels or samples) // 4)
     # the trial keeps the centre where it is: a centre is barely defined by a weak
@@ -429,8 +432,8 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
     # no lens distortion worth modelling: two fewer parameters, less variance
     lens = opt.radial and _corner_px(trial.radial, image_size) >= opt.radial_min_px
     # the centre is fixed by the radial terms alone: the final pass estimates it with the
-    # lens model the trial kept (not only with one ECC's luminance stage had found: a
-    # low-texture scene starts from the background's homography, no lens, and its lens
+    # lens model the trial kept (not only with one that ECC's luminance stage had found:
+    # a low-texture scene starts from the background's homography, no lens, and its lens
     # model held at the frame centre was up to 1.2 px off at the corners of a whiteboard)
     return _FineTrial(trial.homography, trial.radial if lens else None, trial.photometric,
                       bool(opt.lens_centre and lens), quarter)
@@ -626,9 +629,9 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
     the scene agrees with it.  corners: where the corner uncertainty is evaluated (see
     :func:`corner_uncertainty`); lens: the lens model kept (:attr:`SmoothField.radial`)
     or None; lens_centre: the fine stage estimated that lens's centre (its two terms
-    are then parameters of the model the tiles must fix as well).  Returns how well the same tiles pin the model at other points ((K, 2)
-    phone image px -> (K,) standard errors, :func:`position_uncertainty`), None
-    without reliable tiles."""
+    are then parameters of the model the tiles must fix as well).  Returns how well
+    the same tiles pin the model at other points ((K, 2) phone image px -> (K,)
+    standard errors, :func:`position_uncertainty`), None without reliable tiles."""
     rel = final.reliable
     textured = final.textured
     one_way = final.edge if final.edge is not None else np.zeros_like(rel)
@@ -694,10 +697,10 @@ def _mark_unpinned(q: Quality, trust_map: TrustMap, uncertainty: Callable[[np.nd
     frame nor clipped) within the bound, which the verdict weighs
     (``Thresholds.min_trusted``): about 1 when the tiles pin the corners, 0 (and
     nothing marked: they say nothing either way) when they fix the model nowhere.
-    The standard error is a smooth function of position (its square a polynomial of
-    degree 4 at most): it is evaluated on a lattice of every ``lattice``-th working px
-    and its square interpolated linearly in between (a 12 MP phone's 750 000 working
-    px in about 50 000 evaluations).  (Measured on the 144 pairs of the broadened
+    The standard error is a smooth function of position (its square a polynomial:
+    of degree 4 for a homography, 10 at most with a lens model): it is evaluated on
+    a lattice of every ``lattice``-th working px and its square interpolated linearly
+    in between (a 12 MP phone's 750 000 working px in about 50 000 evaluations).  (Measured on the 144 pairs of the broadened
     benchmark: over the px pinned to 0.5 px, the models without a lens were at most
     0.61 px off their truth; with a lens whose centre the fine stage estimates, and
     the centre's terms in the covariance, 0.52 px.  With the centre held at the frame
@@ -758,7 +761,8 @@ def position_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tup
                          lens: tuple[float, float, float, float, float] | None = None,
                          lens_centre: bool = False) -> np.ndarray:
     """How well tiles pin the model at ``points`` ((K, 2) phone image px): the standard
-    error (phone px) there of a homography fitted to tile shifts measured at
+    error (phone px) there of a homography (and a lens model, ``radial`` or ``lens``
+    below) fitted to tile shifts measured at
     ``centres`` ((N, 2) phone image px) with standard errors ``sigma`` ((N,) px, floored
     at ``sigma_floor_px``: a tile's own error is optimistic) -> (K,) float64.  A small perturbation of
     the model, x -> x + (A x + t - x (p . x)) in coordinates centred on the frame and

@@ -71,7 +71,7 @@ class Thresholds:
     #: residual checks and whose median correlation reaches ``min_correlation``
     min_reliable_count: int = 6
     min_reliable_cells: int = 4
-    #: ... and the homography those tiles fix pins the frame's corners to this standard
+    #: ... and the model those tiles fix (its lens terms too) pins the frame's corners to this standard
     #: error (phone px; ``Quality.corner_sigma_px``): half the 1 px that makes a wrong keep
     max_corner_sigma_px: float = 0.5
 
@@ -93,8 +93,9 @@ class Quality:
     across its edge); reliable_tile_count / reliable_cells / tile_correlation:
     how many tiles have a reliable residual, in how many of the frame's 3 x 3 cells,
     and their median correlation (the textured evidence of a low-texture scene);
-    corner_sigma_px: the standard error at the frame corners of a homography fixed by
-    those tiles and the tiles measured across one straight edge
+    corner_sigma_px: the standard error at the frame corners of the model (homography,
+    lens terms and lens centre as fitted) fixed by those tiles and the tiles measured
+    across one straight edge
     (:func:`alignment.pipeline.corner_uncertainty`, phone px); pinned_fraction: the
     share of the frame's measurable px where those tiles pin the global model within
     ``max_corner_sigma_px`` (the rest is unverified in the trust map,
