@@ -439,14 +439,27 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
                       bool(opt.lens_centre and lens), quarter)
 
 
+#: the farthest a lens centre the fine stage estimates may lie from the frame centre, as a
+#: fraction of half the frame's longer side (the normalised units of ``ecc.lens_undistort``):
+#: a phone lens's optical centre sits within 2 or 3 % of it (the simulator draws 1 % per
+#: axis); one further out is the fit bending the frame to fit something else, and the
+#: final pass is run again with the centre held at the frame centre
+PLAUSIBLE_LENS_OFFSET = 0.1
+
+
 def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[int, int], opt: AlignOptions,
                 max_pixels: int | None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
     """The fine stage's last pass, on at most ``max_pixels`` samples (None: all), from the
-    trial's model (and without the lens model after all, with one more pass, when the
-    samples put it under ``radial_min_px``) -> (H, radial coefficients, the channels'
-    gains and offsets)."""
+    trial's model (with the lens centre held at the frame centre after all, with one
+    more pass, when the estimate lies beyond :data:`PLAUSIBLE_LENS_OFFSET`; and without
+    the lens model after all when the samples put it under ``radial_min_px``) -> (H,
+    radial coefficients, the channels' gains and offsets)."""
     q_radial = trial.q_radial
     rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, max_pixels, trial.centre, image_size, opt)
+    if trial.centre and len(rf.radial) == 4 and np.hypot(rf.radial[2], rf.radial[3]) > PLAUSIBLE_LENS_OFFSET:
+        # a centre run off the frame is no lens: the fit bent the frame to something else
+        # (the real BruggeSquare pair: a centre 2800 px below the frame); held at the frame's
+        rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, max_pixels, False, image_size, opt)
     if q_radial is not None and _corner_px(rf.radial, image_size) < opt.radial_min_px:
         # all the samples do not confirm the trial's lens model (a weak scene): without it
         rf, q_radial = _fine_refine(channels, rf.homography, None, rf.photometric, max_pixels, False, image_size,

@@ -525,6 +525,26 @@ def test_the_fine_stage_estimates_the_lens_centre_whenever_its_trial_keeps_a_len
                                     pipeline.AlignOptions(lens_centre=False)).centre
 
 
+@pytest.mark.parametrize("centre, held", [((0.02, -0.03), False), ((0.05, 3.3), True)])
+def test_a_lens_centre_run_off_the_frame_is_held_at_the_frame_centre(monkeypatch, centre, held):
+    import alignment.pipeline as pipeline
+    from alignment.ecc import EccResult
+
+    # the real BruggeSquare pair's final pass put its lens centre 2800 px below the frame
+    calls = []
+
+    def final(channels, h, q, photo, max_pixels, with_centre, image_size, opt):
+        calls.append(with_centre)
+        radial = np.array([0.03, 0.0, *centre]) if with_centre else np.array([0.03, 0.0])
+        return EccResult(homography=np.eye(3), correlation=0.9, iterations=[3], radial=radial)
+
+    monkeypatch.setattr(pipeline, "_fine_refine", final)
+    trial = pipeline._FineTrial(np.eye(3), np.array([0.03, 0.0]), None, True, 1000)
+    _, q, _ = pipeline._fine_final([], trial, (1024, 768), pipeline.AlignOptions(), None)
+    assert calls == ([True, False] if held else [True])
+    assert len(q) == (2 if held else 4)
+
+
 @pytest.mark.parametrize("scatter_px, factor", [(0.02, 1.0), (0.15, 2.5)])
 def test_tiles_that_scatter_more_than_their_errors_widen_the_corner_uncertainty(scatter_px, factor):
     from alignment.pipeline import corner_uncertainty
