@@ -714,8 +714,9 @@ def _mark_unpinned(q: Quality, trust_map: TrustMap, uncertainty: Callable[[np.nd
     of degree 4 for a homography, 10 at most with a lens model): it is evaluated on
     a lattice of every ``lattice``-th working px and its square interpolated linearly
     in between (a 12 MP phone's 750 000 working px in about 50 000 evaluations).
-    (Measured on the 144 pairs of the broadened benchmark: over the px pinned to 0.5 px, the models without a lens were at most
-    0.61 px off their truth; with a lens whose centre the fine stage estimates, and
+    (Measured on the 144 pairs of the broadened benchmark: over the px pinned to
+    0.5 px, the models without a lens were at most 0.61 px off their truth; with a
+    lens whose centre the fine stage estimates, and
     the centre's terms in the covariance, 0.52 px.  With the centre held at the frame
     centre a lens model was 1.6 px off there: that model cannot follow a decentred
     lens, and no covariance sees such a bias.)"""
