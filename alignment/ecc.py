@@ -1189,6 +1189,8 @@ def prepare_channels(
     norm_sigma: float | None = None,
     aperture: float = 1.0,
     templates: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    relative_blur: float | None = None,
+    energies: list[np.ndarray] | None = None,
 ) -> list[Channel]:
     """One filtered :class:`Channel` per phone target (see :func:`prepare_level_pair`).
 
@@ -1200,7 +1202,15 @@ def prepare_channels(
     filtered (template, mask) of each target from an earlier call with the same
     targets, ``blur_sigma`` and ``norm_sigma`` (they do not depend on the images),
     or None to filter them here.
+    relative_blur: None, or the sharp channels of the fine stage (:mod:`alignment.blur`):
+    the templates unfiltered and each image blurred by ``relative_blur`` target px (the
+    phone's blur relative to the DSLR's; ``blur_sigma``, ``norm_sigma`` and
+    ``aperture`` then play no part).  energies: per target, the squared template
+    gradient to choose the informative samples by (:attr:`Channel.gradient_energy`
+    of filtered channels: an unfiltered template's gradient picks its noise), or None.
     """
+    if relative_blur is not None:
+        blur_sigma, norm_sigma, aperture = relative_blur, None, 0.0
     scales = [round(_local_scale(h_image @ t_k, values.shape), 3) for values, _, t_k in targets]
     # the same DSLR image at the same scale is filtered once; the templates, the
     # images and the images' spline coefficients are made side by side
@@ -1212,10 +1222,11 @@ def prepare_channels(
         return ImageSamples(im, imk).compute()
 
     samples = dict(zip(unique, thread_map(image_samples, unique.values())))
+    template_sigma = 0.0 if relative_blur is not None else blur_sigma
     filtered = templates if templates is not None else thread_map(
-        lambda tg: filter_template(tg[0], tg[1], blur_sigma, norm_sigma), targets)
-    return [Channel(t, tm, samples[key].image, samples[key].image_mask, t_k, samples[key])
-            for (t, tm), key, (_, _, t_k) in zip(filtered, keys, targets)]
+        lambda tg: filter_template(tg[0], tg[1], template_sigma, norm_sigma), targets)
+    return [Channel(t, tm, samples[key].image, samples[key].image_mask, t_k, samples[key], e)
+            for (t, tm), key, (_, _, t_k), e in zip(filtered, keys, targets, energies or [None] * len(targets))]
 
 
 def refine_planes(

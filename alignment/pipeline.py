@@ -29,6 +29,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from alignment import trust
+from alignment.blur import SHARP_MAX_MISFIT, estimate_relative_blur
 from alignment.coarse import coarse_search
 from alignment.ecc import (ECC_METHODS, Channel, EccResult, lens_undistort, photometric_maps, prepare_channels,
                            refine_homography, refine_planes)
@@ -64,8 +65,13 @@ class AlignOptions:
     midpoints more than ``radiometric_refit_px`` (phone px; None: never).
     ``fine``: "planes" (a final Gauss-Newton with one channel per Bayer plane at
     its own sampling position, smooth polynomial gain of degree
-    ``fine_gain_degree``, pre-blur ``fine_blur_sigma``, at most ``max_pixels``)
-    or "none".  ``radial``: radial lens-distortion coefficients (0..2) estimated
+    ``fine_gain_degree``, at most ``max_pixels``) or "none".  ``fine_filter``:
+    "sharp" (the planes' samples unfiltered against the DSLR blurred by the phone's
+    blur relative to the DSLR's: ``phone_blur_sigma`` plane px, or measured on the
+    pair when None, :mod:`alignment.blur`, and then only where the pair's noise leaves
+    the misfit under ``blur.SHARP_MAX_MISFIT``) or "blur" (both pre-blurred by
+    ``fine_blur_sigma`` plane px, as the local stage and the trust map always are).
+    ``radial``: radial lens-distortion coefficients (0..2) estimated
     with the homography in both ECC stages (the phone lens); when the fine
     stage's model moves the frame corner by less than ``radial_min_px`` (phone
     px), the fine stage is run again without it (fewer parameters, less variance)
@@ -101,6 +107,8 @@ class AlignOptions:
     radiometric_refit_px: float | None = 0.05
     fine: str = "planes"
     fine_blur_sigma: float = 0.5
+    fine_filter: str = "sharp"
+    phone_blur_sigma: float | None = None
     fine_gain_degree: int = 2
     max_pixels: int | None = 250_000
     radial: int = 2
@@ -186,7 +194,10 @@ _OPTION_KINDS = {
     "trust_refit": _FLAG, "trust_layers": _FLAG, "coarse_start": _FLAG, "lens_centre": _FLAG,
     "coarse_min_score": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
     "fine": ((str,), lambda v: v in ("planes", "none"), "'planes' or 'none'"),
-    "fine_blur_sigma": _POSITIVE, "radial": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"),
+    "fine_blur_sigma": _POSITIVE,
+    "fine_filter": ((str,), lambda v: v in ("sharp", "blur"), "'sharp' or 'blur'"),
+    "phone_blur_sigma": ((int, float, type(None)), lambda v: v is None or v >= 0, "a number >= 0 or null"),
+    "radial": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"),
     "radial_min_px": ((int, float), lambda v: v >= 0, "a number >= 0"),
     "radiometric_refit_px": ((int, float, type(None)), lambda v: v is None or v >= 0, "a number >= 0 or null"),
     "max_pixels": ((int, type(None)), lambda v: v is None or v >= 1000, "a whole number >= 1000 or null"),
@@ -414,6 +425,34 @@ def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, p
     return refine_planes(None, None, None, h, (image_size[1], image_size[0]), gain_degree=opt.fine_gain_degree,
                          max_pixels=max_pixels, radial=opt.radial if q is not None else 0, q0=q, channels=channels,
                          tol_px=_FINE_TOL_PX, photo0=photo, lens_centre=with_centre and q is not None)
+
+
+def _fine_channels(fit_channels: list[Channel], targets: list, images: list[np.ndarray], image_mask: np.ndarray | None,
+                   h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage, opt: AlignOptions,
+                   q: Quality) -> list[Channel]:
+    """The channels the fine stage fits, with the masks of ``fit_channels`` (the
+    local stage's, pre-blurred by ``fine_blur_sigma``): those themselves when
+    ``opt.fine_filter`` is "blur" or the pair is too noisy for sharp channels, else the
+    phone targets unfiltered against ``images`` blurred by the phone's blur relative to
+    the DSLR's (:mod:`alignment.blur` says why), the informative samples chosen by the
+    pre-blurred templates' gradients.  On the first call the blur is measured at the
+    model (h_image, q_radial) unless ``opt.phone_blur_sigma`` gives it (sharp channels
+    then, unmeasured), and ``q.phone_blur_sigma``, ``q.phone_blur_misfit`` and the
+    choice, ``q.fine_filter`` (sharp when the misfit is under
+    :data:`alignment.blur.SHARP_MAX_MISFIT`), hold for the later calls."""
+    if opt.fine_filter == "blur":
+        q.fine_filter = "blur"
+    elif q.fine_filter is None and opt.phone_blur_sigma is not None:
+        q.phone_blur_sigma, q.fine_filter = float(opt.phone_blur_sigma), "sharp"
+    elif q.fine_filter is None:
+        sigma, misfits = estimate_relative_blur(targets, images, image_mask, h_image, _undistortion(q_radial, p))
+        q.phone_blur_sigma, q.phone_blur_misfit = round(sigma, 4), round(min(misfits), 5)
+        q.fine_filter = "sharp" if q.phone_blur_misfit < SHARP_MAX_MISFIT else "blur"
+    if q.fine_filter == "blur":
+        return fit_channels
+    sharp = prepare_channels(targets, images, image_mask, h_image, relative_blur=q.phone_blur_sigma,
+                             energies=[c.gradient_energy for c in fit_channels])
+    return [c.with_mask(f.mask) for c, f in zip(sharp, fit_channels)]
 
 
 def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],
@@ -1199,13 +1238,15 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         fit_channels = channels if keep is None else _masked(channels, keep)
         photo = None
         if opt.fine == "planes":
-            trial = _fine_trial(fit_channels, h_image, q_radial, p.image_size, opt)
+            fine_channels = _fine_channels(fit_channels, targets, images, d.valid, h_image, q_radial, p, opt, q)
+            trial = _fine_trial(fine_channels, h_image, q_radial, p.image_size, opt)
             again = fitted is not None and opt.radiometric_refit_px is not None and _model_moved_px(
                 (h_image, q_radial), (trial.h_image, trial.q_radial), p) > opt.radiometric_refit_px
             # a pass that only places the samples of the response's second fit needs no more
             # samples than the trial; the pass after that fit uses them all
-            h_fine, q_fine, photo = _fine_final(fit_channels, trial, p.image_size, opt,
+            h_fine, q_fine, photo = _fine_final(fine_channels, trial, p.image_size, opt,
                                                 trial.samples if again else opt.max_pixels)
+            fine_channels = None  # (their filtered images: not needed past the pass)
             if again:
                 # the response was fitted at the coarse model: samples paired a fraction
                 # of a px off blur the curves differently at the centre and the rim, and
@@ -1226,7 +1267,9 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                                             templates=templates)
                 fit_channels = channels if keep is None else _masked(channels, keep)
                 start = _FineTrial(h_fine, lens, photo, trial.centre and lens is not None, trial.samples)
-                h_fine, q_fine, photo = _fine_final(fit_channels, start, p.image_size, opt, opt.max_pixels)
+                h_fine, q_fine, photo = _fine_final(
+                    _fine_channels(fit_channels, targets, images, d.valid, h_fine, q_fine, p, opt, q), start,
+                    p.image_size, opt, opt.max_pixels)
                 s.secs["radiometric_refit"] = time.perf_counter() - t_re
             h_image, q_radial = h_fine, q_fine
             q.radial_corner_px = _corner_px(q_radial, p.image_size)
@@ -1269,8 +1312,11 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
     try:
         m.fit_channels = _masked(m.fit_channels, ~trust.grow(dropped, opt.trust_margin_px / s.step))
         if opt.fine == "planes":
-            m.h_image, m.q_radial, m.photometric = _fine_stage(m.fit_channels, m.h_image, m.q_radial, p.image_size,
+            fine_channels = _fine_channels(m.fit_channels, m.targets, m.images, s.d.valid, m.h_image, m.q_radial,
+                                           p, opt, q)
+            m.h_image, m.q_radial, m.photometric = _fine_stage(fine_channels, m.h_image, m.q_radial, p.image_size,
                                                                opt, m.photometric)
+            del fine_channels
             q.radial_corner_px = _corner_px(m.q_radial, p.image_size)
         m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt,
                                                 photometric=m.photometric)

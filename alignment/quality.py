@@ -111,6 +111,13 @@ class Quality:
     scene; 0: no search); field_degree: degree
     of the local polynomial field (-1: none); radial_corner_px: displacement of
     the frame corner by the radial lens model kept (phone px, 0: none);
+    phone_blur_sigma: the phone's blur relative to the DSLR's (Gaussian sigma, phone
+    plane px: two raw px; measured on the pair unless given, :mod:`alignment.blur`;
+    None: ``fine_filter="blur"`` asked); phone_blur_misfit: the share of the planes'
+    variance the DSLR blurred by the measured blur leaves unexplained (noise, mostly;
+    None: not measured); fine_filter: what the fine stage compared, "sharp" (the planes
+    unfiltered against the DSLR blurred by phone_blur_sigma) or "blur" (both
+    pre-blurred: asked, or a misfit of ``blur.SHARP_MAX_MISFIT`` or more);
     ok / reason / message: the verdict.
     """
 
@@ -132,6 +139,9 @@ class Quality:
     dropped: dict = field(default_factory=dict)
     prefit_outliers: float = float("nan")
     radiometric_refit: bool = False
+    phone_blur_sigma: float | None = None
+    phone_blur_misfit: float | None = None
+    fine_filter: str | None = None
     trust_refit: bool = False
     reliable_tile_count: int = 0
     reliable_cells: int = 0

@@ -26,6 +26,35 @@ def test_homography_pair_is_aligned_to_hundredths_of_a_pixel(aligned_sim, seed):
     assert dense_errors(a, pair.truth).mean() < 0.05
 
 
+def test_the_fine_stage_measures_the_phones_blur_against_the_dslrs_and_records_it(aligned_sim):
+    pair, a = aligned_sim(0, False)
+    # the simulator's phone sees the scene through a Gaussian of 0.45 raw px, the DSLR
+    # through its 2 x 2 box of the twice finer scene: 0.19 Bayer-plane px more
+    assert 0.1 < a.quality.phone_blur_sigma < 0.35
+    # a day scene: the planes' noise leaves little unexplained, the sharp channels serve
+    assert a.quality.phone_blur_misfit < 0.05 and a.quality.fine_filter == "sharp"
+    dslr = jpeg_roundtrip(pair.dslr_rgb)
+    given = align_images(pair.phone, dslr, phone_blur_sigma=0.3)
+    blurred = align_images(pair.phone, dslr, fine_filter="blur")
+    assert (given.quality.phone_blur_sigma, given.quality.fine_filter) == (0.3, "sharp")
+    assert (blurred.quality.phone_blur_sigma, blurred.quality.fine_filter) == (None, "blur")
+    assert given.ok and blurred.ok
+    assert np.median(corner_errors(given, pair.truth)) < 0.1 and np.median(corner_errors(blurred, pair.truth)) < 0.1
+
+
+@pytest.mark.parametrize("misfit, used", [(0.02, "sharp"), (0.3, "blur")])
+def test_the_fine_stage_keeps_the_pre_blurred_channels_where_noise_leaves_the_misfit_high(monkeypatch, misfit, used):
+    from alignment import pipeline
+    from alignment.quality import Quality
+
+    monkeypatch.setattr(pipeline, "estimate_relative_blur", lambda *a, **k: (0.25, [misfit + 0.1, misfit, misfit + 0.2]))
+    monkeypatch.setattr(pipeline, "prepare_channels", lambda *a, **k: [])
+    q, fit = Quality(), []
+    out = pipeline._fine_channels(fit, [], [], None, np.eye(3), np.zeros(2), None, pipeline.AlignOptions(), q)
+    assert (q.fine_filter, q.phone_blur_sigma, q.phone_blur_misfit) == (used, 0.25, misfit)
+    assert (out is fit) == (used == "blur")
+
+
 @pytest.mark.parametrize("shading", [True, False])
 def test_the_tiles_measure_under_the_fitted_shading_by_default_and_align_as_well_without(shading, monkeypatch):
     from alignment import pipeline

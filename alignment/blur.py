@@ -1,0 +1,151 @@
+"""The phone's blur relative to the DSLR's, measured on the pair itself.
+
+A phone has no anti-aliasing filter: each Bayer plane samples its colour every second
+raw px through a blur of about half a raw px, so what lies between its samples is
+aliased.  Blurring such a plane on its own grid (what the coarse stages do, to widen
+the basin of convergence) is not the same as blurring the scene and sampling it: a
+straight edge nearly along the grid keeps the sub-pixel phase of its samples along its
+whole length, and the blurred samples place it off by a phase-dependent amount (the
+"pixel locking" of sub-pixel estimators).  On the broadened benchmark this bias, not
+noise, held the colour charts and the Blackmagic landscape at 0.06 to 0.2 px at the
+corners.  The fine stage therefore compares the phone's samples unfiltered with the
+DSLR image blurred by the phone's own blur relative to the DSLR's, which is unknown
+(optics, pixel aperture, binning, the DSLR's own filter) and measured here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from alignment.geometry import apply_homography
+
+#: the relative blurs tried, Gaussian sigma in phone target px (a Bayer plane's px: two raw
+#: px); from none (the DSLR as blurred as the phone) to about the blur of a phone lens
+#: focused a little off
+CANDIDATE_SIGMAS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0)
+
+#: the sharp channels are used only where the least misfit (:func:`estimate_relative_blur`:
+#: the share of the planes' variance the best blurred DSLR leaves unexplained) is under
+#: this: beyond it noise rules the planes (night scenes: 0.035 to 0.26 on the broadened
+#: benchmark, day scenes 0.001 to 0.04), and the DSLR's own noise, sampled through a
+#: blur that narrow, biases the fit more than the aliasing does; the pre-blurred
+#: channels serve there.  Chosen on the tune half of the benchmark's sources
+#: (docs/alignment.md, step 8)
+SHARP_MAX_MISFIT = 0.15
+
+#: samples per target: enough for the misfit to resolve a tenth of a px of blur on a scene
+#: with a few hundred edge px, few enough to cost tens of ms
+SAMPLES_PER_TARGET = 20_000
+
+
+def local_scale(h: np.ndarray, shape: tuple[int, int]) -> float:
+    """Geometric-mean linear scale of (3, 3) ``h`` (image px per template px) at the
+    centre of a template of (rows, cols) ``shape``."""
+    rows, cols = shape
+    c = np.array([[(cols - 1) / 2.0, (rows - 1) / 2.0]])
+    d = 0.5
+    pts = np.array([[c[0, 0] - d, c[0, 1]], [c[0, 0] + d, c[0, 1]], [c[0, 0], c[0, 1] - d], [c[0, 0], c[0, 1] + d]])
+    m = apply_homography(h, pts)
+    jac = np.stack([(m[1] - m[0]) / (2 * d), (m[3] - m[2]) / (2 * d)], axis=1)
+    return float(np.sqrt(abs(np.linalg.det(jac))))
+
+
+def _sample_points(values: np.ndarray, valid: np.ndarray, n: int, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Half of ``n`` target px with the largest gradient (where blur shows), half at random,
+    inside ``valid`` eroded by 3 px -> (xs, ys) int arrays."""
+    inner = cv2.erode(valid.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    ys, xs = np.nonzero(inner)
+    if len(xs) <= n:
+        return xs, ys
+    v = values.astype(np.float32)
+    energy = cv2.Sobel(v, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(v, cv2.CV_32F, 0, 1) ** 2
+    e = energy[ys, xs]
+    top = np.argpartition(-e, n // 2)[: n // 2]
+    rest = np.setdiff1d(np.arange(len(xs)), top, assume_unique=True)
+    pick = np.concatenate([top, rng.choice(rest, n - len(top), replace=False)])
+    return xs[pick], ys[pick]
+
+
+def _misfit(t: np.ndarray, pred: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
+    """Relative misfit of the target samples ``t`` predicted by ``pred`` under a gain and
+    an offset linear in the frame position (u, v): the mean of the smallest 90 % of the
+    squared residuals over the variance of ``t``."""
+    basis = np.stack([np.ones_like(u), u, v], axis=1)
+    a = np.concatenate([basis * pred[:, None], basis], axis=1)
+    coef = np.linalg.solve(a.T @ a + 1e-9 * np.eye(a.shape[1]), a.T @ t)
+    r2 = (t - a @ coef) ** 2
+    n = max(int(0.9 * len(r2)), 1)
+    return float(np.partition(r2, n - 1)[:n].mean() / max(float(np.var(t)), 1e-12))
+
+
+def estimate_relative_blur(
+    targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    images: list[np.ndarray],
+    image_mask: np.ndarray | None,
+    h_image: np.ndarray,
+    undistort: Callable[[np.ndarray], np.ndarray] | None = None,
+    candidates: tuple[float, ...] = CANDIDATE_SIGMAS,
+    samples: int = SAMPLES_PER_TARGET,
+) -> tuple[float, list[float]]:
+    """The Gaussian blur (sigma, target px) that, applied to the DSLR images, best predicts
+    the phone targets sampled unfiltered under the model.
+
+    targets: [(values (h, w), valid (h, w) bool, (3, 3) target px -> phone image px)]
+    (Bayer planes); images: per target the (H, W) float32 DSLR image predicting it, on
+    the DSLR working grid; image_mask: (H, W) bool of measured DSLR px or None; h_image:
+    (3, 3) phone image px (undistorted by ``undistort``) -> DSLR working px.
+    Each candidate sigma s blurs each image by s times the target's local scale (DSLR
+    px); the misfit (:func:`_misfit`, summed over targets) is taken at ``samples`` px
+    per target, and the minimum refined by a parabola through it and its neighbours.
+    The misregistration of a model a tenth of a px off changes the misfit as the
+    gradient does, not as the blur does (odd against even about an edge), so the
+    model need not be final.  Returns (sigma, the misfit per candidate), the misfit
+    summed over the targets as a mean (each target's share of its variance).
+    """
+    rng = np.random.default_rng(2024)
+    per_target = []
+    for values, valid, t_k in targets:
+        xs, ys = _sample_points(values, valid, samples, rng)
+        xy = apply_homography(t_k, np.stack([xs, ys], axis=1).astype(np.float64))
+        if undistort is not None:
+            xy = undistort(xy)
+        m = apply_homography(h_image, xy).astype(np.float32)
+        per_target.append((values[ys, xs].astype(np.float64), m, xy, local_scale(h_image @ t_k, values.shape)))
+    h_img, w_img = images[0].shape
+    ok_mask = None if image_mask is None else cv2.erode(image_mask.astype(np.uint8), np.ones((9, 9), np.uint8))
+    costs = []
+    for sigma in candidates:
+        total = 0.0
+        blurred: dict = {}
+        for (t, m, xy, scale), img in zip(per_target, images):
+            key = (id(img), round(sigma * scale, 3))
+            if key not in blurred:
+                s_img = sigma * scale
+                blurred[key] = img if s_img < 0.05 else cv2.GaussianBlur(img, (0, 0), s_img)
+            # (a one-row map: OpenCV's remap runs ten times faster on it than on a column)
+            pred = cv2.remap(blurred[key], m[None, :, 0], m[None, :, 1], cv2.INTER_CUBIC,
+                             borderMode=cv2.BORDER_REPLICATE)[0].astype(np.float64)
+            inside = (m[:, 0] >= 3) & (m[:, 1] >= 3) & (m[:, 0] <= w_img - 4) & (m[:, 1] <= h_img - 4)
+            if ok_mask is not None:
+                inside &= ok_mask[np.clip(m[:, 1].round().astype(int), 0, h_img - 1),
+                                  np.clip(m[:, 0].round().astype(int), 0, w_img - 1)] > 0
+            if inside.sum() < 64:
+                continue
+            span = max(float(np.ptp(xy[inside], axis=0).max()), 1.0)
+            uv = (xy[inside] - xy[inside].mean(axis=0)) / span
+            total += _misfit(t[inside], pred[inside], uv[:, 0], uv[:, 1])
+        costs.append(total / len(per_target))
+    k = int(np.argmin(costs))
+    sigma = float(candidates[k])
+    if 0 < k < len(candidates) - 1:
+        # a parabola through the three points about the least (in sigma)
+        x = np.array(candidates[k - 1 : k + 2], np.float64)
+        y = np.array(costs[k - 1 : k + 2], np.float64)
+        a, b, _ = np.polyfit(x, y, 2)
+        if a > 0:
+            sigma = float(np.clip(-b / (2 * a), x[0], x[2]))
+    return sigma, costs
