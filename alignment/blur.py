@@ -107,21 +107,30 @@ def estimate_relative_blur(
     summed over the targets as a mean (each target's share of its variance).
     """
     rng = np.random.default_rng(2024)
-    per_target = []
-    for values, valid, t_k in targets:
+    h_img, w_img = images[0].shape
+    ok_mask = None if image_mask is None else cv2.erode(image_mask.astype(np.uint8), np.ones((9, 9), np.uint8))
+    per_target = []  # (values, DSLR positions, frame coordinates, local scale, image) of the usable samples
+    for (values, valid, t_k), img in zip(targets, images):
         xs, ys = _sample_points(values, valid, samples, rng)
         xy = apply_homography(t_k, np.stack([xs, ys], axis=1).astype(np.float64))
         if undistort is not None:
             xy = undistort(xy)
         m = apply_homography(h_image, xy).astype(np.float32)
-        per_target.append((values[ys, xs].astype(np.float64), m, xy, local_scale(h_image @ t_k, values.shape)))
-    h_img, w_img = images[0].shape
-    ok_mask = None if image_mask is None else cv2.erode(image_mask.astype(np.uint8), np.ones((9, 9), np.uint8))
+        inside = (m[:, 0] >= 3) & (m[:, 1] >= 3) & (m[:, 0] <= w_img - 4) & (m[:, 1] <= h_img - 4)
+        if ok_mask is not None:
+            inside &= ok_mask[np.clip(m[:, 1].round().astype(int), 0, h_img - 1),
+                              np.clip(m[:, 0].round().astype(int), 0, w_img - 1)] > 0
+        if inside.sum() < 64:
+            continue
+        xy = xy[inside]
+        uv = (xy - xy.mean(axis=0)) / max(float(np.ptp(xy, axis=0).max()), 1.0)
+        per_target.append((values[ys[inside], xs[inside]].astype(np.float64), np.ascontiguousarray(m[inside]), uv,
+                           local_scale(h_image @ t_k, values.shape), img))
     costs = []
     for sigma in candidates:
         total = 0.0
         blurred: dict = {}
-        for (t, m, xy, scale), img in zip(per_target, images):
+        for t, m, uv, scale, img in per_target:
             key = (id(img), round(sigma * scale, 3))
             if key not in blurred:
                 s_img = sigma * scale
@@ -129,16 +138,8 @@ def estimate_relative_blur(
             # (a one-row map: OpenCV's remap runs ten times faster on it than on a column)
             pred = cv2.remap(blurred[key], m[None, :, 0], m[None, :, 1], cv2.INTER_CUBIC,
                              borderMode=cv2.BORDER_REPLICATE)[0].astype(np.float64)
-            inside = (m[:, 0] >= 3) & (m[:, 1] >= 3) & (m[:, 0] <= w_img - 4) & (m[:, 1] <= h_img - 4)
-            if ok_mask is not None:
-                inside &= ok_mask[np.clip(m[:, 1].round().astype(int), 0, h_img - 1),
-                                  np.clip(m[:, 0].round().astype(int), 0, w_img - 1)] > 0
-            if inside.sum() < 64:
-                continue
-            span = max(float(np.ptp(xy[inside], axis=0).max()), 1.0)
-            uv = (xy[inside] - xy[inside].mean(axis=0)) / span
-            total += _misfit(t[inside], pred[inside], uv[:, 0], uv[:, 1])
-        costs.append(total / len(per_target))
+            total += _misfit(t, pred, uv[:, 0], uv[:, 1])
+        costs.append(total / len(targets))
     k = int(np.argmin(costs))
     sigma = float(candidates[k])
     if 0 < k < len(candidates) - 1:
