@@ -7,10 +7,12 @@ the basin of convergence) is not the same as blurring the scene and sampling it:
 straight edge nearly along the grid keeps the sub-pixel phase of its samples along its
 whole length, and the blurred samples place it off by a phase-dependent amount (the
 "pixel locking" of sub-pixel estimators).  On the broadened benchmark this bias, not
-noise, held the colour charts and the Blackmagic landscape at 0.06 to 0.2 px at the
-corners.  The fine stage therefore compares the phone's samples unfiltered with the
+noise, held the colour charts at 0.07 to 0.2 px at the corners (16 clean chart pairs:
+0.040 px median pre-blurred, 0.017 compared unfiltered).  The fine stage therefore compares the phone's samples unfiltered with the
 DSLR image blurred by the phone's own blur relative to the DSLR's, which is unknown
-(optics, pixel aperture, binning, the DSLR's own filter) and measured here.
+(optics, pixel aperture, binning, the DSLR's own filter) and measured here.  The local
+stage and the trust map still measure on pre-blurred planes (their tiles' statistics are
+calibrated so).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from alignment.ecc import _local_scale
 from alignment.geometry import apply_homography
 
 #: the relative blurs tried, Gaussian sigma in phone target px (a Bayer plane's px: two raw
@@ -39,18 +42,6 @@ SHARP_MAX_MISFIT = 0.15
 #: samples per target: enough for the misfit to resolve a tenth of a px of blur on a scene
 #: with a few hundred edge px, few enough to cost tens of ms
 SAMPLES_PER_TARGET = 20_000
-
-
-def local_scale(h: np.ndarray, shape: tuple[int, int]) -> float:
-    """Geometric-mean linear scale of (3, 3) ``h`` (image px per template px) at the
-    centre of a template of (rows, cols) ``shape``."""
-    rows, cols = shape
-    c = np.array([[(cols - 1) / 2.0, (rows - 1) / 2.0]])
-    d = 0.5
-    pts = np.array([[c[0, 0] - d, c[0, 1]], [c[0, 0] + d, c[0, 1]], [c[0, 0], c[0, 1] - d], [c[0, 0], c[0, 1] + d]])
-    m = apply_homography(h, pts)
-    jac = np.stack([(m[1] - m[0]) / (2 * d), (m[3] - m[2]) / (2 * d)], axis=1)
-    return float(np.sqrt(abs(np.linalg.det(jac))))
 
 
 def _sample_points(values: np.ndarray, valid: np.ndarray, n: int, rng: np.random.Generator
@@ -99,12 +90,13 @@ def estimate_relative_blur(
     the DSLR working grid; image_mask: (H, W) bool of measured DSLR px or None; h_image:
     (3, 3) phone image px (undistorted by ``undistort``) -> DSLR working px.
     Each candidate sigma s blurs each image by s times the target's local scale (DSLR
-    px); the misfit (:func:`_misfit`, summed over targets) is taken at ``samples`` px
-    per target, and the minimum refined by a parabola through it and its neighbours.
+    px, as :func:`alignment.ecc.prepare_channels` does); the misfit (:func:`_misfit`,
+    averaged over the targets) is taken at ``samples`` px per target, and the least
+    refined by a parabola through it and its neighbours.
     The misregistration of a model a tenth of a px off changes the misfit as the
     gradient does, not as the blur does (odd against even about an edge), so the
-    model need not be final.  Returns (sigma, the misfit per candidate), the misfit
-    summed over the targets as a mean (each target's share of its variance).
+    model need not be final.  Returns (sigma, the misfit per candidate); (0, NaNs)
+    when no target has 64 samples inside the DSLR image.
     """
     rng = np.random.default_rng(2024)
     h_img, w_img = images[0].shape
@@ -125,7 +117,9 @@ def estimate_relative_blur(
         xy = xy[inside]
         uv = (xy - xy.mean(axis=0)) / max(float(np.ptp(xy, axis=0).max()), 1.0)
         per_target.append((values[ys[inside], xs[inside]].astype(np.float64), np.ascontiguousarray(m[inside]), uv,
-                           local_scale(h_image @ t_k, values.shape), img))
+                           _local_scale(h_image @ t_k, values.shape), img))
+    if not per_target:
+        return 0.0, [float("nan")] * len(candidates)
     costs = []
     for sigma in candidates:
         total = 0.0

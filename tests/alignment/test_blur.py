@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from alignment.blur import estimate_relative_blur, local_scale
+from alignment.blur import estimate_relative_blur
 from alignment.ecc import gn_refine, prepare_channels
 from alignment.geometry import apply_homography
 
@@ -61,8 +61,11 @@ def test_the_relative_blur_is_measured_to_a_twentieth_of_a_plane_px(relative):
     assert len(costs) > 3 and min(costs) < costs[0]
 
 
-def test_local_scale_is_the_linear_scale_of_the_homography():
-    assert local_scale(_H_PLANE, _PLANE_SHAPE) == pytest.approx(_S)
+def test_no_target_inside_the_dslr_image_gives_no_misfit_and_so_no_sharp_channels():
+    dslr, plane = _pair(0.3 * _S)
+    far = np.array([[1.0, 0.0, 5000.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ _H_PLANE
+    sigma, costs = estimate_relative_blur([(plane, np.ones(_PLANE_SHAPE, bool), np.eye(3))], [dslr], None, far)
+    assert sigma == 0.0 and np.isnan(costs).all()
 
 
 def _corner_error(h: np.ndarray) -> float:
