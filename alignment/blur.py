@@ -8,11 +8,11 @@ straight edge nearly along the grid keeps the sub-pixel phase of its samples alo
 whole length, and the blurred samples place it off by a phase-dependent amount (the
 "pixel locking" of sub-pixel estimators).  On the broadened benchmark this bias, not
 noise, held the colour charts at 0.07 to 0.2 px at the corners (16 clean chart pairs:
-0.040 px median pre-blurred, 0.017 compared unfiltered).  The fine stage therefore compares the phone's samples unfiltered with the
-DSLR image blurred by the phone's own blur relative to the DSLR's, which is unknown
-(optics, pixel aperture, binning, the DSLR's own filter) and measured here.  The local
-stage and the trust map still measure on pre-blurred planes (their tiles' statistics are
-calibrated so).
+0.040 px median pre-blurred, 0.017 compared unfiltered).  The fine stage therefore
+compares the phone's samples unfiltered with the DSLR image blurred by the phone's own
+blur relative to the DSLR's, which is unknown (optics, pixel aperture, binning, the
+DSLR's own filter) and measured here.  The local stage and the trust map still measure
+on pre-blurred planes (their tiles' statistics are calibrated so).
 """
 
 from __future__ import annotations

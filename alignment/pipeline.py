@@ -755,10 +755,10 @@ def _mark_unpinned(q: Quality, trust_map: TrustMap, uncertainty: Callable[[np.nd
     in between (a 12 MP phone's 750 000 working px in about 50 000 evaluations).
     (Measured on the 144 pairs of the broadened benchmark: over the px pinned to
     0.5 px, the models without a lens were at most 0.61 px off their truth; with a
-    lens whose centre the fine stage estimates, and
-    the centre's terms in the covariance, 0.52 px.  With the centre held at the frame
-    centre a lens model was 1.6 px off there: that model cannot follow a decentred
-    lens, and no covariance sees such a bias.)"""
+    lens whose centre the fine stage estimates, and the centre's terms in the
+    covariance, 0.52 px.  With the centre held at the frame centre a lens model was
+    1.6 px off there: that model cannot follow a decentred lens, and no covariance
+    sees such a bias.)"""
     code = trust_map.code
     rows, cols = code.shape
     (iy, fy, ny), (ix, fx, nx) = (_lattice_weights(n, lattice) for n in (rows, cols))
@@ -832,8 +832,9 @@ def position_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tup
     pipeline evaluates it at the corners of the part of the frame the DSLR sees
     (:func:`corner_uncertainty` at :func:`overlap_corners`) and over the working grid
     (:func:`_mark_unpinned`: the trust map's ``unverified``).  normals: (N, 2) unit
-    vectors, or zeros: a tile with a normal measures the shift across one straight edge only (its weight n n^T / sigma^2,
-    nothing along the edge); zeros: both directions (weight I / sigma^2).  lens: the
+    vectors, or zeros: a tile with a normal measures the shift across one straight
+    edge only (its weight n n^T / sigma^2, nothing along the edge); zeros: both
+    directions (weight I / sigma^2).  lens: the
     model's lens (cx, cy, s, q1, q2) as in :attr:`SmoothField.radial`: its own two
     terms about its own centre replace ``radial``'s; lens_centre: its centre is a free
     parameter too (two more terms: a centre that the tiles do not fix swings the
