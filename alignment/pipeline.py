@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from alignment import trust
 from alignment.blur import SHARP_MAX_MISFIT, estimate_relative_blur
+from alignment.chroma import restore_chroma
 from alignment.coarse import coarse_search
 from alignment.ecc import (ECC_METHODS, Channel, EccResult, lens_undistort, photometric_maps, prepare_channels,
                            refine_homography, refine_planes)
@@ -62,7 +63,9 @@ class AlignOptions:
     saturation boosts ``dslr_saturations`` of the DSLR's rendering (see
     :func:`alignment.prepare.fit_radiometric`; ``(1.0,)``: none), and fitted again
     at the fine stage's first model when that moved the frame's corners or edge
-    midpoints more than ``radiometric_refit_px`` (phone px; None: never).
+    midpoints more than ``radiometric_refit_px`` (phone px; None: never);
+    ``restore_chroma``: a JPEG DSLR's subsampled chroma gets its lost detail back from
+    its luma before that fit (:mod:`alignment.chroma`).
     ``fine``: "planes" (a final Gauss-Newton with one channel per Bayer plane at
     its own sampling position, smooth polynomial gain of degree
     ``fine_gain_degree``, at most ``max_pixels``) or "none".  ``fine_filter``:
@@ -103,6 +106,7 @@ class AlignOptions:
     gauss_filt_size: int = 1
     radiometric: bool = True
     radiometric_gain: bool = True
+    restore_chroma: bool = True
     dslr_saturations: tuple[float, ...] = (1.0, 1.15, 1.3, 1.45, 1.6)
     radiometric_refit_px: float | None = 0.05
     fine: str = "planes"
@@ -189,7 +193,7 @@ _OPTION_KINDS = {
     "norm_sigma": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "gain_degree": ((int,), lambda v: 0 <= v <= 2, "0, 1 or 2"), "fine_gain_degree": ((int,), lambda v: 0 <= v <= 2,
                                                                                        "0, 1 or 2"),
-    "radiometric": _FLAG, "radiometric_gain": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "tile_shading": _FLAG,
+    "radiometric": _FLAG, "radiometric_gain": _FLAG, "restore_chroma": _FLAG, "local": _FLAG, "coarse_local": _FLAG, "tile_shading": _FLAG,
     "trust": _FLAG,
     "trust_refit": _FLAG, "trust_layers": _FLAG, "coarse_start": _FLAG, "lens_centre": _FLAG,
     "coarse_min_score": ((int, float), lambda v: -1 <= v <= 1, "a number in [-1, 1]"),
@@ -1167,6 +1171,10 @@ def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
     """Keep the DSLR px the phone frame covers, at no more px than the estimators use:
     from here on ``s.d`` is the reduced DSLR; returns h_work onto its grid."""
     s.d, s.window = crop_and_shrink_dslr(s.d, s.h_image(h_work), s.p.image_size, s.step, s.opt.dslr_oversample)
+    if s.d.encoded is not None and s.d.chroma_sampling is not None and s.opt.restore_chroma:
+        t0 = time.perf_counter()
+        s.d.encoded = restore_chroma(s.d.encoded, s.d.chroma_sampling, origin=s.window.crop[:2])
+        s.secs["restore_chroma"] = time.perf_counter() - t0
     h_work = np.linalg.inv(s.window.to_stored) @ h_work
     return h_work / h_work[2, 2]
 

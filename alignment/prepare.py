@@ -59,6 +59,10 @@ class PreparedImage:
     encoded: (h, w, 3) display-encoded RGB as stored (uint8 / uint16) or float32
         in [0, 1] (DSLR only, for the radiometric fit), else None.  After
         :func:`alignment.reduce.crop_and_shrink_dslr` it is the crop, not shrunk.
+    chroma_sampling: a JPEG's chroma subsampling (:attr:`alignment.rawio.RgbImage.chroma_sampling`)
+        when ``encoded`` holds its samples, else None: the pipeline puts the chroma's
+        lost detail back into the crop the response is fitted on
+        (:func:`alignment.chroma.restore_chroma`).
     focal_length_35mm: from EXIF when known.
     kind: "raw", "rgb" or "luminance".
     path: source file when read from disk.
@@ -75,6 +79,7 @@ class PreparedImage:
     planes: np.ndarray | None = None
     plane_to_image: list[np.ndarray] | None = None
     clipped: np.ndarray | None = None
+    chroma_sampling: tuple[int, int] | None = None
 
     @property
     def colour_clipped(self) -> np.ndarray:
@@ -337,6 +342,8 @@ def _from_rgb_or_array(obj, keep_encoded: bool) -> PreparedImage:
     kept) or a bare array, through :func:`_from_array`."""
     if isinstance(obj, rawio.RgbImage):
         p = _from_array(obj.stored if obj.stored is not None else obj.rgb, keep_encoded=keep_encoded)
+        if p.encoded is not None and obj.stored is not None:
+            p.chroma_sampling = obj.chroma_sampling
         p.focal_length_35mm = obj.exif.focal_length_35mm
         p.path = obj.path
         return p

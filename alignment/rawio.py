@@ -172,6 +172,8 @@ class RgbImage:
         bit_depth: bits per sample in the file (8 or 16; 32 for float TIFF).
         exif: the EXIF facts.
         path: the file it came from.
+        chroma_sampling: a JPEG's chroma subsampling, (px per chroma sample across,
+            down): (2, 2) for 4:2:0 (:func:`jpeg_chroma_sampling`); None for other files.
     """
 
     def __init__(
@@ -181,6 +183,7 @@ class RgbImage:
         exif: ExifInfo | None = None,
         path: Path | None = None,
         stored: np.ndarray | None = None,
+        chroma_sampling: tuple[int, int] | None = None,
     ) -> None:
         if rgb is None and stored is None:
             raise ValueError("RgbImage needs rgb or stored samples")
@@ -189,6 +192,7 @@ class RgbImage:
         self.bit_depth = bit_depth
         self.exif = exif if exif is not None else ExifInfo()
         self.path = path
+        self.chroma_sampling = chroma_sampling
 
     @property
     def rgb(self) -> np.ndarray:
@@ -726,6 +730,36 @@ def read_raw(path: PathLike, check_data: bool = True) -> RawImage:
     )
 
 
+def jpeg_chroma_sampling(path: PathLike) -> tuple[int, int] | None:
+    """The chroma subsampling of a three-component JPEG from its frame header: (luma px per
+    chroma sample across, down), (2, 2) for 4:2:0, (2, 1) for 4:2:2, (1, 1) for 4:4:4; None
+    when the file is not such a JPEG or its header cannot be read."""
+    with open(path, "rb") as fh:
+        data = fh.read(1 << 20)  # the headers come first; a camera's EXIF thumbnail fits in it
+    i = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            seg = data[i + 4 : i + 2 + length]
+            if len(seg) < 6 + 3 * 3 or seg[5] != 3:
+                return None
+            h = [seg[6 + 3 * k + 1] >> 4 for k in range(3)]
+            v = [seg[6 + 3 * k + 1] & 15 for k in range(3)]
+            if min(h + v) == 0 or h[1:] != [h[1]] * 2 or v[1:] != [v[1]] * 2 or h[0] % h[1] or v[0] % v[1]:
+                return None
+            return h[0] // h[1], v[0] // v[1]
+        if marker == 0xDA:  # the scan starts: no frame header before it
+            return None
+        i += 2 + length
+    return None
+
+
 def _jpeg_is_complete(p: Path) -> bool:
     with open(p, "rb") as fh:
         fh.seek(max(0, p.stat().st_size - 65536))
@@ -777,7 +811,8 @@ def read_rgb(path: PathLike) -> RgbImage:
         raise ImageReadError(p, "unsupported", f"unsupported image layout {data.shape}")
     if data.dtype in (np.uint8, np.uint16):
         depth = 8 if data.dtype == np.uint8 else 16
-        return RgbImage(stored=np.ascontiguousarray(data), bit_depth=depth, exif=read_exif(p), path=p)
+        return RgbImage(stored=np.ascontiguousarray(data), bit_depth=depth, exif=read_exif(p), path=p,
+                        chroma_sampling=jpeg_chroma_sampling(p) if is_jpeg else None)
     if np.issubdtype(data.dtype, np.floating):
         rgb = np.clip(data.astype(np.float32), 0.0, 1.0)
         return RgbImage(rgb=np.ascontiguousarray(rgb), bit_depth=32, exif=read_exif(p), path=p)
