@@ -118,9 +118,9 @@ def restore_chroma(encoded: np.ndarray, sampling: tuple[int, int], origin: tuple
     at ``encoded``'s top left (a crop: the chroma blocks start at the file's).
     sampling: the JPEG's chroma subsampling, (px per chroma sample across, down): (2, 2)
     for 4:2:0, (2, 1) for 4:2:2; (1, 1), or a factor other than 1 or 2, returns ``encoded``
-    itself.  Returns an array of
-    the same shape and type, clipped to its full scale.  Worked in strips of
-    ``STRIP_ROWS`` rows (whole chroma blocks, with a margin for the windows)."""
+    itself.  Returns an array of the same shape and type, clipped to its full scale.
+    Worked in strips of ``STRIP_ROWS`` rows (whole chroma blocks, each with the margin its
+    windows reach) on the pool's threads: the same result as in one piece."""
     sx, sy = sampling
     if (sx, sy) == (1, 1) or sx not in _REBLOCK or sy not in _REBLOCK:  # (4:1:1 and rarer: as decoded)
         return encoded
@@ -132,7 +132,9 @@ def restore_chroma(encoded: np.ndarray, sampling: tuple[int, int], origin: tuple
     eps = float((eps_fraction * full) ** 2)
     h = encoded.shape[0]
     step = max(sy, STRIP_ROWS - STRIP_ROWS % sy)
-    margin = (2 * radius + 2) * sy  # two windows and the interpolation's reach, in whole blocks
+    # the reach of a strip's outputs into its neighbours, in whole blocks: the two windows
+    # (the slope's fit and its smoothing), the loss kernel and the interpolation
+    margin = sy * (2 * max(1, -(-radius // sy)) + 2)
     tops = list(range(0, h, step))
 
     def strip(top: int) -> np.ndarray:

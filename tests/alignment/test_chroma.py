@@ -81,6 +81,18 @@ def test_a_crop_is_restored_as_the_frame_is_when_given_its_origin(tmp_path):
     assert np.abs(misplaced[inner].astype(int) - whole[11:90, 7:120][inner]).max() > 1
 
 
+@pytest.mark.parametrize("subsampling", [1, 2])
+def test_strips_give_the_result_of_one_piece(tmp_path, monkeypatch, subsampling):
+    from alignment import chroma
+
+    im = _as_jpeg(tmp_path, _patches(h=150, seed=3), subsampling)
+    whole = restore_chroma(im.stored, im.chroma_sampling)
+    monkeypatch.setattr(chroma, "STRIP_ROWS", 16)
+    diff = np.abs(restore_chroma(im.stored, im.chroma_sampling).astype(int) - whole)
+    # (float sums over arrays of another extent round a few values the other way)
+    assert diff.max() <= 1 and np.mean(diff > 0) < 0.01
+
+
 def test_clipped_px_keep_their_decoded_values(tmp_path):
     truth = _patches()
     truth[40:60, 40:70] = (255, 255, 60)  # a patch clipped in two channels
