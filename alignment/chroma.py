@@ -150,5 +150,4 @@ def restore_chroma(encoded: np.ndarray, sampling: tuple[int, int], origin: tuple
             np.copyto(restored, f[rows], where=clipped[..., None])
         return np.clip(np.rint(restored, out=restored), 0, full, out=restored).astype(encoded.dtype)
 
-    out = np.concatenate(thread_map(strip, tops), axis=0)
-    return out
+    return np.concatenate(thread_map(strip, tops), axis=0)

@@ -279,6 +279,7 @@ def test_a_whiteboard_under_a_lens_gets_its_lens_centre_and_is_kept_for_the_part
     assert default.ok, default.quality.message
     assert np.median(corner_errors(default, pair.truth)) < 0.6 and dense_errors(default, pair.truth).mean() < 0.1
     a = align_pair(folder / "phone.dng", folder / "dslr.jpg", restore_chroma=False)
+    assert "restore_chroma" in default.seconds and "restore_chroma" not in a.seconds
     q = a.quality
     assert a.ok, q.message
     w, h = pair.truth.phone_size
