@@ -56,7 +56,9 @@ def _sample_points(values: np.ndarray, valid: np.ndarray, n: int, rng: np.random
     energy = cv2.Sobel(v, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(v, cv2.CV_32F, 0, 1) ** 2
     e = energy[ys, xs]
     top = np.argpartition(-e, n // 2)[: n // 2]
-    rest = np.setdiff1d(np.arange(len(xs)), top, assume_unique=True)
+    rest = np.ones(len(xs), bool)
+    rest[top] = False
+    rest = np.flatnonzero(rest)  # (the px not in top, in order)
     pick = np.concatenate([top, rng.choice(rest, n - len(top), replace=False)])
     return xs[pick], ys[pick]
 

@@ -83,7 +83,8 @@ def _restore_strip(planes: list[np.ndarray], sampling: tuple[int, int], radius: 
     sx, sy = sampling
     y = cv2.addWeighted(planes[0], float(BT601[0]), planes[1], float(BT601[1]), 0.0)
     y = cv2.scaleAdd(planes[2], float(BT601[2]), y)
-    detail = cv2.subtract(y, _upsample(_block_mean(y, sampling), sampling, y.shape))
+    y_small = _block_mean(y, sampling)
+    detail = cv2.subtract(y, _upsample(y_small, sampling, y.shape))
     # the luma's noise (a robust scale of its lost detail, which flat px dominate) must not
     # carry the chroma along: noise in R, G and B correlates Y with every chroma difference
     noise = 1.4826 * float(np.median(np.abs(detail[::3, ::3])))
@@ -93,7 +94,6 @@ def _restore_strip(planes: list[np.ndarray], sampling: tuple[int, int], radius: 
     def box(z: np.ndarray) -> np.ndarray:
         return cv2.boxFilter(z, cv2.CV_32F, k, borderType=cv2.BORDER_REFLECT)
 
-    y_small = _block_mean(y, sampling)
     # the luma's JPEG loss on the chroma grid: its block mean interpolated and block-averaged
     # again, which on the chroma grid is the kernel (1/8, 3/4, 1/8) along a subsampled axis
     low_small = cv2.sepFilter2D(y_small, cv2.CV_32F, _REBLOCK[sx], _REBLOCK[sy], borderType=cv2.BORDER_REPLICATE)

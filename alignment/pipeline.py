@@ -1171,7 +1171,8 @@ def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
     """Keep the DSLR px the phone frame covers, at no more px than the estimators use:
     from here on ``s.d`` is the reduced DSLR; returns h_work onto its grid."""
     s.d, s.window = crop_and_shrink_dslr(s.d, s.h_image(h_work), s.p.image_size, s.step, s.opt.dslr_oversample)
-    if s.d.encoded is not None and s.d.chroma_sampling is not None and s.opt.restore_chroma:
+    # (for the response fit, the only reader of the encoded RGB)
+    if s.d.encoded is not None and s.d.chroma_sampling is not None and s.opt.restore_chroma and s.opt.radiometric:
         t0 = time.perf_counter()
         s.d.encoded = restore_chroma(s.d.encoded, s.d.chroma_sampling, origin=s.window.crop[:2])
         s.secs["restore_chroma"] = time.perf_counter() - t0
