@@ -81,6 +81,11 @@ class EccResult:
         not estimated), see :func:`gn_refine`.
     photometric: :func:`gn_refine`'s per-channel gain and offset coefficients at the
         end (a start for another run on the same channels), or None.
+    corner_sigma_px: :func:`gn_refine`'s standard error of the frame corners' positions
+        that the residuals' scatter leaves (image px, the median of the four corners;
+        :func:`_corner_sigma`): how far the samples' noise alone moves the model, NaN
+        when not measured.
+    samples: how many template px :func:`gn_refine` used (0: not recorded).
     """
 
     homography: np.ndarray
@@ -90,6 +95,8 @@ class EccResult:
     valid_fraction: float = 0.0
     radial: np.ndarray = field(default_factory=lambda: np.zeros(2))
     photometric: list[np.ndarray] | None = None
+    corner_sigma_px: float = float("nan")
+    samples: int = 0
 
 
 def _gauss(img: np.ndarray, sigma: float, border: int = cv2.BORDER_REFLECT, coarse: bool = False) -> np.ndarray:
@@ -552,7 +559,35 @@ def gn_refine(
             damping, grow = (1e-3 if damping == 0.0 else damping * grow), grow * 2.0
     corr, valid_frac = eq.correlation, eq.valid_fraction
     return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
-                     valid_fraction=valid_frac, radial=q, photometric=photo)
+                     valid_fraction=valid_frac, radial=q, photometric=photo,
+                     corner_sigma_px=_corner_sigma(eq, h, q, nr, nc, frame), samples=sum(len(d.u) for d in data))
+
+
+def _corner_sigma(eq: "_SummedEquations", h: np.ndarray, q: np.ndarray, nr: int, nc: int, frame: "_Frame") -> float:
+    """The standard error of the frame corners' positions (image px, the median of the
+    four) that the residuals' scatter leaves in the model of :func:`gn_refine` at the
+    point of ``eq``: the covariance ``s^2 (J^T W J)^-1`` of all its parameters (s^2 twice
+    the robust cost per sample: the residuals' variance for those inside the Huber
+    threshold), the geometric block propagated to the corners through the step's own
+    parametrisation (:func:`_apply_update`, by differences of 1e-6).  It counts the
+    noise only: a bias of the model (a blur or response that does not match) is not in
+    it.  NaN when the equations are singular."""
+    n_geo = 8 + nr + nc
+    try:
+        cov = 2.0 * eq.cost * np.linalg.inv(eq.ata)[:n_geo, :n_geo]
+    except np.linalg.LinAlgError:
+        return float("nan")
+    base = _apply_h(h @ frame.ninv, *lens_undistort(q, frame.corners_u, frame.corners_v))
+    jac = np.zeros((2 * len(frame.corners_u), n_geo))
+    for k in range(n_geo):
+        dp = np.zeros(len(eq.atb))
+        dp[k] = 1e-6
+        h_k, q_k, _ = _apply_update(h, q, dp, nr, frame, nc)
+        x_k, y_k, _ = _apply_h(h_k @ frame.ninv, *lens_undistort(q_k, frame.corners_u, frame.corners_v))
+        jac[0::2, k], jac[1::2, k] = (x_k - base[0]) / 1e-6, (y_k - base[1]) / 1e-6
+    var = np.einsum("ik,kl,il->i", jac, cov, jac)
+    per_corner = np.sqrt(np.maximum(var[0::2] + var[1::2], 0.0))
+    return float(np.median(per_corner)) if np.all(np.isfinite(per_corner)) else float("nan")
 
 
 @dataclass

@@ -68,7 +68,10 @@ class AlignOptions:
     its luma before that fit (:mod:`alignment.chroma`).
     ``fine``: "planes" (a final Gauss-Newton with one channel per Bayer plane at
     its own sampling position, smooth polynomial gain of degree
-    ``fine_gain_degree``, at most ``max_pixels``) or "none".  ``fine_filter``:
+    ``fine_gain_degree``, at most ``max_pixels``; when the noise leaves that pass's
+    frame corners a standard error over ``fine_noise_px`` DSLR working px, its last pass
+    takes as many more samples as bring it there, up to all of them and at most
+    :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``; None: never) or "none".  ``fine_filter``:
     "sharp" (the planes' samples unfiltered against the DSLR blurred by the phone's
     blur relative to the DSLR's: ``phone_blur_sigma`` plane px, or measured on the
     pair when None, :mod:`alignment.blur`, and then only where the pair's noise leaves
@@ -115,6 +118,7 @@ class AlignOptions:
     phone_blur_sigma: float | None = None
     fine_gain_degree: int = 2
     max_pixels: int | None = 250_000
+    fine_noise_px: float | None = 0.03
     radial: int = 2
     radial_min_px: float = 1.0
     lens_centre: bool = True
@@ -205,6 +209,7 @@ _OPTION_KINDS = {
     "radial_min_px": ((int, float), lambda v: v >= 0, "a number >= 0"),
     "radiometric_refit_px": ((int, float, type(None)), lambda v: v is None or v >= 0, "a number >= 0 or null"),
     "max_pixels": ((int, type(None)), lambda v: v is None or v >= 1000, "a whole number >= 1000 or null"),
+    "fine_noise_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "max_plane_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
     "dslr_oversample": ((int, float, type(None)), lambda v: v is None or v >= 1, "a number >= 1 or null"),
     "tile_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
@@ -490,13 +495,24 @@ def _fine_trial(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarr
 PLAUSIBLE_LENS_OFFSET = 0.1
 
 
+#: the most samples the fine stage's last pass takes for the noise (``fine_noise_px``), as a
+#: multiple of ``max_pixels``: 1 M at the default, a 12 MP phone's last pass on a
+#: noisy pair about 4 times as long
+NOISE_SAMPLES_FACTOR = 4
+
+
 def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[int, int], opt: AlignOptions,
-                max_pixels: int | None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+                max_pixels: int | None, q: Quality | None = None
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
     """The fine stage's last pass, on at most ``max_pixels`` samples (None: all), from the
     trial's model (with the lens centre held at the frame centre after all, with one
     more pass, when the estimate lies beyond :data:`PLAUSIBLE_LENS_OFFSET`; and without
     the lens model after all when the samples put it under ``radial_min_px``) -> (H,
-    radial coefficients, the channels' gains and offsets)."""
+    radial coefficients, the channels' gains and offsets).  With ``q`` (the last pass
+    of the pair): when the noise leaves that pass's corners a standard error
+    (``EccResult.corner_sigma_px``) over ``opt.fine_noise_px``, one more pass from its
+    model on as many more samples as bring it there (:func:`_noise_samples`); the
+    samples used and that standard error go to ``q.fine_samples`` / ``q.fine_sigma_px``."""
     q_radial = trial.q_radial
     rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, max_pixels, trial.centre, image_size, opt)
     if trial.centre and len(rf.radial) == 4 and np.hypot(rf.radial[2], rf.radial[3]) > PLAUSIBLE_LENS_OFFSET:
@@ -507,17 +523,40 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
         # all the samples do not confirm the trial's lens model (a weak scene): without it
         rf, q_radial = _fine_refine(channels, rf.homography, None, rf.photometric, max_pixels, False, image_size,
                                     opt), None
+    if q is not None:
+        more = _noise_samples(rf, channels, max_pixels, opt)
+        if more is not None:
+            # the noise, not the model, limits this pass (a soft scene at night): more of
+            # the same samples, from where it ended, the lens model as it kept it
+            rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
+                              more, q_radial is not None and len(rf.radial) == 4, image_size, opt)
+        q.fine_samples, q.fine_sigma_px = rf.samples, round(rf.corner_sigma_px, 5)
     return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
 
 
+def _noise_samples(rf: EccResult, channels: list[Channel], max_pixels: int | None, opt: AlignOptions) -> int | None:
+    """How many samples bring the noise's standard error of a fine pass's corners
+    (``rf.corner_sigma_px``, which falls as one over the square root of the samples) to
+    ``opt.fine_noise_px``: at most every sample of ``channels`` and
+    :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels`` -> that many, or None when the pass
+    is within it, already used every sample, or would gain under a quarter more."""
+    target = opt.fine_noise_px
+    if target is None or max_pixels is None or not rf.samples or not rf.corner_sigma_px > target:
+        return None
+    available = sum(int(c.mask.sum()) for c in channels)
+    want = int(np.ceil(rf.samples * (rf.corner_sigma_px / target) ** 2))
+    more = min(want, available, NOISE_SAMPLES_FACTOR * max_pixels)
+    return more if more >= 1.25 * rf.samples else None
+
+
 def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],
-                opt: AlignOptions, photo0: list[np.ndarray] | None = None
+                opt: AlignOptions, photo0: list[np.ndarray] | None, q: Quality
                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
     """Per-plane Gauss-Newton on H (and the radial lens model) -> (H, radial coefficients,
     the channels' gains and offsets: a start for another fine stage on the same channels,
-    ``photo0``): :func:`_fine_trial`, then :func:`_fine_final`."""
+    ``photo0``): :func:`_fine_trial`, then :func:`_fine_final` (its samples recorded in ``q``)."""
     trial = _fine_trial(channels, h_image, q_radial, image_size, opt, photo0)
-    return _fine_final(channels, trial, image_size, opt, opt.max_pixels)
+    return _fine_final(channels, trial, image_size, opt, opt.max_pixels, q)
 
 
 def _model_moved_px(before: tuple[np.ndarray, np.ndarray | None], after: tuple[np.ndarray, np.ndarray | None],
@@ -685,12 +724,16 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
     the scene agrees with it.  corners: where the corner uncertainty is evaluated (see
     :func:`corner_uncertainty`); lens: the lens model kept (:attr:`SmoothField.radial`)
     or None; lens_centre: the fine stage estimated that lens's centre (its two terms
-    are then parameters of the model the tiles must fix as well).  Returns how well
+    are then parameters of the model the tiles must fix as well).  The faint tiles
+    (:attr:`TileResiduals.faint`) join the reliable and one-edge ones in the
+    uncertainty, each weighed by its own sigma, and their scatter about the model
+    scales it (``residuals``); they do not count as reliable.  Returns how well
     the same tiles pin the model at other points ((K, 2) phone image px -> (K,)
     standard errors, :func:`position_uncertainty`), None without reliable tiles."""
     rel = final.reliable
     textured = final.textured
     one_way = final.edge if final.edge is not None else np.zeros_like(rel)
+    faint = final.faint if final.faint is not None else np.zeros_like(rel)
     if trust_map is not None:
         cx = np.clip(np.round(final.centres[:, 0]).astype(int), 0, image_size[0] - 1)
         cy = np.clip(np.round(final.centres[:, 1]).astype(int), 0, image_size[1] - 1)
@@ -698,11 +741,13 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         rel = rel & in_trust
         textured = None if textured is None else textured & in_trust
         one_way = one_way & in_trust
+        faint = faint & in_trust
         q.reliable_tiles = float((rel | one_way).sum() / max(int(in_trust.sum()), 1))
     else:
         q.reliable_tiles = float((rel | one_way).mean()) if rel.size else 0.0
     q.reliable_tile_count = int(rel.sum())
     q.edge_tile_count = int(one_way.sum())
+    q.faint_tile_count = int(faint.sum())
     if one_way.any():
         q.edge_residual_p90_px = float(np.percentile(final.across[one_way], 90))
     if rel.any():
@@ -710,17 +755,20 @@ def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, 
         cells = (np.clip((final.centres[rel, 0] * 3 // w), 0, 2) * 3 + np.clip(final.centres[rel, 1] * 3 // h, 0, 2))
         q.reliable_cells = int(len(np.unique(cells)))
         q.tile_correlation = float(np.median(final.correlation[rel]))
-        # the reliable tiles and those measured across one straight edge (a chart's
-        # patch sides, lines of text) fix the model together; a one-way tile's sigma as
-        # a reliable tile's (whose sigma adds its two directions' variances)
-        ev = rel | one_way
+        # the reliable tiles, those measured across one straight edge (a chart's patch
+        # sides, lines of text) and the faint ones fix the model together; a one-way
+        # tile's sigma as a reliable tile's (whose sigma adds its two directions' variances)
+        ev = rel | one_way | faint
         sigma, normals = final.sigma, None
         if one_way.any():
             sigma = np.where(one_way, np.sqrt(2.0) * final.normal_sigma, final.sigma)
             normals = np.where(one_way[:, None], final.normal, 0.0)[ev]
         # a lens model: its two terms about its own centre, and the centre's two when the
-        # fine stage estimated it (the parameters the model has are the ones to pin)
-        evidence = dict(residuals=None if lens is None else final.shifts[ev], normals=normals, lens=lens,
+        # fine stage estimated it (the parameters the model has are the ones to pin); the
+        # tiles' scatter about the model scales the estimate with a lens model or faint
+        # tiles (whose sigmas are the least sure)
+        scatter = lens is not None or bool(faint.any())
+        evidence = dict(residuals=final.shifts[ev] if scatter else None, normals=normals, lens=lens,
                         lens_centre=lens is not None and lens_centre)
         q.corner_sigma_px = corner_uncertainty(final.centres[ev], sigma[ev], image_size, corners=corners, **evidence)
         uncertainty = partial(position_uncertainty, final.centres[ev], sigma[ev], image_size, **evidence)
@@ -1255,7 +1303,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             # a pass that only places the samples of the response's second fit needs no more
             # samples than the trial; the pass after that fit uses them all
             h_fine, q_fine, photo = _fine_final(fine_channels, trial, p.image_size, opt,
-                                                trial.samples if again else opt.max_pixels)
+                                                trial.samples if again else opt.max_pixels, None if again else q)
             fine_channels = None  # (their filtered images: not needed past the pass)
             if again:
                 # the response was fitted at the coarse model: samples paired a fraction
@@ -1279,7 +1327,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                 start = _FineTrial(h_fine, lens, photo, trial.centre and lens is not None, trial.samples)
                 h_fine, q_fine, photo = _fine_final(
                     _fine_channels(fit_channels, targets, images, d.valid, h_fine, q_fine, p, opt, q), start,
-                    p.image_size, opt, opt.max_pixels)
+                    p.image_size, opt, opt.max_pixels, q)
                 s.secs["radiometric_refit"] = time.perf_counter() - t_re
             h_image, q_radial = h_fine, q_fine
             q.radial_corner_px = _corner_px(q_radial, p.image_size)
@@ -1325,7 +1373,7 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
             fine_channels = _fine_channels(m.fit_channels, m.targets, m.images, s.d.valid, m.h_image, m.q_radial,
                                            p, opt, q)
             m.h_image, m.q_radial, m.photometric = _fine_stage(fine_channels, m.h_image, m.q_radial, p.image_size,
-                                                               opt, m.photometric)
+                                                               opt, m.photometric, q)
             del fine_channels
             q.radial_corner_px = _corner_px(m.q_radial, p.image_size)
         m.fld, m.final, m.warped = _local_stage(m.fit_channels, m.h_image, m.q_radial, p, opt,

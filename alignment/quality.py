@@ -94,8 +94,8 @@ class Quality:
     how many tiles have a reliable residual, in how many of the frame's 3 x 3 cells,
     and their median correlation (the textured evidence of a low-texture scene);
     corner_sigma_px: the standard error at the frame corners of the model (homography,
-    lens terms and lens centre as fitted) fixed by those tiles and the tiles measured
-    across one straight edge
+    lens terms and lens centre as fitted) fixed by those tiles, the tiles measured
+    across one straight edge and the faint tiles
     (:func:`alignment.pipeline.corner_uncertainty`, phone px); pinned_fraction: the
     share of the frame's measurable px where those tiles pin the global model within
     ``max_corner_sigma_px`` (the rest is unverified in the trust map,
@@ -103,7 +103,13 @@ class Quality:
     without reliable tiles or a trust map); edge_tile_count /
     edge_residual_p90_px: how many such one-way tiles, and the 90th percentile of
     their residual across their edge (phone px; the confirmations need it within
-    ``max_residual_px``);
+    ``max_residual_px``); faint_tile_count: how many tiles are measured both ways but
+    less precisely than a reliable tile (noise: ``TileResiduals.faint``), which help
+    pin the model (corner_sigma_px, pinned_fraction) without counting as reliable;
+    fine_samples / fine_sigma_px: how many samples the fine stage's last pass used,
+    and the standard error that their noise leaves at the frame corners (DSLR working
+    px: ``alignment.ecc.EccResult.corner_sigma_px``; a pass whose noise left more than
+    the option ``fine_noise_px`` was run again on more samples; NaN: no fine stage);
     start: where ECC started, "features" (the matches'
     homography) or "coarse" (too few matches: :mod:`alignment.coarse`, whose
     correlation at the chosen placement is coarse_score); coarse_contenders: how many
@@ -150,6 +156,9 @@ class Quality:
     pinned_fraction: float = float("nan")
     edge_tile_count: int = 0
     edge_residual_p90_px: float = float("nan")
+    faint_tile_count: int = 0
+    fine_samples: int = 0
+    fine_sigma_px: float = float("nan")
     start: str = "features"
     coarse_score: float = float("nan")
     coarse_contenders: int = 0
@@ -203,33 +212,35 @@ def verdict(q: Quality, t: Thresholds) -> Quality:
     # at its corners, correlation 0.56, its lens model fitted to the near buildings)
     geometry_confirmed = (q.inliers >= t.confirm_inliers and tiles_agree
                           and q.corner_sigma_px <= t.max_corner_sigma_px)
+    # a model the tiles pin over part of the frame only (a soft landscape at night, its
+    # texture below a flat sky; a page's lines of text; a whiteboard's strokes): kept for
+    # that part when the tiles there agree with it and correlate, as a low-texture scene's
+    # tiles confirm it above, the rest of its px unverified in the trust map
+    # (pinned_fraction: what they pin, at least min_trusted of the measurable frame).
+    # Over px pinned so, no model of the broadened benchmark was more than 0.61 px off
+    # its truth (a lens model 0.52 px, once its centre was estimated and counted; held
+    # at the frame centre, 1.6 px).  The whole frame's correlation is not asked for, as
+    # the sparse confirmation does not ask: over a whiteboard's blank px it measures the
+    # noise (0.20-0.24 on pairs 0.14-0.53 px off at their corners)
+    pinned_in_part = (
+        q.pinned_fraction >= t.min_trusted
+        and q.reliable_tile_count + q.edge_tile_count >= t.min_reliable_count
+        and residuals_agree
+        and q.tile_correlation >= t.min_correlation
+    )
     # few matches are no reason when the direct method found the geometry and both the
     # correlation and the tiles confirm it, as they confirm a start from the features;
     # or, correlating weakly, when the sparse tiles pin the corners as above.  (A colour
     # chart placed one patch off by the coarse search was kept 400 px off on tiles that
     # agreed: its edges repeat.  The search tells such placements apart by their levels,
     # alignment.coarse; the corner test that stood here in the meantime rejected
-    # charts 0.4 px off, their lens terms unpinned at the corners.)
+    # charts 0.4 px off, their lens terms unpinned at the corners.)  Or when the tiles
+    # pin it over part of the frame as above: the search's levels place a start as the
+    # sparse confirmation trusts them to (a noisy night chart under a lens whose
+    # features failed, pinned over 90 % of its frame with its 22 faint tiles, is kept
+    # 0.065 px off over its grid on average, its corners 0.18 px, 0.37 at most)
     found_directly = q.start == "coarse" and ((tiles_agree and q.ecc_correlation >= t.min_correlation)
-                                              or sparse_confirmed)
-    # a model the tiles pin over part of the frame only (a soft landscape at night, its
-    # texture below a flat sky; a page's lines of text; a whiteboard's strokes): kept for
-    # that part when the tiles there agree with it and correlate, as a low-texture scene's
-    # tiles confirm it above, the rest of its px unverified in the trust map
-    # (pinned_fraction: what they pin, at least min_trusted of the measurable frame); a
-    # start from the features only.  Over px pinned so, no model of the broadened
-    # benchmark was more than 0.61 px off its truth (a lens model 0.52 px, once its
-    # centre was estimated and counted; held at the frame centre, 1.6 px).  The whole
-    # frame's correlation is not asked for, as the sparse confirmation does not ask:
-    # over a whiteboard's blank px it measures the noise (0.20-0.24 on pairs 0.14-0.53 px
-    # off at their corners)
-    pinned_in_part = (
-        q.start == "features"
-        and q.pinned_fraction >= t.min_trusted
-        and q.reliable_tile_count + q.edge_tile_count >= t.min_reliable_count
-        and residuals_agree
-        and q.tile_correlation >= t.min_correlation
-    )
+                                              or sparse_confirmed or pinned_in_part)
     correlation_floor = t.min_correlation_confirmed if geometry_confirmed else t.min_correlation
     # the two low_correlation checks without the pinned-in-part path (a pair that needs it
     # is told so when kept)

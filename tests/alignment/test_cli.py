@@ -63,7 +63,8 @@ def test_unknown_alignment_option_is_a_usage_error_listing_the_known_ones(tmp_pa
 
 @pytest.mark.parametrize("option", ["min_trusted=abc", "min_trusted=1.5", "trust_margin_px=-3", "fine=fast",
                                     "trust=maybe", "feature_layers=0", "fine_filter=soft",
-                                    "phone_blur_sigma=-0.2", "restore_chroma=sometimes"])
+                                    "phone_blur_sigma=-0.2", "restore_chroma=sometimes",
+                                    "fine_noise_px=0"])
 def test_a_bad_option_value_is_a_usage_error_before_any_work(tmp_path, option):
     result = CliRunner().invoke(main, ["align", "batch", str(tmp_path), "--out", str(tmp_path / "ds"), "-o", option])
     assert result.exit_code == 2, result.output

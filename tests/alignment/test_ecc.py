@@ -358,3 +358,28 @@ def test_samples_beyond_the_budget_take_the_strongest_gradients_of_every_region_
     assert (chosen & faint_px).sum() >= n * INFORMATIVE_SHARE * 31 / 64 * 0.9
     # the mask-changed copy keeps the gradient once computed
     assert ch.with_mask(ch.mask).energy is ch.gradient_energy
+
+
+def test_the_corner_standard_error_is_the_scatter_that_noise_gives_and_falls_with_more_samples():
+    # one analytic scene, the template under 20 draws of white noise: the pass's own
+    # corner standard error is the spread of the corners it lands on over the draws,
+    # and a quarter of the samples doubles it
+    clean, image = _analytic_pair()
+    rng = np.random.default_rng(11)
+    frame = ecc._Frame.of(clean.shape)
+    corners = np.c_[frame.corners_u, frame.corners_v, np.ones(4)]
+    ends, sigmas = [], []
+    for _ in range(20):
+        template = (clean + rng.normal(0, 0.05, clean.shape)).astype(np.float32)
+        r = gn_refine([Channel(template, np.ones(template.shape, bool), image, None)], _A, template.shape,
+                      tol_px=1e-4, max_pixels=None, huber=None)
+        e = corners @ (r.homography @ frame.ninv).T
+        ends.append(e[:, :2] / e[:, 2:])
+        sigmas.append(r.corner_sigma_px)
+        assert r.samples == clean.size
+    spread = np.sqrt(np.var(np.array(ends), axis=0).sum(1))  # per corner, image px
+    assert np.median(sigmas) == pytest.approx(np.median(spread), rel=0.25)
+    quarter = gn_refine([Channel(template, np.ones(template.shape, bool), image, None)], _A, template.shape,
+                        tol_px=1e-4, max_pixels=clean.size // 4, huber=None)
+    assert quarter.samples == pytest.approx(clean.size // 4, rel=0.01)
+    assert quarter.corner_sigma_px == pytest.approx(2.0 * sigmas[-1], rel=0.25)

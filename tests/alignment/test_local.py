@@ -180,6 +180,32 @@ def test_a_tile_on_one_straight_edge_measures_the_shift_across_it_only(angle_deg
     assert np.allclose(across, shift @ n, atol=0.01)
 
 
+def test_tiles_measured_both_ways_through_noise_are_faint_and_a_flat_noisy_tile_is_nothing():
+    # a soft texture at three contrasts under the same noise: strong (reliable), weak
+    # (each shift good to a few tenths of a px only: faint, not reliable) and none (flat:
+    # no shift measured at all)
+    rows, cols = 128, 384
+    rng = np.random.default_rng(2)
+    texture = cv2.GaussianBlur(rng.normal(size=(rows, cols)).astype(np.float32), (0, 0), 6.0)
+    texture /= texture.std()
+    xx = np.mgrid[0:rows, 0:cols][1]
+    contrast = np.where(xx < 128, 1.0, np.where(xx < 256, 0.15, 0.0)).astype(np.float32)
+    shift = np.array([0.1, -0.05])
+    moved = ndimage.shift(texture, (-shift[1], -shift[0]), order=3, mode="mirror") * contrast
+    phone = (moved + rng.normal(0, 0.1, moved.shape)).astype(np.float32)
+    res = measure_tiles([TileChannel(phone, texture * contrast, np.ones(phone.shape, bool), np.eye(3))], 32.0)
+    strong, weak, flat = (res.centres[:, 0] < 128), (res.centres[:, 0] > 160) & (res.centres[:, 0] < 256), \
+        (res.centres[:, 0] > 256)
+    assert res.reliable[strong].all() and not res.faint[strong].any()
+    assert res.faint[weak].mean() > 0.8 and not res.reliable[weak].any()
+    assert (res.sigma[res.faint] > 0.15).all() and (res.sigma[res.faint] <= 0.6).all()
+    assert not (res.faint | res.reliable | res.edge)[flat].any()
+    # each faint shift is unbiased within its error: together they measure the shift
+    z = (res.shifts[res.faint] - shift) / res.sigma[res.faint, None]
+    assert np.abs(z).max() < 3.0
+    assert np.allclose(res.shifts[res.faint].mean(0), shift, atol=0.1)
+
+
 def test_tiles_measured_under_the_fitted_shading_do_not_take_vignetting_for_a_shift():
     # a soft scene (clouds) seen through 30 % vignetting, no shift at all: a tile's own
     # gain and offset are constant over it, so in a smooth tile the vignetting's slope

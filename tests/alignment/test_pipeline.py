@@ -562,6 +562,47 @@ def test_the_fine_stage_estimates_the_lens_centre_whenever_its_trial_keeps_a_len
                                     pipeline.AlignOptions(lens_centre=False)).centre
 
 
+@pytest.mark.parametrize(
+    "sigma, available, expect",
+    [
+        (0.02, 750_000, None),  # within fine_noise_px (0.03): one pass
+        (0.06, 750_000, 750_000),  # 4x the samples wanted, every one there is taken
+        (0.045, 2_000_000, 562_500),  # (0.045 / 0.03)^2 = 2.25x the 250 000
+        (0.2, 12_000_000, 1_000_000),  # at most NOISE_SAMPLES_FACTOR x max_pixels (a 12 MP phone)
+        (0.032, 750_000, None),  # 14 % more samples: not worth a pass
+        (0.06, 260_000, None),  # every sample already in the pass
+    ],
+)
+def test_a_fine_pass_that_noise_limits_is_run_again_on_as_many_more_samples_as_it_needs(
+        monkeypatch, sigma, available, expect):
+    import alignment.pipeline as pipeline
+    from alignment.ecc import EccResult
+    from alignment.quality import Quality
+
+    passes = []
+
+    def fine(channels, h, q, photo, max_pixels, with_centre, image_size, opt):
+        passes.append(max_pixels)
+        n = min(max_pixels, available)
+        # the noise's standard error falls as one over the square root of the samples
+        return EccResult(homography=np.eye(3), correlation=0.9, radial=np.zeros(2), samples=n,
+                         corner_sigma_px=sigma * np.sqrt(250_000 / n))
+
+    monkeypatch.setattr(pipeline, "_fine_refine", fine)
+    channels = [type("C", (), {"mask": np.ones((1, available), bool)})()]
+    trial = pipeline._FineTrial(np.eye(3), None, None, False, 62_500)
+    q = Quality()
+    pipeline._fine_final(channels, trial, (1024, 768), pipeline.AlignOptions(), 250_000, q)
+    assert passes == ([250_000] if expect is None else [250_000, expect])
+    assert q.fine_samples == min(passes[-1], available)
+    assert q.fine_sigma_px == pytest.approx(sigma * np.sqrt(250_000 / q.fine_samples), abs=1e-5)
+    # without the record (a pass that only places the response's samples) or the option: one pass
+    passes.clear()
+    pipeline._fine_final(channels, trial, (1024, 768), pipeline.AlignOptions(), 250_000)
+    pipeline._fine_final(channels, trial, (1024, 768), pipeline.AlignOptions(fine_noise_px=None), 250_000, Quality())
+    assert passes == [250_000, 250_000]
+
+
 @pytest.mark.parametrize("centre, held", [((0.02, -0.03), False), ((0.05, 3.3), True)])
 def test_a_lens_centre_run_off_the_frame_is_held_at_the_frame_centre(monkeypatch, centre, held):
     import alignment.pipeline as pipeline
@@ -580,6 +621,39 @@ def test_a_lens_centre_run_off_the_frame_is_held_at_the_frame_centre(monkeypatch
     _, q, _ = pipeline._fine_final([], trial, (1024, 768), pipeline.AlignOptions(), None)
     assert calls == ([True, False] if held else [True])
     assert len(q) == (2 if held else 4)
+
+
+@pytest.mark.parametrize("faint_scatter_px, pinned", [(0.2, True), (2.0, False)], ids=["agree", "scatter"])
+def test_faint_tiles_spread_over_the_frame_pin_a_model_that_its_few_reliable_tiles_cannot(faint_scatter_px, pinned):
+    from alignment.local import TileResiduals
+    from alignment.pipeline import _tile_quality
+    from alignment.quality import Quality
+
+    # a noisy night colour chart: one reliable tile, 30 tiles at patch corners measured
+    # to 0.3 px each, spread over the frame; the faint tiles pin the homography when
+    # they agree with it within their errors, and not when they scatter far beyond them
+    xs, ys = np.meshgrid(np.linspace(60, 960, 6), np.linspace(60, 700, 5))
+    centres = np.concatenate([[[512.0, 384.0]], np.stack([xs.ravel(), ys.ravel()], 1)])
+    n = len(centres)
+    rng = np.random.default_rng(3)
+    shifts = rng.normal(0.0, faint_scatter_px / np.sqrt(2), (n, 2))
+    shifts[0] = [0.02, -0.01]
+    reliable = np.zeros(n, bool)
+    reliable[0] = True
+    sigma = np.where(reliable, 0.08, 0.3)
+    faint = ~reliable
+    tiles = TileResiduals(centres, shifts, sigma, np.full(n, 0.8), reliable, (1, n), reliable.copy(),
+                          edge=np.zeros(n, bool), normal=np.tile([1.0, 0.0], (n, 1)), normal_sigma=sigma / np.sqrt(2),
+                          faint=faint)
+    q = Quality()
+    _tile_quality(q, tiles, None, (1024, 768), 1.0)
+    assert (q.reliable_tile_count, q.faint_tile_count) == (1, n - 1)
+    assert (q.corner_sigma_px <= 0.5) is pinned
+    alone = Quality()
+    _tile_quality(alone, TileResiduals(centres, shifts, sigma, np.full(n, 0.8), reliable, (1, n), reliable.copy(),
+                                       edge=np.zeros(n, bool), normal=tiles.normal, normal_sigma=tiles.normal_sigma),
+                  None, (1024, 768), 1.0)
+    assert alone.corner_sigma_px == float("inf")  # one tile fixes nothing
 
 
 @pytest.mark.parametrize("scatter_px, factor", [(0.02, 1.0), (0.15, 2.5)])

@@ -84,7 +84,11 @@ _PINNED_IN_PART = {"ecc_correlation": 0.41, "reliable_tiles": 0.16, "reliable_ti
         ({**_PINNED_IN_PART, "ecc_correlation": 0.05}, True, None),
         ({**_PINNED_IN_PART, "reliable_tile_count": 2, "edge_tile_count": 3}, False, "low_correlation"),
         ({**_PINNED_IN_PART, "reliable_tile_count": 2, "edge_tile_count": 40}, True, None),  # a page's text lines
-        ({**_PINNED_IN_PART, "start": "coarse"}, False, "low_correlation"),  # a start from the features only
+        # ... from the coarse search's start as well (a noisy night chart whose features
+        # failed, pinned over 90 % of its frame with its faint tiles), unless pinned in a band only
+        ({**_PINNED_IN_PART, "start": "coarse", "inliers": 6}, True, None),
+        ({**_PINNED_IN_PART, "start": "coarse", "inliers": 6, "pinned_fraction": 0.3}, False, "too_few_matches"),
+        ({**_PINNED_IN_PART, "start": "coarse", "inliers": 6, "consistent_tiles": 0.5}, False, "too_few_matches"),
         # tiles that pin the corners as well pin the part: no worse a verdict for a better pinned pair
         ({**_PINNED_IN_PART, "corner_sigma_px": 0.4, "pinned_fraction": 1.0}, True, None),
         # what the tiles leave unpinned is unverified, and the trust map must keep enough
