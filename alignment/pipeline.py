@@ -427,13 +427,15 @@ class _FineTrial:
 
 
 def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None,
-                 max_pixels: int | None, with_centre: bool, image_size: tuple[int, int], opt: AlignOptions) -> EccResult:
-    """One per-plane Gauss-Newton pass of the fine stage (``q`` None: no lens model)."""
+                 max_pixels: int | None, with_centre: bool, image_size: tuple[int, int], opt: AlignOptions,
+                 tol_px: float = _FINE_TOL_PX) -> EccResult:
+    """One per-plane Gauss-Newton pass of the fine stage (``q`` None: no lens model;
+    ``tol_px``: its stopping rule, see :func:`alignment.ecc.gn_refine`)."""
     # steps stop under a thousandth of a px at the frame corners: ten times finer
     # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
     return refine_planes(None, None, None, h, (image_size[1], image_size[0]), gain_degree=opt.fine_gain_degree,
                          max_pixels=max_pixels, radial=opt.radial if q is not None else 0, q0=q, channels=channels,
-                         tol_px=_FINE_TOL_PX, photo0=photo, lens_centre=with_centre and q is not None)
+                         tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None)
 
 
 def _fine_channels(fit_channels: list[Channel], targets: list, images: list[np.ndarray], image_mask: np.ndarray | None,
@@ -527,9 +529,14 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
         more = _noise_samples(rf, channels, max_pixels, opt)
         if more is not None:
             # the noise, not the model, limits this pass (a soft scene at night): more of
-            # the same samples, from where it ended, the lens model as it kept it
+            # the same samples, from where it ended, the lens model as it kept it.  On such
+            # a pair Gauss-Newton converges only linearly (each step about half the last: a
+            # night Blackmagic pair's 0.23, 0.10, 0.046 ... px), so its steps stop under a
+            # tenth of the standard error the noise will leave on the new samples (what is
+            # left of the series is about the last step: a twentieth of that error)
             rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
-                              more, q_radial is not None and len(rf.radial) == 4, image_size, opt)
+                              more, q_radial is not None and len(rf.radial) == 4, image_size, opt,
+                              tol_px=max(_FINE_TOL_PX, 0.1 * rf.corner_sigma_px * np.sqrt(rf.samples / more)))
         q.fine_samples, q.fine_sigma_px = rf.samples, round(rf.corner_sigma_px, 5)
     return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
 

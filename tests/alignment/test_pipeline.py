@@ -579,10 +579,11 @@ def test_a_fine_pass_that_noise_limits_is_run_again_on_as_many_more_samples_as_i
     from alignment.ecc import EccResult
     from alignment.quality import Quality
 
-    passes = []
+    passes, tolerances = [], []
 
-    def fine(channels, h, q, photo, max_pixels, with_centre, image_size, opt):
+    def fine(channels, h, q, photo, max_pixels, with_centre, image_size, opt, tol_px=pipeline._FINE_TOL_PX):
         passes.append(max_pixels)
+        tolerances.append(tol_px)
         n = min(max_pixels, available)
         # the noise's standard error falls as one over the square root of the samples
         return EccResult(homography=np.eye(3), correlation=0.9, radial=np.zeros(2), samples=n,
@@ -594,6 +595,8 @@ def test_a_fine_pass_that_noise_limits_is_run_again_on_as_many_more_samples_as_i
     q = Quality()
     pipeline._fine_final(channels, trial, (1024, 768), pipeline.AlignOptions(), 250_000, q)
     assert passes == ([250_000] if expect is None else [250_000, expect])
+    if expect is not None:  # its steps stop under a tenth of what the noise will leave there
+        assert tolerances[-1] == pytest.approx(max(pipeline._FINE_TOL_PX, 0.1 * sigma * np.sqrt(250_000 / expect)))
     assert q.fine_samples == min(passes[-1], available)
     assert q.fine_sigma_px == pytest.approx(sigma * np.sqrt(250_000 / q.fine_samples), abs=1e-5)
     # without the record (a pass that only places the response's samples) or the option: one pass
