@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from alignment import Alignment, align_images, align_pair, rawio
+from alignment import Alignment, align_images, align_pair, rawio, trust
 from alignment.prepare import focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.quality import REASONS
 from isp_rig import simulate as sim
@@ -239,6 +239,28 @@ def test_a_colour_chart_under_a_strong_lens_is_placed_at_its_patches_and_kept(tm
     assert a.ok, a.quality.message
     assert corner_errors(a, pair.truth).max() < 0.6
     assert dense_errors(a, pair.truth).mean() < 0.1
+
+
+def test_a_noisy_night_chart_whose_features_fail_is_kept_for_the_part_its_faint_tiles_pin(tmp_path):
+    # the broadened benchmark's distortion colour chart pair 3, a night scene: 6 inlier
+    # matches, a coarse start, one tile reliable, 11 across a patch's edge; the tiles at
+    # the patches' corners measure their shift only to a few tenths of a px each
+    # (faint), and together pin most of the frame.  It was rejected without a model
+    seed = int(np.random.SeedSequence([2026, 3, zlib.crc32(b"colour-chart")]).generate_state(1)[0])
+    scene = _benchmark_scenes().colour_chart(seed)
+    pair = sim.simulate_pair(seed, scene, sim.SimOptions(distortion=True, photometry="hard"), pair_id="chart")
+    folder = sim.write_pair(pair, tmp_path)
+    a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
+    q = a.quality
+    assert q.start == "coarse" and q.inliers < 20
+    assert q.faint_tile_count > 2 * (q.reliable_tile_count + q.edge_tile_count) / 3
+    assert a.ok, q.message
+    assert 0.5 <= q.pinned_fraction < 1.0 and "pin" in q.message
+    assert (a.trust.code == trust.UNVERIFIED).any()
+    assert dense_errors(a, pair.truth).mean() < 0.15
+    assert corner_errors(a, pair.truth).max() < 0.6
+    # its noise limited the fine stage: the last pass took more samples than max_pixels
+    assert q.fine_samples > 250_000
 
 
 def test_a_page_of_text_pinned_in_part_is_kept_with_its_unpinned_px_unverified(tmp_path):
