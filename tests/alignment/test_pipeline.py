@@ -226,14 +226,20 @@ def _benchmark_scenes():
     return module
 
 
+def _benchmark_pair(tmp_path, source: str, index: int, distortion: bool):
+    """The broadened benchmark's pair ``index`` of ``source`` (its seed, scene and hard
+    photometry; a lens with ``distortion``), written to ``tmp_path`` -> (pair, folder)."""
+    seed = int(np.random.SeedSequence([2026, index, zlib.crc32(source.encode())]).generate_state(1)[0])
+    scene = getattr(_benchmark_scenes(), source.replace("-", "_"))(seed)
+    pair = sim.simulate_pair(seed, scene, sim.SimOptions(distortion=distortion, photometry="hard"), pair_id=source)
+    return pair, sim.write_pair(pair, tmp_path)
+
+
 def test_a_colour_chart_under_a_strong_lens_is_placed_at_its_patches_and_kept(tmp_path):
     # the broadened benchmark's distortion colour chart pair 2: too few matches, and the
     # coarse search placed the chart one patch (400 px) off, where its edges repeat; the
     # pair was then rejected only because its tiles left the corners loosely pinned
-    seed = int(np.random.SeedSequence([2026, 2, zlib.crc32(b"colour-chart")]).generate_state(1)[0])
-    scene = _benchmark_scenes().colour_chart(seed)
-    pair = sim.simulate_pair(seed, scene, sim.SimOptions(distortion=True, photometry="hard"), pair_id="chart")
-    folder = sim.write_pair(pair, tmp_path)
+    pair, folder = _benchmark_pair(tmp_path, "colour-chart", 2, distortion=True)
     a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
     assert a.quality.start == "coarse" and a.quality.coarse_contenders >= 2
     assert a.ok, a.quality.message
@@ -246,10 +252,7 @@ def test_a_noisy_night_chart_whose_features_fail_is_kept_for_the_part_its_faint_
     # matches, a coarse start, one tile reliable, 11 across a patch's edge; the tiles at
     # the patches' corners measure their shift only to a few tenths of a px each
     # (faint), and together pin most of the frame.  It was rejected without a model
-    seed = int(np.random.SeedSequence([2026, 3, zlib.crc32(b"colour-chart")]).generate_state(1)[0])
-    scene = _benchmark_scenes().colour_chart(seed)
-    pair = sim.simulate_pair(seed, scene, sim.SimOptions(distortion=True, photometry="hard"), pair_id="chart")
-    folder = sim.write_pair(pair, tmp_path)
+    pair, folder = _benchmark_pair(tmp_path, "colour-chart", 3, distortion=True)
     a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
     q = a.quality
     assert q.start == "coarse" and q.inliers < 20
@@ -269,10 +272,7 @@ def test_a_page_of_text_pinned_in_part_is_kept_with_its_unpinned_px_unverified(t
     # loosely at its corners (standard error 0.96 px), its correlation 0.49 over a page
     # the DSLR clipped in part; 0.13 px off at its worst corner, it was rejected
     # (low_correlation) until #11's eighteenth stop
-    seed = int(np.random.SeedSequence([2026, 3, zlib.crc32(b"document")]).generate_state(1)[0])
-    pair = sim.simulate_pair(seed, _benchmark_scenes().document(seed), sim.SimOptions(photometry="hard"),
-                             pair_id="document")
-    folder = sim.write_pair(pair, tmp_path)
+    pair, folder = _benchmark_pair(tmp_path, "document", 3, distortion=False)
     a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
     q = a.quality
     assert a.ok, q.message
@@ -289,10 +289,7 @@ def test_a_whiteboard_under_a_lens_gets_its_lens_centre_and_is_kept_for_the_part
     # lens centre stayed at the frame centre, where no radial model can follow the
     # simulator's decentred lens; and its tiles pin the corners to 0.64 px only: rejected
     # (low_correlation) until #11's nineteenth stop
-    seed = int(np.random.SeedSequence([2026, 1, zlib.crc32(b"whiteboard")]).generate_state(1)[0])
-    pair = sim.simulate_pair(seed, _benchmark_scenes().whiteboard(seed),
-                             sim.SimOptions(distortion=True, photometry="hard"), pair_id="whiteboard")
-    folder = sim.write_pair(pair, tmp_path)
+    pair, folder = _benchmark_pair(tmp_path, "whiteboard", 1, distortion=True)
     # by default (the JPEG's chroma restored, #11's twenty-first stop) the pair is kept as
     # well, but its centre, weakly fixed by strokes in part of the board, lands 3.6 px from
     # the lens's (0.52 px median at the corners, 0.075 px dense): the centre's estimate is
