@@ -291,9 +291,10 @@ class TileResiduals:
 
 #: a faint tile's standard error is at most this many times a reliable tile's bound
 #: (``TileResiduals.faint``): 0.6 px at the default 0.15.  On the broadened
-#: benchmark's 144 pairs, the model was at most 0.43 px off its truth at the tile
+#: benchmark's 144 pairs, the model was at most 0.39 px off its truth at the tile
 #: centres that the reliable, one-edge and faint tiles together pin within 0.5 px
-#: (0.43 px with the reliable and one-edge tiles alone).
+#: (0.35 px with the reliable and one-edge tiles alone; 0.43 and 0.43 before the
+#: fine stage's pass for the noise, ``pipeline.NOISE_SAMPLES_FACTOR``).
 FAINT_SIGMA_FACTOR = 4.0
 
 
