@@ -41,7 +41,11 @@ within 1 px (median corner error), a right one when it is further off, and
 "without a model" when the pipeline offers none (the verdict ``too_few_matches``:
 the features failed and the coarse search's start, if any, was not confirmed, so
 the geometry found from it is withheld); crashes are counted apart; a **wrong
-keep** is a kept pair more than 1 px off.
+keep** is a kept pair more than 1 px off. For ``ours``, per group, the noise
+floor: the median of what the phone's noise alone leaves at the corners of its
+kept pairs (``Quality.fine_sigma_px``, DSLR working px: the stored px of these
+pairs) beside their error, and the median of each pair's error over it (near 1:
+the noise limits the pair and only more signal helps; well over 1: a bias).
 
 Real size (``--real-size``): one homography pair of a 12 MP phone raw (4032x3024)
 and a 24 MP DSLR JPEG (6048x4024, the Nikon Z6), each method in its own process:
@@ -62,6 +66,7 @@ import json
 import tempfile
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -157,7 +162,11 @@ def ours(phone_path: Path, dslr_path: Path):
     a = align_pair(phone_path, dslr_path)
     if not a.ok:
         return Rejection.of(str(a.quality.reason), a.map_points if np.isfinite(a.homography).all() else None)
-    return a.map_points
+    mapper = partial(a.map_points)
+    # what the phone's noise alone leaves at the corners (Quality.fine_sigma_px): the
+    # floor under the pair's error that no estimator on these samples goes below
+    mapper.noise_px = a.quality.fine_sigma_px
+    return mapper
 
 
 #: (phone raw, DSLR JPEG) sizes of the real-size pairs: a 12 MP phone and the Nikon Z6
@@ -243,8 +252,11 @@ def score_sim(fn, folder: Path) -> dict:
     ce = np.linalg.norm(mapper(c) - truth.map_points(c), axis=1)
     g = truth.grid
     de = np.linalg.norm(mapper(g[:, :2]) - g[:, 2:], axis=1)
-    return {"ok": True, "corner_median": float(np.median(ce)), "corner_mean": float(ce.mean()),
-            "dense_mean": float(de.mean()), "seconds": secs}
+    row = {"ok": True, "corner_median": float(np.median(ce)), "corner_mean": float(ce.mean()),
+           "dense_mean": float(de.mean()), "seconds": secs}
+    if getattr(mapper, "noise_px", None) is not None and np.isfinite(mapper.noise_px):
+        row["noise_px"] = float(mapper.noise_px)
+    return row
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -269,6 +281,12 @@ def summarise(rows: list[dict]) -> dict:
                                      and not str(r["reason"]).startswith("error:")),
         "crashed": sum(1 for r in rows if not r["ok"] and str(r["reason"]).startswith("error:")),
         "wrong_keeps": sum(1 for r in ok if r["corner_median"] > 1.0),
+        # the noise floor (ours only): the median over kept pairs of what their noise alone
+        # leaves at the corners, and of each pair's error over it
+        "noise_px": float(np.median([r["noise_px"] for r in ok if "noise_px" in r]))
+        if any("noise_px" in r for r in ok) else float("nan"),
+        "error_over_noise": float(np.median([r["corner_median"] / r["noise_px"] for r in ok if r.get("noise_px")]))
+        if any(r.get("noise_px") for r in ok) else float("nan"),
     }
 
 
@@ -522,6 +540,15 @@ def main() -> None:
                 cells.append(f"{g['accepted']}/{g['pairs']}, {g['median_corner']:.3f} / {g['p90_corner']:.3f}"
                              if g["pairs"] else "-")
             print(f"| {label} | " + " | ".join(cells) + " |")
+        if "ours" in per:
+            # is a group's error the noise's (a ratio near 1: only more signal helps) or a bias?
+            print("\n| group | ours: median corner px | the noise's standard error at the corners, median px "
+                  "| error / noise, median over pairs |")
+            print("|---|---|---|---|")
+            for label, pick in groups:
+                g = pick(per["ours"])
+                if g["accepted"]:
+                    print(f"| {label} | {g['median_corner']:.3f} | {g['noise_px']:.3f} | {g['error_over_noise']:.1f} |")
     if results.get("real"):
         print("\n### Real pairs with ground truth\n")
         cols = [m for m in args.methods]
