@@ -164,7 +164,7 @@ def ours(phone_path: Path, dslr_path: Path):
         return Rejection.of(str(a.quality.reason), a.map_points if np.isfinite(a.homography).all() else None)
     mapper = partial(a.map_points)
     # what the phone's noise alone leaves at the corners (Quality.fine_sigma_px): the
-    # floor under the pair's error that no estimator on these samples goes below
+    # floor that the noise of its samples sets under the pair's error
     mapper.noise_px = a.quality.fine_sigma_px
     return mapper
 
