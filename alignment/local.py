@@ -456,20 +456,16 @@ def measure_tiles(
         signal = sst.ravel() / np.maximum(n_all.ravel(), 1)
         textured |= ok & (corr < min_correlation) & (signal >= 10.0 * noise)
     sigma_max = min(max_sigma_px, max(4.0 * sig_ref, 0.02))
-    reliable = (
-        finite
-        & (np.hypot(shifts[:, 0], shifts[:, 1]) < tile * sx0 / 4)
-        & (sigma <= sigma_max)
-        & (corr >= min_correlation)
-    )
+    quarter = tile * sx0 / 4  # the largest sane shift (phone image px)
+    correlates = corr >= min_correlation
+    sane_both_ways = finite & (np.hypot(shifts[:, 0], shifts[:, 1]) < quarter) & correlates
+    reliable = sane_both_ways & (sigma <= sigma_max)
     res = TileResiduals(centres, shifts, sigma, corr, reliable, (ny, nx), textured, None, normal, normal_sigma)
     # one straight edge: measured across as well as a reliable tile is in each of its
     # two directions (whose sigma adds both variances), the shift across it sane
-    res.edge = (ok & ~reliable & (np.sqrt(2.0) * normal_sigma <= sigma_max) & (corr >= min_correlation)
-                & (res.across < tile * sx0 / 4))
+    res.edge = ok & ~reliable & (np.sqrt(2.0) * normal_sigma <= sigma_max) & correlates & (res.across < quarter)
     # measured both ways, only less precisely than a reliable tile (noise, mostly)
-    res.faint = (finite & ~reliable & ~res.edge & (sigma <= FAINT_SIGMA_FACTOR * sigma_max)
-                 & (corr >= min_correlation) & (np.hypot(shifts[:, 0], shifts[:, 1]) < tile * sx0 / 4))
+    res.faint = sane_both_ways & ~reliable & ~res.edge & (sigma <= FAINT_SIGMA_FACTOR * sigma_max)
     return res
 
 
