@@ -844,50 +844,68 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     hx = ag_x * j00 + ag_y * j10
     hy = ag_x * j01 + ag_y * j11
     s = hx * uu + hy * vv
-    # the Jacobian transposed, one parameter per row: its rows are written and its
-    # normal equations multiplied along contiguous memory
-    jac = np.empty((8 + nr + nc + 2 * npb, n_in))
-    jac[0] = hx * uu
-    jac[1] = hx * vv
-    jac[2] = hx
-    jac[3] = hy * uu
-    jac[4] = hy * vv
-    jac[5] = hy
-    jac[6] = -s * uu
-    jac[7] = -s * vv
-    if nr or nc:
-        r2i = rho2[inside]
-        dui, dvi = du0[inside], dv0[inside]
-    if nr:
-        base = hx * dui + hy * dvi
-        jac[8] = base * r2i
-        if nr > 1:
-            jac[9] = base * r2i * r2i
-    if nc:
-        # the undistorted point's derivatives along the lens centre
-        one_minus = 1.0 - fac[inside]
-        slope = 2.0 * (q[0] + 2.0 * q[1] * r2i)
-        duu, dvv, duv = one_minus - slope * dui * dui, one_minus - slope * dvi * dvi, -slope * dui * dvi
-        jac[8 + nr] = hx * duu + hy * duv
-        jac[8 + nr + 1] = hx * duv + hy * dvv
-    o = 8 + nr + nc
-    jac[o : o + npb] = pbi.T * iv
-    jac[o + npb :] = pbi.T
     kk = None
     if huber is not None:
         scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-12
         kk = huber * scale
         ar = np.abs(r)
-        wts = np.where(ar <= kk, 1.0, kk / np.maximum(ar, 1e-12))
+        root_w = np.sqrt(np.where(ar <= kk, 1.0, kk / np.maximum(ar, 1e-12)))
     else:
-        wts = np.ones_like(r)
-    jw = jac * wts
+        root_w = np.ones_like(r)
+    if nr or nc:
+        r2i = rho2[inside]
+        dui, dvi = du0[inside], dv0[inside]
+    if nr:
+        base = hx * dui + hy * dvi
+    if nc:
+        # the undistorted point's derivatives along the lens centre
+        one_minus = 1.0 - fac[inside]
+        slope = 2.0 * (q[0] + 2.0 * q[1] * r2i)
+        duu, dvv, duv = one_minus - slope * dui * dui, one_minus - slope * dvi * dvi, -slope * dui * dvi
+    o = 8 + nr + nc
+    n_par = o + 2 * npb
+    jtj = np.zeros((n_par, n_par))
+    jtr = np.zeros(n_par)
+    # the Jacobian transposed (one parameter per row, its rows written and multiplied
+    # along contiguous memory), weighted by the roots of the Huber weights, built and
+    # multiplied _EQUATION_BLOCK samples at a time: a block stays in the cache, where a
+    # plane's 250 000 samples made 44 MB, written and then read twice
+    block = np.empty((n_par, min(n_in, _EQUATION_BLOCK)))
+    for a in range(0, n_in, _EQUATION_BLOCK):
+        b = min(a + _EQUATION_BLOCK, n_in)
+        jac = block[:, : b - a]
+        hxb, hyb, ub, vb, sb = hx[a:b], hy[a:b], uu[a:b], vv[a:b], s[a:b]
+        jac[0] = hxb * ub
+        jac[1] = hxb * vb
+        jac[2] = hxb
+        jac[3] = hyb * ub
+        jac[4] = hyb * vb
+        jac[5] = hyb
+        jac[6] = -sb * ub
+        jac[7] = -sb * vb
+        if nr:
+            jac[8] = base[a:b] * r2i[a:b]
+            if nr > 1:
+                jac[9] = jac[8] * r2i[a:b]
+        if nc:
+            jac[8 + nr] = hxb * duu[a:b] + hyb * duv[a:b]
+            jac[8 + nr + 1] = hxb * duv[a:b] + hyb * dvv[a:b]
+        pbt = pbi[a:b].T
+        jac[o : o + npb] = pbt * iv[a:b]
+        jac[o + npb :] = pbt
+        jac *= root_w[a:b]
+        jtj += jac @ jac.T
+        jtr += jac @ (r[a:b] * root_w[a:b])
     tc = t_in - t_in.mean()
     pc = pred - pred.mean()
     cost = _huber_cost(r, kk)
     cost_before = cost if threshold_before is None or threshold_before == kk else _huber_cost(r, threshold_before)
-    return _ChannelEquations(n_in, jw @ jac.T, jw @ r, float(tc @ pc), float(tc @ tc), float(pc @ pc), cost,
-                             cost_before, kk)
+    return _ChannelEquations(n_in, jtj, jtr, float(tc @ pc), float(tc @ tc), float(pc @ pc), cost, cost_before, kk)
+
+
+#: the samples of one block of :func:`_channel_equations`' Jacobian (22 rows of float64
+#: at most: 5.6 MB)
+_EQUATION_BLOCK = 32_768
 
 
 def _huber_cost(r: np.ndarray, threshold: float | None) -> float:
