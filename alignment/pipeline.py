@@ -71,7 +71,9 @@ class AlignOptions:
     ``fine_gain_degree``, at most ``max_pixels``; when the noise leaves that pass's
     frame corners a standard error over ``fine_noise_px`` DSLR working px, its last pass
     takes as many more samples as bring it there, up to all of them and at most
-    :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``; None: never) or "none".  ``fine_filter``:
+    :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``; None: never; and with
+    ``fine_full_step`` the pass ends with one Gauss-Newton step on every sample, at
+    most :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``) or "none".  ``fine_filter``:
     "sharp" (the planes' samples unfiltered against the DSLR blurred by the phone's
     blur relative to the DSLR's: ``phone_blur_sigma`` plane px, or measured on the
     pair when None, :mod:`alignment.blur`, and then only where the pair's noise leaves
@@ -119,6 +121,7 @@ class AlignOptions:
     fine_gain_degree: int = 2
     max_pixels: int | None = 250_000
     fine_noise_px: float | None = 0.03
+    fine_full_step: bool = True
     radial: int = 2
     radial_min_px: float = 1.0
     lens_centre: bool = True
@@ -210,6 +213,7 @@ _OPTION_KINDS = {
     "radiometric_refit_px": ((int, float, type(None)), lambda v: v is None or v >= 0, "a number >= 0 or null"),
     "max_pixels": ((int, type(None)), lambda v: v is None or v >= 1000, "a whole number >= 1000 or null"),
     "fine_noise_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
+    "fine_full_step": _FLAG,
     "max_plane_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
     "dslr_oversample": ((int, float, type(None)), lambda v: v is None or v >= 1, "a number >= 1 or null"),
     "tile_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
@@ -428,14 +432,14 @@ class _FineTrial:
 
 def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None,
                  max_pixels: int | None, with_centre: bool, image_size: tuple[int, int], opt: AlignOptions,
-                 tol_px: float = _FINE_TOL_PX) -> EccResult:
+                 tol_px: float = _FINE_TOL_PX, max_iter: int = 30) -> EccResult:
     """One per-plane Gauss-Newton pass of the fine stage (``q`` None: no lens model;
-    ``tol_px``: its stopping rule, see :func:`alignment.ecc.gn_refine`)."""
+    ``tol_px`` and ``max_iter``: its stopping rule, see :func:`alignment.ecc.gn_refine`)."""
     # steps stop under a thousandth of a px at the frame corners: ten times finer
     # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
     return refine_planes(None, None, None, h, (image_size[1], image_size[0]), gain_degree=opt.fine_gain_degree,
                          max_pixels=max_pixels, radial=opt.radial if q is not None else 0, q0=q, channels=channels,
-                         tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None)
+                         tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None, max_iter=max_iter)
 
 
 def _fine_channels(fit_channels: list[Channel], targets: list, images: list[np.ndarray], image_mask: np.ndarray | None,
@@ -503,6 +507,13 @@ PLAUSIBLE_LENS_OFFSET = 0.1
 NOISE_SAMPLES_FACTOR = 4
 
 
+#: the last step of the fine stage on every sample (``fine_full_step``) is taken without
+#: measuring where it lands when it moves no frame corner by more than this (DSLR working
+#: px): the subset's model lies a few hundredths of a px from every sample's, where the
+#: linearisation holds; a longer step is measured and kept only if the cost falls
+FULL_STEP_TOL_PX = 0.05
+
+
 def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[int, int], opt: AlignOptions,
                 max_pixels: int | None, q: Quality | None = None
                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
@@ -513,8 +524,10 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
     radial coefficients, the channels' gains and offsets).  With ``q`` (the last pass
     of the pair): when the noise leaves that pass's corners a standard error
     (``EccResult.corner_sigma_px``) over ``opt.fine_noise_px``, one more pass from its
-    model on as many more samples as bring it there (:func:`_noise_samples`); the
-    samples used and that standard error go to ``q.fine_samples`` / ``q.fine_sigma_px``."""
+    model on as many more samples as bring it there (:func:`_noise_samples`); then,
+    with ``opt.fine_full_step``, one Gauss-Newton step from where it ended on every
+    sample (:func:`_full_step_samples`); the samples of the last pass or step and the
+    standard error they leave go to ``q.fine_samples`` / ``q.fine_sigma_px``."""
     q_radial = trial.q_radial
     rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, max_pixels, trial.centre, image_size, opt)
     if trial.centre and len(rf.radial) == 4 and np.hypot(rf.radial[2], rf.radial[3]) > PLAUSIBLE_LENS_OFFSET:
@@ -537,6 +550,17 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
             rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
                               more, q_radial is not None and len(rf.radial) == 4, image_size, opt,
                               tol_px=max(_FINE_TOL_PX, 0.1 * rf.corner_sigma_px * np.sqrt(rf.samples / more)))
+        full = _full_step_samples(rf, channels, max_pixels, opt)
+        if full is not None:
+            # the pass placed the model on a subset (a third of a 1 MP phone's px, a
+            # twelfth of a 12 MP one's): a soft scene's few textured px then carry the
+            # model, and which of them were drawn moves it by hundredths of a px at the
+            # corners it extrapolates to (a soft landscape's sky).  One Gauss-Newton step
+            # on every sample goes most of the way to every sample's model (docs/alignment.md,
+            # step 8: the whole series of steps gained no more) at about one pass's price
+            rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
+                              full, q_radial is not None and len(rf.radial) == 4, image_size, opt,
+                              tol_px=FULL_STEP_TOL_PX, max_iter=1)
         q.fine_samples, q.fine_sigma_px = rf.samples, round(rf.corner_sigma_px, 5)
     return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
 
@@ -550,10 +574,27 @@ def _noise_samples(rf: EccResult, channels: list[Channel], max_pixels: int | Non
     target = opt.fine_noise_px
     if target is None or max_pixels is None or not rf.samples or not rf.corner_sigma_px > target:
         return None
-    available = sum(int(c.mask.sum()) for c in channels)
     want = int(np.ceil(rf.samples * (rf.corner_sigma_px / target) ** 2))
-    more = min(want, available, NOISE_SAMPLES_FACTOR * max_pixels)
+    more = min(want, _sample_cap(channels, max_pixels))
     return more if more >= 1.25 * rf.samples else None
+
+
+def _full_step_samples(rf: EccResult, channels: list[Channel], max_pixels: int | None,
+                       opt: AlignOptions) -> int | None:
+    """How many samples the fine stage's last step takes with ``opt.fine_full_step``:
+    every sample of ``channels``, at most :data:`NOISE_SAMPLES_FACTOR` times
+    ``max_pixels`` -> that many, or None when the option is off, ``max_pixels`` is None
+    (every sample already) or the pass ``rf`` used over four fifths of them."""
+    if not opt.fine_full_step or max_pixels is None or not rf.samples:
+        return None
+    full = _sample_cap(channels, max_pixels)
+    return full if full >= 1.25 * rf.samples else None
+
+
+def _sample_cap(channels: list[Channel], max_pixels: int) -> int:
+    """The most samples a fine pass takes beyond ``max_pixels``: every sample of
+    ``channels``, at most :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``."""
+    return min(sum(int(c.mask.sum()) for c in channels), NOISE_SAMPLES_FACTOR * max_pixels)
 
 
 def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],

@@ -106,10 +106,11 @@ class Quality:
     ``max_residual_px``); faint_tile_count: how many tiles are measured both ways but
     less precisely than a reliable tile (noise: ``TileResiduals.faint``), which help
     pin the model (corner_sigma_px, pinned_fraction) without counting as reliable;
-    fine_samples / fine_sigma_px: how many samples the fine stage's last pass used,
-    and the standard error that their noise leaves at the frame corners (DSLR working
-    px: ``alignment.ecc.EccResult.corner_sigma_px``; a pass whose noise left more than
-    the option ``fine_noise_px`` was run again on more samples; NaN: no fine stage);
+    fine_samples / fine_sigma_px: how many samples the fine stage's last pass used (or
+    its last step on every sample: the option ``fine_full_step``), and the standard
+    error that their noise leaves at the frame corners (DSLR working px:
+    ``alignment.ecc.EccResult.corner_sigma_px``; a pass whose noise left more than the
+    option ``fine_noise_px`` was run again on more samples; NaN: no fine stage);
     start: where ECC started, "features" (the matches'
     homography) or "coarse" (too few matches: :mod:`alignment.coarse`, whose
     correlation at the chosen placement is coarse_score); coarse_contenders: how many
