@@ -72,8 +72,8 @@ class AlignOptions:
     frame corners a standard error over ``fine_noise_px`` DSLR working px, its last pass
     takes as many more samples as bring it there, up to all of them and at most
     :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``; None: never; and with
-    ``fine_full_step`` the pass ends with one Gauss-Newton step on every sample, at
-    most :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``) or "none".  ``fine_filter``:
+    ``fine_full_step`` the pass ends with one Gauss-Newton step on every sample, when
+    they are at most :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``) or "none".  ``fine_filter``:
     "sharp" (the planes' samples unfiltered against the DSLR blurred by the phone's
     blur relative to the DSLR's: ``phone_blur_sigma`` plane px, or measured on the
     pair when None, :mod:`alignment.blur`, and then only where the pair's noise leaves
@@ -552,10 +552,10 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
                               tol_px=max(_FINE_TOL_PX, 0.1 * rf.corner_sigma_px * np.sqrt(rf.samples / more)))
         full = _full_step_samples(rf, channels, max_pixels, opt)
         if full is not None:
-            # the pass placed the model on a subset (a third of a 1 MP phone's px, a
-            # twelfth of a 12 MP one's): a soft scene's few textured px then carry the
-            # model, and which of them were drawn moves it by hundredths of a px at the
-            # corners it extrapolates to (a soft landscape's sky).  One Gauss-Newton step
+            # the pass placed the model on a subset (a third of a 1 MP phone's px): a
+            # soft scene's few textured px then carry the model, and which of them were
+            # drawn moves it by hundredths of a px at the corners it extrapolates to (a
+            # soft landscape's sky).  One Gauss-Newton step
             # on every sample goes most of the way to every sample's model (docs/alignment.md,
             # step 8: the whole series of steps gained no more) at about one pass's price
             rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
@@ -574,27 +574,25 @@ def _noise_samples(rf: EccResult, channels: list[Channel], max_pixels: int | Non
     target = opt.fine_noise_px
     if target is None or max_pixels is None or not rf.samples or not rf.corner_sigma_px > target:
         return None
+    available = sum(int(c.mask.sum()) for c in channels)
     want = int(np.ceil(rf.samples * (rf.corner_sigma_px / target) ** 2))
-    more = min(want, _sample_cap(channels, max_pixels))
+    more = min(want, available, NOISE_SAMPLES_FACTOR * max_pixels)
     return more if more >= 1.25 * rf.samples else None
 
 
 def _full_step_samples(rf: EccResult, channels: list[Channel], max_pixels: int | None,
                        opt: AlignOptions) -> int | None:
     """How many samples the fine stage's last step takes with ``opt.fine_full_step``:
-    every sample of ``channels``, at most :data:`NOISE_SAMPLES_FACTOR` times
-    ``max_pixels`` -> that many, or None when the option is off, ``max_pixels`` is None
-    (every sample already) or the pass ``rf`` used over four fifths of them."""
+    every sample of ``channels`` -> that many, or None when the option is off,
+    ``max_pixels`` is None (every sample already), the pass ``rf`` used over four fifths
+    of them, or they are more than :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``: a
+    12 MP phone's 3.2 M, where a step on 1 M of them would again be a subset, for 0.5 to
+    1 s and 140 MB more (a soft Blackmagic pair 0.221 -> 0.212 px, Boston 0.028 -> 0.029)."""
     if not opt.fine_full_step or max_pixels is None or not rf.samples:
         return None
-    full = _sample_cap(channels, max_pixels)
-    return full if full >= 1.25 * rf.samples else None
+    every = sum(int(c.mask.sum()) for c in channels)
+    return every if every <= NOISE_SAMPLES_FACTOR * max_pixels and every >= 1.25 * rf.samples else None
 
-
-def _sample_cap(channels: list[Channel], max_pixels: int) -> int:
-    """The most samples a fine pass takes beyond ``max_pixels``: every sample of
-    ``channels``, at most :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``."""
-    return min(sum(int(c.mask.sum()) for c in channels), NOISE_SAMPLES_FACTOR * max_pixels)
 
 
 def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],

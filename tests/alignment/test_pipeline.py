@@ -659,10 +659,10 @@ def _recorded_fine_passes(monkeypatch, sigma: float, available: int) -> tuple[li
     "sigma, available, expect, stepped",
     [
         (0.02, 750_000, [250_000, 750_000], True),  # a 1 MP phone's planes: one step on all of them
-        (0.02, 12_000_000, [250_000, 1_000_000], True),  # at most NOISE_SAMPLES_FACTOR x max_pixels (12 MP)
+        (0.02, 3_200_000, [250_000], False),  # over NOISE_SAMPLES_FACTOR x max_pixels (12 MP): a subset again
         (0.02, 300_000, [250_000], False),  # a fifth more samples: not worth a step
         (0.06, 750_000, [250_000, 750_000], False),  # the noise's pass took every sample: no step after it
-        (0.045, 2_000_000, [250_000, 562_500, 1_000_000], True),  # the noise's pass, then the step on the cap
+        (0.045, 900_000, [250_000, 562_500, 900_000], True),  # the noise's pass, then the step on every sample
     ],
 )
 def test_the_fine_stage_ends_with_one_gauss_newton_step_on_every_sample(monkeypatch, sigma, available, expect,
