@@ -555,9 +555,9 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
             # the pass placed the model on a subset (a third of a 1 MP phone's px): a
             # soft scene's few textured px then carry the model, and which of them were
             # drawn moves it by hundredths of a px at the corners it extrapolates to (a
-            # soft landscape's sky).  One Gauss-Newton step
-            # on every sample goes most of the way to every sample's model (docs/alignment.md,
-            # step 8: the whole series of steps gained no more) at about one pass's price
+            # soft landscape's sky).  One Gauss-Newton step on every sample goes most of
+            # the way to every sample's model (docs/alignment.md, step 8: a whole pass of
+            # steps gained no more) at about one pass's price
             rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
                               full, q_radial is not None and len(rf.radial) == 4, image_size, opt,
                               tol_px=FULL_STEP_TOL_PX, max_iter=1)
@@ -592,7 +592,6 @@ def _full_step_samples(rf: EccResult, channels: list[Channel], max_pixels: int |
         return None
     every = sum(int(c.mask.sum()) for c in channels)
     return every if every <= NOISE_SAMPLES_FACTOR * max_pixels and every >= 1.25 * rf.samples else None
-
 
 
 def _fine_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndarray, image_size: tuple[int, int],
