@@ -539,7 +539,8 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
         rf, q_radial = _fine_refine(channels, rf.homography, None, rf.photometric, max_pixels, False, image_size,
                                     opt), None
     if q is not None:
-        more = _noise_samples(rf, channels, max_pixels, opt)
+        every = sum(int(c.mask.sum()) for c in channels)  # the samples the planes hold
+        more = _noise_samples(rf, every, max_pixels, opt)
         if more is not None:
             # the noise, not the model, limits this pass (a soft scene at night): more of
             # the same samples, from where it ended, the lens model as it kept it.  On such
@@ -550,7 +551,7 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
             rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
                               more, q_radial is not None and len(rf.radial) == 4, image_size, opt,
                               tol_px=max(_FINE_TOL_PX, 0.1 * rf.corner_sigma_px * np.sqrt(rf.samples / more)))
-        full = _full_step_samples(rf, channels, max_pixels, opt)
+        full = _full_step_samples(rf, every, max_pixels, opt)
         if full is not None:
             # the pass placed the model on a subset (a third of a 1 MP phone's px): a
             # soft scene's few textured px then carry the model, and which of them were
@@ -565,32 +566,29 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
     return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
 
 
-def _noise_samples(rf: EccResult, channels: list[Channel], max_pixels: int | None, opt: AlignOptions) -> int | None:
+def _noise_samples(rf: EccResult, every: int, max_pixels: int | None, opt: AlignOptions) -> int | None:
     """How many samples bring the noise's standard error of a fine pass's corners
     (``rf.corner_sigma_px``, which falls as one over the square root of the samples) to
-    ``opt.fine_noise_px``: at most every sample of ``channels`` and
+    ``opt.fine_noise_px``: at most ``every`` sample the channels hold and
     :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels`` -> that many, or None when the pass
     is within it, already used every sample, or would gain under a quarter more."""
     target = opt.fine_noise_px
     if target is None or max_pixels is None or not rf.samples or not rf.corner_sigma_px > target:
         return None
-    available = sum(int(c.mask.sum()) for c in channels)
     want = int(np.ceil(rf.samples * (rf.corner_sigma_px / target) ** 2))
-    more = min(want, available, NOISE_SAMPLES_FACTOR * max_pixels)
+    more = min(want, every, NOISE_SAMPLES_FACTOR * max_pixels)
     return more if more >= 1.25 * rf.samples else None
 
 
-def _full_step_samples(rf: EccResult, channels: list[Channel], max_pixels: int | None,
-                       opt: AlignOptions) -> int | None:
+def _full_step_samples(rf: EccResult, every: int, max_pixels: int | None, opt: AlignOptions) -> int | None:
     """How many samples the fine stage's last step takes with ``opt.fine_full_step``:
-    every sample of ``channels`` -> that many, or None when the option is off,
+    ``every`` sample the channels hold -> that many, or None when the option is off,
     ``max_pixels`` is None (every sample already), the pass ``rf`` used over four fifths
     of them, or they are more than :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels``: a
     12 MP phone's 3.2 M, where a step on 1 M of them would again be a subset, for 0.5 to
     1 s and 140 MB more (a soft Blackmagic pair 0.221 -> 0.212 px, Boston 0.028 -> 0.029)."""
     if not opt.fine_full_step or max_pixels is None or not rf.samples:
         return None
-    every = sum(int(c.mask.sum()) for c in channels)
     return every if every <= NOISE_SAMPLES_FACTOR * max_pixels and every >= 1.25 * rf.samples else None
 
 
