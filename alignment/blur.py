@@ -24,6 +24,7 @@ import numpy as np
 
 from alignment.ecc import _local_scale
 from alignment.geometry import apply_homography
+from alignment.threads import thread_map
 
 #: the relative blurs tried, Gaussian sigma in phone target px (a Bayer plane's px: two raw
 #: px); from none (the DSLR as blurred as the phone) to about the blur of a phone lens
@@ -122,8 +123,8 @@ def estimate_relative_blur(
                            _local_scale(h_image @ t_k, values.shape), img))
     if not per_target:
         return 0.0, [float("nan")] * len(candidates)
-    costs = []
-    for sigma in candidates:
+
+    def cost(sigma: float) -> float:
         total = 0.0
         blurred: dict = {}
         for t, m, uv, scale, img in per_target:
@@ -135,7 +136,11 @@ def estimate_relative_blur(
             pred = cv2.remap(blurred[key], m[None, :, 0], m[None, :, 1], cv2.INTER_CUBIC,
                              borderMode=cv2.BORDER_REPLICATE)[0].astype(np.float64)
             total += _misfit(t, pred, uv[:, 0], uv[:, 1])
-        costs.append(total / len(targets))
+        return total / len(targets)
+
+    # the candidates side by side (each blurs whole DSLR images: 21 blurs of 4.6 MP at
+    # real size, most of this function's time)
+    costs = thread_map(cost, candidates)
     k = int(np.argmin(costs))
     sigma = float(candidates[k])
     if 0 < k < len(candidates) - 1:

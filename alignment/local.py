@@ -18,6 +18,7 @@ raw phone image); x = column, y = row, pixel centres at integers.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -36,6 +37,21 @@ __all__ = [
 
 def _monomials(degree: int) -> list[tuple[int, int]]:
     return [(i - j, j) for i in range(degree + 1) for j in range(i + 1)]
+
+
+@functools.lru_cache(maxsize=32)
+def _node_weights(n_nodes: int, origin: float, step: float, count: int, spacing: float, offset: float) -> np.ndarray:
+    """(count, n_nodes) weights of a spline grid's nodes along one axis (nodes at
+    ``origin + step * k``) at the px ``offset + spacing * arange(count)``: each unit node
+    vector interpolated as :meth:`SmoothField._grid_eval` does (cubic, edges nearest).
+    Cached (read-only): the warps of one alignment evaluate fields on the same grids at
+    the same px many times."""
+    pos = np.arange(count) * spacing + offset
+    t = np.clip((pos - origin) / step, 0, n_nodes - 1)
+    eye = np.eye(n_nodes)
+    w = np.stack([ndimage.map_coordinates(eye[k], [t], order=3, mode="nearest") for k in range(n_nodes)], 1)
+    w.flags.writeable = False
+    return w
 
 
 @dataclass
@@ -108,14 +124,12 @@ class SmoothField:
             out[..., c] = ndimage.map_coordinates(self.grid[..., c], [i, j], order=3, mode="nearest")
         return out
 
-    def _axis_weights(self, pos: np.ndarray, axis: int) -> np.ndarray:
-        """(n, nodes) weights of the grid nodes along one axis (0 = x, 1 = y) at image px
-        ``pos``: interpolating each unit node vector exactly as :meth:`_grid_eval`
-        does, so that grid values at a tensor of points are ``Wy @ grid @ Wx.T``."""
-        n_nodes = self.grid.shape[1 - axis]
-        t = np.clip((pos - self.grid_origin[axis]) / self.grid_step[axis], 0, n_nodes - 1)
-        eye = np.eye(n_nodes)
-        return np.stack([ndimage.map_coordinates(eye[k], [t], order=3, mode="nearest") for k in range(n_nodes)], 1)
+    def _axis_weights(self, count: int, spacing: float, offset: float, axis: int) -> np.ndarray:
+        """(count, nodes) weights of the grid nodes along one axis (0 = x, 1 = y) at the
+        image px ``offset + spacing * arange(count)`` (see :func:`_node_weights`), so
+        that grid values at a tensor of points are ``Wy @ grid @ Wx.T``."""
+        return _node_weights(self.grid.shape[1 - axis], float(self.grid_origin[axis]), float(self.grid_step[axis]),
+                             int(count), float(spacing), float(offset))
 
     def _clamp(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.bounds is None:
@@ -140,8 +154,12 @@ class SmoothField:
         return self._onto_hull(*self._clamp(x, y))
 
     def basis(self, xy: np.ndarray) -> np.ndarray:
+        """(N, P) the polynomial's monomials at (N, 2) phone image px (clamped to the
+        bounds and moved onto the hull as the field evaluates them)."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        x, y = self._where(xy[:, 0], xy[:, 1])
+        return self._basis_at(*self._where(xy[:, 0], xy[:, 1]))
+
+    def _basis_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         u = (x - self.centre[0]) / self.scale
         v = (y - self.centre[1]) / self.scale
         return np.stack([u**i * v**j for i, j in _monomials(self.degree)], axis=1)
@@ -150,10 +168,13 @@ class SmoothField:
         """(N, 2) phone image px -> (N, 2) displacement in phone image px."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         out = self.radial_part(xy[:, 0], xy[:, 1])
-        if self.degree >= 0 and self.coef.size:
-            out += self.basis(xy) @ self.coef
-        if self.grid is not None:
-            out += self._grid_eval(*self._where(xy[:, 0], xy[:, 1]))
+        poly = self.degree >= 0 and self.coef.size
+        if poly or self.grid is not None:
+            x, y = self._where(xy[:, 0], xy[:, 1])  # (one projection onto the hull for both parts)
+            if poly:
+                out += self._basis_at(x, y) @ self.coef
+            if self.grid is not None:
+                out += self._grid_eval(x, y)
         return out
 
     def dense(self, shape: tuple[int, int], to_image: np.ndarray) -> np.ndarray:
@@ -170,8 +191,8 @@ class SmoothField:
         y_img = np.arange(rows) * sy + to_image[1, 2]
         if self.grid is not None:
             # the spline grid is a tensor product: rows x nodes @ grid @ nodes x cols
-            wy = self._axis_weights(y_img, 1)
-            wx = self._axis_weights(x_img, 0)
+            wy = self._axis_weights(rows, sy, to_image[1, 2], 1)
+            wx = self._axis_weights(cols, sx, to_image[0, 2], 0)
             for c in range(2):
                 out[..., c] += wy @ self.grid[..., c] @ wx.T
         if self.radial is not None:

@@ -686,10 +686,11 @@ def _trust_params(opt: AlignOptions) -> trust.TrustParams:
 
 def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.ndarray, fld: SmoothField,
                  dslr_stored: tuple[np.ndarray, tuple[int, int]],
-                 opt: AlignOptions) -> tuple[TrustMap, trust.DenseResidual]:
+                 opt: AlignOptions, phones: trust.PhoneSides | None = None) -> tuple[TrustMap, trust.DenseResidual]:
     """Measure the residual densely and decide per working px (see :mod:`alignment.trust`).
 
-    dslr_stored: ((3,3) reduced DSLR px -> stored px, stored (W, H))."""
+    dslr_stored: ((3,3) reduced DSLR px -> stored px, stored (W, H)); phones: the
+    phone's halves kept from earlier residuals (:func:`trust.dense_residual`)."""
     shape = p.lum.shape
 
     def outside_and_clipped() -> tuple[np.ndarray, np.ndarray]:
@@ -715,7 +716,7 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
         return outside.reshape(shape), clipped
 
     geometry = submit(outside_and_clipped)  # beside the dense residual's flows
-    res = trust.dense_residual(*_channel_lists(warped), picture=True)  # (the watershed's picture too)
+    res = trust.dense_residual(*_channel_lists(warped), picture=True, phones=phones)  # (the watershed's picture too)
     outside, clipped = geometry.result()
     return trust.assess(res, p.to_image, outside, clipped, _trust_params(opt)), res
 
@@ -1034,13 +1035,15 @@ def overlap_corners(h_stored: np.ndarray, phone_size: tuple[int, int], dslr_size
 
 
 def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
-                        q_radial: np.ndarray | None = None) -> trust.DenseResidual:
+                        q_radial: np.ndarray | None = None,
+                        phones: trust.PhoneSides | None = None) -> trust.DenseResidual:
     """The phone luminance against the DSLR luminance under a model, densely
     (:func:`trust.dense_residual` on the phone's working grid, without the local
     correlations: for the dominant motion and what a model explains).
 
     h_work: (3,3) phone working px -> DSLR working px, applied to the phone points
-    undistorted by the radial lens model ``q_radial`` (None or zeros: none)."""
+    undistorted by the radial lens model ``q_radial`` (None or zeros: none); phones:
+    the phone's halves kept for reuse (see :func:`trust.dense_residual`)."""
     rows, cols = p.lum.shape
     ys, xs = np.mgrid[0:rows, 0:cols]
     img = apply_homography(p.to_image, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64))
@@ -1052,11 +1055,11 @@ def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
     warped = cv2.remap(d.lum.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     seen = cv2.remap(d.valid.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                      borderValue=0) > 0
-    return trust.dense_residual([p.lum], [warped], [p.valid & seen], correlations=False)
+    return trust.dense_residual([p.lum], [warped], [p.valid & seen], correlations=False, phones=phones)
 
 
 def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, opt: AlignOptions,
-                      rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                      rounds: int = 3, phones: trust.PhoneSides | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Where ECC starts, and what it compares: the background.
 
     The features' homography h_work ((3,3) phone working px -> DSLR working px) may
@@ -1073,7 +1076,7 @@ def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, op
     corners = np.array([[0, 0], [cols - 1, 0], [0, rows - 1], [cols - 1, rows - 1]], np.float64)
     mask = p.valid
     for _ in range(rounds):
-        res = _luminance_residual(p, d, h_work)
+        res = _luminance_residual(p, d, h_work, phones=phones)
         motion = trust.dominant_motion(res, float(p.to_image[0, 0]), margin_px=opt.trust_margin_px)
         if motion.homography is None or motion.outliers.mean() >= 0.8:
             break
@@ -1086,21 +1089,24 @@ def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, op
     return h_work, mask
 
 
-def _explained(p: PreparedImage, d: PreparedImage, model: tuple[np.ndarray, np.ndarray]) -> int:
+def _explained(p: PreparedImage, d: PreparedImage, model: tuple[np.ndarray, np.ndarray],
+               phones: trust.PhoneSides | None = None) -> int:
     """How many textured phone px the (h_work, radial coefficients) model explains
     (:func:`trust.explained_px` of :func:`_luminance_residual`)."""
-    return trust.explained_px(_luminance_residual(p, d, *model), float(p.to_image[0, 0]))
+    return trust.explained_px(_luminance_residual(p, d, *model, phones=phones), float(p.to_image[0, 0]))
 
 
 def _better_model(p: PreparedImage, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
-                  scores: list[Future | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  scores: list[Future | None] | None = None,
+                  phones: trust.PhoneSides | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Of (h_work, radial coefficients) candidates, the one that explains the most
     textured phone px (:func:`_explained`): ECC on the luminance can be pulled off
     the background by what it cannot tell apart (a near object, a lens model fitted
     to parallax); the first candidate wins ties.  scores: per candidate, its score
-    already started (:func:`alignment.threads.submit`) or None."""
+    already started (:func:`alignment.threads.submit`) or None; phones: as in
+    :func:`_luminance_residual`."""
     started = scores or [None] * len(candidates)
-    fresh = thread_map(lambda c: _explained(p, d, c), [c for c, f in zip(candidates, started) if f is None])
+    fresh = thread_map(lambda c: _explained(p, d, c, phones), [c for c, f in zip(candidates, started) if f is None])
     it = iter(fresh)
     found = [next(it) if f is None else f.result() for f in started]
     return candidates[int(np.argmax(found))]
@@ -1142,7 +1148,11 @@ class _PairState:
     d: the DSLR, prepared, then cropped and shrunk to the phone frame's footprint once
     the features have found it (``d.to_image``: DSLR working px -> stored px);
     window: that reduction (None before); stored_size: the DSLR (W, H) as stored;
-    q: the quality figures the stages fill in; secs: seconds per stage."""
+    q: the quality figures the stages fill in; secs: seconds per stage;
+    phones: the phone's halves of the dense residuals, kept for the next residual on
+    the same planes and mask (:class:`alignment.trust.PhoneSides`); restoring: the
+    reduced DSLR's chroma restoration while it runs in the background (its result
+    becomes ``d.encoded`` on first use: :meth:`encoded_ready`), or None."""
 
     opt: AlignOptions
     p: PreparedImage
@@ -1151,6 +1161,8 @@ class _PairState:
     q: Quality
     secs: dict
     window: DslrWindow | None = None
+    phones: trust.PhoneSides = field(default_factory=trust.PhoneSides)
+    restoring: Future | None = None
 
     @property
     def step(self) -> float:
@@ -1160,6 +1172,13 @@ class _PairState:
     def h_image(self, h_work: np.ndarray) -> np.ndarray:
         """(3,3) phone image px -> DSLR working px of a working-grid model."""
         return h_work @ np.linalg.inv(self.p.to_image)
+
+    def encoded_ready(self) -> None:
+        """Wait for the chroma restoration started by :func:`_reduce_dslr`, if any, and
+        put its result in ``d.encoded``."""
+        if self.restoring is not None:
+            restoring, self.restoring = self.restoring, None
+            self.d.encoded = restoring.result()
 
 
 @dataclass
@@ -1262,11 +1281,19 @@ def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
     """Keep the DSLR px the phone frame covers, at no more px than the estimators use:
     from here on ``s.d`` is the reduced DSLR; returns h_work onto its grid."""
     s.d, s.window = crop_and_shrink_dslr(s.d, s.h_image(h_work), s.p.image_size, s.step, s.opt.dslr_oversample)
-    # (for the response fit, the only reader of the encoded RGB)
+    # for the response fit, the only reader of the encoded RGB: in the background while
+    # the background start and ECC on the luminance run (about 1 s of one core at real
+    # size, where those leave a core idle a third of the time); the same result
     if s.d.encoded is not None and s.d.chroma_sampling is not None and s.opt.restore_chroma and s.opt.radiometric:
-        t0 = time.perf_counter()
-        s.d.encoded = restore_chroma(s.d.encoded, s.d.chroma_sampling, origin=s.window.crop[:2])
-        s.secs["restore_chroma"] = time.perf_counter() - t0
+        encoded, sampling, origin = s.d.encoded, s.d.chroma_sampling, s.window.crop[:2]
+
+        def restore() -> np.ndarray:
+            t0 = time.perf_counter()
+            restored = restore_chroma(encoded, sampling, origin=origin)
+            s.secs["restore_chroma"] = time.perf_counter() - t0
+            return restored
+
+        s.restoring = submit(restore)
     h_work = np.linalg.inv(s.window.to_stored) @ h_work
     return h_work / h_work[2, 2]
 
@@ -1276,6 +1303,7 @@ def _fit_response(s: _PairState, targets: list, h_image: np.ndarray, q_radial: n
     """The DSLR's response fitted per phone plane at the model (h_image, q_radial)
     (:func:`alignment.prepare.fit_radiometric`, step 6), trying the saturation boosts
     ``saturations``; None when the options or the DSLR image allow none."""
+    s.encoded_ready()
     p, d, opt = s.p, s.d, s.opt
     if not opt.radiometric or d.encoded is None:
         return None
@@ -1301,10 +1329,10 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
     start_score = None
     if opt.trust:
         t_bg = time.perf_counter()
-        starts.insert(0, _background_start(p, d, h_work, opt))
+        starts.insert(0, _background_start(p, d, h_work, opt, phones=s.phones))
         s.secs["background_start"] = time.perf_counter() - t_bg
         # what the start explains is measured while ECC runs from it (see _better_model)
-        start_score = submit(lambda: _explained(p, d, (starts[0][0], np.zeros(2))))
+        start_score = submit(lambda: _explained(p, d, (starts[0][0], np.zeros(2)), s.phones))
     try:
         r = _ecc_from(starts, lambda h, mask, skip: refine_homography(
             p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
@@ -1314,7 +1342,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         h_work, q_radial = r.homography / r.homography[2, 2], r.radial
         if opt.trust:
             h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
-                                             [None, start_score])
+                                             [None, start_score], s.phones)
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
         fitted = _fit_response(s, targets, h_image, q_radial, tuple(opt.dslr_saturations))
@@ -1329,7 +1357,8 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             t_pre = time.perf_counter()
             # (bilinear: what does not follow is px off, not hundredths)
             pre = trust.dense_residual(*_channel_lists(
-                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False)
+                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False,
+                phones=s.phones)
             outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
             del pre  # its flows and warped planes: not needed past the mask (memory at 12 MP)
             if outliers.any() and outliers.mean() < 0.8:
@@ -1401,7 +1430,7 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
     Returns (trust map, dense residual, the channels warped by the final model)."""
     p, opt, q = s.p, s.opt, s.q
     dslr_stored = (s.d.to_image, s.stored_size)
-    tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt)
+    tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt, s.phones)
     # what the final measure drops that the fit still used
     dropped = ((tm.code == trust.MOVED) | (tm.code == trust.OCCLUDED)) & m.fit_channels[0].mask
     if tm.by_level is not None:
@@ -1424,7 +1453,7 @@ def _trust_refit_stage(s: _PairState, m: _GlobalModel,
     except (ValueError, np.linalg.LinAlgError) as err:
         raise _StageFailed(h_before, f"refit on the trusted px failed: {err}") from err
     warped = rewarped_masks(m.warped, m.channels)
-    tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt)
+    tm, res = _trust_stage(warped, p, s.d, m.h_image, m.fld, dslr_stored, opt, s.phones)
     q.trust_refit = True
     return tm, res, warped
 

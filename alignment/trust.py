@@ -33,6 +33,7 @@ working px to phone image px (the full raw grid).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import cv2
@@ -40,7 +41,7 @@ import numpy as np
 
 from alignment.threads import thread_map
 
-__all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "dense_residual", "assess", "evidence", "Evidence", "grow", "dominant_motion", "DominantMotion",
+__all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "PhoneSide", "PhoneSides", "dense_residual", "assess", "evidence", "Evidence", "grow", "dominant_motion", "DominantMotion",
            "upsample_codes", "full_resolution_codes", "fractions"]
 
 #: codes of :attr:`TrustMap.code`; 0 is trusted
@@ -267,7 +268,8 @@ class DenseResidual:
     planes: the phone planes (h, w) the residual was measured on, or None;
     lum: the two luminances compared (phone, prediction), (h, w) float32 each;
     fb_vector: (h, w, 2) the forward-backward inconsistency as a vector (fb_error is
-    its length), or None.
+    its length), or None; phone: the phone's half it was measured with
+    (:class:`PhoneSide`: the structure tensor of ``lum[0]`` is kept there), or None.
     :attr:`image` is made from ``planes`` when first asked for (or beside the flows:
     ``dense_residual(picture=True)``).
     """
@@ -281,6 +283,7 @@ class DenseResidual:
     planes: list[np.ndarray] | None = None
     lum: tuple[np.ndarray, np.ndarray] | None = None
     fb_vector: np.ndarray | None = None
+    phone: PhoneSide | None = field(default=None, repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -329,9 +332,72 @@ def optical_flow(a: np.ndarray, b: np.ndarray, patch: int = 8) -> np.ndarray:
     return dis.calc(a, b, None)
 
 
+@dataclass
+class PhoneSide:
+    """The phone's half of :func:`dense_residual`: what it measures from the phone planes
+    and the common mask alone, the same whatever model the prediction is warped by.
+
+    templates: the phone planes (the arrays themselves); valid: (h, w) bool, the common
+    mask; norm_sigma, window: as in :func:`dense_residual`; lum: (h, w) float32 the
+    planes' sum; u8: (h, w) uint8 that sum locally normalised (the flow's input);
+    snr: (h, w) float32 the texture measure (:func:`_texture_snr`).  The local moments
+    of ``lum`` and its structure tensor are computed on first use and kept."""
+
+    templates: tuple
+    valid: np.ndarray
+    norm_sigma: float
+    window: float
+    lum: np.ndarray
+    u8: np.ndarray
+    snr: np.ndarray
+    _moments: tuple | None = field(default=None, repr=False)
+    _tensor: tuple | None = field(default=None, repr=False)
+
+    def matches(self, templates: list[np.ndarray], valid: np.ndarray, norm_sigma: float, window: float) -> bool:
+        """True for the same plane arrays (identity), the same mask px and the same windows."""
+        return (len(templates) == len(self.templates) and all(a is b for a, b in zip(templates, self.templates))
+                and norm_sigma == self.norm_sigma and window == self.window and np.array_equal(valid, self.valid))
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, variance, weight) of ``lum`` over the mask, window ``window``
+        (:func:`_local_moments`)."""
+        if self._moments is None:
+            self._moments = _local_moments(self.lum, self.valid.astype(np.float32), self.window)
+        return self._moments
+
+    def tensor(self) -> tuple[np.ndarray, ...]:
+        """:func:`structure_tensor` of ``lum`` over the mask (its default window)."""
+        if self._tensor is None:
+            self._tensor = structure_tensor(self.lum, self.valid)
+        return self._tensor
+
+
+class PhoneSides:
+    """The phone halves of one alignment's residuals (:class:`PhoneSide`), kept for
+    reuse: a residual measured again on the same phone planes and mask under another
+    model (the background start, each candidate model's score, the pre-fit mask and
+    the trust map) computes only the prediction's half.  Thread-safe; keeps the last
+    ``size`` (one: an alignment measures its luminance residuals first, then its plane
+    residuals; about 40 B per working px each)."""
+
+    def __init__(self, size: int = 1) -> None:
+        self._kept: list[PhoneSide] = []
+        self._size = size
+        self._lock = threading.Lock()
+
+    def find(self, templates: list[np.ndarray], valid: np.ndarray, norm_sigma: float,
+             window: float) -> PhoneSide | None:
+        with self._lock:
+            return next((s for s in self._kept if s.matches(templates, valid, norm_sigma, window)), None)
+
+    def keep(self, side: PhoneSide) -> None:
+        with self._lock:
+            self._kept = [side] + self._kept[: self._size - 1]
+
+
 def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks: list[np.ndarray],
                    window: float = 3.0, norm_sigma: float = 4.0, correlations: bool = True,
-                   picture: bool = False) -> DenseResidual:
+                   picture: bool = False, phones: PhoneSides | None = None) -> DenseResidual:
     """The phone against the DSLR prediction under the model, densely.
 
     templates, warped, masks: per plane (h, w) arrays on one grid (the working grid:
@@ -346,6 +412,8 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     explains (:func:`explained_px`) need the flows and the texture alone.
     picture: also make the phone picture (:attr:`DenseResidual.image`, which the
     trust map's watershed needs) beside the flows rather than on first use.
+    phones: where the phone's half (:class:`PhoneSide`) of an earlier residual on the
+    same planes and mask is found, and this one's is kept (None: computed here).
     Returns a :class:`DenseResidual` in working px.
     """
     h, w = templates[0].shape
@@ -353,9 +421,13 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     for m in masks:
         valid &= m
     mf = valid.astype(np.float32)
-    lum_t = np.sum([t.astype(np.float32) for t in templates], axis=0)
+    side = None if phones is None else phones.find(templates, valid, norm_sigma, window)
+    lum_t = side.lum if side is not None else np.sum([t.astype(np.float32) for t in templates], axis=0)
     lum_w = np.sum([x.astype(np.float32) for x in warped], axis=0)
-    a, b = thread_map(lambda lum: _to_u8(lum, valid, norm_sigma), [lum_t, lum_w])
+    if side is not None:
+        a, b = side.u8, _to_u8(lum_w, valid, norm_sigma)
+    else:
+        a, b = thread_map(lambda lum: _to_u8(lum, valid, norm_sigma), [lum_t, lum_w])
 
     def texture() -> np.ndarray:
         return _texture_snr(templates, mf, valid, window)
@@ -363,27 +435,36 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     def model_only() -> tuple:
         # what the trust map needs that does not need the flow: the phone's local moments
         # and its correlation with the prediction as the model places it
-        mu_t, var_t, wsum = _local_moments(lum_t, mf, window)
+        mu_t, var_t, wsum = side.moments() if side is not None else _local_moments(lum_t, mf, window)
         mu_0, var_0, _ = _local_moments(lum_w, mf, window)
         cov0 = _gauss(lum_t * lum_w * mf, window) / wsum - mu_t * mu_0
         return mu_t, var_t, wsum, cov0 / np.sqrt(np.maximum(var_t * var_0, 1e-20))
 
-    # the two flows and what does not need them, side by side (the phone as a picture
-    # too when asked for)
-    jobs = [lambda: optical_flow(a, b), lambda: optical_flow(b, a), texture]
+    # the two flows and what does not need them, side by side (the phone's texture when
+    # its half is not kept from an earlier residual; the phone as a picture too when
+    # asked for)
+    jobs = [lambda: optical_flow(a, b), lambda: optical_flow(b, a)]
+    if side is None:
+        jobs.append(texture)
     if correlations:
         jobs.append(model_only)
     if picture:
         jobs.append(lambda: _picture(templates, valid))
-    fwd, bwd, snr, *more = thread_map(lambda job: job(), jobs)
+    fwd, bwd, *more = thread_map(lambda job: job(), jobs)
+    snr = side.snr if side is not None else more.pop(0)
     image = more.pop() if picture else None
+    phone = side if side is not None else PhoneSide(tuple(templates), valid, norm_sigma, window, lum_t, a, snr)
+    if correlations and phone._moments is None:
+        phone._moments = more[0][:3]
+    if phones is not None and side is None:
+        phones.keep(phone)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     fb_vector = (fwd + back).astype(np.float32)
     fb_error = np.hypot(fb_vector[..., 0], fb_vector[..., 1])
     if not correlations:
         return DenseResidual(fwd, fb_error, None, None, snr, valid, planes=list(templates), lum=(lum_t, lum_w),
-                             fb_vector=fb_vector, _image=image)
+                             fb_vector=fb_vector, phone=phone, _image=image)
     mu_t, var_t, wsum, ncc_model = more[0]
     # local agreement after the flow: the prediction moved onto the phone
     moved = cv2.remap(lum_w, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -391,7 +472,8 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     cov = _gauss(lum_t * moved * mf, window) / wsum - mu_t * mu_m
     ncc = cov / np.sqrt(np.maximum(var_t * var_m, 1e-20))
     return DenseResidual(fwd, fb_error, ncc.astype(np.float32), ncc_model.astype(np.float32), snr,
-                         valid, planes=list(templates), lum=(lum_t, lum_w), fb_vector=fb_vector, _image=image)
+                         valid, planes=list(templates), lum=(lum_t, lum_w), fb_vector=fb_vector, phone=phone,
+                         _image=image)
 
 
 @dataclass
@@ -462,7 +544,10 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     h, w = res.valid.shape
     none = DominantMotion(None, np.zeros((h, w), bool))
     ys, xs = np.mgrid[0:h:grid, 0:w:grid]
-    tensor = structure_tensor(res.lum[0], res.valid) if res.lum is not None else None
+    if res.phone is not None:
+        tensor = res.phone.tensor()  # (kept with the phone's half: the same for every model)
+    else:
+        tensor = structure_tensor(res.lum[0], res.valid) if res.lum is not None else None
     sel = res.valid[ys, xs] & (res.fb_error[ys, xs] * step <= 1.0) & (res.snr[ys, xs] >= flat_snr)
     if tensor is not None:
         # the motion is fitted where the flow is fixed both ways (corners, texture), when

@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from alignment.ecc import prepare_channels
-from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _second_differences, fit_field,
-                             measure_tiles, refine_local, warp_channels)
+from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _second_differences,
+                             fit_field, measure_tiles, refine_local, warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 
@@ -23,10 +23,21 @@ def _field() -> SmoothField:
     return f
 
 
-@pytest.mark.parametrize("to_image", [np.eye(3), HALF_RES], ids=["full", "half"])
-def test_dense_field_equals_pointwise_evaluation(to_image):
+def _field_with_hull() -> SmoothField:
+    """:func:`_field` measured on part of the frame only: outside the hull of its tiles
+    the smooth parts hold the value at the hull's nearest point."""
     f = _field()
+    f.hull = _hull(np.array([[60.0, 40.0], [420.0, 70.0], [380.0, 330.0], [90.0, 300.0]]), 8.0)
+    return f
+
+
+@pytest.mark.parametrize("make", [_field, _field_with_hull], ids=["whole", "hull"])
+@pytest.mark.parametrize("to_image", [np.eye(3), HALF_RES], ids=["full", "half"])
+def test_dense_field_equals_pointwise_evaluation(to_image, make):
+    f = make()
     rows, cols = 40, 60
+    if f.hull is not None:
+        rows, cols = 200, 260  # (the hull's outside reaches into the grid)
     d = f.dense((rows, cols), to_image)
     yy, xx = np.mgrid[0:rows, 0:cols]
     pts = np.stack([xx.ravel() * to_image[0, 0] + to_image[0, 2], yy.ravel() * to_image[1, 1] + to_image[1, 2]], 1)

@@ -70,6 +70,30 @@ def test_a_residual_without_the_correlations_has_the_same_flows_and_texture():
     assert trust.explained_px(light, 2.0) == trust.explained_px(full, 2.0)
 
 
+def test_a_residual_measured_again_on_the_same_phone_planes_reuses_their_half_and_is_the_same():
+    rng = np.random.default_rng(5)
+    h, w = 128, 160
+    scene = _textured(rng, h, w)
+    planes = _planes(scene, rng)
+    masks = [np.ones((h, w), bool)] * 4
+    phones = trust.PhoneSides()
+    first = trust.dense_residual(planes, [np.roll(scene, 2, axis=1)] * 4, masks, phones=phones)
+    moved = [np.roll(scene, -1, axis=0)] * 4
+    again = trust.dense_residual(planes, moved, masks, phones=phones)
+    fresh = trust.dense_residual(planes, moved, masks)
+    assert again.phone is first.phone and fresh.phone is not first.phone
+    for name in ("flow", "fb_error", "ncc", "ncc_model", "snr", "valid"):
+        assert np.array_equal(getattr(again, name), getattr(fresh, name)), name
+    a, b = trust.dominant_motion(again, 2.0), trust.dominant_motion(fresh, 2.0)
+    assert np.array_equal(a.homography, b.homography) and np.array_equal(a.outliers, b.outliers)
+    # another mask, or other plane arrays of the same values: the phone's half is measured anew
+    other_mask = [m.copy() for m in masks]
+    other_mask[0][:, :8] = False
+    assert trust.dense_residual(planes, moved, other_mask, phones=phones).phone is not first.phone
+    copies = [p.copy() for p in planes]
+    assert trust.dense_residual(copies, moved, masks, correlations=False, phones=phones).phone.templates[0] is copies[0]
+
+
 def _flat_window_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """A textured scene with a flat 60 x 80 px window, and a prediction of it under 30 %
     vignetting in which the window's right half shows a flat surface 25 % darker."""
