@@ -442,9 +442,21 @@ def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, p
                          tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None, max_iter=max_iter)
 
 
+def _blur_measure(targets: list, images: list[np.ndarray], image_mask: np.ndarray | None, h_image: np.ndarray,
+                  q_radial: np.ndarray, p: PreparedImage, opt: AlignOptions, q: Quality) -> Future | None:
+    """The phone's blur relative to the DSLR's (:func:`estimate_relative_blur` at the model
+    (h_image, q_radial)) started in the background when the first :func:`_fine_channels`
+    call will need it (None when it will not): it needs neither the channels nor the
+    pre-fit mask, and runs while they are made."""
+    if opt.fine != "planes" or opt.fine_filter == "blur" or q.fine_filter is not None or opt.phone_blur_sigma is not None:
+        return None
+    undistort = _undistortion(q_radial, p)
+    return submit(lambda: estimate_relative_blur(targets, images, image_mask, h_image, undistort))
+
+
 def _fine_channels(fit_channels: list[Channel], targets: list, images: list[np.ndarray], image_mask: np.ndarray | None,
                    h_image: np.ndarray, q_radial: np.ndarray, p: PreparedImage, opt: AlignOptions,
-                   q: Quality) -> list[Channel]:
+                   q: Quality, blur: Future | None = None) -> list[Channel]:
     """The channels the fine stage fits, with the masks of ``fit_channels`` (the
     local stage's, pre-blurred by ``fine_blur_sigma``): those themselves when
     ``opt.fine_filter`` is "blur" or the pair is too noisy for sharp channels, else the
@@ -454,13 +466,15 @@ def _fine_channels(fit_channels: list[Channel], targets: list, images: list[np.n
     model (h_image, q_radial) unless ``opt.phone_blur_sigma`` gives it (sharp channels
     then, unmeasured), and ``q.phone_blur_sigma``, ``q.phone_blur_misfit`` and the
     choice, ``q.fine_filter`` (sharp when the misfit is under
-    :data:`alignment.blur.SHARP_MAX_MISFIT`), hold for the later calls."""
+    :data:`alignment.blur.SHARP_MAX_MISFIT`), hold for the later calls.  blur: that
+    measure already started at the same model (:func:`_blur_measure`), or None."""
     if opt.fine_filter == "blur":
         q.fine_filter = "blur"
     elif q.fine_filter is None and opt.phone_blur_sigma is not None:
         q.phone_blur_sigma, q.fine_filter = float(opt.phone_blur_sigma), "sharp"
     elif q.fine_filter is None:
-        sigma, misfits = estimate_relative_blur(targets, images, image_mask, h_image, _undistortion(q_radial, p))
+        sigma, misfits = blur.result() if blur is not None else estimate_relative_blur(
+            targets, images, image_mask, h_image, _undistortion(q_radial, p))
         q.phone_blur_sigma, q.phone_blur_misfit = round(sigma, 4), round(min(misfits), 5)
         q.fine_filter = "sharp" if q.phone_blur_misfit < SHARP_MAX_MISFIT else "blur"
     if q.fine_filter == "blur":
@@ -1175,10 +1189,10 @@ class _PairState:
 
     def encoded_ready(self) -> None:
         """Wait for the chroma restoration started by :func:`_reduce_dslr`, if any, and
-        put its result in ``d.encoded``."""
+        put its result in ``d.encoded`` (its seconds in ``secs``)."""
         if self.restoring is not None:
             restoring, self.restoring = self.restoring, None
-            self.d.encoded = restoring.result()
+            self.d.encoded, self.secs["restore_chroma"] = restoring.result()
 
 
 @dataclass
@@ -1287,11 +1301,9 @@ def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
     if s.d.encoded is not None and s.d.chroma_sampling is not None and s.opt.restore_chroma and s.opt.radiometric:
         encoded, sampling, origin = s.d.encoded, s.d.chroma_sampling, s.window.crop[:2]
 
-        def restore() -> np.ndarray:
+        def restore() -> tuple[np.ndarray, float]:
             t0 = time.perf_counter()
-            restored = restore_chroma(encoded, sampling, origin=origin)
-            s.secs["restore_chroma"] = time.perf_counter() - t0
-            return restored
+            return restore_chroma(encoded, sampling, origin=origin), time.perf_counter() - t0
 
         s.restoring = submit(restore)
     h_work = np.linalg.inv(s.window.to_stored) @ h_work
@@ -1347,6 +1359,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         h_image = s.h_image(h_work)
         fitted = _fit_response(s, targets, h_image, q_radial, tuple(opt.dslr_saturations))
         images = [d.lum] * len(targets) if fitted is None else fitted.images
+        blur = _blur_measure(targets, images, d.valid, h_image, q_radial, p, opt, q)
         # the fine channels (filtered once, spline coefficients kept) serve the fine
         # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
@@ -1368,7 +1381,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         fit_channels = channels if keep is None else _masked(channels, keep)
         photo = None
         if opt.fine == "planes":
-            fine_channels = _fine_channels(fit_channels, targets, images, d.valid, h_image, q_radial, p, opt, q)
+            fine_channels = _fine_channels(fit_channels, targets, images, d.valid, h_image, q_radial, p, opt, q, blur)
             trial = _fine_trial(fine_channels, h_image, q_radial, p.image_size, opt)
             again = fitted is not None and opt.radiometric_refit_px is not None and _model_moved_px(
                 (h_image, q_radial), (trial.h_image, trial.q_radial), p) > opt.radiometric_refit_px

@@ -55,6 +55,25 @@ def test_the_fine_stage_keeps_the_pre_blurred_channels_where_noise_leaves_the_mi
     assert (out is fit) == (used == "blur")
 
 
+@pytest.mark.parametrize("options, measured", [({}, True), ({"fine_filter": "blur"}, False),
+                                               ({"phone_blur_sigma": 0.3}, False), ({"fine": "none"}, False)])
+def test_the_blur_measure_runs_in_the_background_only_when_the_fine_channels_will_use_it(monkeypatch, options,
+                                                                                        measured):
+    from alignment import pipeline
+    from alignment.quality import Quality
+
+    calls = []
+    monkeypatch.setattr(pipeline, "estimate_relative_blur", lambda *a, **k: calls.append(a) or (0.25, [0.03, 0.02]))
+    monkeypatch.setattr(pipeline, "prepare_channels", lambda *a, **k: [])
+    opt, q = pipeline.AlignOptions(**options), Quality()
+    started = pipeline._blur_measure([], [], None, np.eye(3), np.zeros(2), None, opt, q)
+    assert (started is not None) == measured
+    if measured:
+        pipeline._fine_channels([], [], [], None, np.eye(3), np.zeros(2), None, opt, q, started)
+        # the fine channels took the measure started, and measured nothing more
+        assert len(calls) == 1 and (q.phone_blur_sigma, q.phone_blur_misfit, q.fine_filter) == (0.25, 0.02, "sharp")
+
+
 @pytest.mark.parametrize("shading", [True, False])
 def test_the_tiles_measure_under_the_fitted_shading_by_default_and_align_as_well_without(shading, monkeypatch):
     from alignment import pipeline
