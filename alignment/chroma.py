@@ -136,18 +136,21 @@ def restore_chroma(encoded: np.ndarray, sampling: tuple[int, int], origin: tuple
     # (the slope's fit and its smoothing), the loss kernel and the interpolation
     margin = sy * (2 * max(1, -(-radius // sy)) + 2)
     tops = list(range(0, h, step))
+    out = np.empty_like(encoded)  # (each strip written in place: no second copy of the image)
 
-    def strip(top: int) -> np.ndarray:
+    def strip(top: int) -> None:
         lo, hi = max(0, top - margin), min(h, top + step + margin)
         f = encoded[lo:hi].astype(np.float32)
         planes = list(cv2.split(f))
-        rows = slice(top - lo, top - lo + min(step, h - top))
+        n = min(step, h - top)
+        rows = slice(top - lo, top - lo + n)
         restored = cv2.merge(_restore_strip(planes, (sx, sy), radius, eps))[rows]
         # what was clipped stays as decoded (its colour is not measured, and the fits' masks
         # must still find it)
         clipped = (cv2.max(cv2.max(planes[0], planes[1]), planes[2]) >= np.ceil(0.995 * full))[rows]
         if clipped.any():
             np.copyto(restored, f[rows], where=clipped[..., None])
-        return np.clip(np.rint(restored, out=restored), 0, full, out=restored).astype(encoded.dtype)
+        out[top : top + n] = np.clip(np.rint(restored, out=restored), 0, full, out=restored).astype(encoded.dtype)
 
-    return np.concatenate(thread_map(strip, tops), axis=0)
+    thread_map(strip, tops)
+    return out
