@@ -453,9 +453,9 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
     fwd, bwd, *more = thread_map(lambda job: job(), jobs)
     snr = side.snr if side is not None else more.pop(0)
     image = more.pop() if picture else None
-    phone = side if side is not None else PhoneSide(tuple(templates), valid, norm_sigma, window, lum_t, a, snr)
-    if correlations and phone._moments is None:
-        phone._moments = more[0][:3]
+    # (a new phone half keeps the moments model_only just measured)
+    phone = side if side is not None else PhoneSide(tuple(templates), valid, norm_sigma, window, lum_t, a, snr,
+                                                    _moments=more[0][:3] if correlations else None)
     if phones is not None and side is None:
         phones.keep(phone)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
