@@ -42,7 +42,7 @@ from alignment.local import (SmoothField, TileChannel, TileResiduals, model_corr
 from alignment.prepare import PreparedImage, RadiometricFit, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
-from alignment.reduce import DslrWindow, bin_phone, crop_and_shrink_dslr, phone_bin_factor
+from alignment.reduce import DslrWindow, ResidualGrid, bin_phone, crop_and_shrink_dslr, phone_bin_factor
 from alignment.threads import submit, thread_map
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
@@ -95,7 +95,12 @@ class AlignOptions:
     until each has at most this many px (None: never);
     ``dslr_oversample``: after the features, the DSLR is cropped to the phone
     frame's footprint and averaged in integer blocks to about this many px per
-    phone working px (None: cropped only).  Thresholds: see :class:`alignment.quality.Thresholds`.
+    phone working px (None: cropped only); ``trust_grid_pixels``: the background start,
+    the candidate models' scores and the pre-fit mask measure their dense residuals on
+    the working grid binned until it holds at most this many px (None, the default: the
+    working grid; :class:`alignment.reduce.ResidualGrid`; 250000 saves about 7 % of a
+    12 MP pair's time, with mixed accuracy: docs/alignment.md, #11's twenty-fifth stop).
+    Thresholds: see :class:`alignment.quality.Thresholds`.
     """
 
     ratio: float = 0.8
@@ -139,6 +144,7 @@ class AlignOptions:
     trust_refit: bool = True
     trust_refit_fraction: float = 0.01
     trust_layers: bool = True
+    trust_grid_pixels: int | None = None
     coarse_start: bool = True
     coarse_min_score: float = 0.3
     # The verdict's thresholds, defaulting to quality.Thresholds (one home for the values).
@@ -215,6 +221,7 @@ _OPTION_KINDS = {
     "fine_noise_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "fine_full_step": _FLAG,
     "max_plane_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
+    "trust_grid_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
     "dslr_oversample": ((int, float, type(None)), lambda v: v is None or v >= 1, "a number >= 1 or null"),
     "tile_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "scale_guess": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
@@ -1072,55 +1079,59 @@ def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
     return trust.dense_residual([p.lum], [warped], [p.valid & seen], correlations=False, phones=phones)
 
 
-def _background_start(p: PreparedImage, d: PreparedImage, h_work: np.ndarray, opt: AlignOptions,
+def _background_start(grid: ResidualGrid, d: PreparedImage, h_work: np.ndarray, opt: AlignOptions,
                       rounds: int = 3, phones: trust.PhoneSides | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Where ECC starts, and what it compares: the background.
 
     The features' homography h_work ((3,3) phone working px -> DSLR working px) may
     hold a foreground object's matches; the dense flow between the phone luminance
-    and the DSLR luminance under it has the background (the largest consistent
-    plane) as its dominant motion (:func:`trust.dominant_motion`).  Returns
-    (h_work composed with that motion, the phone's valid working px less those that
-    do not follow it); h_work and ``p.valid`` unchanged when no motion can be fitted
-    or when it leaves under a fifth of the px.  A correction that moves a frame
-    corner by a working px or more is measured again from the corrected start (up to
-    ``rounds`` times): the flow reaches only so far.
+    and the DSLR luminance under it (on ``grid``, :class:`alignment.reduce.ResidualGrid`)
+    has the background (the largest consistent plane) as its dominant motion
+    (:func:`trust.dominant_motion`).  Returns (h_work composed with that motion, the
+    phone's valid working px less those that do not follow it); h_work and the valid px
+    unchanged when no motion can be fitted or when it leaves under a fifth of the px.  A
+    correction that moves a frame corner by a working px or more is measured again from
+    the corrected start (up to ``rounds`` times): the flow reaches only so far.
     """
+    p = grid.work
     rows, cols = p.lum.shape
     corners = np.array([[0, 0], [cols - 1, 0], [0, rows - 1], [cols - 1, rows - 1]], np.float64)
     mask = p.valid
     for _ in range(rounds):
-        res = _luminance_residual(p, d, h_work, phones=phones)
-        motion = trust.dominant_motion(res, float(p.to_image[0, 0]), margin_px=opt.trust_margin_px)
+        res = _luminance_residual(grid.phone, d, grid.model(h_work), phones=phones)
+        motion = trust.dominant_motion(res, grid.step, margin_px=opt.trust_margin_px)
         if motion.homography is None or motion.outliers.mean() >= 0.8:
             break
-        moved = h_work @ motion.homography
+        m = grid.motion(motion.homography)
+        moved = h_work @ m
         h_work = moved / moved[2, 2]
-        mask = p.valid & ~motion.outliers
+        mask = p.valid & ~grid.up(motion.outliers)
         # a large correction was measured through a flow at the edge of its reach: look again
-        if np.abs(apply_homography(motion.homography, corners) - corners).max() < 1.0:
+        if np.abs(apply_homography(m, corners) - corners).max() < 1.0:
             break
     return h_work, mask
 
 
-def _explained(p: PreparedImage, d: PreparedImage, model: tuple[np.ndarray, np.ndarray],
+def _explained(grid: ResidualGrid, d: PreparedImage, model: tuple[np.ndarray, np.ndarray],
                phones: trust.PhoneSides | None = None) -> int:
-    """How many textured phone px the (h_work, radial coefficients) model explains
-    (:func:`trust.explained_px` of :func:`_luminance_residual`)."""
-    return trust.explained_px(_luminance_residual(p, d, *model, phones=phones), float(p.to_image[0, 0]))
+    """How many textured phone px of ``grid`` the (h_work, radial coefficients) model
+    explains (:func:`trust.explained_px` of :func:`_luminance_residual`)."""
+    h_work, q_radial = model
+    res = _luminance_residual(grid.phone, d, grid.model(h_work), q_radial, phones=phones)
+    return trust.explained_px(res, grid.step)
 
 
-def _better_model(p: PreparedImage, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
+def _better_model(grid: ResidualGrid, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
                   scores: list[Future | None] | None = None,
                   phones: trust.PhoneSides | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Of (h_work, radial coefficients) candidates, the one that explains the most
-    textured phone px (:func:`_explained`): ECC on the luminance can be pulled off
-    the background by what it cannot tell apart (a near object, a lens model fitted
-    to parallax); the first candidate wins ties.  scores: per candidate, its score
-    already started (:func:`alignment.threads.submit`) or None; phones: as in
+    textured phone px (:func:`_explained`, on ``grid``): ECC on the luminance can be
+    pulled off the background by what it cannot tell apart (a near object, a lens model
+    fitted to parallax); the first candidate wins ties.  scores: per candidate, its
+    score already started (:func:`alignment.threads.submit`) or None; phones: as in
     :func:`_luminance_residual`."""
     started = scores or [None] * len(candidates)
-    fresh = thread_map(lambda c: _explained(p, d, c, phones), [c for c, f in zip(candidates, started) if f is None])
+    fresh = thread_map(lambda c: _explained(grid, d, c, phones), [c for c, f in zip(candidates, started) if f is None])
     it = iter(fresh)
     found = [next(it) if f is None else f.result() for f in started]
     return candidates[int(np.argmax(found))]
@@ -1341,10 +1352,11 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
     start_score = None
     if opt.trust:
         t_bg = time.perf_counter()
-        starts.insert(0, _background_start(p, d, h_work, opt, phones=s.phones))
+        grid = ResidualGrid.at_most(p, opt.trust_grid_pixels)
+        starts.insert(0, _background_start(grid, d, h_work, opt, phones=s.phones))
         s.secs["background_start"] = time.perf_counter() - t_bg
         # what the start explains is measured while ECC runs from it (see _better_model)
-        start_score = submit(lambda: _explained(p, d, (starts[0][0], np.zeros(2)), s.phones))
+        start_score = submit(lambda: _explained(grid, d, (starts[0][0], np.zeros(2)), s.phones))
     try:
         r = _ecc_from(starts, lambda h, mask, skip: refine_homography(
             p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
@@ -1353,7 +1365,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         ))
         h_work, q_radial = r.homography / r.homography[2, 2], r.radial
         if opt.trust:
-            h_work, q_radial = _better_model(p, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
+            h_work, q_radial = _better_model(grid, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
                                              [None, start_score], s.phones)
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
@@ -1368,12 +1380,14 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             # what does not follow the dominant motion (objects nearer or moving) stays
             # out of the fine stage and the local field: the background must win
             t_pre = time.perf_counter()
-            # (bilinear: what does not follow is px off, not hundredths)
-            pre = trust.dense_residual(*_channel_lists(
-                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR)), correlations=False,
-                phones=s.phones)
-            outliers = trust.dominant_motion(pre, s.step, margin_px=opt.trust_margin_px).outliers
-            del pre  # its flows and warped planes: not needed past the mask (memory at 12 MP)
+            # (bilinear: what does not follow is px off, not hundredths; on the grid of the
+            # luminance residuals, the planes and their predictions block-averaged)
+            templates, predictions, masks = _channel_lists(
+                warp_channels(channels, h_image, _radial_field(q_radial, p), cv2.INTER_LINEAR))
+            pre = trust.dense_residual([grid.bin(t) for t in templates], [grid.bin(w) for w in predictions],
+                                       [grid.bin_mask(m) for m in masks], correlations=False, phones=s.phones)
+            outliers = grid.up(trust.dominant_motion(pre, grid.step, margin_px=opt.trust_margin_px).outliers)
+            del pre, templates, predictions, masks  # (memory at 12 MP)
             if outliers.any() and outliers.mean() < 0.8:
                 keep = ~outliers
             q.prefit_outliers = round(float(outliers.mean()), 5)

@@ -32,7 +32,7 @@ from alignment.ecc import _local_scale
 from alignment.prepare import PreparedImage, shrink
 from alignment.threads import thread_map
 
-__all__ = ["phone_bin_factor", "bin_phone", "DslrWindow", "crop_and_shrink_dslr", "shrink"]
+__all__ = ["phone_bin_factor", "bin_phone", "ResidualGrid", "DslrWindow", "crop_and_shrink_dslr", "shrink"]
 
 
 def phone_bin_factor(phone: PreparedImage, max_plane_pixels: int | None) -> int:
@@ -77,6 +77,69 @@ def bin_phone(phone: PreparedImage, factor: int) -> PreparedImage:
         planes=planes,
         plane_to_image=None if phone.plane_to_image is None else [t @ m for t in phone.plane_to_image],
     )
+
+
+class ResidualGrid:
+    """The grid the trust machinery's decisions are measured on: the phone's working grid
+    binned by an integer ``factor`` (1: the working grid itself).
+
+    The background start, the candidate models' scores and the pre-fit mask look for what
+    is px off (a start a few px out, an object at another depth).  Their dense residuals
+    (two DIS flows each, :func:`alignment.trust.dense_residual`) were validated on the
+    1 MP benchmark's working grid (512 x 384); a 12 MP raw's has four times its px, and
+    they cost four times as much.  On this grid (``AlignOptions.trust_grid_pixels``, off
+    by default) they cost a quarter, about 7 % of a 12 MP pair's time, but the accuracy
+    of real-size pairs moved both ways (docs/alignment.md, #11's twenty-fifth stop).  The
+    trust map itself stays on the working grid.
+
+    phone: the binned :class:`PreparedImage` (:func:`bin_phone`; the working phone itself
+    for factor 1), one object for every residual, so that the phone's half of them is kept
+    (:class:`alignment.trust.PhoneSides`); work: the working phone; factor; block: (3,3)
+    grid px -> working px.  Every method is the identity for factor 1.
+    """
+
+    def __init__(self, phone: PreparedImage, factor: int) -> None:
+        self.work = phone
+        self.factor = max(1, int(factor))
+        self.phone = bin_phone(phone, self.factor)
+        self.block = _block_matrix(self.factor)
+
+    @classmethod
+    def at_most(cls, phone: PreparedImage, max_pixels: int | None) -> ResidualGrid:
+        """The grid binned by the smallest factor that leaves at most ``max_pixels`` px
+        (None: the working grid)."""
+        return cls(phone, phone_bin_factor(phone, max_pixels))
+
+    @property
+    def step(self) -> float:
+        """Phone image px per grid px."""
+        return float(self.phone.to_image[0, 0])
+
+    def model(self, h_work: np.ndarray) -> np.ndarray:
+        """(3,3) working px -> X, as grid px -> X."""
+        return h_work if self.factor == 1 else h_work @ self.block
+
+    def motion(self, m_grid: np.ndarray) -> np.ndarray:
+        """A (3,3) motion of grid px (grid px -> grid px) as one of working px."""
+        return m_grid if self.factor == 1 else self.block @ m_grid @ np.linalg.inv(self.block)
+
+    def bin(self, a: np.ndarray) -> np.ndarray:
+        """(h, w) float working-grid array -> its block means on the grid (float32)."""
+        return a if self.factor == 1 else np.ascontiguousarray(_block_mean(a.astype(np.float32), self.factor))
+
+    def bin_mask(self, m: np.ndarray) -> np.ndarray:
+        """(h, w) bool working-grid mask -> True where the whole block is."""
+        return m if self.factor == 1 else _block_mean(m.astype(np.float32), self.factor) > 0.999
+
+    def up(self, m: np.ndarray) -> np.ndarray:
+        """(gh, gw) grid mask -> the working grid's (h, w): each block takes its grid px's
+        value, the rows and columns past the last whole block their neighbour's."""
+        if self.factor == 1:
+            return m
+        h, w = self.work.lum.shape
+        f = self.factor
+        big = np.repeat(np.repeat(m, f, axis=0), f, axis=1)
+        return np.pad(big, ((0, h - big.shape[0]), (0, w - big.shape[1])), mode="edge")
 
 
 class DslrWindow:

@@ -7,7 +7,7 @@ import pytest
 
 from _align_helpers import corner_errors, jpeg_roundtrip, make_sim
 from alignment.prepare import PreparedImage
-from alignment.reduce import bin_phone, crop_and_shrink_dslr, phone_bin_factor
+from alignment.reduce import ResidualGrid, bin_phone, crop_and_shrink_dslr, phone_bin_factor
 
 
 def _ramp_phone(h: int, w: int) -> PreparedImage:
@@ -38,6 +38,47 @@ def test_bin_factor_brings_planes_under_the_budget():
     assert phone_bin_factor(p, 10**6) == 1
     f = phone_bin_factor(p, 30_000)
     assert (300 // f) * (400 // f) <= 30_000 and (300 // (f - 1)) * (400 // (f - 1)) > 30_000
+
+
+def test_a_residual_grid_of_factor_one_is_the_working_grid_itself():
+    p = _ramp_phone(60, 90)
+    grid = ResidualGrid.at_most(p, None)
+    h = np.array([[1.01, 0.02, 3.0], [-0.01, 0.99, 4.0], [1e-5, 0.0, 1.0]])
+    mask = np.zeros((60, 90), bool)
+    mask[10:20, 30:40] = True
+    assert grid.factor == 1 and grid.phone is p
+    assert grid.model(h) is h and grid.motion(h) is h and grid.up(mask) is mask and grid.bin_mask(mask) is mask
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_a_residual_grid_maps_its_models_and_masks_to_the_working_grid(factor):
+    p = _ramp_phone(61, 92)  # (sides that are not whole blocks)
+    grid = ResidualGrid(p, factor)
+    assert grid.phone.lum.shape == (61 // factor, 92 // factor) and grid.step == 2.0 * factor
+    # a model of working px seen from the grid: grid px -> working px -> X
+    h = np.array([[1.01, 0.02, 3.0], [-0.01, 0.99, 4.0], [1e-5, 0.0, 1.0]])
+    gy, gx = 5.0, 7.0
+    wx, wy = factor * gx + (factor - 1) / 2, factor * gy + (factor - 1) / 2  # the block's centre
+    a, b = grid.model(h) @ [gx, gy, 1.0], h @ [wx, wy, 1.0]
+    np.testing.assert_allclose(a[:2] / a[2], b[:2] / b[2], atol=1e-9)
+    # a motion of grid px (here a shift by one grid px) is the same motion in working px
+    shift = np.array([[1.0, 0, 1.0], [0, 1.0, 0], [0, 0, 1.0]])
+    np.testing.assert_allclose(grid.motion(shift) @ [wx, wy, 1.0], [wx + factor, wy, 1.0], atol=1e-9)
+    # the planes' block means sample the ramp at the blocks' centres
+    plane = grid.bin(p.planes[..., 0])
+    np.testing.assert_allclose(plane, grid.phone.planes[..., 0], atol=1e-4)
+    # a grid mask covers its blocks; the rows and columns past the last block take their neighbours'
+    m = np.zeros(grid.phone.lum.shape, bool)
+    m[2, 3] = True
+    m[-1, -1] = True
+    up = grid.up(m)
+    assert up.shape == (61, 92)
+    assert up[2 * factor : 3 * factor, 3 * factor : 4 * factor].all()
+    assert up[-1, -1] and up.sum() == factor * factor + (61 - (61 // factor - 1) * factor) * (92 - (92 // factor - 1) * factor)
+    # a block is valid on the grid only when all of its px are
+    valid = np.ones((61, 92), bool)
+    valid[0, 0] = False
+    assert not grid.bin_mask(valid)[0, 0] and grid.bin_mask(valid)[0, 1]
 
 
 def test_cropped_shrunk_dslr_maps_back_to_stored_px():

@@ -314,6 +314,25 @@ def test_trusted_px_of_layered_pairs_are_within_half_a_dslr_px_of_the_truth(alig
         assert scores["coverage"] > 0.75, (folder, scores)
 
 
+def test_layered_pairs_keep_their_trusted_px_right_when_the_decisions_are_measured_on_a_coarser_grid(aligned):
+    # the background start, the model scores and the pre-fit mask on 2 x 2 blocks of the
+    # working grid (what a 12 MP raw gets, reduce.ResidualGrid; here a 128 x 96 grid, four
+    # times coarser than a 12 MP raw's); the trust map as before
+    kept_out = []
+    for folder, (_, _, truth) in aligned.items():
+        if truth.dense is None:
+            continue
+        a = align_images(rawio.read_raw(folder / "phone.dng"), rawio.read_any(folder / "dslr.jpg"),
+                         trust_grid_pixels=20_000)
+        assert a.ok, (folder, a.quality.message)
+        kept_out.append(a.quality.prefit_outliers)
+        mapped, trusted = _map_and_mask(a, truth.dense.shape[:2])
+        scores = trust_scores(mapped, trusted, truth.dense, truth.clipped)
+        assert scores["precision_05"] > 0.99, (folder, scores)
+        assert scores["coverage"] > 0.75, (folder, scores)
+    assert max(kept_out) > 0.05  # what moved is found on the coarser grid too
+
+
 def _moving_px(truth):
     h, w = truth.dense.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w]
@@ -371,25 +390,29 @@ def _corner_error(p, d, h_a, h_b) -> float:
     return float(np.abs(cv2.perspectiveTransform(corners, h_a) - cv2.perspectiveTransform(corners, h_b)).max())
 
 
-def test_a_start_pulled_off_the_background_is_moved_back_onto_it_before_ecc(aligned):
+@pytest.mark.parametrize("grid_factor", [1, 2])
+def test_a_start_pulled_off_the_background_is_moved_back_onto_it_before_ecc(aligned, grid_factor):
     from alignment.pipeline import AlignOptions, _background_start, _better_model
+    from alignment.reduce import ResidualGrid
 
     folder = next(f for f, (_, _, t) in aligned.items() if t.dense is not None)
     p, d, h_true = _prepared_with_truth(folder)
+    # (grid factor 2: the residuals measured on 2 x 2 blocks of the working grid, as at 12 MP)
+    grid = ResidualGrid(p, grid_factor)
     # a start off by a shift and a turn, as features locked partly on a near object give
     rows, cols = p.lum.shape
     turn = cv2.getRotationMatrix2D(((cols - 1) / 2, (rows - 1) / 2), 0.4, 1.0)
     off = np.vstack([turn, [0, 0, 1]]) @ np.array([[1, 0, 4.0], [0, 1, -3.0], [0, 0, 1]])
     start = h_true @ off
     assert _corner_error(p, d, start, h_true) > 4.0
-    h_bg, mask = _background_start(p, d, start, AlignOptions())
+    h_bg, mask = _background_start(grid, d, start, AlignOptions())
     # within a working px or so: well inside the reach of ECC, which refines from here
     assert _corner_error(p, d, h_bg, h_true) < 1.5
     assert 0.5 < mask.mean() < p.valid.mean()  # what moved is kept out of ECC
     # of two candidate models, the one that explains more of the phone wins, in either order
     zero = np.zeros(2)
     for order in ((start, h_bg), (h_bg, start)):
-        best, _ = _better_model(p, d, [(order[0], zero), (order[1], zero)])
+        best, _ = _better_model(grid, d, [(order[0], zero), (order[1], zero)])
         assert best is h_bg
 
 
