@@ -55,6 +55,16 @@ def _block_mean(a: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(a[: hb * factor, : wb * factor]), (wb, hb), interpolation=cv2.INTER_AREA)
 
 
+def _binned(a: np.ndarray, factor: int) -> np.ndarray:
+    """(h, w[, c]) array -> its ``factor`` block means, contiguous float32."""
+    return np.ascontiguousarray(_block_mean(a.astype(np.float32), factor))
+
+
+def _binned_mask(m: np.ndarray, factor: int) -> np.ndarray:
+    """(h, w) bool -> True where every px of the ``factor`` block is."""
+    return _block_mean(m.astype(np.float32), factor) > 0.999
+
+
 def bin_phone(phone: PreparedImage, factor: int) -> PreparedImage:
     """Average ``factor x factor`` blocks of the working grid (luminance and each plane).
 
@@ -65,16 +75,12 @@ def bin_phone(phone: PreparedImage, factor: int) -> PreparedImage:
     if factor <= 1:
         return phone
     m = _block_matrix(factor)
-    valid = _block_mean(phone.valid.astype(np.float32), factor) > 0.999
-    planes = None
-    if phone.planes is not None:
-        planes = np.ascontiguousarray(_block_mean(phone.planes.astype(np.float32), factor))
     return replace(
         phone,
-        lum=np.ascontiguousarray(_block_mean(phone.lum.astype(np.float32), factor)),
-        valid=valid,
+        lum=_binned(phone.lum, factor),
+        valid=_binned_mask(phone.valid, factor),
         to_image=phone.to_image @ m,
-        planes=planes,
+        planes=None if phone.planes is None else _binned(phone.planes, factor),
         plane_to_image=None if phone.plane_to_image is None else [t @ m for t in phone.plane_to_image],
     )
 
@@ -125,11 +131,11 @@ class ResidualGrid:
 
     def bin(self, a: np.ndarray) -> np.ndarray:
         """(h, w) float working-grid array -> its block means on the grid (float32)."""
-        return a if self.factor == 1 else np.ascontiguousarray(_block_mean(a.astype(np.float32), self.factor))
+        return a if self.factor == 1 else _binned(a, self.factor)
 
     def bin_mask(self, m: np.ndarray) -> np.ndarray:
         """(h, w) bool working-grid mask -> True where the whole block is."""
-        return m if self.factor == 1 else _block_mean(m.astype(np.float32), self.factor) > 0.999
+        return m if self.factor == 1 else _binned_mask(m, self.factor)
 
     def up(self, m: np.ndarray) -> np.ndarray:
         """(gh, gw) grid mask -> the working grid's (h, w): each block takes its grid px's
