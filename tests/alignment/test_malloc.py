@@ -27,3 +27,29 @@ def test_keep_large_arrays_sets_the_thresholds_when_the_environment_does_not():
 @pytest.mark.parametrize("variable", ["MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"])
 def test_keep_large_arrays_leaves_thresholds_the_user_set(variable):
     assert _run({variable: "131072"}) == "False"
+
+
+HEAP_CODE = """
+import ctypes, threading
+from alignment.malloc import keep_large_arrays
+print(keep_large_arrays())
+import numpy as np
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+seen = []
+def make():  # a 300 MB array in a worker thread, as the pipeline's thread_map makes them
+    a = np.ones(300 << 20, np.uint8)
+    seen.append(libc.mallinfo2().hblkhd >> 20)
+t = threading.Thread(target=make); t.start(); t.join()
+print(seen[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_large_arrays_serves_a_worker_threads_large_array_from_the_heap():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", HEAP_CODE], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "0"]  # no MB in fresh mappings: the thread used the main arena's heap
