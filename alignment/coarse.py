@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from alignment.ecc import correlation, local_normalize
+from alignment.threads import thread_map
 
 __all__ = ["CoarseMatch", "coarse_search"]
 
@@ -60,10 +61,18 @@ def _resize_matrix(f: float) -> np.ndarray:
 
 
 def _prepare(lum: np.ndarray, valid: np.ndarray | None, f: float) -> tuple[np.ndarray, np.ndarray]:
-    """lum shrunk by factor f -> (locally normalised, plain) float32 images."""
+    """lum shrunk by factor f -> (locally normalised, plain) float32 images.  lum and
+    valid (bool, or its 0/1 float32 image) are converted to float32 only when they are
+    not already (a 24 MP DSLR luminance is shrunk once per scale searched); a (1, 1)
+    bool ``valid`` stands for a whole image of that value (no mask to shrink)."""
     size = (max(1, int(round(lum.shape[1] * f))), max(1, int(round(lum.shape[0] * f))))
-    small = cv2.resize(lum.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    mask = None if valid is None else cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    small = cv2.resize(lum.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
+    if valid is None:
+        mask = None
+    elif valid.dtype == bool and valid.shape == (1, 1):  # every px valid: every shrunk px too
+        mask = np.full(small.shape, bool(valid[0, 0]))
+    else:
+        mask = cv2.resize(valid.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA) > 0.5
     return local_normalize(small, 2.0, mask).astype(np.float32), small
 
 
@@ -107,21 +116,38 @@ def coarse_search(phone: np.ndarray, phone_valid: np.ndarray | None, dslr: np.nd
         return None  # a flat phone frame (local normalisation leaves it near zero): nothing to place
     lo, hi = (scale_guess / search, scale_guess * search) if scale_guess else scale_range
     scales = np.exp(np.arange(np.log(lo), np.log(hi) + 1e-9, np.log1p(step)))
-    # (score, level score, scale, f_d, x, y): each scale's local maxima above the floor
+    # the DSLR side converted once, not once per scale (a 24 MP DSLR at real size)
+    dslr = dslr.astype(np.float32, copy=False)
+    if dslr_valid is None:
+        dslr_mask = None
+    elif dslr_valid.all():  # (most pairs: nothing clipped) the mask needs no shrinking
+        dslr_mask = np.ones((1, 1), bool)
+    else:
+        dslr_mask = dslr_valid.astype(np.float32, copy=False)
+
+    def placements(s: float) -> tuple[float, np.ndarray, np.ndarray] | None:
+        # one scale's correlation map over the DSLR shrunk so that it shows the scene at
+        # the phone template's scale -> (f_d, map, plain shrunk DSLR); None: it does not fit
+        f_d = f_p / s
+        if f_d > 1.0:
+            return None
+        if dslr.shape[0] * f_d < tmpl.shape[0] + 2 or dslr.shape[1] * f_d < tmpl.shape[1] + 2:
+            return None
+        img, plain = _prepare(dslr, dslr_mask, f_d)
+        if img.shape[0] < tmpl.shape[0] or img.shape[1] < tmpl.shape[1]:
+            return None
+        c = cv2.matchTemplate(img, tmpl, cv2.TM_CCOEFF_NORMED)
+        return f_d, np.nan_to_num(c, nan=-1.0, posinf=-1.0, neginf=-1.0), plain
+
+    # (score, level score, scale, f_d, x, y): each scale's local maxima above the floor,
+    # the scales' maps made side by side and read in the order of the scales
     peaks: list[tuple[float, float, float, float, float, float]] = []
     floor = -1.0
     nms = np.ones((2 * (min(tmpl.shape) // 8) + 1,) * 2, np.uint8)  # peaks an eighth of the template apart
-    for s in scales:
-        f_d = f_p / s  # DSLR px shrunk so that it shows the scene at the phone template's scale
-        if f_d > 1.0:
+    for s, placed in zip(scales, thread_map(placements, scales)):
+        if placed is None:
             continue
-        if dslr.shape[0] * f_d < tmpl.shape[0] + 2 or dslr.shape[1] * f_d < tmpl.shape[1] + 2:
-            continue
-        img, plain = _prepare(dslr, dslr_valid, f_d)
-        if img.shape[0] < tmpl.shape[0] or img.shape[1] < tmpl.shape[1]:
-            continue
-        c = cv2.matchTemplate(img, tmpl, cv2.TM_CCOEFF_NORMED)
-        c = np.nan_to_num(c, nan=-1.0, posinf=-1.0, neginf=-1.0)
+        f_d, c, plain = placed
         top = float(c.max())
         floor = max(floor, contenders * top)
         if top < floor:

@@ -72,3 +72,32 @@ def test_an_image_of_another_scene_scores_low():
 def test_a_flat_phone_frame_has_no_placement():
     flat = np.full((240, 320), 0.5, np.float32)
     assert coarse_search(flat, None, _scene(0, 600, 900), None) is None
+
+
+def test_a_dslr_mask_of_every_px_is_not_shrunk_and_gives_the_same_images():
+    from alignment.coarse import _prepare
+
+    lum = _scene(5, 600, 900)
+    shortcut = _prepare(lum, np.ones((1, 1), bool), 0.23)
+    shrunk = _prepare(lum, np.ones(lum.shape, np.float32), 0.23)
+    for a, b in zip(shortcut, shrunk):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("clipped", [False, True])
+def test_the_scales_searched_side_by_side_give_the_placement_found_one_by_one(clipped):
+    phone, dslr, _ = _pair(1.6, (150.0, 120.0))
+    valid = np.ones(dslr.shape, bool)
+    if clipped:
+        valid[:40, :200] = False  # a clipped corner: the DSLR's mask is shrunk at every scale
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)  # (alignment.threads.thread_map runs serially)
+        serial = coarse_search(phone, None, dslr, valid, 1.5)
+        cv2.setNumThreads(2)
+        side_by_side = coarse_search(phone, None, dslr, valid, 1.5)
+    finally:
+        cv2.setNumThreads(before)
+    np.testing.assert_array_equal(serial.homography, side_by_side.homography)
+    assert (serial.score, serial.level_score, serial.contenders) == (side_by_side.score, side_by_side.level_score,
+                                                                     side_by_side.contenders)
