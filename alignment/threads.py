@@ -60,21 +60,44 @@ def _marked(fn: Callable[[T], R]) -> Callable[[T], R]:
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[fn(x) for x in items]``, the calls spread over :func:`workers` threads.
 
-    Results come back in the order of ``items``; of the calls that raise, the first
-    in the order of ``items`` has its exception raised here (after every call has
-    ended).  Serial with one worker, with one item, or when called from inside
-    another map.
+    The calling thread takes items too, beside ``min(workers, len(items)) - 1``
+    threads of the pool: each thread takes the next item not yet taken.  So a map
+    started while a piece from :func:`submit` holds a pool thread still runs on two
+    threads (the caller's and the free one), and one started while the pool is busy
+    runs in the caller instead of waiting for it.  Results come back in the order of
+    ``items``; of the calls that raise, the first in the order of ``items`` has its
+    exception raised here (after every call has ended).  Serial with one worker,
+    with one item, or when called from inside another map.
     """
     items = list(items)
     n = min(workers(), len(items))
     if n <= 1 or getattr(_inside, "active", False):
         return [fn(x) for x in items]
-    futures = [_executor(workers()).submit(_marked(fn), x) for x in items]
-    errors = [f.exception() for f in futures]
+    results: list = [None] * len(items)
+    errors: list[BaseException | None] = [None] * len(items)
+    order = iter(range(len(items)))
+    taking = threading.Lock()
+
+    def take_items(_: object = None) -> None:
+        while True:
+            with taking:
+                i = next(order, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(items[i])
+            except Exception as err:  # noqa: BLE001 - raised below, in the order of the items
+                errors[i] = err
+
+    helpers = [_executor(workers()).submit(_marked(take_items), None) for _ in range(n - 1)]
+    _marked(take_items)(None)  # (marked: a map inside fn runs in turn, as in the pool)
+    for helper in helpers:
+        if not helper.cancel():  # (one that has not started has nothing left to take)
+            helper.result()
     for err in errors:
         if err is not None:
             raise err
-    return [f.result() for f in futures]
+    return results
 
 
 def submit(fn: Callable[[], R]) -> Future:

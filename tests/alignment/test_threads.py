@@ -83,3 +83,29 @@ def test_submit_with_one_thread_has_already_run():
         assert ran == [1] and future.done() and future.result() == "done"
     finally:
         cv2.setNumThreads(before)
+
+
+def test_a_map_runs_on_two_threads_while_a_submitted_piece_holds_a_pool_thread(two_threads):
+    release = threading.Event()
+    held = threads.submit(lambda: release.wait(5))  # one of the pool's two threads is busy
+    barrier = threading.Barrier(2, timeout=5)
+    try:
+        names = threads.thread_map(lambda _: (barrier.wait(), threading.current_thread().name)[1], range(2))
+    finally:
+        release.set()
+    held.result(timeout=5)
+    assert threading.current_thread().name in names and len(set(names)) == 2  # the caller and the free thread
+
+
+def test_a_map_runs_in_the_caller_while_every_pool_thread_is_busy(two_threads):
+    release = threading.Event()
+    held = [threads.submit(lambda: release.wait(5)) for _ in range(2)]
+    started = time.perf_counter()
+    try:
+        names = threads.thread_map(lambda _: threading.current_thread().name, range(3))
+    finally:
+        release.set()
+    for h in held:
+        h.result(timeout=5)
+    assert time.perf_counter() - started < 4  # it did not wait for the pool
+    assert set(names) == {threading.current_thread().name}
