@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from alignment.geometry import apply_homography_xy as _apply_h, pixel_centres
 from alignment.threads import thread_map
 
 __all__ = [
@@ -147,11 +148,6 @@ def local_normalize(
     return out.astype(np.float32)
 
 
-def _apply_h(h: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
-    return (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w, (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w, w
-
-
 def template_positions(
     h: np.ndarray, shape: tuple[int, int], image_shape: tuple[int, int], displacement: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,11 +160,11 @@ def template_positions(
     reads only measured data).
     """
     rows, cols = shape
-    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    yy, xx = pixel_centres(rows, cols)
     if displacement is not None:
         xx = xx + displacement[..., 0]
         yy = yy + displacement[..., 1]
-    mx, my, w = _apply_h(h, xx, yy)
+    mx, my, w = _apply_h(h, xx, yy)  # (rows, cols) each: the column and the row broadcast
     ih, iw = image_shape
     inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
     return mx, my, inside

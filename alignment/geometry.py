@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["apply_homography"]
+__all__ = ["apply_homography", "apply_homography_xy", "pixel_centres"]
 
 
 def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -21,3 +21,19 @@ def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
     out[:, 0] = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w
     out[:, 1] = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w
     return out
+
+
+def apply_homography_xy(h: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x and y (arrays that broadcast: a grid's column and row, or two images) through a
+    3x3 homography -> (x', y', w) float64 of their broadcast shape, w the homogeneous
+    scale; the same operations, in the same order, as :func:`apply_homography`."""
+    w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
+    return (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w, (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w, w
+
+
+def pixel_centres(rows: int, cols: int, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """(y (rows, 1), x (1, cols)) the pixel centres of a (rows, cols) grid as ``dtype``,
+    broadcastable against each other: the values of ``np.mgrid[0:rows, 0:cols]``
+    without its two (rows, cols) arrays (an expression of both, elementwise, comes out
+    (rows, cols) with the same values)."""
+    return np.arange(rows, dtype=dtype)[:, None], np.arange(cols, dtype=dtype)[None, :]

@@ -35,7 +35,7 @@ from alignment.coarse import coarse_search
 from alignment.ecc import (ECC_METHODS, Channel, EccResult, lens_undistort, photometric_maps, prepare_channels,
                            refine_homography, refine_planes)
 from alignment.features import match_homography, to_uint8
-from alignment.geometry import apply_homography
+from alignment.geometry import apply_homography, apply_homography_xy, pixel_centres
 from alignment.layers import recover_layers, sharpness_ratio
 from alignment.local import (SmoothField, TileChannel, TileResiduals, model_correlation, refine_local,
                              rewarped_masks, warp_channels)
@@ -1066,14 +1066,16 @@ def _luminance_residual(p: PreparedImage, d: PreparedImage, h_work: np.ndarray,
     undistorted by the radial lens model ``q_radial`` (None or zeros: none); phones:
     the phone's halves kept for reuse (see :func:`trust.dense_residual`)."""
     rows, cols = p.lum.shape
-    ys, xs = np.mgrid[0:rows, 0:cols]
-    img = apply_homography(p.to_image, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64))
+    ys, xs = pixel_centres(rows, cols)
+    ix, iy, _ = apply_homography_xy(p.to_image, xs, ys)  # every working px in phone image px
     undistort = None if q_radial is None else _undistortion(q_radial, p)
     if undistort is not None:
-        img = undistort(img)
-    at = apply_homography(h_work @ np.linalg.inv(p.to_image), img).astype(np.float32)
-    map_x, map_y = at[:, 0].reshape(rows, cols), at[:, 1].reshape(rows, cols)
-    warped = cv2.remap(d.lum.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        img = undistort(np.stack([ix.ravel(), iy.ravel()], 1))
+        ix, iy = img[:, 0].reshape(rows, cols), img[:, 1].reshape(rows, cols)
+    mx, my, _ = apply_homography_xy(h_work @ np.linalg.inv(p.to_image), ix, iy)
+    map_x, map_y = mx.astype(np.float32), my.astype(np.float32)
+    warped = cv2.remap(d.lum.astype(np.float32, copy=False), map_x, map_y, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT)
     seen = cv2.remap(d.valid.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                      borderValue=0) > 0
     return trust.dense_residual([p.lum], [warped], [p.valid & seen], correlations=False, phones=phones)

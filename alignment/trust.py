@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from alignment.geometry import pixel_centres
 from alignment.threads import thread_map
 
 __all__ = ["TrustMap", "TrustParams", "REASONS", "DenseResidual", "PhoneSide", "PhoneSides", "dense_residual", "assess", "evidence", "Evidence", "grow", "dominant_motion", "DominantMotion",
@@ -458,8 +459,9 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
                                                     _moments=more[0][:3] if correlations else None)
     if phones is not None and side is None:
         phones.keep(phone)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    back = cv2.remap(bwd, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    yy, xx = pixel_centres(h, w, np.float32)
+    at_x, at_y = xx + fwd[..., 0], yy + fwd[..., 1]  # where the flow takes each px
+    back = cv2.remap(bwd, at_x, at_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     fb_vector = (fwd + back).astype(np.float32)
     fb_error = np.hypot(fb_vector[..., 0], fb_vector[..., 1])
     if not correlations:
@@ -467,7 +469,7 @@ def dense_residual(templates: list[np.ndarray], warped: list[np.ndarray], masks:
                              fb_vector=fb_vector, phone=phone, _image=image)
     mu_t, var_t, wsum, ncc_model = more[0]
     # local agreement after the flow: the prediction moved onto the phone
-    moved = cv2.remap(lum_w, xx + fwd[..., 0], yy + fwd[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    moved = cv2.remap(lum_w, at_x, at_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     mu_m, var_m, _ = _local_moments(moved, mf, window)
     cov = _gauss(lum_t * moved * mf, window) / wsum - mu_t * mu_m
     ncc = cov / np.sqrt(np.maximum(var_t * var_m, 1e-20))
@@ -563,7 +565,7 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     hom, _ = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 0.5 / step * 2.0, maxIters=5000, confidence=0.999)
     if hom is None:
         return none
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy, xx = pixel_centres(h, w)
     den = hom[2, 0] * xx + hom[2, 1] * yy + hom[2, 2]
     px = (hom[0, 0] * xx + hom[0, 1] * yy + hom[0, 2]) / den - xx
     py = (hom[1, 0] * xx + hom[1, 1] * yy + hom[1, 2]) / den - yy
