@@ -716,25 +716,23 @@ def _trust_stage(warped: list, p: PreparedImage, d: PreparedImage, h_image: np.n
 
     def outside_and_clipped() -> tuple[np.ndarray, np.ndarray]:
         # where each working px lands in the DSLR: outside its frame, or on clipped colour
-        rows, cols = shape
-        ys, xs = np.mgrid[0:rows, 0:cols]
-        work = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
-        img = apply_homography(p.to_image, work)
+        ys, xs = pixel_centres(*shape)
+        ix, iy, _ = apply_homography_xy(p.to_image, xs, ys)  # (rows, cols) phone image px each
         if not fld.empty:  # the field on the working grid, separably (the same values as fld(img))
-            img = img + (fld.dense(shape, p.to_image) * np.diag(p.to_image)[:2]).reshape(-1, 2)
-        reduced = apply_homography(h_image, img)
+            step_xy = fld.dense(shape, p.to_image) * np.diag(p.to_image)[:2]
+            ix, iy = ix + step_xy[..., 0], iy + step_xy[..., 1]
+        rx, ry, _ = apply_homography_xy(h_image, ix, iy)  # reduced DSLR px
         to_stored, (sw, sh) = dslr_stored
-        stored = apply_homography(to_stored, reduced)
-        outside = ~((stored[:, 0] >= 1) & (stored[:, 1] >= 1) & (stored[:, 0] <= sw - 2) & (stored[:, 1] <= sh - 2))
+        sx, sy, _ = apply_homography_xy(to_stored, rx, ry)
+        outside = ~((sx >= 1) & (sy >= 1) & (sx <= sw - 2) & (sy <= sh - 2))
         clipped = ~p.valid
         d_clipped = d.colour_clipped
         if d_clipped.any():
             bad = d_clipped.astype(np.float32)
-            at = cv2.remap(bad, reduced[:, 0].astype(np.float32).reshape(shape),
-                           reduced[:, 1].astype(np.float32).reshape(shape),
+            at = cv2.remap(bad, rx.astype(np.float32), ry.astype(np.float32),
                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             clipped = clipped | (at > 0.01)
-        return outside.reshape(shape), clipped
+        return outside, clipped
 
     geometry = submit(outside_and_clipped)  # beside the dense residual's flows
     res = trust.dense_residual(*_channel_lists(warped), picture=True, phones=phones)  # (the watershed's picture too)
