@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from alignment import rawio
-from alignment.malloc import relax_malloc_trim
+from alignment.malloc import keep_large_arrays, relax_malloc_trim
 
 try:
     import tomllib
@@ -399,7 +399,9 @@ def foreign_pairs(records: dict[str, dict], jobs: Sequence[PairJob]) -> list[str
 
 def pin_threads() -> None:
     """One OpenCV / BLAS thread in this process (the process-pool initializer, and the
-    first thing :func:`process_pair` does); cheap to repeat."""
+    first thing :func:`process_pair` does), and glibc's heap set up for large arrays
+    (:func:`alignment.malloc.keep_large_arrays`, else :func:`~alignment.malloc.relax_malloc_trim`
+    where the environment set the thresholds); cheap to repeat."""
     import cv2
 
     from threadpoolctl import threadpool_limits
@@ -410,7 +412,10 @@ def pin_threads() -> None:
     # the variables only reach libraries loaded after this point; the pools of
     # those already loaded (numpy's OpenBLAS) are limited at run time
     threadpool_limits(1)
-    relax_malloc_trim()
+    # large arrays reused from the heap (a 12 MP pair's): unless the environment chose the
+    # thresholds, as Dask's nannies do, whose tiny trim threshold is undone instead
+    if not keep_large_arrays():
+        relax_malloc_trim()
 
 
 def init_pool_worker(driver_pid: int) -> None:

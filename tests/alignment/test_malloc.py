@@ -31,17 +31,17 @@ def test_keep_large_arrays_leaves_thresholds_the_user_set(variable):
 
 HEAP_CODE = """
 import ctypes, threading
-from alignment.malloc import keep_large_arrays
-print(keep_large_arrays())
+SETUP
 import numpy as np
 libc = ctypes.CDLL("libc.so.6")
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc.mallinfo2.restype = Info
 seen = []
+before = libc.mallinfo2().hblkhd
 def make():  # a 300 MB array in a worker thread, as the pipeline's thread_map makes them
     a = np.ones(300 << 20, np.uint8)
-    seen.append(libc.mallinfo2().hblkhd >> 20)
+    seen.append((libc.mallinfo2().hblkhd - before) >> 20)
 t = threading.Thread(target=make); t.start(); t.join()
 print(seen[0])
 """
@@ -57,8 +57,20 @@ def _has_mallinfo2() -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _has_mallinfo2(), reason="glibc >= 2.33's mallinfo2")
-def test_keep_large_arrays_serves_a_worker_threads_large_array_from_the_heap():
+@pytest.mark.parametrize("setup", [
+    "from alignment.malloc import keep_large_arrays; print(keep_large_arrays())",
+    "from alignment.batch import pin_threads; pin_threads(); print(True)",  # a batch worker's set-up
+])
+def test_keep_large_arrays_serves_a_worker_threads_large_array_from_the_heap(setup):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", HEAP_CODE], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["True", "0"]  # no MB in fresh mappings: the thread used the main arena's heap
+    out = subprocess.run([sys.executable, "-c", HEAP_CODE.replace("SETUP", setup)], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["True", "0"]  # no MB more in fresh mappings: the thread used the main arena's heap
+
+
+def test_a_batch_worker_under_dask_undoes_the_nannys_trim_threshold_instead():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["MALLOC_TRIM_THRESHOLD_"] = "65536"  # what Dask's nannies set
+    code = "import os; from alignment.batch import pin_threads; pin_threads(); print(os.environ['MALLOC_TRIM_THRESHOLD_'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(256 << 20)
