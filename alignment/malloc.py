@@ -28,6 +28,7 @@ Both leave alone what the user set in the environment.
 
 from __future__ import annotations
 
+import functools
 import os
 
 __all__ = ["relax_malloc_trim", "keep_large_arrays"]
@@ -37,17 +38,31 @@ __all__ = ["relax_malloc_trim", "keep_large_arrays"]
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 
 
-def _mallopt_one(param: int, value: int) -> bool:
-    """glibc's ``mallopt(param, value)``; False where it refuses or there is no glibc."""
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library (``ctypes.CDLL``), looked up once per process (``find_library``
+    may run ``ldconfig``; the batch sets its workers up before every pair); None where
+    there is none to load."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if not name:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def _mallopt_one(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False where it refuses or there is no glibc."""
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        return ctypes.CDLL(name).mallopt(param, value) == 1
-    except (OSError, AttributeError):  # not glibc
+        return libc.mallopt(param, value) == 1
+    except AttributeError:  # not glibc
         return False
 
 
