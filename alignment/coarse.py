@@ -62,17 +62,13 @@ def _resize_matrix(f: float) -> np.ndarray:
 
 def _prepare(lum: np.ndarray, valid: np.ndarray | None, f: float) -> tuple[np.ndarray, np.ndarray]:
     """lum shrunk by factor f -> (locally normalised, plain) float32 images.  lum and
-    valid (bool, or its 0/1 float32 image) are converted to float32 only when they are
-    not already (a 24 MP DSLR luminance is shrunk once per scale searched); a (1, 1)
-    bool ``valid`` stands for a whole image of that value (no mask to shrink)."""
+    valid (bool, or its 0/1 float32 image; None: every px) are converted to float32
+    only when they are not already (a 24 MP DSLR luminance is shrunk once per scale
+    searched)."""
     size = (max(1, int(round(lum.shape[1] * f))), max(1, int(round(lum.shape[0] * f))))
     small = cv2.resize(lum.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
-    if valid is None:
-        mask = None
-    elif valid.dtype == bool and valid.shape == (1, 1):  # every px valid: every shrunk px too
-        mask = np.full(small.shape, bool(valid[0, 0]))
-    else:
-        mask = cv2.resize(valid.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA) > 0.5
+    mask = None if valid is None else cv2.resize(valid.astype(np.float32, copy=False), size,
+                                                 interpolation=cv2.INTER_AREA) > 0.5
     return local_normalize(small, 2.0, mask).astype(np.float32), small
 
 
@@ -118,12 +114,9 @@ def coarse_search(phone: np.ndarray, phone_valid: np.ndarray | None, dslr: np.nd
     scales = np.exp(np.arange(np.log(lo), np.log(hi) + 1e-9, np.log1p(step)))
     # the DSLR side converted once, not once per scale (a 24 MP DSLR at real size)
     dslr = dslr.astype(np.float32, copy=False)
-    if dslr_valid is None:
-        dslr_mask = None
-    elif dslr_valid.all():  # (most pairs: nothing clipped) the mask needs no shrinking
-        dslr_mask = np.ones((1, 1), bool)
-    else:
-        dslr_mask = dslr_valid.astype(np.float32, copy=False)
+    # a mask of every px (most pairs: nothing clipped) normalises as no mask does
+    # (ecc.local_normalize's weights are ones either way): nothing to shrink
+    dslr_mask = None if dslr_valid is None or dslr_valid.all() else dslr_valid.astype(np.float32, copy=False)
 
     def placements(s: float) -> tuple[float, np.ndarray, np.ndarray] | None:
         # one scale's correlation map over the DSLR shrunk so that it shows the scene at

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from alignment.geometry import apply_homography_xy as _apply_h, pixel_centres
+from alignment.geometry import apply_homography_xy, pixel_centres
 from alignment.threads import thread_map
 
 __all__ = [
@@ -164,7 +164,7 @@ def template_positions(
     if displacement is not None:
         xx = xx + displacement[..., 0]
         yy = yy + displacement[..., 1]
-    mx, my, w = _apply_h(h, xx, yy)  # (rows, cols) each: the column and the row broadcast
+    mx, my, w = apply_homography_xy(h, xx, yy)  # (rows, cols) each: the column and the row broadcast
     ih, iw = image_shape
     inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
     return mx, my, inside
@@ -573,13 +573,13 @@ def _corner_sigma(eq: "_SummedEquations", h: np.ndarray, q: np.ndarray, nr: int,
         cov = 2.0 * eq.cost * np.linalg.inv(eq.ata)[:n_geo, :n_geo]
     except np.linalg.LinAlgError:
         return float("nan")
-    base = _apply_h(h @ frame.ninv, *lens_undistort(q, frame.corners_u, frame.corners_v))
+    base = apply_homography_xy(h @ frame.ninv, *lens_undistort(q, frame.corners_u, frame.corners_v))
     jac = np.zeros((2 * len(frame.corners_u), n_geo))
     for k in range(n_geo):
         dp = np.zeros(len(eq.atb))
         dp[k] = 1e-6
         h_k, q_k, _ = _apply_update(h, q, dp, nr, frame, nc)
-        x_k, y_k, _ = _apply_h(h_k @ frame.ninv, *lens_undistort(q_k, frame.corners_u, frame.corners_v))
+        x_k, y_k, _ = apply_homography_xy(h_k @ frame.ninv, *lens_undistort(q_k, frame.corners_u, frame.corners_v))
         jac[0::2, k], jac[1::2, k] = (x_k - base[0]) / 1e-6, (y_k - base[1]) / 1e-6
     var = np.einsum("ik,kl,il->i", jac, cov, jac)
     per_corner = np.sqrt(np.maximum(var[0::2] + var[1::2], 0.0))
@@ -813,7 +813,7 @@ def _channel_equations(sample: _ChannelSamples, g: np.ndarray, q: np.ndarray, ph
     npb = pb.shape[1]
     ih, iw = ch.image.shape[:2]
     (u, v), (du0, dv0, rho2, fac) = _lens_terms(q, u0, v0)
-    mx, my, w = _apply_h(g, u, v)
+    mx, my, w = apply_homography_xy(g, u, v)
     inside = (w > 0) & (mx >= 2) & (my >= 2) & (mx <= iw - 3) & (my <= ih - 3)
     if ch.mask_has_holes:
         inside &= sample_points(ch.image_mask_f32, mx, my, cv2.INTER_NEAREST) > 0
@@ -948,8 +948,8 @@ def _apply_update(h: np.ndarray, q: np.ndarray, dp: np.ndarray, nr: int,
     h_new = h @ frame.ninv @ (np.eye(3) + d) @ frame.nmat
     h_new /= h_new[2, 2]
     cu, cv_ = frame.corners_u, frame.corners_v
-    x0, y0, _ = _apply_h(h @ frame.ninv, *lens_undistort(q, cu, cv_))
-    x1, y1, _ = _apply_h(h_new @ frame.ninv, *lens_undistort(q_new, cu, cv_))
+    x0, y0, _ = apply_homography_xy(h @ frame.ninv, *lens_undistort(q, cu, cv_))
+    x1, y1, _ = apply_homography_xy(h_new @ frame.ninv, *lens_undistort(q_new, cu, cv_))
     return h_new, q_new, float(np.max(np.hypot(x1 - x0, y1 - y0)))
 
 
