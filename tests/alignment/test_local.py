@@ -307,3 +307,53 @@ def test_structures_order_from_no_field_to_a_loose_spline():
         SmoothField(2, coef=np.zeros((6, 2)), grid=grid, smoothing=1.0),
     ]
     assert [id(f) for f in sorted(ordered[::-1], key=_complexity)] == [id(f) for f in ordered]
+
+
+def test_a_field_that_falls_back_to_the_start_is_not_warped_again(monkeypatch):
+    """A, then no field (the start's), then A again: the loop locks the simpler (none)
+    and ends under the start's field, whose warp and measurement it already had; the
+    result is the one a fresh warp gives, with one warp fewer."""
+    import alignment.local as local
+
+    rng = np.random.default_rng(5)
+    base = cv2.GaussianBlur(rng.normal(size=(240, 320)).astype(np.float32), (0, 0), 1.5)
+    targets = [(base.copy(), np.ones(base.shape, bool), np.eye(3))]
+    channels = prepare_channels(targets, [base], None, np.eye(3), blur_sigma=0.5)
+    some = SmoothField(0, (159.5, 119.5), 160.0, np.array([[0.2, -0.1]]))
+    chosen = iter([some, SmoothField(-1, (159.5, 119.5), 160.0), some])
+
+    def fit(*args, like=None, **kw):
+        return SmoothField(-1, (159.5, 119.5), 160.0) if like is not None else next(chosen)
+
+    warps = []
+    real_warp = local.warp_channels
+
+    def counted(*args, **kw):
+        warps.append(args[2])
+        return real_warp(*args, **kw)
+
+    monkeypatch.setattr(local, "fit_field", fit)
+    monkeypatch.setattr(local, "warp_channels", counted)
+    fld, first, final, warped = refine_local(None, None, None, np.eye(3), (320, 240), tile_px=32.0,
+                                             channels=channels)
+    assert fld.empty
+    assert len(warps) == 2  # the start's field and A: the start's is not warped again
+    fresh = real_warp(channels, np.eye(3), fld)
+    np.testing.assert_array_equal(warped[0].warped, fresh[0].warped)
+    np.testing.assert_array_equal(final.shifts, measure_tiles(fresh, 32.0).shifts)
+
+
+@pytest.mark.parametrize("other, same", [
+    (lambda f: SmoothField(-1, (1.0, 2.0), 3.0, radial=f.radial, hull=np.zeros((3, 2))), True),  # no smooth part
+    (lambda f: SmoothField(-1, radial=(f.radial[0], f.radial[1], f.radial[2], 0.021, -0.003)), False),
+    (lambda f: f.without_radial(), False),
+])
+def test_displacement_keys_tell_fields_apart_by_what_they_displace(other, same):
+    f = SmoothField(-1, radial=(255.5, 191.5, 256.0, 0.02, -0.003))
+    assert (f.displacement_key() == other(f).displacement_key()) is same
+    g = _field_with_hull()
+    h = _field_with_hull()
+    assert g.displacement_key() == h.displacement_key()
+    h.grid = h.grid.copy()
+    h.grid[0, 0, 0] += 1e-12
+    assert g.displacement_key() != h.displacement_key()
