@@ -98,8 +98,9 @@ class SmoothField:
 
     def radial_part(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Radial lens-distortion displacement (never clamped): with ``radial`` =
-        (cx, cy, s, q1, q2), ``u = (x - c) (q1 rho^2 + q2 rho^4)``, ``rho = |x - c| / s``."""
-        out = np.zeros(np.shape(x) + (2,))
+        (cx, cy, s, q1, q2), ``u = (x - c) (q1 rho^2 + q2 rho^4)``, ``rho = |x - c| / s``;
+        x and y broadcast together (a row of columns and a column of rows: the grid)."""
+        out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)) + (2,))
         if self.radial is None:
             return out
         cx, cy, sc, q1, q2 = self.radial
@@ -207,8 +208,7 @@ class SmoothField:
             for c in range(2):
                 out[..., c] += wy @ self.grid[..., c] @ wx.T
         if self.radial is not None:
-            xx, yy = np.meshgrid(x_img, y_img)
-            out += self.radial_part(xx, yy)
+            out += self.radial_part(x_img[None, :], y_img[:, None])
         terms = _monomials(self.degree) if self.degree >= 0 and self.coef.size else []
         for j in range(self.degree + 1 if terms else 0):
             vj = v**j
@@ -220,8 +220,7 @@ class SmoothField:
                 out[..., c] += vj[:, None] * row_poly[None, :]
         if self.hull is not None and len(self.hull) >= 3 and (terms or self.grid is not None):
             # outside the measured area: the smooth parts at the nearest point of the hull
-            xx, yy = np.meshgrid(x_img, y_img)
-            ii, jj = np.nonzero(~_inside_convex(self.hull, xx, yy))
+            ii, jj = np.nonzero(~_inside_convex(self.hull, x_img[None, :], y_img[:, None]))
             if len(ii):
                 pts = np.stack([x_img[jj], y_img[ii]], 1)
                 smooth = SmoothField(self.degree, self.centre, self.scale, self.coef, self.bounds, self.grid,
@@ -646,10 +645,12 @@ def _hull(points: np.ndarray, grow: float) -> np.ndarray | None:
 
 
 def _inside_convex(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Whether points lie inside a convex polygon (orientation of :func:`_hull`)."""
+    """Whether points lie inside a convex polygon (orientation of :func:`_hull`); x and y
+    broadcast together (a row of columns and a column of rows test a grid, each edge's
+    two terms made once per column and once per row)."""
     a = poly
     b = np.roll(poly, -1, axis=0)
-    inside = np.ones(np.shape(x), bool)
+    inside = np.ones(np.broadcast_shapes(np.shape(x), np.shape(y)), bool)
     for (ax, ay), (bx, by) in zip(a, b):
         inside &= (bx - ax) * (y - ay) - (by - ay) * (x - ax) >= 0
     return inside
