@@ -47,9 +47,6 @@ def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_loc
     # 0.2 s, no longer waits for them
     with ThreadPoolExecutor(2) as pool:
         reading = [pool.submit(rawio.read_any, path) for path in (phone, dslr)]
-        # once both are read, the heap the alignment will grow by is faulted in while the
-        # modules import (the pool's exit waits for it): see _warm_heap
-        pool.submit(_warm_heap, reading)
         from alignment.pipeline import align_images
 
         options = parse_options(align_options)  # (a usage error still comes before any result is used)
@@ -86,29 +83,6 @@ def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_loc
             click.echo(f"seconds: {json.dumps({k: round(v, 2) for k, v in a.seconds.items()})}")
     if not a.ok:
         raise SystemExit(3)
-
-
-#: the heap a fresh ``align pair`` process grows by, about: this much plus HEAP_PER_PX
-#: bytes per px of the two images (measured: 576 MB for a 12 MP raw + 24 MP JPEG, 353
-#: to 388 MB for a 0.8 MP raw + 1.6 MP JPEG; more on a low-texture scene)
-HEAP_BASE = 256 << 20
-HEAP_PER_PX = 8
-
-
-def _warm_heap(reading: list) -> int:
-    """Once the images of ``reading`` (futures of ``rawio.read_any``) are read, fault in
-    the heap an alignment of their size grows by (:func:`alignment.malloc.prefault_heap`:
-    pages a fresh process would otherwise fault in on the pipeline's critical path)
-    -> the bytes touched (0 when a read failed: its error is reported by the caller)."""
-    from concurrent.futures import wait
-
-    from alignment.malloc import prefault_heap
-
-    wait(reading)
-    if any(r.exception() is not None for r in reading):
-        return 0
-    px = sum(r.result().shape[0] * r.result().shape[1] for r in reading)
-    return prefault_heap(HEAP_BASE + HEAP_PER_PX * px)
 
 
 def _attach_batch() -> None:

@@ -22,13 +22,8 @@ to 32 MB and not at all once ``MALLOC_TRIM_THRESHOLD_`` or
   workers of one thread each over six real-size pairs: 26.1 s against 29.0 s
   (medians of three runs each, system time 2.1 against 7.8 s, the same peak per
   worker); a worker then holds its peak heap between pairs.
-- :func:`prefault_heap`: a fresh process still faults in every page of its heap
-  the first time it grows (about 600 MB for a 12 MP + 24 MP pair, 0.6 ms a MB in
-  this VM, on the pipeline's critical path); ``isp-rig align pair`` has them
-  faulted in by a C-level memset in a thread while its modules import, and frees
-  them into the kept heap (6.25 against 6.68 s median, 8 runs each way).
 
-All leave alone what the user set in the environment.
+Both leave alone what the user set in the environment.
 """
 
 from __future__ import annotations
@@ -36,7 +31,7 @@ from __future__ import annotations
 import functools
 import os
 
-__all__ = ["relax_malloc_trim", "keep_large_arrays", "prefault_heap"]
+__all__ = ["relax_malloc_trim", "keep_large_arrays"]
 
 
 #: glibc's ``mallopt`` parameters (malloc.h)
@@ -97,9 +92,6 @@ def relax_malloc_trim(trim_bytes: int = 256 << 20, mmap_bytes: int = 64 << 20) -
     return ok
 
 
-_kept: dict[str, int] = {}  # the thresholds keep_large_arrays set in this process
-
-
 def keep_large_arrays(trim_bytes: int = 2 << 30, mmap_bytes: int = 512 << 20) -> bool:
     """Serve blocks up to ``mmap_bytes`` from the heap and return freed memory to the
     system only above ``trim_bytes``, all threads from one arena (for a process that
@@ -111,42 +103,4 @@ def keep_large_arrays(trim_bytes: int = 2 << 30, mmap_bytes: int = 512 << 20) ->
         return False
     if "MALLOC_ARENA_MAX" not in os.environ and not _mallopt_one(M_ARENA_MAX, 1):
         return False
-    if not _mallopt(trim_bytes, mmap_bytes):
-        return False
-    _kept.update(trim=trim_bytes, mmap=mmap_bytes)
-    return True
-
-
-def prefault_heap(nbytes: int, block: int = 64 << 20) -> int:
-    """Grow the heap by about ``nbytes``, touch every page of it and free it again, so
-    that the arrays allocated next reuse pages the kernel has already faulted in and
-    zeroed (after :func:`keep_large_arrays`, which keeps them: nothing is returned to
-    the system below its trim threshold).  A fresh 12 MP + 24 MP alignment first
-    touches about 600 MB; in a VM here each MB costs about 0.6 ms, and made inside
-    the pipeline they are on its critical path (``isp-rig align pair`` has them made
-    while its modules import).  Allocates in blocks of ``block`` bytes (under the mmap
-    threshold, so from the heap) through the C library, whose calls release the GIL.
-    Returns the bytes touched: 0 where :func:`keep_large_arrays` did not set the
-    thresholds in this process (freed blocks would go back to the system) or there
-    is no glibc."""
-    import ctypes
-
-    libc = _libc()
-    if libc is None or not _kept or block >= _kept["mmap"] or nbytes > _kept["trim"]:
-        return 0
-    malloc, memset, free = libc.malloc, libc.memset, libc.free
-    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    memset.restype, memset.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-    free.restype, free.argtypes = None, [ctypes.c_void_p]
-    blocks = []
-    try:
-        for _ in range(max(0, nbytes) // block):
-            address = malloc(block)
-            if not address:
-                break
-            blocks.append(address)
-            memset(address, 0, block)
-    finally:
-        for address in blocks:
-            free(address)
-    return len(blocks) * block
+    return _mallopt(trim_bytes, mmap_bytes)

@@ -70,24 +70,3 @@ def test_a_bad_option_value_is_a_usage_error_before_any_work(tmp_path, option):
     assert result.exit_code == 2, result.output
     assert option.split("=")[0] in result.output and "Traceback" not in result.output
     assert not (tmp_path / "ds").exists()
-
-
-@pytest.mark.parametrize("fails", [False, True], ids=["read", "unreadable"])
-def test_align_pair_faults_in_the_heap_for_the_images_it_read(monkeypatch, fails):
-    from concurrent.futures import Future
-
-    import alignment.cli as cli
-    import alignment.malloc as malloc
-    from alignment.rawio import ImageReadError
-
-    asked = []
-    monkeypatch.setattr(malloc, "prefault_heap", lambda nbytes: asked.append(nbytes) or nbytes)
-    reading = [Future(), Future()]
-    reading[0].set_result(np.zeros((30, 40), np.uint16))
-    if fails:
-        reading[1].set_exception(ImageReadError("dslr.jpg", "truncated", "the file ends early"))
-    else:
-        reading[1].set_result(np.zeros((60, 80, 3), np.uint8))
-    touched = cli._warm_heap(reading)
-    assert asked == ([] if fails else [cli.HEAP_BASE + cli.HEAP_PER_PX * (30 * 40 + 60 * 80)])
-    assert touched == (0 if fails else asked[0])

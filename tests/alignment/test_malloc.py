@@ -74,32 +74,3 @@ def test_a_batch_worker_under_dask_undoes_the_nannys_trim_threshold_instead():
     code = "import os; from alignment.batch import pin_threads; pin_threads(); print(os.environ['MALLOC_TRIM_THRESHOLD_'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(256 << 20)
-
-
-
-PREFAULT_CODE = """
-SETUP
-from alignment.malloc import prefault_heap
-import numpy as np
-def rss():
-    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS"))) >> 10
-touched = prefault_heap(PREFAULT << 20)
-before = rss()
-a = np.ones(200 << 20, np.uint8)  # an alignment's first large array
-print(touched >> 20, rss() - before)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-@pytest.mark.parametrize("setup, prefault, touched, fresh_mb", [
-    ("from alignment.malloc import keep_large_arrays; keep_large_arrays()", 256, 256, (0, 32)),
-    ("from alignment.malloc import keep_large_arrays; keep_large_arrays()", 0, 0, (150, 300)),  # not prefaulted
-    ("", 256, 0, (150, 300)),  # the thresholds not set here: freed blocks would go back to the system
-])
-def test_a_prefaulted_heap_serves_the_next_large_array_from_pages_already_in(setup, prefault, touched, fresh_mb):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    code = PREFAULT_CODE.replace("SETUP", setup).replace("PREFAULT", str(prefault))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert int(out[0]) == touched
-    # the process's resident memory grows by the array's 200 MB only where its pages are new
-    assert fresh_mb[0] <= int(out[1]) <= fresh_mb[1]
