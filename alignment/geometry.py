@@ -15,18 +15,15 @@ __all__ = ["apply_homography", "apply_homography_xy", "pixel_centres"]
 def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """(N, 2) points (x, y) through a 3x3 homography -> (N, 2) float64."""
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    x, y = xy[:, 0], xy[:, 1]
     out = np.empty_like(xy)
-    w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
-    out[:, 0] = (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w
-    out[:, 1] = (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w
+    out[:, 0], out[:, 1], _ = apply_homography_xy(h, xy[:, 0], xy[:, 1])
     return out
 
 
 def apply_homography_xy(h: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x and y (arrays that broadcast: a grid's column and row, or two images) through a
     3x3 homography -> (x', y', w) float64 of their broadcast shape, w the homogeneous
-    scale; the same operations, in the same order, as :func:`apply_homography`."""
+    scale (what :func:`apply_homography` computes on (N, 2) points)."""
     w = h[2, 0] * x + h[2, 1] * y + h[2, 2]
     return (h[0, 0] * x + h[0, 1] * y + h[0, 2]) / w, (h[1, 0] * x + h[1, 1] * y + h[1, 2]) / w, w
 

@@ -873,15 +873,22 @@ def refine_local(
     # spline, then no field: A, B, A), whose warp is then not made again (a real-size
     # whiteboard: 0.3 s)
     start: tuple | None = None
+
+    def warped_and_measured(f: SmoothField) -> tuple[list[TileChannel], TileResiduals]:
+        nonlocal start
+        key = f.displacement_key()
+        if start is not None and key == start[0]:
+            return start[1], start[2]
+        w = warp_channels(channels, h_image, f)
+        r = measure(w)
+        if start is None:
+            start = (key, w, r)
+        return w, r
+
     for _ in range(iterations):
-        if start is not None and fld.displacement_key() == start[0]:
-            warped, res = start[1], start[2]
-        else:
-            warped = warp_channels(channels, h_image, fld)
-            res = measure(warped)
+        warped, res = warped_and_measured(fld)
         if first is None:
             first = res
-            start = (fld.displacement_key(), warped, res)
         # the new field must explain the old field plus the measured residual at tile
         # centres; the radial part (a global lens model) stays, the rest is refitted
         rad = fld.radial_part(res.centres[:, 0], res.centres[:, 1])
@@ -911,11 +918,7 @@ def refine_local(
             assert first is not None
             return new, first, final, warped
         fld = new
-    if start is not None and fld.displacement_key() == start[0]:
-        warped, final = start[1], start[2]
-    else:
-        warped = warp_channels(channels, h_image, fld)
-        final = measure(warped)
+    warped, final = warped_and_measured(fld)
     assert first is not None
     return fld, first, final, warped
 
