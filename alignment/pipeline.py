@@ -42,7 +42,8 @@ from alignment.local import (SmoothField, TileChannel, TileResiduals, model_corr
 from alignment.prepare import PreparedImage, RadiometricFit, fit_radiometric, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
-from alignment.reduce import DslrWindow, ResidualGrid, bin_phone, crop_and_shrink_dslr, phone_bin_factor
+from alignment.reduce import (DslrWindow, ResidualGrid, bin_phone, crop_and_shrink_dslr_for, mask_onto,
+                              phone_bin_factor)
 from alignment.threads import submit, thread_map
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
@@ -92,7 +93,14 @@ class AlignOptions:
     vignetting in a smooth tile is not taken for a shift; docs/alignment.md, step 9).
     ``scale_guess``: DSLR px per phone image px, overriding EXIF.  Working size (see
     :mod:`alignment.reduce`): ``max_plane_pixels`` bins the phone's working planes
-    until each has at most this many px (None: never);
+    until each has at most this many px (None: never); ``global_plane_pixels``: the
+    global stage up to the fine stage's first model (the features, the background
+    start, ECC on the luminance, the response's first fit, the pre-fit mask, the fine
+    trial) runs on planes binned until each has at most this many px (a 12 MP raw: 3 x 3
+    against the working planes' 2 x 2), and the response's second fit, the fine
+    stage's last pass, the local field and the trust map on the working planes (None,
+    no more binning than ``max_plane_pixels``, or ``fine`` "none": one grid throughout;
+    docs/alignment.md, #11's twenty-eighth stop);
     ``dslr_oversample``: after the features, the DSLR is cropped to the phone
     frame's footprint and averaged in integer blocks to about this many px per
     phone working px (None: cropped only); ``trust_grid_pixels``: the background start,
@@ -137,6 +145,7 @@ class AlignOptions:
     tile_shading: bool = True
     scale_guess: float | None = None
     max_plane_pixels: int | None = 800_000
+    global_plane_pixels: int | None = 400_000
     dslr_oversample: float | None = 2.5
     trust: bool = True
     trust_max_px: float = 1.0
@@ -221,6 +230,7 @@ _OPTION_KINDS = {
     "fine_noise_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
     "fine_full_step": _FLAG,
     "max_plane_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
+    "global_plane_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
     "trust_grid_pixels": ((int, type(None)), lambda v: v is None or v >= 10_000, "a whole number >= 10000 or null"),
     "dslr_oversample": ((int, float, type(None)), lambda v: v is None or v >= 1, "a number >= 1 or null"),
     "tile_px": ((int, float, type(None)), lambda v: v is None or v > 0, "a number > 0 or null"),
@@ -1177,7 +1187,11 @@ class _PairState:
     phones: the phone's halves of the dense residuals, kept for the next residual on
     the same planes and mask (:class:`alignment.trust.PhoneSides`); restoring: the
     reduced DSLR's chroma restoration while it runs in the background (its result
-    becomes ``d.encoded`` on first use: :meth:`encoded_ready`), or None."""
+    becomes ``d.encoded`` on first use: :meth:`encoded_ready`), or None; finer: the
+    phone on the working planes when ``p`` is binned coarser for the global stage
+    (``AlignOptions.global_plane_pixels``), else None; finer_dslr: the DSLR reduced for
+    those planes (and its window) once :func:`_reduce_dslr` has made it.  The global
+    stage moves every stage after it onto them (:func:`_onto_finer_grid`)."""
 
     opt: AlignOptions
     p: PreparedImage
@@ -1188,6 +1202,8 @@ class _PairState:
     window: DslrWindow | None = None
     phones: trust.PhoneSides = field(default_factory=trust.PhoneSides)
     restoring: Future | None = None
+    finer: PreparedImage | None = None
+    finer_dslr: tuple[PreparedImage, DslrWindow] | None = None
 
     @property
     def step(self) -> float:
@@ -1237,12 +1253,15 @@ class _GlobalModel:
 def _prepare_pair(phone, dslr, opt: AlignOptions) -> _PairState:
     t0 = time.perf_counter()
 
-    def phone_side() -> PreparedImage:
+    def phone_side() -> tuple[PreparedImage, PreparedImage | None]:
         p = prepare_phone(phone)
-        return bin_phone(p, phone_bin_factor(p, opt.max_plane_pixels))
+        final = phone_bin_factor(p, opt.max_plane_pixels)
+        # (coarser planes for the global stage only with a fine stage, whose last pass is on the working ones)
+        first = max(final, phone_bin_factor(p, opt.global_plane_pixels)) if opt.fine == "planes" else final
+        return bin_phone(p, first), None if first == final else bin_phone(p, final)
 
-    p, d = thread_map(lambda side: side(), [phone_side, lambda: prepare_dslr(dslr)])  # the two sides side by side
-    return _PairState(opt, p, d, d.image_size, Quality(), {"prepare": time.perf_counter() - t0})
+    (p, finer), d = thread_map(lambda side: side(), [phone_side, lambda: prepare_dslr(dslr)])  # side by side
+    return _PairState(opt, p, d, d.image_size, Quality(), {"prepare": time.perf_counter() - t0}, finer=finer)
 
 
 def _features_stage(s: _PairState) -> np.ndarray:
@@ -1305,7 +1324,10 @@ def _coarse_start(s: _PairState, s_guess: float | None) -> np.ndarray:
 def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
     """Keep the DSLR px the phone frame covers, at no more px than the estimators use:
     from here on ``s.d`` is the reduced DSLR; returns h_work onto its grid."""
-    s.d, s.window = crop_and_shrink_dslr(s.d, s.h_image(h_work), s.p.image_size, s.step, s.opt.dslr_oversample)
+    steps = (s.step,) if s.finer is None else (s.step, float(s.finer.to_image[0, 0]))
+    (s.d, s.window), *finer = crop_and_shrink_dslr_for(s.d, s.h_image(h_work), s.p.image_size, steps,
+                                                       s.opt.dslr_oversample)
+    s.finer_dslr = finer[0] if finer else None
     # for the response fit, the only reader of the encoded RGB: in the background while
     # the background start and ECC on the luminance run (about 1 s of one core at real
     # size, where those leave a core idle a third of the time); the same result
@@ -1322,11 +1344,14 @@ def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
 
 
 def _fit_response(s: _PairState, targets: list, h_image: np.ndarray, q_radial: np.ndarray | None,
-                  saturations: tuple[float, ...]) -> RadiometricFit | None:
+                  saturations: tuple[float, ...], restored: bool = True) -> RadiometricFit | None:
     """The DSLR's response fitted per phone plane at the model (h_image, q_radial)
     (:func:`alignment.prepare.fit_radiometric`, step 6), trying the saturation boosts
-    ``saturations``; None when the options or the DSLR image allow none."""
-    s.encoded_ready()
+    ``saturations``; None when the options or the DSLR image allow none.  restored:
+    on the JPEG's chroma restored (waiting for it, :meth:`_PairState.encoded_ready`);
+    False: on the chroma as decoded when its restoration has not ended yet."""
+    if restored:
+        s.encoded_ready()
     p, d, opt = s.p, s.d, s.opt
     if not opt.radiometric or d.encoded is None:
         return None
@@ -1337,6 +1362,48 @@ def _fit_response(s: _PairState, targets: list, h_image: np.ndarray, q_radial: n
         frame=p.image_size if opt.radiometric_gain else None, saturations=saturations,
         undistort=None if q_radial is None else _undistortion(q_radial, p),
     )
+
+
+def _onto_finer_grid(s: _PairState, h_image: np.ndarray) -> np.ndarray:
+    """Move the alignment from the global stage's coarser planes onto the working planes
+    (``s.finer``) and the DSLR reduced for them (``s.finer_dslr``): ``s.p``, ``s.d`` and
+    ``s.window`` become those, and the JPEG's chroma restored on the crop both DSLR grids
+    share (:func:`alignment.reduce.crop_and_shrink_dslr_for`) the new DSLR's.  h_image:
+    (3,3) phone image px -> the coarser DSLR grid's px; returns it onto the new one's."""
+    coarse_d = s.d
+    s.encoded_ready()
+    s.p, (s.d, s.window) = s.finer, s.finer_dslr
+    s.finer = s.finer_dslr = None
+    s.d.encoded = coarse_d.encoded
+    h = np.linalg.inv(s.d.to_image) @ coarse_d.to_image @ h_image
+    return h / h[2, 2]
+
+
+def _response_refit(s: _PairState, targets: list, keep: np.ndarray | None, saturation: float | None,
+                    h_fine: np.ndarray, q_fine: np.ndarray, photo: list[np.ndarray] | None, trial: _FineTrial,
+                    templates: list[tuple[np.ndarray, np.ndarray]] | None = None) -> _GlobalModel:
+    """The response fitted again at the fine stage's model (h_fine: phone image px -> DSLR
+    working px; q_fine, the lens model, all zero when it was dropped) with the boost
+    ``saturation`` the first fit chose (None: no first fit), the channels made on it
+    (``templates``: the phone's filtered planes kept from the first channels, None: made
+    here), ``keep`` (the pre-fit mask on ``s.p``'s grid; None: every px) kept out of the
+    fit, and the fine stage's last pass from the model on them (the trial's lens choice,
+    ``photo`` its start) -> the model and its channels."""
+    opt, q, p, d = s.opt, s.q, s.p, s.d
+    lens = q_fine if np.any(q_fine != 0) else None
+    fitted = _fit_response(s, targets, h_fine, lens,
+                           tuple(opt.dslr_saturations) if saturation is None else (saturation,))
+    images = [d.lum] * len(targets) if fitted is None else fitted.images
+    if fitted is not None:
+        q.radiometric_refit = True
+    channels = prepare_channels(targets, images, d.valid, h_fine, blur_sigma=opt.fine_blur_sigma,
+                                templates=templates)
+    fit_channels = channels if keep is None else _masked(channels, keep)
+    start = _FineTrial(h_fine, lens, photo, trial.centre and lens is not None, trial.samples)
+    h_fine, q_fine, photo = _fine_final(
+        _fine_channels(fit_channels, targets, images, d.valid, h_fine, q_fine, p, opt, q), start, p.image_size,
+        opt, opt.max_pixels, q)
+    return _GlobalModel(h_fine, q_fine, targets, images, channels, fit_channels, photometric=photo)
 
 
 def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
@@ -1369,9 +1436,15 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                                              [None, start_score], s.phones)
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
-        fitted = _fit_response(s, targets, h_image, q_radial, tuple(opt.dslr_saturations))
+        # on coarser planes than the working ones (``global_plane_pixels``) up to a first
+        # fine model: the response fitted on the chroma as decoded (its lost detail matters
+        # less there than waiting for it; it is back for the fit on the working planes), and
+        # the fine trial on the pre-blurred channels (the phone's blur relative to the DSLR's,
+        # in plane px, is measured on the working planes, where the last pass uses it)
+        finer = s.finer is not None
+        fitted = _fit_response(s, targets, h_image, q_radial, tuple(opt.dslr_saturations), restored=not finer)
         images = [d.lum] * len(targets) if fitted is None else fitted.images
-        blur = _blur_measure(targets, images, d.valid, h_image, q_radial, p, opt, q)
+        blur = None if finer else _blur_measure(targets, images, d.valid, h_image, q_radial, p, opt, q)
         # the fine channels (filtered once, spline coefficients kept) serve the fine
         # ECC, the local refinement, the final correlation and the trust map
         channels = prepare_channels(targets, images, d.valid, h_image, blur_sigma=opt.fine_blur_sigma)
@@ -1395,16 +1468,33 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         fit_channels = channels if keep is None else _masked(channels, keep)
         photo = None
         if opt.fine == "planes":
-            fine_channels = _fine_channels(fit_channels, targets, images, d.valid, h_image, q_radial, p, opt, q, blur)
+            fine_channels = fit_channels if finer else _fine_channels(fit_channels, targets, images, d.valid, h_image,
+                                                                      q_radial, p, opt, q, blur)
             trial = _fine_trial(fine_channels, h_image, q_radial, p.image_size, opt)
             again = fitted is not None and opt.radiometric_refit_px is not None and _model_moved_px(
                 (h_image, q_radial), (trial.h_image, trial.q_radial), p) > opt.radiometric_refit_px
-            # a pass that only places the samples of the response's second fit needs no more
-            # samples than the trial; the pass after that fit uses them all
+            # a pass that only places the samples of the response's second fit (or of the
+            # working planes' fit) needs no more samples than the trial; the pass after that
+            # fit uses them all
             h_fine, q_fine, photo = _fine_final(fine_channels, trial, p.image_size, opt,
-                                                trial.samples if again else opt.max_pixels, None if again else q)
+                                                trial.samples if again or finer else opt.max_pixels,
+                                                None if again or finer else q)
             fine_channels = None  # (their filtered images: not needed past the pass)
-            if again:
+            refit = None
+            if finer:
+                # the working planes from here on: the response fitted there at this model,
+                # and the fine stage's last pass on them
+                t_re = time.perf_counter()
+                saturation = None if fitted is None else fitted.saturation
+                channels = fit_channels = fitted = images = None  # (the coarser planes' go before the finer's come)
+                coarse_p = p
+                h_fine = _onto_finer_grid(s, h_fine)
+                p, d = s.p, s.d
+                h_work = h_fine @ p.to_image  # (the model a failure from here on reports)
+                refit = _response_refit(s, p.plane_targets(), None if keep is None else mask_onto(keep, coarse_p, p),
+                                        saturation, h_fine, q_fine, photo, trial)
+                s.secs["radiometric_refit"] = time.perf_counter() - t_re
+            elif again:
                 # the response was fitted at the coarse model: samples paired a fraction
                 # of a px off blur the curves differently at the centre and the rim, and
                 # the fine stage measured against them keeps part of that error (a scale
@@ -1412,22 +1502,14 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                 # once fitted again at the fine model); the boost chosen stays, and so
                 # does the lens model the fine stage kept or dropped
                 t_re = time.perf_counter()
-                lens = q_fine if np.any(q_fine != 0) else None
                 saturation, fitted = fitted.saturation, None
                 templates = [(c.template, c.mask) for c in channels]  # the phone side stays as it was
                 channels = fit_channels = None  # the first channels' filtered images go before the second's come
-                second = _fit_response(s, targets, h_fine, lens, (saturation,))
-                if second is not None:
-                    images = second.images
-                    q.radiometric_refit = True
-                channels = prepare_channels(targets, images, d.valid, h_fine, blur_sigma=opt.fine_blur_sigma,
-                                            templates=templates)
-                fit_channels = channels if keep is None else _masked(channels, keep)
-                start = _FineTrial(h_fine, lens, photo, trial.centre and lens is not None, trial.samples)
-                h_fine, q_fine, photo = _fine_final(
-                    _fine_channels(fit_channels, targets, images, d.valid, h_fine, q_fine, p, opt, q), start,
-                    p.image_size, opt, opt.max_pixels, q)
+                refit = _response_refit(s, targets, keep, saturation, h_fine, q_fine, photo, trial, templates)
                 s.secs["radiometric_refit"] = time.perf_counter() - t_re
+            if refit is not None:
+                targets, images, channels, fit_channels = refit.targets, refit.images, refit.channels, refit.fit_channels
+                h_fine, q_fine, photo = refit.h_image, refit.q_radial, refit.photometric
             h_image, q_radial = h_fine, q_fine
             q.radial_corner_px = _corner_px(q_radial, p.image_size)
     except (ValueError, np.linalg.LinAlgError) as err:

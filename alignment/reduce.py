@@ -17,6 +17,10 @@ before the expensive stages:
   homography.  The encoded RGB is cropped only (never averaged): the radiometric
   fit applies its curves to the stored values and shrinks the result
   (:func:`shrink`), because a curve of an average is not the average of a curve.
+- A 12 MP phone's global stage runs on planes binned further than the working
+  ones (``AlignOptions.global_plane_pixels``): :func:`crop_and_shrink_dslr_for`
+  reduces the DSLR for both grids on one crop, and :func:`mask_onto` carries a
+  mask from the coarser planes onto the working ones.
 
 Coordinates: x = column, y = row, pixel centres at integers.
 """
@@ -32,7 +36,8 @@ from alignment.ecc import _local_scale
 from alignment.prepare import PreparedImage, shrink
 from alignment.threads import thread_map
 
-__all__ = ["phone_bin_factor", "bin_phone", "ResidualGrid", "DslrWindow", "crop_and_shrink_dslr", "shrink"]
+__all__ = ["phone_bin_factor", "bin_phone", "ResidualGrid", "DslrWindow", "crop_and_shrink_dslr",
+           "crop_and_shrink_dslr_for", "mask_onto", "shrink"]
 
 
 def phone_bin_factor(phone: PreparedImage, max_plane_pixels: int | None) -> int:
@@ -83,6 +88,18 @@ def bin_phone(phone: PreparedImage, factor: int) -> PreparedImage:
         planes=None if phone.planes is None else _binned(phone.planes, factor),
         plane_to_image=None if phone.plane_to_image is None else [t @ m for t in phone.plane_to_image],
     )
+
+
+def mask_onto(mask: np.ndarray, source: PreparedImage, target: PreparedImage) -> np.ndarray:
+    """A (h, w) bool mask on ``source``'s working grid -> one on ``target``'s (two binnings
+    of one phone, :func:`bin_phone`): each target px takes the value of the source px its
+    centre falls in (the nearest source px centre; rows and columns past the source's
+    last block its neighbour's)."""
+    m = np.linalg.inv(source.to_image) @ target.to_image  # target px -> source px (axis-aligned)
+    h, w = target.lum.shape
+    cols = np.clip(np.rint(m[0, 0] * np.arange(w) + m[0, 2]), 0, mask.shape[1] - 1).astype(np.intp)
+    rows = np.clip(np.rint(m[1, 1] * np.arange(h) + m[1, 2]), 0, mask.shape[0] - 1).astype(np.intp)
+    return mask[np.ix_(rows, cols)]
 
 
 class ResidualGrid:
@@ -206,6 +223,22 @@ def crop_and_shrink_dslr(
     Returns (the reduced image, with ``to_image`` = reduced px -> stored px, the
     encoded RGB cropped but not shrunk; the window).
     """
+    return crop_and_shrink_dslr_for(dslr, phone_to_dslr, phone_size, (phone_step,), oversample, margin)[0]
+
+
+def crop_and_shrink_dslr_for(
+    dslr: PreparedImage,
+    phone_to_dslr: np.ndarray,
+    phone_size: tuple[int, int],
+    phone_steps: tuple[float, ...],
+    oversample: float | None,
+    margin: float = 0.06,
+) -> list[tuple[PreparedImage, DslrWindow]]:
+    """:func:`crop_and_shrink_dslr` for phone working grids of several ``phone_steps``
+    (phone image px per working px; a global stage on coarser planes than the final
+    ones): one (reduced image, window) per step, every window on one crop (its right
+    and bottom ends whole blocks of every window's factor), so that the cropped
+    encoded RGB is one array that all of them share."""
     ih, iw = dslr.lum.shape
     w, h = phone_size
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1], [(w - 1) / 2, (h - 1) / 2]], float)
@@ -221,23 +254,28 @@ def crop_and_shrink_dslr(
         x1, y1 = min(iw, hi[0]), min(ih, hi[1])
         if x1 - x0 < 32 or y1 - y0 < 32:
             x0, y0, x1, y1 = 0, 0, iw, ih
-    scale = _local_scale(phone_to_dslr, (h, w)) * phone_step  # DSLR px per phone working px
+    scale = _local_scale(phone_to_dslr, (h, w))  # DSLR px per phone image px
     # an integer block factor keeps every reduced px centred exactly (see shrink)
-    factor = max(1, int(round(scale / oversample))) if oversample else 1
-    if factor > 1:
-        x1 = x0 + (x1 - x0) // factor * factor
-        y1 = y0 + (y1 - y0) // factor * factor
-    win = DslrWindow((x0, y0, x1, y1), ((x1 - x0) // factor, (y1 - y0) // factor))
+    factors = [max(1, int(round(scale * step / oversample))) if oversample else 1 for step in phone_steps]
+    whole = int(np.lcm.reduce(factors))
+    if whole > 1:
+        x1 = x0 + (x1 - x0) // whole * whole
+        y1 = y0 + (y1 - y0) // whole * whole
+    windows = [DslrWindow((x0, y0, x1, y1), ((x1 - x0) // f, (y1 - y0) // f)) for f in factors]
 
-    def mask(m: np.ndarray, above: float) -> np.ndarray:
+    def mask(m: np.ndarray, win: DslrWindow, above: float) -> np.ndarray:
         # cropped before it becomes a number image: a 24 MP mask as float32 is 96 MB
         crop = win.crop_only(m)
         return shrink(crop.astype(np.float32), win.size) > above if win.shrunk else crop.copy()
 
-    jobs = [lambda: np.ascontiguousarray(win.apply(dslr.lum)), lambda: mask(dslr.valid, 0.999),
-            lambda: None if dslr.encoded is None else np.ascontiguousarray(win.crop_only(dslr.encoded)),
-            lambda: None if dslr.clipped is None else mask(dslr.clipped, 0.001)]
-    lum, valid, enc, clipped = thread_map(lambda job: job(), jobs)
-    reduced = replace(dslr, lum=lum, valid=valid, to_image=dslr.to_image @ win.to_stored, encoded=enc,
-                      clipped=clipped)
-    return reduced, win
+    jobs = [lambda: None if dslr.encoded is None else np.ascontiguousarray(windows[0].crop_only(dslr.encoded))]
+    for win in windows:
+        jobs += [lambda win=win: np.ascontiguousarray(win.apply(dslr.lum)), lambda win=win: mask(dslr.valid, win, 0.999),
+                 lambda win=win: None if dslr.clipped is None else mask(dslr.clipped, win, 0.001)]
+    enc, *reduced = thread_map(lambda job: job(), jobs)
+    out = []
+    for k, win in enumerate(windows):
+        lum, valid, clipped = reduced[3 * k : 3 * k + 3]
+        out.append((replace(dslr, lum=lum, valid=valid, to_image=dslr.to_image @ win.to_stored, encoded=enc,
+                            clipped=clipped), win))
+    return out

@@ -74,6 +74,49 @@ def test_the_blur_measure_runs_in_the_background_only_when_the_fine_channels_wil
         assert len(calls) == 1 and (q.phone_blur_sigma, q.phone_blur_misfit, q.fine_filter) == (0.25, 0.02, "sharp")
 
 
+def test_a_global_stage_on_coarser_planes_ends_on_the_working_planes(monkeypatch):
+    from alignment import pipeline
+
+    blurs = []
+    real = pipeline.estimate_relative_blur
+    monkeypatch.setattr(pipeline, "estimate_relative_blur",
+                        lambda targets, *a, **k: blurs.append(targets[0][0].shape) or real(targets, *a, **k))
+    pair = make_sim(11)
+    dslr = jpeg_roundtrip(pair.dslr_rgb)
+    planes = (pair.phone.shape[0] // 2, pair.phone.shape[1] // 2)  # 192 x 256: the working planes, unbinned
+    one = align_images(pair.phone, dslr, global_plane_pixels=None)
+    assert blurs == [planes]
+    blurs.clear()
+    two = align_images(pair.phone, dslr, global_plane_pixels=15_000)  # the global stage on 2 x 2 binned planes
+    # the phone's relative blur is measured once, on the working planes the last fine pass uses
+    assert blurs == [planes]
+    for a in (one, two):
+        assert a.ok, a.quality.message
+        assert np.median(corner_errors(a, pair.truth)) < 0.1
+        assert dense_errors(a, pair.truth).mean() < 0.05
+    # the local field, the trust map and the verdict's tiles are on the working planes
+    assert two.trust.code.shape == one.trust.code.shape == planes
+    assert two.residuals.grid_shape == one.residuals.grid_shape
+    # the response is fitted again on the working planes, at the coarser planes' model
+    assert two.quality.radiometric_refit
+    assert np.max(np.abs(corner_errors(two, pair.truth) - corner_errors(one, pair.truth))) < 0.05
+
+
+@pytest.mark.parametrize("options, binned", [({}, False), ({"global_plane_pixels": 15_000}, True),
+                                             ({"global_plane_pixels": 15_000, "fine": "none"}, False),
+                                             ({"global_plane_pixels": 15_000, "max_plane_pixels": 15_000}, False)])
+def test_the_global_stage_runs_on_coarser_planes_only_when_they_are_coarser_and_a_fine_stage_follows(options,
+                                                                                                    binned):
+    from alignment import pipeline
+
+    pair = make_sim(11)
+    s = pipeline._prepare_pair(pair.phone, jpeg_roundtrip(pair.dslr_rgb), pipeline.AlignOptions(**options))
+    assert (s.finer is not None) == binned
+    if binned:
+        assert s.step == 2 * s.finer.to_image[0, 0] and s.finer.lum.shape == (pair.phone.shape[0] // 2,
+                                                                                pair.phone.shape[1] // 2)
+
+
 @pytest.mark.parametrize("shading", [True, False])
 def test_the_tiles_measure_under_the_fitted_shading_by_default_and_align_as_well_without(shading, monkeypatch):
     from alignment import pipeline

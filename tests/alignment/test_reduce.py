@@ -7,7 +7,8 @@ import pytest
 
 from _align_helpers import corner_errors, jpeg_roundtrip, make_sim
 from alignment.prepare import PreparedImage
-from alignment.reduce import ResidualGrid, bin_phone, crop_and_shrink_dslr, phone_bin_factor
+from alignment.reduce import (ResidualGrid, bin_phone, crop_and_shrink_dslr, crop_and_shrink_dslr_for, mask_onto,
+                              phone_bin_factor)
 
 
 def _ramp_phone(h: int, w: int) -> PreparedImage:
@@ -98,6 +99,47 @@ def test_cropped_shrunk_dslr_maps_back_to_stored_px():
     # the footprint of the phone frame lies inside the crop
     x0, y0, x1, y1 = win.crop
     assert x0 <= 150 and y0 <= 100 and x1 >= 150 + 2.4 * 99 and y1 >= 100 + 2.4 * 79
+
+
+def test_dslr_reduced_for_several_phone_grids_shares_one_crop_and_maps_back_exactly():
+    h, w = 400, 600
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    lum = 2 * xx + 7 * yy
+    enc = np.zeros((h, w, 3), np.uint8)
+    d = PreparedImage(lum, np.ones((h, w), bool), np.eye(3), (w, h), enc)
+    h_pd = np.array([[2.4, 0, 150], [0, 2.4, 100], [0, 0, 1]])
+    # phone working grids of 2 and 3 image px a px: DSLR blocks of 2 and 3 (oversample 2.4)
+    (fine, win_f), (coarse, win_c) = crop_and_shrink_dslr_for(d, h_pd, (100, 80), (2.0, 3.0), oversample=2.4)
+    assert (win_f.factor, win_c.factor) == (2, 3)
+    assert win_f.crop == win_c.crop and fine.encoded is coarse.encoded
+    x0, y0, x1, y1 = win_f.crop
+    assert (x1 - x0) % 6 == 0 and (y1 - y0) % 6 == 0 and fine.encoded.shape[:2] == (y1 - y0, x1 - x0)
+    for red in (fine, coarse):
+        ii, jj = np.mgrid[0 : red.lum.shape[0], 0 : red.lum.shape[1]].astype(float)
+        x = red.to_image[0, 0] * jj + red.to_image[0, 2]
+        y = red.to_image[1, 1] * ii + red.to_image[1, 2]
+        np.testing.assert_allclose(red.lum, 2 * x + 7 * y, rtol=1e-6, atol=1e-3)
+    # one grid: what crop_and_shrink_dslr gives
+    (one, win_one), = crop_and_shrink_dslr_for(d, h_pd, (100, 80), (2.0,), oversample=2.0)
+    red, win = crop_and_shrink_dslr(d, h_pd, (100, 80), 2.0, oversample=2.0)
+    assert win.crop == win_one.crop and np.array_equal(red.lum, one.lum)
+
+
+@pytest.mark.parametrize("coarse, fine", [(3, 2), (2, 1), (4, 2)])
+def test_a_mask_moves_between_binnings_by_the_block_each_px_centre_lies_in(coarse, fine):
+    p = _ramp_phone(61, 92)
+    src, dst = bin_phone(p, coarse), bin_phone(p, fine)
+    rng = np.random.default_rng(coarse)
+    mask = rng.random(src.lum.shape) < 0.5
+    moved = mask_onto(mask, src, dst)
+    assert moved.shape == dst.lum.shape
+    # each destination px's centre in unbinned working px -> the source block holding it
+    rows, cols = dst.lum.shape
+    centre_x = fine * np.arange(cols) + (fine - 1) / 2
+    centre_y = fine * np.arange(rows) + (fine - 1) / 2
+    bx = np.minimum(np.floor(centre_x / coarse).astype(int), mask.shape[1] - 1)
+    by = np.minimum(np.floor(centre_y / coarse).astype(int), mask.shape[0] - 1)
+    np.testing.assert_array_equal(moved, mask[np.ix_(by, bx)])
 
 
 def test_alignment_through_binning_and_shrinking_stays_sub_tenth_pixel():
