@@ -102,6 +102,24 @@ def test_a_global_stage_on_coarser_planes_ends_on_the_working_planes(monkeypatch
     assert np.max(np.abs(corner_errors(two, pair.truth) - corner_errors(one, pair.truth))) < 0.05
 
 
+def test_a_failure_on_the_working_planes_reports_the_coarser_planes_model_in_stored_px(monkeypatch):
+    from alignment import pipeline
+
+    def fail(*args, **kwargs):
+        raise ValueError("the working planes' pass failed")
+
+    monkeypatch.setattr(pipeline, "_response_refit", fail)
+    pair = make_sim(11)
+    a = align_images(pair.phone, jpeg_roundtrip(pair.dslr_rgb), global_plane_pixels=15_000)
+    assert not a.ok and "the working planes' pass failed" in a.quality.message
+    # the model it stopped with (the coarser planes' fine model, carried onto the working
+    # planes' grids) maps the phone frame onto the DSLR where the truth does
+    w, h = pair.truth.phone_size
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
+    mapped = cv2.perspectiveTransform(corners[None], a.homography)[0]
+    assert np.max(np.linalg.norm(mapped - pair.truth.map_points(corners), axis=1)) < 1.0
+
+
 @pytest.mark.parametrize("options, binned", [({}, False), ({"global_plane_pixels": 15_000}, True),
                                              ({"global_plane_pixels": 15_000, "fine": "none"}, False),
                                              ({"global_plane_pixels": 15_000, "max_plane_pixels": 15_000}, False)])
