@@ -1323,7 +1323,9 @@ def _coarse_start(s: _PairState, s_guess: float | None) -> np.ndarray:
 
 def _reduce_dslr(s: _PairState, h_work: np.ndarray) -> np.ndarray:
     """Keep the DSLR px the phone frame covers, at no more px than the estimators use:
-    from here on ``s.d`` is the reduced DSLR; returns h_work onto its grid."""
+    from here on ``s.d`` is the reduced DSLR (and ``s.finer_dslr`` the DSLR reduced on
+    the same crop for the working planes, when the global stage runs on coarser ones);
+    returns h_work onto ``s.d``'s grid."""
     steps = (s.step,) if s.finer is None else (s.step, float(s.finer.to_image[0, 0]))
     (s.d, s.window), *finer = crop_and_shrink_dslr_for(s.d, s.h_image(h_work), s.p.image_size, steps,
                                                        s.opt.dslr_oversample)
