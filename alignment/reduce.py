@@ -157,12 +157,7 @@ class ResidualGrid:
     def up(self, m: np.ndarray) -> np.ndarray:
         """(gh, gw) grid mask -> the working grid's (h, w): each block takes its grid px's
         value, the rows and columns past the last whole block their neighbour's."""
-        if self.factor == 1:
-            return m
-        h, w = self.work.lum.shape
-        f = self.factor
-        big = np.repeat(np.repeat(m, f, axis=0), f, axis=1)
-        return np.pad(big, ((0, h - big.shape[0]), (0, w - big.shape[1])), mode="edge")
+        return m if self.factor == 1 else mask_onto(m, self.phone, self.work)
 
 
 class DslrWindow:
