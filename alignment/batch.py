@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from alignment import rawio
-from alignment.malloc import keep_large_arrays, relax_malloc_trim
+from alignment.malloc import keep_large_arrays, relax_malloc_trim, skip_hugepage_advice
 
 try:
     import tomllib
@@ -399,9 +399,10 @@ def foreign_pairs(records: dict[str, dict], jobs: Sequence[PairJob]) -> list[str
 
 def pin_threads() -> None:
     """One OpenCV / BLAS thread in this process (the process-pool initializer, and the
-    first thing :func:`process_pair` does), and glibc's heap set up for large arrays
+    first thing :func:`process_pair` does), glibc's heap set up for large arrays
     (:func:`alignment.malloc.keep_large_arrays`, else :func:`~alignment.malloc.relax_malloc_trim`
-    where the environment set the thresholds); cheap to repeat."""
+    where the environment set the thresholds) and numpy's huge-page advice off
+    (:func:`~alignment.malloc.skip_hugepage_advice`); cheap to repeat."""
     import cv2
 
     from threadpoolctl import threadpool_limits
@@ -416,6 +417,7 @@ def pin_threads() -> None:
     # thresholds, as Dask's nannies do, whose tiny trim threshold is undone instead
     if not keep_large_arrays():
         relax_malloc_trim()
+    skip_hugepage_advice()
 
 
 def init_pool_worker(driver_pid: int) -> None:

@@ -39,9 +39,10 @@ def pair(phone: Path, dslr: Path, report_dir: Path | None, as_json: bool, no_loc
     from concurrent.futures import ThreadPoolExecutor
 
     from alignment import rawio
-    from alignment.malloc import keep_large_arrays
+    from alignment.malloc import keep_large_arrays, skip_hugepage_advice
 
     keep_large_arrays()  # this process aligns one pair: large arrays stay in the heap
+    skip_hugepage_advice()
     # the two files are decoded (in C, the GIL released) while the pipeline's modules are
     # imported (about 0.6 s, scipy's half of it): a 12 MP + 24 MP pair's decoding, about
     # 0.2 s, no longer waits for them

@@ -23,7 +23,16 @@ to 32 MB and not at all once ``MALLOC_TRIM_THRESHOLD_`` or
   (medians of three runs each, system time 2.1 against 7.8 s, the same peak per
   worker); a worker then holds its peak heap between pairs.
 
-Both leave alone what the user set in the environment.
+- :func:`skip_hugepage_advice`: numpy asks the kernel for transparent huge pages
+  (``madvise(MADV_HUGEPAGE)``) on every array of 4 MB and more.  Where the kernel's
+  ``defrag`` policy is ``madvise`` (the usual default), each such page fault may
+  first compact memory synchronously to find a free 2 MB page, and on a machine
+  whose memory is fragmented it often fails after that and falls back to 4 KB
+  pages: all of the cost, none of the gain.  ``isp-rig align pair`` and the
+  batch's workers turn numpy's advice off (numpy's own switch, the one its
+  ``NUMPY_MADVISE_HUGEPAGE=0`` sets at import).
+
+All leave alone what the user set in the environment.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from __future__ import annotations
 import functools
 import os
 
-__all__ = ["relax_malloc_trim", "keep_large_arrays"]
+__all__ = ["relax_malloc_trim", "keep_large_arrays", "skip_hugepage_advice"]
 
 
 #: glibc's ``mallopt`` parameters (malloc.h)
@@ -104,3 +113,20 @@ def keep_large_arrays(trim_bytes: int = 2 << 30, mmap_bytes: int = 512 << 20) ->
     if "MALLOC_ARENA_MAX" not in os.environ and not _mallopt_one(M_ARENA_MAX, 1):
         return False
     return _mallopt(trim_bytes, mmap_bytes)
+
+
+def skip_hugepage_advice() -> bool:
+    """Stop numpy advising transparent huge pages for new arrays in this process,
+    unless ``NUMPY_MADVISE_HUGEPAGE`` is set (then numpy's import already followed
+    it).  Arrays made before keep their advice.  Returns whether it changed anything
+    (False too where numpy has no such switch)."""
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return False
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    switch = getattr(multiarray, "_set_madvise_hugepage", None)
+    if switch is None:
+        return False
+    return bool(switch(False))

@@ -455,9 +455,10 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "PAIR_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        from alignment.malloc import keep_large_arrays
+        from alignment.malloc import keep_large_arrays, skip_hugepage_advice
 
         keep_large_arrays()  # every method's process as `isp-rig align pair` sets up its own
+        skip_hugepage_advice()
         print(json.dumps(one_method(args.one[0], Path(args.one[1])), default=float))
         return
 

@@ -38,7 +38,7 @@ REPO = HERE.parent
 
 
 def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[dict, str]:
-    """Run ``cmd`` to its end -> ({wall, cpu, peak_mb, status}, its stdout)."""
+    """Run ``cmd`` to its end -> ({wall, cpu, sys, peak_mb, status}, its stdout)."""
     import time
 
     t0 = time.perf_counter()
@@ -50,7 +50,8 @@ def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> t
         out.seek(0)
         text = out.read().decode(errors="replace")
     peak = usage.ru_maxrss / 1024.0 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_mb": peak, "status": proc.returncode}, text
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "sys": usage.ru_stime, "peak_mb": peak,
+            "status": proc.returncode}, text
 
 
 def default_pair(cache: Path) -> Path:
@@ -129,14 +130,15 @@ def main() -> None:
             if args.against:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
                                capture_output=True)
-    print(f"\npair: {pair}; {args.runs} fresh processes per row, taking turns; cpu = user + system seconds\n")
-    print("| process | wall s, median | wall s, min - max | cpu s | cores busy | peak MB | exit |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\npair: {pair}; {args.runs} fresh processes per row, taking turns; cpu = user + system seconds, of which system\n")
+    print("| process | wall s, median | wall s, min - max | cpu s | system s | cores busy | peak MB | exit |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rs in runs.items():
         wall = np.array([r["wall"] for r in rs])
         cpu = np.array([r["cpu"] for r in rs])
+        system = np.array([r.get("sys", np.nan) for r in rs])
         print(f"| {name} | {np.median(wall):.2f} | {wall.min():.2f} - {wall.max():.2f} | {np.median(cpu):.2f} | "
-              f"{np.median(cpu / wall):.2f} | {max(r['peak_mb'] for r in rs):.0f} | "
+              f"{np.median(system):.2f} | {np.median(cpu / wall):.2f} | {max(r['peak_mb'] for r in rs):.0f} | "
               f"{','.join(sorted({str(r['status']) for r in rs}))} |")
     staged = {n: rs for n, rs in runs.items() if all("stages" in r for r in rs)}
     if staged:

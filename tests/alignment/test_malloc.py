@@ -1,5 +1,6 @@
-"""glibc's malloc thresholds: set for a process that aligns large images, unless the
-environment chose them (each case in a fresh interpreter: mallopt is process-wide)."""
+"""glibc's malloc thresholds and numpy's huge-page advice: set for a process that aligns
+large images, unless the environment chose them (each case in a fresh interpreter:
+mallopt and numpy's switch are process-wide)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,30 @@ def test_a_batch_worker_under_dask_undoes_the_nannys_trim_threshold_instead():
     code = "import os; from alignment.batch import pin_threads; pin_threads(); print(os.environ['MALLOC_TRIM_THRESHOLD_'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(256 << 20)
+
+
+ADVICE_CODE = """
+SETUP
+from numpy._core.multiarray import _get_madvise_hugepage
+print(_get_madvise_hugepage())
+"""
+
+
+def _advice_after(setup: str, env_changes: dict[str, str]) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    env.update(env_changes)
+    return subprocess.run([sys.executable, "-c", ADVICE_CODE.replace("SETUP", setup)], env=env, capture_output=True,
+                          text=True, check=True).stdout.split()
+
+
+@pytest.mark.parametrize("setup", [
+    "from alignment.malloc import skip_hugepage_advice; skip_hugepage_advice()",
+    "from alignment.batch import pin_threads; pin_threads()",  # a batch worker's set-up
+])
+def test_an_aligning_process_stops_numpys_huge_page_advice(setup):
+    assert _advice_after(setup, {}) == ["False"]
+
+
+def test_skip_hugepage_advice_leaves_the_choice_the_user_set():
+    setup = "from alignment.malloc import skip_hugepage_advice; print(skip_hugepage_advice())"
+    assert _advice_after(setup, {"NUMPY_MADVISE_HUGEPAGE": "1"}) == ["False", "True"]
