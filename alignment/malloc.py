@@ -1,4 +1,4 @@
-"""glibc's malloc thresholds in a process that aligns large images (Linux/glibc only).
+"""glibc's malloc thresholds and numpy's huge-page advice in a process that aligns large images (Linux only).
 
 An alignment allocates and frees arrays of one to a hundred MB many times.  glibc
 serves every block above its mmap threshold with a fresh mapping, whose pages the
