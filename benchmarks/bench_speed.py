@@ -130,7 +130,8 @@ def main() -> None:
             if args.against:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
                                capture_output=True)
-    print(f"\npair: {pair}; {args.runs} fresh processes per row, taking turns; cpu = user + system seconds, of which system\n")
+    print(f"\npair: {pair}; {args.runs} fresh processes per row, taking turns; cpu = user + system seconds "
+          "(system s: the kernel's share)\n")
     print("| process | wall s, median | wall s, min - max | cpu s | system s | cores busy | peak MB | exit |")
     print("|---|---|---|---|---|---|---|---|")
     for name, rs in runs.items():

@@ -79,7 +79,10 @@ def test_a_batch_worker_under_dask_undoes_the_nannys_trim_threshold_instead():
 
 ADVICE_CODE = """
 SETUP
-from numpy._core.multiarray import _get_madvise_hugepage
+try:
+    from numpy._core.multiarray import _get_madvise_hugepage
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _get_madvise_hugepage
 print(_get_madvise_hugepage())
 """
 
