@@ -885,6 +885,7 @@ def refine_local(
             start = (key, w, r)
         return w, r
 
+    last_move: np.ndarray | None = None  # the last round's field update at the tile centres
     for _ in range(iterations):
         warped, res = warped_and_measured(fld)
         if first is None:
@@ -896,9 +897,11 @@ def refine_local(
         # the structure (degree, spline and its weight) is chosen afresh each round until
         # two structures that cross-validate alike take turns (A, B, A): then the simpler
         # of the two is kept and refitted, or the field never settles
-        def fit(like: SmoothField | None) -> SmoothField:
-            return fit_field(res.centres, target, res.sigma, res.reliable, centre, scale, degrees,
-                             grid_shape=res.grid_shape if spline else None, like=like)
+        def fit(like: SmoothField | None, values: np.ndarray = target) -> SmoothField:
+            f = fit_field(res.centres, values, res.sigma, res.reliable, centre, scale, degrees,
+                          grid_shape=res.grid_shape if spline else None, like=like)
+            f.radial = fld.radial
+            return f
 
         new = fit(locked)
         if locked is None and len(fits) >= 2 and _structure(new) == _structure(fits[-2]) != _structure(fits[-1]):
@@ -906,7 +909,6 @@ def refine_local(
             if locked is not new:
                 new = fit(locked)
         fits.append(new)
-        new.radial = fld.radial
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres
         change = float(np.max(np.hypot(*(new(grid) - fld(grid)).T))) if len(grid) else 0.0
         if change < tol_px:
@@ -917,10 +919,52 @@ def refine_local(
             final = replace(res, shifts=res.shifts - moved)
             assert first is not None
             return new, first, final, warped
+        move = new(res.centres) - fld(res.centres)
+        # the field swings about its solution (each tile's one-step shift overshoots: the
+        # three-point derivative falls short on fine texture): the step that the next
+        # round will measure from is shortened by the ratio the last two steps show, the
+        # structure kept; only between fields of one form (degree, spline or not), as a
+        # step that changes the form is no overshoot
+        same_form = len(fits) >= 2 and _structure(new)[:2] == _structure(fits[-2])[:2]
+        damping = _overshoot_damping(last_move, move, res.reliable) if same_form else 1.0
+        if damping < 1.0:
+            new = fit(new, fld(res.centres) + damping * res.shifts - rad)
+            fits[-1] = new
+            move = new(res.centres) - fld(res.centres)
+        last_move = move
         fld = new
     warped, final = warped_and_measured(fld)
     assert first is not None
     return fld, first, final, warped
+
+
+#: :func:`_overshoot_damping` shortens a step when the last two steps of the field ran
+#: back at least this much of each other (their ratio, at most ``-OVERSHOOT_RATIO[0]``
+#: and at least ``-OVERSHOOT_RATIO[1]``) ...
+OVERSHOOT_RATIO = (0.1, 0.9)
+#: ... and point nearly opposite ways (their cosine over the reliable tiles at most minus this)
+OVERSHOOT_COSINE = 0.7
+
+
+def _overshoot_damping(last: np.ndarray | None, step: np.ndarray, reliable: np.ndarray) -> float:
+    """The factor a field's step is shortened by when the field swings about its
+    solution: with the last step ``last`` and this one ``step`` ((N, 2) at the tile
+    centres, phone image px) in ratio r = <step, last> / <last, last> over the
+    ``reliable`` tiles, a fixed-point iteration whose every step overshoots by a factor
+    g has r = 1 - g, and a step times 1 / (1 - r) lands on the solution.  1.0 (no
+    change) unless r lies in -OVERSHOOT_RATIO and the two steps' cosine is at most
+    -OVERSHOOT_COSINE."""
+    if last is None or not reliable.any():
+        return 1.0
+    a, b = last[reliable].ravel(), step[reliable].ravel()
+    aa, bb = float(a @ a), float(b @ b)
+    if aa <= 1e-12 or bb <= 1e-12:
+        return 1.0
+    ab = float(a @ b)
+    ratio, cosine = ab / aa, ab / np.sqrt(aa * bb)
+    if -OVERSHOOT_RATIO[1] <= ratio <= -OVERSHOOT_RATIO[0] and cosine <= -OVERSHOOT_COSINE:
+        return 1.0 / (1.0 - ratio)
+    return 1.0
 
 
 def _structure(f: SmoothField) -> tuple:

@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from alignment.ecc import prepare_channels
-from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _second_differences,
-                             fit_field, measure_tiles, refine_local, warp_channels)
+from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _overshoot_damping,
+                             _second_differences, fit_field, measure_tiles, refine_local, warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 
@@ -341,6 +341,39 @@ def test_a_field_that_falls_back_to_the_start_is_not_warped_again(monkeypatch):
     fresh = real_warp(channels, np.eye(3), fld)
     np.testing.assert_array_equal(warped[0].warped, fresh[0].warped)
     np.testing.assert_array_equal(final.shifts, measure_tiles(fresh, 32.0).shifts)
+
+
+def test_a_field_that_overshoots_its_solution_settles_in_three_warps(monkeypatch):
+    # texture near the sampling limit shifted 0.3 px: each tile's one-step shift
+    # overshoots by a quarter (the three-point derivative), so the field swings about the
+    # shift (0.38, then 0.28 px, ...: four warps); the second step, shortened by the
+    # ratio of the first two, lands within the stopping tolerance
+    import alignment.local as local
+
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur(rng.normal(size=(240, 320)).astype(np.float32), (0, 0), 0.8)
+    shift = (0.3, -0.2)
+    template = ndimage.shift(base, (-shift[1], -shift[0]), order=3, mode="mirror")
+    warps = []
+    real_warp = local.warp_channels
+    monkeypatch.setattr(local, "warp_channels", lambda *a, **k: warps.append(1) or real_warp(*a, **k))
+    fld, _, final, _ = refine_local([(template, np.ones(base.shape, bool), np.eye(3))], [base], None, np.eye(3),
+                                    (320, 240), tile_px=32.0, degrees=(-1, 0), spline=False)
+    assert np.abs(fld(final.centres[final.reliable]) - shift).max() < 0.005
+    assert len(warps) == 3
+
+
+@pytest.mark.parametrize("step, expected", [
+    ([-0.35, 0.35 * 0.5], 1.0 / 1.35),  # ran back a third of the last step: shortened
+    ([0.5, -0.25], 1.0),  # on along the last step: converging, left alone
+    ([-0.25, -0.5], 1.0),  # at right angles to the last step: not a swing
+    ([-0.95, 0.95 * 0.5], 1.0),  # ran back nearly all of it: no ratio to trust
+], ids=["swing", "onwards", "across", "all the way back"])
+def test_a_step_is_shortened_only_where_the_field_swings_back(step, expected):
+    last = np.tile([1.0, -0.5], (6, 1))
+    steps = np.tile(step, (6, 1))
+    assert _overshoot_damping(last, steps, np.ones(6, bool)) == pytest.approx(expected)
+    assert _overshoot_damping(None, steps, np.ones(6, bool)) == 1.0
 
 
 @pytest.mark.parametrize("other, same", [
