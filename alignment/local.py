@@ -845,7 +845,10 @@ def refine_local(
     :func:`warp_channels`).  When the field converged (its last change under
     ``tol_px`` at every tile centre), the last measurement stands for the final one:
     its shifts less that change, and its warped channels (under a field less than
-    ``tol_px`` from the returned one), which saves a warp of every channel.
+    ``tol_px`` from the returned one), which saves a warp of every channel.  When the
+    field swings about its solution (two steps of one form pointing nearly opposite
+    ways), the step the next round measures from is shortened by the ratio of the two
+    (:func:`_overshoot_damping`).
     """
     if channels is None:
         if targets is None or images is None:
