@@ -101,3 +101,33 @@ def test_the_scales_searched_side_by_side_give_the_placement_found_one_by_one(cl
     np.testing.assert_array_equal(serial.homography, side_by_side.homography)
     assert (serial.score, serial.level_score, serial.contenders) == (side_by_side.score, side_by_side.level_score,
                                                                      side_by_side.contenders)
+
+
+def test_a_block_shrink_gives_the_means_of_whole_blocks():
+    from alignment.coarse import _block_shrink
+
+    img = _scene(9, 61, 95)
+    small = _block_shrink(img, 4)  # 15 x 23 blocks; the last rows and columns fill none
+    assert small.shape == (15, 23)
+    np.testing.assert_allclose(small, img[:60, :92].reshape(15, 4, 23, 4).mean(axis=(1, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_large_dslr_shrunk_once_by_blocks_is_placed_as_at_full_resolution(monkeypatch):
+    # a DSLR six times the phone's resolution: the search shrinks it once by 3 x 3
+    # blocks, then by each scale, and places the frame where shrinking the full image
+    # at every scale did, within a tenth of a searched px (12 DSLR px at this scale)
+    import alignment.coarse as coarse
+
+    dslr = _scene(7, 1800, 2400)
+    phone = cv2.resize(dslr[200:1640, 300:2220], (320, 240), interpolation=cv2.INTER_AREA)
+    truth = np.array([[6.0, 0, 302.5], [0, 6.0, 202.5], [0, 0, 1.0]])  # phone px -> DSLR px (pixel centres)
+    corners = np.array([[0, 0], [319, 0], [0, 239], [319, 239]], np.float64)
+    blocked = coarse_search(np.sqrt(phone), None, dslr, None, 6.0)
+    monkeypatch.setattr(coarse, "BLOCK_MEANS_PER_PX", 1e9)  # every scale from the full image
+    full = coarse_search(np.sqrt(phone), None, dslr, None, 6.0)
+    assert blocked.scale == full.scale
+    moved = np.linalg.norm(apply_homography(blocked.homography, corners) - apply_homography(full.homography, corners),
+                           axis=1)
+    assert moved.max() < 1.2
+    err = np.linalg.norm(apply_homography(blocked.homography, corners) - apply_homography(truth, corners), axis=1)
+    assert err.max() < 0.03 * 320 * 6.0
