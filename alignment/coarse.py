@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from alignment.ecc import correlation, local_normalize
+from alignment.reduce import block_mean
 from alignment.threads import thread_map
 
 __all__ = ["CoarseMatch", "coarse_search"]
@@ -61,14 +62,6 @@ class CoarseMatch:
 BLOCK_MEANS_PER_PX = 3.0
 
 
-def _block_shrink(image: np.ndarray, k: int) -> np.ndarray:
-    """(H, W) float32 -> the means of its k x k blocks, (H // k, W // k) (the last
-    rows and columns that fill no block left out): the image shrunk by exactly 1 / k,
-    pixel centres as ``cv2.resize`` places them."""
-    h, w = (image.shape[0] // k) * k, (image.shape[1] // k) * k
-    return cv2.resize(image[:h, :w], (w // k, h // k), interpolation=cv2.INTER_AREA)
-
-
 def _resize_matrix(f: float) -> np.ndarray:
     """(3,3) px of an image -> px of it resized by factor f (cv2.resize's pixel centres)."""
     return np.array([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5], [0, 0, 1.0]])
@@ -78,7 +71,7 @@ def _prepare(lum: np.ndarray, valid: np.ndarray | None, f: float) -> tuple[np.nd
     """lum shrunk by factor f -> (locally normalised, plain) float32 images.  lum and
     valid (bool, or its 0/1 float32 image; None: every px) are converted to float32
     only when they are not already (the DSLR side is block-shrunk once before the scales
-    are searched, :func:`_block_shrink`)."""
+    are searched, :func:`alignment.reduce.block_mean`)."""
     size = (max(1, int(round(lum.shape[1] * f))), max(1, int(round(lum.shape[0] * f))))
     small = cv2.resize(lum.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
     mask = None if valid is None else cv2.resize(valid.astype(np.float32, copy=False), size,
@@ -134,8 +127,8 @@ def coarse_search(phone: np.ndarray, phone_valid: np.ndarray | None, dslr: np.nd
     # ... and shrunk once by the largest integer block that leaves BLOCK_MEANS_PER_PX
     # block means across each px at the finest scale: each scale then shrinks that
     block = max(1, int(1.0 / (BLOCK_MEANS_PER_PX * f_p / scales[0]))) if len(scales) else 1
-    small_dslr = dslr if block == 1 else _block_shrink(dslr, block)
-    small_mask = dslr_mask if dslr_mask is None or block == 1 else _block_shrink(dslr_mask, block)
+    small_dslr = dslr if block == 1 else block_mean(dslr, block)
+    small_mask = dslr_mask if dslr_mask is None or block == 1 else block_mean(dslr_mask, block)
 
     def placements(s: float) -> tuple[float, np.ndarray, np.ndarray] | None:
         # one scale's correlation map over the DSLR shrunk so that it shows the scene at

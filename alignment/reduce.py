@@ -54,7 +54,10 @@ def _block_matrix(factor: int) -> np.ndarray:
     return np.array([[factor, 0.0, c], [0.0, factor, c], [0.0, 0.0, 1.0]])
 
 
-def _block_mean(a: np.ndarray, factor: int) -> np.ndarray:
+def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
+    """(h, w[, c]) float32 -> the means of its ``factor x factor`` blocks, (h // factor,
+    w // factor[, c]) (the last rows and columns that fill no block left out): the array
+    shrunk by exactly 1 / factor, pixel centres as ``cv2.resize`` places them."""
     h, w = a.shape[:2]
     hb, wb = h // factor, w // factor
     return cv2.resize(np.ascontiguousarray(a[: hb * factor, : wb * factor]), (wb, hb), interpolation=cv2.INTER_AREA)
@@ -62,12 +65,12 @@ def _block_mean(a: np.ndarray, factor: int) -> np.ndarray:
 
 def _binned(a: np.ndarray, factor: int) -> np.ndarray:
     """(h, w[, c]) array -> its ``factor`` block means, contiguous float32."""
-    return np.ascontiguousarray(_block_mean(a.astype(np.float32), factor))
+    return np.ascontiguousarray(block_mean(a.astype(np.float32), factor))
 
 
 def _binned_mask(m: np.ndarray, factor: int) -> np.ndarray:
     """(h, w) bool -> True where every px of the ``factor`` block is."""
-    return _block_mean(m.astype(np.float32), factor) > 0.999
+    return block_mean(m.astype(np.float32), factor) > 0.999
 
 
 def bin_phone(phone: PreparedImage, factor: int) -> PreparedImage:

@@ -103,15 +103,6 @@ def test_the_scales_searched_side_by_side_give_the_placement_found_one_by_one(cl
                                                                      side_by_side.contenders)
 
 
-def test_a_block_shrink_gives_the_means_of_whole_blocks():
-    from alignment.coarse import _block_shrink
-
-    img = _scene(9, 61, 95)
-    small = _block_shrink(img, 4)  # 15 x 23 blocks; the last rows and columns fill none
-    assert small.shape == (15, 23)
-    np.testing.assert_allclose(small, img[:60, :92].reshape(15, 4, 23, 4).mean(axis=(1, 3)), rtol=1e-5, atol=1e-6)
-
-
 def test_a_large_dslr_shrunk_once_by_blocks_is_placed_as_at_full_resolution(monkeypatch):
     # a DSLR six times the phone's resolution: the search shrinks it once by 3 x 3
     # blocks, then by each scale, and places the frame where shrinking the full image

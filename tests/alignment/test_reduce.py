@@ -150,3 +150,12 @@ def test_alignment_through_binning_and_shrinking_stays_sub_tenth_pixel():
     assert a.ok, a.quality.message
     assert np.median(corner_errors(a, pair.truth)) < 0.1
     assert a.dslr_size == (pair.dslr_rgb.shape[1], pair.dslr_rgb.shape[0])
+
+
+def test_a_block_mean_gives_the_means_of_whole_blocks():
+    from alignment.reduce import block_mean
+
+    img = np.random.default_rng(9).random((61, 95)).astype(np.float32)
+    small = block_mean(img, 4)  # 15 x 23 blocks; the last rows and columns fill none
+    assert small.shape == (15, 23)
+    np.testing.assert_allclose(small, img[:60, :92].reshape(15, 4, 23, 4).mean(axis=(1, 3)), rtol=1e-5, atol=1e-6)
