@@ -107,3 +107,16 @@ def test_clipped_px_keep_their_decoded_values(tmp_path):
 def test_no_subsampling_or_an_unusual_one_returns_the_image_itself(sampling):
     img = _patches()
     assert restore_chroma(img, sampling) is img
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_restored_planes_are_rounded_halves_to_even_and_clipped_as_numpy_does(dtype):
+    from alignment.chroma import _to_stored
+
+    full = float(np.iinfo(dtype).max)
+    plane = np.array([[-3.7, -0.5, 0.5, 1.5, 2.5, 2.49, 7.51, full - 0.5, full + 0.4, full + 9.0]], np.float32)
+    plane = np.tile(plane, (3, 7))  # 70 px a row: OpenCV's vectorised loop and its tail alike
+    expected = np.clip(np.rint(plane), 0, full).astype(dtype)
+    got = _to_stored(plane, np.dtype(dtype), full)
+    assert got.dtype == dtype
+    assert np.array_equal(got, expected)
