@@ -1131,36 +1131,78 @@ def _explained(grid: ResidualGrid, d: PreparedImage, model: tuple[np.ndarray, np
     return trust.explained_px(res, grid.step)
 
 
-def _better_model(grid: ResidualGrid, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
-                  scores: list[Future | None] | None = None,
-                  phones: trust.PhoneSides | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Of (h_work, radial coefficients) candidates, the one that explains the most
-    textured phone px (:func:`_explained`, on ``grid``): ECC on the luminance can be
-    pulled off the background by what it cannot tell apart (a near object, a lens model
-    fitted to parallax); the first candidate wins ties.  scores: per candidate, its
-    score already started (:func:`alignment.threads.submit`) or None; phones: as in
-    :func:`_luminance_residual`."""
+def _explained_scores(grid: ResidualGrid, d: PreparedImage, candidates: list[tuple[np.ndarray, np.ndarray]],
+                      scores: list[Future | int | None] | None = None,
+                      phones: trust.PhoneSides | None = None) -> list[int]:
+    """:func:`_explained` of every (h_work, radial coefficients) candidate, those not yet
+    scored side by side: ECC on the luminance can be pulled off the background by what it
+    cannot tell apart (a near object, a lens model fitted to parallax), and the model that
+    explains the most textured phone px is the background's.  scores: per candidate, its
+    score already known, or started (:func:`alignment.threads.submit`), or None."""
     started = scores or [None] * len(candidates)
     fresh = thread_map(lambda c: _explained(grid, d, c, phones), [c for c, f in zip(candidates, started) if f is None])
     it = iter(fresh)
-    found = [next(it) if f is None else f.result() for f in started]
-    return candidates[int(np.argmax(found))]
+    return [next(it) if f is None else (f.result() if isinstance(f, Future) else int(f)) for f in started]
 
 
-def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine) -> EccResult:
+def _ecc_from(starts: list[tuple[np.ndarray, np.ndarray]], refine: Callable[[np.ndarray, np.ndarray, bool], EccResult]
+              ) -> tuple[EccResult, int, bool]:
     """``refine(h, mask, skip)`` from the first start (homography, template mask) where it
     succeeds with every pyramid level (skip False); when none does, the starts again in
     order with the failing coarse levels skipped (skip True: a page of text on paper the
     DSLR clipped keeps too few samples at its coarse levels, see
-    :func:`alignment.ecc.refine_homography`); the last failure is raised when none does."""
+    :func:`alignment.ecc.refine_homography`); the last failure is raised when none does.
+    Returns (the result, the index of its start, skip)."""
     failure: Exception = ValueError("no start for ECC")
     for skip in (False, True):
-        for h, mask in starts:
+        for k, (h, mask) in enumerate(starts):
             try:
-                return refine(h, mask, skip)
+                return refine(h, mask, skip), k, skip
             except (ValueError, np.linalg.LinAlgError) as err:
                 failure = err
     raise failure
+
+
+def _ecc_more_starts(starts: list[tuple[np.ndarray, np.ndarray]], first: int, skip: bool,
+                     refine: Callable[[np.ndarray, np.ndarray, bool], EccResult]
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``refine(h, mask, skip)`` from each start after the ``first`` one, those that
+    succeed -> their (homography, radial coefficients)."""
+    found = []
+    for h, mask in starts[first + 1 :]:
+        try:
+            r = refine(h, mask, skip)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        found.append((r.homography / r.homography[2, 2], r.radial))
+    return found
+
+
+def _luminance_model(starts: list[tuple[np.ndarray, np.ndarray]],
+                     ecc: Callable[[np.ndarray, np.ndarray, bool], EccResult],
+                     scores: Callable[[list, list], list[int]], start_score: Future | int | None
+                     ) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """ECC on the luminance (``ecc(h, mask, skip)``, :func:`_ecc_from`) from ``starts``, the
+    first of which is the background start, and the model kept: of ECC's result and that
+    start, the one that explains more of the phone (``scores(models, known)`` -> one count
+    per model, ``known`` its count where already known or started, see
+    :func:`_explained_scores`; ``start_score``: the start's).  When the start explains
+    more, ECC ran off from where it began (a strong lens distortion the start holds none
+    of, a near object): it runs again from the starts after the one it used, and the
+    model that explains the most of all is kept.  Returns ((h_work, radial
+    coefficients), how many more starts ECC ran from)."""
+    r, used, skip = _ecc_from(starts, ecc)
+    candidates = [(r.homography / r.homography[2, 2], r.radial), (starts[0][0], np.zeros(2))]
+    found = scores(candidates, [None, start_score])
+    more: list[tuple[np.ndarray, np.ndarray]] = []
+    if int(np.argmax(found)) == 1 and used + 1 < len(starts):
+        # (on a distortion BruggeTower pair ECC from the background start came out with the
+        # lens model [-0.32, 0.71] at a correlation of 0.78, the start was kept and the
+        # frame ended 44 px off at its corners; ECC from the features' start found the lens)
+        more = _ecc_more_starts(starts, used, skip, ecc)
+        candidates += more
+        found = scores(candidates, found + [None] * len(more))
+    return candidates[int(np.argmax(found))], len(more)
 
 
 class _StageFailed(Exception):
@@ -1424,18 +1466,21 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         grid = ResidualGrid.at_most(p, opt.trust_grid_pixels)
         starts.insert(0, _background_start(grid, d, h_work, opt, phones=s.phones))
         s.secs["background_start"] = time.perf_counter() - t_bg
-        # what the start explains is measured while ECC runs from it (see _better_model)
+        # what the start explains is measured while ECC runs from it (see _luminance_model)
         start_score = submit(lambda: _explained(grid, d, (starts[0][0], np.zeros(2)), s.phones))
+
+    def ecc(h: np.ndarray, mask: np.ndarray, skip: bool) -> EccResult:
+        return refine_homography(p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
+                                 min_level=1 if opt.fine == "planes" else 0,
+                                 radial=opt.radial if opt.ecc_method == "gn" else 0, skip_failed_levels=skip, **eccopt)
+
     try:
-        r = _ecc_from(starts, lambda h, mask, skip: refine_homography(
-            p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
-            min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0,
-            skip_failed_levels=skip, **eccopt
-        ))
-        h_work, q_radial = r.homography / r.homography[2, 2], r.radial
         if opt.trust:
-            h_work, q_radial = _better_model(grid, d, [(h_work, q_radial), (starts[0][0], np.zeros(2))],
-                                             [None, start_score], s.phones)
+            (h_work, q_radial), q.ecc_restarts = _luminance_model(
+                starts, ecc, lambda models, known: _explained_scores(grid, d, models, known, s.phones), start_score)
+        else:
+            r = _ecc_from(starts, ecc)[0]
+            h_work, q_radial = r.homography / r.homography[2, 2], r.radial
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
         # on coarser planes than the working ones (``global_plane_pixels``) up to a first

@@ -392,7 +392,7 @@ def _corner_error(p, d, h_a, h_b) -> float:
 
 @pytest.mark.parametrize("grid_factor", [1, 2])
 def test_a_start_pulled_off_the_background_is_moved_back_onto_it_before_ecc(aligned, grid_factor):
-    from alignment.pipeline import AlignOptions, _background_start, _better_model
+    from alignment.pipeline import AlignOptions, _background_start, _explained_scores
     from alignment.reduce import ResidualGrid
 
     folder = next(f for f, (_, _, t) in aligned.items() if t.dense is not None)
@@ -412,8 +412,8 @@ def test_a_start_pulled_off_the_background_is_moved_back_onto_it_before_ecc(alig
     # of two candidate models, the one that explains more of the phone wins, in either order
     zero = np.zeros(2)
     for order in ((start, h_bg), (h_bg, start)):
-        best, _ = _better_model(grid, d, [(order[0], zero), (order[1], zero)])
-        assert best is h_bg
+        found = _explained_scores(grid, d, [(order[0], zero), (order[1], zero)])
+        assert order[int(np.argmax(found))] is h_bg
 
 
 def test_the_verdict_rejects_a_pair_with_too_little_trusted(aligned):
