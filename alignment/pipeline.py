@@ -56,7 +56,8 @@ class AlignOptions:
     """Options of :func:`align_images` (all may be passed as keyword arguments).
 
     Features: ``ratio`` (Lowe), ``magsac_threshold`` (px of the feature image),
-    ``max_features``, ``feature_max_side`` (px; images are downscaled for SIFT).
+    ``max_features`` (SIFT keypoints kept per image, the strongest), ``feature_max_side``
+    (px; images are downscaled for SIFT).
     Coarse ECC (mean luminance, locally normalised): ``ecc_method`` ("gn" or
     "opencv"), ``ecc_levels``, ``blur_sigma`` and ``norm_sigma`` (working px),
     ``gain_degree``, ``gauss_filt_size`` (OpenCV's pre-filter, "opencv" only).
@@ -114,7 +115,7 @@ class AlignOptions:
     ratio: float = 0.8
     magsac_threshold: float = 2.0
     feature_layers: int = 3
-    max_features: int = 8000
+    max_features: int = 3000
     feature_max_side: int = 2000
     ecc_method: str = "gn"
     ecc_levels: int = 3
