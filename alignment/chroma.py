@@ -155,9 +155,8 @@ def restore_chroma(encoded: np.ndarray, sampling: tuple[int, int], origin: tuple
         # split as stored, then each channel to float (a third of the memory traffic of
         # converting the interleaved strip first, and no 3-channel float copy of it)
         stored = cv2.split(np.ascontiguousarray(encoded[lo:hi]))
-        restored = [np.asarray(c[rows]) for c in _restore_strip([c.astype(np.float32) for c in stored], (sx, sy),
-                                                                 radius, eps)]
-        out[top : top + n] = cv2.merge([_to_stored(c, encoded.dtype, full) for c in restored])
+        restored = _restore_strip([c.astype(np.float32) for c in stored], (sx, sy), radius, eps)
+        out[top : top + n] = cv2.merge([_to_stored(c[rows], encoded.dtype, full) for c in restored])
         # what was clipped stays as decoded (its colour is not measured, and the fits' masks
         # must still find it)
         clipped = cv2.max(cv2.max(stored[0], stored[1]), stored[2])[rows] >= np.ceil(0.995 * full)
