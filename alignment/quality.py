@@ -116,8 +116,9 @@ class Quality:
     correlation at the chosen placement is coarse_score); coarse_contenders: how many
     placements that search weighed by their levels as well (2 or more: a periodic
     scene; 0: no search); ecc_restarts: how many more starts ECC on the luminance ran
-    from because its result from the first explained less of the phone than that start
-    itself (0: none needed); field_degree: degree
+    from because its result from the background start explained under
+    ``pipeline.ECC_RESTART_SHARE`` of what that start explains (0: none needed);
+    field_degree: degree
     of the local polynomial field (-1: none); radial_corner_px: displacement of
     the frame corner by the radial lens model kept (phone px, 0: none);
     phone_blur_sigma: the phone's blur relative to the DSLR's (Gaussian sigma, phone
