@@ -1175,8 +1175,13 @@ def _ecc_more_starts(starts: list[tuple[np.ndarray, np.ndarray]], first: int, sk
             r = refine(h, mask, skip)
         except (ValueError, np.linalg.LinAlgError):
             continue
-        found.append((r.homography / r.homography[2, 2], r.radial))
+        found.append(_ecc_model(r))
     return found
+
+
+def _ecc_model(r: EccResult) -> tuple[np.ndarray, np.ndarray]:
+    """ECC's result as a model: (its homography scaled to H[2, 2] = 1, its radial coefficients)."""
+    return r.homography / r.homography[2, 2], r.radial
 
 
 #: ECC on the luminance runs again from the features' start (:func:`_luminance_model`)
@@ -1203,7 +1208,7 @@ def _luminance_model(starts: list[tuple[np.ndarray, np.ndarray]],
     all is kept.  Returns ((h_work, radial coefficients), how many more starts ECC ran
     from)."""
     r, used, skip = _ecc_from(starts, ecc)
-    candidates = [(r.homography / r.homography[2, 2], r.radial), (starts[0][0], np.zeros(2))]
+    candidates = [_ecc_model(r), (starts[0][0], np.zeros(2))]
     found = scores(candidates, [None, start_score])
     more: list[tuple[np.ndarray, np.ndarray]] = []
     if found[0] < ECC_RESTART_SHARE * found[1] and used + 1 < len(starts):
@@ -1490,8 +1495,7 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             (h_work, q_radial), q.ecc_restarts = _luminance_model(
                 starts, ecc, lambda models, known: _explained_scores(grid, d, models, known, s.phones), start_score)
         else:
-            r = _ecc_from(starts, ecc)[0]
-            h_work, q_radial = r.homography / r.homography[2, 2], r.radial
+            h_work, q_radial = _ecc_model(_ecc_from(starts, ecc)[0])
         q.radial_corner_px = _corner_px(q_radial, p.image_size)
         h_image = s.h_image(h_work)
         # on coarser planes than the working ones (``global_plane_pixels``) up to a first
