@@ -53,7 +53,10 @@ median corner and dense error, wall seconds (decoding included), peak RSS.
 
 ``--real-size-sources NAME...``: one such pair per named source, with the run's
 photometry (hard by default), each method in its own process (``--pairs 0 --no-real``
-runs these alone).
+runs these alone).  ``--real-size-lens``: those pairs with the phone lens's radial
+distortion as well (the distortion variant at 12 MP: up to about 80 px at the
+frame's corners, where the corner error is the lens model's extrapolation and the
+dense error is the figure a dataset uses; cached apart from the homography pairs).
 
 Run: ``python benchmarks/bench_alignment.py --pairs 2 --no-real --out bench_alignment.json`` (add ``--real-size``
 for the 12 MP pair, ``--photometry mild --sources procedural blackmagic graf`` for the earlier table)
@@ -367,17 +370,21 @@ def real_size(methods: list[str], cache: Path, seed: int) -> dict:
     return methods_apart(methods, real_size_pair(cache, seed))
 
 
-def real_size_sources(methods: list[str], names: list[str], cache: Path, seed: int, photometry: str) -> dict:
+def real_size_sources(methods: list[str], names: list[str], cache: Path, seed: int, photometry: str,
+                      lens: bool = False) -> dict:
     """One real-size homography pair per source of ``names`` with the run's photometry
-    (kept in ``cache`` between runs: simulating one takes about a minute), each method
-    in a fresh process -> {source: {method: result}}."""
+    (``lens``: with the phone lens's radial distortion too), kept in ``cache`` between
+    runs (simulating one takes about a minute), each method in a fresh process ->
+    {source: {method: result}}."""
     out = {}
     for name in tqdm(names, desc="real size", unit="pair"):
-        pair_id = f"real_size_{name}_{photometry}_{seed}"
+        pair_id = f"real_size_{name}_{photometry}_{seed}" + ("_lens" if lens else "")
         folder = cache / pair_id
         if not (folder / "truth.json").exists():
-            pair_seed = int(np.random.SeedSequence([seed, 1000, zlib.crc32(name.encode())]).generate_state(1)[0])
-            opts = sim.SimOptions(phone_size=REAL_SIZE[0], dslr_size=REAL_SIZE[1], photometry=photometry)
+            pair_seed = int(np.random.SeedSequence([seed, 2000 if lens else 1000, zlib.crc32(name.encode())])
+                            .generate_state(1)[0])
+            opts = sim.SimOptions(phone_size=REAL_SIZE[0], dslr_size=REAL_SIZE[1], photometry=photometry,
+                                  distortion=lens)
             sim.write_pair(sim.simulate_pair(pair_seed, source_scene(name, pair_seed, {}), opts, pair_id=pair_id), cache)
         out[name] = methods_apart(methods, folder)
     return out
@@ -401,10 +408,12 @@ def methods_apart(methods: list[str], folder: Path) -> dict:
     return out
 
 
-def print_real_size_sources(per_source: dict, methods: list[str], photometry: str) -> None:
+def print_real_size_sources(per_source: dict, methods: list[str], photometry: str, lens: bool = False) -> None:
     """The real-size pairs of several sources: per source, then the median and 90th
-    percentile of the pairs' median corner error over the accepted ones, per method."""
-    print(f"\n### Real size, one pair per source (photometry {photometry}), each method in its own process\n")
+    percentile of the pairs' median corner error and of their dense error over the
+    accepted ones, per method."""
+    print(f"\n### Real size, one {'lens ' if lens else ''}pair per source (photometry {photometry}), each method in "
+          "its own process\n")
     print("| source (half) | " + " | ".join(f"{m}: median corner / dense px, s, MB" for m in methods) + " |")
     print("|---|" + "---|" * len(methods))
     for name, row in per_source.items():
@@ -416,9 +425,9 @@ def print_real_size_sources(per_source: dict, methods: list[str], photometry: st
         print(f"| {name} ({SOURCES[name][1]}) | " + " | ".join(cells) + " |")
     ours_s = np.mean([row["ours"]["seconds"] for row in per_source.values() if "ours" in row]) if "ours" in methods \
         else float("nan")
-    print("\n| method | sources | accepted | kept, median corner > 1 px | median corner px | p90 corner px | mean s | peak MB (max) "
-          "| time vs ours |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| method | sources | accepted | kept, median corner > 1 px | median corner px | p90 corner px | "
+          "median / p90 dense px | mean s | peak MB (max) | time vs ours |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m in methods:
         for half in ("all", "tune", "holdout"):
             rows = [row[m] for n, row in per_source.items() if m in row and half in ("all", SOURCES[n][1])]
@@ -426,11 +435,12 @@ def print_real_size_sources(per_source: dict, methods: list[str], photometry: st
                 continue
             ok = [r for r in rows if r.get("ok")]
             cm = np.array([r["corner_median"] for r in ok]) if ok else np.array([np.nan])
+            dm = np.array([r["dense_mean"] for r in ok]) if ok else np.array([np.nan])
             secs = float(np.mean([r.get("seconds", np.nan) for r in rows]))
             peak = max((r.get("peak_mb", float("nan")) for r in rows), default=float("nan"))
             ratio = "" if m == "ours" or half != "all" else f"{secs / ours_s:.2f}x"
             print(f"| {m} | {half} | {len(ok)}/{len(rows)} | {int(np.sum(cm > 1.0))} | {np.median(cm):.3f} | "
-                  f"{np.percentile(cm, 90):.3f} | "
+                  f"{np.percentile(cm, 90):.3f} | {np.median(dm):.3f} / {np.percentile(dm, 90):.3f} | "
                   f"{secs:.1f} | {peak:.0f} | {ratio} |")
 
 
@@ -450,6 +460,9 @@ def main() -> None:
     ap.add_argument("--real-size-sources", nargs="*", default=[], metavar="SOURCE",
                     help="also one real-size pair per named source (of SOURCES) with --photometry, each method "
                          "in its own process; e.g. blackmagic boston kodak eiffel phone-hd0 foliage")
+    ap.add_argument("--real-size-lens", action="store_true",
+                    help="the --real-size-sources pairs with the phone lens's radial distortion (the distortion "
+                         "variant at 12 MP; cached apart)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "isp-rig-bench-alignment",
                     help="where the real-size pair is kept between runs (simulating it takes about a minute)")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "PAIR_DIR"), help=argparse.SUPPRESS)
@@ -504,7 +517,7 @@ def main() -> None:
     if args.real_size_sources:
         args.cache.mkdir(parents=True, exist_ok=True)
         results["real_size_sources"] = real_size_sources(args.methods, args.real_size_sources, args.cache, args.seed,
-                                                         args.photometry)
+                                                         args.photometry, args.real_size_lens)
 
     # ---- print
     print("\nlibraries: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()))
@@ -569,7 +582,7 @@ def main() -> None:
             ratio = "" if m == "ours" else f"{r['seconds'] / ours_s:.2f}x"
             print(f"| {m} | {r['corner_median']:.4f} | {r['dense_mean']:.4f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {ratio} |")
     if results.get("real_size_sources"):
-        print_real_size_sources(results["real_size_sources"], args.methods, args.photometry)
+        print_real_size_sources(results["real_size_sources"], args.methods, args.photometry, args.real_size_lens)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float))
         print(f"\nwrote {args.out}")

@@ -5,10 +5,14 @@ Data: ``isp-rig simulate`` pairs with all four real-world effects (``--parallax
 1024x768 DNG, DSLR 1536x1024 JPEG), ``--pairs-per-source`` pairs (default 3) from
 each source of ``--sources`` (default: the twelve below); within each half the
 pairs alternate between a 60 mm and a 120 mm baseline (half the pairs each), so
-the parallax ranges wider.  The sources are split into two fixed halves, reported
-separately (and together): ``tune`` (every source the trust thresholds were looked
-at on while they were developed) and ``holdout`` (sources nobody looked at before
-this benchmark ran; the split follows what was seen, so it is 8 to 4):
+the parallax ranges wider.  ``--distortion`` adds the phone lens's radial
+distortion to every pair (``isp-rig simulate --distortion``; up to about 80 px
+at a 12 MP frame's corners), so the trust map of a lens model is scored: the
+part of the frame its tiles leave to the lens model's extrapolation.  The
+sources are split into two fixed halves, reported separately (and together):
+``tune`` (every source the trust thresholds were looked at on while they were
+developed) and ``holdout`` (sources nobody looked at before this benchmark ran;
+the split follows what was seen, so it is 8 to 4):
 
 - tune: ``procedural`` (source=None), ``blackmagic`` (raw/Blackmagic.dng),
   ``graf`` (pairs/graf/img1.png), ``boston`` (pairs/homogr/BostonA.jpg), ``kodak``
@@ -201,10 +205,11 @@ def _load_source(name: str) -> np.ndarray:
     return sim.load_source(SHARED / SOURCES[name][0])
 
 
-def simulate_one(pair: dict, out_dir: str, phone_size: tuple[int, int], dslr_size: tuple[int, int]) -> str:
-    """Simulate one pair as ``isp-rig simulate --seed S [--source F] [effects]`` would with the pair's
-    materials as the other sources (the pair is written as ``out_dir/<id>`` instead of
-    ``pair_0000``); runs in a worker."""
+def simulate_one(pair: dict, out_dir: str, phone_size: tuple[int, int], dslr_size: tuple[int, int],
+                 distortion: bool = False) -> str:
+    """Simulate one pair as ``isp-rig simulate --seed S [--source F] [effects] [--distortion]`` would
+    with the pair's materials as the other sources (the pair is written as ``out_dir/<id>`` instead
+    of ``pair_0000``); runs in a worker."""
     from alignment.batch import pin_threads
     from isp_rig import simulate as sim
 
@@ -212,7 +217,7 @@ def simulate_one(pair: dict, out_dir: str, phone_size: tuple[int, int], dslr_siz
     rel = SOURCES[pair["source"]][0]
     path = SHARED / rel if rel else None
     src = sim.load_source(path) if path is not None else None
-    opt = sim.SimOptions(phone_size=phone_size, dslr_size=dslr_size,
+    opt = sim.SimOptions(phone_size=phone_size, dslr_size=dslr_size, distortion=distortion,
                          supersample=2 if dslr_size[0] * dslr_size[1] <= 8_000_000 else 1)
     if pair["layered"]:
         opt.parallax = opt.motion = opt.clipping = opt.shading = True
@@ -226,8 +231,10 @@ def simulate_one(pair: dict, out_dir: str, phone_size: tuple[int, int], dslr_siz
     return str(sim.write_pair(sp, out_dir))
 
 
-def ensure_simulated(plan: list[dict], out_dir: Path, phone_size, dslr_size, workers: int) -> tuple[int, float]:
-    """Simulate the pairs of ``plan`` whose folder is not complete; returns (made, seconds)."""
+def ensure_simulated(plan: list[dict], out_dir: Path, phone_size, dslr_size, workers: int,
+                     distortion: bool = False) -> tuple[int, float]:
+    """Simulate the pairs of ``plan`` whose folder is not complete (``distortion``: with the phone
+    lens, :func:`simulate_one`); returns (made, seconds)."""
     todo = [p for p in plan if not pair_complete(out_dir / p["id"], p["layered"])]
     started = time.perf_counter()
     if todo:
@@ -236,7 +243,7 @@ def ensure_simulated(plan: list[dict], out_dir: Path, phone_size, dslr_size, wor
         out_dir.mkdir(parents=True, exist_ok=True)
         with cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo))),
                                     mp_context=multiprocessing.get_context("forkserver")) as pool:
-            futs = [pool.submit(simulate_one, p, str(out_dir), phone_size, dslr_size) for p in todo]
+            futs = [pool.submit(simulate_one, p, str(out_dir), phone_size, dslr_size, distortion) for p in todo]
             for f in tqdm(cf.as_completed(futs), total=len(futs), desc="simulate", unit="pair"):
                 f.result()
     return len(todo), time.perf_counter() - started
@@ -637,6 +644,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Simulator seed base (default 0).")
     parser.add_argument("--phone-size", help="Phone raw WIDTHxHEIGHT (default 1024x768; --quick: 768x576).")
     parser.add_argument("--dslr-size", help="DSLR WIDTHxHEIGHT (default 1536x1024; --quick: 1152x768).")
+    parser.add_argument("--distortion", action="store_true",
+                        help="Every pair with the phone lens's radial distortion (isp-rig simulate --distortion; "
+                             "its own work folder): the trust map of a lens model.")
     parser.add_argument("--planar", choices=("also", "only", "no"), default="also",
                         help="The planar section: also (default), only (skip the effects benchmark), no.")
     parser.add_argument("--workers", type=int, default=2, help="Processes for simulation and alignment (default 2).")
@@ -668,7 +678,8 @@ def main() -> None:
     if phone_size[0] % 2 or phone_size[1] % 2:
         parser.error("the phone raw size must be even")
     window = pynet_window(phone_size[0])
-    tag = f"p{phone_size[0]}x{phone_size[1]}-d{dslr_size[0]}x{dslr_size[1]}-seed{args.seed}"
+    tag = f"p{phone_size[0]}x{phone_size[1]}-d{dslr_size[0]}x{dslr_size[1]}-seed{args.seed}" + (
+        "-lens" if args.distortion else "")
     work = args.work / tag
     work.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
@@ -693,7 +704,8 @@ def main() -> None:
     results: dict = {
         "settings": {"sources": {s: {"path": SOURCES[s][0], "half": SOURCES[s][1]} for s in sources},
                      "pairs_per_source": per_source, "seed": args.seed, "phone_size": list(phone_size),
-                     "dslr_size": list(dslr_size), "baselines_mm": list(BASELINES_MM), "quick": args.quick,
+                     "dslr_size": list(dslr_size), "distortion": args.distortion,
+                     "baselines_mm": list(BASELINES_MM), "quick": args.quick,
                      "patch_px": PATCH_PX, "patch_max_flow_px": PATCH_MAX_FLOW, "pynet_window_px": window,
                      "pynet_min_ncc": PYNET_MIN_NCC, "workers": args.workers, "work": str(work),
                      "code": code_hash(("alignment", "isp_rig"))},
@@ -708,7 +720,7 @@ def main() -> None:
         sim_dir, ds_dir = work / f"pairs-{kind}", work / f"ds-{kind}"
         w = check_code(sim_dir, "simulated pairs", ("isp_rig",), reset=False)
         warnings += [w] if w else []
-        made, sim_s = ensure_simulated(plan, sim_dir, phone_size, dslr_size, args.workers)
+        made, sim_s = ensure_simulated(plan, sim_dir, phone_size, dslr_size, args.workers, args.distortion)
         print(f"{kind}: simulated {made} pair(s) in {sim_s:.1f} s, {len(plan) - made} reused", flush=True)
         w = check_code(ds_dir, "alignments", ("alignment",), reset=args.rebuild or not ds_dir.exists())
         warnings += [w] if w else []
