@@ -466,6 +466,7 @@ def gn_refine(
     q0: np.ndarray | None = None,
     photo0: list[np.ndarray] | None = None,
     lens_centre: bool = False,
+    series: bool = False,
 ) -> EccResult:
     """Gauss-Newton on a homography (and radial distortion) shared by several template channels.
 
@@ -492,8 +493,12 @@ def gn_refine(
     (image px; a Gauss-Newton step that small is taken unmeasured, a damped one is
     not taken) or when a step that raised the cost was promised a fall of no more
     than :data:`COST_FLOOR` of it, else after ``max_iter`` trials (refused ones
-    included).  The correlation and the fraction inside are those of the last
-    point measured.  The Jacobian takes the exact derivatives of the
+    included).  With ``series``, where two plain steps in a row show a linear
+    convergence (the second a constant share of the first, the same way), the next is
+    taken as long as the rest of that series (:func:`_series_factor`), kept only when
+    the cost falls there; that counts as a trial (the fine stage's passes, which start
+    near their end; a pass far from it may jump to another basin that way).  The correlation and the fraction inside are those
+    of the last point measured.  The Jacobian takes the exact derivatives of the
     image's cubic spline (:func:`sample_spline_gradient`).
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
@@ -524,23 +529,36 @@ def gn_refine(
     if eq.n_inside < 64:
         raise ValueError("the warped template leaves the image")
     damping, grow = 0.0, 2.0
+    n_geo = 8 + nr + nc  # the geometric parameters lead dp; the photometric ones follow
+    last_geo: np.ndarray | None = None  # the geometric part of the last plain step taken
     for it in range(1, max_iter + 1):
         dp = _gn_solve(eq, damping)
         # the fall the linearisation promises (per sample, as the cost)
         promised = float(dp @ eq.atb - 0.5 * dp @ eq.ata @ dp) / max(eq.n_cost, 1)
-        photo_t = [photo[k] + dp[8 + nr + nc + 2 * npb * k : 8 + nr + nc + 2 * npb * (k + 1)] for k in range(len(data))]
         h_t, q_t, moved = _apply_update(h, q, dp, nr, frame, nc)
         if moved < tol_px:
             # a Gauss-Newton step this small is taken without measuring where it lands; a
             # damped one this small means no step of any length lowers the cost: stay
             if damping == 0.0:
-                h, q, photo = h_t, q_t, photo_t
+                h, q, photo = h_t, q_t, _photo_update(photo, dp, n_geo, npb)
             converged = True
             break
+        factor = _series_factor(last_geo, dp[:n_geo]) if series and damping == 0.0 else 1.0
+        if factor > 1.0:
+            # Gauss-Newton converging linearly: the rest of the series in one step, kept
+            # when the cost falls there (else the plain step below, as before)
+            h_x, q_x, _ = _apply_update(h, q, dp * factor, nr, frame, nc)
+            photo_x = _photo_update(photo, dp * factor, n_geo, npb)
+            extrapolated = _gn_equations(data, g_of(h_x), q_x, photo_x, nr, huber, n_par, nc, eq.thresholds)
+            if extrapolated.n_inside >= 64 and extrapolated.cost_before <= eq.cost:
+                h, q, photo, eq, last_geo = h_x, q_x, photo_x, extrapolated, None
+                continue
+        photo_t = _photo_update(photo, dp, n_geo, npb)
         trial = _gn_equations(data, g_of(h_t), q_t, photo_t, nr, huber, n_par, nc, eq.thresholds)
         if trial.n_inside >= 64 and trial.cost_before <= eq.cost:
             gain = eq.cost - trial.cost_before
             h, q, photo, eq = h_t, q_t, photo_t, trial
+            last_geo = dp[:n_geo].copy() if damping == 0.0 else None
             if damping > 0.0:  # Nielsen's schedule
                 rho = gain / promised if promised > 0 else 0.0
                 damping *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
@@ -557,6 +575,38 @@ def gn_refine(
     return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
                      valid_fraction=valid_frac, radial=q, photometric=photo,
                      corner_sigma_px=_corner_sigma(eq, h, q, nr, nc, frame), samples=sum(len(d.u) for d in data))
+
+
+#: :func:`gn_refine`'s series step: two plain Gauss-Newton steps in a row whose geometric
+#: parts point the same way (cosine over :data:`SERIES_MIN_COSINE`) with the second
+#: :data:`SERIES_RATIOS` of the first's length are a linear convergence, x_k - x* shrinking
+#: by that ratio a step; the next step is then taken 1 / (1 - ratio) times as long (the sum
+#: of the series, at most :data:`SERIES_MAX_FACTOR`).  Measured (docs/alignment.md, #11's
+#: thirty-first stop): a 12 MP lens pair's pass on every sample (1.0 M) 15 -> 5 steps.
+SERIES_MIN_COSINE = 0.95
+SERIES_RATIOS = (0.5, 0.95)
+SERIES_MAX_FACTOR = 8.0
+
+
+def _series_factor(last: np.ndarray | None, step: np.ndarray) -> float:
+    """How many times longer to take ``step`` (the geometric part of a plain Gauss-Newton
+    step) after ``last`` (the one before it, None: none): 1 / (1 - ratio) when the two
+    are a linearly converging series (see :data:`SERIES_MIN_COSINE`), else 1."""
+    if last is None:
+        return 1.0
+    n0, n1 = float(np.linalg.norm(last)), float(np.linalg.norm(step))
+    if n0 <= 0.0 or n1 <= 0.0 or float(last @ step) < SERIES_MIN_COSINE * n0 * n1:
+        return 1.0
+    ratio = n1 / n0
+    if not SERIES_RATIOS[0] < ratio < SERIES_RATIOS[1]:
+        return 1.0
+    return min(1.0 / (1.0 - ratio), SERIES_MAX_FACTOR)
+
+
+def _photo_update(photo: list[np.ndarray], dp: np.ndarray, n_geo: int, npb: int) -> list[np.ndarray]:
+    """Each channel's gain and offset coefficients moved by its part of the step ``dp``
+    (after the ``n_geo`` geometric parameters, ``2 npb`` per channel)."""
+    return [p + dp[n_geo + 2 * npb * k : n_geo + 2 * npb * (k + 1)] for k, p in enumerate(photo)]
 
 
 def _corner_sigma(eq: "_SummedEquations", h: np.ndarray, q: np.ndarray, nr: int, nc: int, frame: "_Frame") -> float:
@@ -1298,6 +1348,7 @@ def refine_planes(
     channels: list[Channel] | None = None,
     photo0: list[np.ndarray] | None = None,
     lens_centre: bool = False,
+    series: bool = False,
 ) -> EccResult:
     """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
 
@@ -1309,7 +1360,7 @@ def refine_planes(
     only does not move the estimate.  radial / q0: radial distortion of the phone
     image frame estimated with H (see :func:`gn_refine`; ``lens_centre``: its centre
     too); photo0: the channels'
-    starting gain and offset (see :func:`gn_refine`).  channels: the
+    starting gain and offset (see :func:`gn_refine`, as ``series``).  channels: the
     channels already prepared by :func:`prepare_channels` (then ``targets``,
     ``images``, ``image_mask``, ``blur_sigma``, ``norm_sigma`` and ``aperture``
     are not used), so that repeated refinements filter the images once.
@@ -1323,4 +1374,4 @@ def refine_planes(
             targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma, aperture=aperture
         )
     return gn_refine(channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0,
-                     photo0, lens_centre)
+                     photo0, lens_centre, series)

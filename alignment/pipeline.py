@@ -452,12 +452,14 @@ def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, p
                  max_pixels: int | None, with_centre: bool, image_size: tuple[int, int], opt: AlignOptions,
                  tol_px: float = _FINE_TOL_PX, max_iter: int = 30) -> EccResult:
     """One per-plane Gauss-Newton pass of the fine stage (``q`` None: no lens model;
-    ``tol_px`` and ``max_iter``: its stopping rule, see :func:`alignment.ecc.gn_refine`)."""
+    ``tol_px`` and ``max_iter``: its stopping rule, see :func:`alignment.ecc.gn_refine`;
+    with its series step: the pass starts near its end)."""
     # steps stop under a thousandth of a px at the frame corners: ten times finer
     # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
     return refine_planes(None, None, None, h, (image_size[1], image_size[0]), gain_degree=opt.fine_gain_degree,
                          max_pixels=max_pixels, radial=opt.radial if q is not None else 0, q0=q, channels=channels,
-                         tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None, max_iter=max_iter)
+                         tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None, max_iter=max_iter,
+                         series=True)
 
 
 def _blur_measure(targets: list, images: list[np.ndarray], image_mask: np.ndarray | None, h_image: np.ndarray,
