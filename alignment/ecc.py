@@ -497,9 +497,10 @@ def gn_refine(
     convergence (the second a constant share of the first, the same way), the next is
     taken as long as the rest of that series (:func:`_series_factor`), kept only when
     the cost falls there; that counts as a trial (the fine stage's passes, which start
-    near their end; a pass far from it may jump to another basin that way).  The correlation and the fraction inside are those
-    of the last point measured.  The Jacobian takes the exact derivatives of the
-    image's cubic spline (:func:`sample_spline_gradient`).
+    near their end; a pass far from it may jump to another basin that way).  The
+    correlation and the fraction inside are those of the last point measured.  The
+    Jacobian takes the exact derivatives of the image's cubic spline
+    (:func:`sample_spline_gradient`).
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
     """
