@@ -528,7 +528,8 @@ def score_planar(pair: dict, record: dict | None, sim_dir: Path, ds_dir: Path) -
     truth = sim.load_truth(sim_dir / pair["id"])
     w, h = truth.phone_size
     if status != "ok":
-        row.update(in_frame_trusted=0.0, n_in_frame=None, corner_median=None)
+        row.update(in_frame_trusted=0.0, n_in_frame=None, corner_median=None, grid_trusted=0, grid_precision_05=None,
+                   grid_worst_trusted_px=None)
         return row
     mapped = np.load(ds_dir / record["files"]["map"])
     mask = cv2.imread(str(ds_dir / record["files"]["mask"]), cv2.IMREAD_UNCHANGED) > 0
@@ -539,8 +540,26 @@ def score_planar(pair: dict, record: dict | None, sim_dir: Path, ds_dir: Path) -
     row.update(in_frame_trusted=float((mask & inside).sum() / max(int(inside.sum()), 1)),
                n_in_frame=int(inside.sum()), n_in_frame_trusted=int((mask & inside).sum()),
                corner_median=float(np.median(err)), corner_max=float(err.max()),
-               dropped=record.get("dropped", {}))
+               dropped=record.get("dropped", {}), **grid_precision(truth.grid, mapped, mask & inside))
     return row
+
+
+def grid_precision(grid: np.ndarray, mapped: np.ndarray, trusted: np.ndarray, tol_px: float = 0.5) -> dict:
+    """The trusted px of a planar pair against its truth grid ((N, 4): phone x, y at whole
+    px, their DSLR x, y): how many grid points the trust mask ((h, w) bool) keeps, the
+    share of those whose mapped DSLR point (``mapped``, (h, w, 2)) lies within ``tol_px``
+    of the truth, and the largest error among them (DSLR px).  Planar pairs have no truth
+    map; their grid (every 55 px at the default size) is where a lens model's
+    extrapolation past its tiles shows (``--distortion``)."""
+    xi, yi = np.rint(grid[:, 0]).astype(int), np.rint(grid[:, 1]).astype(int)
+    h, w = trusted.shape
+    ok = (xi >= 0) & (yi >= 0) & (xi < w) & (yi < h)
+    xi, yi, truth = xi[ok], yi[ok], grid[ok, 2:]
+    keep = trusted[yi, xi]
+    err = np.linalg.norm(mapped[yi, xi].astype(np.float64) - truth, axis=1)[keep]
+    return {"grid_trusted": int(keep.sum()),
+            "grid_precision_05": float(np.mean(err <= tol_px)) if err.size else None,
+            "grid_worst_trusted_px": float(err.max()) if err.size else None}
 
 
 def summarise_planar(rows: list[dict]) -> dict:
@@ -562,6 +581,13 @@ def summarise_planar(rows: list[dict]) -> dict:
         "corner_median_px": {"median": _q([r["corner_median"] for r in kept], 50),
                              "p90": _q([r["corner_median"] for r in kept], 90),
                              "max": max((r["corner_median"] for r in kept), default=None)},
+        "grid_precision_05": {
+            "median": _q([r["grid_precision_05"] for r in kept if r.get("grid_precision_05") is not None], 50),
+            "min": min((r["grid_precision_05"] for r in kept if r.get("grid_precision_05") is not None), default=None),
+            "pooled_kept": (sum(r["grid_precision_05"] * r["grid_trusted"] for r in kept if r.get("grid_trusted"))
+                            / max(sum(r.get("grid_trusted") or 0 for r in kept), 1)) if kept else None,
+            "worst_px": max((r["grid_worst_trusted_px"] for r in kept if r.get("grid_worst_trusted_px") is not None),
+                            default=None)},
         "seconds": {"median": _q([r["seconds"] for r in rows], 50), "p90": _q([r["seconds"] for r in rows], 90)},
         "dropped_mean_kept": {k: round(v, 5) for k, v in sorted(drops.items(), key=lambda kv: -kv[1])},
     }
@@ -617,16 +643,18 @@ def print_per_source(per_source: dict) -> None:
 def print_planar(planar: dict, per_source: dict) -> None:
     print("\n== planar pairs (no parallax, motion, clipping or shading): isp-rig (ours) only")
     print(f"{'group':16}{'pairs':>5}{'rej':>4}|{'in-frame px trusted':^33}|{'corner error px':^21}|"
-          f"{'s/pair':>7}| most dropped (mean share of the frame, kept pairs)")
+          f"{'trusted grid P@0.5':^28}|{'s/pair':>7}| most dropped (mean share of the frame, kept pairs)")
     print(f"{'':25}|{'med':>7}{'p10':>7}{'min':>7}{'pool':>7}{'>=98%':>6}|{'med':>7}{'p90':>7}{'max':>7}|"
-          f"{'med':>7}|")
+          f"{'med':>7}{'min':>7}{'pool':>7}{'worst':>7}|{'med':>7}|")
     for name, s in [*planar.items(), *((f"  {k}", v) for k, v in per_source.items())]:
         f = s["in_frame_trusted"]
         c = s["corner_median_px"]
+        g = s.get("grid_precision_05", {})
         drops = ", ".join(f"{k} {v:.3f}" for k, v in list(s["dropped_mean_kept"].items())[:3] if v > 0)
         print(f"{name:16}{s['pairs']:5d}{s['rejected'] + s['failed']:4d}|{_f(f['median'], 7)}{_f(f['p10'], 7)}"
               f"{_f(f['min'], 7)}{_f(f['pooled_kept'], 7)}{f['pairs_at_least_98']:6d}|{_f(c['median'], 7)}"
-              f"{_f(c['p90'], 7)}{_f(c['max'], 7)}|{_f(s['seconds']['median'], 7, 2)}| {drops}")
+              f"{_f(c['p90'], 7)}{_f(c['max'], 7)}|{_f(g.get('median'), 7)}{_f(g.get('min'), 7)}"
+              f"{_f(g.get('pooled_kept'), 7)}{_f(g.get('worst_px'), 7, 2)}|{_f(s['seconds']['median'], 7, 2)}| {drops}")
     a = planar["all"]
     print(f"target: >= 98 % of the in-frame px trusted in every pair: {a['in_frame_trusted']['pairs_at_least_98']} "
           f"of {a['pairs']} pairs meet it (pool = over the kept pairs; a rejected pair counts 0 in med/p10/min); "
