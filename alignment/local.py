@@ -68,8 +68,8 @@ class SmoothField:
         smoothing spline of what the polynomial leaves), node (i, j) at phone px
         (grid_origin[0] + j * grid_step[0], grid_origin[1] + i * grid_step[1]);
         interpolated with cubic B-splines, clamped at the grid's edge.
-    radial: optional (cx, cy, s, q1, q2) radial lens distortion estimated with the
-        homography (see :meth:`radial_part`), valid over the whole frame.
+    radial: optional (cx, cy, s, q1, q2[, q3, q4]) radial lens distortion estimated
+        with the homography (see :meth:`radial_part`), valid over the whole frame.
     hull: optional (K, 2) convex polygon (phone px, counter-clockwise in image
         coordinates) around the measured tiles: outside it the polynomial and spline
         parts are evaluated at the nearest point of the polygon, so a field measured
@@ -85,7 +85,7 @@ class SmoothField:
     grid: np.ndarray | None = None
     grid_origin: tuple[float, float] = (0.0, 0.0)
     grid_step: tuple[float, float] = (1.0, 1.0)
-    radial: tuple[float, float, float, float, float] | None = None
+    radial: tuple[float, ...] | None = None
     hull: np.ndarray | None = None
     #: the spline part's smoothing weight that :func:`fit_field` chose (a detail of the
     #: fit, for refitting with the same structure; not part of the model, not saved)
@@ -98,15 +98,22 @@ class SmoothField:
 
     def radial_part(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Radial lens-distortion displacement (never clamped): with ``radial`` =
-        (cx, cy, s, q1, q2), ``u = (x - c) (q1 rho^2 + q2 rho^4)``, ``rho = |x - c| / s``;
-        x and y broadcast together (a row of columns and a column of rows: the grid)."""
+        (cx, cy, s, q1, q2[, q3, q4]), ``u = (x - c) (q1 rho^2 + q2 rho^4 + q3 rho^6 +
+        q4 rho^8)``, ``rho = |x - c| / s`` (the pipeline writes all four,
+        :func:`alignment.ecc.lens_coefficients`; a record of two, written before #11's
+        thirty-second stop, has q3 = q4 = 0); x and y broadcast together (a row of
+        columns and a column of rows: the grid)."""
         out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)) + (2,))
         if self.radial is None:
             return out
-        cx, cy, sc, q1, q2 = self.radial
+        cx, cy, sc = self.radial[:3]
         dx, dy = x - cx, y - cy
         r2 = (dx * dx + dy * dy) / (sc * sc)
-        f = q1 * r2 + q2 * r2 * r2
+        f = np.zeros_like(r2)
+        power = np.ones_like(r2)
+        for qk in self.radial[3:]:
+            power = power * r2
+            f += qk * power
         out[..., 0] = dx * f
         out[..., 1] = dy * f
         return out

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -32,8 +32,8 @@ from alignment import trust
 from alignment.blur import SHARP_MAX_MISFIT, estimate_relative_blur
 from alignment.chroma import restore_chroma
 from alignment.coarse import coarse_search
-from alignment.ecc import (ECC_METHODS, Channel, EccResult, lens_undistort, photometric_maps, prepare_channels,
-                           refine_homography, refine_planes)
+from alignment.ecc import (ECC_METHODS, Channel, EccResult, forward_from_plain, lens_coefficient_jacobian, lens_coefficients,
+                           lens_undistort, photometric_maps, prepare_channels, refine_homography, refine_planes)
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography, apply_homography_xy, pixel_centres
 from alignment.layers import recover_layers, sharpness_ratio
@@ -82,7 +82,9 @@ class AlignOptions:
     the misfit under ``blur.SHARP_MAX_MISFIT``) or "blur" (both pre-blurred by
     ``fine_blur_sigma`` plane px, as the local stage and the trust map always are).
     ``radial``: radial lens-distortion coefficients (0..2) estimated
-    with the homography in both ECC stages (the phone lens); when the fine
+    with the homography in both ECC stages (the phone lens: the undistortion of a
+    forward lens, :func:`alignment.ecc.lens_coefficients`; the luminance stage fits
+    the plain polynomial and hands it on converted); when the fine
     stage's model moves the frame corner by less than ``radial_min_px`` (phone
     px), the fine stage is run again without it (fewer parameters, less variance)
     and the local field takes whatever is left; ``lens_centre``: the fine stage also
@@ -688,14 +690,16 @@ def _local_stage(channels: list[Channel], h_image: np.ndarray, q_radial: np.ndar
 def _radial_field(q_radial: np.ndarray, p: PreparedImage) -> SmoothField:
     """The field holding only the lens model (zero when there is none): q_radial = (q1, q2)
     about the frame centre, or (q1, q2, eu, ev) about a lens centre e (frame centre +
-    e times half the longer side, :func:`alignment.ecc.lens_undistort`)."""
+    e times half the longer side, :func:`alignment.ecc.lens_undistort`), recorded with
+    its four coefficients (q1, q2, q3, q4) of :func:`alignment.ecc.lens_coefficients`."""
     if not np.any(q_radial[:2] != 0):
         return SmoothField()
     w_img, h_img = p.image_size
     half = max(w_img, h_img) / 2.0
     centre = ((w_img - 1) / 2.0, (h_img - 1) / 2.0)
     lens = centre if len(q_radial) < 4 else (centre[0] + half * float(q_radial[2]), centre[1] + half * float(q_radial[3]))
-    return SmoothField(-1, centre, half, radial=(*lens, half, float(q_radial[0]), float(q_radial[1])))
+    coef = lens_coefficients(float(q_radial[0]), float(q_radial[1]))
+    return SmoothField(-1, centre, half, radial=(*lens, half, *(float(c) for c in coef)))
 
 
 def _undistortion(q_radial: np.ndarray, p: PreparedImage) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -793,7 +797,7 @@ def _layers_stage(tm: TrustMap, res: trust.DenseResidual, channels: list[Channel
 
 def _tile_quality(q: Quality, final: TileResiduals, trust_map: TrustMap | None, image_size: tuple[int, int],
                   max_residual_px: float, corners: np.ndarray | None = None,
-                  lens: tuple[float, float, float, float, float] | None = None, lens_centre: bool = False
+                  lens: tuple[float, ...] | None = None, lens_centre: bool = False
                   ) -> Callable[[np.ndarray], np.ndarray] | None:
     """The tile figures of the verdict (reliable and consistent shares, residual percentiles);
     with a trust map, over the tiles whose centre is trusted: the model is judged where
@@ -923,7 +927,7 @@ def _lattice_weights(n: int, lattice: int) -> tuple[np.ndarray, np.ndarray, int]
 def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple[int, int],
                        sigma_floor_px: float = 0.05, radial: int = 0, residuals: np.ndarray | None = None,
                        corners: np.ndarray | None = None, normals: np.ndarray | None = None,
-                       lens: tuple[float, float, float, float, float] | None = None,
+                       lens: tuple[float, ...] | None = None,
                        lens_centre: bool = False) -> float:
     """The largest of :func:`position_uncertainty` at the frame's four corners (or at
     ``corners``): how well the tiles pin the frame's corners (phone px, inf when the
@@ -939,7 +943,7 @@ def corner_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple
 def position_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tuple[int, int], points: np.ndarray,
                          sigma_floor_px: float = 0.05, radial: int = 0, residuals: np.ndarray | None = None,
                          normals: np.ndarray | None = None,
-                         lens: tuple[float, float, float, float, float] | None = None,
+                         lens: tuple[float, ...] | None = None,
                          lens_centre: bool = False) -> np.ndarray:
     """How well tiles pin the model at ``points`` ((K, 2) phone image px): the standard
     error (phone px) there of a homography (and a lens model, ``radial`` or ``lens``
@@ -963,14 +967,15 @@ def position_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tup
     vectors, or zeros: a tile with a normal measures the shift across one straight
     edge only (its weight n n^T / sigma^2, nothing along the edge); zeros: both
     directions (weight I / sigma^2).  lens: the
-    model's lens (cx, cy, s, q1, q2) as in :attr:`SmoothField.radial`: its own two
-    terms about its own centre replace ``radial``'s; lens_centre: its centre is a free
-    parameter too (two more terms: a centre that the tiles do not fix swings the
-    corners by what the lens bends there).  A lens model is judged as one radial term
-    richer than it is (:data:`SPARE_LENS_TERMS`, n |n|^6 about its centre): a real
-    lens (a forward model, as in OpenCV, DNG's WarpRectilinear or the simulator) is
-    not exactly two terms of the undistortion the pipeline fits, and where the tiles
-    stop short of the rim the term it lacks bends the rim freely.  With ``residuals``
+    model's lens (cx, cy, s, q1, q2, q3, q4) as in :attr:`SmoothField.radial`: its two
+    free parameters q1 and q2 (q3 and q4 following them,
+    :func:`alignment.ecc.lens_coefficients`) about its own centre replace ``radial``'s;
+    lens_centre: its centre is a free parameter too (two more terms: a centre that the
+    tiles do not fix swings the corners by what the lens bends there).  A lens model is
+    judged as one radial term richer than it is (:data:`SPARE_LENS_TERMS`, n |n|^6 about
+    its centre, free): the pipeline fits a forward lens of two terms, a real lens may
+    hold a third (k3 of OpenCV and DNG's WarpRectilinear), and where the tiles stop
+    short of the rim the term it lacks bends the rim freely.  With ``residuals``
     the richer model is also fitted to the tiles' shifts (weighted least squares),
     and its correction at each point, the bias the tiles see there, adds to the
     variance.  (Measured on 12 MP lens pairs, docs/alignment.md, #11's thirty-first
@@ -1047,24 +1052,29 @@ def position_uncertainty(centres: np.ndarray, sigma: np.ndarray, image_size: tup
 SPARE_LENS_TERMS = 1
 
 
-def _lens_jacobian(xy: np.ndarray, lens: tuple[float, float, float, float, float], centre: bool,
-                   spare: int = 0) -> np.ndarray:
+def _lens_jacobian(xy: np.ndarray, lens: tuple[float, ...], centre: bool, spare: int = 0) -> np.ndarray:
     """(N, 2, 2 [+ 2] [+ spare]) px of displacement per unit change of the lens model (cx,
-    cy, s, q1, q2) of :meth:`SmoothField.radial_part` at ``xy`` ((N, 2) phone px): its two
-    coefficients, with ``centre`` its centre (px per px), then ``spare`` further radial
-    terms it does not hold (d rho^6, d rho^8, ..., zero in the model)."""
-    cx, cy, s, q1, q2 = lens
+    cy, s, q1, q2, q3, q4) of :meth:`SmoothField.radial_part` at ``xy`` ((N, 2) phone
+    px): its two free coefficients q1 and q2 (q3 and q4 following them,
+    :func:`alignment.ecc.lens_coefficients`; a record of two coefficients, written
+    before #11's thirty-second stop, has none), with ``centre`` its centre (px per px),
+    then ``spare`` further radial terms free of the model (d rho^6, d rho^8, ...: a
+    forward lens's k3, k4)."""
+    cx, cy, s = lens[:3]
+    coef = np.asarray(lens[3:], np.float64)
+    dcoef = lens_coefficient_jacobian(coef[0], coef[1])[: len(coef)]  # (K, 2)
     d = np.asarray(xy, np.float64) - np.array([cx, cy])
     rho2 = (d * d).sum(1) / (s * s)
-    cols = [d * rho2[:, None], d * (rho2 * rho2)[:, None]]
+    powers = np.stack([rho2 ** (k + 1) for k in range(max(len(coef), 2 + spare))], 1)  # rho^2, rho^4, ...
+    cols = [d * (powers[:, : len(coef)] @ dcoef[:, j])[:, None] for j in range(2)]
     if centre:
-        f = q1 * rho2 + q2 * rho2 * rho2
-        slope = (q1 + 2.0 * q2 * rho2) * 2.0 / (s * s)
+        f = powers[:, : len(coef)] @ coef
+        slope = (np.c_[np.ones_like(rho2), powers[:, : len(coef) - 1]] @ (coef * np.arange(1, len(coef) + 1))) * 2.0 / (s * s)
         for k in range(2):
             col = -d * (slope * d[:, k])[:, None]
             col[:, k] -= f
             cols.append(col)
-    cols += [d * (rho2 ** (3 + k))[:, None] for k in range(spare)]
+    cols += [d * powers[:, 2 + k][:, None] for k in range(spare)]
     return np.stack(cols, 2)
 
 
@@ -1510,9 +1520,12 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         start_score = submit(lambda: _explained(grid, d, (starts[0][0], np.zeros(2)), s.phones))
 
     def ecc(h: np.ndarray, mask: np.ndarray, skip: bool) -> EccResult:
-        return refine_homography(p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
-                                 min_level=1 if opt.fine == "planes" else 0,
-                                 radial=opt.radial if opt.ecc_method == "gn" else 0, skip_failed_levels=skip, **eccopt)
+        # the lens in the plain form while the pyramid runs from far (see refine_homography),
+        # handed on in the forward form every later stage fits
+        r = refine_homography(p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
+                              min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0,
+                              skip_failed_levels=skip, forward_lens=False, **eccopt)
+        return replace(r, radial=forward_from_plain(r.radial, p.lum.shape))
 
     try:
         if opt.trust:

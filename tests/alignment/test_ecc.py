@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import alignment.ecc as ecc
-from alignment.ecc import (Channel, _gauss, gn_refine, lens_undistort, local_normalize, photometric_maps,
-                           prepare_channels, refine_homography, refine_planes, sample_spline, sample_spline_gradient,
-                           spline_coefficients, warp_to_template)
+from alignment.ecc import (Channel, _gauss, forward_from_plain, gn_refine, lens_coefficient_jacobian, lens_coefficients,
+                           lens_undistort, local_normalize, photometric_maps, prepare_channels, refine_homography,
+                           refine_planes, sample_spline, sample_spline_gradient, spline_coefficients, warp_to_template)
 from alignment.pipeline import AlignOptions
 
 # A band-limited analytic scene sampled exactly on two grids related by a known
@@ -248,23 +248,71 @@ def test_warp_to_template_samples_the_image_at_the_homography():
     assert np.abs(warped[inside] - template[inside]).max() < 0.01
 
 
-def test_refine_planes_recovers_radial_distortion_with_the_homography():
+@pytest.mark.parametrize("forward", [True, False])
+def test_gn_refine_recovers_radial_distortion_with_the_homography_in_either_lens_form(forward):
     rows, cols = _T_SHAPE
     q_true = np.array([0.03, 0.0])
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
     c = np.array([(cols - 1) / 2, (rows - 1) / 2])
     s = max(rows, cols) / 2
-    nx, ny = (xx - c[0]) / s, (yy - c[1]) / s
-    f = 1 + q_true[0] * (nx**2 + ny**2)
-    ux, uy = c[0] + s * nx * f, c[1] + s * ny * f  # undistorted frame points
+    nu, nv = lens_undistort(q_true, (xx - c[0]) / s, (yy - c[1]) / s, forward)
+    ux, uy = c[0] + s * nu, c[1] + s * nv  # undistorted frame points
     # the scene is defined in undistorted template px; the image sees it through A
     template = _scene(ux, uy)
     _, image = _analytic_pair()
     valid = np.ones(template.shape, bool)
-    r = refine_planes([(template, valid, np.eye(3))], [image], None, _A, template.shape, radial=1,
-                      norm_sigma=None, gain_degree=0, huber=None)
+    r = gn_refine([Channel(template, valid, image, None)], _A, template.shape, gain_degree=0, huber=None, radial=1,
+                  forward_lens=forward)
     assert abs(r.radial[0] - q_true[0]) < 1e-3
     assert _corner_error(r.homography) < 0.05
+
+
+def _forward_lens_radius(r_u: np.ndarray, k1: float, k2: float) -> np.ndarray:
+    """The distorted radius of a forward lens at the undistorted radius ``r_u``."""
+    return r_u * (1.0 + k1 * r_u**2 + k2 * r_u**4)
+
+
+@pytest.mark.parametrize("k1, k2", [(-0.018, -0.0014), (0.02, 0.003), (-0.03, 0.0)])
+def test_the_lens_model_fitted_short_of_the_rim_follows_a_forward_lens_there_better_than_two_plain_terms(k1, k2):
+    # a forward lens as OpenCV, DNG's WarpRectilinear and the simulator write it (the
+    # distorted radius a polynomial of the undistorted one), 80 to 120 px at the corner of a
+    # 12 MP frame (radius 1.25 in units of half its longer side, 2016 px), each form fitted
+    # where tiles reach (0.9 of the corner's radius) and judged beyond
+    r_d = np.linspace(0.0, 1.25, 200)
+    r_u = r_d.copy()
+    for _ in range(20):  # the undistorted radius, Newton on the forward polynomial
+        r_u -= (_forward_lens_radius(r_u, k1, k2) - r_d) / (1 + 3 * k1 * r_u**2 + 5 * k2 * r_u**4)
+    inner, rim = r_d <= 0.9 * 1.25, r_d > 0.9 * 1.25
+    powers = np.stack([r_d ** (2 * k + 3) for k in range(4)], 1)  # displacement per coefficient
+    plain_q = np.linalg.lstsq(powers[inner, :2], (r_u - r_d)[inner], rcond=None)[0]
+    q = np.zeros(2)
+    for _ in range(10):  # Gauss-Newton on the forward form's two parameters
+        jac = powers[inner] @ lens_coefficient_jacobian(*q)
+        q += np.linalg.lstsq(jac, (r_u - r_d)[inner] - powers[inner] @ lens_coefficients(*q), rcond=None)[0]
+    forward, _ = lens_undistort(q, r_d, np.zeros_like(r_d))
+    plain, _ = lens_undistort(plain_q, r_d, np.zeros_like(r_d), forward=False)
+    forward_px, plain_px = (np.abs(f[rim] - r_u[rim]).max() * 2016 for f in (forward, plain))
+    assert forward_px < 0.25 and forward_px < 0.4 * plain_px
+
+
+def test_lens_coefficient_jacobian_is_the_derivative_of_lens_coefficients():
+    q1, q2, step = 0.03, -0.004, 1e-6
+    jac = lens_coefficient_jacobian(q1, q2)
+    numeric = np.stack([(lens_coefficients(q1 + step, q2) - lens_coefficients(q1 - step, q2)) / (2 * step),
+                        (lens_coefficients(q1, q2 + step) - lens_coefficients(q1, q2 - step)) / (2 * step)], 1)
+    np.testing.assert_allclose(jac, numeric, atol=1e-8)
+
+
+@pytest.mark.parametrize("q", [np.array([0.02, 0.003]), np.array([-0.03, 0.004, 0.01, -0.02]), np.zeros(2)])
+def test_forward_from_plain_bends_the_frame_as_the_plain_form_did_and_keeps_the_centre(q):
+    got = forward_from_plain(q, (3024, 4032))
+    assert got.shape == q.shape and np.array_equal(got[2:], q[2:])
+    r = np.linspace(0.0, 1.25, 100)
+    plain, _ = lens_undistort(q[:2], r, np.zeros_like(r), forward=False)
+    forward, _ = lens_undistort(got[:2], r, np.zeros_like(r))
+    as_was, _ = lens_undistort(q[:2], r, np.zeros_like(r))  # the same numbers read in the forward form
+    # px out to a 12 MP frame's corner (the fine stage fits what is left)
+    assert np.abs(forward - plain).max() * 2016 <= min(0.15, 0.05 * np.abs(as_was - plain).max() * 2016)
 
 
 def test_refine_planes_recovers_the_lens_centre_of_a_decentred_distortion():
