@@ -637,7 +637,8 @@ def _corner_sigma(eq: "_SummedEquations", h: np.ndarray, q: np.ndarray, nr: int,
         dp = np.zeros(len(eq.atb))
         dp[k] = 1e-6
         h_k, q_k, _ = _apply_update(h, q, dp, nr, frame, nc, forward)
-        x_k, y_k, _ = apply_homography_xy(h_k @ frame.ninv, *lens_undistort(q_k, frame.corners_u, frame.corners_v, forward))
+        undistorted = lens_undistort(q_k, frame.corners_u, frame.corners_v, forward)
+        x_k, y_k, _ = apply_homography_xy(h_k @ frame.ninv, *undistorted)
         jac[0::2, k], jac[1::2, k] = (x_k - base[0]) / 1e-6, (y_k - base[1]) / 1e-6
     var = np.einsum("ik,kl,il->i", jac, cov, jac)
     per_corner = np.sqrt(np.maximum(var[0::2] + var[1::2], 0.0))
@@ -1304,7 +1305,8 @@ def refine_homography(
         # precision 0.96 -> 0.34; the later stages do not always recover a coarse start)
         try:
             r = level(t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
-                      None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size, forward_lens=forward_lens)
+                      None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size,
+                      forward_lens=forward_lens)
         except ValueError:
             if not skip_failed_levels or lvl == min(min_level, len(tpyr) - 1):
                 raise

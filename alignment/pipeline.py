@@ -32,8 +32,9 @@ from alignment import trust
 from alignment.blur import SHARP_MAX_MISFIT, estimate_relative_blur
 from alignment.chroma import restore_chroma
 from alignment.coarse import coarse_search
-from alignment.ecc import (ECC_METHODS, Channel, EccResult, forward_from_plain, lens_coefficient_jacobian, lens_coefficients,
-                           lens_undistort, photometric_maps, prepare_channels, refine_homography, refine_planes)
+from alignment.ecc import (ECC_METHODS, Channel, EccResult, forward_from_plain, lens_coefficient_jacobian,
+                           lens_coefficients, lens_undistort, photometric_maps, prepare_channels, refine_homography,
+                           refine_planes)
 from alignment.features import match_homography, to_uint8
 from alignment.geometry import apply_homography, apply_homography_xy, pixel_centres
 from alignment.layers import recover_layers, sharpness_ratio
@@ -1069,7 +1070,8 @@ def _lens_jacobian(xy: np.ndarray, lens: tuple[float, ...], centre: bool, spare:
     cols = [d * (powers[:, : len(coef)] @ dcoef[:, j])[:, None] for j in range(2)]
     if centre:
         f = powers[:, : len(coef)] @ coef
-        slope = (np.c_[np.ones_like(rho2), powers[:, : len(coef) - 1]] @ (coef * np.arange(1, len(coef) + 1))) * 2.0 / (s * s)
+        below = np.c_[np.ones_like(rho2), powers[:, : len(coef) - 1]]  # d(rho^2k) / d(rho^2) = k rho^(2k-2)
+        slope = (below @ (coef * np.arange(1, len(coef) + 1))) * 2.0 / (s * s)
         for k in range(2):
             col = -d * (slope * d[:, k])[:, None]
             col[:, k] -= f
@@ -1523,8 +1525,9 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         # the lens in the plain form while the pyramid runs from far (see refine_homography),
         # handed on in the forward form every later stage fits
         r = refine_homography(p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
-                              min_level=1 if opt.fine == "planes" else 0, radial=opt.radial if opt.ecc_method == "gn" else 0,
-                              skip_failed_levels=skip, forward_lens=False, **eccopt)
+                              min_level=1 if opt.fine == "planes" else 0,
+                              radial=opt.radial if opt.ecc_method == "gn" else 0, skip_failed_levels=skip,
+                              forward_lens=False, **eccopt)
         return replace(r, radial=forward_from_plain(r.radial, p.lum.shape))
 
     try:
