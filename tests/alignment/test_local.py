@@ -52,6 +52,21 @@ def test_field_dict_round_trip_is_exact():
     assert np.abs(f(pts) - g(pts)).max() < 1e-5
 
 
+@pytest.mark.parametrize("radial", [(255.5, 191.5, 256.0, 0.02, -0.003),
+                                    (255.5, 191.5, 256.0, 0.02, -0.003, 4e-4, -6e-5)],
+                         ids=["two coefficients (a record before #11's thirty-second stop)", "four coefficients"])
+def test_the_radial_part_is_the_polynomial_its_record_holds_and_survives_the_round_trip(radial):
+    f = SmoothField(radial=radial)
+    back = SmoothField.from_dict(f.to_dict())
+    pts = np.random.default_rng(2).uniform(-50, 600, (200, 2))
+    d = pts - np.array(radial[:2])
+    rho2 = (d * d).sum(1) / radial[2] ** 2
+    expected = d * sum(q * rho2 ** (k + 1) for k, q in enumerate(radial[3:]))[:, None]
+    got = f.radial_part(pts[:, 0], pts[:, 1])
+    assert np.abs(got - expected).max() < 1e-9
+    assert back.radial == radial and np.array_equal(back.radial_part(pts[:, 0], pts[:, 1]), got)
+
+
 def test_polynomial_and_spline_are_clamped_but_the_radial_lens_model_is_not():
     f = _field()
     inside = np.array([[500.0, 370.0]])
