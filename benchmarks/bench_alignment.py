@@ -231,8 +231,13 @@ def library_versions() -> dict[str, str]:
     import rawpy
     import scipy
 
+    import alignment
+
+    # the checkout measured: an editable install or PYTHONPATH may import another one than
+    # the one this script lies in
     return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
-            "scipy": scipy.__version__, "rawpy": rawpy.__version__, "pillow": PIL.__version__}
+            "scipy": scipy.__version__, "rawpy": rawpy.__version__, "pillow": PIL.__version__,
+            "alignment code from": str(Path(alignment.__file__).resolve().parent)}
 
 
 def score_sim(fn, folder: Path) -> dict:

@@ -107,6 +107,7 @@ import argparse
 import concurrent.futures as cf
 import functools
 import hashlib
+import importlib
 import json
 import multiprocessing
 import shutil
@@ -249,12 +250,21 @@ def ensure_simulated(plan: list[dict], out_dir: Path, phone_size, dslr_size, wor
     return len(todo), time.perf_counter() - started
 
 
+def package_root(name: str) -> Path:
+    """The folder of the package ``name`` as imported: an editable install or PYTHONPATH
+    may import another checkout than the one this script lies in (run from a second
+    worktree without PYTHONPATH, this benchmark measured the editable install's code)."""
+    return Path(importlib.import_module(name).__file__).resolve().parent
+
+
 def code_hash(folders: tuple[str, ...]) -> str:
-    """sha256 of the package sources that decide a build's results."""
+    """sha256 of the package sources that decide a build's results (the packages as
+    imported, :func:`package_root`)."""
     h = hashlib.sha256()
     for folder in folders:
-        for f in sorted((REPO / folder).rglob("*.py")):
-            h.update(str(f.relative_to(REPO)).encode())
+        root = package_root(folder)
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root.parent)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -727,7 +737,8 @@ def main() -> None:
         "ratios = ours / peer of the pooled values",
     ]
     print(f"work folder {work}; sources {', '.join(sources)}; {per_source} pair(s) per source; phone "
-          f"{phone_size[0]}x{phone_size[1]}, DSLR {dslr_size[0]}x{dslr_size[1]}; workers {args.workers}", flush=True)
+          f"{phone_size[0]}x{phone_size[1]}, DSLR {dslr_size[0]}x{dslr_size[1]}; workers {args.workers}; "
+          f"alignment code from {package_root('alignment')}", flush=True)
 
     results: dict = {
         "settings": {"sources": {s: {"path": SOURCES[s][0], "half": SOURCES[s][1]} for s in sources},
