@@ -275,7 +275,7 @@ def _forward_lens_radius(r_u: np.ndarray, k1: float, k2: float) -> np.ndarray:
 @pytest.mark.parametrize("k1, k2", [(-0.018, -0.0014), (0.02, 0.003), (-0.03, 0.0)])
 def test_the_lens_model_fitted_short_of_the_rim_follows_a_forward_lens_there_better_than_two_plain_terms(k1, k2):
     # a forward lens as OpenCV, DNG's WarpRectilinear and the simulator write it (the
-    # distorted radius a polynomial of the undistorted one), 80 to 120 px at the corner of a
+    # distorted radius a polynomial of the undistorted one), 90 to 140 px at the corner of a
     # 12 MP frame (radius 1.25 in units of half its longer side, 2016 px), each form fitted
     # where tiles reach (0.9 of the corner's radius) and judged beyond
     r_d = np.linspace(0.0, 1.25, 200)
