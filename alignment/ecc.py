@@ -522,7 +522,12 @@ def gn_refine(
         photo = [np.array(a, np.float64) for a in photo0]
     converged = False
     it = 0
-    g_of = lambda hh: hh @ frame.ninv  # noqa: E731
+
+    def equations(hh: np.ndarray, qq: np.ndarray, pp: list[np.ndarray],
+                  before: list[float | None] | None = None) -> _SummedEquations:
+        """The summed equations at (H, q, photometric) under ``before``'s thresholds."""
+        return _gn_equations(data, hh @ frame.ninv, qq, pp, nr, huber, n_par, nc, before, forward_lens)
+
     # Levenberg-Marquardt's acceptance rule on Gauss-Newton: a step is kept only when the
     # robust cost falls (measured under the thresholds of the point it started from);
     # else the step is damped and tried again from the same point.  A pass whose steps
@@ -530,7 +535,7 @@ def gn_refine(
     # gradients a third short, passes ran to max_iter and returned wherever the last
     # step landed: a procedural pair's coarse levels moving 10 to 60 px a step, a
     # rejected night pair's fine pass cycling at 0.1 px for 4.5 s.)
-    eq = _gn_equations(data, g_of(h), q, photo, nr, huber, n_par, nc, forward=forward_lens)
+    eq = equations(h, q, photo)
     if eq.n_inside < 64:
         raise ValueError("the warped template leaves the image")
     damping, grow = 0.0, 2.0
@@ -554,13 +559,12 @@ def gn_refine(
             # when the cost falls there (else the plain step below, as before)
             h_x, q_x, _ = _apply_update(h, q, dp * factor, nr, frame, nc, forward_lens)
             photo_x = _photo_update(photo, dp * factor, n_geo, npb)
-            extrapolated = _gn_equations(data, g_of(h_x), q_x, photo_x, nr, huber, n_par, nc, eq.thresholds,
-                                         forward_lens)
+            extrapolated = equations(h_x, q_x, photo_x, eq.thresholds)
             if extrapolated.n_inside >= 64 and extrapolated.cost_before <= eq.cost:
                 h, q, photo, eq, last_geo = h_x, q_x, photo_x, extrapolated, None
                 continue
         photo_t = _photo_update(photo, dp, n_geo, npb)
-        trial = _gn_equations(data, g_of(h_t), q_t, photo_t, nr, huber, n_par, nc, eq.thresholds, forward_lens)
+        trial = equations(h_t, q_t, photo_t, eq.thresholds)
         if trial.n_inside >= 64 and trial.cost_before <= eq.cost:
             gain = eq.cost - trial.cost_before
             h, q, photo, eq = h_t, q_t, photo_t, trial
