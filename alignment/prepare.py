@@ -214,11 +214,13 @@ def _masks_from_encoded(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-> (valid, clipped), (H, W) bool each, from channels at >= 99.5 % of full scale.
 
     valid: the luminance is measured: neither the green channel (71 % of the
-    luminance) nor two channels clipped, dilated by 1 px.  A vivid JPEG clips its red
-    or blue in whole regions while their luminance and structure stay; masking those
-    emptied the registration's coarse levels (a third of a DSLR frame lost to one
-    clipped channel, dilated).  clipped: any channel clipped, dilated by 2 px: the
-    colour there is not measured, so the trust map drops it as a target."""
+    luminance) nor two channels clipped in a clipped area (:func:`_clipped_areas`: not
+    the thin specks and rims JPEG ringing and noise clip along dark strokes on white),
+    dilated by 1 px.  A vivid JPEG clips its red or blue in whole regions while their
+    luminance and structure stay; masking those emptied the registration's coarse
+    levels (a third of a DSLR frame lost to one clipped channel, dilated).  clipped:
+    any channel clipped, dilated by 2 px: the colour there is not measured, so the
+    trust map drops it as a target (and the response is not fitted there)."""
     limit = float(np.ceil(0.995 * _full_scale(enc)) if enc.dtype in (np.uint8, np.uint16) else 0.995)
     # OpenCV's per-channel compares and bitwise ops (255 = clipped): a 24 MP JPEG in
     # tens of ms, where numpy's boolean sums over the channel axis took over a second
@@ -233,8 +235,44 @@ def _masks_from_encoded(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         none = np.zeros(enc.shape[:2], bool)
         return ~none, none
     clipped = cv2.dilate(any_sat, np.ones((5, 5), np.uint8)) > 0
-    valid = cv2.dilate(lum_sat, np.ones((3, 3), np.uint8)) == 0
+    valid = cv2.dilate(_clipped_areas(lum_sat), np.ones((3, 3), np.uint8)) == 0
     return valid, clipped
+
+
+#: :func:`_clipped_areas`: a clipped structure counts as a clipped area when it holds a
+#: square of this many px a side clipped throughout
+CLIPPED_AREA_CORE_PX = 3
+
+
+def _clipped_areas(clipped: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 mask of clipped px (255 = clipped) -> the same, kept only for the
+    8-connected clipped structures that hold a :data:`CLIPPED_AREA_CORE_PX` square
+    clipped throughout (a clipped area with all its rims and specks attached); a
+    structure thinner than that everywhere (JPEG ringing one or two px beside the dark
+    strokes of text on white paper, the specks noise clips where paper or a whiteboard
+    is a level or two below full scale) is measured: its px hold a level or a few less
+    than they would unclipped.
+
+    Why: those thin structures sit where the strokes' edges are, the only texture of
+    such a page.  Masked, dilated by 1 px and then eroded by every ECC level's blur
+    footprint, they left 3 to 7 % of a document's or a whiteboard's samples at the
+    coarse levels; ECC ran off there (a frame corner 100 to 1700 px out), and three of
+    the broadened benchmark's pairs ended 1 to 5 px off, rejected (docs/alignment.md,
+    #11's thirty-third stop).  Real clipped areas (a sky, a lamp, a
+    whiteboard's blank half) keep their rims masked: their values are far from the
+    truth."""
+    k = CLIPPED_AREA_CORE_PX
+    core = cv2.erode(clipped, np.ones((k, k), np.uint8))
+    out = np.zeros_like(clipped)
+    if not cv2.countNonZero(core):
+        return out
+    x, y, w, h = cv2.boundingRect(clipped)  # (the structures labelled where they are)
+    count, labels = cv2.connectedComponents(clipped[y : y + h, x : x + w], connectivity=8)
+    areas = np.zeros(count, np.uint8)
+    areas[labels[core[y : y + h, x : x + w] > 0]] = 255
+    areas[0] = 0
+    out[y : y + h, x : x + w] = areas[labels]
+    return out
 
 
 def _packed_luminance(planes: np.ndarray, wb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

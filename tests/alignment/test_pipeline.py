@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from alignment import Alignment, align_images, align_pair, rawio, trust
-from alignment.prepare import focal_scale_guess, prepare_dslr, prepare_phone
+from alignment.prepare import _clipped_areas, focal_scale_guess, prepare_dslr, prepare_phone
 from alignment.quality import REASONS
 from isp_rig import simulate as sim
 
@@ -363,20 +363,42 @@ def test_a_noisy_night_chart_whose_features_fail_is_kept_for_the_part_its_faint_
     assert q.fine_samples > 250_000
 
 
-def test_a_page_of_text_pinned_in_part_is_kept_with_its_unpinned_px_unverified(tmp_path):
-    # the broadened benchmark's document homography pair 3: two tiles reliable both ways
-    # and forty on lines of text fix the homography well in the middle of the page and
-    # loosely at its corners (standard error 0.96 px), its correlation 0.49 over a page
-    # the DSLR clipped in part; 0.13 px off at its worst corner, it was rejected
-    # (low_correlation) until #11's eighteenth stop
-    pair, folder = _benchmark_pair(tmp_path, "document", 3, distortion=False)
+@pytest.mark.parametrize("distortion", [False, True])
+def test_a_page_of_text_whose_jpeg_clips_beside_its_strokes_is_kept_pinned_throughout(tmp_path, distortion):
+    # the broadened benchmark's document pairs 3: paper a few levels below full scale and
+    # the JPEG's ringing clipped in specks beside the strokes.  Masked (dilated, then
+    # eroded by every ECC level's blur), those specks took the strokes' edges with them:
+    # the plain pair was kept pinned over 62 % of the page only, its corners 0.96 px
+    # uncertain; on the lens pair ECC ran off with 7 % of its samples left at the coarse
+    # levels, and the pair was rejected 1.45 px off (until #11's thirty-third stop)
+    pair, folder = _benchmark_pair(tmp_path, "document", 3, distortion=distortion)
+    stored = rawio.read_any(folder / "dslr.jpg").stored
+    specks = cv2.compare(stored[..., 1], 254, cv2.CMP_GE)
+    assert cv2.countNonZero(specks) > 0.005 * specks.size and not _clipped_areas(specks).any()
     a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
     q = a.quality
     assert a.ok, q.message
-    assert q.corner_sigma_px > 0.5 and 0.5 <= q.pinned_fraction < 0.9
+    assert q.pinned_fraction == 1.0 and q.dropped["unverified"] == 0.0
+    assert corner_errors(a, pair.truth).max() < 0.05
+
+
+def test_a_whiteboard_half_clipped_under_a_lens_is_kept_for_the_part_its_tiles_pin(tmp_path):
+    # the broadened benchmark's distortion whiteboard pair 3: the right half of the board
+    # clipped, strokes in both halves.  Its tiles pin the model within 0.5 px over 60 % of
+    # what the DSLR measures; the rest is marked unverified, and the corners, loosely
+    # fixed, end up to half a px off (4.7 px off and rejected until #11's thirty-third stop)
+    pair, folder = _benchmark_pair(tmp_path, "whiteboard", 3, distortion=True)
+    a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
+    q = a.quality
+    assert a.ok, q.message
+    assert q.corner_sigma_px > 0.5 and 0.5 <= q.pinned_fraction < 0.9 and "pin" in q.message
     measurable = 1.0 - q.dropped["outside"] - q.dropped["clipped"]
     assert q.dropped["unverified"] >= (1.0 - q.pinned_fraction) * measurable - 0.02  # the unpinned px, marked
-    assert corner_errors(a, pair.truth).max() < 0.3
+    assert corner_errors(a, pair.truth).max() < 0.7
+    g = pair.truth.grid
+    trusted = a.trust.code_at(g[:, :2]) == 0
+    errors = np.linalg.norm(a.map_points(g[:, :2]) - g[:, 2:], axis=1)
+    assert trusted.mean() > 0.1 and errors[trusted].max() < 0.2
 
 
 def test_a_whiteboard_under_a_lens_gets_its_lens_from_ecc_run_again_from_the_features_start(tmp_path):

@@ -110,6 +110,21 @@ def test_a_clipped_red_channel_keeps_the_luminance_for_registration_but_is_clipp
     assert d.valid[5:60, 40:55].all() and not d.clipped[5:60, 40:55].any()
 
 
+def test_thin_clipped_specks_stay_measured_while_a_clipped_area_is_masked_with_its_rims():
+    rgb = np.full((80, 120, 3), 246, np.uint8)  # paper a few levels below full scale
+    rgb[20:23, 10:60] = 30  # a dark stroke
+    rgb[19, 10:60] = rgb[23, 10:60] = 255  # the JPEG's ringing clipped beside it, 1 px wide
+    rgb[50, 20] = rgb[60, 30:32] = 255  # specks of noise at full scale
+    rgb[40:60, 70:100] = 255  # a clipped area (a lamp, a blank half of a whiteboard)
+    rgb[50, 100:115] = 255  # its rim running out 1 px wide
+    d = prepare_dslr(rgb)
+    assert d.valid[17:26, 12:58].all()  # the stroke and its ringing: measured
+    assert d.valid[50, 20] and d.valid[60, 30:32].all()
+    assert not d.valid[39:61, 69:101].any()  # the area, dilated by 1 px
+    assert not d.valid[50, 100:116].any()  # with its thin rim
+    assert d.clipped[19, 10:60].all() and d.clipped[50, 20]  # the colour there still unmeasured
+
+
 def test_hat_features_of_8_bit_levels_equal_the_general_path():
     # the uint8 path sums a weighted histogram of the 256 levels; the same values
     # scaled to 16 bits go through the per-px hat weights
