@@ -215,7 +215,7 @@ def _masks_from_encoded(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     valid: the luminance is measured: neither the green channel (71 % of the
     luminance) nor two channels clipped in a clipped area (:func:`_clipped_areas`: not
-    the thin specks and rims JPEG ringing and noise clip along dark strokes on white),
+    the thin lines and specks JPEG ringing and noise clip beside dark strokes on white),
     dilated by 1 px.  A vivid JPEG clips its red or blue in whole regions while their
     luminance and structure stay; masking those emptied the registration's coarse
     levels (a third of a DSLR frame lost to one clipped channel, dilated).  clipped:
@@ -258,9 +258,8 @@ def _clipped_areas(clipped: np.ndarray) -> np.ndarray:
     footprint, they left 3 to 7 % of a document's or a whiteboard's samples at the
     coarse levels; ECC ran off there (a frame corner 100 to 1700 px out), and three of
     the broadened benchmark's pairs ended 1 to 5 px off, rejected (docs/alignment.md,
-    #11's thirty-third stop).  Real clipped areas (a sky, a lamp, a
-    whiteboard's blank half) keep their rims masked: their values are far from the
-    truth."""
+    #11's thirty-third stop).  Real clipped areas (a sky, a lamp, a whiteboard's blank
+    half) keep their rims masked: their values are far from the truth."""
     k = CLIPPED_AREA_CORE_PX
     core = cv2.erode(clipped, np.ones((k, k), np.uint8))
     out = np.zeros_like(clipped)
