@@ -28,6 +28,8 @@ map template pixel coordinates to image pixel coordinates (3x3, ``H[2,2]=1``).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -58,6 +60,17 @@ __all__ = [
 #: maps a pixel of a 2x area-downsampled image to the pixel of the finer image:
 #: coarse pixel j covers fine pixels 2j and 2j+1, so its centre is 2j + 0.5.
 _DOWN2 = np.array([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]])
+
+
+class EccStopped(Exception):
+    """A refinement given up at its caller's request (its ``stop`` event set): its result
+    is no longer wanted.  Not a failure of the refinement (no ValueError)."""
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    """Raise :class:`EccStopped` when ``stop`` is set."""
+    if stop is not None and stop.is_set():
+        raise EccStopped("the refinement was stopped: its result is no longer wanted")
 
 
 def pyramid_down_matrix(levels: int) -> np.ndarray:
@@ -468,6 +481,8 @@ def gn_refine(
     lens_centre: bool = False,
     series: bool = False,
     forward_lens: bool = True,
+    stop: threading.Event | None = None,
+    min_step_sigmas: float | None = None,
 ) -> EccResult:
     """Gauss-Newton on a homography (and radial distortion) shared by several template channels.
 
@@ -505,6 +520,12 @@ def gn_refine(
     correlation and the fraction inside are those of the last point measured.  The
     Jacobian takes the exact derivatives of the image's cubic spline
     (:func:`sample_spline_gradient`).
+    stop: when set (by another thread), the pass raises :class:`EccStopped` before its
+    next step (a refinement run ahead in the background, no longer wanted).
+    min_step_sigmas: a plain Gauss-Newton step shorter than this many standard errors
+    of the noise (:func:`_step_sigmas`) is taken unmeasured and ends the pass, as one
+    under ``tol_px`` does (None: no such rule): where the model drifts along what the
+    samples barely constrain, its steps stay above ``tol_px`` for every trial.
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
     """
@@ -542,11 +563,13 @@ def gn_refine(
     n_geo = 8 + nr + nc  # the geometric parameters lead dp; the photometric ones follow
     last_geo: np.ndarray | None = None  # the geometric part of the last plain step taken
     for it in range(1, max_iter + 1):
+        _check_stop(stop)
         dp = _gn_solve(eq, damping)
         # the fall the linearisation promises (per sample, as the cost)
         promised = float(dp @ eq.atb - 0.5 * dp @ eq.ata @ dp) / max(eq.n_cost, 1)
         h_t, q_t, moved = _apply_update(h, q, dp, nr, frame, nc, forward_lens)
-        if moved < tol_px:
+        if moved < tol_px or (min_step_sigmas is not None and damping == 0.0
+                              and _step_sigmas(promised, eq) < min_step_sigmas):
             # a Gauss-Newton step this small is taken without measuring where it lands; a
             # damped one this small means no step of any length lowers the cost: stay
             if damping == 0.0:
@@ -597,6 +620,16 @@ def gn_refine(
 SERIES_MIN_COSINE = 0.95
 SERIES_RATIOS = (0.5, 0.95)
 SERIES_MAX_FACTOR = 8.0
+
+
+def _step_sigmas(promised: float, eq: "_SummedEquations") -> float:
+    """The length of a plain Gauss-Newton step in standard errors of the noise at its
+    start (the Mahalanobis length under the covariance :func:`_corner_sigma` uses,
+    ``2 cost (J^T W J)^-1``): for a plain step, whose promised fall per sample is
+    ``promised = dp^T (J^T W J) dp / (2 n)``, that length squared is ``promised n /
+    cost``.  A step under a fraction of one moves the model by less than the noise
+    could tell."""
+    return float(np.sqrt(max(promised, 0.0) * eq.n_cost / eq.cost)) if eq.cost > 0 else float("inf")
 
 
 def _series_factor(last: np.ndarray | None, step: np.ndarray) -> float:
@@ -1109,12 +1142,13 @@ def _gn_level(
     q0: np.ndarray | None = None,
     gauss_filt_size: int = 1,
     forward_lens: bool = True,
+    stop: threading.Event | None = None,
 ) -> EccResult:
     """Gauss-Newton at one pyramid level (one channel). See :func:`gn_refine`
     (``gauss_filt_size`` is OpenCV's and not used)."""
     return gn_refine(
         [Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber, max_pixels,
-        radial, q0, forward_lens=forward_lens,
+        radial, q0, forward_lens=forward_lens, stop=stop,
     )
 
 
@@ -1242,6 +1276,8 @@ def refine_homography(
     q0: np.ndarray | None = None,
     skip_failed_levels: bool = False,
     forward_lens: bool = True,
+    stop: threading.Event | None = None,
+    level_done: Callable[[EccResult, bool], None] | None = None,
 ) -> EccResult:
     """Refine ``h0`` (template px -> image px) coarse to fine.
 
@@ -1268,6 +1304,10 @@ def refine_homography(
     is refused since #11's seventeenth stop, :func:`gn_refine`) is skipped, the next
     level starting from the same model (False: the failure is raised, so that a caller
     with other starts tries those first).
+    stop: when set (by another thread), the refinement raises :class:`EccStopped` at its
+    next level or Gauss-Newton step (a start run ahead in the background whose result
+    is no longer wanted).  level_done: called after each level that ran with its
+    result (on that level's grids) and whether it was the last level.
     Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
     level = ECC_METHODS.get(method)
@@ -1290,7 +1330,9 @@ def refine_homography(
     converged = False
     corr = 0.0
     valid = 0.0
-    for lvl in range(len(tpyr) - 1, min(min_level, len(tpyr) - 1) - 1, -1):
+    last = min(min_level, len(tpyr) - 1)
+    for lvl in range(len(tpyr) - 1, last - 1, -1):
+        _check_stop(stop)
         pt = pyramid_down_matrix(lvl)
         # choose the image level so that the image is at most ~2x finer than the template
         s = _local_scale(h @ pt, tpyr[lvl].shape)
@@ -1310,15 +1352,17 @@ def refine_homography(
         try:
             r = level(t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
                       None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size,
-                      forward_lens=forward_lens)
+                      forward_lens=forward_lens, stop=stop)
         except ValueError:
-            if not skip_failed_levels or lvl == min(min_level, len(tpyr) - 1):
+            if not skip_failed_levels or lvl == last:
                 raise
             # a coarse level whose samples miss the image from its start (a page of text on
             # paper the DSLR clipped: its coarse levels keep 6 % of the samples, a few
             # blurred strokes; before steps that raise the cost were refused, one step from
             # them also left a 222-inlier start): the finer level starts from the same model
             continue
+        if level_done is not None:
+            level_done(r, lvl == last)
         iters += r.iterations
         converged, corr, valid, q = r.converged, r.correlation, r.valid_fraction, r.radial
         h = pi @ r.homography @ np.linalg.inv(pt)
@@ -1343,10 +1387,11 @@ def _opencv_level(
     q0: np.ndarray | None = None,
     gauss_filt_size: int = 1,
     forward_lens: bool = True,
+    stop: threading.Event | None = None,
 ) -> EccResult:
     """One level of cv2.findTransformECCWithMask (template and image masks); the
-    arguments of :func:`_gn_level` that OpenCV has no use for are ignored, and a
-    radial model is refused."""
+    arguments of :func:`_gn_level` that OpenCV has no use for are ignored (``stop``
+    is looked at between levels only), and a radial model is refused."""
     if radial:
         raise ValueError("radial distortion needs method='gn'")
     warp = h.astype(np.float32)
@@ -1448,6 +1493,7 @@ def refine_planes(
     photo0: list[np.ndarray] | None = None,
     lens_centre: bool = False,
     series: bool = False,
+    min_step_sigmas: float | None = None,
 ) -> EccResult:
     """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
 
@@ -1459,7 +1505,8 @@ def refine_planes(
     only does not move the estimate.  radial / q0: radial distortion of the phone
     image frame estimated with H (see :func:`gn_refine`; ``lens_centre``: its centre
     too); photo0: the channels'
-    starting gain and offset (see :func:`gn_refine`, as ``series``).  channels: the
+    starting gain and offset (see :func:`gn_refine`, as ``series`` and
+    ``min_step_sigmas``).  channels: the
     channels already prepared by :func:`prepare_channels` (then ``targets``,
     ``images``, ``image_mask``, ``blur_sigma``, ``norm_sigma`` and ``aperture``
     are not used), so that repeated refinements filter the images once.
@@ -1473,4 +1520,4 @@ def refine_planes(
             targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma, aperture=aperture
         )
     return gn_refine(channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0,
-                     photo0, lens_centre, series)
+                     photo0, lens_centre, series, min_step_sigmas=min_step_sigmas)

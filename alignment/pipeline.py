@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -45,7 +46,7 @@ from alignment.trust import TrustMap
 from alignment.quality import Quality, Thresholds, verdict
 from alignment.reduce import (DslrWindow, ResidualGrid, bin_phone, crop_and_shrink_dslr_for, mask_onto,
                               phone_bin_factor)
-from alignment.threads import submit, thread_map
+from alignment.threads import runs_beside, submit, thread_map
 
 __all__ = ["Alignment", "AlignOptions", "align_images", "align_pair", "FORMAT"]
 
@@ -453,16 +454,17 @@ class _FineTrial:
 
 def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None,
                  max_pixels: int | None, with_centre: bool, image_size: tuple[int, int], opt: AlignOptions,
-                 tol_px: float = _FINE_TOL_PX, max_iter: int = 30) -> EccResult:
+                 tol_px: float = _FINE_TOL_PX, max_iter: int = 30, min_step_sigmas: float | None = None
+                 ) -> EccResult:
     """One per-plane Gauss-Newton pass of the fine stage (``q`` None: no lens model;
-    ``tol_px`` and ``max_iter``: its stopping rule, see :func:`alignment.ecc.gn_refine`;
-    with its series step: the pass starts near its end)."""
+    ``tol_px``, ``max_iter`` and ``min_step_sigmas``: its stopping rule, see
+    :func:`alignment.ecc.gn_refine`; with its series step: the pass starts near its end)."""
     # steps stop under a thousandth of a px at the frame corners: ten times finer
     # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
     return refine_planes(None, None, None, h, (image_size[1], image_size[0]), gain_degree=opt.fine_gain_degree,
                          max_pixels=max_pixels, radial=opt.radial if q is not None else 0, q0=q, channels=channels,
                          tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None, max_iter=max_iter,
-                         series=True)
+                         series=True, min_step_sigmas=min_step_sigmas)
 
 
 def _blur_measure(targets: list, images: list[np.ndarray], image_mask: np.ndarray | None, h_image: np.ndarray,
@@ -543,6 +545,15 @@ PLAUSIBLE_LENS_OFFSET = 0.1
 #: noisy pair about 4 times as long
 NOISE_SAMPLES_FACTOR = 4
 
+#: the fine stage's pass on more samples for the noise ends once a plain Gauss-Newton step
+#: is shorter than this many standard errors of the noise (``ecc.gn_refine``'s
+#: ``min_step_sigmas``): it starts from a converged pass, and a step that short moves the
+#: model by less than the noise could tell.  Measured (docs/alignment.md, #11's
+#: thirty-fourth stop): the night colour chart's 12 MP lens pair (rejected) drifted 30
+#: steps of 0.16 to 0.28 standard errors each along what its flat patches leave free, 10 s
+#: on 1 M samples; on the 1 MP benchmark's 44 such passes the rule ends 2 a step sooner.
+NOISE_STEP_SIGMAS = 0.25
+
 
 #: the last step of the fine stage on every sample (``fine_full_step``) is taken without
 #: measuring where it lands when it moves no frame corner by more than this (DSLR working
@@ -584,10 +595,12 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
             # a pair Gauss-Newton converges only linearly (each step about half the last: a
             # night Blackmagic pair's 0.23, 0.10, 0.046 ... px), so its steps stop under a
             # tenth of the standard error the noise will leave on the new samples (what is
-            # left of the series is about the last step: a twentieth of that error)
+            # left of the series is about the last step: a twentieth of that error), or
+            # once a step is under NOISE_STEP_SIGMAS of that noise's standard errors
             rf = _fine_refine(channels, rf.homography, rf.radial if q_radial is not None else None, rf.photometric,
                               more, q_radial is not None and len(rf.radial) == 4, image_size, opt,
-                              tol_px=max(_FINE_TOL_PX, 0.1 * rf.corner_sigma_px * np.sqrt(rf.samples / more)))
+                              tol_px=max(_FINE_TOL_PX, 0.1 * rf.corner_sigma_px * np.sqrt(rf.samples / more)),
+                              min_step_sigmas=NOISE_STEP_SIGMAS)
         full = _full_step_samples(rf, every, max_pixels, opt)
         if full is not None:
             # the pass placed the model on a subset (a third of a 1 MP phone's px): a
@@ -1215,6 +1228,54 @@ def _ecc_more_starts(starts: list[tuple[np.ndarray, np.ndarray]], first: int, sk
     return found
 
 
+class _EccAhead:
+    """ECC from the starts after the first, run ahead in the background (:func:`submit`)
+    once the run from the first start shows that it may be needed: a level before its
+    last ended unconverged (its steps still moving after ``max_iter``: ECC running off).
+    The luminance stage is one channel and keeps one core busy; the runs ahead take the
+    other.  Measured (docs/alignment.md, #11's thirty-fourth stop): on a real-size
+    Eiffel lens pair, whose first run runs off, the luminance stage 1.40 -> 1.05 s
+    in-process, though the whole command showed no gain beyond the VM's noise; begun
+    with the first run on every pair, the runs ahead slowed it by contention (a 1 MP
+    Kodak pair's stage 0.14 -> 0.22 s) where nine pairs in ten never need them.
+
+    Called as ``ecc(h, mask, skip)`` with a start of ``starts`` (the same h array: a
+    start is known by it): the result of the run begun ahead from that start (``skip``
+    False; the same result, as a run depends on no thread), else ECC run now.
+    :meth:`stop` ends the runs ahead still going (their results dropped) at their next
+    level or Gauss-Newton step.  Nothing runs ahead where :func:`submit` would not run
+    it beside the caller (one worker: a batch's pinned process).
+
+    ecc: ``ecc(h, mask, skip, stop, level_done)`` (:func:`alignment.ecc.refine_homography`
+    from the start (h, mask) with those arguments); starts: [(h, mask)], the first the
+    one ECC runs from first."""
+
+    def __init__(self, ecc: Callable[..., EccResult], starts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self._ecc = ecc
+        self._first = id(starts[0][0]) if starts else None
+        self._later = starts[1:]
+        self._stop = threading.Event()
+        self._ahead: dict[int, Future] = {}
+
+    def __call__(self, h: np.ndarray, mask: np.ndarray, skip: bool) -> EccResult:
+        ahead = None if skip or self._stop.is_set() else self._ahead.pop(id(h), None)
+        if ahead is not None:
+            return ahead.result()
+        watch = self._level_done if id(h) == self._first and not skip else None
+        return self._ecc(h, mask, skip, None, watch)
+
+    def _level_done(self, r: EccResult, last: bool) -> None:
+        """Begin the runs ahead when a level before the last ended unconverged."""
+        if not last and not r.converged and not self._ahead and not self._stop.is_set() and runs_beside():
+            self._ahead = {id(h): submit(partial(self._ecc, h, mask, False, self._stop, None))
+                           for h, mask in self._later}
+
+    def stop(self) -> None:
+        """End the runs ahead still going (their results are dropped)."""
+        self._stop.set()
+        self._ahead.clear()
+
+
 def _ecc_model(r: EccResult) -> tuple[np.ndarray, np.ndarray]:
     """ECC's result as a model: (its homography scaled to H[2, 2] = 1, its radial coefficients)."""
     return r.homography / r.homography[2, 2], r.radial
@@ -1521,19 +1582,25 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
         # what the start explains is measured while ECC runs from it (see _luminance_model)
         start_score = submit(lambda: _explained(grid, d, (starts[0][0], np.zeros(2)), s.phones))
 
-    def ecc(h: np.ndarray, mask: np.ndarray, skip: bool) -> EccResult:
+    def ecc(h: np.ndarray, mask: np.ndarray, skip: bool, stop: threading.Event | None = None,
+            level_done: Callable[[EccResult, bool], None] | None = None) -> EccResult:
         # the lens in the plain form while the pyramid runs from far (see refine_homography),
         # handed on in the forward form every later stage fits
         r = refine_homography(p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
                               min_level=1 if opt.fine == "planes" else 0,
                               radial=opt.radial if opt.ecc_method == "gn" else 0, skip_failed_levels=skip,
-                              forward_lens=False, **eccopt)
+                              forward_lens=False, stop=stop, level_done=level_done, **eccopt)
         return replace(r, radial=forward_from_plain(r.radial, p.lum.shape))
 
     try:
         if opt.trust:
-            (h_work, q_radial), q.ecc_restarts = _luminance_model(
-                starts, ecc, lambda models, known: _explained_scores(grid, d, models, known, s.phones), start_score)
+            ahead = _EccAhead(ecc, starts)
+            try:
+                (h_work, q_radial), q.ecc_restarts = _luminance_model(
+                    starts, ahead, lambda models, known: _explained_scores(grid, d, models, known, s.phones),
+                    start_score)
+            finally:
+                ahead.stop()
         else:
             h_work, q_radial = _ecc_model(_ecc_from(starts, ecc)[0])
         q.radial_corner_px = _corner_px(q_radial, p.image_size)

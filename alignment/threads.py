@@ -100,11 +100,17 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     return results
 
 
+def runs_beside() -> bool:
+    """Whether :func:`submit` starts a piece beside its caller now: more than one worker,
+    and the caller not itself a piece on the pool (else the piece runs at once)."""
+    return workers() > 1 and not getattr(_inside, "active", False)
+
+
 def submit(fn: Callable[[], R]) -> Future:
     """Start ``fn()`` on the pool and return its ``Future`` (the caller goes on and asks
     for ``.result()`` when it needs it); with one worker, or from inside the pool,
     ``fn`` runs now and the returned future is already done."""
-    if workers() <= 1 or getattr(_inside, "active", False):
+    if not runs_beside():
         done: Future = Future()
         try:
             done.set_result(fn())

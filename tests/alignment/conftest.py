@@ -23,3 +23,14 @@ def aligned_sim():
         return _CACHE[key]
 
     return get
+
+
+@pytest.fixture
+def two_threads():
+    """OpenCV, and so the alignment's thread pool, on two threads for the test."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    yield
+    cv2.setNumThreads(before)

@@ -55,6 +55,42 @@ def test_gauss_newton_converges_from_a_perturbed_start():
     assert r.correlation > 0.99 and r.converged
 
 
+def test_each_level_reports_its_result_and_whether_it_was_the_last():
+    template, image = _analytic_pair()
+    start = _A @ np.array([[1.01, 0.004, 1.5], [-0.003, 0.99, -1.0], [1e-5, 0, 1.0]])
+    seen = []
+    r = refine_homography(template, image, start, levels=2, norm_sigma=None, huber=None,
+                          level_done=lambda res, last: seen.append((res.converged, res.samples, last)))
+    # coarse to fine: three levels, the last one flagged, every one converged here; the
+    # finer levels hold more samples
+    assert [last for _, _, last in seen] == [False, False, True]
+    assert all(conv for conv, _, _ in seen) and r.converged
+    assert seen[0][1] < seen[1][1] < seen[2][1]
+
+
+def test_a_stopped_refinement_raises_before_its_next_step_and_is_no_failure():
+    import threading
+
+    template, image = _analytic_pair()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ecc.EccStopped):
+        refine_homography(template, image, _A, levels=2, norm_sigma=None, huber=None, stop=stop)
+    assert not issubclass(ecc.EccStopped, ValueError)  # callers that try another start on a failure do not catch it
+    # stopped between two Gauss-Newton steps of a level: the level raises at its next step
+    steps = []
+
+    def stop_after_one_level(res, last):
+        steps.append(res)
+        stop.set()
+
+    stop.clear()
+    with pytest.raises(ecc.EccStopped):
+        refine_homography(template, image, _A @ np.diag([1.01, 0.99, 1.0]), levels=2, norm_sigma=None, huber=None,
+                          stop=stop, level_done=stop_after_one_level)
+    assert len(steps) == 1
+
+
 def test_a_coarse_level_whose_masks_leave_too_few_samples_can_be_skipped():
     # the DSLR measured only in 10 px bands (the rest clipped, like the paper around
     # text): the coarse levels' masks keep too little for a step, the full level does not
@@ -463,3 +499,47 @@ def test_a_pass_converging_linearly_ends_where_its_plain_steps_end_in_fewer_tria
     assert series.converged and plain.converged
     assert series.iterations[0] * 2 < plain.iterations[0]  # (4 against 16)
     assert _corner_error(series.homography) < 0.01 and _corner_error(plain.homography) < 0.01
+
+
+def test_a_steps_length_in_standard_errors_is_its_mahalanobis_length_under_the_noise_covariance():
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(6, 6))
+    ata = m @ m.T + 6 * np.eye(6)  # summed normal equations
+    atb = rng.normal(size=6)
+    n, cost = 5000, 0.02  # samples, robust cost per sample
+    eq = ecc._SummedEquations(ata, atb, cost, cost, [None], 0.9, 1.0, n, n)
+    dp = np.linalg.solve(ata, atb)  # the plain Gauss-Newton step
+    promised = float(dp @ atb - 0.5 * dp @ ata @ dp) / n
+    cov = 2.0 * cost * np.linalg.inv(ata)  # as the corner standard error takes it
+    assert ecc._step_sigmas(promised, eq) == pytest.approx(np.sqrt(dp @ np.linalg.solve(cov, dp)), rel=1e-9)
+
+
+def test_min_step_sigmas_ends_a_pass_at_a_step_the_noise_could_not_tell_and_not_before():
+    # a noisy template: from a start a twentieth of a standard error off its own optimum
+    # the first step is taken unmeasured and ends the pass; from one several standard
+    # errors off the pass still runs to within a tenth of one of where it ends without
+    # the rule
+    clean, image = _analytic_pair()
+    template = (clean + np.random.default_rng(5).normal(0, 0.1, clean.shape)).astype(np.float32)
+    channel = [Channel(template, np.ones(template.shape, bool), image, None)]
+    kw = dict(tol_px=1e-6, max_pixels=None, huber=None)
+    best = gn_refine(channel, _A, template.shape, **kw)
+    frame = ecc._Frame.of(template.shape)
+    corners = np.c_[frame.corners_u, frame.corners_v, np.ones(4)]
+
+    def at(h):
+        e = corners @ (h @ frame.ninv).T
+        return e[:, :2] / e[:, 2:]
+
+    def shifted(px):  # the optimum moved by px along x
+        return np.array([[1, 0, px], [0, 1, 0], [0, 0, 1.0]]) @ best.homography
+
+    sigma = best.corner_sigma_px
+    kw["photo0"] = best.photometric  # (the gain and offset at the optimum too)
+    near = gn_refine(channel, shifted(0.05 * sigma), template.shape, min_step_sigmas=0.25, **kw)
+    plain_near = gn_refine(channel, shifted(0.05 * sigma), template.shape, **kw)
+    assert near.converged and near.iterations == [1] < plain_near.iterations
+    assert np.linalg.norm(at(near.homography) - at(best.homography), axis=1).max() < 0.05 * sigma
+    far = gn_refine(channel, shifted(4 * sigma), template.shape, min_step_sigmas=0.25, **kw)
+    assert far.iterations[0] > 1
+    assert np.linalg.norm(at(far.homography) - at(best.homography), axis=1).max() < 0.1 * sigma

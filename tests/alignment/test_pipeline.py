@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zlib
 
 import cv2
@@ -793,8 +794,10 @@ def test_a_fine_pass_that_noise_limits_is_run_again_on_as_many_more_samples_as_i
     one_pass = pipeline.AlignOptions(fine_full_step=False)
     pipeline._fine_final(channels, trial, (1024, 768), one_pass, 250_000, q)
     assert passes == ([250_000] if expect is None else [250_000, expect])
-    if expect is not None:  # its steps stop under a tenth of what the noise will leave there
+    if expect is not None:  # its steps stop under a tenth of what the noise will leave there, or
+        # at one shorter than NOISE_STEP_SIGMAS standard errors; the first pass has no such rule
         assert rules[-1][0] == pytest.approx(max(pipeline._FINE_TOL_PX, 0.1 * sigma * np.sqrt(250_000 / expect)))
+        assert rules[-1][2] == pipeline.NOISE_STEP_SIGMAS and rules[0][2] is None
     assert q.fine_samples == min(passes[-1], available)
     assert q.fine_sigma_px == pytest.approx(sigma * np.sqrt(250_000 / q.fine_samples), abs=1e-5)
     # without the record (a pass that only places the response's samples) or the option: one pass
@@ -815,9 +818,9 @@ def _recorded_fine_passes(monkeypatch, sigma: float, available: int) -> tuple[li
     passes, rules = [], []
 
     def fine(channels, h, q, photo, max_pixels, with_centre, image_size, opt, tol_px=pipeline._FINE_TOL_PX,
-             max_iter=30):
+             max_iter=30, min_step_sigmas=None):
         passes.append(max_pixels)
-        rules.append((tol_px, max_iter))
+        rules.append((tol_px, max_iter, min_step_sigmas))
         n = available if max_pixels is None else min(max_pixels, available)
         # the noise's standard error falls as one over the square root of the samples
         return EccResult(homography=np.eye(3), correlation=0.9, radial=np.zeros(2), samples=n,
@@ -849,7 +852,7 @@ def test_the_fine_stage_ends_with_one_gauss_newton_step_on_every_sample(monkeypa
     pipeline._fine_final(channels, trial, (1024, 768), pipeline.AlignOptions(), 250_000, q)
     assert passes == expect
     # the step: one Gauss-Newton step, taken unmeasured when short
-    assert (rules[-1] == (pipeline.FULL_STEP_TOL_PX, 1)) is stepped
+    assert (rules[-1] == (pipeline.FULL_STEP_TOL_PX, 1, None)) is stepped
     assert q.fine_samples == expect[-1]
     # off, or a pass already on every sample (max_pixels None): no step
     passes.clear()
@@ -1039,3 +1042,88 @@ def test_ecc_from_the_features_start_is_not_run_again_when_the_background_start_
                                         lambda models, known: [explained[m[0][0, 2]] for m in models], None)
     # the features' start was ECC's start already: the background start is kept, nothing more runs
     assert h[0, 2] == 1 and restarts == 0 and calls == [1, 2]
+
+
+def _ecc_watched(first_converges: bool):
+    """ECC as :class:`alignment.pipeline._EccAhead` calls it, ``ecc(h, mask, skip, stop,
+    level_done)``: from the start named 1, two levels reported (the coarse one converged
+    or not); from any other start, a run that waits for ``stop`` up to 5 s (then raises
+    EccStopped) unless ``release`` is set first.  Each call is listed with whether it
+    ran in the main thread."""
+    import threading
+    from types import SimpleNamespace
+
+    from alignment.ecc import EccStopped
+
+    calls, ended, release = [], threading.Event(), threading.Event()
+
+    def ecc(h, mask, skip, stop=None, level_done=None):
+        calls.append((h[0, 2], threading.current_thread() is threading.main_thread()))
+        if h[0, 2] == 1:
+            level_done(SimpleNamespace(converged=first_converges), False)
+            level_done(SimpleNamespace(converged=True), True)
+            return "from 1"
+        try:
+            for _ in range(500):
+                if release.is_set():
+                    return "from 2"
+                if stop is not None and stop.is_set():
+                    raise EccStopped("stopped")
+                time.sleep(0.01)
+            return "from 2, never stopped"
+        finally:
+            ended.set()
+
+    return ecc, calls, ended, release
+
+
+def test_ecc_from_the_next_start_runs_ahead_once_a_coarse_level_ended_unconverged(two_threads):
+    from alignment.pipeline import _EccAhead
+
+    ecc, calls, ended, release = _ecc_watched(first_converges=False)
+    starts = [(_named(1), None), (_named(2), None)]
+    ahead = _EccAhead(ecc, starts)
+    assert ahead(*starts[0], False) == "from 1"
+    # the run from the next start began on a pool thread while the first ran
+    for _ in range(100):
+        if len(calls) == 2:
+            break
+        time.sleep(0.01)
+    assert calls == [(1, True), (2, False)]
+    release.set()
+    # asked for, its result is the one run ahead: ECC does not run again
+    assert ahead(*starts[1], False) == "from 2" and len(calls) == 2
+    ahead.stop()
+
+
+def test_ecc_runs_nothing_ahead_when_every_coarse_level_converged(two_threads):
+    from alignment.pipeline import _EccAhead
+
+    ecc, calls, ended, release = _ecc_watched(first_converges=True)
+    release.set()
+    starts = [(_named(1), None), (_named(2), None)]
+    ahead = _EccAhead(ecc, starts)
+    assert ahead(*starts[0], False) == "from 1"
+    time.sleep(0.05)
+    assert calls == [(1, True)]
+    # asked for, the next start runs in the caller
+    assert ahead(*starts[1], False) == "from 2" and calls == [(1, True), (2, True)]
+
+
+def test_ecc_run_ahead_ends_when_stopped_and_nothing_runs_ahead_on_one_thread(two_threads):
+    from alignment.pipeline import _EccAhead
+
+    ecc, calls, ended, release = _ecc_watched(first_converges=False)
+    starts = [(_named(1), None), (_named(2), None)]
+    ahead = _EccAhead(ecc, starts)
+    ahead(*starts[0], False)
+    ahead.stop()
+    # the run ahead ends at its next step, well before its 5 s
+    assert ended.wait(2.0) and len(calls) == 2
+    # a batch's pinned process (OpenCV on one thread): no run ahead
+    cv2.setNumThreads(1)
+    ecc, calls, ended, release = _ecc_watched(first_converges=False)
+    starts = [(_named(1), None), (_named(2), None)]
+    ahead = _EccAhead(ecc, starts)
+    ahead(*starts[0], False)
+    assert calls == [(1, True)]

@@ -14,14 +14,6 @@ import pytest
 from alignment import threads
 
 
-@pytest.fixture
-def two_threads():
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
-    yield
-    cv2.setNumThreads(before)
-
-
 def test_results_come_back_in_the_order_of_the_items(two_threads):
     def slow_square(i: int) -> int:
         time.sleep(0.01 * (5 - i))  # the first items finish last

@@ -67,6 +67,7 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_a_user_errors_traceback(faili
 #: exceptions that never reach a command: where each is caught and turned into a user error
 CAUGHT_INSIDE = {
     "alignment.pipeline._StageFailed": "alignment.pipeline._align -> the pair's rejection reason",
+    "alignment.ecc.EccStopped": "alignment.pipeline._EccAhead -> only in a run ahead whose result is dropped",
     "learn.raw_space.MissingMetadata": "learn.data.PackedPairs / learn.cli render -> DataError / one line",
 }
 
