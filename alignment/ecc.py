@@ -46,6 +46,7 @@ __all__ = [
     "refine_planes",
     "prepare_channels",
     "EccResult",
+    "EccStopped",
     "refine_homography",
     "local_normalize",
     "spline_coefficients",
