@@ -77,18 +77,31 @@ def test_a_stopped_refinement_raises_before_its_next_step_and_is_no_failure():
     with pytest.raises(ecc.EccStopped):
         refine_homography(template, image, _A, levels=2, norm_sigma=None, huber=None, stop=stop)
     assert not issubclass(ecc.EccStopped, ValueError)  # callers that try another start on a failure do not catch it
-    # stopped between two Gauss-Newton steps of a level: the level raises at its next step
-    steps = []
+    # set after the first level: the next level does not run
+    levels = []
 
     def stop_after_one_level(res, last):
-        steps.append(res)
+        levels.append(res)
         stop.set()
 
     stop.clear()
     with pytest.raises(ecc.EccStopped):
         refine_homography(template, image, _A @ np.diag([1.01, 0.99, 1.0]), levels=2, norm_sigma=None, huber=None,
                           stop=stop, level_done=stop_after_one_level)
-    assert len(steps) == 1
+    assert len(levels) == 1
+
+    class SetFromItsFourthLook:  # looked at once per level, then before each Gauss-Newton step
+        looks = 0
+
+        def is_set(self):
+            self.looks += 1
+            return self.looks > 3  # set before the first level's third step
+
+    levels.clear()
+    with pytest.raises(ecc.EccStopped):
+        refine_homography(template, image, _A @ np.diag([1.01, 0.99, 1.0]), levels=2, norm_sigma=None, huber=None,
+                          stop=SetFromItsFourthLook(), level_done=lambda res, last: levels.append(res))
+    assert levels == []  # stopped inside the first level
 
 
 def test_a_coarse_level_whose_masks_leave_too_few_samples_can_be_skipped():
