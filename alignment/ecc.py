@@ -484,6 +484,7 @@ def gn_refine(
     forward_lens: bool = True,
     stop: threading.Event | None = None,
     min_step_sigmas: float | None = None,
+    hands_over: Callable[[float, int], bool] | None = None,
 ) -> EccResult:
     """Gauss-Newton on a homography (and radial distortion) shared by several template channels.
 
@@ -527,6 +528,10 @@ def gn_refine(
     of the noise (:func:`_step_sigmas`) is taken unmeasured and ends the pass, as one
     under ``tol_px`` does (None: no such rule): where the model drifts along what the
     samples barely constrain, its steps stay above ``tol_px`` for every trial.
+    hands_over: with ``min_step_sigmas``, that rule applies only where this is true of
+    the standard error the noise leaves the frame corners at the step's start (image px,
+    :func:`_corner_sigma`) and the samples the pass uses: where a later pass on more
+    samples takes over (whose own noise is the finer limit), None: everywhere.
     Returns an :class:`EccResult` (one entry in ``iterations``), the correlation
     pooled over channels.
     """
@@ -561,6 +566,7 @@ def gn_refine(
     if eq.n_inside < 64:
         raise ValueError("the warped template leaves the image")
     damping, grow = 0.0, 2.0
+    n_samples = sum(len(d.u) for d in data)
     n_geo = 8 + nr + nc  # the geometric parameters lead dp; the photometric ones follow
     last_geo: np.ndarray | None = None  # the geometric part of the last plain step taken
     for it in range(1, max_iter + 1):
@@ -570,7 +576,9 @@ def gn_refine(
         promised = float(dp @ eq.atb - 0.5 * dp @ eq.ata @ dp) / max(eq.n_cost, 1)
         h_t, q_t, moved = _apply_update(h, q, dp, nr, frame, nc, forward_lens)
         if moved < tol_px or (min_step_sigmas is not None and damping == 0.0
-                              and _step_sigmas(promised, eq) < min_step_sigmas):
+                              and _step_sigmas(promised, eq) < min_step_sigmas
+                              and (hands_over is None or hands_over(
+                                  _corner_sigma(eq, h, q, nr, nc, frame, forward_lens), n_samples))):
             # a Gauss-Newton step this small is taken without measuring where it lands; a
             # damped one this small means no step of any length lowers the cost: stay
             if damping == 0.0:
@@ -609,7 +617,7 @@ def gn_refine(
     return EccResult(homography=h, correlation=float(corr), iterations=[it], converged=converged,
                      valid_fraction=valid_frac, radial=q, photometric=photo,
                      corner_sigma_px=_corner_sigma(eq, h, q, nr, nc, frame, forward_lens),
-                     samples=sum(len(d.u) for d in data))
+                     samples=n_samples)
 
 
 #: :func:`gn_refine`'s series step: two plain Gauss-Newton steps in a row whose geometric
@@ -1495,6 +1503,7 @@ def refine_planes(
     lens_centre: bool = False,
     series: bool = False,
     min_step_sigmas: float | None = None,
+    hands_over: Callable[[float, int], bool] | None = None,
 ) -> EccResult:
     """Finest-level refinement with one channel per phone target (e.g. Bayer plane).
 
@@ -1506,8 +1515,8 @@ def refine_planes(
     only does not move the estimate.  radial / q0: radial distortion of the phone
     image frame estimated with H (see :func:`gn_refine`; ``lens_centre``: its centre
     too); photo0: the channels'
-    starting gain and offset (see :func:`gn_refine`, as ``series`` and
-    ``min_step_sigmas``).  channels: the
+    starting gain and offset (see :func:`gn_refine`, as ``series``,
+    ``min_step_sigmas`` and ``hands_over``).  channels: the
     channels already prepared by :func:`prepare_channels` (then ``targets``,
     ``images``, ``image_mask``, ``blur_sigma``, ``norm_sigma`` and ``aperture``
     are not used), so that repeated refinements filter the images once.
@@ -1521,4 +1530,4 @@ def refine_planes(
             targets, images, image_mask, h_image, blur_sigma=blur_sigma, norm_sigma=norm_sigma, aperture=aperture
         )
     return gn_refine(channels, h_image, frame_shape, max_iter, tol_px, gain_degree, huber, max_pixels, radial, q0,
-                     photo0, lens_centre, series, min_step_sigmas=min_step_sigmas)
+                     photo0, lens_centre, series, min_step_sigmas=min_step_sigmas, hands_over=hands_over)

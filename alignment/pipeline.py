@@ -454,17 +454,17 @@ class _FineTrial:
 
 def _fine_refine(channels: list[Channel], h: np.ndarray, q: np.ndarray | None, photo: list[np.ndarray] | None,
                  max_pixels: int | None, with_centre: bool, image_size: tuple[int, int], opt: AlignOptions,
-                 tol_px: float = _FINE_TOL_PX, max_iter: int = 30, min_step_sigmas: float | None = None
-                 ) -> EccResult:
+                 tol_px: float = _FINE_TOL_PX, max_iter: int = 30, min_step_sigmas: float | None = None,
+                 hands_over: Callable[[float, int], bool] | None = None) -> EccResult:
     """One per-plane Gauss-Newton pass of the fine stage (``q`` None: no lens model;
-    ``tol_px``, ``max_iter`` and ``min_step_sigmas``: its stopping rule, see
+    ``tol_px``, ``max_iter``, ``min_step_sigmas`` and ``hands_over``: its stopping rule, see
     :func:`alignment.ecc.gn_refine`; with its series step: the pass starts near its end)."""
     # steps stop under a thousandth of a px at the frame corners: ten times finer
     # than any error the benchmarks resolve, a Gauss-Newton step fewer per pass
     return refine_planes(None, None, None, h, (image_size[1], image_size[0]), gain_degree=opt.fine_gain_degree,
                          max_pixels=max_pixels, radial=opt.radial if q is not None else 0, q0=q, channels=channels,
                          tol_px=tol_px, photo0=photo, lens_centre=with_centre and q is not None, max_iter=max_iter,
-                         series=True, min_step_sigmas=min_step_sigmas)
+                         series=True, min_step_sigmas=min_step_sigmas, hands_over=hands_over)
 
 
 def _blur_measure(targets: list, images: list[np.ndarray], image_mask: np.ndarray | None, h_image: np.ndarray,
@@ -577,7 +577,13 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
     sample (:func:`_full_step_samples`); the samples of the last pass or step and the
     standard error they leave go to ``q.fine_samples`` / ``q.fine_sigma_px``."""
     q_radial = trial.q_radial
-    rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, max_pixels, trial.centre, image_size, opt)
+    every = sum(int(c.mask.sum()) for c in channels)  # the samples the planes hold
+    # the last pass of the pair, where the noise will call for more samples (the pass
+    # below), ends as that pass does: its own noise is not the limit
+    handing = None if q is None else (lambda sigma, samples: _noise_samples(sigma, samples, every, max_pixels, opt)
+                                      is not None)
+    rf = _fine_refine(channels, trial.h_image, q_radial, trial.photometric, max_pixels, trial.centre, image_size, opt,
+                      min_step_sigmas=None if handing is None else NOISE_STEP_SIGMAS, hands_over=handing)
     if trial.centre and len(rf.radial) == 4 and np.hypot(rf.radial[2], rf.radial[3]) > PLAUSIBLE_LENS_OFFSET:
         # a centre run off the frame is no lens: the fit bent the frame to something else
         # (the real BruggeSquare pair: a centre 2800 px below the frame); held at the frame's
@@ -587,8 +593,7 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
         rf, q_radial = _fine_refine(channels, rf.homography, None, rf.photometric, max_pixels, False, image_size,
                                     opt), None
     if q is not None:
-        every = sum(int(c.mask.sum()) for c in channels)  # the samples the planes hold
-        more = _noise_samples(rf, every, max_pixels, opt)
+        more = _noise_samples(rf.corner_sigma_px, rf.samples, every, max_pixels, opt)
         if more is not None:
             # the noise, not the model, limits this pass (a soft scene at night): more of
             # the same samples, from where it ended, the lens model as it kept it.  On such
@@ -616,18 +621,19 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
     return rf.homography, (rf.radial if q_radial is not None else np.zeros(2)), rf.photometric
 
 
-def _noise_samples(rf: EccResult, every: int, max_pixels: int | None, opt: AlignOptions) -> int | None:
+def _noise_samples(sigma_px: float, samples: int, every: int, max_pixels: int | None,
+                   opt: AlignOptions) -> int | None:
     """How many samples bring the noise's standard error of a fine pass's corners
-    (``rf.corner_sigma_px``, which falls as one over the square root of the samples) to
-    ``opt.fine_noise_px``: at most ``every`` sample the channels hold and
+    (``sigma_px`` on its ``samples``; it falls as one over the square root of the samples)
+    to ``opt.fine_noise_px``: at most ``every`` sample the channels hold and
     :data:`NOISE_SAMPLES_FACTOR` times ``max_pixels`` -> that many, or None when the pass
     is within it, already used every sample, or would gain under a quarter more."""
     target = opt.fine_noise_px
-    if target is None or max_pixels is None or not rf.samples or not rf.corner_sigma_px > target:
+    if target is None or max_pixels is None or not samples or not sigma_px > target:
         return None
-    want = int(np.ceil(rf.samples * (rf.corner_sigma_px / target) ** 2))
+    want = int(np.ceil(samples * (sigma_px / target) ** 2))
     more = min(want, every, NOISE_SAMPLES_FACTOR * max_pixels)
-    return more if more >= 1.25 * rf.samples else None
+    return more if more >= 1.25 * samples else None
 
 
 def _full_step_samples(rf: EccResult, every: int, max_pixels: int | None, opt: AlignOptions) -> int | None:

@@ -556,3 +556,18 @@ def test_min_step_sigmas_ends_a_pass_at_a_step_the_noise_could_not_tell_and_not_
     far = gn_refine(channel, shifted(4 * sigma), template.shape, min_step_sigmas=0.25, **kw)
     assert far.iterations[0] > 1
     assert np.linalg.norm(at(far.homography) - at(best.homography), axis=1).max() < 0.1 * sigma
+    # hands_over: the rule applies only where it says a later pass takes over; it is asked
+    # with the standard error of the corners at the step's start and the pass's samples
+    asked = []
+
+    def hands_over(answer):
+        return lambda sigma_px, samples: asked.append((sigma_px, samples)) or answer
+
+    kept = gn_refine(channel, shifted(0.05 * sigma), template.shape, min_step_sigmas=0.25,
+                     hands_over=hands_over(False), **kw)
+    assert kept.iterations == plain_near.iterations and np.array_equal(kept.homography, plain_near.homography)
+    handed = gn_refine(channel, shifted(0.05 * sigma), template.shape, min_step_sigmas=0.25,
+                       hands_over=hands_over(True), **kw)
+    assert handed.iterations == near.iterations and np.array_equal(handed.homography, near.homography)
+    assert asked and all(n == near.samples for _, n in asked)
+    assert all(s == pytest.approx(sigma, rel=0.05) for s, _ in asked)

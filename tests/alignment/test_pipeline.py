@@ -795,9 +795,15 @@ def test_a_fine_pass_that_noise_limits_is_run_again_on_as_many_more_samples_as_i
     pipeline._fine_final(channels, trial, (1024, 768), one_pass, 250_000, q)
     assert passes == ([250_000] if expect is None else [250_000, expect])
     if expect is not None:  # its steps stop under a tenth of what the noise will leave there, or
-        # at one shorter than NOISE_STEP_SIGMAS standard errors; the first pass has no such rule
+        # at one shorter than NOISE_STEP_SIGMAS standard errors, wherever it is
         assert rules[-1][0] == pytest.approx(max(pipeline._FINE_TOL_PX, 0.1 * sigma * np.sqrt(250_000 / expect)))
-        assert rules[-1][2] == pipeline.NOISE_STEP_SIGMAS and rules[0][2] is None
+        assert rules[-1][2] == pipeline.NOISE_STEP_SIGMAS and rules[-1][3] is None
+    # the first pass ends at such a step too, but only where its noise hands the pair over
+    # to that pass (as its start tells: the same rule, on the sigma and samples there)
+    first_rule, hands_over = rules[0][2], rules[0][3]
+    assert first_rule == pipeline.NOISE_STEP_SIGMAS
+    assert hands_over(sigma, 250_000) is (expect is not None)
+    assert hands_over(0.02, 250_000) is False and hands_over(0.06, 260_000) is (available >= 325_000)
     assert q.fine_samples == min(passes[-1], available)
     assert q.fine_sigma_px == pytest.approx(sigma * np.sqrt(250_000 / q.fine_samples), abs=1e-5)
     # without the record (a pass that only places the response's samples) or the option: one pass
@@ -806,21 +812,23 @@ def test_a_fine_pass_that_noise_limits_is_run_again_on_as_many_more_samples_as_i
     pipeline._fine_final(channels, trial, (1024, 768), pipeline.AlignOptions(fine_noise_px=None, fine_full_step=False),
                          250_000, Quality())
     assert passes == [250_000, 250_000]
+    # (no pass after them to hand over to: none without the record, none without the option)
+    assert rules[-2][2:] == (None, None) and rules[-1][3](1.0, 250_000) is False
 
 
 def _recorded_fine_passes(monkeypatch, sigma: float, available: int) -> tuple[list, list]:
     """pipeline._fine_refine replaced by a pass on min(max_pixels, available) samples whose
     noise leaves ``sigma`` px at the corners on 250 000 of them -> (the samples asked for,
-    (tol_px, max_iter)) per pass, filled as passes run."""
+    (tol_px, max_iter, min_step_sigmas, hands_over)) per pass, filled as passes run."""
     import alignment.pipeline as pipeline
     from alignment.ecc import EccResult
 
     passes, rules = [], []
 
     def fine(channels, h, q, photo, max_pixels, with_centre, image_size, opt, tol_px=pipeline._FINE_TOL_PX,
-             max_iter=30, min_step_sigmas=None):
+             max_iter=30, min_step_sigmas=None, hands_over=None):
         passes.append(max_pixels)
-        rules.append((tol_px, max_iter, min_step_sigmas))
+        rules.append((tol_px, max_iter, min_step_sigmas, hands_over))
         n = available if max_pixels is None else min(max_pixels, available)
         # the noise's standard error falls as one over the square root of the samples
         return EccResult(homography=np.eye(3), correlation=0.9, radial=np.zeros(2), samples=n,
@@ -852,7 +860,7 @@ def test_the_fine_stage_ends_with_one_gauss_newton_step_on_every_sample(monkeypa
     pipeline._fine_final(channels, trial, (1024, 768), pipeline.AlignOptions(), 250_000, q)
     assert passes == expect
     # the step: one Gauss-Newton step, taken unmeasured when short
-    assert (rules[-1] == (pipeline.FULL_STEP_TOL_PX, 1, None)) is stepped
+    assert (rules[-1] == (pipeline.FULL_STEP_TOL_PX, 1, None, None)) is stepped
     assert q.fine_samples == expect[-1]
     # off, or a pass already on every sample (max_pixels None): no step
     passes.clear()
@@ -870,7 +878,7 @@ def test_a_lens_centre_run_off_the_frame_is_held_at_the_frame_centre(monkeypatch
     # the real BruggeSquare pair's final pass put its lens centre 2800 px below the frame
     calls = []
 
-    def final(channels, h, q, photo, max_pixels, with_centre, image_size, opt):
+    def final(channels, h, q, photo, max_pixels, with_centre, image_size, opt, **stopping_rule):
         calls.append(with_centre)
         radial = np.array([0.03, 0.0, *centre]) if with_centre else np.array([0.03, 0.0])
         return EccResult(homography=np.eye(3), correlation=0.9, iterations=[3], radial=radial)
