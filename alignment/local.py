@@ -850,9 +850,12 @@ def refine_local(
     Returns (field in phone image px, tile residuals before any field, tile
     residuals after the final field, the channels warped by the final field: see
     :func:`warp_channels`).  When the field converged (its last change under
-    ``tol_px`` at every tile centre), the last measurement stands for the final one:
-    its shifts less that change, and its warped channels (under a field less than
-    ``tol_px`` from the returned one), which saves a warp of every channel.  When the
+    ``tol_px`` at every tile centre, or a change of at most :data:`SETTLED_STEP_TOLS`
+    ``tol_px`` in the structure of the round before that leaves, as a series shrinking
+    as its last two steps did, under ``tol_px`` to go: :func:`_left_to_go`), the last
+    measurement stands for the final one: its shifts less that change, and its warped
+    channels (under a field at most that change from the returned one), which saves a
+    warp of every channel.  When the
     field swings about its solution (two steps of one form pointing nearly opposite
     ways), the step the next round measures from is shortened by the ratio of the two
     (:func:`_overshoot_damping`).
@@ -921,15 +924,21 @@ def refine_local(
         fits.append(new)
         grid = res.centres[res.reliable] if res.reliable.any() else res.centres
         change = float(np.max(np.hypot(*(new(grid) - fld(grid)).T))) if len(grid) else 0.0
-        if change < tol_px:
-            # converged: the last measurement, under a field less than tol_px from the
-            # new one, stands for the final one (its shifts less the field's change:
-            # the linearisation the fit itself uses); no further warp
-            moved = new(res.centres) - fld(res.centres)
-            final = replace(res, shifts=res.shifts - moved)
+        move = new(res.centres) - fld(res.centres)
+        # a step of the structure the last round chose, in a series that shrinks fast
+        # enough that what it leaves to go is under tol_px, ends the loop as a step under
+        # tol_px does (a flexible spline's fixed point approached in steps of 0.015 px)
+        settling = (last_move is not None and len(fits) >= 2 and _structure(new) == _structure(fits[-2])
+                    and change <= SETTLED_STEP_TOLS * tol_px
+                    and _left_to_go(last_move, move, res.reliable, change) < tol_px)
+        if change < tol_px or settling:
+            # converged: the last measurement, under a field less than tol_px (at most
+            # SETTLED_STEP_TOLS tol_px) from the new one, stands for the final one (its
+            # shifts less the field's change: the linearisation the fit itself uses); no
+            # further warp
+            final = replace(res, shifts=res.shifts - move)
             assert first is not None
             return new, first, final, warped
-        move = new(res.centres) - fld(res.centres)
         # the field swings about its solution (each tile's one-step shift overshoots: the
         # three-point derivative falls short on fine texture): the step that the next
         # round will measure from is shortened by the ratio the last two steps show, the
@@ -946,6 +955,27 @@ def refine_local(
     warped, final = warped_and_measured(fld)
     assert first is not None
     return fld, first, final, warped
+
+
+#: :func:`refine_local` ends at a step of at most this many ``tol_px`` when the series of
+#: steps leaves less than ``tol_px`` to go (:func:`_left_to_go`); the warp it returns is
+#: then up to this many ``tol_px`` from the field (0.05 px at the default)
+SETTLED_STEP_TOLS = 5.0
+
+
+def _left_to_go(last: np.ndarray, step: np.ndarray, reliable: np.ndarray, length: float) -> float:
+    """How far a fixed-point iteration still is from its end after ``step`` ((N, 2) at the
+    tile centres), which followed ``last``, at most ``length`` px long: with r the ratio of
+    the two over the ``reliable`` tiles (``<step, last> / <last, last>``), a series that
+    shrinks by |r| a step has ``length |r| / (1 - |r|)`` left; inf for |r| >= 1."""
+    if not reliable.any():
+        return float("inf")
+    a, b = last[reliable].ravel(), step[reliable].ravel()
+    aa = float(a @ a)
+    if aa <= 1e-12:
+        return float("inf")
+    ratio = abs(float(a @ b) / aa)
+    return length * ratio / (1.0 - ratio) if ratio < 1.0 else float("inf")
 
 
 #: :func:`_overshoot_damping` shortens a step when the last two steps of the field ran

@@ -8,8 +8,9 @@ import pytest
 from scipy import ndimage
 
 from alignment.ecc import prepare_channels
-from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _overshoot_damping,
-                             _second_differences, fit_field, measure_tiles, refine_local, warp_channels)
+from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _left_to_go,
+                             _overshoot_damping, _second_differences, fit_field, measure_tiles, refine_local,
+                             warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 
@@ -376,6 +377,50 @@ def test_a_field_that_overshoots_its_solution_settles_in_three_warps(monkeypatch
                                     (320, 240), tile_px=32.0, degrees=(-1, 0), spline=False)
     assert np.abs(fld(final.centres[final.reliable]) - shift).max() < 0.005
     assert len(warps) == 3
+
+
+@pytest.mark.parametrize("shifts, warps_made", [
+    ([0.2, 0.215], 2),  # the second step a thirteenth of the first: 0.0012 px left, settled
+    ([0.02, 0.035, 0.04625, 0.0547], 4),  # each step 0.75 of the last: on until one is under tol_px
+], ids=["fast series", "slow series"])
+def test_a_field_whose_steps_leave_less_than_the_tolerance_to_go_ends_without_another_warp(
+        monkeypatch, shifts, warps_made):
+    # a field of one structure whose second step (0.015 px) is over tol_px (0.01) but a
+    # thirteenth of the first: the series leaves 0.0012 px to go, so the loop ends there,
+    # the last measurement standing for the final one; where the steps shrink slowly it
+    # goes on until a step is under tol_px, as before
+    import alignment.local as local
+
+    rng = np.random.default_rng(5)
+    base = cv2.GaussianBlur(rng.normal(size=(240, 320)).astype(np.float32), (0, 0), 1.5)
+    channels = prepare_channels([(base.copy(), np.ones(base.shape, bool), np.eye(3))], [base], None, np.eye(3),
+                                blur_sigma=0.5)
+    chosen = iter([SmoothField(0, (159.5, 119.5), 160.0, np.array([[dx, 0.0]])) for dx in shifts])
+    monkeypatch.setattr(local, "fit_field", lambda *args, like=None, **kw: next(chosen))
+    warps = []
+    real_warp = local.warp_channels
+    monkeypatch.setattr(local, "warp_channels", lambda *a, **k: warps.append(1) or real_warp(*a, **k))
+    fld, _, final, warped = refine_local(None, None, None, np.eye(3), (320, 240), tile_px=32.0, channels=channels)
+    assert len(warps) == warps_made
+    assert fld.coef[0, 0] == pytest.approx(shifts[-1])
+    assert next(chosen, None) is None  # every field of the series was fitted: none skipped
+    # the final measurement is the last one, less the field's last step (its linearisation)
+    last = measure_tiles(warped, 32.0)
+    step = shifts[-1] - shifts[-2]
+    np.testing.assert_allclose(final.shifts[:, 0], last.shifts[:, 0] - step)
+
+
+@pytest.mark.parametrize("last, step, expected", [
+    ([1.0, -0.5], [0.1, -0.05], 0.03 * 0.1 / 0.9),  # shrinking by a tenth a step, the same way
+    ([1.0, -0.5], [-0.1, 0.05], 0.03 * 0.1 / 0.9),  # by a tenth, swinging: |r| alike
+    ([1.0, -0.5], [0.5, 1.0], 0.0),  # at right angles: no series left
+    ([1.0, -0.5], [1.2, -0.6], np.inf),  # growing: no end in sight
+    ([0.0, 0.0], [0.1, 0.0], np.inf),  # no last step to compare with
+], ids=["shrinking", "swinging", "across", "growing", "no last step"])
+def test_what_a_series_of_field_steps_leaves_to_go(last, step, expected):
+    last, step = np.tile(last, (6, 1)), np.tile(step, (6, 1))
+    assert _left_to_go(last, step, np.ones(6, bool), 0.03) == pytest.approx(expected)
+    assert _left_to_go(last, step, np.zeros(6, bool), 0.03) == np.inf  # no reliable tile
 
 
 @pytest.mark.parametrize("step, expected", [
