@@ -577,7 +577,9 @@ def _fine_final(channels: list[Channel], trial: _FineTrial, image_size: tuple[in
     sample (:func:`_full_step_samples`); the samples of the last pass or step and the
     standard error they leave go to ``q.fine_samples`` / ``q.fine_sigma_px``."""
     q_radial = trial.q_radial
-    every = sum(int(c.mask.sum()) for c in channels)  # the samples the planes hold
+    # the samples the planes hold (for the passes after the pair's last one: not counted
+    # for a pass that only places the response's samples)
+    every = 0 if q is None else sum(int(c.mask.sum()) for c in channels)
     # the last pass of the pair, where the noise will call for more samples (the pass
     # below), ends as that pass does: its own noise is not the limit
     handing = None if q is None else (lambda sigma, samples: _noise_samples(sigma, samples, every, max_pixels, opt)
