@@ -1287,6 +1287,7 @@ def refine_homography(
     forward_lens: bool = True,
     stop: threading.Event | None = None,
     level_done: Callable[[EccResult, bool], None] | None = None,
+    template_select: np.ndarray | None = None,
 ) -> EccResult:
     """Refine ``h0`` (template px -> image px) coarse to fine.
 
@@ -1317,6 +1318,13 @@ def refine_homography(
     next level or Gauss-Newton step (a start run ahead in the background whose result
     is no longer wanted).  level_done: called after each level that ran with its
     result (on that level's grids) and whether it was the last level.
+    template_select: bool, True = compared; template px whose data are measured but
+    that are left out of the comparison (what does not follow the background,
+    :func:`alignment.trust.dominant_motion`).  Unlike ``template_mask`` (unmeasured
+    data, eroded by the filters' reach at every level), it is not eroded: a filter may
+    read those px.  Eroded as a mask, a 12 MP Eiffel pair's scattered holes (3 % of the
+    frame) left 41 % of its coarsest level (63 x 84 px) to compare, and ECC ran off
+    there (docs/alignment.md, #11's thirty-sixth stop).
     Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
     level = ECC_METHODS.get(method)
@@ -1330,9 +1338,11 @@ def refine_homography(
     # pyramids
     tpyr = [template.astype(np.float32)]
     tmpyr = [template_mask if template_mask is None else template_mask.astype(bool)]
+    spyr = [template_select if template_select is None else template_select.astype(bool)]
     while len(tpyr) <= levels and min(tpyr[-1].shape) >= 96:
         tpyr.append(_area_down(tpyr[-1]))
         tmpyr.append(_mask_down(tmpyr[-1], len(tmpyr)))
+        spyr.append(_mask_down(spyr[-1], len(spyr)))
     ipyr = [image.astype(np.float32)]
     impyr = [image_mask if image_mask is None else image_mask.astype(bool)]
     iters: list[int] = []
@@ -1356,6 +1366,8 @@ def refine_homography(
         t, tm, im, imk = prepare_level_pair(
             tpyr[lvl], ipyr[m], hl, tmpyr[lvl], impyr[m], blur_sigma, norm_sigma, aperture
         )
+        if spyr[lvl] is not None:
+            tm = tm & spyr[lvl]
         # (1e-2 here cost a sky-heavy Boston pair of the trust benchmark its background:
         # precision 0.96 -> 0.34; the later stages do not always recover a coarse start)
         try:

@@ -1154,9 +1154,12 @@ def _background_start(grid: ResidualGrid, d: PreparedImage, h_work: np.ndarray, 
     The features' homography h_work ((3,3) phone working px -> DSLR working px) may
     hold a foreground object's matches; the dense flow between the phone luminance
     and the DSLR luminance under it (on ``grid``, :class:`alignment.reduce.ResidualGrid`)
-    has the background (the largest consistent plane) as its dominant motion
-    (:func:`trust.dominant_motion`).  Returns (h_work composed with that motion, the
-    phone's valid working px less those that do not follow it); h_work and the valid px
+    has the background (the largest consistent plane, seen through the phone's lens:
+    ``opt.radial`` radial terms beside the homography) as its dominant motion
+    (:func:`trust.dominant_motion`).  Returns (h_work composed with that motion's
+    homography, the phone's valid working px less those that do not follow it, lens
+    included; ECC compares them without eroding those holes, see
+    :func:`alignment.ecc.refine_homography`'s ``template_select``); h_work and the valid px
     unchanged when no motion can be fitted or when it leaves under a fifth of the px.  A
     correction that moves a frame corner by a working px or more is measured again from
     the corrected start (up to ``rounds`` times): the flow reaches only so far.
@@ -1167,7 +1170,7 @@ def _background_start(grid: ResidualGrid, d: PreparedImage, h_work: np.ndarray, 
     mask = p.valid
     for _ in range(rounds):
         res = _luminance_residual(grid.phone, d, grid.model(h_work), phones=phones)
-        motion = trust.dominant_motion(res, grid.step, margin_px=opt.trust_margin_px)
+        motion = trust.dominant_motion(res, grid.step, margin_px=opt.trust_margin_px, radial=opt.radial)
         if motion.homography is None or motion.outliers.mean() >= 0.8:
             break
         m = grid.motion(motion.homography)
@@ -1594,7 +1597,10 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
             level_done: Callable[[EccResult, bool], None] | None = None) -> EccResult:
         # the lens in the plain form while the pyramid runs from far (see refine_homography),
         # handed on in the forward form every later stage fits
-        r = refine_homography(p.lum, d.lum, h, mask, d.valid, levels=opt.ecc_levels,
+        # (the start's mask holds what does not follow the background: measured px, compared
+        # nowhere, but not eroded as unmeasured ones are)
+        r = refine_homography(p.lum, d.lum, h, p.valid, d.valid, template_select=None if mask is p.valid else mask,
+                              levels=opt.ecc_levels,
                               min_level=1 if opt.fine == "planes" else 0,
                               radial=opt.radial if opt.ecc_method == "gn" else 0, skip_failed_levels=skip,
                               forward_lens=False, stop=stop, level_done=level_done, **eccopt)

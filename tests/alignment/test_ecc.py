@@ -153,6 +153,28 @@ def test_masked_out_template_pixels_do_not_move_the_estimate():
     assert _corner_error(r.homography) < 0.01
 
 
+def test_px_left_out_by_selection_are_not_compared_and_their_holes_do_not_grow():
+    # scattered px that do not follow the background (measured data, compared nowhere):
+    # as a selection the holes keep their size at every level; as a mask of unmeasured
+    # data each is eroded by the filters' reach, and the coarse levels lose most samples
+    template, image = _analytic_pair()
+    yy, xx = np.mgrid[0 : _T_SHAPE[0], 0 : _T_SHAPE[1]]
+    holes = ((xx % 16) < 2) & ((yy % 16) < 2)  # 1.6 % of the frame
+    start = _A @ np.array([[1.01, 0.004, 1.5], [-0.003, 0.99, -1.0], [1e-5, 0, 1.0]])
+    samples: list[int] = []
+    kw = dict(levels=2, norm_sigma=None, huber=None)
+    r = refine_homography(template, image, start, template_select=~holes,
+                          level_done=lambda res, last: samples.append(res.samples), **kw)
+    assert _corner_error(r.homography) < 0.005
+    assert samples[-1] > 0.95 * (_T_SHAPE[0] - 4) * (_T_SHAPE[1] - 4)  # only the frame's border eroded
+    with pytest.raises(ValueError, match="too few template pixels"):
+        refine_homography(template, image, start, ~holes, **kw)  # the coarsest level's holes met
+    as_mask: list[int] = []
+    refine_homography(template, image, r.homography, ~holes, levels=0, norm_sigma=None, huber=None,
+                      level_done=lambda res, last: as_mask.append(res.samples))
+    assert as_mask[0] < 0.8 * samples[-1]
+
+
 def test_unknown_method_is_an_error_that_lists_the_choices_before_any_work():
     template, image = _analytic_pair()
     with pytest.raises(ValueError, match="unknown ECC method 'lk' \\(choices: gn, opencv\\)"):

@@ -402,7 +402,7 @@ def test_a_whiteboard_half_clipped_under_a_lens_is_kept_for_the_part_its_tiles_p
     assert trusted.mean() > 0.1 and errors[trusted].max() < 0.2
 
 
-def test_a_whiteboard_under_a_lens_gets_its_lens_from_ecc_run_again_from_the_features_start(tmp_path):
+def test_a_whiteboard_under_a_lens_gets_its_lens_from_ecc_on_the_background_seen_through_the_lens(tmp_path):
     # the broadened benchmark's distortion whiteboard pair 1: strokes in the upper two
     # thirds of the board, blank below, a correlation of 0.24 over the whole (noise).
     # ECC on the luminance ran off from the background start (no lens), which was then
@@ -413,7 +413,10 @@ def test_a_whiteboard_under_a_lens_gets_its_lens_from_ecc_run_again_from_the_fea
     # result explains far less than the background start (0.03 of it), and finds the lens.
     # (Its centre 0.28 px from the lens's with the two plain terms, 1.18 px with the forward
     # lens of #11's thirty-second stop; the corners 0.148 and 0.206 px off, the dense error
-    # 0.033 and 0.054 px: the blank lower third leaves the lens weakly fixed.)
+    # 0.033 and 0.054 px: the blank lower third leaves the lens weakly fixed.)  Since the
+    # thirty-sixth stop the background start's motion holds the lens: its strokes, which
+    # departed from a homography, are no longer taken for objects and left out, and ECC
+    # from that start finds the lens at once (0.08 px at the corners, 0.033 dense).
     pair, folder = _benchmark_pair(tmp_path, "whiteboard", 1, distortion=True)
     w, h = pair.truth.phone_size
     truth = np.array([pair.truth.distortion.cx, pair.truth.distortion.cy])
@@ -421,7 +424,7 @@ def test_a_whiteboard_under_a_lens_gets_its_lens_from_ecc_run_again_from_the_fea
     a = align_pair(folder / "phone.dng", folder / "dslr.jpg")
     q = a.quality
     assert a.ok, q.message
-    assert q.ecc_restarts == 1 and q.ecc_correlation < 0.3
+    assert q.ecc_restarts == 0 and q.ecc_correlation < 0.3
     assert np.hypot(*(np.array(a.field.radial[:2]) - truth)) < 1.5
     assert np.median(corner_errors(a, pair.truth)) < 0.25 and dense_errors(a, pair.truth).mean() < 0.07
     # on the response fitted to the JPEG as decoded (its chroma not restored) the centre,
