@@ -614,12 +614,15 @@ class _LensHomography:
 
     def map(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Grid px (x, y) (arrays that broadcast) -> where the model puts them."""
-        rows, cols = self.shape
-        cx, cy, half = (cols - 1) / 2.0, (rows - 1) / 2.0, max(rows, cols) / 2.0
         if len(self.radial):
-            r2 = ((x - cx) ** 2 + (y - cy) ** 2) / (half * half)
-            f = 1.0 + sum(q * r2 ** (k + 1) for k, q in enumerate(self.radial))
-            x, y = cx + (x - cx) * f, cy + (y - cy) * f
+            # (imported here: the pipeline has it loaded; a report that reads trust maps
+            # need not load the registration stack)
+            from alignment.ecc import lens_undistort
+
+            rows, cols = self.shape
+            cx, cy, half = (cols - 1) / 2.0, (rows - 1) / 2.0, max(rows, cols) / 2.0
+            u, v = lens_undistort(np.r_[self.radial, np.zeros(2)][:2], (x - cx) / half, (y - cy) / half, forward=False)
+            x, y = cx + u * half, cy + v * half
         mx, my, _ = apply_homography_xy(self.homography, x, y)
         return mx, my
 
