@@ -689,13 +689,14 @@ class _LensHomography:
                 trial = par - step
                 at_t = parts(trial)
                 res_t = np.r_[at_t[3] - du, at_t[4] - dv]
-                if np.all(np.isfinite(res_t)) and cost(res_t) <= now:
+                now_t = cost(res_t) if np.all(np.isfinite(res_t)) else np.inf
+                if now_t <= now:
                     break
                 step = step / 2.0
             else:
                 break
             moved = float(np.abs(res_t - res).max()) * half
-            par, at, res, now, moved_any = trial, at_t, res_t, cost(res_t), True
+            par, at, res, now, moved_any = trial, at_t, res_t, now_t, True
             if moved < tol:
                 break
         if not moved_any or not n:
