@@ -1152,12 +1152,14 @@ def _gn_level(
     gauss_filt_size: int = 1,
     forward_lens: bool = True,
     stop: threading.Event | None = None,
+    series: bool = False,
+    min_step_sigmas: float | None = None,
 ) -> EccResult:
     """Gauss-Newton at one pyramid level (one channel). See :func:`gn_refine`
     (``gauss_filt_size`` is OpenCV's and not used)."""
     return gn_refine(
         [Channel(template, tmask, image, imask)], h, template.shape, max_iter, tol_px, gain_degree, huber, max_pixels,
-        radial, q0, forward_lens=forward_lens, stop=stop,
+        radial, q0, forward_lens=forward_lens, stop=stop, series=series, min_step_sigmas=min_step_sigmas,
     )
 
 
@@ -1288,6 +1290,7 @@ def refine_homography(
     stop: threading.Event | None = None,
     level_done: Callable[[EccResult, bool], None] | None = None,
     template_select: np.ndarray | None = None,
+    hand_over_sigmas: float | None = None,
 ) -> EccResult:
     """Refine ``h0`` (template px -> image px) coarse to fine.
 
@@ -1325,6 +1328,12 @@ def refine_homography(
     read those px.  Eroded as a mask, a 12 MP Eiffel pair's scattered holes (3 % of the
     frame) left 41 % of its coarsest level (63 x 84 px) to compare, and ECC ran off
     there (docs/alignment.md, #11's thirty-sixth stop).
+    hand_over_sigmas: each level ("gn") ends once a plain Gauss-Newton step is shorter
+    than this many standard errors of that level's noise, and takes the rest of a
+    linearly converging series of steps in one (:func:`gn_refine`'s ``min_step_sigmas``
+    and ``series``): for a caller whose next stage refines the result on finer data
+    anyway, as the next level does a coarser one's (None: every level runs to its
+    ``tol_px``, 1e-3 px at the coarse levels).
     Returns an :class:`EccResult`; raises ValueError when the overlap vanishes.
     """
     level = ECC_METHODS.get(method)
@@ -1373,7 +1382,8 @@ def refine_homography(
         try:
             r = level(t, tm, im, imk, hl, max_iter, tol_px if lvl == 0 else 1e-3, gain_degree, huber,
                       None if lvl == 0 else 150_000, radial, q, gauss_filt_size=gauss_filt_size,
-                      forward_lens=forward_lens, stop=stop)
+                      forward_lens=forward_lens, stop=stop, series=hand_over_sigmas is not None,
+                      min_step_sigmas=hand_over_sigmas)
         except ValueError:
             if not skip_failed_levels or lvl == last:
                 raise
@@ -1409,10 +1419,13 @@ def _opencv_level(
     gauss_filt_size: int = 1,
     forward_lens: bool = True,
     stop: threading.Event | None = None,
+    series: bool = False,
+    min_step_sigmas: float | None = None,
 ) -> EccResult:
     """One level of cv2.findTransformECCWithMask (template and image masks); the
     arguments of :func:`_gn_level` that OpenCV has no use for are ignored (``stop``
-    is looked at between levels only), and a radial model is refused."""
+    is looked at between levels only; ``series`` and ``min_step_sigmas`` are
+    Gauss-Newton's), and a radial model is refused."""
     if radial:
         raise ValueError("radial distortion needs method='gn'")
     warp = h.astype(np.float32)

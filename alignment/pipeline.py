@@ -1287,6 +1287,18 @@ class _EccAhead:
         self._ahead.clear()
 
 
+#: ECC on the luminance hands each level on (``refine_homography``'s ``hand_over_sigmas``)
+#: once its Gauss-Newton steps are shorter than this many standard errors of the level's
+#: noise: the next level, and after the last the fine stage, refine it on finer data.
+#: Run to their 1e-3 px, those levels converge only linearly on a luminance the two
+#: cameras' tones make differ (each step 0.7 to 0.76 of the last on 12 MP Eiffel and
+#: BruggeSquare lens pairs: 26 and 30 steps, the last 10 to 12 under one standard error).
+#: Measured (docs/alignment.md, #11's thirty-eighth stop): the stage 0.95 -> 0.49 s on
+#: that Eiffel pair, 0.30 -> 0.25 s mean on the 1 MP benchmark's pairs; the 1 MP
+#: benchmark's figures the same within their noise
+LUMINANCE_HAND_OVER_SIGMAS = 0.5
+
+
 def _ecc_model(r: EccResult) -> tuple[np.ndarray, np.ndarray]:
     """ECC's result as a model: (its homography scaled to H[2, 2] = 1, its radial coefficients)."""
     return r.homography / r.homography[2, 2], r.radial
@@ -1603,7 +1615,8 @@ def _global_stage(s: _PairState, h_work: np.ndarray) -> _GlobalModel:
                               levels=opt.ecc_levels,
                               min_level=1 if opt.fine == "planes" else 0,
                               radial=opt.radial if opt.ecc_method == "gn" else 0, skip_failed_levels=skip,
-                              forward_lens=False, stop=stop, level_done=level_done, **eccopt)
+                              forward_lens=False, stop=stop, level_done=level_done,
+                              hand_over_sigmas=LUMINANCE_HAND_OVER_SIGMAS, **eccopt)
         return replace(r, radial=forward_from_plain(r.radial, p.lum.shape))
 
     try:
