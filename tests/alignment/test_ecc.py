@@ -249,6 +249,18 @@ def test_spline_coefficients_are_scipys_and_interpolate_the_image_through_its_ow
     assert np.array_equal(spline_coefficients(rgb[..., 1]), spline_coefficients(np.ascontiguousarray(rgb[..., 1])))
 
 
+@pytest.mark.parametrize("block", [1000, 4999, ecc._SPLINE_BLOCK])
+def test_the_spline_gradient_is_the_same_to_the_last_bit_whatever_block_it_is_sampled_in(monkeypatch, block):
+    rng = np.random.default_rng(2)
+    coef = spline_coefficients(_gauss(rng.random((60, 80)).astype(np.float32), 0.8))
+    x, y = rng.uniform(1, 80 - 2.0001, 5000), rng.uniform(1, 60 - 2.0001, 5000)
+    whole = sample_spline_gradient(coef, x, y)
+    monkeypatch.setattr(ecc, "_SPLINE_BLOCK", block)
+    for got, want in zip(sample_spline_gradient(coef, x, y), whole):
+        assert got.dtype == np.float64 and np.array_equal(got, want)
+    assert all(v.shape == (0,) for v in sample_spline_gradient(coef, x[:0], y[:0]))
+
+
 def test_the_spline_gradient_is_the_derivative_of_the_spline_it_samples():
     rng = np.random.default_rng(1)
     image = _gauss(rng.random((60, 80)).astype(np.float32), 0.8)  # texture near the blur's limit
