@@ -1163,17 +1163,28 @@ def _background_start(grid: ResidualGrid, d: PreparedImage, h_work: np.ndarray, 
     unchanged when no motion can be fitted or when it leaves under a fifth of the px.  A
     correction that moves a frame corner by a working px or more is measured again from
     the corrected start (up to ``rounds`` times): the flow reaches only so far.
+
+    The homography composed is MAGSAC's, or, where the first round finds that the lens
+    bends the frame (``DominantMotion.lens_bends``), in every round the one fitted with
+    the lens terms: through a strong lens MAGSAC's is a patch's, another each round, 1 to
+    2.5 px from the last at the corners, and the rounds did not settle (a strong-lens
+    pair ran all three); with the fit's the second is within half a px (docs/alignment.md,
+    #11's thirty-ninth stop).  Decided once, as a start that switched between the two
+    would not settle either.
     """
     p = grid.work
     rows, cols = p.lum.shape
     corners = np.array([[0, 0], [cols - 1, 0], [0, rows - 1], [cols - 1, rows - 1]], np.float64)
     mask = p.valid
+    through_lens = None
     for _ in range(rounds):
         res = _luminance_residual(grid.phone, d, grid.model(h_work), phones=phones)
         motion = trust.dominant_motion(res, grid.step, margin_px=opt.trust_margin_px, radial=opt.radial)
         if motion.homography is None or motion.outliers.mean() >= 0.8:
             break
-        m = grid.motion(motion.homography)
+        if through_lens is None:
+            through_lens = motion.lens_bends
+        m = grid.motion(motion.lens_homography if through_lens else motion.homography)
         moved = h_work @ m
         h_work = moved / moved[2, 2]
         mask = p.valid & ~grid.up(motion.outliers)

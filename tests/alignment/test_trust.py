@@ -256,6 +256,62 @@ def test_a_lens_is_the_backgrounds_motion_when_the_motion_holds_radial_terms():
     assert abs(lens.radial[0] - 0.04) < 0.01 and abs(lens.radial[1]) < 0.01
 
 
+def _corner_move(h: np.ndarray, rows: int, cols: int) -> float:
+    """How far (px) a homography moves the corners of a (rows, cols) frame."""
+    corners = np.array([[0.0, 0.0], [cols - 1, 0.0], [0.0, rows - 1], [cols - 1, rows - 1]])
+    return float(np.abs(cv2.perspectiveTransform(corners[None], h)[0] - corners).max())
+
+
+def test_through_a_lens_the_motion_fitted_with_the_lens_is_found_again_within_half_a_px():
+    # the background start composes the motion's homography into its start and measures
+    # again: through a lens, the homography fitted with the lens terms is the plane's, so
+    # the second measurement finds (almost) nothing left to correct
+    rng = np.random.default_rng(8)
+    h, w = 192, 256
+    scene = _textured(rng, h, w)
+    phone = _seen_through_a_lens(scene, 0.04)
+    off = np.array([[1.0, 0.01, 2.5], [-0.01, 1.0, -1.5], [0.0, 0.0, 1.0]])  # the start, 3 px off
+    first = cv2.warpPerspective(scene, off, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_CUBIC,
+                                borderMode=cv2.BORDER_REFLECT)
+    masks = [np.ones((h, w), bool)] * 4
+    planes = _planes(phone, rng)
+    motion = trust.dominant_motion(trust.dense_residual(planes, [first] * 4, masks), step=2.0, margin_px=4.0,
+                                   radial=2)
+    assert motion.lens_bends and _corner_move(motion.lens_homography, h, w) > 1.0  # the first correction
+    again = cv2.warpPerspective(first, motion.lens_homography, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_CUBIC,
+                                borderMode=cv2.BORDER_REFLECT)
+    second = trust.dominant_motion(trust.dense_residual(planes, [again] * 4, masks), step=2.0, margin_px=4.0, radial=2)
+    assert _corner_move(second.lens_homography, h, w) < 0.5
+    assert abs(second.radial[0] - motion.radial[0]) < 0.005  # the lens, found again
+
+
+@pytest.mark.parametrize("radial, followed, searches", [(2, None, [trust.SEED_SEARCH_ITERATIONS]),
+                                                       (2, 0.5, [trust.SEED_SEARCH_ITERATIONS,
+                                                                 trust.FULL_SEARCH_ITERATIONS]),
+                                                       (0, None, [trust.FULL_SEARCH_ITERATIONS])])
+def test_the_full_search_runs_only_when_half_or_fewer_follow_the_fit_from_the_short_one(monkeypatch, radial,
+                                                                                        followed, searches):
+    # a background shifted by (-3, 2) seen through a lens: the fit from the short search's
+    # seed is followed by nearly every sampled px (with ``followed``: as if only that share were)
+    rng = np.random.default_rng(4)
+    h, w = 192, 256
+    scene = _textured(rng, h + 40, w + 40)
+    phone = _seen_through_a_lens(scene[20 : 20 + h, 20 : 20 + w], 0.03 if radial else 0.0)
+    prediction = scene[18 : 18 + h, 23 : 23 + w].copy()
+    made = []
+    magsac = trust._magsac
+    monkeypatch.setattr(trust, "_magsac", lambda *a: made.append(a[-1]) or magsac(*a))
+    if followed is not None:
+        monkeypatch.setattr(trust._LensHomography, "followed", lambda *a: followed)
+    res = trust.dense_residual(_planes(phone, rng), [prediction] * 4, [np.ones((h, w), bool)] * 4)
+    motion = trust.dominant_motion(res, step=2.0, margin_px=4.0, radial=radial)
+    assert made == searches
+    # the plane's motion at the frame's centre, where the lens moves nothing
+    centre = np.array([[[(w - 1) / 2.0, (h - 1) / 2.0]]])
+    np.testing.assert_allclose(cv2.perspectiveTransform(centre, motion.lens_homography)[0, 0] - centre[0, 0],
+                               [-3.0, 2.0], atol=0.2)
+
+
 def test_the_lens_and_homography_fit_recovers_them_through_noise_and_a_tenth_of_outliers():
     from alignment.trust import _LensHomography
 
