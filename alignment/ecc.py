@@ -319,18 +319,13 @@ def sample_spline_gradient(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> tu
         for j in range(4):
             row, row_dx = rows[j % 2]
             # row j along x and its derivative along x: (columns 0 + 1) + (columns 2 + 3)
-            np.take(shifted[j][0], corner, out=c, mode="clip")
-            np.multiply(c, wx[0], out=row)
-            np.multiply(c, dx[0], out=row_dx)
-            np.take(shifted[j][1], corner, out=c, mode="clip")
-            row += np.multiply(c, wx[1], out=term)
-            row_dx += np.multiply(c, dx[1], out=term)
-            np.take(shifted[j][2], corner, out=c, mode="clip")
-            np.multiply(c, wx[2], out=right)
-            np.multiply(c, dx[2], out=right_dx)
-            np.take(shifted[j][3], corner, out=c, mode="clip")
-            right += np.multiply(c, wx[3], out=term)
-            right_dx += np.multiply(c, dx[3], out=term)
+            for k, (pair, pair_dx) in ((0, (row, row_dx)), (2, (right, right_dx))):
+                np.take(shifted[j][k], corner, out=c, mode="clip")
+                np.multiply(c, wx[k], out=pair)
+                np.multiply(c, dx[k], out=pair_dx)
+                np.take(shifted[j][k + 1], corner, out=c, mode="clip")
+                pair += np.multiply(c, wx[k + 1], out=term)
+                pair_dx += np.multiply(c, dx[k + 1], out=term)
             row += right
             row_dx += right_dx
             if j % 2:
