@@ -4,6 +4,7 @@ of a pixel; the dataset writes the mask and the map it used."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -517,6 +518,38 @@ def test_a_start_pulled_off_the_background_is_moved_back_onto_it_before_ecc(alig
     for order in ((start, h_bg), (h_bg, start)):
         found = _explained_scores(grid, d, [(order[0], zero), (order[1], zero)])
         assert order[int(np.argmax(found))] is h_bg
+
+
+@pytest.mark.parametrize("bends_first", [True, False])
+def test_the_background_start_keeps_the_first_rounds_choice_of_homography_in_every_round(aligned, monkeypatch,
+                                                                                          bends_first):
+    # a start whose rounds switched between MAGSAC's homography and the one fitted with the
+    # lens terms would not settle: the first round decides, whatever the later ones find
+    from alignment import pipeline
+    from alignment.pipeline import AlignOptions, _background_start
+    from alignment.reduce import ResidualGrid
+
+    folder = next(f for f, (_, _, t) in aligned.items() if t.dense is not None)
+    p, d, h_true = _prepared_with_truth(folder)
+    grid = ResidualGrid(p, 1)
+    start = h_true @ np.array([[1, 0, 4.0], [0, 1, -3.0], [0, 0, 1]])  # 5 px off: more than one round
+    found = []
+    real = trust.dominant_motion
+
+    def flipping(*args, **kwargs):
+        motion = real(*args, **kwargs)
+        found.append(dataclasses.replace(motion, lens_homography=motion.homography.copy(),
+                                         lens_bends=bends_first if not found else not bends_first))
+        return found[-1]
+
+    composed = []
+    motion_of = ResidualGrid.motion
+    monkeypatch.setattr(pipeline.trust, "dominant_motion", flipping)
+    monkeypatch.setattr(ResidualGrid, "motion", lambda self, h: composed.append(h) or motion_of(self, h))
+    _background_start(grid, d, start, AlignOptions())
+    assert len(found) >= 2 and len(composed) == len(found)
+    for motion, h in zip(found, composed):
+        assert h is (motion.lens_homography if bends_first else motion.homography)
 
 
 def test_the_verdict_rejects_a_pair_with_too_little_trusted(aligned):
