@@ -579,8 +579,8 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     start compared 85 % of its frame, mostly flat sky, and ECC from it ran 66 px off
     (docs/alignment.md, #11's thirty-sixth stop).  Through a strong lens no homography
     holds the frame to a phone px, and MAGSAC's is a patch's (followed by 2 to 44 % of
-    the sampled px where the 12 MP lens pairs' lens bends the frame, the fit by 85 to
-    100 %), found only after its whole search; as the fit comes out the same from any
+    the sampled px where the 12 MP lens pairs' lens bends the frame, the fit mostly by
+    85 to 100 %), found only after its whole search; as the fit comes out the same from any
     such seed (to 1e-4 grid px), a short search (:data:`SEED_SEARCH_ITERATIONS`) seeds it, and the full one
     (:data:`FULL_SEARCH_ITERATIONS`) is made only when half the sampled px or fewer
     follow the fit from that seed.  ``homography`` is MAGSAC's, ``lens_homography`` the
