@@ -261,6 +261,12 @@ def test_the_spline_gradient_is_the_same_to_the_last_bit_whatever_block_it_is_sa
     assert all(v.shape == (0,) for v in sample_spline_gradient(coef, x[:0], y[:0]))
 
 
+def test_a_point_whose_window_runs_past_the_arrays_last_row_raises_as_the_gathers_check_their_indices():
+    coef = spline_coefficients(np.ones((10, 12), np.float32))
+    with pytest.raises(IndexError):
+        sample_spline_gradient(coef, np.array([5.0, 5.0]), np.array([5.0, 8.5]))  # (y past h - 2: rows 7 to 10)
+
+
 def test_the_spline_gradient_is_the_derivative_of_the_spline_it_samples():
     rng = np.random.default_rng(1)
     image = _gauss(rng.random((60, 80)).astype(np.float32), 0.8)  # texture near the blur's limit
