@@ -580,10 +580,10 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     (docs/alignment.md, #11's thirty-sixth stop).  Through a strong lens no homography
     holds the frame to a phone px, and MAGSAC's is a patch's (followed by 2 to 44 % of
     the sampled px where the 12 MP lens pairs' lens bends the frame, the fit mostly by
-    85 to 100 %), found only after its whole search; as the fit comes out the same from any
-    such seed (to 1e-4 grid px), a short search (:data:`SEED_SEARCH_ITERATIONS`) seeds it, and the full one
-    (:data:`FULL_SEARCH_ITERATIONS`) is made only when half the sampled px or fewer
-    follow the fit from that seed.  ``homography`` is MAGSAC's, ``lens_homography`` the
+    85 to 100 %), found only after its whole search; as the fit comes out the same from
+    any such seed (to 1e-4 grid px), a short search (:data:`SEED_SEARCH_ITERATIONS`)
+    seeds it, and the full one (:data:`FULL_SEARCH_ITERATIONS`) is made only when half
+    the sampled px or fewer follow the fit from that seed.  ``homography`` is MAGSAC's, ``lens_homography`` the
     fit's, and ``lens_bends`` says whether over twice as many sampled px follow the fit
     as follow MAGSAC's homography (where a homography holds about as many, the terms may
     as well be fitting another plane's motion: on a frame whose thirds moved three ways,
@@ -620,15 +620,18 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     def followed(model: _LensHomography | None) -> float:
         return 0.0 if model is None else model.followed(src, dst, max_px / step)
 
+    share = 0.0  # of the sampled px that follow the fit with the lens terms
     if radial:
         hom, lens = search(SEED_SEARCH_ITERATIONS)
-        if followed(lens) <= 0.5:
+        share = followed(lens)
+        if share <= 0.5:
             hom, lens = search(FULL_SEARCH_ITERATIONS)
+            share = followed(lens)
     else:
         hom, lens = search(FULL_SEARCH_ITERATIONS)
     if hom is None:
         return none
-    bends = bool(radial) and followed(lens) > 2.0 * followed(_LensHomography(hom, np.zeros(0), (h, w)))
+    bends = bool(radial) and share > 2.0 * followed(_LensHomography(hom, np.zeros(0), (h, w)))
     yy, xx = pixel_centres(h, w)
     mx, my = lens.map(xx, yy)
     px, py = mx - xx, my - yy
