@@ -228,6 +228,8 @@ def test_the_dominant_motion_is_the_background_shift_and_its_outliers_are_the_ob
     outside[50:130, 70:160] = False
     assert motion.outliers[outside].mean() < 0.02
     assert len(motion.radial) == radial and np.all(np.abs(motion.radial) < 0.01)
+    # no lens bends this frame: a start composes MAGSAC's homography, as a homography pair's
+    assert not motion.lens_bends
 
 
 def _seen_through_a_lens(scene: np.ndarray, q1: float) -> np.ndarray:
