@@ -30,7 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from alignment import trust
-from alignment.blur import SHARP_MAX_MISFIT, estimate_relative_blur
+from alignment.blur import SHARP_MAX_MISFIT, estimate_relative_blur, least_misfit
 from alignment.chroma import restore_chroma
 from alignment.coarse import coarse_search
 from alignment.ecc import (ECC_METHODS, Channel, EccResult, forward_from_plain, lens_coefficient_jacobian,
@@ -500,7 +500,7 @@ def _fine_channels(fit_channels: list[Channel], targets: list, images: list[np.n
     elif q.fine_filter is None:
         sigma, misfits = blur.result() if blur is not None else estimate_relative_blur(
             targets, images, image_mask, h_image, _undistortion(q_radial, p))
-        q.phone_blur_sigma, q.phone_blur_misfit = round(sigma, 4), round(min(misfits), 5)
+        q.phone_blur_sigma, q.phone_blur_misfit = round(sigma, 4), round(least_misfit(misfits), 5)
         q.fine_filter = "sharp" if q.phone_blur_misfit < SHARP_MAX_MISFIT else "blur"
     if q.fine_filter == "blur":
         return fit_channels

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from alignment.blur import estimate_relative_blur
+from alignment.blur import CANDIDATE_SIGMAS, estimate_relative_blur, least_misfit
 from alignment.ecc import gn_refine, prepare_channels
 from alignment.geometry import apply_homography
 
@@ -58,7 +58,36 @@ def test_the_relative_blur_is_measured_to_a_twentieth_of_a_plane_px(relative):
     valid = np.ones(_PLANE_SHAPE, bool)
     sigma, costs = estimate_relative_blur([(plane, valid, np.eye(3))], [dslr], None, _H_PLANE)
     assert sigma == pytest.approx(relative, abs=0.05)
-    assert len(costs) > 3 and min(costs) < costs[0]
+    assert len(costs) == len(CANDIDATE_SIGMAS) and least_misfit(costs) < _misfits_of_every_candidate(relative)[0]
+
+
+def _misfits_of_every_candidate(relative: float) -> list[float]:
+    """The misfit of each candidate blur measured on its own (one candidate a call)."""
+    dslr, plane = _pair(relative * _S)
+    target = [(plane, np.ones(_PLANE_SHAPE, bool), np.eye(3))]
+    return [estimate_relative_blur(target, [dslr], None, _H_PLANE, candidates=(c,))[1][0] for c in CANDIDATE_SIGMAS]
+
+
+@pytest.mark.parametrize("relative", [0.0, 0.2, 0.3, 0.6, 1.2])
+def test_the_descent_finds_the_blur_that_measuring_every_candidate_finds(relative):
+    # relative blurs whose least misfit lies at the first candidate, near the start, and
+    # several candidates past it (1.2 plane px: beyond the last candidate)
+    every = _misfits_of_every_candidate(relative)
+    k = int(np.argmin(every))
+    expected = CANDIDATE_SIGMAS[k]
+    if 0 < k < len(every) - 1:
+        a, b, _ = np.polyfit(CANDIDATE_SIGMAS[k - 1 : k + 2], every[k - 1 : k + 2], 2)
+        expected = float(np.clip(-b / (2 * a), CANDIDATE_SIGMAS[k - 1], CANDIDATE_SIGMAS[k + 1])) if a > 0 else expected
+    dslr, plane = _pair(relative * _S)
+    sigma, costs = estimate_relative_blur([(plane, np.ones(_PLANE_SHAPE, bool), np.eye(3))], [dslr], None, _H_PLANE)
+    assert sigma == expected
+    assert least_misfit(costs) == min(every)
+    measured = np.isfinite(costs)
+    assert np.array_equal(np.asarray(costs)[measured], np.asarray(every)[measured])
+    # the least's neighbours are measured; a least near the start leaves candidates out
+    assert measured[max(k - 1, 0) : k + 2].all()
+    if 1 <= k <= 3:
+        assert measured.sum() < len(CANDIDATE_SIGMAS)
 
 
 def test_no_target_inside_the_dslr_image_gives_no_misfit_and_so_no_sharp_channels():
