@@ -1587,13 +1587,16 @@ def _response_refit(s: _PairState, targets: list, keep: np.ndarray | None, satur
     images = [d.lum] * len(targets) if fitted is None else fitted.images
     if fitted is not None:
         q.radiometric_refit = True
+    # the phone's relative blur, when not measured yet (the working planes' first fit),
+    # measured beside the channels: it needs only the fitted images and the model
+    blur = _blur_measure(targets, images, d.valid, h_fine, q_fine, p, opt, q)
     channels = prepare_channels(targets, images, d.valid, h_fine, blur_sigma=opt.fine_blur_sigma,
                                 templates=templates)
     fit_channels = channels if keep is None else _masked(channels, keep)
     start = _FineTrial(h_fine, lens, photo, trial.centre and lens is not None, trial.samples)
     h_fine, q_fine, photo = _fine_final(
-        _fine_channels(fit_channels, targets, images, d.valid, h_fine, q_fine, p, opt, q), start, p.image_size,
-        opt, opt.max_pixels, q)
+        _fine_channels(fit_channels, targets, images, d.valid, h_fine, q_fine, p, opt, q, blur), start,
+        p.image_size, opt, opt.max_pixels, q)
     return _GlobalModel(h_fine, q_fine, targets, images, channels, fit_channels, photometric=photo)
 
 
