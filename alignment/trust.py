@@ -610,28 +610,31 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
     src = np.stack([xs[sel], ys[sel]], 1).astype(np.float64)
     dst = src + res.flow[ys[sel], xs[sel]].astype(np.float64)
 
-    def search(iterations: int) -> tuple[np.ndarray | None, _LensHomography | None]:
+    def search(iterations: int) -> tuple[_LensHomography | None, _LensHomography | None]:
+        """-> (MAGSAC's homography alone, the fit with the lens terms from it: the same
+        model without terms)."""
         hom = _magsac(src, dst, step, iterations)
         if hom is None:
             return None, None
-        lens = _LensHomography(hom, np.zeros(0), (h, w))
-        return hom, (_LensHomography.fit(src, dst, lens.with_terms(radial), max_px / step) if radial else lens)
+        plain = _LensHomography(hom, np.zeros(0), (h, w))
+        return plain, (_LensHomography.fit(src, dst, plain.with_terms(radial), max_px / step) if radial else plain)
 
     def followed(model: _LensHomography | None) -> float:
         return 0.0 if model is None else model.followed(src, dst, max_px / step)
 
     share = 0.0  # of the sampled px that follow the fit with the lens terms
     if radial:
-        hom, lens = search(SEED_SEARCH_ITERATIONS)
+        plain, lens = search(SEED_SEARCH_ITERATIONS)
         share = followed(lens)
         if share <= 0.5:
-            hom, lens = search(FULL_SEARCH_ITERATIONS)
+            plain, lens = search(FULL_SEARCH_ITERATIONS)
             share = followed(lens)
     else:
-        hom, lens = search(FULL_SEARCH_ITERATIONS)
-    if hom is None:
+        plain, lens = search(FULL_SEARCH_ITERATIONS)
+    if plain is None or lens is None:
         return none
-    bends = bool(radial) and share > 2.0 * followed(_LensHomography(hom, np.zeros(0), (h, w)))
+    hom = plain.homography
+    bends = bool(radial) and share > 2.0 * followed(plain)
     yy, xx = pixel_centres(h, w)
     mx, my = lens.map(xx, yy)
     px, py = mx - xx, my - yy
