@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from alignment.ecc import prepare_channels
-from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _left_to_go,
-                             _overshoot_damping, _second_differences, fit_field, measure_tiles, refine_local,
+from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _inside_convex,
+                             _inside_rows, _left_to_go, _overshoot_damping, _second_differences, fit_field, measure_tiles, refine_local,
                              warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
@@ -44,6 +44,50 @@ def test_dense_field_equals_pointwise_evaluation(to_image, make):
     pts = np.stack([xx.ravel() * to_image[0, 0] + to_image[0, 2], yy.ravel() * to_image[1, 1] + to_image[1, 2]], 1)
     ref = f(pts) / [to_image[0, 0], to_image[1, 1]]
     assert np.abs(d.reshape(-1, 2) - ref).max() < 1e-9
+
+
+_POLYGONS = {
+    "grown tiles": _hull(np.array([[60.0, 40.0], [420.0, 70.0], [380.0, 330.0], [90.0, 300.0]]), 8.0),
+    # (its sides on px of the full grid: px on the polygon count as inside)
+    "level and plumb edges": np.array([[50.0, 30.0], [50.0, 120.0], [150.0, 120.0], [150.0, 30.0]])[::-1].copy(),
+    "reaching past the grid": _hull(np.array([[-80.0, 100.0], [200.0, -60.0], [700.0, 300.0], [150.0, 500.0]]), 3.0),
+    "off the grid": _hull(np.array([[900.0, 900.0], [1000.0, 900.0], [950.0, 1000.0]]), 1.0),
+    "many vertices": _hull(np.random.default_rng(4).uniform(20, 480, (40, 2)), 5.0),
+}
+
+
+@pytest.mark.parametrize("poly", list(_POLYGONS.values()), ids=list(_POLYGONS))
+@pytest.mark.parametrize("to_image", [np.eye(3), np.array([[4.0, 0, 1], [0, 4.0, 2], [0, 0, 1]])], ids=["full", "plane"])
+def test_the_rows_inside_a_polygon_are_exactly_those_its_px_test_finds(poly, to_image):
+    rows, cols = 130, 170
+    x = np.arange(cols) * to_image[0, 0] + to_image[0, 2]
+    y = np.arange(rows) * to_image[1, 1] + to_image[1, 2]
+    lo, hi = _inside_rows(poly, x, y)
+    by_rows = np.arange(cols)[None, :] >= lo[:, None]
+    by_rows &= np.arange(cols)[None, :] < hi[:, None]
+    assert np.array_equal(by_rows, _inside_convex(poly, x[None, :], y[:, None]))
+    assert by_rows.any() == (poly.min() < 500)
+
+
+@pytest.mark.parametrize("poly", [p for name, p in _POLYGONS.items() if name != "off the grid"],
+                         ids=[name for name in _POLYGONS if name != "off the grid"])
+@pytest.mark.parametrize("bounds", [(10.0, 10.0, 500.0, 370.0), (130.0, 60.0, 260.0, 150.0), None],
+                         ids=["frame", "bounds inside the grid", "none"])
+def test_the_px_outside_the_hull_take_the_value_at_their_nearest_point_exactly(poly, bounds):
+    # many px share a point (on a vertex, beyond the bounds): the grid evaluates each
+    # point once and must give every px what the field gives it alone, to the bit
+    f = _field()
+    f.hull, f.bounds = poly, bounds
+    rows, cols = 200, 260
+    d = f.dense((rows, cols), HALF_RES)
+    x = np.arange(cols) * 2.0 + 0.5
+    y = np.arange(rows) * 2.0 + 0.5
+    ii, jj = np.nonzero(~_inside_convex(poly, x[None, :], y[:, None]))
+    assert len(ii) > 1000
+    pts = np.stack([x[jj], y[ii]], 1)
+    smooth = SmoothField(f.degree, f.centre, f.scale, f.coef, f.bounds, f.grid, f.grid_origin, f.grid_step, None, f.hull)
+    ref = smooth(pts) + f.radial_part(pts[:, 0], pts[:, 1])
+    assert np.array_equal(d[ii, jj], ref / [2.0, 2.0])
 
 
 def test_field_dict_round_trip_is_exact():
