@@ -873,15 +873,20 @@ def _informative_samples(ch: Channel, ys: np.ndarray, xs: np.ndarray, n: int) ->
     n_top = int(n * INFORMATIVE_SHARE)
     energy = ch.gradient_energy[ys, xs]
     h, w = ch.gradient_energy.shape
-    cell = ((ys * SAMPLE_GRID) // h * SAMPLE_GRID + (xs * SAMPLE_GRID) // w).astype(np.uint16)
+    # cell (i, j) holds rows i h / SAMPLE_GRID to (i + 1) h / SAMPLE_GRID (their floor),
+    # columns likewise: each row's and column's place read from a table
+    row_cell = (np.arange(h) * SAMPLE_GRID // h * SAMPLE_GRID).astype(np.uint16)
+    col_cell = (np.arange(w) * SAMPLE_GRID // w).astype(np.uint16)
+    cell = row_cell[ys] + col_cell[xs]
     order = np.argsort(cell, kind="stable")  # a radix sort for 16-bit keys
     counts = np.bincount(cell, minlength=SAMPLE_GRID * SAMPLE_GRID)
     quota = (counts * (n_top / len(xs))).astype(np.int64)
     picks = [np.zeros(0, np.int64)]
+    falling = -energy[order]  # (the cells' px one after another)
     for end, count, q in zip(np.cumsum(counts), counts, quota):
         if q > 0:
             members = order[end - count : end]  # this cell's px
-            picks.append(members[np.argpartition(-energy[members], q - 1)[:q]])
+            picks.append(members[np.argpartition(falling[end - count : end], q - 1)[:q]])
     top = np.concatenate(picks)
     others = np.ones(len(xs), bool)
     others[top] = False
