@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from alignment.ecc import prepare_channels
 from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _inside_convex,
-                             _inside_rows, _left_to_go, _overshoot_damping, _second_differences, fit_field, measure_tiles, refine_local,
+                             _inside_rows, _left_to_go, _tile_inverses, _overshoot_damping, _second_differences, fit_field, measure_tiles, refine_local,
                              warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
@@ -183,6 +183,19 @@ def test_fit_field_ignores_outlier_tiles():
     v[::17] += 5.0  # a few wrong tiles
     f = fit_field(c, v, np.full(len(c), 0.01), np.ones(len(c), bool), (511.5, 383.5), 512.0)
     assert np.abs(f(c[1::17]) - [0.5, -0.25]).max() < 0.05
+
+
+@pytest.mark.parametrize("singular", [False, True], ids=["all solvable", "one singular"])
+def test_the_tiles_systems_are_inverted_together_as_each_alone_and_a_singular_one_is_left_out(singular):
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(40, 10, 10))
+    a = a @ a.transpose(0, 2, 1) * rng.uniform(1e-3, 1e6, (40, 1, 1))
+    if singular:
+        a[7] = 0.0  # (its trace is zero too: no regularisation saves it)
+    idx, inv = _tile_inverses(a, np.arange(3, 40))
+    assert list(idx) == [i for i in range(3, 40) if not (singular and i == 7)]
+    for i, got in zip(idx, inv):
+        assert np.array_equal(got, np.linalg.inv(a[i] + np.eye(10) * 1e-12 * np.trace(a[i])))
 
 
 def test_measure_tiles_finds_a_known_shift_in_all_channels():
