@@ -620,8 +620,9 @@ def fit_field(
     c, v, s = centres[sel], values[sel], sigma[sel]
     # the box of measured tiles, half a tile spacing wider: the area the tiles cover
     if len(c) > 1:
-        dmin = np.sort(np.hypot(*(c[:, None, :] - c[None, :, :]).reshape(-1, 2).T))
-        spacing = float(dmin[dmin > 0][0]) if np.any(dmin > 0) else 0.0
+        dist = np.hypot(*(c[:, None, :] - c[None, :, :]).reshape(-1, 2).T)
+        apart = dist[dist > 0]
+        spacing = float(apart.min()) if len(apart) else 0.0
     else:
         spacing = 0.0
     half = 0.5 * spacing
