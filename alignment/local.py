@@ -849,6 +849,8 @@ def _exterior_cached(hull_bytes: bytes, bounds: tuple[float, float, float, float
         again, one = _groups(code, len(x) + 2 * len(hull))
         index = again[index]
         x, y = x[one], y[one]
+    # (the indices kept as int32: a 12 MP lens pair's sky holds 307 000 px of a plane)
+    rr, cc, index = rr.astype(np.int32), cc.astype(np.int32), index.astype(np.int32)
     for a in (rr, cc, x, y, index):
         a.flags.writeable = False
     return _Exterior(rr, cc, x, y, index)
