@@ -371,9 +371,10 @@ FAINT_SIGMA_FACTOR = 4.0
 #: :func:`measure_tiles`' sums over each tile of a channel: its valid px (n), warped (w)
 #: and template (t) values, and the warped image's gradient (gx, gy), and their products
 _TILE_SUMS = ("n", "sw", "st", "sww", "swt", "stt", "gx", "gy", "wgx", "wgy", "gxgx", "gxgy", "gygy", "tgx", "tgy")
-#: tile rows that :func:`measure_tiles` sums at a time (two of a 12 MP raw's planes'
-#: 12-px tiles: 190 kB an array)
-_TILE_BAND = 2
+#: rows of a channel that :func:`measure_tiles` sums at a time, in whole tiles (five of
+#: a 12 MP raw's planes' 12-px tiles: 480 kB an array, and few enough numpy calls that two
+#: threads do not wait on each other for them)
+_TILE_BAND_ROWS = 64
 
 
 def _tile_sum(a: np.ndarray, t: int, ny: int, nx: int) -> np.ndarray:
@@ -460,6 +461,7 @@ def measure_tiles(
     n_all = np.zeros((ny, nx))
     sst = np.zeros((ny, nx))
     fill = np.ones((ny, nx), bool)
+    band_tiles = max(1, round(_TILE_BAND_ROWS / tile))
 
     def channel_sums(ch: TileChannel) -> dict[str, np.ndarray]:
         sx, sy = ch.to_image[0, 0], ch.to_image[1, 1]
@@ -467,9 +469,9 @@ def measure_tiles(
         grad_x = cv2.Sobel(ch.warped, cv2.CV_64F, 1, 0, ksize=1, scale=0.5)
         grad_y = cv2.Sobel(ch.warped, cv2.CV_64F, 0, 1, ksize=1, scale=0.5)
         sums = {key: np.empty((ny, nx)) for key in _TILE_SUMS}
-        for i0 in range(0, ny, _TILE_BAND):
+        for i0 in range(0, ny, band_tiles):
             # a band of tile rows at a time: its products stay in the cache
-            i1 = min(ny, i0 + _TILE_BAND)
+            i1 = min(ny, i0 + band_tiles)
             band = slice(i0 * tile, i1 * tile)
             m = ch.mask[band].astype(np.float64)
             w = ch.warped[band].astype(np.float64)
