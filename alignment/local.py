@@ -215,12 +215,12 @@ class SmoothField:
         of two planes: ``[..., 0]`` and ``[..., 1]`` are each contiguous.)"""
         rows, cols = shape
         sx, sy = to_image[0, 0], to_image[1, 1]
-        xs, ys = self._clamp(np.arange(cols) * sx + to_image[0, 2], np.arange(rows) * sy + to_image[1, 2])
+        x_img = np.arange(cols) * sx + to_image[0, 2]
+        y_img = np.arange(rows) * sy + to_image[1, 2]
+        xs, ys = self._clamp(x_img, y_img)
         u = (xs - self.centre[0]) / self.scale
         v = (ys - self.centre[1]) / self.scale
         planes = np.zeros((2, rows, cols))
-        x_img = np.arange(cols) * sx + to_image[0, 2]
-        y_img = np.arange(rows) * sy + to_image[1, 2]
         if self.grid is not None:
             # the spline grid is a tensor product: rows x nodes @ grid @ nodes x cols
             wy = self._axis_weights(rows, sy, to_image[1, 2], 1)
@@ -414,14 +414,14 @@ def _tile_inverses(a: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
     by 1e-12 of its trace -> (the tiles whose matrix is not singular, (M, p, p) their
     inverses).  All at once (numpy solves each matrix of a stack as it would alone: the
     same numbers), each alone where one of them is singular."""
-    eye = np.eye(a.shape[-1])
+    regularised = a[idx] + np.eye(a.shape[-1]) * 1e-12 * np.trace(a[idx], axis1=1, axis2=2)[:, None, None]
     try:
-        return idx, np.linalg.inv(a[idx] + eye * 1e-12 * np.trace(a[idx], axis1=1, axis2=2)[:, None, None])
+        return idx, np.linalg.inv(regularised)
     except np.linalg.LinAlgError:
         kept, inverses = [], []
-        for i in idx:
+        for i, m in zip(idx, regularised):
             try:
-                inverses.append(np.linalg.inv(a[i] + eye * 1e-12 * np.trace(a[i])))
+                inverses.append(np.linalg.inv(m))
                 kept.append(i)
             except np.linalg.LinAlgError:
                 continue
@@ -728,9 +728,13 @@ def _inside_convex(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
 
 def _project_convex(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest points of a polygon's boundary to the points (x, y)."""
-    k, t = _nearest_edge(poly, x, y)
-    a, e = poly, np.roll(poly, -1, axis=0) - poly
-    return a[k, 0] + t * e[k, 0], a[k, 1] + t * e[k, 1]
+    return _edge_point(poly, *_nearest_edge(poly, x, y))
+
+
+def _edge_point(poly: np.ndarray, k: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points ``poly[k] + t (poly[k + 1] - poly[k])`` (edge k, t along it) -> (x, y)."""
+    e = np.roll(poly, -1, axis=0) - poly
+    return poly[k, 0] + t * e[k, 0], poly[k, 1] + t * e[k, 1]
 
 
 def _nearest_edge(poly: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -842,8 +846,7 @@ def _exterior_cached(hull_bytes: bytes, bounds: tuple[float, float, float, float
     outside = ~_inside_convex(hull, x, y)
     if outside.any():
         k, t = _nearest_edge(hull, x[outside], y[outside])
-        e = np.roll(hull, -1, axis=0) - hull
-        x[outside], y[outside] = hull[k, 0] + t * e[k, 0], hull[k, 1] + t * e[k, 1]
+        x[outside], y[outside] = _edge_point(hull, k, t)
         # and the points on one vertex (t 0 or 1 on its edge) are one
         on = (t == 0.0) | (t == 1.0)
         code = np.arange(len(x)) + 2 * len(hull)

@@ -631,7 +631,7 @@ def dominant_motion(res: DenseResidual, step: float, max_px: float = 1.5, margin
             share = followed(lens)
     else:
         plain, lens = search(FULL_SEARCH_ITERATIONS)
-    if plain is None or lens is None:
+    if plain is None:
         return none
     hom = plain.homography
     bends = bool(radial) and share > 2.0 * followed(plain)
