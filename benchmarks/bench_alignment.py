@@ -161,15 +161,24 @@ class Rejection(str):
         return r
 
 
-def ours(phone_path: Path, dslr_path: Path):
-    a = align_pair(phone_path, dslr_path)
-    if not a.ok:
-        return Rejection.of(str(a.quality.reason), a.map_points if np.isfinite(a.homography).all() else None)
-    mapper = partial(a.map_points)
-    # what the phone's noise alone leaves at the corners (Quality.fine_sigma_px): the
-    # floor that the noise of its samples sets under the pair's error
-    mapper.noise_px = a.quality.fine_sigma_px
-    return mapper
+def ours_with(**options):
+    """``ours`` with ``alignment.AlignOptions`` overrides (``bench_stages.py``: the pipeline
+    with stages left out) -> a method ``f(phone_path, dslr_path)``."""
+
+    def method(phone_path: Path, dslr_path: Path):
+        a = align_pair(phone_path, dslr_path, **options)
+        if not a.ok:
+            return Rejection.of(str(a.quality.reason), a.map_points if np.isfinite(a.homography).all() else None)
+        mapper = partial(a.map_points)
+        # what the phone's noise alone leaves at the corners (Quality.fine_sigma_px): the
+        # floor that the noise of its samples sets under the pair's error
+        mapper.noise_px = a.quality.fine_sigma_px
+        return mapper
+
+    return method
+
+
+ours = ours_with()
 
 
 #: (phone raw, DSLR JPEG) sizes of the real-size pairs: a 12 MP phone and the Nikon Z6
@@ -238,6 +247,27 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
             "scipy": scipy.__version__, "rawpy": rawpy.__version__, "pillow": PIL.__version__,
             "alignment code from": str(Path(alignment.__file__).resolve().parent)}
+
+
+def available_sources() -> list[str]:
+    """The names of ``SOURCES`` that can be made here: procedural and generated scenes,
+    and those whose file lies under ../shared/data."""
+    return [n for n in SOURCES if SOURCES[n][0] is None or callable(SOURCES[n][0]) or (SHARED / SOURCES[n][0]).exists()]
+
+
+def simulated_pairs(variant: str, names: list[str], pairs: int, seed: int, photometry: str, folder: str | Path,
+                    cache: dict):
+    """The benchmark's simulator pairs of one ``variant`` ("homography" or "distortion"),
+    ``pairs`` per source of ``names``, each drawn from its own seed (the run's ``seed``,
+    the pair's index, the source's name) and written under ``folder`` (``cache``: the
+    sources' scenes, filled as they are made), with a progress bar -> yields (source,
+    the pair's folder, whether it is a night scene)."""
+    jobs = [(name, i) for name in names for i in range(pairs)]
+    for name, i in tqdm(jobs, desc=f"simulator {variant}", unit="pair"):
+        pair_seed = int(np.random.SeedSequence([seed, i, zlib.crc32(name.encode())]).generate_state(1)[0])
+        opts = sim.SimOptions(distortion=variant == "distortion", photometry=photometry)
+        pair = sim.simulate_pair(pair_seed, source_scene(name, pair_seed, cache), opts, pair_id=f"{variant}_{i}_{name}")
+        yield name, sim.write_pair(pair, folder), bool(pair.truth.facts.get("photometry", {}).get("night", False))
 
 
 def score_sim(fn, folder: Path) -> dict:
@@ -480,8 +510,7 @@ def main() -> None:
         print(json.dumps(one_method(args.one[0], Path(args.one[1])), default=float))
         return
 
-    names = args.sources or [n for n in SOURCES if (SOURCES[n][0] is None or callable(SOURCES[n][0])
-                                                   or (SHARED / SOURCES[n][0]).exists())]
+    names = args.sources or available_sources()
     unknown = sorted((set(names) | set(args.real_size_sources)) - set(SOURCES))
     if unknown:
         ap.error(f"unknown source(s): {', '.join(unknown)} (known: {', '.join(SOURCES)})")
@@ -496,13 +525,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_align_") as tmp:
         for variant in ("homography", "distortion") if args.pairs > 0 else ():
             rows = {m: [] for m in args.methods}
-            jobs = [(name, i) for name in names for i in range(args.pairs)]
-            for name, i in tqdm(jobs, desc=f"simulator {variant}", unit="pair"):
-                seed = int(np.random.SeedSequence([args.seed, i, zlib.crc32(name.encode())]).generate_state(1)[0])
-                opts = sim.SimOptions(distortion=variant == "distortion", photometry=args.photometry)
-                pair = sim.simulate_pair(seed, source_scene(name, seed, cache), opts, pair_id=f"{variant}_{i}_{name}")
-                folder = sim.write_pair(pair, tmp)
-                night = bool(pair.truth.facts.get("photometry", {}).get("night", False))
+            for name, folder, night in simulated_pairs(variant, names, args.pairs, args.seed, args.photometry, tmp,
+                                                       cache):
                 for m in args.methods:
                     r = score_sim(METHODS[m], folder)
                     r.update(pair=folder.name, source=name, half=SOURCES[name][1], night=night)
