@@ -84,6 +84,8 @@ def figures(rows: list[dict], names: list[str]) -> dict:
 
 
 def print_table(variant: str, per_method: dict) -> None:
+    """One variant's markdown table: a row per method ({method: :func:`figures`}), the
+    seconds also as a ratio to the peer's."""
     peer_s = per_method[PEER]["all"]["seconds"]
     pairs = per_method[PEER]["all"]["pairs"]
     print(f"\n### {variant} variant, {pairs} pairs\n")
@@ -103,6 +105,7 @@ def print_table(variant: str, per_method: dict) -> None:
 
 
 def main() -> None:
+    """Simulate the pairs, score every method on each in turn, print the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=1, help="simulator pairs per (variant, source)")
     ap.add_argument("--seed", type=int, default=ba.DEFAULT_SEED)
