@@ -3,21 +3,21 @@
 Issue #11 asks for a 1 MP pair within 2x of SIFT + MAGSAC + OpenCV ECC's time at the
 accuracy of the full pipeline. This benchmark measures how far each part of the
 pipeline is from that budget: the full pipeline and the same pipeline with stages
-left out one after another (each an ``alignment.AlignOptions`` override, nothing
-patched), beside the peer, on the same simulator pairs as ``bench_alignment.py``
+left out, each alone and one after another (each an ``alignment.AlignOptions``
+override, nothing patched), beside the peer, on the same simulator pairs as ``bench_alignment.py``
 (the same sources, seeds and hard photometry; ``--pairs`` per source and variant):
 
 - ``ours``: everything (the default options);
-- ``no trust``: without the trust machinery (``trust=False``: no background start,
+- each stage left out alone: ``no local`` (``local=False``: no rounds of the local
+  field, one measurement of the tiles under the global model for the verdict),
+  ``subset only`` (``fine_full_step=False``, ``fine_noise_px=None``: the fine stage's
+  last pass on its subset of samples only, no step on every sample, no pass on more
+  samples where the noise limits), ``no trust`` (``trust=False``: no background start,
   no scores of the candidate models, no pre-fit mask, no trust map, its refit and
   layers; the verdict then has no trusted area to confirm a pair with);
-- ``no trust, no local``: and without the local field's rounds (``local=False``: one
-  measurement of the tiles under the global model, for the verdict);
-- ``global, subset only``: and the fine stage's last pass on its subset of samples only
-  (``fine_full_step=False``, ``fine_noise_px=None``: no step on every sample, no pass
-  on more samples where the noise limits);
-- ``luminance ECC only``: features, the background-free luminance ECC and the
-  response fit, no per-plane fine stage (``fine="none"``; trust and local off);
+- left out one after another: ``no trust, no local``, ``global, subset only`` (and
+  the passes beyond the subset), ``luminance ECC only`` (features, the luminance ECC
+  and the response fit, no per-plane fine stage: ``fine="none"``, trust and local off);
 - ``sift+ecc``: ``bench_alignment.peer_sift_ecc``.
 
 Every method runs in this one process, pair by pair in turn (a machine that slows
@@ -29,8 +29,8 @@ their dense error (DSLR px, kept pairs), the holdout half apart, the worst sourc
 median corner error, false rejections and wrong keeps as ``bench_alignment.py``
 counts them.
 
-Run: ``python benchmarks/bench_stages.py --pairs 4 --out bench_stages.json`` (about 25
-minutes on 2 cores; ``--pairs 1``, the default, about 6).
+Run: ``python benchmarks/bench_stages.py --pairs 4 --out bench_stages.json`` (about 35
+minutes on 2 cores; ``--pairs 1``, the default, about 9).
 """
 
 from __future__ import annotations
@@ -44,14 +44,18 @@ import numpy as np
 
 import bench_alignment as ba
 
-#: name -> (AlignOptions overrides, what is left out), the full pipeline first
+#: name -> (AlignOptions overrides, what is left out): the full pipeline, each stage left
+#: out alone, then left out one after another down to the luminance ECC
 CONFIGURATIONS: dict[str, tuple[dict, str]] = {
     "ours": ({}, "nothing"),
+    "no local": ({"local": False}, "the local field's rounds"),
+    "subset only": ({"fine_full_step": False, "fine_noise_px": None}, "the fine passes beyond the subset"),
     "no trust": ({"trust": False}, "the trust machinery"),
-    "no trust, no local": ({"trust": False, "local": False}, "and the local field's rounds"),
+    "no trust, no local": ({"trust": False, "local": False}, "trust, local rounds"),
     "global, subset only": ({"trust": False, "local": False, "fine_full_step": False, "fine_noise_px": None},
-                            "and the fine stage's passes beyond its subset"),
-    "luminance ECC only": ({"trust": False, "local": False, "fine": "none"}, "and the per-plane fine stage"),
+                            "trust, local rounds, fine passes beyond the subset"),
+    "luminance ECC only": ({"trust": False, "local": False, "fine": "none"},
+                           "trust, local rounds, the per-plane fine stage"),
 }
 PEER = "sift+ecc"
 
