@@ -128,10 +128,10 @@ def main() -> None:
                      "versions": ba.library_versions(),
                      "configurations": {n: o for n, (o, _) in CONFIGURATIONS.items()}, "variants": {}}
     scenes: dict = {}
+    warm = False
     with tempfile.TemporaryDirectory(prefix="bench_stages_") as tmp:
         for variant in ("homography", "distortion"):
             rows: dict[str, list[dict]] = {m: [] for m in fns}
-            warm = variant != "homography"
             for name, folder, night in ba.simulated_pairs(variant, names, args.pairs, args.seed, "hard", tmp, scenes):
                 if not warm:  # the first call of each method pays for its lazy imports and caches
                     for fn in fns.values():

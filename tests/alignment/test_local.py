@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from alignment.ecc import prepare_channels
 from alignment.local import (SmoothField, TileChannel, TileResiduals, _fit_spline, _hull, _inside_convex,
-                             _inside_rows, _left_to_go, _tile_inverses, _overshoot_damping, _second_differences, fit_field, measure_tiles, refine_local,
-                             warp_channels)
+                             _inside_rows, _left_to_go, _overshoot_damping, _second_differences, _tile_inverses,
+                             fit_field, measure_tiles, refine_local, warp_channels)
 
 HALF_RES = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
 
